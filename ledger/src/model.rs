@@ -1,0 +1,197 @@
+//! The records the store reads and writes: keys, sessions, balances, charges.
+
+use serde::Serialize;
+
+use crate::{Amount, ChainId, KeyId, RequestId, SessionId, WalletAddress};
+
+/// What a Compose key is for (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    /// External apps: an independent budget.
+    Api,
+    /// First-party app sessions: works only while its session is the active one.
+    Session,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Api => "api",
+            Purpose::Session => "session",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Purpose> {
+        match text {
+            "api" => Some(Purpose::Api),
+            "session" => Some(Purpose::Session),
+            _ => None,
+        }
+    }
+}
+
+/// A key's stored status. Expiry is not stored: it follows from `expires_at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    /// A session key whose session was replaced by a newer sign-in.
+    Superseded,
+    /// Reported only, never stored: `expires_at_ms` has passed.
+    Expired,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Revoked => "revoked",
+            KeyStatus::Superseded => "superseded",
+            KeyStatus::Expired => "expired",
+        }
+    }
+
+    pub(crate) fn parse_stored(text: &str) -> Option<KeyStatus> {
+        match text {
+            "active" => Some(KeyStatus::Active),
+            "revoked" => Some(KeyStatus::Revoked),
+            "superseded" => Some(KeyStatus::Superseded),
+            _ => None,
+        }
+    }
+}
+
+/// One Compose key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    /// Lower-case hex SHA-256 of the token; the token itself is never stored.
+    pub token_sha256: String,
+    pub wallet: WalletAddress,
+    pub chain_id: ChainId,
+    pub purpose: Purpose,
+    pub session_id: Option<SessionId>,
+    pub name: String,
+    pub budget_limit: Amount,
+    pub budget_used: Amount,
+    pub status: KeyStatus,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl KeyRecord {
+    /// What the key may still spend.
+    pub fn budget_remaining(&self) -> Amount {
+        self.budget_limit.saturating_sub(self.budget_used)
+    }
+
+    /// The status as of `now_ms`: a stored `active` key past its expiry is `expired`.
+    pub fn status_at(&self, now_ms: i64) -> KeyStatus {
+        match self.status {
+            KeyStatus::Active if now_ms >= self.expires_at_ms => KeyStatus::Expired,
+            status => status,
+        }
+    }
+}
+
+/// A key about to be created. The caller has validated every field.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: KeyId,
+    pub token_sha256: String,
+    pub wallet: WalletAddress,
+    pub chain_id: ChainId,
+    pub purpose: Purpose,
+    pub session_id: Option<SessionId>,
+    pub name: String,
+    pub budget_limit: Amount,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// One SIWE session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub wallet: WalletAddress,
+    pub chain_id: ChainId,
+    pub active: bool,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// A sign-in about to become the wallet+chain's active session.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: SessionId,
+    /// The SIWE nonce the signed message carried; consumed by this sign-in.
+    pub nonce: String,
+    /// Nonces issued before this instant are expired.
+    pub nonce_issued_after_ms: i64,
+    /// The session key issued with the session (purpose `session`).
+    pub key: NewKey,
+}
+
+/// A wallet's prepaid funds on one chain, and what its keys have claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Funding {
+    /// Credited minus debited minus charges not yet settled.
+    pub available: Amount,
+    /// What the wallet's active keys may still spend.
+    pub committed: Amount,
+}
+
+impl Funding {
+    /// What a new key's budget may be at most.
+    pub fn free(&self) -> Amount {
+        self.available.saturating_sub(self.committed)
+    }
+}
+
+/// A prepaid balance row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    pub credited: Amount,
+    pub debited: Amount,
+}
+
+/// A priced call about to be written to the ledger.
+#[derive(Debug, Clone)]
+pub struct NewCharge {
+    pub request_id: RequestId,
+    pub key_id: KeyId,
+    pub model: String,
+    pub price_version: String,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub amount: Amount,
+    pub created_at_ms: i64,
+}
+
+/// What writing a charge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeWrite {
+    /// The charge is new and the key's `budget_used` grew by its amount.
+    Recorded,
+    /// A charge with this request id already existed; nothing changed.
+    Duplicate,
+}
+
+/// One charge as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeRecord {
+    pub request_id: RequestId,
+    pub key_id: KeyId,
+    pub model: String,
+    pub price_version: String,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub amount: Amount,
+    pub status: String,
+    pub batch_id: Option<String>,
+    pub tx_hash: Option<String>,
+    pub created_at_ms: i64,
+}

@@ -1,0 +1,113 @@
+//! Charges: written exactly once per paid call, read back per key.
+//!
+//! [`Store::record_charge`] inserts the charge under its request id and grows
+//! the key's `budget_used` by the same amount in one transaction, so a key's
+//! `budget_used` always equals the sum of its charges (invariant 3) and a
+//! replayed event writes nothing (invariant 2).
+
+use sqlx::any::AnyRow;
+
+use super::{get_amount, get_i64, get_opt_string, get_string, get_u32, Store};
+use crate::model::{ChargeRecord, ChargeWrite, NewCharge};
+use crate::{KeyId, RequestId, StoreError};
+
+/// The most charges one listing returns, newest first.
+pub const LIST_CHARGES_MAX: i64 = 1_000;
+
+impl Store {
+    /// Writes a charge once. A second write with the same request id changes
+    /// nothing and answers [`ChargeWrite::Duplicate`]; a charge that would take
+    /// the key past its limit is refused with [`StoreError::OverBudget`].
+    pub async fn record_charge(&self, charge: &NewCharge) -> Result<ChargeWrite, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        // Key first: its row lock orders concurrent writers of one key.
+        let key = sqlx::query(
+            "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
+              WHERE id = $1 AND budget_used_atomic <= budget_limit_atomic - $2
+             RETURNING wallet, chain_id",
+        )
+        .bind(charge.key_id.as_str())
+        .bind(charge.amount.to_db())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
+                                  input_tokens, output_tokens, amount_atomic, status, created_at_ms)
+             SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8 FROM keys WHERE id = $2
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(charge.request_id.as_str())
+        .bind(charge.key_id.as_str())
+        .bind(charge.model.as_str())
+        .bind(charge.price_version.as_str())
+        .bind(i64::from(charge.input_tokens))
+        .bind(i64::from(charge.output_tokens))
+        .bind(charge.amount.to_db())
+        .bind(charge.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        match (inserted.rows_affected(), key) {
+            (1, Some(_)) => {
+                tx.commit().await?;
+                Ok(ChargeWrite::Recorded)
+            }
+            (0, _) => {
+                // Already written: undo the budget increment by rolling back.
+                tx.rollback().await?;
+                if self.charge_exists(&charge.request_id).await? {
+                    Ok(ChargeWrite::Duplicate)
+                } else {
+                    Err(StoreError::NotFound)
+                }
+            }
+            _ => {
+                tx.rollback().await?;
+                Err(StoreError::OverBudget)
+            }
+        }
+    }
+
+    async fn charge_exists(&self, request_id: &RequestId) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT request_id FROM charges WHERE request_id = $1")
+            .bind(request_id.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// A key's charges, newest first, at most [`LIST_CHARGES_MAX`], with the
+    /// settlement transaction of each when there is one.
+    pub async fn charges_for_key(&self, key: &KeyId) -> Result<Vec<ChargeRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.request_id, c.key_id, c.model, c.price_version, c.input_tokens,
+                    c.output_tokens, c.amount_atomic, c.status, c.batch_id, b.tx_hash, c.created_at_ms
+               FROM charges c LEFT JOIN settlement_batches b ON b.id = c.batch_id
+              WHERE c.key_id = $1
+              ORDER BY c.created_at_ms DESC, c.request_id DESC LIMIT $2",
+        )
+        .bind(key.as_str())
+        .bind(LIST_CHARGES_MAX)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(charge_from_row).collect()
+    }
+}
+
+fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {
+    let request_id = get_string(row, "request_id")?;
+    let key_id = get_string(row, "key_id")?;
+    Ok(ChargeRecord {
+        request_id: RequestId::parse(&request_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("request id {request_id:?}")))?,
+        key_id: KeyId::parse(&key_id).ok_or_else(|| StoreError::Corrupt(format!("key id {key_id:?}")))?,
+        model: get_string(row, "model")?,
+        price_version: get_string(row, "price_version")?,
+        input_tokens: get_u32(row, "input_tokens")?,
+        output_tokens: get_u32(row, "output_tokens")?,
+        amount: get_amount(row, "amount_atomic")?,
+        status: get_string(row, "status")?,
+        batch_id: get_opt_string(row, "batch_id")?,
+        tx_hash: get_opt_string(row, "tx_hash")?,
+        created_at_ms: get_i64(row, "created_at_ms")?,
+    })
+}

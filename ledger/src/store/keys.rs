@@ -1,0 +1,171 @@
+//! Compose keys: create (with the funding check), read, list, revoke.
+
+use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
+
+use super::balances::{count_active_keys, lock_balance, read_funding};
+use super::{chain_to_db, get_amount, get_chain, get_i64, get_opt_i64, get_opt_string, get_string, get_wallet, Store};
+use crate::model::{KeyRecord, KeyStatus, NewKey, Purpose};
+use crate::{KeyId, SessionId, StoreError, WalletAddress, ChainId};
+
+/// The most keys one listing returns, newest first.
+pub const LIST_KEYS_MAX: i64 = 1_000;
+
+const KEY_COLUMNS: &str = "id, token_sha256, wallet, chain_id, purpose, session_id, name, \
+     budget_limit_atomic, budget_used_atomic, status, created_at_ms, expires_at_ms, revoked_at_ms";
+
+impl Store {
+    /// Creates a key after the funding check: its budget plus what the
+    /// wallet's other active keys may still spend must fit the wallet's
+    /// available funds, and the wallet may hold at most `max_active_keys`
+    /// active keys on the chain. Serialized per wallet+chain.
+    pub async fn create_key(
+        &self,
+        key: &NewKey,
+        max_active_keys: u32,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let record = insert_funded_key(&mut *tx, key, max_active_keys).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// One key by id.
+    pub async fn key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    /// A wallet's keys, newest first, at most [`LIST_KEYS_MAX`]; only those on
+    /// `chain` when given.
+    pub async fn keys_for_wallet(
+        &self,
+        wallet: &WalletAddress,
+        chain: Option<ChainId>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = match chain {
+            Some(chain) => {
+                sqlx::query(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE wallet = $1 AND chain_id = $2
+                      ORDER BY created_at_ms DESC, id DESC LIMIT $3"
+                ))
+                .bind(wallet.to_lower_hex())
+                .bind(chain_to_db(chain)?)
+                .bind(LIST_KEYS_MAX)
+                .fetch_all(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE wallet = $1
+                      ORDER BY created_at_ms DESC, id DESC LIMIT $2"
+                ))
+                .bind(wallet.to_lower_hex())
+                .bind(LIST_KEYS_MAX)
+                .fetch_all(self.pool())
+                .await?
+            }
+        };
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Revokes a key. Revoking a key that is no longer active changes nothing
+    /// and returns it as it is.
+    pub async fn revoke_key(&self, id: &KeyId, now_ms: i64) -> Result<KeyRecord, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE keys SET status = 'revoked', revoked_at_ms = $2
+              WHERE id = $1 AND status = 'active'
+             RETURNING {KEY_COLUMNS}"
+        ))
+        .bind(id.as_str())
+        .bind(now_ms)
+        .fetch_optional(self.pool())
+        .await?;
+        let record = match row {
+            Some(row) => key_from_row(&row)?,
+            None => self.key(id).await?.ok_or(StoreError::NotFound)?,
+        };
+        debug_assert_ne!(record.status, KeyStatus::Active);
+        Ok(record)
+    }
+}
+
+/// Locks the wallet+chain, checks funding and the active-key bound, and
+/// inserts the key, all inside the caller's transaction.
+pub(crate) async fn insert_funded_key(
+    conn: &mut AnyConnection,
+    key: &NewKey,
+    max_active_keys: u32,
+) -> Result<KeyRecord, StoreError> {
+    let now_ms = key.created_at_ms;
+    lock_balance(conn, &key.wallet, key.chain_id, now_ms).await?;
+    if count_active_keys(conn, &key.wallet, key.chain_id, now_ms).await? >= i64::from(max_active_keys) {
+        return Err(StoreError::TooManyKeys { max: max_active_keys });
+    }
+    let funding = read_funding(conn, &key.wallet, key.chain_id, now_ms).await?;
+    let required = funding
+        .committed
+        .checked_add(key.budget_limit)
+        .ok_or(StoreError::AmountOverflow)?;
+    if required > funding.available {
+        return Err(StoreError::InsufficientFunds {
+            required: key.budget_limit,
+            available: funding.available,
+            committed: funding.committed,
+        });
+    }
+    let row = sqlx::query(&format!(
+        "INSERT INTO keys (id, token_sha256, wallet, chain_id, purpose, session_id, name,
+                           budget_limit_atomic, budget_used_atomic, status, created_at_ms, expires_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 'active', $9, $10)
+         RETURNING {KEY_COLUMNS}"
+    ))
+    .bind(key.id.as_str())
+    .bind(key.token_sha256.as_str())
+    .bind(key.wallet.to_lower_hex())
+    .bind(chain_to_db(key.chain_id)?)
+    .bind(key.purpose.as_str())
+    .bind(key.session_id.as_ref().map(|s| s.as_str().to_owned()))
+    .bind(key.name.as_str())
+    .bind(key.budget_limit.to_db())
+    .bind(key.created_at_ms)
+    .bind(key.expires_at_ms)
+    .fetch_one(&mut *conn)
+    .await?;
+    let record = key_from_row(&row)?;
+    // The funding invariant, asserted where it is established.
+    debug_assert!(funding.committed.checked_add(record.budget_limit) <= Some(funding.available));
+    Ok(record)
+}
+
+pub(crate) fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
+    let id = get_string(row, "id")?;
+    let purpose = get_string(row, "purpose")?;
+    let status = get_string(row, "status")?;
+    let record = KeyRecord {
+        id: KeyId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("key id {id:?}")))?,
+        token_sha256: get_string(row, "token_sha256")?,
+        wallet: get_wallet(row, "wallet")?,
+        chain_id: get_chain(row, "chain_id")?,
+        purpose: Purpose::parse(&purpose)
+            .ok_or_else(|| StoreError::Corrupt(format!("key purpose {purpose:?}")))?,
+        session_id: get_opt_string(row, "session_id")?
+            .map(|s| SessionId::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("session id {s:?}"))))
+            .transpose()?,
+        name: get_string(row, "name")?,
+        budget_limit: get_amount(row, "budget_limit_atomic")?,
+        budget_used: get_amount(row, "budget_used_atomic")?,
+        status: KeyStatus::parse_stored(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("key status {status:?}")))?,
+        created_at_ms: get_i64(row, "created_at_ms")?,
+        expires_at_ms: get_i64(row, "expires_at_ms")?,
+        revoked_at_ms: get_opt_i64(row, "revoked_at_ms")?,
+    };
+    if record.budget_used > record.budget_limit {
+        return Err(StoreError::Corrupt(format!("key {} spent past its limit", record.id)));
+    }
+    Ok(record)
+}

@@ -1,0 +1,221 @@
+//! [`Store`]: one API over PostgreSQL and SQLite.
+//!
+//! Queries go through sqlx's `Any` driver with runtime-checked SQL written in
+//! the dialect both databases share (`$1` placeholders, `ON CONFLICT`,
+//! `RETURNING`, BIGINT/TEXT columns). The same store test suite runs against
+//! both databases, which is what keeps that promise.
+//!
+//! Each submodule holds the statements of one concern, one function per
+//! statement or per transaction:
+//!
+//! * [`balances`] — prepaid balances, credits, the funding check.
+//! * [`keys`] — Compose keys.
+//! * [`sessions`] — SIWE nonces and sessions.
+//! * [`charges`] — the charges written once per paid call.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::{Amount, ChainId, StoreError, WalletAddress};
+
+pub mod balances;
+pub mod charges;
+pub mod keys;
+pub mod sessions;
+
+/// The migrations in `migrations/`, embedded in the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// How long a statement waits for SQLite's write lock before failing. Writers
+/// hold it for one short transaction, so seconds mean something is wrong.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// How long a caller waits for a free pooled connection.
+const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// The system of record. Cheap to clone: it shares one connection pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path` or `postgres://…`) with at most
+    /// `max_connections` pooled connections. A SQLite file and its folder are
+    /// created when missing.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        let url = match backend {
+            Backend::Sqlite => prepare_sqlite_url(url)?,
+            Backend::Postgres => url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the one writer; the busy
+                        // timeout makes writers queue instead of failing.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute(
+                            format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str(),
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Applies every migration not yet applied. Safe to run concurrently with
+    /// itself and on every start.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// Makes sure the SQLite file's folder exists and asks for the file to be
+/// created when missing (`mode=rwc`).
+fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        return Err(StoreError::Setup(
+            "store.url must name a SQLite file (the ledger must survive restarts)".into(),
+        ));
+    }
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Setup(format!("cannot create folder {}: {e}", dir.display()))
+            })?;
+        }
+    }
+    Ok(if rest.contains("mode=") {
+        format!("sqlite://{rest}")
+    } else if rest.contains('?') {
+        format!("sqlite://{rest}&mode=rwc")
+    } else {
+        format!("sqlite://{rest}?mode=rwc")
+    })
+}
+
+/// A store URL fit for logs and errors: any password is replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+// ---- row decoding helpers shared by the submodules ----
+
+pub(crate) fn get_i64(row: &AnyRow, column: &str) -> Result<i64, StoreError> {
+    Ok(row.try_get::<i64, _>(column)?)
+}
+
+pub(crate) fn get_opt_i64(row: &AnyRow, column: &str) -> Result<Option<i64>, StoreError> {
+    Ok(row.try_get::<Option<i64>, _>(column)?)
+}
+
+pub(crate) fn get_string(row: &AnyRow, column: &str) -> Result<String, StoreError> {
+    Ok(row.try_get::<String, _>(column)?)
+}
+
+pub(crate) fn get_opt_string(row: &AnyRow, column: &str) -> Result<Option<String>, StoreError> {
+    Ok(row.try_get::<Option<String>, _>(column)?)
+}
+
+pub(crate) fn get_amount(row: &AnyRow, column: &str) -> Result<Amount, StoreError> {
+    Amount::from_db(get_i64(row, column)?)
+        .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+pub(crate) fn get_wallet(row: &AnyRow, column: &str) -> Result<WalletAddress, StoreError> {
+    get_string(row, column)?
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+pub(crate) fn get_chain(row: &AnyRow, column: &str) -> Result<ChainId, StoreError> {
+    u64::try_from(get_i64(row, column)?)
+        .map(ChainId)
+        .map_err(|_| StoreError::Corrupt(format!("{column}: negative chain id")))
+}
+
+pub(crate) fn get_u32(row: &AnyRow, column: &str) -> Result<u32, StoreError> {
+    u32::try_from(get_i64(row, column)?)
+        .map_err(|_| StoreError::Corrupt(format!("{column}: out of range")))
+}
+
+pub(crate) fn chain_to_db(chain: ChainId) -> Result<i64, StoreError> {
+    chain
+        .to_db()
+        .ok_or_else(|| StoreError::Setup(format!("chain id {chain} does not fit the store")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(redact_url("sqlite://data/t.db"), "sqlite://data/t.db");
+    }
+}

@@ -1,0 +1,138 @@
+//! SIWE nonces and sessions.
+//!
+//! A nonce is issued once and consumed by the sign-in that carries it; a
+//! sign-in makes its session the wallet+chain's only active one, supersedes
+//! the previous session and every key bound to it, and issues the session key
+//! — all in one transaction, so a refused sign-in (say, for funds) leaves the
+//! nonce unused and the old session in place.
+
+use sqlx::any::AnyRow;
+
+use super::keys::insert_funded_key;
+use super::{chain_to_db, get_chain, get_i64, get_string, get_wallet, Store};
+use crate::model::{KeyRecord, NewSession, SessionRecord};
+use crate::{SessionId, StoreError};
+
+/// Issued nonces kept at most before the oldest unused ones are dropped early:
+/// a flood of `GET /api/sessions/nonce` cannot grow the table without bound.
+pub const NONCES_OUTSTANDING_MAX: i64 = 100_000;
+
+impl Store {
+    /// Records a freshly issued nonce and forgets nonces issued before
+    /// `expired_before_ms` (used or not).
+    pub async fn issue_nonce(
+        &self,
+        nonce: &str,
+        now_ms: i64,
+        expired_before_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM siwe_nonces WHERE issued_at_ms < $1")
+            .bind(expired_before_ms)
+            .execute(self.pool())
+            .await?;
+        sqlx::query(
+            "DELETE FROM siwe_nonces WHERE nonce IN (
+                 SELECT nonce FROM siwe_nonces ORDER BY issued_at_ms DESC LIMIT 1000 OFFSET $1)",
+        )
+        .bind(NONCES_OUTSTANDING_MAX)
+        .execute(self.pool())
+        .await?;
+        sqlx::query("INSERT INTO siwe_nonces (nonce, issued_at_ms) VALUES ($1, $2)")
+            .bind(nonce)
+            .bind(now_ms)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Signs a wallet in: consumes the nonce, supersedes the wallet+chain's
+    /// active session and its keys, records the new session and issues its
+    /// key (with the same funding check as any key).
+    pub async fn create_session(
+        &self,
+        session: &NewSession,
+        max_active_keys: u32,
+    ) -> Result<(SessionRecord, KeyRecord), StoreError> {
+        let key = &session.key;
+        let now_ms = key.created_at_ms;
+        let chain_db = chain_to_db(key.chain_id)?;
+        let wallet = key.wallet.to_lower_hex();
+        let mut tx = self.pool().begin().await?;
+
+        let consumed = sqlx::query(
+            "UPDATE siwe_nonces SET used_at_ms = $2
+              WHERE nonce = $1 AND used_at_ms IS NULL AND issued_at_ms >= $3",
+        )
+        .bind(session.nonce.as_str())
+        .bind(now_ms)
+        .bind(session.nonce_issued_after_ms)
+        .execute(&mut *tx)
+        .await?;
+        if consumed.rows_affected() != 1 {
+            return Err(StoreError::NonceRejected);
+        }
+
+        let superseded = sqlx::query(
+            "UPDATE sessions SET active = 0, superseded_at_ms = $3
+              WHERE wallet = $1 AND chain_id = $2 AND active = 1
+             RETURNING id",
+        )
+        .bind(wallet.as_str())
+        .bind(chain_db)
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        debug_assert!(superseded.len() <= 1, "more than one active session");
+        for row in &superseded {
+            sqlx::query(
+                "UPDATE keys SET status = 'superseded', revoked_at_ms = $2
+                  WHERE session_id = $1 AND status = 'active'",
+            )
+            .bind(get_string(row, "id")?)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        let row = sqlx::query(
+            "INSERT INTO sessions (id, wallet, chain_id, active, created_at_ms, expires_at_ms)
+             VALUES ($1, $2, $3, 1, $4, $5)
+             RETURNING id, wallet, chain_id, active, created_at_ms, expires_at_ms",
+        )
+        .bind(session.id.as_str())
+        .bind(wallet.as_str())
+        .bind(chain_db)
+        .bind(now_ms)
+        .bind(key.expires_at_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = session_from_row(&row)?;
+        let key_record = insert_funded_key(&mut *tx, key, max_active_keys).await?;
+        tx.commit().await?;
+        Ok((record, key_record))
+    }
+
+    /// One session by id.
+    pub async fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, wallet, chain_id, active, created_at_ms, expires_at_ms
+               FROM sessions WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+}
+
+fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
+    let id = get_string(row, "id")?;
+    Ok(SessionRecord {
+        id: SessionId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("session id {id:?}")))?,
+        wallet: get_wallet(row, "wallet")?,
+        chain_id: get_chain(row, "chain_id")?,
+        active: get_i64(row, "active")? == 1,
+        created_at_ms: get_i64(row, "created_at_ms")?,
+        expires_at_ms: get_i64(row, "expires_at_ms")?,
+    })
+}

@@ -1,0 +1,295 @@
+//! The store test suite. Every case runs against SQLite and PostgreSQL, each
+//! on a fresh database, so both stores keep the same promises.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use ledger::model::{ChargeWrite, KeyStatus, NewCharge, NewKey, NewSession, Purpose};
+use ledger::store::Backend;
+use ledger::testing::TestDb;
+use ledger::time::now_ms;
+use ledger::{Amount, ChainId, KeyId, RequestId, SessionId, Store, StoreError, WalletAddress};
+
+const CHAIN: ChainId = ChainId(43113);
+const DAY_MS: i64 = 86_400_000;
+
+fn wallet(n: u8) -> WalletAddress {
+    WalletAddress::from_bytes([n; 20])
+}
+
+fn usdc(n: u64) -> Amount {
+    Amount::from_atomic(n * 1_000_000).unwrap()
+}
+
+fn new_key(owner: WalletAddress, budget: Amount) -> NewKey {
+    let id = KeyId::generate();
+    NewKey {
+        token_sha256: format!("hash-of-{id}"),
+        id,
+        wallet: owner,
+        chain_id: CHAIN,
+        purpose: Purpose::Api,
+        session_id: None,
+        name: "test".into(),
+        budget_limit: budget,
+        created_at_ms: now_ms(),
+        expires_at_ms: now_ms() + DAY_MS,
+    }
+}
+
+fn charge(key: &KeyId, amount: Amount) -> NewCharge {
+    NewCharge {
+        request_id: RequestId::generate(),
+        key_id: key.clone(),
+        model: "echo".into(),
+        price_version: "v1".into(),
+        input_tokens: 3,
+        output_tokens: 5,
+        amount,
+        created_at_ms: now_ms(),
+    }
+}
+
+async fn credit_and_key_lifecycle(store: Store) {
+    let owner = wallet(1);
+    assert_eq!(store.balance(&owner, CHAIN).await.unwrap().credited, Amount::ZERO);
+    let balance = store.credit(&owner, CHAIN, usdc(5), "test", now_ms()).await.unwrap();
+    assert_eq!(balance.credited, usdc(5));
+
+    let key = store.create_key(&new_key(owner, usdc(3)), 10).await.unwrap();
+    assert_eq!(key.budget_limit, usdc(3));
+    assert_eq!(key.budget_used, Amount::ZERO);
+    assert_eq!(key.status, KeyStatus::Active);
+    assert_eq!(store.key(&key.id).await.unwrap(), Some(key.clone()));
+
+    let funding = store.funding(&owner, CHAIN, now_ms()).await.unwrap();
+    assert_eq!(funding.available, usdc(5));
+    assert_eq!(funding.committed, usdc(3));
+
+    // 3 committed + 3 requested > 5 available.
+    match store.create_key(&new_key(owner, usdc(3)), 10).await {
+        Err(StoreError::InsufficientFunds { required, available, committed }) => {
+            assert_eq!((required, available, committed), (usdc(3), usdc(5), usdc(3)));
+        }
+        other => panic!("expected InsufficientFunds, got {other:?}"),
+    }
+    // Exactly what is left still fits.
+    let second = store.create_key(&new_key(owner, usdc(2)), 10).await.unwrap();
+
+    let listed = store.keys_for_wallet(&owner, None).await.unwrap();
+    assert_eq!(listed.iter().map(|k| &k.id).collect::<Vec<_>>(), vec![&second.id, &key.id]);
+    assert!(store.keys_for_wallet(&wallet(2), None).await.unwrap().is_empty());
+    assert!(store.keys_for_wallet(&owner, Some(ChainId(1))).await.unwrap().is_empty());
+
+    // Revoking frees the budget; revoking twice changes nothing.
+    let revoked = store.revoke_key(&key.id, now_ms()).await.unwrap();
+    assert_eq!(revoked.status, KeyStatus::Revoked);
+    let again = store.revoke_key(&key.id, now_ms() + 5).await.unwrap();
+    assert_eq!(again.revoked_at_ms, revoked.revoked_at_ms);
+    assert_eq!(store.funding(&owner, CHAIN, now_ms()).await.unwrap().committed, usdc(2));
+    assert!(matches!(store.revoke_key(&KeyId::generate(), now_ms()).await, Err(StoreError::NotFound)));
+}
+
+async fn expired_keys_commit_nothing(store: Store) {
+    let owner = wallet(3);
+    store.credit(&owner, CHAIN, usdc(1), "test", now_ms()).await.unwrap();
+    let mut key = new_key(owner, usdc(1));
+    key.expires_at_ms = now_ms() + 50;
+    let key = store.create_key(&key, 10).await.unwrap();
+    assert_eq!(key.status_at(key.expires_at_ms), KeyStatus::Expired);
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    assert_eq!(store.funding(&owner, CHAIN, now_ms()).await.unwrap().committed, Amount::ZERO);
+    store.create_key(&new_key(owner, usdc(1)), 10).await.unwrap();
+}
+
+async fn active_key_count_is_bounded(store: Store) {
+    let owner = wallet(4);
+    for _ in 0..3 {
+        store.create_key(&new_key(owner, Amount::ZERO), 3).await.unwrap();
+    }
+    assert!(matches!(
+        store.create_key(&new_key(owner, Amount::ZERO), 3).await,
+        Err(StoreError::TooManyKeys { max: 3 })
+    ));
+}
+
+async fn credits_are_bounded_and_checked(store: Store) {
+    let owner = wallet(5);
+    let max = ledger::store::balances::CREDIT_MAX;
+    assert!(matches!(
+        store.credit(&owner, CHAIN, Amount::ZERO, "", now_ms()).await,
+        Err(StoreError::AmountOverflow)
+    ));
+    let too_much = max.checked_add(Amount::from_atomic(1).unwrap()).unwrap();
+    assert!(matches!(
+        store.credit(&owner, CHAIN, too_much, "", now_ms()).await,
+        Err(StoreError::AmountOverflow)
+    ));
+    // A balance one maximal credit short of the column's maximum, then one
+    // credit too many: refused, and nothing changes.
+    let credited = Amount::from_atomic(Amount::MAX.atomic() - max.atomic() + 1).unwrap();
+    ledger::testing::set_credited(&store, &owner, CHAIN, credited).await;
+    let before = store.balance(&owner, CHAIN).await.unwrap();
+    assert_eq!(before.credited, credited);
+    assert!(matches!(
+        store.credit(&owner, CHAIN, max, "", now_ms()).await,
+        Err(StoreError::AmountOverflow)
+    ));
+    assert_eq!(store.balance(&owner, CHAIN).await.unwrap(), before);
+}
+
+/// Many concurrent creations on one wallet never commit more than its funds.
+async fn concurrent_key_creation_never_overcommits(store: Store) {
+    let owner = wallet(6);
+    store.credit(&owner, CHAIN, usdc(10), "test", now_ms()).await.unwrap();
+    let store = Arc::new(store);
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.create_key(&new_key(owner, usdc(1)), 100).await }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(StoreError::InsufficientFunds { .. }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(created, 10, "exactly the funded number of keys is created");
+    let funding = store.funding(&owner, CHAIN, now_ms()).await.unwrap();
+    assert_eq!(funding.committed, usdc(10));
+}
+
+async fn sessions_supersede_and_nonces_are_single_use(store: Store) {
+    let owner = wallet(7);
+    let now = now_ms();
+    let sign_in = |nonce: &str| {
+        let id = SessionId::generate();
+        let mut key = new_key(owner, Amount::ZERO);
+        key.purpose = Purpose::Session;
+        key.session_id = Some(id.clone());
+        NewSession { id, nonce: nonce.into(), nonce_issued_after_ms: now - 60_000, key }
+    };
+    // Unknown nonce.
+    assert!(matches!(store.create_session(&sign_in("never-issued"), 10).await, Err(StoreError::NonceRejected)));
+
+    store.issue_nonce("nonce-one", now, now - 60_000).await.unwrap();
+    let (first, first_key) = store.create_session(&sign_in("nonce-one"), 10).await.unwrap();
+    assert!(first.active);
+    assert_eq!(first_key.session_id.as_ref(), Some(&first.id));
+    // Replay of the same nonce.
+    assert!(matches!(store.create_session(&sign_in("nonce-one"), 10).await, Err(StoreError::NonceRejected)));
+
+    store.issue_nonce("nonce-two", now, now - 60_000).await.unwrap();
+    let (second, _) = store.create_session(&sign_in("nonce-two"), 10).await.unwrap();
+    assert!(second.active);
+    assert!(!store.session(&first.id).await.unwrap().unwrap().active);
+    assert_eq!(store.key(&first_key.id).await.unwrap().unwrap().status, KeyStatus::Superseded);
+
+    // A sign-in refused for funds changes nothing: nonce unused, old session active.
+    store.issue_nonce("nonce-three", now, now - 60_000).await.unwrap();
+    let mut costly = sign_in("nonce-three");
+    costly.key.budget_limit = usdc(1);
+    assert!(matches!(store.create_session(&costly, 10).await, Err(StoreError::InsufficientFunds { .. })));
+    assert!(store.session(&second.id).await.unwrap().unwrap().active);
+    store.create_session(&sign_in("nonce-three"), 10).await.unwrap();
+
+    // Expired nonces are refused.
+    store.issue_nonce("nonce-old", now - 120_000, now - 600_000).await.unwrap();
+    assert!(matches!(store.create_session(&sign_in("nonce-old"), 10).await, Err(StoreError::NonceRejected)));
+}
+
+async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
+    let owner = wallet(8);
+    store.credit(&owner, CHAIN, usdc(1), "test", now_ms()).await.unwrap();
+    let key = store.create_key(&new_key(owner, Amount::from_atomic(1_000).unwrap()), 10).await.unwrap();
+    let first = charge(&key.id, Amount::from_atomic(400).unwrap());
+    assert_eq!(store.record_charge(&first).await.unwrap(), ChargeWrite::Recorded);
+    assert_eq!(store.record_charge(&first).await.unwrap(), ChargeWrite::Duplicate);
+    let second = charge(&key.id, Amount::from_atomic(600).unwrap());
+    assert_eq!(store.record_charge(&second).await.unwrap(), ChargeWrite::Recorded);
+    // One more atomic unit would pass the limit.
+    assert!(matches!(
+        store.record_charge(&charge(&key.id, Amount::from_atomic(1).unwrap())).await,
+        Err(StoreError::OverBudget)
+    ));
+    assert!(matches!(
+        store.record_charge(&charge(&KeyId::generate(), Amount::ZERO)).await,
+        Err(StoreError::NotFound)
+    ));
+    let charges = store.charges_for_key(&key.id).await.unwrap();
+    assert_eq!(charges.len(), 2);
+    let sum = charges.iter().fold(Amount::ZERO, |acc, c| acc.checked_add(c.amount).unwrap());
+    let key = store.key(&key.id).await.unwrap().unwrap();
+    assert_eq!(key.budget_used, sum, "invariant 3: budget_used equals the sum of charges");
+    assert_eq!(key.budget_remaining(), Amount::ZERO);
+    // Unsettled charges are owed: they leave the available funds.
+    let funding = store.funding(&owner, CHAIN, now_ms()).await.unwrap();
+    assert_eq!(funding.available, Amount::from_atomic(1_000_000 - 1_000).unwrap());
+    assert_eq!(funding.committed, Amount::ZERO);
+}
+
+/// Replaying one charge concurrently still writes it exactly once.
+async fn concurrent_duplicate_charges_write_once(store: Store) {
+    let owner = wallet(9);
+    store.credit(&owner, CHAIN, usdc(1), "test", now_ms()).await.unwrap();
+    let key = store.create_key(&new_key(owner, usdc(1)), 10).await.unwrap();
+    let one = charge(&key.id, Amount::from_atomic(7).unwrap());
+    let store = Arc::new(store);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (store, one) = (store.clone(), one.clone());
+        tasks.push(tokio::spawn(async move { store.record_charge(&one).await }));
+    }
+    let mut recorded = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(ChargeWrite::Recorded) => recorded += 1,
+            Ok(ChargeWrite::Duplicate) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(recorded, 1);
+    assert_eq!(store.key(&key.id).await.unwrap().unwrap().budget_used, Amount::from_atomic(7).unwrap());
+}
+
+async fn migrations_are_idempotent(store: Store) {
+    store.migrate().await.unwrap();
+    store.ping().await.unwrap();
+}
+
+macro_rules! store_suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::create(super::Backend::Sqlite).await;
+                    super::$case(db.store().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = super::TestDb::create(super::Backend::Postgres).await;
+                    super::$case(db.store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    credit_and_key_lifecycle,
+    expired_keys_commit_nothing,
+    active_key_count_is_bounded,
+    credits_are_bounded_and_checked,
+    concurrent_key_creation_never_overcommits,
+    sessions_supersede_and_nonces_are_single_use,
+    charges_are_written_once_and_sum_to_budget_used,
+    concurrent_duplicate_charges_write_once,
+    migrations_are_idempotent,
+);
