@@ -1,0 +1,278 @@
+//! Sign-In with Ethereum (EIP-4361): parse the message, check its fields,
+//! recover its signer.
+//!
+//! The parser is strict about the fields Tollgate relies on (domain, address,
+//! URI, version, chain id, nonce, times) and bounded: messages over
+//! [`MESSAGE_MAX_BYTES`] are refused before parsing.
+
+use chrono::{DateTime, Utc};
+use ledger::{ChainId, WalletAddress};
+
+use super::eth;
+
+/// The longest SIWE message accepted. Real ones are a few hundred bytes.
+pub const MESSAGE_MAX_BYTES: usize = 4_096;
+
+const PREAMBLE: &str = " wants you to sign in with your Ethereum account:";
+
+/// A parsed EIP-4361 message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiweMessage {
+    pub domain: String,
+    pub address: WalletAddress,
+    pub statement: Option<String>,
+    pub uri: String,
+    pub version: String,
+    pub chain_id: ChainId,
+    pub nonce: String,
+    pub issued_at_ms: i64,
+    pub expiration_time_ms: Option<i64>,
+    pub not_before_ms: Option<i64>,
+}
+
+/// Why a sign-in was refused. Each maps to one precise API error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SiweError {
+    #[error("SIWE message is malformed: {0}")]
+    Malformed(String),
+    #[error("SIWE message domain {found:?} does not match {expected:?}")]
+    Domain { expected: String, found: String },
+    #[error("SIWE chain id {0} is not a configured chain")]
+    Chain(u64),
+    #[error("SIWE message is not yet valid or no longer valid: {0}")]
+    Time(String),
+    #[error("signature is malformed: {0}")]
+    Signature(#[from] eth::SignatureError),
+    #[error("signature was not made by the message's address")]
+    WrongSigner,
+}
+
+fn malformed(what: impl Into<String>) -> SiweError {
+    SiweError::Malformed(what.into())
+}
+
+fn parse_time(field: &str, text: &str) -> Result<i64, SiweError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc).timestamp_millis())
+        .map_err(|_| malformed(format!("{field} must be an RFC 3339 date-time")))
+}
+
+impl SiweMessage {
+    /// Parses the text a wallet signed.
+    pub fn parse(text: &str) -> Result<SiweMessage, SiweError> {
+        if text.len() > MESSAGE_MAX_BYTES {
+            return Err(malformed(format!("longer than {MESSAGE_MAX_BYTES} bytes")));
+        }
+        let mut lines = text.split('\n');
+        let first = lines.next().unwrap_or_default();
+        let authority = first
+            .strip_suffix(PREAMBLE)
+            .ok_or_else(|| malformed("first line must be \"<domain> wants you to sign in with your Ethereum account:\""))?;
+        // An optional scheme may precede the domain.
+        let domain = authority.split_once("://").map_or(authority, |(_, d)| d);
+        if domain.is_empty() || domain.contains(char::is_whitespace) {
+            return Err(malformed("domain is empty or contains spaces"));
+        }
+        let address = lines
+            .next()
+            .ok_or_else(|| malformed("missing address line"))?
+            .parse::<WalletAddress>()
+            .map_err(|e| malformed(format!("address {e}")))?;
+
+        // Blank line, optional statement, blank line, then the fields.
+        let mut statement = None;
+        let mut next = lines.next();
+        while next == Some("") {
+            next = lines.next();
+        }
+        if let Some(line) = next {
+            if !line.starts_with("URI: ") {
+                statement = Some(line.to_owned());
+                next = lines.next();
+                while next == Some("") {
+                    next = lines.next();
+                }
+            }
+        }
+
+        let mut fields: Vec<(&str, &str)> = Vec::new();
+        let mut line = next;
+        while let Some(text) = line {
+            if text == "Resources:" {
+                // Resources run to the end of the message; Tollgate does not use them.
+                for resource in lines.by_ref() {
+                    if !resource.starts_with("- ") {
+                        return Err(malformed("each resource line must start with \"- \""));
+                    }
+                }
+                break;
+            }
+            let (name, value) = text
+                .split_once(": ")
+                .ok_or_else(|| malformed(format!("unexpected line {text:?}")))?;
+            fields.push((name, value));
+            line = lines.next();
+        }
+        let mut take = |name: &str, required: bool| -> Result<Option<String>, SiweError> {
+            match fields.iter().position(|(n, _)| *n == name) {
+                Some(0) => Ok(Some(fields.remove(0).1.to_owned())),
+                Some(_) => Err(malformed(format!("field {name:?} is out of order"))),
+                None if required => Err(malformed(format!("missing field {name:?}"))),
+                None => Ok(None),
+            }
+        };
+        let uri = take("URI", true)?.unwrap_or_default();
+        let version = take("Version", true)?.unwrap_or_default();
+        if version != "1" {
+            return Err(malformed("Version must be 1"));
+        }
+        let chain_id = take("Chain ID", true)?
+            .unwrap_or_default()
+            .parse::<u64>()
+            .map_err(|_| malformed("Chain ID must be a positive integer"))?;
+        let nonce = take("Nonce", true)?.unwrap_or_default();
+        if nonce.len() < 8 || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(malformed("Nonce must be 8 to 64 letters and digits"));
+        }
+        let issued_at_ms = parse_time("Issued At", &take("Issued At", true)?.unwrap_or_default())?;
+        let expiration_time_ms = take("Expiration Time", false)?
+            .map(|t| parse_time("Expiration Time", &t))
+            .transpose()?;
+        let not_before_ms = take("Not Before", false)?.map(|t| parse_time("Not Before", &t)).transpose()?;
+        let _request_id = take("Request ID", false)?;
+        if let Some((name, _)) = fields.first() {
+            return Err(malformed(format!("unexpected field {name:?}")));
+        }
+        Ok(SiweMessage {
+            domain: domain.to_owned(),
+            address,
+            statement,
+            uri,
+            version,
+            chain_id: ChainId(chain_id),
+            nonce,
+            issued_at_ms,
+            expiration_time_ms,
+            not_before_ms,
+        })
+    }
+
+    /// Renders the message in EIP-4361's form (used by the CLI's dev sign-in).
+    pub fn render(&self) -> String {
+        let mut out = format!("{}{PREAMBLE}\n{}\n\n", self.domain, self.address);
+        if let Some(statement) = &self.statement {
+            out.push_str(statement);
+            out.push_str("\n\n");
+        }
+        let iso = |ms: i64| {
+            DateTime::<Utc>::from_timestamp_millis(ms)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        out.push_str(&format!(
+            "URI: {}\nVersion: {}\nChain ID: {}\nNonce: {}\nIssued At: {}",
+            self.uri, self.version, self.chain_id, self.nonce, iso(self.issued_at_ms)
+        ));
+        if let Some(ms) = self.expiration_time_ms {
+            out.push_str(&format!("\nExpiration Time: {}", iso(ms)));
+        }
+        if let Some(ms) = self.not_before_ms {
+            out.push_str(&format!("\nNot Before: {}", iso(ms)));
+        }
+        out
+    }
+}
+
+/// What a message is checked against besides its signature.
+pub struct SiweExpectations<'a> {
+    pub domain: &'a str,
+    pub now_ms: i64,
+    /// How old `Issued At` may be.
+    pub issued_at_max_age_ms: i64,
+    /// Tolerated clock difference between wallet and server.
+    pub clock_skew_ms: i64,
+    pub chain_configured: &'a dyn Fn(ChainId) -> bool,
+}
+
+/// Parses, checks and verifies a signed sign-in message. The nonce is left
+/// for the store to consume.
+pub fn verify(text: &str, signature: &str, expect: &SiweExpectations<'_>) -> Result<SiweMessage, SiweError> {
+    let message = SiweMessage::parse(text)?;
+    if !message.domain.eq_ignore_ascii_case(expect.domain) {
+        return Err(SiweError::Domain { expected: expect.domain.to_owned(), found: message.domain });
+    }
+    if !(expect.chain_configured)(message.chain_id) {
+        return Err(SiweError::Chain(message.chain_id.0));
+    }
+    let now = expect.now_ms;
+    if message.issued_at_ms > now + expect.clock_skew_ms {
+        return Err(SiweError::Time("Issued At is in the future".into()));
+    }
+    if message.issued_at_ms < now - expect.issued_at_max_age_ms {
+        return Err(SiweError::Time("Issued At is too old; request a new nonce".into()));
+    }
+    if message.expiration_time_ms.is_some_and(|t| t <= now) {
+        return Err(SiweError::Time("Expiration Time has passed".into()));
+    }
+    if message.not_before_ms.is_some_and(|t| t > now + expect.clock_skew_ms) {
+        return Err(SiweError::Time("Not Before is in the future".into()));
+    }
+    let signer = eth::recover_personal_signer(text.as_bytes(), signature)?;
+    if signer != message.address {
+        return Err(SiweError::WrongSigner);
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "service.org wants you to sign in with your Ethereum account:
+0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2
+
+I accept the ServiceOrg Terms of Service: https://service.org/tos
+
+URI: https://service.org/login
+Version: 1
+Chain ID: 1
+Nonce: 32891757
+Issued At: 2021-09-30T16:25:24.000Z
+Resources:
+- ipfs://Qme7ss3ARVgxv6rXqVPiikMJ8u2NLgmgszg13pYrDKEoiu
+- https://example.com/my-web2-claim.json";
+
+    #[test]
+    fn parses_the_eip_example() {
+        let m = SiweMessage::parse(EXAMPLE).unwrap();
+        assert_eq!(m.domain, "service.org");
+        assert_eq!(m.chain_id, ChainId(1));
+        assert_eq!(m.nonce, "32891757");
+        assert_eq!(m.issued_at_ms, 1_633_019_124_000);
+        assert!(m.statement.unwrap().starts_with("I accept"));
+    }
+
+    #[test]
+    fn render_and_parse_round_trip_without_statement() {
+        let mut m = SiweMessage::parse(EXAMPLE).unwrap();
+        m.statement = None;
+        m.expiration_time_ms = Some(1_633_019_999_000);
+        assert_eq!(SiweMessage::parse(&m.render()).unwrap(), m);
+    }
+
+    #[test]
+    fn refuses_malformed_messages() {
+        for bad in [
+            "",
+            "hello",
+            &EXAMPLE.replace("Version: 1", "Version: 2"),
+            &EXAMPLE.replace("Nonce: 32891757", "Nonce: 12"),
+            &EXAMPLE.replace("Chain ID: 1", "Chain ID: one"),
+            &EXAMPLE.replace("2021-09-30T16:25:24.000Z", "yesterday"),
+            &EXAMPLE.replace("0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2", "0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756CC2"),
+            &EXAMPLE.replace("URI: https://service.org/login\nVersion: 1", "Version: 1\nURI: https://service.org/login"),
+        ] {
+            assert!(matches!(SiweMessage::parse(bad), Err(SiweError::Malformed(_))), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The command line: `serve`, `migrate`, `credit`, `siwe-sign`.
+//!
+//! Errors here are `anyhow`: this is the binary's edge.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use ledger::time::now_ms;
+use ledger::{Amount, ChainId, WalletAddress};
+
+use crate::auth::{eth, siwe::SiweMessage};
+use crate::settings::Settings;
+use crate::startup::{open_store, Application};
+
+/// Anvil's and Hardhat's first dev account: public knowledge, for local use only.
+pub const DEV_PRIVATE_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about = "Pay-per-call API gateway with budgeted keys settled in USDC")]
+pub struct Cli {
+    /// A TOML file layered over the built-in defaults (env vars TOLLGATE__SECTION__KEY still win).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (applies migrations first).
+    Serve {
+        /// Listen here instead of http.bind, e.g. 0.0.0.0:8080.
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Credit a wallet's prepaid balance (settlement mode "ledger").
+    Credit {
+        /// The wallet, 0x-prefixed.
+        address: String,
+        /// USDC atomic units (1000000 = 1 USDC).
+        amount: String,
+        /// Chain id; defaults to the lowest configured chain.
+        #[arg(long)]
+        chain: Option<u64>,
+        /// A note kept with the credit in the audit trail.
+        #[arg(long, default_value = "cli credit")]
+        note: String,
+    },
+    /// Sign a SIWE message for local testing; prints the JSON body for POST /api/sessions.
+    SiweSign {
+        /// The nonce from GET /api/sessions/nonce.
+        #[arg(long)]
+        nonce: String,
+        /// Hex private key; defaults to Anvil's first, publicly known, dev account.
+        #[arg(long, env = "TOLLGATE_DEV_PRIVATE_KEY", hide_env_values = true)]
+        private_key: Option<String>,
+        /// The domain the server checks (its Host), e.g. 127.0.0.1:8080.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        domain: String,
+        /// Chain id; defaults to the lowest configured chain.
+        #[arg(long)]
+        chain: Option<u64>,
+        /// The session key's budget, in USDC atomic units.
+        #[arg(long, default_value = "0")]
+        budget: String,
+    },
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    crate::telemetry::init(&settings.log);
+    match cli.command {
+        Command::Serve { bind } => {
+            if let Some(bind) = bind {
+                bind.parse::<std::net::SocketAddr>().with_context(|| format!("--bind must be ADDRESS:PORT, got {bind:?}"))?;
+                settings.http.bind = bind;
+            }
+            let app = Application::build(settings.clone()).await?;
+            tracing::info!(bind = %settings.http.bind, port = app.port(), store = %ledger::store::redact_url(&settings.store.url), "tollgate serving");
+            app.run_until_stopped().await?;
+        }
+        Command::Migrate => {
+            open_store(&settings).await?;
+            println!("migrations applied to {}", ledger::store::redact_url(&settings.store.url));
+        }
+        Command::Credit { address, amount, chain, note } => {
+            let wallet: WalletAddress = address.parse().with_context(|| format!("address {address:?}"))?;
+            let amount = Amount::parse_decimal(&amount).map_err(|e| anyhow::anyhow!("amount {e}"))?;
+            let chain = pick_chain(&settings, chain)?;
+            let store = open_store(&settings).await?;
+            let balance = store.credit(&wallet, chain, amount, &note, now_ms()).await.map_err(|e| match e {
+                ledger::StoreError::AmountOverflow => anyhow::anyhow!(
+                    "amount must be between 1 and {} and keep the balance storable",
+                    ledger::store::balances::CREDIT_MAX
+                ),
+                other => other.into(),
+            })?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "address": wallet, "chainId": chain, "credited": amount,
+                    "balance": balance.credited.saturating_sub(balance.debited),
+                })
+            );
+        }
+        Command::SiweSign { nonce, private_key, domain, chain, budget } => {
+            let key_hex = private_key.unwrap_or_else(|| DEV_PRIVATE_KEY.to_owned());
+            let key = eth::signing_key_from_hex(&key_hex).context("--private-key must be 32 bytes of hex")?;
+            let chain = pick_chain(&settings, chain)?;
+            let now = now_ms();
+            let message = SiweMessage {
+                domain: domain.clone(),
+                address: eth::address_of(key.verifying_key()),
+                statement: Some("Sign in to Tollgate.".into()),
+                uri: format!("http://{domain}"),
+                version: "1".into(),
+                chain_id: chain,
+                nonce,
+                issued_at_ms: now,
+                expiration_time_ms: Some(now + 3_600_000),
+                not_before_ms: None,
+            }
+            .render();
+            let signature = eth::sign_personal(&key, message.as_bytes())?;
+            println!("{}", serde_json::json!({ "message": message, "signature": signature, "budgetLimit": budget }));
+        }
+    }
+    Ok(())
+}
+
+fn pick_chain(settings: &Settings, chain: Option<u64>) -> anyhow::Result<ChainId> {
+    match chain {
+        Some(id) if settings.chain_ids().contains(&ChainId(id)) => Ok(ChainId(id)),
+        Some(id) => bail!("chain {id} is not configured (see [chains] in the configuration)"),
+        None => settings.default_chain().context("no chain configured"),
+    }
+}

@@ -1,0 +1,120 @@
+//! [`ApiError`]: the one place that maps errors to HTTP.
+//!
+//! Every error answer has the body `{"error": {"code", "message"}}` (plus
+//! `param` naming a bad field and `details` where there is more to say). 4xx
+//! messages are precise; 5xx messages are opaque and the cause is logged.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use ledger::StoreError;
+use serde_json::{json, Value};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<&'static str>,
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), param: None, details: None }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// A well-formed request whose field `param` has an unacceptable value.
+    pub fn invalid_field(param: &'static str, message: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            param: Some(param),
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("{param} {message}"))
+        }
+    }
+
+    /// A failure that is ours, not the caller's: logged in full, answered opaquely.
+    pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(error = %cause, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log")
+    }
+
+    pub fn with_details(mut self, details: Value) -> ApiError {
+        self.details = Some(details);
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(param) = self.param {
+            error["param"] = json!(param);
+        }
+        if let Some(details) = &self.details {
+            error["details"] = details.clone();
+        }
+        HttpResponse::build(self.status).json(json!({ "error": error }))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::InsufficientFunds { required, available, committed } => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_funds",
+                format!(
+                    "the wallet's available funds ({available}) cannot cover this budget ({required}) \
+                     on top of what its active keys may still spend ({committed})"
+                ),
+            )
+            .with_details(json!({
+                "required": required,
+                "available": available,
+                "committed": committed,
+                "shortfall": committed.checked_add(required).map(|r| r.saturating_sub(available)),
+            })),
+            StoreError::TooManyKeys { max } => ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_keys",
+                format!("the wallet already has {max} active keys on this chain; revoke one first"),
+            ),
+            StoreError::NonceRejected => ApiError::unauthorized(
+                "invalid_nonce",
+                "the SIWE nonce is unknown, already used or expired; request a new one",
+            ),
+            StoreError::NotFound => ApiError::not_found("not_found", "not found"),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+/// actix-web's own extractor and routing failures, answered in our shape.
+pub fn not_found_route() -> ApiError {
+    ApiError::not_found("route_not_found", "no such route")
+}

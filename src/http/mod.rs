@@ -1,0 +1,32 @@
+//! The HTTP API (actix-web): one file per resource.
+//!
+//! * [`sessions`] — `GET /api/sessions/nonce`, `POST /api/sessions` (SIWE).
+//! * [`keys`] — `/api/keys`: create, list, get, revoke, charges.
+//! * [`health`] — `/healthz`, `/readyz`.
+//! * [`extract`] — headers, bounded JSON bodies, bearer authentication.
+//! * [`error`] — [`error::ApiError`], the one mapping of errors to responses.
+
+use actix_web::web;
+
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod keys;
+pub mod sessions;
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api")
+            .route("/sessions/nonce", web::get().to(sessions::nonce))
+            .route("/sessions", web::post().to(sessions::sign_in))
+            .route("/keys", web::post().to(keys::create))
+            .route("/keys", web::get().to(keys::list))
+            .route("/keys/{key_id}", web::get().to(keys::get))
+            .route("/keys/{key_id}", web::delete().to(keys::revoke))
+            .route("/keys/{key_id}/charges", web::get().to(keys::charges)),
+    )
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(error::not_found_route()) }));
+}

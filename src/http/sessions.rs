@@ -1,0 +1,123 @@
+//! SIWE sessions: `GET /api/sessions/nonce` and `POST /api/sessions`.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use ledger::model::{NewKey, NewSession, Purpose};
+use ledger::time::now_ms;
+use ledger::{Amount, KeyId, SessionId};
+use rand::distributions::{Alphanumeric, DistString};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::extract;
+use super::keys::{budget_within_max, created_key_json, mint, name_field};
+use crate::auth::siwe::{self, SiweError, SiweExpectations};
+use crate::state::AppState;
+
+/// Length of an issued nonce: 24 alphanumerics, ~143 bits.
+const NONCE_CHARS: usize = 24;
+
+/// `GET /api/sessions/nonce`: a fresh single-use nonce.
+pub async fn nonce(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let nonce = Alphanumeric.sample_string(&mut rand::rngs::OsRng, NONCE_CHARS);
+    let now = now_ms();
+    let ttl = state.settings.auth.nonce_ttl_ms;
+    state.store.issue_nonce(&nonce, now, now - ttl).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "nonce": nonce, "expiresAt": now + ttl })))
+}
+
+/// The domain a SIWE message must name: the configured one, else the Host the
+/// request was sent to (never a forwarded header, which a relay could forge).
+fn expected_domain(state: &AppState, req: &HttpRequest) -> Result<String, ApiError> {
+    if !state.settings.auth.siwe_domain.is_empty() {
+        return Ok(state.settings.auth.siwe_domain.clone());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .ok_or_else(|| ApiError::bad_request("missing_header", "a Host header is required to check the SIWE domain"))
+}
+
+fn siwe_error(error: SiweError) -> ApiError {
+    match error {
+        SiweError::Malformed(m) => ApiError::invalid_field("message", m),
+        SiweError::Signature(e) => ApiError::invalid_field("signature", e),
+        SiweError::Domain { .. } => ApiError::unauthorized("domain_mismatch", error.to_string()),
+        SiweError::Chain(_) => ApiError::unauthorized("unsupported_chain", error.to_string()),
+        SiweError::Time(_) => ApiError::unauthorized("message_expired", error.to_string()),
+        SiweError::WrongSigner => ApiError::unauthorized("invalid_signature", error.to_string()),
+    }
+}
+
+/// `POST /api/sessions {message, signature, budgetLimit?, expiresAt?, name?}`:
+/// verifies the SIWE signature and issues a `session`-purpose key, which
+/// supersedes the wallet+chain's previous session.
+pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let body = extract::json_object(&req, payload, state.settings.http.json_body_max_bytes).await?;
+    let message = extract::required_string(&body, "message")?;
+    let signature = extract::required_string(&body, "signature")?;
+    let budget = budget_within_max(&state, extract::amount_field(&body, "budgetLimit")?.unwrap_or(Amount::ZERO))?;
+    let name = name_field(&state, &body)?;
+    let auth = &state.settings.auth;
+    let now = now_ms();
+    let domain = expected_domain(&state, &req)?;
+    let chain_configured = |chain| state.chains.contains(&chain);
+    let siwe = siwe::verify(
+        message,
+        signature,
+        &SiweExpectations {
+            domain: &domain,
+            now_ms: now,
+            issued_at_max_age_ms: auth.siwe_issued_at_max_age_ms,
+            clock_skew_ms: auth.clock_skew_ms,
+            chain_configured: &chain_configured,
+        },
+    )
+    .map_err(siwe_error)?;
+
+    let mut expires_at_ms = now.saturating_add(auth.session_ttl_ms);
+    if let Some(at) = siwe.expiration_time_ms {
+        expires_at_ms = expires_at_ms.min(at);
+    }
+    if let Some(at) = extract::millis_field(&body, "expiresAt")? {
+        if at <= now {
+            return Err(ApiError::invalid_field("expiresAt", "must be in the future"));
+        }
+        expires_at_ms = expires_at_ms.min(at);
+    }
+    let session_id = SessionId::generate();
+    let (key, token) = mint(
+        &state,
+        NewKey {
+            id: KeyId::generate(),
+            token_sha256: String::new(),
+            wallet: siwe.address,
+            chain_id: siwe.chain_id,
+            purpose: Purpose::Session,
+            session_id: Some(session_id.clone()),
+            name: if name.is_empty() { "session".to_owned() } else { name },
+            budget_limit: budget,
+            created_at_ms: now,
+            expires_at_ms,
+        },
+    );
+    let new_session = NewSession {
+        id: session_id,
+        nonce: siwe.nonce,
+        nonce_issued_after_ms: now - auth.nonce_ttl_ms,
+        key,
+    };
+    let (session, key) = state
+        .store
+        .create_session(&new_session, state.settings.keys.max_active_per_wallet)
+        .await?;
+    tracing::info!(session_id = %session.id, wallet = %session.wallet, chain = %session.chain_id, "signed in");
+    let mut view = created_key_json(&key, &token);
+    view["sessionId"] = json!(session.id);
+    view["address"] = json!(session.wallet);
+    Ok(HttpResponse::Created().json(view))
+}

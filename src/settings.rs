@@ -1,0 +1,256 @@
+//! Configuration: built-in defaults (`config/default.toml`, compiled in), an
+//! optional `--config FILE`, then `TOLLGATE__SECTION__KEY` environment
+//! variables. Unknown keys and bad values stop start-up with an error that
+//! names the setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use ledger::ChainId;
+use serde::Deserialize;
+
+/// The defaults, compiled into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: setting `{setting}` {reason}")]
+    Invalid { setting: String, reason: String },
+}
+
+fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid { setting: setting.into(), reason: reason.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub log: LogSettings,
+    pub store: StoreSettings,
+    pub queue: QueueSettings,
+    pub auth: AuthSettings,
+    pub keys: KeySettings,
+    pub settlement: SettlementSettings,
+    pub chains: BTreeMap<String, ChainSettings>,
+    pub models: BTreeMap<String, ModelSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub bind: String,
+    pub workers: usize,
+    pub json_body_max_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: String,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub siwe_domain: String,
+    pub signing_key_file: String,
+    /// Hex seed; only ever from the environment or a private config file.
+    #[serde(default)]
+    pub signing_key: Option<String>,
+    pub nonce_ttl_ms: i64,
+    pub siwe_issued_at_max_age_ms: i64,
+    pub clock_skew_ms: i64,
+    pub session_ttl_ms: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    pub default_ttl_ms: i64,
+    pub max_ttl_ms: i64,
+    pub budget_max_atomic: u64,
+    pub max_active_per_wallet: u32,
+    pub name_max_chars: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementSettings {
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSettings {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    pub upstream: String,
+    pub price_version: String,
+    pub input_atomic_per_million: u64,
+    pub output_atomic_per_million: u64,
+}
+
+impl Settings {
+    /// Loads the layers and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        Settings::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, SettingsError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid("--config", format!("file {} does not exist", path.display())));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("TOLLGATE__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("TOLLGATE")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(env)),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        self.http
+            .bind
+            .parse::<SocketAddr>()
+            .map_err(|_| invalid("http.bind", format!("must be ADDRESS:PORT, got {:?}", self.http.bind)))?;
+        if self.http.json_body_max_bytes == 0 || self.http.json_body_max_bytes > 16 * 1024 * 1024 {
+            return Err(invalid("http.json_body_max_bytes", "must be between 1 and 16777216"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        }
+        let store = &self.store.url;
+        if !(store.starts_with("sqlite:") || store.starts_with("postgres://") || store.starts_with("postgresql://")) {
+            return Err(invalid("store.url", "must start with sqlite:// or postgres://"));
+        }
+        if self.store.max_connections == 0 || self.store.max_connections > 1_000 {
+            return Err(invalid("store.max_connections", "must be between 1 and 1000"));
+        }
+        if self.queue.url != "memory://" && !self.queue.url.starts_with("amqp://") {
+            return Err(invalid("queue.url", "must be memory:// or amqp://…"));
+        }
+        if self.queue.url != "memory://" {
+            return Err(invalid("queue.url", "amqp:// arrives with the workers; this build runs memory:// only"));
+        }
+        for (name, value) in [
+            ("auth.nonce_ttl_ms", self.auth.nonce_ttl_ms),
+            ("auth.siwe_issued_at_max_age_ms", self.auth.siwe_issued_at_max_age_ms),
+            ("auth.clock_skew_ms", self.auth.clock_skew_ms),
+            ("auth.session_ttl_ms", self.auth.session_ttl_ms),
+            ("keys.default_ttl_ms", self.keys.default_ttl_ms),
+            ("keys.max_ttl_ms", self.keys.max_ttl_ms),
+        ] {
+            if value <= 0 {
+                return Err(invalid(name, "must be a positive number of milliseconds"));
+            }
+        }
+        if self.keys.default_ttl_ms > self.keys.max_ttl_ms {
+            return Err(invalid("keys.default_ttl_ms", "must not exceed keys.max_ttl_ms"));
+        }
+        if ledger::Amount::from_atomic(self.keys.budget_max_atomic).is_none() {
+            return Err(invalid("keys.budget_max_atomic", "is beyond the largest storable amount"));
+        }
+        if self.keys.max_active_per_wallet == 0 {
+            return Err(invalid("keys.max_active_per_wallet", "must be at least 1"));
+        }
+        if self.settlement.mode != "ledger" {
+            return Err(invalid(
+                "settlement.mode",
+                format!("{:?} is not available in this build; use \"ledger\"", self.settlement.mode),
+            ));
+        }
+        if self.chains.is_empty() {
+            return Err(invalid("chains", "must configure at least one chain"));
+        }
+        for id in self.chains.keys() {
+            match id.parse::<u64>() {
+                Ok(n) if n > 0 && i64::try_from(n).is_ok() => {}
+                _ => return Err(invalid(format!("chains.{id}"), "the table name must be a chain id (a positive integer)")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured chain ids.
+    pub fn chain_ids(&self) -> Vec<ChainId> {
+        self.chains.keys().filter_map(|k| k.parse().ok()).map(ChainId).collect()
+    }
+
+    /// The default chain: the lowest configured chain id.
+    pub fn default_chain(&self) -> Option<ChainId> {
+        self.chain_ids().into_iter().min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        Settings::load_with_env(None, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.http.bind, "127.0.0.1:8080");
+        assert_eq!(s.store.url, "sqlite://data/tollgate.db");
+        assert_eq!(s.queue.url, "memory://");
+        assert_eq!(s.settlement.mode, "ledger");
+        assert_eq!(s.chain_ids(), vec![ChainId(43113)]);
+        assert!(s.models.contains_key("echo"));
+    }
+
+    #[test]
+    fn environment_overrides_and_names_bad_settings() {
+        let s = load(&[("TOLLGATE__STORE__URL", "postgres://127.0.0.1/test"), ("TOLLGATE__KEYS__MAX_ACTIVE_PER_WALLET", "5")]).unwrap();
+        assert_eq!(s.store.url, "postgres://127.0.0.1/test");
+        assert_eq!(s.keys.max_active_per_wallet, 5);
+        let err = load(&[("TOLLGATE__HTTP__BIND", "not-an-address")]).unwrap_err().to_string();
+        assert!(err.contains("http.bind"), "{err}");
+        let err = load(&[("TOLLGATE__STORE__MAX_CONNECTIONS", "many")]).unwrap_err().to_string();
+        assert!(err.contains("max_connections"), "{err}");
+        let err = load(&[("TOLLGATE__SETTLEMENT__MODE", "magic")]).unwrap_err().to_string();
+        assert!(err.contains("settlement.mode"), "{err}");
+        let err = load(&[("TOLLGATE__HTTP__BINDD", "x")]).unwrap_err().to_string();
+        assert!(err.contains("bindd"), "{err}");
+    }
+}

@@ -1,0 +1,90 @@
+//! [`Application`]: builds the server from settings on a bound listener, so
+//! tests can bind port 0 and run the real thing.
+
+use std::net::TcpListener;
+use std::path::Path;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use ledger::Store;
+
+use crate::auth::signing_key;
+use crate::auth::token::TokenSigner;
+use crate::http;
+use crate::settings::Settings;
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("store ({url}): {source}")]
+    Store { url: String, source: ledger::StoreError },
+    #[error(transparent)]
+    SigningKey(#[from] signing_key::SigningKeyError),
+    #[error("server: {0}")]
+    Server(std::io::Error),
+}
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    port: u16,
+    server: Server,
+    store: Store,
+}
+
+/// Connects to the store named in `settings` and applies migrations.
+pub async fn open_store(settings: &Settings) -> Result<Store, StartupError> {
+    let url = &settings.store.url;
+    let wrap = |source| StartupError::Store { url: ledger::store::redact_url(url), source };
+    let store = Store::connect(url, settings.store.max_connections).await.map_err(wrap)?;
+    store.migrate().await.map_err(wrap)?;
+    Ok(store)
+}
+
+impl Application {
+    /// Binds `http.bind` and builds the server.
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let addr = settings.http.bind.clone();
+        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind { addr, source })?;
+        Application::build_on(settings, listener).await
+    }
+
+    /// Builds the server on an already bound listener.
+    pub async fn build_on(settings: Settings, listener: TcpListener) -> Result<Application, StartupError> {
+        let store = open_store(&settings).await?;
+        let key = signing_key::load_or_create(
+            settings.auth.signing_key.as_deref(),
+            Path::new(&settings.auth.signing_key_file),
+        )?;
+        let port = listener.local_addr().map_err(StartupError::Server)?.port();
+        let workers = match settings.http.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let state = web::Data::new(AppState::new(store.clone(), TokenSigner::new(key), settings));
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(tracing_actix_web::TracingLogger::default())
+                .app_data(state.clone())
+                .configure(http::routes)
+        })
+        .workers(workers)
+        .listen(listener)
+        .map_err(StartupError::Server)?
+        .run();
+        Ok(Application { port, server, store })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the process is asked to stop (SIGINT/SIGTERM), then
+    /// drains in-flight requests and closes the store.
+    pub async fn run_until_stopped(self) -> Result<(), StartupError> {
+        let result = self.server.await.map_err(StartupError::Server);
+        self.store.close().await;
+        result
+    }
+}

@@ -1,0 +1,26 @@
+//! [`AppState`]: what every HTTP handler shares.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ledger::{ChainId, Store};
+
+use crate::auth::token::TokenSigner;
+use crate::settings::Settings;
+
+/// Shared by all workers; cheap to clone (everything inside is shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub signer: TokenSigner,
+    pub settings: Arc<Settings>,
+    /// The configured chains, for header and SIWE checks.
+    pub chains: Arc<HashSet<ChainId>>,
+}
+
+impl AppState {
+    pub fn new(store: Store, signer: TokenSigner, settings: Settings) -> AppState {
+        let chains = settings.chain_ids().into_iter().collect();
+        AppState { store, signer, settings: Arc::new(settings), chains: Arc::new(chains) }
+    }
+}
