@@ -1,0 +1,218 @@
+//! `spawn_app()`: the real server on port 0 against a fresh database, plus a
+//! client with one method per endpoint and a real secp256k1 wallet.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+
+use k256::ecdsa::SigningKey;
+use ledger::store::Backend;
+use ledger::testing::TestDb;
+use ledger::time::now_ms;
+use ledger::{Amount, ChainId, Store, WalletAddress};
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use tollgate::auth::eth;
+use tollgate::auth::siwe::SiweMessage;
+use tollgate::settings::Settings;
+use tollgate::startup::Application;
+
+pub const CHAIN: u64 = 43113;
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub db: TestDb,
+    pub settings: Settings,
+    _dir: TempDir,
+}
+
+/// A temporary folder removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An Ethereum wallet with a random key.
+pub struct Wallet {
+    pub key: SigningKey,
+    pub address: WalletAddress,
+}
+
+impl Wallet {
+    pub fn random() -> Wallet {
+        let key = SigningKey::random(&mut rand::rngs::OsRng);
+        let address = eth::address_of(key.verifying_key());
+        Wallet { key, address }
+    }
+
+    pub fn hex(&self) -> String {
+        self.address.to_string()
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, &[]).await
+}
+
+/// Starts the server with extra `TOLLGATE__…` settings.
+pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+    let db = TestDb::create(backend).await;
+    let dir = TempDir(std::env::temp_dir().join(format!("tollgate-app-{}", uuid::Uuid::now_v7().simple())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let key_file = dir.0.join("signing.key").display().to_string();
+    let mut env: Vec<(String, String)> = vec![
+        ("TOLLGATE__STORE__URL".into(), db.url.clone()),
+        ("TOLLGATE__AUTH__SIGNING_KEY_FILE".into(), key_file),
+        ("TOLLGATE__HTTP__WORKERS".into(), "2".into()),
+        ("TOLLGATE__LOG__FILTER".into(), "warn".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let settings = Settings::load_with_env(None, env).expect("test settings");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let app = Application::build_on(settings.clone(), listener).await.expect("build app");
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+    let store = Store::connect(&db.url, 4).await.unwrap();
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        client: reqwest::Client::new(),
+        store,
+        db,
+        settings,
+        _dir: dir,
+    }
+}
+
+pub async fn json_of(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON ({status}): {text}"));
+    (status, body)
+}
+
+/// Asserts an error answer: status, `error.code`, and the JSON error shape.
+pub fn assert_error(got: &(StatusCode, Value), status: u16, code: &str) {
+    assert_eq!(got.0.as_u16(), status, "unexpected status, body: {}", got.1);
+    assert_eq!(got.1["error"]["code"], code, "unexpected code, body: {}", got.1);
+    assert!(got.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", got.1);
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub fn domain(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub async fn nonce(&self) -> String {
+        let (status, body) = json_of(self.client.get(self.url("/api/sessions/nonce")).send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        body["nonce"].as_str().unwrap().to_owned()
+    }
+
+    /// A SIWE message for `wallet` with a fresh nonce.
+    pub async fn siwe_message(&self, wallet: &Wallet) -> SiweMessage {
+        SiweMessage {
+            domain: self.domain(),
+            address: wallet.address,
+            statement: Some("Sign in to Tollgate.".into()),
+            uri: self.address.clone(),
+            version: "1".into(),
+            chain_id: ChainId(CHAIN),
+            nonce: self.nonce().await,
+            issued_at_ms: now_ms(),
+            expiration_time_ms: Some(now_ms() + 3_600_000),
+            not_before_ms: None,
+        }
+    }
+
+    pub async fn post_session(&self, body: &Value) -> (StatusCode, Value) {
+        json_of(self.client.post(self.url("/api/sessions")).json(body).send().await.unwrap()).await
+    }
+
+    /// Signs `message` with `wallet` and posts it.
+    pub async fn sign_in_with(&self, wallet: &Wallet, message: &SiweMessage, extra: Value) -> (StatusCode, Value) {
+        let text = message.render();
+        let signature = eth::sign_personal(&wallet.key, text.as_bytes()).unwrap();
+        let mut body = json!({ "message": text, "signature": signature });
+        if let Value::Object(extra) = extra {
+            body.as_object_mut().unwrap().extend(extra);
+        }
+        self.post_session(&body).await
+    }
+
+    /// Signs in and returns the session key's token.
+    pub async fn sign_in(&self, wallet: &Wallet) -> String {
+        let message = self.siwe_message(wallet).await;
+        let (status, body) = self.sign_in_with(wallet, &message, json!({})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn credit(&self, wallet: &Wallet, atomic: u64) {
+        self.store
+            .credit(&wallet.address, ChainId(CHAIN), Amount::from_atomic(atomic).unwrap(), "test", now_ms())
+            .await
+            .unwrap();
+    }
+
+    pub async fn create_key(&self, token: &str, wallet: &str, chain: &str, body: &Value) -> (StatusCode, Value) {
+        let request = self
+            .client
+            .post(self.url("/api/keys"))
+            .bearer_auth(token)
+            .header("x-session-user-address", wallet)
+            .header("x-chain-id", chain)
+            .json(body);
+        json_of(request.send().await.unwrap()).await
+    }
+
+    pub async fn list_keys(&self, token: &str, wallet: &str) -> (StatusCode, Value) {
+        let request = self.client.get(self.url("/api/keys")).bearer_auth(token).header("x-session-user-address", wallet);
+        json_of(request.send().await.unwrap()).await
+    }
+
+    pub async fn get_key(&self, token: &str, key_id: &str) -> (StatusCode, Value) {
+        json_of(self.client.get(self.url(&format!("/api/keys/{key_id}"))).bearer_auth(token).send().await.unwrap()).await
+    }
+
+    pub async fn revoke_key(&self, token: &str, key_id: &str) -> (StatusCode, Value) {
+        json_of(self.client.delete(self.url(&format!("/api/keys/{key_id}"))).bearer_auth(token).send().await.unwrap()).await
+    }
+
+    /// How many keys the wallet has, straight from the store.
+    pub async fn key_count(&self, wallet: &Wallet) -> usize {
+        self.store.keys_for_wallet(&wallet.address, None).await.unwrap().len()
+    }
+}
+
+/// Runs each named async test fn against SQLite and PostgreSQL.
+#[macro_export]
+macro_rules! both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(ledger::store::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(ledger::store::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
