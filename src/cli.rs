@@ -14,10 +14,15 @@ use crate::settings::Settings;
 use crate::startup::{open_store, Application};
 
 /// Anvil's and Hardhat's first dev account: public knowledge, for local use only.
-pub const DEV_PRIVATE_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+pub const DEV_PRIVATE_KEY: &str =
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 #[derive(Debug, Parser)]
-#[command(name = "tollgate", version, about = "Pay-per-call API gateway with budgeted keys settled in USDC")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Pay-per-call API gateway with budgeted keys settled in USDC"
+)]
 pub struct Cli {
     /// A TOML file layered over the built-in defaults (env vars TOLLGATE__SECTION__KEY still win).
     #[arg(long, global = true, value_name = "FILE")]
@@ -76,7 +81,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { bind } => {
             if let Some(bind) = bind {
-                bind.parse::<std::net::SocketAddr>().with_context(|| format!("--bind must be ADDRESS:PORT, got {bind:?}"))?;
+                bind.parse::<std::net::SocketAddr>()
+                    .with_context(|| format!("--bind must be ADDRESS:PORT, got {bind:?}"))?;
                 settings.http.bind = bind;
             }
             let app = Application::build(settings.clone()).await?;
@@ -85,20 +91,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             open_store(&settings).await?;
-            println!("migrations applied to {}", ledger::store::redact_url(&settings.store.url));
+            println!(
+                "migrations applied to {}",
+                ledger::store::redact_url(&settings.store.url)
+            );
         }
-        Command::Credit { address, amount, chain, note } => {
-            let wallet: WalletAddress = address.parse().with_context(|| format!("address {address:?}"))?;
-            let amount = Amount::parse_decimal(&amount).map_err(|e| anyhow::anyhow!("amount {e}"))?;
+        Command::Credit {
+            address,
+            amount,
+            chain,
+            note,
+        } => {
+            let wallet: WalletAddress = address
+                .parse()
+                .with_context(|| format!("address {address:?}"))?;
+            let amount =
+                Amount::parse_decimal(&amount).map_err(|e| anyhow::anyhow!("amount {e}"))?;
             let chain = pick_chain(&settings, chain)?;
             let store = open_store(&settings).await?;
-            let balance = store.credit(&wallet, chain, amount, &note, now_ms()).await.map_err(|e| match e {
-                ledger::StoreError::AmountOverflow => anyhow::anyhow!(
-                    "amount must be between 1 and {} and keep the balance storable",
-                    ledger::store::balances::CREDIT_MAX
-                ),
-                other => other.into(),
-            })?;
+            let balance = store
+                .credit(&wallet, chain, amount, &note, now_ms())
+                .await
+                .map_err(|e| match e {
+                    ledger::StoreError::AmountOverflow => anyhow::anyhow!(
+                        "amount must be between 1 and {} and keep the balance storable",
+                        ledger::store::balances::CREDIT_MAX
+                    ),
+                    other => other.into(),
+                })?;
             println!(
                 "{}",
                 serde_json::json!({
@@ -107,9 +127,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
             );
         }
-        Command::SiweSign { nonce, private_key, domain, chain, budget } => {
+        Command::SiweSign {
+            nonce,
+            private_key,
+            domain,
+            chain,
+            budget,
+        } => {
             let key_hex = private_key.unwrap_or_else(|| DEV_PRIVATE_KEY.to_owned());
-            let key = eth::signing_key_from_hex(&key_hex).context("--private-key must be 32 bytes of hex")?;
+            let key = eth::signing_key_from_hex(&key_hex)
+                .context("--private-key must be 32 bytes of hex")?;
             let chain = pick_chain(&settings, chain)?;
             let now = now_ms();
             let message = SiweMessage {
@@ -126,7 +153,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             .render();
             let signature = eth::sign_personal(&key, message.as_bytes())?;
-            println!("{}", serde_json::json!({ "message": message, "signature": signature, "budgetLimit": budget }));
+            println!(
+                "{}",
+                serde_json::json!({ "message": message, "signature": signature, "budgetLimit": budget })
+            );
         }
     }
     Ok(())

@@ -22,7 +22,10 @@ pub enum SettingsError {
 }
 
 fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid { setting: setting.into(), reason: reason.into() }
+    SettingsError::Invalid {
+        setting: setting.into(),
+        reason: reason.into(),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,11 +126,16 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, SettingsError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(invalid("--config", format!("file {} does not exist", path.display())));
+                return Err(invalid(
+                    "--config",
+                    format!("file {} does not exist", path.display()),
+                ));
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
@@ -147,32 +155,52 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
-        self.http
-            .bind
-            .parse::<SocketAddr>()
-            .map_err(|_| invalid("http.bind", format!("must be ADDRESS:PORT, got {:?}", self.http.bind)))?;
+        self.http.bind.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "http.bind",
+                format!("must be ADDRESS:PORT, got {:?}", self.http.bind),
+            )
+        })?;
         if self.http.json_body_max_bytes == 0 || self.http.json_body_max_bytes > 16 * 1024 * 1024 {
-            return Err(invalid("http.json_body_max_bytes", "must be between 1 and 16777216"));
+            return Err(invalid(
+                "http.json_body_max_bytes",
+                "must be between 1 and 16777216",
+            ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));
         }
         let store = &self.store.url;
-        if !(store.starts_with("sqlite:") || store.starts_with("postgres://") || store.starts_with("postgresql://")) {
-            return Err(invalid("store.url", "must start with sqlite:// or postgres://"));
+        if !(store.starts_with("sqlite:")
+            || store.starts_with("postgres://")
+            || store.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store.url",
+                "must start with sqlite:// or postgres://",
+            ));
         }
         if self.store.max_connections == 0 || self.store.max_connections > 1_000 {
-            return Err(invalid("store.max_connections", "must be between 1 and 1000"));
+            return Err(invalid(
+                "store.max_connections",
+                "must be between 1 and 1000",
+            ));
         }
         if self.queue.url != "memory://" && !self.queue.url.starts_with("amqp://") {
             return Err(invalid("queue.url", "must be memory:// or amqp://…"));
         }
         if self.queue.url != "memory://" {
-            return Err(invalid("queue.url", "amqp:// arrives with the workers; this build runs memory:// only"));
+            return Err(invalid(
+                "queue.url",
+                "amqp:// arrives with the workers; this build runs memory:// only",
+            ));
         }
         for (name, value) in [
             ("auth.nonce_ttl_ms", self.auth.nonce_ttl_ms),
-            ("auth.siwe_issued_at_max_age_ms", self.auth.siwe_issued_at_max_age_ms),
+            (
+                "auth.siwe_issued_at_max_age_ms",
+                self.auth.siwe_issued_at_max_age_ms,
+            ),
             ("auth.clock_skew_ms", self.auth.clock_skew_ms),
             ("auth.session_ttl_ms", self.auth.session_ttl_ms),
             ("keys.default_ttl_ms", self.keys.default_ttl_ms),
@@ -183,10 +211,16 @@ impl Settings {
             }
         }
         if self.keys.default_ttl_ms > self.keys.max_ttl_ms {
-            return Err(invalid("keys.default_ttl_ms", "must not exceed keys.max_ttl_ms"));
+            return Err(invalid(
+                "keys.default_ttl_ms",
+                "must not exceed keys.max_ttl_ms",
+            ));
         }
         if ledger::Amount::from_atomic(self.keys.budget_max_atomic).is_none() {
-            return Err(invalid("keys.budget_max_atomic", "is beyond the largest storable amount"));
+            return Err(invalid(
+                "keys.budget_max_atomic",
+                "is beyond the largest storable amount",
+            ));
         }
         if self.keys.max_active_per_wallet == 0 {
             return Err(invalid("keys.max_active_per_wallet", "must be at least 1"));
@@ -194,7 +228,10 @@ impl Settings {
         if self.settlement.mode != "ledger" {
             return Err(invalid(
                 "settlement.mode",
-                format!("{:?} is not available in this build; use \"ledger\"", self.settlement.mode),
+                format!(
+                    "{:?} is not available in this build; use \"ledger\"",
+                    self.settlement.mode
+                ),
             ));
         }
         if self.chains.is_empty() {
@@ -203,7 +240,12 @@ impl Settings {
         for id in self.chains.keys() {
             match id.parse::<u64>() {
                 Ok(n) if n > 0 && i64::try_from(n).is_ok() => {}
-                _ => return Err(invalid(format!("chains.{id}"), "the table name must be a chain id (a positive integer)")),
+                _ => {
+                    return Err(invalid(
+                        format!("chains.{id}"),
+                        "the table name must be a chain id (a positive integer)",
+                    ))
+                }
             }
         }
         Ok(())
@@ -211,7 +253,11 @@ impl Settings {
 
     /// The configured chain ids.
     pub fn chain_ids(&self) -> Vec<ChainId> {
-        self.chains.keys().filter_map(|k| k.parse().ok()).map(ChainId).collect()
+        self.chains
+            .keys()
+            .filter_map(|k| k.parse().ok())
+            .map(ChainId)
+            .collect()
     }
 
     /// The default chain: the lowest configured chain id.
@@ -225,7 +271,10 @@ mod tests {
     use super::*;
 
     fn load(env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        Settings::load_with_env(None, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Settings::load_with_env(
+            None,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     #[test]
@@ -241,16 +290,28 @@ mod tests {
 
     #[test]
     fn environment_overrides_and_names_bad_settings() {
-        let s = load(&[("TOLLGATE__STORE__URL", "postgres://127.0.0.1/test"), ("TOLLGATE__KEYS__MAX_ACTIVE_PER_WALLET", "5")]).unwrap();
+        let s = load(&[
+            ("TOLLGATE__STORE__URL", "postgres://127.0.0.1/test"),
+            ("TOLLGATE__KEYS__MAX_ACTIVE_PER_WALLET", "5"),
+        ])
+        .unwrap();
         assert_eq!(s.store.url, "postgres://127.0.0.1/test");
         assert_eq!(s.keys.max_active_per_wallet, 5);
-        let err = load(&[("TOLLGATE__HTTP__BIND", "not-an-address")]).unwrap_err().to_string();
+        let err = load(&[("TOLLGATE__HTTP__BIND", "not-an-address")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("http.bind"), "{err}");
-        let err = load(&[("TOLLGATE__STORE__MAX_CONNECTIONS", "many")]).unwrap_err().to_string();
+        let err = load(&[("TOLLGATE__STORE__MAX_CONNECTIONS", "many")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_connections"), "{err}");
-        let err = load(&[("TOLLGATE__SETTLEMENT__MODE", "magic")]).unwrap_err().to_string();
+        let err = load(&[("TOLLGATE__SETTLEMENT__MODE", "magic")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("settlement.mode"), "{err}");
-        let err = load(&[("TOLLGATE__HTTP__BINDD", "x")]).unwrap_err().to_string();
+        let err = load(&[("TOLLGATE__HTTP__BINDD", "x")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bindd"), "{err}");
     }
 }

@@ -17,9 +17,15 @@ use crate::state::AppState;
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("store ({url}): {source}")]
-    Store { url: String, source: ledger::StoreError },
+    Store {
+        url: String,
+        source: ledger::StoreError,
+    },
     #[error(transparent)]
     SigningKey(#[from] signing_key::SigningKeyError),
     #[error("server: {0}")]
@@ -36,8 +42,13 @@ pub struct Application {
 /// Connects to the store named in `settings` and applies migrations.
 pub async fn open_store(settings: &Settings) -> Result<Store, StartupError> {
     let url = &settings.store.url;
-    let wrap = |source| StartupError::Store { url: ledger::store::redact_url(url), source };
-    let store = Store::connect(url, settings.store.max_connections).await.map_err(wrap)?;
+    let wrap = |source| StartupError::Store {
+        url: ledger::store::redact_url(url),
+        source,
+    };
+    let store = Store::connect(url, settings.store.max_connections)
+        .await
+        .map_err(wrap)?;
     store.migrate().await.map_err(wrap)?;
     Ok(store)
 }
@@ -46,12 +57,16 @@ impl Application {
     /// Binds `http.bind` and builds the server.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let addr = settings.http.bind.clone();
-        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind { addr, source })?;
+        let listener =
+            TcpListener::bind(&addr).map_err(|source| StartupError::Bind { addr, source })?;
         Application::build_on(settings, listener).await
     }
 
     /// Builds the server on an already bound listener.
-    pub async fn build_on(settings: Settings, listener: TcpListener) -> Result<Application, StartupError> {
+    pub async fn build_on(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> Result<Application, StartupError> {
         let store = open_store(&settings).await?;
         let key = signing_key::load_or_create(
             settings.auth.signing_key.as_deref(),
@@ -62,7 +77,11 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let state = web::Data::new(AppState::new(store.clone(), TokenSigner::new(key), settings));
+        let state = web::Data::new(AppState::new(
+            store.clone(),
+            TokenSigner::new(key),
+            settings,
+        ));
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(tracing_actix_web::TracingLogger::default())
@@ -73,7 +92,11 @@ impl Application {
         .listen(listener)
         .map_err(StartupError::Server)?
         .run();
-        Ok(Application { port, server, store })
+        Ok(Application {
+            port,
+            server,
+            store,
+        })
     }
 
     pub fn port(&self) -> u16 {

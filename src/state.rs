@@ -21,6 +21,11 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Store, signer: TokenSigner, settings: Settings) -> AppState {
         let chains = settings.chain_ids().into_iter().collect();
-        AppState { store, signer, settings: Arc::new(settings), chains: Arc::new(chains) }
+        AppState {
+            store,
+            signer,
+            settings: Arc::new(settings),
+            chains: Arc::new(chains),
+        }
     }
 }

@@ -18,10 +18,15 @@ async fn key_lifecycle(backend: Backend) {
 
     // Create: the seed's request, amounts as strings in the response.
     let (status, created) = app
-        .create_key(&session, &wallet.hex(), "43113", &json!({
-            "budgetLimit": 1000000, "expiresAt": now_ms() + 86_400_000,
-            "chainId": 43113, "purpose": "api", "name": "OpenCode"
-        }))
+        .create_key(
+            &session,
+            &wallet.hex(),
+            "43113",
+            &json!({
+                "budgetLimit": 1000000, "expiresAt": now_ms() + 86_400_000,
+                "chainId": 43113, "purpose": "api", "name": "OpenCode"
+            }),
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["budgetLimit"], "1000000");
@@ -35,9 +40,17 @@ async fn key_lifecycle(backend: Backend) {
     let key_id = created["keyId"].as_str().unwrap();
 
     // The token is never stored, only its hash.
-    let stored = app.store.key(&ledger::KeyId::parse(key_id).unwrap()).await.unwrap().unwrap();
+    let stored = app
+        .store
+        .key(&ledger::KeyId::parse(key_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(stored.token_sha256, token);
-    assert_eq!(stored.token_sha256, tollgate::auth::token::token_sha256(token));
+    assert_eq!(
+        stored.token_sha256,
+        tollgate::auth::token::token_sha256(token)
+    );
 
     // List: budget state, no token material; both the session key and the api key.
     let (status, listed) = app.list_keys(&session, &wallet.hex()).await;
@@ -58,7 +71,15 @@ async fn key_lifecycle(backend: Backend) {
     assert_eq!(app.get_key(token, key_id).await.0, 200);
 
     // Charges: none yet, in the documented shape.
-    let charges = json_of(app.client.get(app.url(&format!("/api/keys/{key_id}/charges"))).bearer_auth(token).send().await.unwrap()).await;
+    let charges = json_of(
+        app.client
+            .get(app.url(&format!("/api/keys/{key_id}/charges")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(charges.0, 200);
     assert_eq!(charges.1["charges"], json!([]));
 
@@ -68,9 +89,19 @@ async fn key_lifecycle(backend: Backend) {
     assert_eq!(revoked["status"], "revoked");
     assert_error(&app.get_key(token, key_id).await, 401, "key_revoked");
     // Revoking again is idempotent.
-    assert_eq!(app.revoke_key(&session, key_id).await.1["status"], "revoked");
+    assert_eq!(
+        app.revoke_key(&session, key_id).await.1["status"],
+        "revoked"
+    );
     // Its budget is no longer committed: the full balance is free again.
-    let (status, big) = app.create_key(&session, &wallet.hex(), "43113", &json!({ "budgetLimit": "5000000" })).await;
+    let (status, big) = app
+        .create_key(
+            &session,
+            &wallet.hex(),
+            "43113",
+            &json!({ "budgetLimit": "5000000" }),
+        )
+        .await;
     assert_eq!(status, 201, "{big}");
 }
 
@@ -79,19 +110,47 @@ async fn funding_check_answers_402_with_details(backend: Backend) {
     let wallet = Wallet::random();
     let session = app.sign_in(&wallet).await;
     // No balance at all.
-    let got = app.create_key(&session, &wallet.hex(), "43113", &json!({ "budgetLimit": "1" })).await;
+    let got = app
+        .create_key(
+            &session,
+            &wallet.hex(),
+            "43113",
+            &json!({ "budgetLimit": "1" }),
+        )
+        .await;
     assert_error(&got, 402, "insufficient_funds");
     assert_eq!(got.1["error"]["details"]["available"], "0");
     app.credit(&wallet, 3_000_000).await;
-    assert_eq!(app.create_key(&session, &wallet.hex(), "43113", &json!({ "budgetLimit": "2000000" })).await.0, 201);
-    let got = app.create_key(&session, &wallet.hex(), "43113", &json!({ "budgetLimit": "1500000" })).await;
+    assert_eq!(
+        app.create_key(
+            &session,
+            &wallet.hex(),
+            "43113",
+            &json!({ "budgetLimit": "2000000" })
+        )
+        .await
+        .0,
+        201
+    );
+    let got = app
+        .create_key(
+            &session,
+            &wallet.hex(),
+            "43113",
+            &json!({ "budgetLimit": "1500000" }),
+        )
+        .await;
     assert_error(&got, 402, "insufficient_funds");
     let details = &got.1["error"]["details"];
     assert_eq!(details["required"], "1500000");
     assert_eq!(details["available"], "3000000");
     assert_eq!(details["committed"], "2000000");
     assert_eq!(details["shortfall"], "500000");
-    assert_eq!(app.key_count(&wallet).await, 2, "a refused key is not created");
+    assert_eq!(
+        app.key_count(&wallet).await,
+        2,
+        "a refused key is not created"
+    );
 }
 
 /// `tollgate credit` from the command line is seen by the running server at once.
@@ -100,19 +159,37 @@ async fn cli_credit_is_seen_without_restart(backend: Backend) {
     let wallet = Wallet::random();
     let session = app.sign_in(&wallet).await;
     let body = json!({ "budgetLimit": "700000" });
-    assert_error(&app.create_key(&session, &wallet.hex(), "43113", &body).await, 402, "insufficient_funds");
+    assert_error(
+        &app.create_key(&session, &wallet.hex(), "43113", &body)
+            .await,
+        402,
+        "insufficient_funds",
+    );
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["credit", &wallet.hex(), "700000", "--chain", "43113"])
         .env("TOLLGATE__STORE__URL", &app.db.url)
         .env("TOLLGATE__LOG__FILTER", "warn")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(printed["balance"], "700000");
-    assert_eq!(app.create_key(&session, &wallet.hex(), "43113", &body).await.0, 201);
+    assert_eq!(
+        app.create_key(&session, &wallet.hex(), "43113", &body)
+            .await
+            .0,
+        201
+    );
     // Bad CLI input fails with a message and credits nothing.
-    for args in [vec!["credit", "0x123", "5"], vec!["credit", &wallet.hex(), "1.5"], vec!["credit", &wallet.hex(), "0"]] {
+    for args in [
+        vec!["credit", "0x123", "5"],
+        vec!["credit", &wallet.hex(), "1.5"],
+        vec!["credit", &wallet.hex(), "0"],
+    ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(&args)
             .env("TOLLGATE__STORE__URL", &app.db.url)
@@ -121,7 +198,11 @@ async fn cli_credit_is_seen_without_restart(backend: Backend) {
         assert!(!output.status.success(), "{args:?} should fail");
         assert!(!output.stderr.is_empty());
     }
-    let balance = app.store.balance(&wallet.address, ledger::ChainId(CHAIN)).await.unwrap();
+    let balance = app
+        .store
+        .balance(&wallet.address, ledger::ChainId(CHAIN))
+        .await
+        .unwrap();
     assert_eq!(balance.credited.atomic(), 700_000);
 }
 
@@ -132,17 +213,37 @@ async fn sessions_supersede_older_sessions(backend: Backend) {
     app.credit(&wallet, 1_000_000).await;
     // A session-purpose key made through POST /api/keys is bound to the session.
     let (status, bound) = app
-        .create_key(&first, &wallet.hex(), "43113", &json!({ "budgetLimit": "1000", "purpose": "session" }))
+        .create_key(
+            &first,
+            &wallet.hex(),
+            "43113",
+            &json!({ "budgetLimit": "1000", "purpose": "session" }),
+        )
         .await;
     assert_eq!(status, 201, "{bound}");
     let bound_token = bound["token"].as_str().unwrap().to_owned();
-    let (status, api) = app.create_key(&first, &wallet.hex(), "43113", &json!({ "budgetLimit": "1000" })).await;
+    let (status, api) = app
+        .create_key(
+            &first,
+            &wallet.hex(),
+            "43113",
+            &json!({ "budgetLimit": "1000" }),
+        )
+        .await;
     assert_eq!(status, 201);
     let api_token = api["token"].as_str().unwrap().to_owned();
 
     let second = app.sign_in(&wallet).await;
-    assert_error(&app.list_keys(&first, &wallet.hex()).await, 401, "session_superseded");
-    assert_error(&app.list_keys(&bound_token, &wallet.hex()).await, 401, "session_superseded");
+    assert_error(
+        &app.list_keys(&first, &wallet.hex()).await,
+        401,
+        "session_superseded",
+    );
+    assert_error(
+        &app.list_keys(&bound_token, &wallet.hex()).await,
+        401,
+        "session_superseded",
+    );
     // API keys have independent lives.
     assert_eq!(app.list_keys(&api_token, &wallet.hex()).await.0, 200);
     assert_eq!(app.list_keys(&second, &wallet.hex()).await.0, 200);
@@ -153,11 +254,15 @@ async fn session_budget_is_funded(backend: Backend) {
     let app = spawn_app(backend).await;
     let wallet = Wallet::random();
     let message = app.siwe_message(&wallet).await;
-    let got = app.sign_in_with(&wallet, &message, json!({ "budgetLimit": "5000" })).await;
+    let got = app
+        .sign_in_with(&wallet, &message, json!({ "budgetLimit": "5000" }))
+        .await;
     assert_error(&got, 402, "insufficient_funds");
     // The refused sign-in left its nonce unused: the same message works once funded.
     app.credit(&wallet, 5_000).await;
-    let (status, body) = app.sign_in_with(&wallet, &message, json!({ "budgetLimit": "5000" })).await;
+    let (status, body) = app
+        .sign_in_with(&wallet, &message, json!({ "budgetLimit": "5000" }))
+        .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["budgetLimit"], "5000");
     assert_eq!(body["purpose"], "session");
@@ -183,25 +288,54 @@ async fn bad_key_requests_change_nothing(backend: Backend) {
             .body(body)
             .send()
     };
-    assert_error(&json_of(raw("{\"budgetLimit\": ", "application/json").await.unwrap()).await, 400, "invalid_json");
-    assert_error(&json_of(raw("[1]", "application/json").await.unwrap()).await, 400, "invalid_json");
-    assert_error(&json_of(raw("budgetLimit=1", "text/plain").await.unwrap()).await, 415, "unsupported_media_type");
+    assert_error(
+        &json_of(raw("{\"budgetLimit\": ", "application/json").await.unwrap()).await,
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &json_of(raw("[1]", "application/json").await.unwrap()).await,
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &json_of(raw("budgetLimit=1", "text/plain").await.unwrap()).await,
+        415,
+        "unsupported_media_type",
+    );
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(70_000));
     let got = json_of(
-        app.client.post(app.url("/api/keys")).bearer_auth(&session).header("x-session-user-address", &me)
-            .header("x-chain-id", "43113").header("content-type", "application/json").body(huge).send().await.unwrap(),
+        app.client
+            .post(app.url("/api/keys"))
+            .bearer_auth(&session)
+            .header("x-session-user-address", &me)
+            .header("x-chain-id", "43113")
+            .header("content-type", "application/json")
+            .body(huge)
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_error(&got, 413, "body_too_large");
 
     // Budget values.
     for (budget, why) in [
-        (json!(0), "zero"), (json!("0"), "zero"), (json!(-5), "negative"), (json!("-5"), "negative"),
-        (json!(1.5), "fractional"), (json!("1.5"), "fractional"), (json!("1e6"), "not digits"),
-        (json!("18446744073709551616"), "beyond u64"), (json!(1_000_000_000_001u64), "beyond the configured maximum"),
-        (json!(true), "not a number"), (json!(null), "missing"),
+        (json!(0), "zero"),
+        (json!("0"), "zero"),
+        (json!(-5), "negative"),
+        (json!("-5"), "negative"),
+        (json!(1.5), "fractional"),
+        (json!("1.5"), "fractional"),
+        (json!("1e6"), "not digits"),
+        (json!("18446744073709551616"), "beyond u64"),
+        (json!(1_000_000_000_001u64), "beyond the configured maximum"),
+        (json!(true), "not a number"),
+        (json!(null), "missing"),
     ] {
-        let got = app.create_key(&session, &me, "43113", &json!({ "budgetLimit": budget })).await;
+        let got = app
+            .create_key(&session, &me, "43113", &json!({ "budgetLimit": budget }))
+            .await;
         assert_error(&got, 422, "invalid_field");
         assert_eq!(got.1["error"]["param"], "budgetLimit", "{why}");
     }
@@ -209,46 +343,132 @@ async fn bad_key_requests_change_nothing(backend: Backend) {
     assert_eq!(got.1["error"]["param"], "budgetLimit");
 
     // Other fields.
-    let got = app.create_key(&session, &me, "43113", &json!({ "budgetLimit": "1", "expiresAt": now_ms() - 1 })).await;
+    let got = app
+        .create_key(
+            &session,
+            &me,
+            "43113",
+            &json!({ "budgetLimit": "1", "expiresAt": now_ms() - 1 }),
+        )
+        .await;
     assert_error(&got, 422, "invalid_field");
     assert_eq!(got.1["error"]["param"], "expiresAt");
-    let got = app.create_key(&session, &me, "43113", &json!({ "budgetLimit": "1", "expiresAt": "soon" })).await;
+    let got = app
+        .create_key(
+            &session,
+            &me,
+            "43113",
+            &json!({ "budgetLimit": "1", "expiresAt": "soon" }),
+        )
+        .await;
     assert_eq!(got.1["error"]["param"], "expiresAt");
-    let got = app.create_key(&session, &me, "43113", &json!({ "budgetLimit": "1", "purpose": "admin" })).await;
+    let got = app
+        .create_key(
+            &session,
+            &me,
+            "43113",
+            &json!({ "budgetLimit": "1", "purpose": "admin" }),
+        )
+        .await;
     assert_error(&got, 422, "invalid_field");
     assert_eq!(got.1["error"]["param"], "purpose");
-    let got = app.create_key(&session, &me, "43113", &json!({ "budgetLimit": "1", "name": "x".repeat(129) })).await;
+    let got = app
+        .create_key(
+            &session,
+            &me,
+            "43113",
+            &json!({ "budgetLimit": "1", "name": "x".repeat(129) }),
+        )
+        .await;
     assert_eq!(got.1["error"]["param"], "name");
-    assert_error(&app.create_key(&session, &me, "43113", &json!({ "budgetLimit": "1", "chainId": 1 })).await, 400, "chain_mismatch");
+    assert_error(
+        &app.create_key(
+            &session,
+            &me,
+            "43113",
+            &json!({ "budgetLimit": "1", "chainId": 1 }),
+        )
+        .await,
+        400,
+        "chain_mismatch",
+    );
 
     // Headers.
-    assert_error(&app.create_key(&session, "0x1234", "43113", &json!({ "budgetLimit": "1" })).await, 400, "invalid_header");
-    assert_error(&app.create_key(&session, &me, "abc", &json!({ "budgetLimit": "1" })).await, 400, "invalid_header");
-    assert_error(&app.create_key(&session, &me, "1", &json!({ "budgetLimit": "1" })).await, 400, "unsupported_chain");
+    assert_error(
+        &app.create_key(&session, "0x1234", "43113", &json!({ "budgetLimit": "1" }))
+            .await,
+        400,
+        "invalid_header",
+    );
+    assert_error(
+        &app.create_key(&session, &me, "abc", &json!({ "budgetLimit": "1" }))
+            .await,
+        400,
+        "invalid_header",
+    );
+    assert_error(
+        &app.create_key(&session, &me, "1", &json!({ "budgetLimit": "1" }))
+            .await,
+        400,
+        "unsupported_chain",
+    );
     let no_wallet = json_of(
-        app.client.post(app.url("/api/keys")).bearer_auth(&session).header("x-chain-id", "43113")
-            .json(&json!({ "budgetLimit": "1" })).send().await.unwrap(),
+        app.client
+            .post(app.url("/api/keys"))
+            .bearer_auth(&session)
+            .header("x-chain-id", "43113")
+            .json(&json!({ "budgetLimit": "1" }))
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_error(&no_wallet, 400, "missing_header");
     let no_chain = json_of(
-        app.client.post(app.url("/api/keys")).bearer_auth(&session).header("x-session-user-address", &me)
-            .json(&json!({ "budgetLimit": "1" })).send().await.unwrap(),
+        app.client
+            .post(app.url("/api/keys"))
+            .bearer_auth(&session)
+            .header("x-session-user-address", &me)
+            .json(&json!({ "budgetLimit": "1" }))
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_error(&no_chain, 400, "missing_header");
 
     // Another wallet in the header.
     let other = Wallet::random();
-    assert_error(&app.create_key(&session, &other.hex(), "43113", &json!({ "budgetLimit": "1" })).await, 403, "wallet_mismatch");
+    assert_error(
+        &app.create_key(
+            &session,
+            &other.hex(),
+            "43113",
+            &json!({ "budgetLimit": "1" }),
+        )
+        .await,
+        403,
+        "wallet_mismatch",
+    );
 
     // An api key may not mint keys.
-    let (_, api) = app.create_key(&session, &me, "43113", &json!({ "budgetLimit": "1" })).await;
+    let (_, api) = app
+        .create_key(&session, &me, "43113", &json!({ "budgetLimit": "1" }))
+        .await;
     let api_token = api["token"].as_str().unwrap();
     let before = before + 1;
-    assert_error(&app.create_key(api_token, &me, "43113", &json!({ "budgetLimit": "1" })).await, 403, "session_key_required");
+    assert_error(
+        &app.create_key(api_token, &me, "43113", &json!({ "budgetLimit": "1" }))
+            .await,
+        403,
+        "session_key_required",
+    );
 
-    assert_eq!(app.key_count(&wallet).await, before, "bad requests created no key");
+    assert_eq!(
+        app.key_count(&wallet).await,
+        before,
+        "bad requests created no key"
+    );
 }
 
 async fn bad_tokens_are_refused(backend: Backend) {
@@ -259,15 +479,33 @@ async fn bad_tokens_are_refused(backend: Backend) {
     let me = wallet.hex();
 
     // Missing, garbage, tampered, foreign-signed.
-    let missing = json_of(app.client.get(app.url("/api/keys")).header("x-session-user-address", &me).send().await.unwrap()).await;
+    let missing = json_of(
+        app.client
+            .get(app.url("/api/keys"))
+            .header("x-session-user-address", &me)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_error(&missing, 401, "missing_token");
     assert_error(&app.list_keys("garbage", &me).await, 401, "invalid_token");
-    assert_error(&app.list_keys("compose-abc.def", &me).await, 401, "invalid_token");
+    assert_error(
+        &app.list_keys("compose-abc.def", &me).await,
+        401,
+        "invalid_token",
+    );
     let mut tampered = session.clone().into_bytes();
     let i = tampered.len() - 3;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
-    assert_error(&app.list_keys(&String::from_utf8(tampered).unwrap(), &me).await, 401, "invalid_token");
-    let foreign = tollgate::auth::token::TokenSigner::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
+    assert_error(
+        &app.list_keys(&String::from_utf8(tampered).unwrap(), &me)
+            .await,
+        401,
+        "invalid_token",
+    );
+    let foreign =
+        tollgate::auth::token::TokenSigner::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
     let forged = foreign.issue(&tollgate::auth::token::Claims {
         key_id: ledger::KeyId::generate(),
         wallet: wallet.address,
@@ -280,29 +518,76 @@ async fn bad_tokens_are_refused(backend: Backend) {
 
     // Expired.
     let (status, short) = app
-        .create_key(&session, &me, "43113", &json!({ "budgetLimit": "1", "expiresAt": now_ms() + 1_200 }))
+        .create_key(
+            &session,
+            &me,
+            "43113",
+            &json!({ "budgetLimit": "1", "expiresAt": now_ms() + 1_200 }),
+        )
         .await;
     assert_eq!(status, 201, "{short}");
     tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
-    assert_error(&app.list_keys(short["token"].as_str().unwrap(), &me).await, 401, "key_expired");
-    assert_eq!(app.get_key(&session, short["keyId"].as_str().unwrap()).await.1["status"], "expired");
+    assert_error(
+        &app.list_keys(short["token"].as_str().unwrap(), &me).await,
+        401,
+        "key_expired",
+    );
+    assert_eq!(
+        app.get_key(&session, short["keyId"].as_str().unwrap())
+            .await
+            .1["status"],
+        "expired"
+    );
 
     // Another wallet's key: readable by neither get nor revoke.
     let other = Wallet::random();
     let other_session = app.sign_in(&other).await;
-    let (_, mine) = app.create_key(&session, &me, "43113", &json!({ "budgetLimit": "1" })).await;
+    let (_, mine) = app
+        .create_key(&session, &me, "43113", &json!({ "budgetLimit": "1" }))
+        .await;
     let mine_id = mine["keyId"].as_str().unwrap();
-    assert_error(&app.get_key(&other_session, mine_id).await, 403, "wallet_mismatch");
-    assert_error(&app.revoke_key(&other_session, mine_id).await, 403, "wallet_mismatch");
-    assert_error(&app.list_keys(&other_session, &me).await, 403, "wallet_mismatch");
-    assert_eq!(app.get_key(&session, mine_id).await.1["status"], "active", "the other wallet changed nothing");
+    assert_error(
+        &app.get_key(&other_session, mine_id).await,
+        403,
+        "wallet_mismatch",
+    );
+    assert_error(
+        &app.revoke_key(&other_session, mine_id).await,
+        403,
+        "wallet_mismatch",
+    );
+    assert_error(
+        &app.list_keys(&other_session, &me).await,
+        403,
+        "wallet_mismatch",
+    );
+    assert_eq!(
+        app.get_key(&session, mine_id).await.1["status"],
+        "active",
+        "the other wallet changed nothing"
+    );
     // Unknown ids.
-    assert_error(&app.get_key(&session, "does-not-exist").await, 404, "key_not_found");
-    assert_error(&app.get_key(&session, "bad%20id").await, 404, "key_not_found");
+    assert_error(
+        &app.get_key(&session, "does-not-exist").await,
+        404,
+        "key_not_found",
+    );
+    assert_error(
+        &app.get_key(&session, "bad%20id").await,
+        404,
+        "key_not_found",
+    );
     // An api key may revoke itself but not a sibling.
-    let (_, sibling) = app.create_key(&session, &me, "43113", &json!({ "budgetLimit": "1" })).await;
+    let (_, sibling) = app
+        .create_key(&session, &me, "43113", &json!({ "budgetLimit": "1" }))
+        .await;
     let mine_token = mine["token"].as_str().unwrap();
-    assert_error(&app.revoke_key(mine_token, sibling["keyId"].as_str().unwrap()).await, 403, "session_key_required");
+    assert_error(
+        &app.revoke_key(mine_token, sibling["keyId"].as_str().unwrap())
+            .await,
+        403,
+        "session_key_required",
+    );
     assert_eq!(app.revoke_key(mine_token, mine_id).await.0, 200);
     assert_error(&app.get_key(mine_token, mine_id).await, 401, "key_revoked");
 }
@@ -310,56 +595,105 @@ async fn bad_tokens_are_refused(backend: Backend) {
 async fn bad_sign_ins_are_refused(backend: Backend) {
     let app = spawn_app(backend).await;
     let wallet = Wallet::random();
-    let sign = |text: &str| tollgate::auth::eth::sign_personal(&wallet.key, text.as_bytes()).unwrap();
+    let sign =
+        |text: &str| tollgate::auth::eth::sign_personal(&wallet.key, text.as_bytes()).unwrap();
 
     // Replayed nonce.
     let message = app.siwe_message(&wallet).await;
     assert_eq!(app.sign_in_with(&wallet, &message, json!({})).await.0, 201);
-    assert_error(&app.sign_in_with(&wallet, &message, json!({})).await, 401, "invalid_nonce");
+    assert_error(
+        &app.sign_in_with(&wallet, &message, json!({})).await,
+        401,
+        "invalid_nonce",
+    );
     // A nonce the server never issued.
     let mut invented = app.siwe_message(&wallet).await;
     invented.nonce = "abcdefgh12345678".into();
-    assert_error(&app.sign_in_with(&wallet, &invented, json!({})).await, 401, "invalid_nonce");
+    assert_error(
+        &app.sign_in_with(&wallet, &invented, json!({})).await,
+        401,
+        "invalid_nonce",
+    );
 
     // Wrong signer: signed by another wallet.
     let message = app.siwe_message(&wallet).await;
     let impostor = Wallet::random();
     let text = message.render();
     let forged = tollgate::auth::eth::sign_personal(&impostor.key, text.as_bytes()).unwrap();
-    assert_error(&app.post_session(&json!({ "message": text, "signature": forged })).await, 401, "invalid_signature");
+    assert_error(
+        &app.post_session(&json!({ "message": text, "signature": forged }))
+            .await,
+        401,
+        "invalid_signature",
+    );
     // The failed attempts did not burn the nonce.
-    assert_eq!(app.post_session(&json!({ "message": text, "signature": sign(&text) })).await.0, 201);
+    assert_eq!(
+        app.post_session(&json!({ "message": text, "signature": sign(&text) }))
+            .await
+            .0,
+        201
+    );
 
     // Wrong domain, unconfigured chain, stale or expired message.
     let mut m = app.siwe_message(&wallet).await;
     m.domain = "evil.example".into();
-    assert_error(&app.sign_in_with(&wallet, &m, json!({})).await, 401, "domain_mismatch");
+    assert_error(
+        &app.sign_in_with(&wallet, &m, json!({})).await,
+        401,
+        "domain_mismatch",
+    );
     let mut m = app.siwe_message(&wallet).await;
     m.chain_id = ledger::ChainId(1);
-    assert_error(&app.sign_in_with(&wallet, &m, json!({})).await, 401, "unsupported_chain");
+    assert_error(
+        &app.sign_in_with(&wallet, &m, json!({})).await,
+        401,
+        "unsupported_chain",
+    );
     let mut m = app.siwe_message(&wallet).await;
     m.issued_at_ms = now_ms() - 3_600_000;
-    assert_error(&app.sign_in_with(&wallet, &m, json!({})).await, 401, "message_expired");
+    assert_error(
+        &app.sign_in_with(&wallet, &m, json!({})).await,
+        401,
+        "message_expired",
+    );
     let mut m = app.siwe_message(&wallet).await;
     m.issued_at_ms = now_ms() + 3_600_000;
-    assert_error(&app.sign_in_with(&wallet, &m, json!({})).await, 401, "message_expired");
+    assert_error(
+        &app.sign_in_with(&wallet, &m, json!({})).await,
+        401,
+        "message_expired",
+    );
     let mut m = app.siwe_message(&wallet).await;
     m.expiration_time_ms = Some(now_ms() - 1);
-    assert_error(&app.sign_in_with(&wallet, &m, json!({})).await, 401, "message_expired");
+    assert_error(
+        &app.sign_in_with(&wallet, &m, json!({})).await,
+        401,
+        "message_expired",
+    );
 
     // Malformed message and signature, missing fields, bad budget.
     let m = app.siwe_message(&wallet).await;
     let text = m.render();
-    let got = app.post_session(&json!({ "message": "hello", "signature": sign("hello") })).await;
+    let got = app
+        .post_session(&json!({ "message": "hello", "signature": sign("hello") }))
+        .await;
     assert_error(&got, 422, "invalid_field");
     assert_eq!(got.1["error"]["param"], "message");
-    let got = app.post_session(&json!({ "message": text, "signature": "0x1234" })).await;
+    let got = app
+        .post_session(&json!({ "message": text, "signature": "0x1234" }))
+        .await;
     assert_eq!(got.1["error"]["param"], "signature");
     let got = app.post_session(&json!({ "signature": sign(&text) })).await;
     assert_eq!(got.1["error"]["param"], "message");
-    let got = app.post_session(&json!({ "message": text, "signature": sign(&text), "budgetLimit": -1 })).await;
+    let got = app
+        .post_session(&json!({ "message": text, "signature": sign(&text), "budgetLimit": -1 }))
+        .await;
     assert_eq!(got.1["error"]["param"], "budgetLimit");
-    let got = app.post_session(&json!({ "message": text, "signature": sign(&text), "expiresAt": now_ms() - 5 })).await;
+    let got = app
+        .post_session(
+            &json!({ "message": text, "signature": sign(&text), "expiresAt": now_ms() - 5 }),
+        )
+        .await;
     assert_eq!(got.1["error"]["param"], "expiresAt");
 
     // Only the two successful sign-ins made keys; the latest session is the active one.
@@ -368,10 +702,18 @@ async fn bad_sign_ins_are_refused(backend: Backend) {
 
 /// A configured SIWE domain replaces the Host check.
 async fn configured_siwe_domain_is_enforced(backend: Backend) {
-    let app = spawn_app_with(backend, &[("TOLLGATE__AUTH__SIWE_DOMAIN", "app.tollgate.test")]).await;
+    let app = spawn_app_with(
+        backend,
+        &[("TOLLGATE__AUTH__SIWE_DOMAIN", "app.tollgate.test")],
+    )
+    .await;
     let wallet = Wallet::random();
     let message = app.siwe_message(&wallet).await;
-    assert_error(&app.sign_in_with(&wallet, &message, json!({})).await, 401, "domain_mismatch");
+    assert_error(
+        &app.sign_in_with(&wallet, &message, json!({})).await,
+        401,
+        "domain_mismatch",
+    );
     let mut message = app.siwe_message(&wallet).await;
     message.domain = "app.tollgate.test".into();
     assert_eq!(app.sign_in_with(&wallet, &message, json!({})).await.0, 201);
@@ -379,10 +721,19 @@ async fn configured_siwe_domain_is_enforced(backend: Backend) {
 
 async fn unknown_routes_and_health(backend: Backend) {
     let app = spawn_app(backend).await;
-    assert_error(&json_of(app.client.get(app.url("/nope")).send().await.unwrap()).await, 404, "route_not_found");
+    assert_error(
+        &json_of(app.client.get(app.url("/nope")).send().await.unwrap()).await,
+        404,
+        "route_not_found",
+    );
     let (status, body) = json_of(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
     assert_eq!((status.as_u16(), body["store"].as_str()), (200, Some("ok")));
-    assert_eq!(json_of(app.client.get(app.url("/healthz")).send().await.unwrap()).await.0, 200);
+    assert_eq!(
+        json_of(app.client.get(app.url("/healthz")).send().await.unwrap())
+            .await
+            .0,
+        200
+    );
 }
 
 both_stores!(

@@ -20,7 +20,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("not found")]
     NotFound,
-    #[error("insufficient funds: required {required}, available {available}, committed {committed}")]
+    #[error(
+        "insufficient funds: required {required}, available {available}, committed {committed}"
+    )]
     InsufficientFunds {
         required: Amount,
         available: Amount,

@@ -192,8 +192,18 @@ mod tests {
             "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD".parse::<WalletAddress>(),
             Err(AddressError::Checksum)
         );
-        for bad in ["", "0x", "5aaeb6053f3e94c9b9a09f33669435e7ef1beaed", "0x5aaeb6053f3e94c9b9a09f33669435e7ef1bea", "0xzzaeb6053f3e94c9b9a09f33669435e7ef1beaed"] {
-            assert_eq!(bad.parse::<WalletAddress>(), Err(AddressError::Format), "{bad}");
+        for bad in [
+            "",
+            "0x",
+            "5aaeb6053f3e94c9b9a09f33669435e7ef1beaed",
+            "0x5aaeb6053f3e94c9b9a09f33669435e7ef1bea",
+            "0xzzaeb6053f3e94c9b9a09f33669435e7ef1beaed",
+        ] {
+            assert_eq!(
+                bad.parse::<WalletAddress>(),
+                Err(AddressError::Format),
+                "{bad}"
+            );
         }
     }
 

@@ -81,7 +81,8 @@ impl Amount {
         if text.is_empty() {
             return Err(AmountError::NotANumber);
         }
-        if text.starts_with('-') && text.len() > 1 && text[1..].bytes().all(|b| b.is_ascii_digit()) {
+        if text.starts_with('-') && text.len() > 1 && text[1..].bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(AmountError::Negative);
         }
         if text.contains('.') {

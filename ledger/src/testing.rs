@@ -55,7 +55,10 @@ impl TestDb {
                     .await
                     .expect("create test database");
                 let _ = conn.close().await;
-                let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map(|(b, _)| b)
+                    .unwrap_or(&admin_url);
                 TestDb {
                     url: format!("{base}/{name}"),
                     cleanup: Cleanup::Postgres { admin_url, name },
@@ -66,7 +69,9 @@ impl TestDb {
 
     /// A connected, migrated store on this database.
     pub async fn store(&self) -> Store {
-        let store = Store::connect(&self.url, 8).await.expect("connect to test store");
+        let store = Store::connect(&self.url, 8)
+            .await
+            .expect("connect to test store");
         store.migrate().await.expect("migrate test store");
         store
     }
@@ -74,7 +79,12 @@ impl TestDb {
 
 /// Sets a wallet's credited total directly, to reach states (such as a
 /// balance near the column's maximum) that would take thousands of credits.
-pub async fn set_credited(store: &Store, wallet: &crate::WalletAddress, chain: crate::ChainId, credited: crate::Amount) {
+pub async fn set_credited(
+    store: &Store,
+    wallet: &crate::WalletAddress,
+    chain: crate::ChainId,
+    credited: crate::Amount,
+) {
     sqlx::query(
         "INSERT INTO balances (wallet, chain_id, credited_atomic, updated_at_ms) VALUES ($1, $2, $3, 0)
          ON CONFLICT (wallet, chain_id) DO UPDATE SET credited_atomic = excluded.credited_atomic",
@@ -97,13 +107,19 @@ impl Drop for TestDb {
                 let (admin_url, name) = (admin_url.clone(), name.clone());
                 // Drop runs outside any runtime guarantee: use a thread of its own.
                 let handle = std::thread::spawn(move || {
-                    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
                         return;
                     };
                     rt.block_on(async move {
                         if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
                             let _ = conn
-                                .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
+                                .execute(
+                                    format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)
+                                        .as_str(),
+                                )
                                 .await;
                         }
                     });

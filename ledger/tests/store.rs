@@ -52,11 +52,20 @@ fn charge(key: &KeyId, amount: Amount) -> NewCharge {
 
 async fn credit_and_key_lifecycle(store: Store) {
     let owner = wallet(1);
-    assert_eq!(store.balance(&owner, CHAIN).await.unwrap().credited, Amount::ZERO);
-    let balance = store.credit(&owner, CHAIN, usdc(5), "test", now_ms()).await.unwrap();
+    assert_eq!(
+        store.balance(&owner, CHAIN).await.unwrap().credited,
+        Amount::ZERO
+    );
+    let balance = store
+        .credit(&owner, CHAIN, usdc(5), "test", now_ms())
+        .await
+        .unwrap();
     assert_eq!(balance.credited, usdc(5));
 
-    let key = store.create_key(&new_key(owner, usdc(3)), 10).await.unwrap();
+    let key = store
+        .create_key(&new_key(owner, usdc(3)), 10)
+        .await
+        .unwrap();
     assert_eq!(key.budget_limit, usdc(3));
     assert_eq!(key.budget_used, Amount::ZERO);
     assert_eq!(key.status, KeyStatus::Active);
@@ -68,44 +77,91 @@ async fn credit_and_key_lifecycle(store: Store) {
 
     // 3 committed + 3 requested > 5 available.
     match store.create_key(&new_key(owner, usdc(3)), 10).await {
-        Err(StoreError::InsufficientFunds { required, available, committed }) => {
-            assert_eq!((required, available, committed), (usdc(3), usdc(5), usdc(3)));
+        Err(StoreError::InsufficientFunds {
+            required,
+            available,
+            committed,
+        }) => {
+            assert_eq!(
+                (required, available, committed),
+                (usdc(3), usdc(5), usdc(3))
+            );
         }
         other => panic!("expected InsufficientFunds, got {other:?}"),
     }
     // Exactly what is left still fits.
-    let second = store.create_key(&new_key(owner, usdc(2)), 10).await.unwrap();
+    let second = store
+        .create_key(&new_key(owner, usdc(2)), 10)
+        .await
+        .unwrap();
 
     let listed = store.keys_for_wallet(&owner, None).await.unwrap();
-    assert_eq!(listed.iter().map(|k| &k.id).collect::<Vec<_>>(), vec![&second.id, &key.id]);
-    assert!(store.keys_for_wallet(&wallet(2), None).await.unwrap().is_empty());
-    assert!(store.keys_for_wallet(&owner, Some(ChainId(1))).await.unwrap().is_empty());
+    assert_eq!(
+        listed.iter().map(|k| &k.id).collect::<Vec<_>>(),
+        vec![&second.id, &key.id]
+    );
+    assert!(store
+        .keys_for_wallet(&wallet(2), None)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .keys_for_wallet(&owner, Some(ChainId(1)))
+        .await
+        .unwrap()
+        .is_empty());
 
     // Revoking frees the budget; revoking twice changes nothing.
     let revoked = store.revoke_key(&key.id, now_ms()).await.unwrap();
     assert_eq!(revoked.status, KeyStatus::Revoked);
     let again = store.revoke_key(&key.id, now_ms() + 5).await.unwrap();
     assert_eq!(again.revoked_at_ms, revoked.revoked_at_ms);
-    assert_eq!(store.funding(&owner, CHAIN, now_ms()).await.unwrap().committed, usdc(2));
-    assert!(matches!(store.revoke_key(&KeyId::generate(), now_ms()).await, Err(StoreError::NotFound)));
+    assert_eq!(
+        store
+            .funding(&owner, CHAIN, now_ms())
+            .await
+            .unwrap()
+            .committed,
+        usdc(2)
+    );
+    assert!(matches!(
+        store.revoke_key(&KeyId::generate(), now_ms()).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 async fn expired_keys_commit_nothing(store: Store) {
     let owner = wallet(3);
-    store.credit(&owner, CHAIN, usdc(1), "test", now_ms()).await.unwrap();
+    store
+        .credit(&owner, CHAIN, usdc(1), "test", now_ms())
+        .await
+        .unwrap();
     let mut key = new_key(owner, usdc(1));
     key.expires_at_ms = now_ms() + 50;
     let key = store.create_key(&key, 10).await.unwrap();
     assert_eq!(key.status_at(key.expires_at_ms), KeyStatus::Expired);
     tokio::time::sleep(std::time::Duration::from_millis(60)).await;
-    assert_eq!(store.funding(&owner, CHAIN, now_ms()).await.unwrap().committed, Amount::ZERO);
-    store.create_key(&new_key(owner, usdc(1)), 10).await.unwrap();
+    assert_eq!(
+        store
+            .funding(&owner, CHAIN, now_ms())
+            .await
+            .unwrap()
+            .committed,
+        Amount::ZERO
+    );
+    store
+        .create_key(&new_key(owner, usdc(1)), 10)
+        .await
+        .unwrap();
 }
 
 async fn active_key_count_is_bounded(store: Store) {
     let owner = wallet(4);
     for _ in 0..3 {
-        store.create_key(&new_key(owner, Amount::ZERO), 3).await.unwrap();
+        store
+            .create_key(&new_key(owner, Amount::ZERO), 3)
+            .await
+            .unwrap();
     }
     assert!(matches!(
         store.create_key(&new_key(owner, Amount::ZERO), 3).await,
@@ -117,7 +173,9 @@ async fn credits_are_bounded_and_checked(store: Store) {
     let owner = wallet(5);
     let max = ledger::store::balances::CREDIT_MAX;
     assert!(matches!(
-        store.credit(&owner, CHAIN, Amount::ZERO, "", now_ms()).await,
+        store
+            .credit(&owner, CHAIN, Amount::ZERO, "", now_ms())
+            .await,
         Err(StoreError::AmountOverflow)
     ));
     let too_much = max.checked_add(Amount::from_atomic(1).unwrap()).unwrap();
@@ -141,12 +199,17 @@ async fn credits_are_bounded_and_checked(store: Store) {
 /// Many concurrent creations on one wallet never commit more than its funds.
 async fn concurrent_key_creation_never_overcommits(store: Store) {
     let owner = wallet(6);
-    store.credit(&owner, CHAIN, usdc(10), "test", now_ms()).await.unwrap();
+    store
+        .credit(&owner, CHAIN, usdc(10), "test", now_ms())
+        .await
+        .unwrap();
     let store = Arc::new(store);
     let mut tasks = Vec::new();
     for _ in 0..40 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.create_key(&new_key(owner, usdc(1)), 100).await }));
+        tasks.push(tokio::spawn(async move {
+            store.create_key(&new_key(owner, usdc(1)), 100).await
+        }));
     }
     let mut created = 0;
     for task in tasks {
@@ -169,72 +232,146 @@ async fn sessions_supersede_and_nonces_are_single_use(store: Store) {
         let mut key = new_key(owner, Amount::ZERO);
         key.purpose = Purpose::Session;
         key.session_id = Some(id.clone());
-        NewSession { id, nonce: nonce.into(), nonce_issued_after_ms: now - 60_000, key }
+        NewSession {
+            id,
+            nonce: nonce.into(),
+            nonce_issued_after_ms: now - 60_000,
+            key,
+        }
     };
     // Unknown nonce.
-    assert!(matches!(store.create_session(&sign_in("never-issued"), 10).await, Err(StoreError::NonceRejected)));
+    assert!(matches!(
+        store.create_session(&sign_in("never-issued"), 10).await,
+        Err(StoreError::NonceRejected)
+    ));
 
-    store.issue_nonce("nonce-one", now, now - 60_000).await.unwrap();
-    let (first, first_key) = store.create_session(&sign_in("nonce-one"), 10).await.unwrap();
+    store
+        .issue_nonce("nonce-one", now, now - 60_000)
+        .await
+        .unwrap();
+    let (first, first_key) = store
+        .create_session(&sign_in("nonce-one"), 10)
+        .await
+        .unwrap();
     assert!(first.active);
     assert_eq!(first_key.session_id.as_ref(), Some(&first.id));
     // Replay of the same nonce.
-    assert!(matches!(store.create_session(&sign_in("nonce-one"), 10).await, Err(StoreError::NonceRejected)));
+    assert!(matches!(
+        store.create_session(&sign_in("nonce-one"), 10).await,
+        Err(StoreError::NonceRejected)
+    ));
 
-    store.issue_nonce("nonce-two", now, now - 60_000).await.unwrap();
-    let (second, _) = store.create_session(&sign_in("nonce-two"), 10).await.unwrap();
+    store
+        .issue_nonce("nonce-two", now, now - 60_000)
+        .await
+        .unwrap();
+    let (second, _) = store
+        .create_session(&sign_in("nonce-two"), 10)
+        .await
+        .unwrap();
     assert!(second.active);
     assert!(!store.session(&first.id).await.unwrap().unwrap().active);
-    assert_eq!(store.key(&first_key.id).await.unwrap().unwrap().status, KeyStatus::Superseded);
+    assert_eq!(
+        store.key(&first_key.id).await.unwrap().unwrap().status,
+        KeyStatus::Superseded
+    );
 
     // A sign-in refused for funds changes nothing: nonce unused, old session active.
-    store.issue_nonce("nonce-three", now, now - 60_000).await.unwrap();
+    store
+        .issue_nonce("nonce-three", now, now - 60_000)
+        .await
+        .unwrap();
     let mut costly = sign_in("nonce-three");
     costly.key.budget_limit = usdc(1);
-    assert!(matches!(store.create_session(&costly, 10).await, Err(StoreError::InsufficientFunds { .. })));
+    assert!(matches!(
+        store.create_session(&costly, 10).await,
+        Err(StoreError::InsufficientFunds { .. })
+    ));
     assert!(store.session(&second.id).await.unwrap().unwrap().active);
-    store.create_session(&sign_in("nonce-three"), 10).await.unwrap();
+    store
+        .create_session(&sign_in("nonce-three"), 10)
+        .await
+        .unwrap();
 
     // Expired nonces are refused.
-    store.issue_nonce("nonce-old", now - 120_000, now - 600_000).await.unwrap();
-    assert!(matches!(store.create_session(&sign_in("nonce-old"), 10).await, Err(StoreError::NonceRejected)));
+    store
+        .issue_nonce("nonce-old", now - 120_000, now - 600_000)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_session(&sign_in("nonce-old"), 10).await,
+        Err(StoreError::NonceRejected)
+    ));
 }
 
 async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
     let owner = wallet(8);
-    store.credit(&owner, CHAIN, usdc(1), "test", now_ms()).await.unwrap();
-    let key = store.create_key(&new_key(owner, Amount::from_atomic(1_000).unwrap()), 10).await.unwrap();
+    store
+        .credit(&owner, CHAIN, usdc(1), "test", now_ms())
+        .await
+        .unwrap();
+    let key = store
+        .create_key(&new_key(owner, Amount::from_atomic(1_000).unwrap()), 10)
+        .await
+        .unwrap();
     let first = charge(&key.id, Amount::from_atomic(400).unwrap());
-    assert_eq!(store.record_charge(&first).await.unwrap(), ChargeWrite::Recorded);
-    assert_eq!(store.record_charge(&first).await.unwrap(), ChargeWrite::Duplicate);
+    assert_eq!(
+        store.record_charge(&first).await.unwrap(),
+        ChargeWrite::Recorded
+    );
+    assert_eq!(
+        store.record_charge(&first).await.unwrap(),
+        ChargeWrite::Duplicate
+    );
     let second = charge(&key.id, Amount::from_atomic(600).unwrap());
-    assert_eq!(store.record_charge(&second).await.unwrap(), ChargeWrite::Recorded);
+    assert_eq!(
+        store.record_charge(&second).await.unwrap(),
+        ChargeWrite::Recorded
+    );
     // One more atomic unit would pass the limit.
     assert!(matches!(
-        store.record_charge(&charge(&key.id, Amount::from_atomic(1).unwrap())).await,
+        store
+            .record_charge(&charge(&key.id, Amount::from_atomic(1).unwrap()))
+            .await,
         Err(StoreError::OverBudget)
     ));
     assert!(matches!(
-        store.record_charge(&charge(&KeyId::generate(), Amount::ZERO)).await,
+        store
+            .record_charge(&charge(&KeyId::generate(), Amount::ZERO))
+            .await,
         Err(StoreError::NotFound)
     ));
     let charges = store.charges_for_key(&key.id).await.unwrap();
     assert_eq!(charges.len(), 2);
-    let sum = charges.iter().fold(Amount::ZERO, |acc, c| acc.checked_add(c.amount).unwrap());
+    let sum = charges
+        .iter()
+        .fold(Amount::ZERO, |acc, c| acc.checked_add(c.amount).unwrap());
     let key = store.key(&key.id).await.unwrap().unwrap();
-    assert_eq!(key.budget_used, sum, "invariant 3: budget_used equals the sum of charges");
+    assert_eq!(
+        key.budget_used, sum,
+        "invariant 3: budget_used equals the sum of charges"
+    );
     assert_eq!(key.budget_remaining(), Amount::ZERO);
     // Unsettled charges are owed: they leave the available funds.
     let funding = store.funding(&owner, CHAIN, now_ms()).await.unwrap();
-    assert_eq!(funding.available, Amount::from_atomic(1_000_000 - 1_000).unwrap());
+    assert_eq!(
+        funding.available,
+        Amount::from_atomic(1_000_000 - 1_000).unwrap()
+    );
     assert_eq!(funding.committed, Amount::ZERO);
 }
 
 /// Replaying one charge concurrently still writes it exactly once.
 async fn concurrent_duplicate_charges_write_once(store: Store) {
     let owner = wallet(9);
-    store.credit(&owner, CHAIN, usdc(1), "test", now_ms()).await.unwrap();
-    let key = store.create_key(&new_key(owner, usdc(1)), 10).await.unwrap();
+    store
+        .credit(&owner, CHAIN, usdc(1), "test", now_ms())
+        .await
+        .unwrap();
+    let key = store
+        .create_key(&new_key(owner, usdc(1)), 10)
+        .await
+        .unwrap();
     let one = charge(&key.id, Amount::from_atomic(7).unwrap());
     let store = Arc::new(store);
     let mut tasks = Vec::new();
@@ -251,7 +388,10 @@ async fn concurrent_duplicate_charges_write_once(store: Store) {
         }
     }
     assert_eq!(recorded, 1);
-    assert_eq!(store.key(&key.id).await.unwrap().unwrap().budget_used, Amount::from_atomic(7).unwrap());
+    assert_eq!(
+        store.key(&key.id).await.unwrap().unwrap().budget_used,
+        Amount::from_atomic(7).unwrap()
+    );
 }
 
 async fn migrations_are_idempotent(store: Store) {

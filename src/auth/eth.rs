@@ -36,7 +36,10 @@ pub fn address_of(key: &VerifyingKey) -> WalletAddress {
 
 /// Recovers who signed `message` with `personal_sign`, from a 65-byte
 /// `r ‖ s ‖ v` signature in hex.
-pub fn recover_personal_signer(message: &[u8], signature_hex: &str) -> Result<WalletAddress, SignatureError> {
+pub fn recover_personal_signer(
+    message: &[u8],
+    signature_hex: &str,
+) -> Result<WalletAddress, SignatureError> {
     let digits = signature_hex.strip_prefix("0x").unwrap_or(signature_hex);
     if digits.len() != 130 {
         return Err(SignatureError::Format);
@@ -94,24 +97,46 @@ mod tests {
         let key = signing_key_from_hex(DEV_KEY).unwrap();
         assert_eq!(address_of(key.verifying_key()).to_string(), DEV_ADDRESS);
         let signature = sign_personal(&key, b"hello").unwrap();
-        assert_eq!(recover_personal_signer(b"hello", &signature).unwrap().to_string(), DEV_ADDRESS);
+        assert_eq!(
+            recover_personal_signer(b"hello", &signature)
+                .unwrap()
+                .to_string(),
+            DEV_ADDRESS
+        );
         // The same signature over another message names someone else.
-        assert_ne!(recover_personal_signer(b"hellO", &signature).unwrap().to_string(), DEV_ADDRESS);
+        assert_ne!(
+            recover_personal_signer(b"hellO", &signature)
+                .unwrap()
+                .to_string(),
+            DEV_ADDRESS
+        );
     }
 
     #[test]
     fn known_personal_sign_vector() {
         // personal_sign("hello") by the dev account, as produced by ethers/viem.
         let sig = "0xf16ea9a3478698f695fd1401bfe27e9e4a7e8e3da94aa72b021125e31fa899cc573c48ea3fe1d4ab61a9db10c19032026e3ed2dbccba5a178235ac27f94504311c";
-        assert_eq!(recover_personal_signer(b"hello", sig).unwrap().to_string(), DEV_ADDRESS);
+        assert_eq!(
+            recover_personal_signer(b"hello", sig).unwrap().to_string(),
+            DEV_ADDRESS
+        );
     }
 
     #[test]
     fn malformed_signatures_are_refused() {
-        assert_eq!(recover_personal_signer(b"x", "0x12"), Err(SignatureError::Format));
-        assert_eq!(recover_personal_signer(b"x", &format!("0x{}", "zz".repeat(65))), Err(SignatureError::Format));
+        assert_eq!(
+            recover_personal_signer(b"x", "0x12"),
+            Err(SignatureError::Format)
+        );
+        assert_eq!(
+            recover_personal_signer(b"x", &format!("0x{}", "zz".repeat(65))),
+            Err(SignatureError::Format)
+        );
         let mut bad_v = "11".repeat(64);
         bad_v.push_str("05");
-        assert_eq!(recover_personal_signer(b"x", &bad_v), Err(SignatureError::RecoveryId));
+        assert_eq!(
+            recover_personal_signer(b"x", &bad_v),
+            Err(SignatureError::RecoveryId)
+        );
     }
 }

@@ -23,9 +23,14 @@ pub fn load_or_create(hex_key: Option<&str>, file: &Path) -> Result<SigningKey, 
     if let Some(text) = hex_key {
         return parse_seed(text).ok_or(SigningKeyError::BadHex);
     }
-    let file_error = |reason: String| SigningKeyError::File { path: file.display().to_string(), reason };
+    let file_error = |reason: String| SigningKeyError::File {
+        path: file.display().to_string(),
+        reason,
+    };
     match std::fs::read_to_string(file) {
-        Ok(text) => parse_seed(&text).ok_or_else(|| file_error("must hold 64 hexadecimal digits".into())),
+        Ok(text) => {
+            parse_seed(&text).ok_or_else(|| file_error("must hold 64 hexadecimal digits".into()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
             if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -46,7 +51,9 @@ pub fn load_or_create(hex_key: Option<&str>, file: &Path) -> Result<SigningKey, 
                     Ok(key)
                 }
                 // Another process created it first: use theirs.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create(None, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create(None, file)
+                }
                 Err(e) => Err(file_error(e.to_string())),
             }
         }

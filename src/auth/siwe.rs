@@ -65,9 +65,11 @@ impl SiweMessage {
         }
         let mut lines = text.split('\n');
         let first = lines.next().unwrap_or_default();
-        let authority = first
-            .strip_suffix(PREAMBLE)
-            .ok_or_else(|| malformed("first line must be \"<domain> wants you to sign in with your Ethereum account:\""))?;
+        let authority = first.strip_suffix(PREAMBLE).ok_or_else(|| {
+            malformed(
+                "first line must be \"<domain> wants you to sign in with your Ethereum account:\"",
+            )
+        })?;
         // An optional scheme may precede the domain.
         let domain = authority.split_once("://").map_or(authority, |(_, d)| d);
         if domain.is_empty() || domain.contains(char::is_whitespace) {
@@ -131,14 +133,17 @@ impl SiweMessage {
             .parse::<u64>()
             .map_err(|_| malformed("Chain ID must be a positive integer"))?;
         let nonce = take("Nonce", true)?.unwrap_or_default();
-        if nonce.len() < 8 || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if nonce.len() < 8 || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
             return Err(malformed("Nonce must be 8 to 64 letters and digits"));
         }
         let issued_at_ms = parse_time("Issued At", &take("Issued At", true)?.unwrap_or_default())?;
         let expiration_time_ms = take("Expiration Time", false)?
             .map(|t| parse_time("Expiration Time", &t))
             .transpose()?;
-        let not_before_ms = take("Not Before", false)?.map(|t| parse_time("Not Before", &t)).transpose()?;
+        let not_before_ms = take("Not Before", false)?
+            .map(|t| parse_time("Not Before", &t))
+            .transpose()?;
         let _request_id = take("Request ID", false)?;
         if let Some((name, _)) = fields.first() {
             return Err(malformed(format!("unexpected field {name:?}")));
@@ -171,7 +176,11 @@ impl SiweMessage {
         };
         out.push_str(&format!(
             "URI: {}\nVersion: {}\nChain ID: {}\nNonce: {}\nIssued At: {}",
-            self.uri, self.version, self.chain_id, self.nonce, iso(self.issued_at_ms)
+            self.uri,
+            self.version,
+            self.chain_id,
+            self.nonce,
+            iso(self.issued_at_ms)
         ));
         if let Some(ms) = self.expiration_time_ms {
             out.push_str(&format!("\nExpiration Time: {}", iso(ms)));
@@ -196,10 +205,17 @@ pub struct SiweExpectations<'a> {
 
 /// Parses, checks and verifies a signed sign-in message. The nonce is left
 /// for the store to consume.
-pub fn verify(text: &str, signature: &str, expect: &SiweExpectations<'_>) -> Result<SiweMessage, SiweError> {
+pub fn verify(
+    text: &str,
+    signature: &str,
+    expect: &SiweExpectations<'_>,
+) -> Result<SiweMessage, SiweError> {
     let message = SiweMessage::parse(text)?;
     if !message.domain.eq_ignore_ascii_case(expect.domain) {
-        return Err(SiweError::Domain { expected: expect.domain.to_owned(), found: message.domain });
+        return Err(SiweError::Domain {
+            expected: expect.domain.to_owned(),
+            found: message.domain,
+        });
     }
     if !(expect.chain_configured)(message.chain_id) {
         return Err(SiweError::Chain(message.chain_id.0));
@@ -209,12 +225,17 @@ pub fn verify(text: &str, signature: &str, expect: &SiweExpectations<'_>) -> Res
         return Err(SiweError::Time("Issued At is in the future".into()));
     }
     if message.issued_at_ms < now - expect.issued_at_max_age_ms {
-        return Err(SiweError::Time("Issued At is too old; request a new nonce".into()));
+        return Err(SiweError::Time(
+            "Issued At is too old; request a new nonce".into(),
+        ));
     }
     if message.expiration_time_ms.is_some_and(|t| t <= now) {
         return Err(SiweError::Time("Expiration Time has passed".into()));
     }
-    if message.not_before_ms.is_some_and(|t| t > now + expect.clock_skew_ms) {
+    if message
+        .not_before_ms
+        .is_some_and(|t| t > now + expect.clock_skew_ms)
+    {
         return Err(SiweError::Time("Not Before is in the future".into()));
     }
     let signer = eth::recover_personal_signer(text.as_bytes(), signature)?;
@@ -269,10 +290,19 @@ Resources:
             &EXAMPLE.replace("Nonce: 32891757", "Nonce: 12"),
             &EXAMPLE.replace("Chain ID: 1", "Chain ID: one"),
             &EXAMPLE.replace("2021-09-30T16:25:24.000Z", "yesterday"),
-            &EXAMPLE.replace("0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2", "0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756CC2"),
-            &EXAMPLE.replace("URI: https://service.org/login\nVersion: 1", "Version: 1\nURI: https://service.org/login"),
+            &EXAMPLE.replace(
+                "0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2",
+                "0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756CC2",
+            ),
+            &EXAMPLE.replace(
+                "URI: https://service.org/login\nVersion: 1",
+                "Version: 1\nURI: https://service.org/login",
+            ),
         ] {
-            assert!(matches!(SiweMessage::parse(bad), Err(SiweError::Malformed(_))), "{bad:?}");
+            assert!(
+                matches!(SiweMessage::parse(bad), Err(SiweError::Malformed(_))),
+                "{bad:?}"
+            );
         }
     }
 }

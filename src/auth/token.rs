@@ -64,7 +64,9 @@ pub struct TokenSigner {
 impl std::fmt::Debug for TokenSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the private key.
-        f.debug_struct("TokenSigner").field("public", &hex::encode(self.verifying.as_bytes())).finish()
+        f.debug_struct("TokenSigner")
+            .field("public", &hex::encode(self.verifying.as_bytes()))
+            .finish()
     }
 }
 
@@ -100,9 +102,13 @@ impl TokenSigner {
         if token.len() > TOKEN_MAX_BYTES {
             return Err(TokenError::Malformed);
         }
-        let rest = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
+        let rest = token
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(TokenError::Malformed)?;
         let (body_b64, signature_b64) = rest.split_once('.').ok_or(TokenError::Malformed)?;
-        let body = URL_SAFE_NO_PAD.decode(body_b64).map_err(|_| TokenError::Malformed)?;
+        let body = URL_SAFE_NO_PAD
+            .decode(body_b64)
+            .map_err(|_| TokenError::Malformed)?;
         let signature_bytes: [u8; 64] = URL_SAFE_NO_PAD
             .decode(signature_b64)
             .map_err(|_| TokenError::Malformed)?
@@ -178,14 +184,31 @@ mod tests {
         let i = TOKEN_PREFIX.len() + 5;
         bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).unwrap();
-        assert!(matches!(s.verify(&tampered, 0), Err(TokenError::BadSignature | TokenError::Malformed)));
-        for garbage in ["", "compose-", "compose-abc", "compose-a.b", "sk-123", &"compose-".repeat(200)] {
-            assert_eq!(s.verify(garbage, 0), Err(TokenError::Malformed), "{garbage}");
+        assert!(matches!(
+            s.verify(&tampered, 0),
+            Err(TokenError::BadSignature | TokenError::Malformed)
+        ));
+        for garbage in [
+            "",
+            "compose-",
+            "compose-abc",
+            "compose-a.b",
+            "sk-123",
+            &"compose-".repeat(200),
+        ] {
+            assert_eq!(
+                s.verify(garbage, 0),
+                Err(TokenError::Malformed),
+                "{garbage}"
+            );
         }
     }
 
     #[test]
     fn hash_is_hex_sha256() {
-        assert_eq!(token_sha256("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            token_sha256("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

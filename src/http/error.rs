@@ -20,7 +20,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), param: None, details: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            param: None,
+            details: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -43,14 +49,22 @@ impl ApiError {
     pub fn invalid_field(param: &'static str, message: impl std::fmt::Display) -> ApiError {
         ApiError {
             param: Some(param),
-            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("{param} {message}"))
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("{param} {message}"),
+            )
         }
     }
 
     /// A failure that is ours, not the caller's: logged in full, answered opaquely.
     pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(error = %cause, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; see the server log",
+        )
     }
 
     pub fn with_details(mut self, details: Value) -> ApiError {
@@ -61,7 +75,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 

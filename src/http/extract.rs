@@ -31,22 +31,30 @@ pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Caller,
     let now = now_ms();
     let claims = state.signer.verify(token, now).map_err(|e| match e {
         TokenError::Expired => ApiError::unauthorized("key_expired", "the key has expired"),
-        TokenError::Malformed | TokenError::BadSignature => {
-            ApiError::unauthorized("invalid_token", "the bearer token is not a valid Compose key")
-        }
+        TokenError::Malformed | TokenError::BadSignature => ApiError::unauthorized(
+            "invalid_token",
+            "the bearer token is not a valid Compose key",
+        ),
     })?;
-    let key = state
-        .store
-        .key(&claims.key_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", "the bearer token is not a valid Compose key"))?;
+    let key = state.store.key(&claims.key_id).await?.ok_or_else(|| {
+        ApiError::unauthorized(
+            "invalid_token",
+            "the bearer token is not a valid Compose key",
+        )
+    })?;
     let stored = key.token_sha256.as_bytes();
     if !bool::from(stored.ct_eq(token_sha256(token).as_bytes())) {
-        return Err(ApiError::unauthorized("invalid_token", "the bearer token is not a valid Compose key"));
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "the bearer token is not a valid Compose key",
+        ));
     }
     match key.status_at(now) {
         KeyStatus::Active => Ok(Caller { claims, key }),
-        KeyStatus::Revoked => Err(ApiError::unauthorized("key_revoked", "the key has been revoked")),
+        KeyStatus::Revoked => Err(ApiError::unauthorized(
+            "key_revoked",
+            "the key has been revoked",
+        )),
         KeyStatus::Superseded => Err(ApiError::unauthorized(
             "session_superseded",
             "the key's session was replaced by a newer sign-in",
@@ -56,18 +64,23 @@ pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Caller,
 }
 
 fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
-    let value = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing_token", "send Authorization: Bearer <compose key>"))?;
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::unauthorized("invalid_token", "the Authorization header is not text"))?;
-    let (scheme, token) = text
-        .split_once(' ')
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", "the Authorization header must be \"Bearer <token>\""))?;
+    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized("missing_token", "send Authorization: Bearer <compose key>")
+    })?;
+    let text = value.to_str().map_err(|_| {
+        ApiError::unauthorized("invalid_token", "the Authorization header is not text")
+    })?;
+    let (scheme, token) = text.split_once(' ').ok_or_else(|| {
+        ApiError::unauthorized(
+            "invalid_token",
+            "the Authorization header must be \"Bearer <token>\"",
+        )
+    })?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(ApiError::unauthorized("invalid_token", "the Authorization header must be \"Bearer <token>\""));
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "the Authorization header must be \"Bearer <token>\"",
+        ));
     }
     Ok(token.trim())
 }
@@ -75,14 +88,22 @@ fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
 fn header_text<'r>(req: &'r HttpRequest, name: &'static str) -> Result<Option<&'r str>, ApiError> {
     req.headers()
         .get(name)
-        .map(|v| v.to_str().map_err(|_| ApiError::bad_request("invalid_header", format!("header {name} is not text"))))
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_header", format!("header {name} is not text"))
+            })
+        })
         .transpose()
 }
 
 /// The wallet named by `x-session-user-address`, required.
 pub fn wallet_header(req: &HttpRequest) -> Result<WalletAddress, ApiError> {
-    let text = header_text(req, WALLET_HEADER)?
-        .ok_or_else(|| ApiError::bad_request("missing_header", format!("header {WALLET_HEADER} is required")))?;
+    let text = header_text(req, WALLET_HEADER)?.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_header",
+            format!("header {WALLET_HEADER} is required"),
+        )
+    })?;
     text.trim()
         .parse()
         .map_err(|e| ApiError::bad_request("invalid_header", format!("header {WALLET_HEADER} {e}")))
@@ -99,9 +120,17 @@ pub fn chain_header(state: &AppState, req: &HttpRequest) -> Result<Option<ChainI
         .ok()
         .filter(|n| *n > 0)
         .map(ChainId)
-        .ok_or_else(|| ApiError::bad_request("invalid_header", format!("header {CHAIN_HEADER} must be a positive integer")))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_header",
+                format!("header {CHAIN_HEADER} must be a positive integer"),
+            )
+        })?;
     if !state.chains.contains(&chain) {
-        return Err(ApiError::bad_request("unsupported_chain", format!("chain {chain} is not configured here")));
+        return Err(ApiError::bad_request(
+            "unsupported_chain",
+            format!("chain {chain} is not configured here"),
+        ));
     }
     Ok(Some(chain))
 }
@@ -109,15 +138,26 @@ pub fn chain_header(state: &AppState, req: &HttpRequest) -> Result<Option<ChainI
 /// The caller's wallet must be the one the request is about.
 pub fn require_same_wallet(caller: &Caller, wallet: &WalletAddress) -> Result<(), ApiError> {
     if caller.key.wallet != *wallet {
-        return Err(ApiError::forbidden("wallet_mismatch", "the bearer key belongs to another wallet"));
+        return Err(ApiError::forbidden(
+            "wallet_mismatch",
+            "the bearer key belongs to another wallet",
+        ));
     }
     Ok(())
 }
 
 /// Reads a JSON object body of at most `limit_bytes`, answering 415 for a
 /// wrong content type, 413 for too large, 400 for malformed JSON.
-pub async fn json_object(req: &HttpRequest, mut payload: web::Payload, limit_bytes: usize) -> Result<Map<String, Value>, ApiError> {
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+pub async fn json_object(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit_bytes: usize,
+) -> Result<Map<String, Value>, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim();
     if !essence.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::new(
@@ -133,14 +173,20 @@ pub async fn json_object(req: &HttpRequest, mut payload: web::Payload, limit_byt
             format!("the body is larger than {limit_bytes} bytes"),
         )
     };
-    if let Some(length) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
+    if let Some(length) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    {
         if length > limit_bytes {
             return Err(too_large());
         }
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::bad_request("invalid_body", "the request body could not be read"))?;
+        let chunk = chunk.map_err(|_| {
+            ApiError::bad_request("invalid_body", "the request body could not be read")
+        })?;
         if body.len() + chunk.len() > limit_bytes {
             return Err(too_large());
         }
@@ -148,32 +194,59 @@ pub async fn json_object(req: &HttpRequest, mut payload: web::Payload, limit_byt
     }
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::bad_request("invalid_json", "the body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))),
+        Ok(_) => Err(ApiError::bad_request(
+            "invalid_json",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )),
     }
 }
 
 /// An optional amount field (number or decimal string).
-pub fn amount_field(body: &Map<String, Value>, name: &'static str) -> Result<Option<Amount>, ApiError> {
+pub fn amount_field(
+    body: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<Amount>, ApiError> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(value) => Amount::from_json(value).map(Some).map_err(|e| ApiError::invalid_field(name, e)),
+        Some(value) => Amount::from_json(value)
+            .map(Some)
+            .map_err(|e| ApiError::invalid_field(name, e)),
     }
 }
 
 /// An optional millisecond timestamp field (integer number or digit string).
-pub fn millis_field(body: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, ApiError> {
-    let bad = || ApiError::invalid_field(name, "must be milliseconds since the Unix epoch (an integer)");
+pub fn millis_field(
+    body: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<i64>, ApiError> {
+    let bad = || {
+        ApiError::invalid_field(
+            name,
+            "must be milliseconds since the Unix epoch (an integer)",
+        )
+    };
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n.as_i64().filter(|ms| *ms >= 0).map(Some).ok_or_else(bad),
-        Some(Value::String(s)) => s.parse::<i64>().ok().filter(|ms| *ms >= 0).map(Some).ok_or_else(bad),
+        Some(Value::String(s)) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|ms| *ms >= 0)
+            .map(Some)
+            .ok_or_else(bad),
         Some(_) => Err(bad()),
     }
 }
 
 /// An optional string field.
-pub fn string_field<'b>(body: &'b Map<String, Value>, name: &'static str) -> Result<Option<&'b str>, ApiError> {
+pub fn string_field<'b>(
+    body: &'b Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<&'b str>, ApiError> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
@@ -182,6 +255,9 @@ pub fn string_field<'b>(body: &'b Map<String, Value>, name: &'static str) -> Res
 }
 
 /// A required string field.
-pub fn required_string<'b>(body: &'b Map<String, Value>, name: &'static str) -> Result<&'b str, ApiError> {
+pub fn required_string<'b>(
+    body: &'b Map<String, Value>,
+    name: &'static str,
+) -> Result<&'b str, ApiError> {
     string_field(body, name)?.ok_or_else(|| ApiError::invalid_field(name, "is required"))
 }

@@ -16,7 +16,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready", "store": "ok" })),
         Err(e) => {
             tracing::warn!(error = %e, "store not ready");
-            HttpResponse::ServiceUnavailable().json(json!({ "status": "not_ready", "store": "unavailable" }))
+            HttpResponse::ServiceUnavailable()
+                .json(json!({ "status": "not_ready", "store": "unavailable" }))
         }
     }
 }

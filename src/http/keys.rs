@@ -8,7 +8,9 @@ use ledger::{Amount, ChainId, KeyId};
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::extract::{self, authenticate, chain_header, require_same_wallet, wallet_header, Caller};
+use super::extract::{
+    self, authenticate, chain_header, require_same_wallet, wallet_header, Caller,
+};
 use crate::auth::token::{token_sha256, Claims};
 use crate::state::AppState;
 
@@ -62,7 +64,13 @@ pub fn mint(state: &AppState, key: NewKey) -> (NewKey, String) {
         session_id: key.session_id.clone(),
         expires_at_ms: key.expires_at_ms,
     });
-    (NewKey { token_sha256: token_sha256(&token), ..key }, token)
+    (
+        NewKey {
+            token_sha256: token_sha256(&token),
+            ..key
+        },
+        token,
+    )
 }
 
 /// Validates `name`: optional, bounded, no control characters.
@@ -70,19 +78,33 @@ pub fn name_field(state: &AppState, body: &Map<String, Value>) -> Result<String,
     let name = extract::string_field(body, "name")?.unwrap_or("");
     let max = state.settings.keys.name_max_chars;
     if name.chars().count() > max {
-        return Err(ApiError::invalid_field("name", format!("must be at most {max} characters")));
+        return Err(ApiError::invalid_field(
+            "name",
+            format!("must be at most {max} characters"),
+        ));
     }
     if name.chars().any(char::is_control) {
-        return Err(ApiError::invalid_field("name", "must not contain control characters"));
+        return Err(ApiError::invalid_field(
+            "name",
+            "must not contain control characters",
+        ));
     }
     Ok(name.to_owned())
 }
 
 /// Validates an optional `expiresAt` against now and the longest lifetime.
-pub fn expiry_field(body: &Map<String, Value>, now: i64, default_ttl_ms: i64, max_ttl_ms: i64) -> Result<i64, ApiError> {
+pub fn expiry_field(
+    body: &Map<String, Value>,
+    now: i64,
+    default_ttl_ms: i64,
+    max_ttl_ms: i64,
+) -> Result<i64, ApiError> {
     match extract::millis_field(body, "expiresAt")? {
         None => Ok(now.saturating_add(default_ttl_ms)),
-        Some(at) if at <= now => Err(ApiError::invalid_field("expiresAt", "must be in the future")),
+        Some(at) if at <= now => Err(ApiError::invalid_field(
+            "expiresAt",
+            "must be in the future",
+        )),
         Some(at) if at > now.saturating_add(max_ttl_ms) => Err(ApiError::invalid_field(
             "expiresAt",
             format!("must be at most {max_ttl_ms} ms from now"),
@@ -95,30 +117,50 @@ pub fn expiry_field(body: &Map<String, Value>, now: i64, default_ttl_ms: i64, ma
 pub fn budget_within_max(state: &AppState, budget: Amount) -> Result<Amount, ApiError> {
     let max = state.settings.keys.budget_max_atomic;
     if budget.atomic() > max {
-        return Err(ApiError::invalid_field("budgetLimit", format!("must be at most {max} (USDC atomic units)")));
+        return Err(ApiError::invalid_field(
+            "budgetLimit",
+            format!("must be at most {max} (USDC atomic units)"),
+        ));
     }
     Ok(budget)
 }
 
 /// `POST /api/keys`: a session key of the wallet creates a key after the
 /// funding check.
-pub async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&state, &req).await?;
     let wallet = wallet_header(&req)?;
-    let chain = chain_header(&state, &req)?
-        .ok_or_else(|| ApiError::bad_request("missing_header", format!("header {} is required", extract::CHAIN_HEADER)))?;
+    let chain = chain_header(&state, &req)?.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_header",
+            format!("header {} is required", extract::CHAIN_HEADER),
+        )
+    })?;
     require_same_wallet(&caller, &wallet)?;
     if caller.key.chain_id != chain {
-        return Err(ApiError::forbidden("chain_mismatch", "the bearer key belongs to another chain"));
+        return Err(ApiError::forbidden(
+            "chain_mismatch",
+            "the bearer key belongs to another chain",
+        ));
     }
     if caller.key.purpose != Purpose::Session {
-        return Err(ApiError::forbidden("session_key_required", "only a session key (from POST /api/sessions) may create keys"));
+        return Err(ApiError::forbidden(
+            "session_key_required",
+            "only a session key (from POST /api/sessions) may create keys",
+        ));
     }
     let body = extract::json_object(&req, payload, state.settings.http.json_body_max_bytes).await?;
     let budget = extract::amount_field(&body, "budgetLimit")?
         .ok_or_else(|| ApiError::invalid_field("budgetLimit", "is required"))?;
     if budget.is_zero() {
-        return Err(ApiError::invalid_field("budgetLimit", "must be greater than zero"));
+        return Err(ApiError::invalid_field(
+            "budgetLimit",
+            "must be greater than zero",
+        ));
     }
     let budget = budget_within_max(&state, budget)?;
     let now = now_ms();
@@ -128,13 +170,20 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::
         None | Some(Value::Null) => {}
         Some(value) => {
             if value.as_u64().map(ChainId) != Some(chain) {
-                return Err(ApiError::bad_request("chain_mismatch", format!("chainId must equal the {} header ({chain})", extract::CHAIN_HEADER)));
+                return Err(ApiError::bad_request(
+                    "chain_mismatch",
+                    format!(
+                        "chainId must equal the {} header ({chain})",
+                        extract::CHAIN_HEADER
+                    ),
+                ));
             }
         }
     }
     let purpose = match extract::string_field(&body, "purpose")? {
         None => Purpose::Api,
-        Some(text) => Purpose::parse(text).ok_or_else(|| ApiError::invalid_field("purpose", "must be \"api\" or \"session\""))?,
+        Some(text) => Purpose::parse(text)
+            .ok_or_else(|| ApiError::invalid_field("purpose", "must be \"api\" or \"session\""))?,
     };
     let session_id = match purpose {
         Purpose::Api => None,
@@ -160,7 +209,10 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::
             expires_at_ms,
         },
     );
-    let key = state.store.create_key(&new_key, keys.max_active_per_wallet).await?;
+    let key = state
+        .store
+        .create_key(&new_key, keys.max_active_per_wallet)
+        .await?;
     tracing::info!(key_id = %key.id, wallet = %key.wallet, chain = %key.chain_id, budget = %key.budget_limit, "key created");
     Ok(HttpResponse::Created().json(created_key_json(&key, &token)))
 }
@@ -181,13 +233,20 @@ async fn owned_key(state: &AppState, caller: &Caller, key_id: &str) -> Result<Ke
     let id = KeyId::parse(key_id).ok_or_else(missing)?;
     let key = state.store.key(&id).await?.ok_or_else(missing)?;
     if key.wallet != caller.key.wallet {
-        return Err(ApiError::forbidden("wallet_mismatch", "the key belongs to another wallet"));
+        return Err(ApiError::forbidden(
+            "wallet_mismatch",
+            "the key belongs to another wallet",
+        ));
     }
     Ok(key)
 }
 
 /// `GET /api/keys/{keyId}`.
-pub async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&state, &req).await?;
     let key = owned_key(&state, &caller, &path).await?;
     Ok(HttpResponse::Ok().json(key_json(&key)))
@@ -195,11 +254,18 @@ pub async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<S
 
 /// `DELETE /api/keys/{keyId}`: revokes. Allowed to the wallet's session key,
 /// or to the key itself; ownership comes from the signed token, not a header.
-pub async fn revoke(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn revoke(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&state, &req).await?;
     let key = owned_key(&state, &caller, &path).await?;
     if caller.key.purpose != Purpose::Session && caller.key.id != key.id {
-        return Err(ApiError::forbidden("session_key_required", "an api key may revoke only itself; use a session key"));
+        return Err(ApiError::forbidden(
+            "session_key_required",
+            "an api key may revoke only itself; use a session key",
+        ));
     }
     let key = state.store.revoke_key(&key.id, now_ms()).await?;
     tracing::info!(key_id = %key.id, by = %caller.claims.key_id, "key revoked");
@@ -207,7 +273,11 @@ pub async fn revoke(state: web::Data<AppState>, req: HttpRequest, path: web::Pat
 }
 
 /// `GET /api/keys/{keyId}/charges`.
-pub async fn charges(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn charges(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&state, &req).await?;
     let key = owned_key(&state, &caller, &path).await?;
     let charges = state.store.charges_for_key(&key.id).await?;

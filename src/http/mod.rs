@@ -28,5 +28,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
-    .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(error::not_found_route()) }));
+    .default_service(web::to(|| async {
+        Err::<actix_web::HttpResponse, _>(error::not_found_route())
+    }));
 }

@@ -39,7 +39,12 @@ fn expected_domain(state: &AppState, req: &HttpRequest) -> Result<String, ApiErr
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .ok_or_else(|| ApiError::bad_request("missing_header", "a Host header is required to check the SIWE domain"))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_header",
+                "a Host header is required to check the SIWE domain",
+            )
+        })
 }
 
 fn siwe_error(error: SiweError) -> ApiError {
@@ -56,11 +61,18 @@ fn siwe_error(error: SiweError) -> ApiError {
 /// `POST /api/sessions {message, signature, budgetLimit?, expiresAt?, name?}`:
 /// verifies the SIWE signature and issues a `session`-purpose key, which
 /// supersedes the wallet+chain's previous session.
-pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn sign_in(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let body = extract::json_object(&req, payload, state.settings.http.json_body_max_bytes).await?;
     let message = extract::required_string(&body, "message")?;
     let signature = extract::required_string(&body, "signature")?;
-    let budget = budget_within_max(&state, extract::amount_field(&body, "budgetLimit")?.unwrap_or(Amount::ZERO))?;
+    let budget = budget_within_max(
+        &state,
+        extract::amount_field(&body, "budgetLimit")?.unwrap_or(Amount::ZERO),
+    )?;
     let name = name_field(&state, &body)?;
     let auth = &state.settings.auth;
     let now = now_ms();
@@ -85,7 +97,10 @@ pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, payload: web:
     }
     if let Some(at) = extract::millis_field(&body, "expiresAt")? {
         if at <= now {
-            return Err(ApiError::invalid_field("expiresAt", "must be in the future"));
+            return Err(ApiError::invalid_field(
+                "expiresAt",
+                "must be in the future",
+            ));
         }
         expires_at_ms = expires_at_ms.min(at);
     }
@@ -99,7 +114,11 @@ pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, payload: web:
             chain_id: siwe.chain_id,
             purpose: Purpose::Session,
             session_id: Some(session_id.clone()),
-            name: if name.is_empty() { "session".to_owned() } else { name },
+            name: if name.is_empty() {
+                "session".to_owned()
+            } else {
+                name
+            },
             budget_limit: budget,
             created_at_ms: now,
             expires_at_ms,

@@ -62,7 +62,9 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// Starts the server with extra `TOLLGATE__…` settings.
 pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
     let db = TestDb::create(backend).await;
-    let dir = TempDir(std::env::temp_dir().join(format!("tollgate-app-{}", uuid::Uuid::now_v7().simple())));
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("tollgate-app-{}", uuid::Uuid::now_v7().simple())),
+    );
     std::fs::create_dir_all(&dir.0).unwrap();
     let key_file = dir.0.join("signing.key").display().to_string();
     let mut env: Vec<(String, String)> = vec![
@@ -74,7 +76,9 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let settings = Settings::load_with_env(None, env).expect("test settings");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let app = Application::build_on(settings.clone(), listener).await.expect("build app");
+    let app = Application::build_on(settings.clone(), listener)
+        .await
+        .expect("build app");
     let port = app.port();
     tokio::spawn(app.run_until_stopped());
     let store = Store::connect(&db.url, 4).await.unwrap();
@@ -92,15 +96,26 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
 pub async fn json_of(response: Response) -> (StatusCode, Value) {
     let status = response.status();
     let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON ({status}): {text}"));
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("body is not JSON ({status}): {text}"));
     (status, body)
 }
 
 /// Asserts an error answer: status, `error.code`, and the JSON error shape.
 pub fn assert_error(got: &(StatusCode, Value), status: u16, code: &str) {
     assert_eq!(got.0.as_u16(), status, "unexpected status, body: {}", got.1);
-    assert_eq!(got.1["error"]["code"], code, "unexpected code, body: {}", got.1);
-    assert!(got.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", got.1);
+    assert_eq!(
+        got.1["error"]["code"], code,
+        "unexpected code, body: {}",
+        got.1
+    );
+    assert!(
+        got.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        got.1
+    );
 }
 
 impl TestApp {
@@ -113,7 +128,14 @@ impl TestApp {
     }
 
     pub async fn nonce(&self) -> String {
-        let (status, body) = json_of(self.client.get(self.url("/api/sessions/nonce")).send().await.unwrap()).await;
+        let (status, body) = json_of(
+            self.client
+                .get(self.url("/api/sessions/nonce"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         body["nonce"].as_str().unwrap().to_owned()
     }
@@ -135,11 +157,24 @@ impl TestApp {
     }
 
     pub async fn post_session(&self, body: &Value) -> (StatusCode, Value) {
-        json_of(self.client.post(self.url("/api/sessions")).json(body).send().await.unwrap()).await
+        json_of(
+            self.client
+                .post(self.url("/api/sessions"))
+                .json(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     /// Signs `message` with `wallet` and posts it.
-    pub async fn sign_in_with(&self, wallet: &Wallet, message: &SiweMessage, extra: Value) -> (StatusCode, Value) {
+    pub async fn sign_in_with(
+        &self,
+        wallet: &Wallet,
+        message: &SiweMessage,
+        extra: Value,
+    ) -> (StatusCode, Value) {
         let text = message.render();
         let signature = eth::sign_personal(&wallet.key, text.as_bytes()).unwrap();
         let mut body = json!({ "message": text, "signature": signature });
@@ -159,12 +194,24 @@ impl TestApp {
 
     pub async fn credit(&self, wallet: &Wallet, atomic: u64) {
         self.store
-            .credit(&wallet.address, ChainId(CHAIN), Amount::from_atomic(atomic).unwrap(), "test", now_ms())
+            .credit(
+                &wallet.address,
+                ChainId(CHAIN),
+                Amount::from_atomic(atomic).unwrap(),
+                "test",
+                now_ms(),
+            )
             .await
             .unwrap();
     }
 
-    pub async fn create_key(&self, token: &str, wallet: &str, chain: &str, body: &Value) -> (StatusCode, Value) {
+    pub async fn create_key(
+        &self,
+        token: &str,
+        wallet: &str,
+        chain: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
         let request = self
             .client
             .post(self.url("/api/keys"))
@@ -176,21 +223,45 @@ impl TestApp {
     }
 
     pub async fn list_keys(&self, token: &str, wallet: &str) -> (StatusCode, Value) {
-        let request = self.client.get(self.url("/api/keys")).bearer_auth(token).header("x-session-user-address", wallet);
+        let request = self
+            .client
+            .get(self.url("/api/keys"))
+            .bearer_auth(token)
+            .header("x-session-user-address", wallet);
         json_of(request.send().await.unwrap()).await
     }
 
     pub async fn get_key(&self, token: &str, key_id: &str) -> (StatusCode, Value) {
-        json_of(self.client.get(self.url(&format!("/api/keys/{key_id}"))).bearer_auth(token).send().await.unwrap()).await
+        json_of(
+            self.client
+                .get(self.url(&format!("/api/keys/{key_id}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn revoke_key(&self, token: &str, key_id: &str) -> (StatusCode, Value) {
-        json_of(self.client.delete(self.url(&format!("/api/keys/{key_id}"))).bearer_auth(token).send().await.unwrap()).await
+        json_of(
+            self.client
+                .delete(self.url(&format!("/api/keys/{key_id}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     /// How many keys the wallet has, straight from the store.
     pub async fn key_count(&self, wallet: &Wallet) -> usize {
-        self.store.keys_for_wallet(&wallet.address, None).await.unwrap().len()
+        self.store
+            .keys_for_wallet(&wallet.address, None)
+            .await
+            .unwrap()
+            .len()
     }
 }
 

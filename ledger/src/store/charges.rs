@@ -99,7 +99,8 @@ fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {
     Ok(ChargeRecord {
         request_id: RequestId::parse(&request_id)
             .ok_or_else(|| StoreError::Corrupt(format!("request id {request_id:?}")))?,
-        key_id: KeyId::parse(&key_id).ok_or_else(|| StoreError::Corrupt(format!("key id {key_id:?}")))?,
+        key_id: KeyId::parse(&key_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("key id {key_id:?}")))?,
         model: get_string(row, "model")?,
         price_version: get_string(row, "price_version")?,
         input_tokens: get_u32(row, "input_tokens")?,

@@ -4,9 +4,12 @@ use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
 use super::balances::{count_active_keys, lock_balance, read_funding};
-use super::{chain_to_db, get_amount, get_chain, get_i64, get_opt_i64, get_opt_string, get_string, get_wallet, Store};
+use super::{
+    chain_to_db, get_amount, get_chain, get_i64, get_opt_i64, get_opt_string, get_string,
+    get_wallet, Store,
+};
 use crate::model::{KeyRecord, KeyStatus, NewKey, Purpose};
-use crate::{KeyId, SessionId, StoreError, WalletAddress, ChainId};
+use crate::{ChainId, KeyId, SessionId, StoreError, WalletAddress};
 
 /// The most keys one listing returns, newest first.
 pub const LIST_KEYS_MAX: i64 = 1_000;
@@ -25,7 +28,7 @@ impl Store {
         max_active_keys: u32,
     ) -> Result<KeyRecord, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let record = insert_funded_key(&mut *tx, key, max_active_keys).await?;
+        let record = insert_funded_key(&mut tx, key, max_active_keys).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -102,8 +105,12 @@ pub(crate) async fn insert_funded_key(
 ) -> Result<KeyRecord, StoreError> {
     let now_ms = key.created_at_ms;
     lock_balance(conn, &key.wallet, key.chain_id, now_ms).await?;
-    if count_active_keys(conn, &key.wallet, key.chain_id, now_ms).await? >= i64::from(max_active_keys) {
-        return Err(StoreError::TooManyKeys { max: max_active_keys });
+    if count_active_keys(conn, &key.wallet, key.chain_id, now_ms).await?
+        >= i64::from(max_active_keys)
+    {
+        return Err(StoreError::TooManyKeys {
+            max: max_active_keys,
+        });
     }
     let funding = read_funding(conn, &key.wallet, key.chain_id, now_ms).await?;
     let required = funding
@@ -153,7 +160,9 @@ pub(crate) fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         purpose: Purpose::parse(&purpose)
             .ok_or_else(|| StoreError::Corrupt(format!("key purpose {purpose:?}")))?,
         session_id: get_opt_string(row, "session_id")?
-            .map(|s| SessionId::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("session id {s:?}"))))
+            .map(|s| {
+                SessionId::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("session id {s:?}")))
+            })
             .transpose()?,
         name: get_string(row, "name")?,
         budget_limit: get_amount(row, "budget_limit_atomic")?,
@@ -165,7 +174,10 @@ pub(crate) fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         revoked_at_ms: get_opt_i64(row, "revoked_at_ms")?,
     };
     if record.budget_used > record.budget_limit {
-        return Err(StoreError::Corrupt(format!("key {} spent past its limit", record.id)));
+        return Err(StoreError::Corrupt(format!(
+            "key {} spent past its limit",
+            record.id
+        )));
     }
     Ok(record)
 }

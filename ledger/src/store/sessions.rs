@@ -107,7 +107,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let record = session_from_row(&row)?;
-        let key_record = insert_funded_key(&mut *tx, key, max_active_keys).await?;
+        let key_record = insert_funded_key(&mut tx, key, max_active_keys).await?;
         tx.commit().await?;
         Ok((record, key_record))
     }
@@ -128,7 +128,8 @@ impl Store {
 fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
     let id = get_string(row, "id")?;
     Ok(SessionRecord {
-        id: SessionId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("session id {id:?}")))?,
+        id: SessionId::parse(&id)
+            .ok_or_else(|| StoreError::Corrupt(format!("session id {id:?}")))?,
         wallet: get_wallet(row, "wallet")?,
         chain_id: get_chain(row, "chain_id")?,
         active: get_i64(row, "active")? == 1,
