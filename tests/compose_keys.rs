@@ -12,9 +12,7 @@ use serde_json::json;
 
 async fn key_lifecycle(backend: Backend) {
     let app = spawn_app(backend).await;
-    let wallet = Wallet::random();
-    let session = app.sign_in(&wallet).await;
-    app.credit(&wallet, 5_000_000).await;
+    let (wallet, session) = app.funded_wallet(5_000_000).await;
 
     // Create: the seed's request, amounts as strings in the response.
     let (status, created) = app
@@ -208,9 +206,7 @@ async fn cli_credit_is_seen_without_restart(backend: Backend) {
 
 async fn sessions_supersede_older_sessions(backend: Backend) {
     let app = spawn_app(backend).await;
-    let wallet = Wallet::random();
-    let first = app.sign_in(&wallet).await;
-    app.credit(&wallet, 1_000_000).await;
+    let (wallet, first) = app.funded_wallet(1_000_000).await;
     // A session-purpose key made through POST /api/keys is bound to the session.
     let (status, bound) = app
         .create_key(
@@ -271,9 +267,7 @@ async fn session_budget_is_funded(backend: Backend) {
 
 async fn bad_key_requests_change_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
-    let wallet = Wallet::random();
-    let session = app.sign_in(&wallet).await;
-    app.credit(&wallet, 10_000_000).await;
+    let (wallet, session) = app.funded_wallet(10_000_000).await;
     let me = wallet.hex();
     let before = app.key_count(&wallet).await;
 
@@ -473,9 +467,7 @@ async fn bad_key_requests_change_nothing(backend: Backend) {
 
 async fn bad_tokens_are_refused(backend: Backend) {
     let app = spawn_app(backend).await;
-    let wallet = Wallet::random();
-    let session = app.sign_in(&wallet).await;
-    app.credit(&wallet, 1_000_000).await;
+    let (wallet, session) = app.funded_wallet(1_000_000).await;
     let me = wallet.hex();
 
     // Missing, garbage, tampered, foreign-signed.

@@ -192,6 +192,14 @@ impl TestApp {
         body["token"].as_str().unwrap().to_owned()
     }
 
+    /// A new wallet, signed in, with `atomic` credited: (wallet, session token).
+    pub async fn funded_wallet(&self, atomic: u64) -> (Wallet, String) {
+        let wallet = Wallet::random();
+        let session = self.sign_in(&wallet).await;
+        self.credit(&wallet, atomic).await;
+        (wallet, session)
+    }
+
     pub async fn credit(&self, wallet: &Wallet, atomic: u64) {
         self.store
             .credit(
