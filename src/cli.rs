@@ -57,7 +57,7 @@ pub enum Command {
     /// Sign a SIWE message for local testing; prints the JSON body for POST /api/sessions.
     SiweSign {
         /// The nonce from GET /api/sessions/nonce.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_nonce)]
         nonce: String,
         /// Hex private key; defaults to Anvil's first, publicly known, dev account.
         #[arg(long, env = "TOLLGATE_DEV_PRIVATE_KEY", hide_env_values = true)]
@@ -160,6 +160,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_nonce(text: &str) -> Result<String, String> {
+    let ok = (8..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric());
+    ok.then(|| text.to_owned()).ok_or_else(|| {
+        "a nonce is 8 to 64 letters and digits, as GET /api/sessions/nonce returns it".to_owned()
+    })
 }
 
 fn pick_chain(settings: &Settings, chain: Option<u64>) -> anyhow::Result<ChainId> {
