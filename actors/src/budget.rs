@@ -1,0 +1,286 @@
+//! [`Budget`]: one key's budget as a pure state machine — reserve, commit,
+//! release, expire, revoke — with its invariants asserted after every change.
+//!
+//! A hold is the most a call in flight may cost. `spent` is what committed
+//! calls cost. At every moment `spent + held ≤ limit` and `held` is the sum of
+//! the open holds. The state machine knows nothing of actors, clocks or I/O:
+//! callers pass `now_ms`, so tests (and the property test) drive it exactly.
+
+use std::collections::HashMap;
+
+use ledger::{Amount, RequestId};
+
+/// The most holds one key may have open: a bound on memory per key that no
+/// honest client reaches (the registry's in-flight bound is far lower).
+pub const HOLDS_MAX: usize = 10_000;
+
+/// A key's lifecycle as its budget sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetStatus {
+    Active,
+    Revoked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hold {
+    amount: Amount,
+    deadline_ms: i64,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReserveError {
+    #[error("the key has been revoked")]
+    Revoked,
+    #[error("the key has expired")]
+    Expired,
+    #[error("the remaining budget ({remaining}) cannot cover even a minimal call ({minimum})")]
+    InsufficientBudget { remaining: Amount, minimum: Amount },
+    #[error("a hold for this request already exists")]
+    DuplicateRequest,
+    #[error("the key has too many calls in flight")]
+    TooManyHolds,
+}
+
+/// Why a commit or release found nothing to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    #[error("no open hold for this request (released, expired or never made)")]
+    UnknownHold,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// What the call is charged: the final amount, never more than its hold.
+    pub charged: Amount,
+    /// The key's committed spend after this call.
+    pub spent: Amount,
+    /// What the key may still reserve after this call.
+    pub remaining: Amount,
+}
+
+/// A point-in-time view of a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSnapshot {
+    pub limit: Amount,
+    pub spent: Amount,
+    pub held: Amount,
+    pub holds: usize,
+    pub status: BudgetStatus,
+    pub expires_at_ms: i64,
+}
+
+impl BudgetSnapshot {
+    /// What the key may still reserve.
+    pub fn remaining(&self) -> Amount {
+        self.limit.saturating_sub(self.spent).saturating_sub(self.held)
+    }
+}
+
+/// One key's budget.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    limit: Amount,
+    spent: Amount,
+    held: Amount,
+    holds: HashMap<RequestId, Hold>,
+    status: BudgetStatus,
+    expires_at_ms: i64,
+}
+
+impl Budget {
+    /// A budget as loaded from the store: `spent` is what the ledger has
+    /// recorded (never above `limit`: the store's CHECK holds that).
+    pub fn new(limit: Amount, spent: Amount, status: BudgetStatus, expires_at_ms: i64) -> Budget {
+        let budget = Budget {
+            limit,
+            spent: spent.min(limit),
+            held: Amount::ZERO,
+            holds: HashMap::new(),
+            status,
+            expires_at_ms,
+        };
+        budget.assert_invariants();
+        budget
+    }
+
+    /// What the key may still reserve.
+    pub fn remaining(&self) -> Amount {
+        self.limit.saturating_sub(self.spent).saturating_sub(self.held)
+    }
+
+    /// Holds up to `wanted` for `request`, and at least `minimum`: when the
+    /// remaining budget is below `wanted` the hold is what remains (the caller
+    /// then lowers the call's maximum to fit). Returns the amount held.
+    pub fn reserve(
+        &mut self,
+        request: RequestId,
+        wanted: Amount,
+        minimum: Amount,
+        now_ms: i64,
+        deadline_ms: i64,
+    ) -> Result<Amount, ReserveError> {
+        if self.status == BudgetStatus::Revoked {
+            return Err(ReserveError::Revoked);
+        }
+        if now_ms >= self.expires_at_ms {
+            return Err(ReserveError::Expired);
+        }
+        if self.holds.contains_key(&request) {
+            return Err(ReserveError::DuplicateRequest);
+        }
+        if self.holds.len() >= HOLDS_MAX {
+            return Err(ReserveError::TooManyHolds);
+        }
+        let remaining = self.remaining();
+        let amount = wanted.min(remaining);
+        if amount < minimum || (amount.is_zero() && !wanted.is_zero()) {
+            return Err(ReserveError::InsufficientBudget { remaining, minimum });
+        }
+        // `amount <= remaining` so the sum stays within the limit.
+        self.held = self.held.checked_add(amount).unwrap_or(self.limit);
+        self.holds.insert(request, Hold { amount, deadline_ms });
+        self.assert_invariants();
+        Ok(amount)
+    }
+
+    /// Turns `request`'s hold into spend: charges `final_amount`, capped at
+    /// the hold, and frees the rest. A revoked key still commits the calls it
+    /// had in flight: their cost was incurred before the revocation.
+    pub fn commit(&mut self, request: &RequestId, final_amount: Amount) -> Result<Committed, SettleError> {
+        let hold = self.holds.remove(request).ok_or(SettleError::UnknownHold)?;
+        let charged = final_amount.min(hold.amount);
+        self.held = self.held.saturating_sub(hold.amount);
+        // `charged <= hold.amount` and the hold was within the limit.
+        self.spent = self.spent.checked_add(charged).unwrap_or(self.limit).min(self.limit);
+        self.assert_invariants();
+        debug_assert!(charged <= hold.amount, "a final amount never exceeds its hold");
+        Ok(Committed { charged, spent: self.spent, remaining: self.remaining() })
+    }
+
+    /// Frees `request`'s hold without charging (upstream failed).
+    pub fn release(&mut self, request: &RequestId) -> Result<Amount, SettleError> {
+        let hold = self.holds.remove(request).ok_or(SettleError::UnknownHold)?;
+        self.held = self.held.saturating_sub(hold.amount);
+        self.assert_invariants();
+        Ok(hold.amount)
+    }
+
+    /// Frees every hold whose deadline has passed; returns how many.
+    pub fn expire(&mut self, now_ms: i64) -> usize {
+        let before = self.holds.len();
+        self.holds.retain(|_, hold| hold.deadline_ms > now_ms);
+        self.held = self.holds.values().fold(Amount::ZERO, |sum, h| sum.checked_add(h.amount).unwrap_or(sum));
+        self.assert_invariants();
+        before - self.holds.len()
+    }
+
+    /// Refuses every later reservation. Holds in flight may still commit.
+    pub fn revoke(&mut self) {
+        self.status = BudgetStatus::Revoked;
+        self.assert_invariants();
+    }
+
+    pub fn snapshot(&self) -> BudgetSnapshot {
+        BudgetSnapshot {
+            limit: self.limit,
+            spent: self.spent,
+            held: self.held,
+            holds: self.holds.len(),
+            status: self.status,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+
+    /// Whether any call is in flight.
+    pub fn has_holds(&self) -> bool {
+        !self.holds.is_empty()
+    }
+
+    /// Invariant 1 and the bookkeeping behind it, after every change.
+    fn assert_invariants(&self) {
+        debug_assert!(
+            self.spent.checked_add(self.held).is_some_and(|used| used <= self.limit),
+            "spent + held must stay within the limit: {} + {} > {}",
+            self.spent,
+            self.held,
+            self.limit
+        );
+        debug_assert_eq!(
+            Some(self.held),
+            self.holds.values().try_fold(Amount::ZERO, |sum, h| sum.checked_add(h.amount)),
+            "held must equal the sum of open holds"
+        );
+        debug_assert!(self.holds.len() <= HOLDS_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn amount(n: u64) -> Amount {
+        Amount::from_atomic(n).unwrap()
+    }
+
+    fn budget(limit: u64) -> Budget {
+        Budget::new(amount(limit), Amount::ZERO, BudgetStatus::Active, 1_000)
+    }
+
+    #[test]
+    fn reserve_commit_charges_at_most_the_hold() {
+        let mut b = budget(100);
+        let r = RequestId::generate();
+        assert_eq!(b.reserve(r.clone(), amount(40), amount(1), 0, 500), Ok(amount(40)));
+        assert_eq!(b.remaining(), amount(60));
+        let c = b.commit(&r, amount(55)).unwrap();
+        assert_eq!(c.charged, amount(40), "capped at the hold");
+        assert_eq!((c.spent, c.remaining), (amount(40), amount(60)));
+        assert_eq!(b.commit(&r, amount(1)), Err(SettleError::UnknownHold), "a hold commits once");
+    }
+
+    #[test]
+    fn reserve_lowers_to_what_remains_and_refuses_below_minimum() {
+        let mut b = budget(100);
+        assert_eq!(b.reserve(RequestId::generate(), amount(80), amount(1), 0, 500), Ok(amount(80)));
+        assert_eq!(b.reserve(RequestId::generate(), amount(80), amount(5), 0, 500), Ok(amount(20)));
+        assert_eq!(
+            b.reserve(RequestId::generate(), amount(80), amount(1), 0, 500),
+            Err(ReserveError::InsufficientBudget { remaining: Amount::ZERO, minimum: amount(1) })
+        );
+    }
+
+    #[test]
+    fn release_and_expire_free_holds() {
+        let mut b = budget(100);
+        let (r1, r2) = (RequestId::generate(), RequestId::generate());
+        b.reserve(r1.clone(), amount(30), amount(1), 0, 100).unwrap();
+        b.reserve(r2.clone(), amount(30), amount(1), 0, 200).unwrap();
+        assert_eq!(b.release(&r1), Ok(amount(30)));
+        assert_eq!(b.expire(150), 0);
+        assert_eq!(b.expire(200), 1);
+        assert_eq!(b.remaining(), amount(100));
+        assert_eq!(b.commit(&r2, amount(1)), Err(SettleError::UnknownHold), "an expired hold cannot commit");
+    }
+
+    #[test]
+    fn revoked_and_expired_keys_refuse_reservations_but_commit_in_flight_calls() {
+        let mut b = budget(100);
+        let r = RequestId::generate();
+        b.reserve(r.clone(), amount(10), amount(1), 0, 500).unwrap();
+        b.revoke();
+        assert_eq!(b.reserve(RequestId::generate(), amount(1), amount(1), 0, 500), Err(ReserveError::Revoked));
+        assert_eq!(b.commit(&r, amount(7)).unwrap().spent, amount(7));
+        let mut b = budget(100);
+        assert_eq!(b.reserve(RequestId::generate(), amount(1), amount(1), 1_000, 2_000), Err(ReserveError::Expired));
+    }
+
+    #[test]
+    fn duplicate_requests_are_refused() {
+        let mut b = budget(100);
+        let r = RequestId::generate();
+        b.reserve(r.clone(), amount(1), amount(1), 0, 500).unwrap();
+        assert_eq!(b.reserve(r, amount(1), amount(1), 0, 500), Err(ReserveError::DuplicateRequest));
+    }
+}
