@@ -74,7 +74,9 @@ pub struct BudgetSnapshot {
 impl BudgetSnapshot {
     /// What the key may still reserve.
     pub fn remaining(&self) -> Amount {
-        self.limit.saturating_sub(self.spent).saturating_sub(self.held)
+        self.limit
+            .saturating_sub(self.spent)
+            .saturating_sub(self.held)
     }
 }
 
@@ -107,7 +109,9 @@ impl Budget {
 
     /// What the key may still reserve.
     pub fn remaining(&self) -> Amount {
-        self.limit.saturating_sub(self.spent).saturating_sub(self.held)
+        self.limit
+            .saturating_sub(self.spent)
+            .saturating_sub(self.held)
     }
 
     /// Holds up to `wanted` for `request`, and at least `minimum`: when the
@@ -140,7 +144,13 @@ impl Budget {
         }
         // `amount <= remaining` so the sum stays within the limit.
         self.held = self.held.checked_add(amount).unwrap_or(self.limit);
-        self.holds.insert(request, Hold { amount, deadline_ms });
+        self.holds.insert(
+            request,
+            Hold {
+                amount,
+                deadline_ms,
+            },
+        );
         self.assert_invariants();
         Ok(amount)
     }
@@ -148,15 +158,30 @@ impl Budget {
     /// Turns `request`'s hold into spend: charges `final_amount`, capped at
     /// the hold, and frees the rest. A revoked key still commits the calls it
     /// had in flight: their cost was incurred before the revocation.
-    pub fn commit(&mut self, request: &RequestId, final_amount: Amount) -> Result<Committed, SettleError> {
+    pub fn commit(
+        &mut self,
+        request: &RequestId,
+        final_amount: Amount,
+    ) -> Result<Committed, SettleError> {
         let hold = self.holds.remove(request).ok_or(SettleError::UnknownHold)?;
         let charged = final_amount.min(hold.amount);
         self.held = self.held.saturating_sub(hold.amount);
         // `charged <= hold.amount` and the hold was within the limit.
-        self.spent = self.spent.checked_add(charged).unwrap_or(self.limit).min(self.limit);
+        self.spent = self
+            .spent
+            .checked_add(charged)
+            .unwrap_or(self.limit)
+            .min(self.limit);
         self.assert_invariants();
-        debug_assert!(charged <= hold.amount, "a final amount never exceeds its hold");
-        Ok(Committed { charged, spent: self.spent, remaining: self.remaining() })
+        debug_assert!(
+            charged <= hold.amount,
+            "a final amount never exceeds its hold"
+        );
+        Ok(Committed {
+            charged,
+            spent: self.spent,
+            remaining: self.remaining(),
+        })
     }
 
     /// Frees `request`'s hold without charging (upstream failed).
@@ -171,7 +196,9 @@ impl Budget {
     pub fn expire(&mut self, now_ms: i64) -> usize {
         let before = self.holds.len();
         self.holds.retain(|_, hold| hold.deadline_ms > now_ms);
-        self.held = self.holds.values().fold(Amount::ZERO, |sum, h| sum.checked_add(h.amount).unwrap_or(sum));
+        self.held = self.holds.values().fold(Amount::ZERO, |sum, h| {
+            sum.checked_add(h.amount).unwrap_or(sum)
+        });
         self.assert_invariants();
         before - self.holds.len()
     }
@@ -201,7 +228,9 @@ impl Budget {
     /// Invariant 1 and the bookkeeping behind it, after every change.
     fn assert_invariants(&self) {
         debug_assert!(
-            self.spent.checked_add(self.held).is_some_and(|used| used <= self.limit),
+            self.spent
+                .checked_add(self.held)
+                .is_some_and(|used| used <= self.limit),
             "spent + held must stay within the limit: {} + {} > {}",
             self.spent,
             self.held,
@@ -209,7 +238,9 @@ impl Budget {
         );
         debug_assert_eq!(
             Some(self.held),
-            self.holds.values().try_fold(Amount::ZERO, |sum, h| sum.checked_add(h.amount)),
+            self.holds
+                .values()
+                .try_fold(Amount::ZERO, |sum, h| sum.checked_add(h.amount)),
             "held must equal the sum of open holds"
         );
         debug_assert!(self.holds.len() <= HOLDS_MAX);
@@ -232,22 +263,38 @@ mod tests {
     fn reserve_commit_charges_at_most_the_hold() {
         let mut b = budget(100);
         let r = RequestId::generate();
-        assert_eq!(b.reserve(r.clone(), amount(40), amount(1), 0, 500), Ok(amount(40)));
+        assert_eq!(
+            b.reserve(r.clone(), amount(40), amount(1), 0, 500),
+            Ok(amount(40))
+        );
         assert_eq!(b.remaining(), amount(60));
         let c = b.commit(&r, amount(55)).unwrap();
         assert_eq!(c.charged, amount(40), "capped at the hold");
         assert_eq!((c.spent, c.remaining), (amount(40), amount(60)));
-        assert_eq!(b.commit(&r, amount(1)), Err(SettleError::UnknownHold), "a hold commits once");
+        assert_eq!(
+            b.commit(&r, amount(1)),
+            Err(SettleError::UnknownHold),
+            "a hold commits once"
+        );
     }
 
     #[test]
     fn reserve_lowers_to_what_remains_and_refuses_below_minimum() {
         let mut b = budget(100);
-        assert_eq!(b.reserve(RequestId::generate(), amount(80), amount(1), 0, 500), Ok(amount(80)));
-        assert_eq!(b.reserve(RequestId::generate(), amount(80), amount(5), 0, 500), Ok(amount(20)));
         assert_eq!(
             b.reserve(RequestId::generate(), amount(80), amount(1), 0, 500),
-            Err(ReserveError::InsufficientBudget { remaining: Amount::ZERO, minimum: amount(1) })
+            Ok(amount(80))
+        );
+        assert_eq!(
+            b.reserve(RequestId::generate(), amount(80), amount(5), 0, 500),
+            Ok(amount(20))
+        );
+        assert_eq!(
+            b.reserve(RequestId::generate(), amount(80), amount(1), 0, 500),
+            Err(ReserveError::InsufficientBudget {
+                remaining: Amount::ZERO,
+                minimum: amount(1)
+            })
         );
     }
 
@@ -255,13 +302,19 @@ mod tests {
     fn release_and_expire_free_holds() {
         let mut b = budget(100);
         let (r1, r2) = (RequestId::generate(), RequestId::generate());
-        b.reserve(r1.clone(), amount(30), amount(1), 0, 100).unwrap();
-        b.reserve(r2.clone(), amount(30), amount(1), 0, 200).unwrap();
+        b.reserve(r1.clone(), amount(30), amount(1), 0, 100)
+            .unwrap();
+        b.reserve(r2.clone(), amount(30), amount(1), 0, 200)
+            .unwrap();
         assert_eq!(b.release(&r1), Ok(amount(30)));
         assert_eq!(b.expire(150), 0);
         assert_eq!(b.expire(200), 1);
         assert_eq!(b.remaining(), amount(100));
-        assert_eq!(b.commit(&r2, amount(1)), Err(SettleError::UnknownHold), "an expired hold cannot commit");
+        assert_eq!(
+            b.commit(&r2, amount(1)),
+            Err(SettleError::UnknownHold),
+            "an expired hold cannot commit"
+        );
     }
 
     #[test]
@@ -270,10 +323,16 @@ mod tests {
         let r = RequestId::generate();
         b.reserve(r.clone(), amount(10), amount(1), 0, 500).unwrap();
         b.revoke();
-        assert_eq!(b.reserve(RequestId::generate(), amount(1), amount(1), 0, 500), Err(ReserveError::Revoked));
+        assert_eq!(
+            b.reserve(RequestId::generate(), amount(1), amount(1), 0, 500),
+            Err(ReserveError::Revoked)
+        );
         assert_eq!(b.commit(&r, amount(7)).unwrap().spent, amount(7));
         let mut b = budget(100);
-        assert_eq!(b.reserve(RequestId::generate(), amount(1), amount(1), 1_000, 2_000), Err(ReserveError::Expired));
+        assert_eq!(
+            b.reserve(RequestId::generate(), amount(1), amount(1), 1_000, 2_000),
+            Err(ReserveError::Expired)
+        );
     }
 
     #[test]
@@ -281,6 +340,9 @@ mod tests {
         let mut b = budget(100);
         let r = RequestId::generate();
         b.reserve(r.clone(), amount(1), amount(1), 0, 500).unwrap();
-        assert_eq!(b.reserve(r, amount(1), amount(1), 0, 500), Err(ReserveError::DuplicateRequest));
+        assert_eq!(
+            b.reserve(r, amount(1), amount(1), 0, 500),
+            Err(ReserveError::DuplicateRequest)
+        );
     }
 }

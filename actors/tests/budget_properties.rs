@@ -11,12 +11,23 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Reserve { wanted: u64, minimum: u64, ttl_ms: i64 },
-    Commit { pick: usize, final_amount: u64 },
-    Release { pick: usize },
+    Reserve {
+        wanted: u64,
+        minimum: u64,
+        ttl_ms: i64,
+    },
+    Commit {
+        pick: usize,
+        final_amount: u64,
+    },
+    Release {
+        pick: usize,
+    },
     Expire,
     Revoke,
-    Tick { ms: i64 },
+    Tick {
+        ms: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -1,0 +1,98 @@
+//! [`KeyActor`]: one key's [`Budget`] behind an actix mailbox, so
+//! reservations on a key serialize without locks.
+//!
+//! Every [`EXPIRY_SWEEP`] the actor releases holds past their deadline and
+//! counts them in a shared counter (a metric). It does no I/O.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, AsyncContext, Context, Handler};
+use ledger::time::now_ms;
+use ledger::{Amount, KeyId};
+
+use crate::budget::{Budget, Committed, ReserveError, SettleError};
+use crate::messages::{Commit, Release, Reserve, Revoke, Snapshot};
+
+/// How often expired holds are swept. Holds outlive their deadline by at most
+/// this much, which only ever makes a key stricter.
+pub const EXPIRY_SWEEP: Duration = Duration::from_millis(500);
+
+/// One key's budget, owned by one actor.
+pub struct KeyActor {
+    key_id: KeyId,
+    budget: Budget,
+    expired_holds: Arc<AtomicU64>,
+}
+
+impl KeyActor {
+    /// `expired_holds` counts holds released by their deadline (shared metric).
+    pub fn new(key_id: KeyId, budget: Budget, expired_holds: Arc<AtomicU64>) -> KeyActor {
+        KeyActor {
+            key_id,
+            budget,
+            expired_holds,
+        }
+    }
+}
+
+impl Actor for KeyActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(EXPIRY_SWEEP, |actor, _ctx| {
+            let expired = actor.budget.expire(now_ms());
+            if expired > 0 {
+                actor.expired_holds.fetch_add(expired as u64, Ordering::Relaxed);
+                tracing::warn!(key_id = %actor.key_id, expired, "holds expired without commit or release");
+            }
+        });
+    }
+}
+
+impl Handler<Reserve> for KeyActor {
+    type Result = Result<Amount, ReserveError>;
+
+    fn handle(&mut self, msg: Reserve, _ctx: &mut Self::Context) -> Self::Result {
+        self.budget.reserve(
+            msg.request,
+            msg.wanted,
+            msg.minimum,
+            now_ms(),
+            msg.deadline_ms,
+        )
+    }
+}
+
+impl Handler<Commit> for KeyActor {
+    type Result = Result<Committed, SettleError>;
+
+    fn handle(&mut self, msg: Commit, _ctx: &mut Self::Context) -> Self::Result {
+        self.budget.commit(&msg.request, msg.final_amount)
+    }
+}
+
+impl Handler<Release> for KeyActor {
+    type Result = Result<Amount, SettleError>;
+
+    fn handle(&mut self, msg: Release, _ctx: &mut Self::Context) -> Self::Result {
+        self.budget.release(&msg.request)
+    }
+}
+
+impl Handler<Revoke> for KeyActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Revoke, _ctx: &mut Self::Context) {
+        self.budget.revoke();
+    }
+}
+
+impl Handler<Snapshot> for KeyActor {
+    type Result = actix::MessageResult<Snapshot>;
+
+    fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(self.budget.snapshot())
+    }
+}

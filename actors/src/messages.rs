@@ -1,0 +1,44 @@
+//! The messages a [`crate::key_actor::KeyActor`] answers. Each is one whole
+//! piece of budget work — never chatty: message passing costs far more than
+//! the arithmetic behind it.
+
+use actix::Message;
+use ledger::{Amount, RequestId};
+
+use crate::budget::{BudgetSnapshot, Committed, ReserveError, SettleError};
+
+/// Hold up to `wanted` (at least `minimum`) for a call about to run.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Amount, ReserveError>")]
+pub struct Reserve {
+    pub request: RequestId,
+    pub wanted: Amount,
+    pub minimum: Amount,
+    /// When an uncommitted hold is released on its own.
+    pub deadline_ms: i64,
+}
+
+/// Charge a finished call its final amount (capped at its hold).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Committed, SettleError>")]
+pub struct Commit {
+    pub request: RequestId,
+    pub final_amount: Amount,
+}
+
+/// Free a call's hold without charging (the upstream failed).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Amount, SettleError>")]
+pub struct Release {
+    pub request: RequestId,
+}
+
+/// Refuse every later reservation on this key.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Revoke;
+
+/// The budget as it stands.
+#[derive(Debug, Message)]
+#[rtype(result = "BudgetSnapshot")]
+pub struct Snapshot;
