@@ -1,5 +1,12 @@
 //! `workers` — background work: the queue abstraction (RabbitMQ, in-process),
 //! pricing, the ledger writer, the settlement batcher and the chain client.
 //!
-//! Empty until the workers issue lands; the foundation's store already has the
-//! charges, batches and attempts tables they will write.
+//! # Layout
+//!
+//! * [`pricing`] — [`pricing::Price`]: versioned per-model prices and the exact
+//!   integer cost formula shared by the gateway's quote and the ledger pool.
+//!
+//! The queue, ledger writer and settlement arrive with their issues.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod pricing;

@@ -1,0 +1,125 @@
+//! Pricing: a versioned price per model, and the exact integer arithmetic of
+//! DESIGN §2. The gateway quotes with this code and the ledger pool re-prices
+//! with it, so both agree to the atomic unit.
+//!
+//! `cost = ceil(in × in_price / 10^6) + ceil(out × out_price / 10^6) + fee`,
+//! prices in USDC atomic units per million tokens; every step is checked and
+//! computed in `u128`, so no token count or price can overflow it silently.
+
+use ledger::Amount;
+
+/// One million: prices are per million tokens.
+const PER_MILLION: u128 = 1_000_000;
+
+/// One model's price under one price version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Price {
+    /// Recorded with every charge priced by it.
+    pub version: String,
+    pub input_atomic_per_million: u64,
+    pub output_atomic_per_million: u64,
+    pub request_fee_atomic: u64,
+}
+
+/// A cost that cannot be represented as an [`Amount`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the call's cost exceeds the largest representable amount")]
+pub struct CostOverflow;
+
+fn per_million_ceil(tokens: u64, atomic_per_million: u64) -> u128 {
+    (u128::from(tokens) * u128::from(atomic_per_million)).div_ceil(PER_MILLION)
+}
+
+impl Price {
+    /// What a call with these token counts costs.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> Result<Amount, CostOverflow> {
+        let total = per_million_ceil(input_tokens, self.input_atomic_per_million)
+            + per_million_ceil(output_tokens, self.output_atomic_per_million)
+            + u128::from(self.request_fee_atomic);
+        u64::try_from(total)
+            .ok()
+            .and_then(Amount::from_atomic)
+            .ok_or(CostOverflow)
+    }
+
+    /// The most output tokens a call with `input_tokens` can afford within
+    /// `budget`, capped at `cap`; `None` when not even zero output fits.
+    pub fn affordable_output_tokens(
+        &self,
+        budget: Amount,
+        input_tokens: u64,
+        cap: u64,
+    ) -> Option<u64> {
+        let fixed = per_million_ceil(input_tokens, self.input_atomic_per_million)
+            + u128::from(self.request_fee_atomic);
+        let left = u128::from(budget.atomic()).checked_sub(fixed)?;
+        if self.output_atomic_per_million == 0 {
+            return Some(cap);
+        }
+        // ceil(out × p / 10^6) ≤ left  ⇔  out × p ≤ left × 10^6  (integers).
+        let most = left * PER_MILLION / u128::from(self.output_atomic_per_million);
+        Some(u64::try_from(most).unwrap_or(u64::MAX).min(cap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo() -> Price {
+        Price {
+            version: "2026-11-01".into(),
+            input_atomic_per_million: 1_000_000,
+            output_atomic_per_million: 2_000_000,
+            request_fee_atomic: 0,
+        }
+    }
+
+    #[test]
+    fn cost_rounds_each_side_up() {
+        let p = echo();
+        assert_eq!(p.cost(0, 0).unwrap(), Amount::ZERO);
+        // 1 input token at 1 USDC/M = 1 atomic; 1 output token at 2 USDC/M = 2 atomic.
+        assert_eq!(p.cost(1, 1).unwrap().atomic(), 3);
+        let odd = Price {
+            input_atomic_per_million: 1,
+            output_atomic_per_million: 1,
+            request_fee_atomic: 5,
+            ..echo()
+        };
+        assert_eq!(
+            odd.cost(1, 1).unwrap().atomic(),
+            7,
+            "each fraction rounds up, then the fee"
+        );
+        assert_eq!(odd.cost(1_000_000, 0).unwrap().atomic(), 6);
+    }
+
+    #[test]
+    fn huge_costs_are_refused_not_wrapped() {
+        let p = Price {
+            input_atomic_per_million: u64::MAX,
+            ..echo()
+        };
+        assert_eq!(p.cost(u64::MAX, 0), Err(CostOverflow));
+    }
+
+    #[test]
+    fn affordable_output_is_exact() {
+        let p = echo();
+        let budget = Amount::from_atomic(10).unwrap();
+        // 4 input tokens cost 4; 6 atomic left buys 3 output tokens at 2 each.
+        assert_eq!(p.affordable_output_tokens(budget, 4, 1_000), Some(3));
+        assert_eq!(p.cost(4, 3).unwrap(), budget);
+        assert_eq!(p.affordable_output_tokens(budget, 4, 2), Some(2), "capped");
+        assert_eq!(p.affordable_output_tokens(budget, 11, 1_000), None);
+        let free_output = Price {
+            output_atomic_per_million: 0,
+            ..echo()
+        };
+        assert_eq!(
+            free_output.affordable_output_tokens(budget, 4, 77),
+            Some(77)
+        );
+    }
+}

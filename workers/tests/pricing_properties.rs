@@ -1,0 +1,32 @@
+//! Property: the affordable output is the largest that fits the budget.
+#![allow(clippy::unwrap_used)]
+
+use ledger::Amount;
+use proptest::prelude::*;
+use workers::pricing::Price;
+
+proptest! {
+    #[test]
+    fn affordable_output_fits_and_one_more_does_not(
+        input_price in 0u64..50_000_000,
+        output_price in 1u64..50_000_000,
+        fee in 0u64..10_000,
+        input_tokens in 0u64..200_000,
+        budget in 0u64..100_000_000,
+    ) {
+        let price = Price {
+            version: "v".into(),
+            input_atomic_per_million: input_price,
+            output_atomic_per_million: output_price,
+            request_fee_atomic: fee,
+        };
+        let budget = Amount::from_atomic(budget).unwrap();
+        match price.affordable_output_tokens(budget, input_tokens, u64::MAX) {
+            Some(out) => {
+                prop_assert!(price.cost(input_tokens, out).unwrap() <= budget);
+                prop_assert!(price.cost(input_tokens, out + 1).unwrap() > budget);
+            }
+            None => prop_assert!(price.cost(input_tokens, 0).unwrap() > budget),
+        }
+    }
+}
