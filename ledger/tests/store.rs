@@ -304,6 +304,53 @@ async fn sessions_supersede_and_nonces_are_single_use(store: Store) {
     ));
 }
 
+/// Concurrent sign-ins of one wallet all succeed and leave exactly one active
+/// session, every other session's key superseded.
+async fn concurrent_sign_ins_leave_one_active_session(store: Store) {
+    let owner = wallet(10);
+    let now = now_ms();
+    let store = Arc::new(store);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let nonce = format!("concurrent{i}");
+        store.issue_nonce(&nonce, now, now - 60_000).await.unwrap();
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = SessionId::generate();
+            let mut key = new_key(owner, Amount::ZERO);
+            key.purpose = Purpose::Session;
+            key.session_id = Some(id.clone());
+            store
+                .create_session(
+                    &NewSession {
+                        id,
+                        nonce,
+                        nonce_issued_after_ms: now - 60_000,
+                        key,
+                    },
+                    100,
+                )
+                .await
+        }));
+    }
+    let mut sessions = Vec::new();
+    for task in tasks {
+        sessions.push(task.await.unwrap().expect("every sign-in succeeds"));
+    }
+    let mut active = 0;
+    for (session, key) in &sessions {
+        let session = store.session(&session.id).await.unwrap().unwrap();
+        let key = store.key(&key.id).await.unwrap().unwrap();
+        if session.active {
+            active += 1;
+            assert_eq!(key.status, KeyStatus::Active);
+        } else {
+            assert_eq!(key.status, KeyStatus::Superseded);
+        }
+    }
+    assert_eq!(active, 1);
+}
+
 async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
     let owner = wallet(8);
     store
@@ -429,6 +476,7 @@ store_suite!(
     credits_are_bounded_and_checked,
     concurrent_key_creation_never_overcommits,
     sessions_supersede_and_nonces_are_single_use,
+    concurrent_sign_ins_leave_one_active_session,
     charges_are_written_once_and_sum_to_budget_used,
     concurrent_duplicate_charges_write_once,
     migrations_are_idempotent,

@@ -8,6 +8,7 @@
 
 use sqlx::any::AnyRow;
 
+use super::balances::lock_balance;
 use super::keys::insert_funded_key;
 use super::{chain_to_db, get_chain, get_i64, get_string, get_wallet, Store};
 use crate::model::{KeyRecord, NewSession, SessionRecord};
@@ -71,6 +72,10 @@ impl Store {
         if consumed.rows_affected() != 1 {
             return Err(StoreError::NonceRejected);
         }
+        // Serialize sign-ins of one wallet+chain: without this, two concurrent
+        // sign-ins on PostgreSQL each supersede the old session, neither sees
+        // the other's new one, and the second insert breaks `sessions_one_active`.
+        lock_balance(&mut tx, &key.wallet, key.chain_id, now_ms).await?;
 
         let superseded = sqlx::query(
             "UPDATE sessions SET active = 0, superseded_at_ms = $3
