@@ -448,20 +448,15 @@ async fn migrations_are_idempotent(store: Store) {
 
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
-        mod sqlite {
+        store_suite!(@on sqlite, Sqlite, $($case),*);
+        store_suite!(@on postgres, Postgres, $($case),*);
+    };
+    (@on $module:ident, $backend:ident, $($case:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let db = super::TestDb::create(super::Backend::Sqlite).await;
-                    super::$case(db.store().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let db = super::TestDb::create(super::Backend::Postgres).await;
+                    let db = super::TestDb::create(super::Backend::$backend).await;
                     super::$case(db.store().await).await;
                 }
             )*

@@ -277,19 +277,15 @@ impl TestApp {
 #[macro_export]
 macro_rules! both_stores {
     ($($case:ident),* $(,)?) => {
-        mod sqlite {
+        both_stores!(@on sqlite, Sqlite, $($case),*);
+        both_stores!(@on postgres, Postgres, $($case),*);
+    };
+    (@on $module:ident, $backend:ident, $($case:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    super::$case(ledger::store::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(ledger::store::Backend::Postgres).await;
+                    super::$case(ledger::store::Backend::$backend).await;
                 }
             )*
         }
