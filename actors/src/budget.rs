@@ -19,6 +19,8 @@ pub const HOLDS_MAX: usize = 10_000;
 pub enum BudgetStatus {
     Active,
     Revoked,
+    /// A session key whose session was replaced by a newer sign-in.
+    Superseded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,8 @@ struct Hold {
 pub enum ReserveError {
     #[error("the key has been revoked")]
     Revoked,
+    #[error("the key's session was replaced by a newer sign-in")]
+    Superseded,
     #[error("the key has expired")]
     Expired,
     #[error("the remaining budget ({remaining}) cannot cover even a minimal call ({minimum})")]
@@ -125,8 +129,10 @@ impl Budget {
         now_ms: i64,
         deadline_ms: i64,
     ) -> Result<Amount, ReserveError> {
-        if self.status == BudgetStatus::Revoked {
-            return Err(ReserveError::Revoked);
+        match self.status {
+            BudgetStatus::Active => {}
+            BudgetStatus::Revoked => return Err(ReserveError::Revoked),
+            BudgetStatus::Superseded => return Err(ReserveError::Superseded),
         }
         if now_ms >= self.expires_at_ms {
             return Err(ReserveError::Expired);
@@ -203,9 +209,13 @@ impl Budget {
         before - self.holds.len()
     }
 
-    /// Refuses every later reservation. Holds in flight may still commit.
-    pub fn revoke(&mut self) {
-        self.status = BudgetStatus::Revoked;
+    /// Refuses every later reservation (`status` says why: revoked or
+    /// superseded). Holds in flight may still commit. Idempotent.
+    pub fn revoke(&mut self, status: BudgetStatus) {
+        debug_assert_ne!(status, BudgetStatus::Active, "revoking needs a reason");
+        if status != BudgetStatus::Active {
+            self.status = status;
+        }
         self.assert_invariants();
     }
 
@@ -322,7 +332,7 @@ mod tests {
         let mut b = budget(100);
         let r = RequestId::generate();
         b.reserve(r.clone(), amount(10), amount(1), 0, 500).unwrap();
-        b.revoke();
+        b.revoke(BudgetStatus::Revoked);
         assert_eq!(
             b.reserve(RequestId::generate(), amount(1), amount(1), 0, 500),
             Err(ReserveError::Revoked)

@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, AsyncContext, Context, Handler};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId};
 
 use crate::budget::{Budget, Committed, ReserveError, SettleError};
-use crate::messages::{Commit, Release, Reserve, Revoke, Snapshot};
+use crate::messages::{Commit, Release, Reserve, Revoke, Snapshot, Stop};
 
 /// How often expired holds are swept. Holds outlive their deadline by at most
 /// this much, which only ever makes a key stricter.
@@ -84,8 +84,19 @@ impl Handler<Release> for KeyActor {
 impl Handler<Revoke> for KeyActor {
     type Result = ();
 
-    fn handle(&mut self, _msg: Revoke, _ctx: &mut Self::Context) {
-        self.budget.revoke();
+    fn handle(&mut self, msg: Revoke, _ctx: &mut Self::Context) {
+        self.budget.revoke(msg.status);
+    }
+}
+
+impl Handler<Stop> for KeyActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Stop, ctx: &mut Self::Context) {
+        // The registry evicts only keys with nothing in flight, so no hold
+        // can be lost here; if one is, it only ever made the key stricter.
+        debug_assert!(!self.budget.has_holds(), "evicted with holds open");
+        ctx.stop();
     }
 }
 

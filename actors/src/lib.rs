@@ -7,12 +7,17 @@
 //! * [`messages`] — `Reserve`, `Commit`, `Release`, `Revoke`, `Snapshot`.
 //! * [`key_actor`] — [`key_actor::KeyActor`]: one key's budget behind an actix
 //!   mailbox, sweeping expired holds.
+//! * [`arbiters`] — [`arbiters::ArbiterPool`]: one actix arbiter per core.
+//! * [`registry`] — [`registry::Registry`]: one actor per key, started through a
+//!   [`registry::KeyLoader`] on first use, spread over the arbiters, bounded in
+//!   calls in flight, stopped when idle; revocations pushed at once.
 //!
-//! The registry that spreads actors over one arbiter per core, starts them
-//! from the store and bounds in-flight calls per key arrives with the paid
-//! path. This crate depends only on `ledger` and does no I/O of its own.
+//! This crate depends only on `ledger` and does no I/O of its own: key state
+//! comes in through the [`registry::KeyLoader`] the binary gives it.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod arbiters;
 pub mod budget;
 pub mod key_actor;
 pub mod messages;
+pub mod registry;

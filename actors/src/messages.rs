@@ -5,7 +5,7 @@
 use actix::Message;
 use ledger::{Amount, RequestId};
 
-use crate::budget::{BudgetSnapshot, Committed, ReserveError, SettleError};
+use crate::budget::{BudgetSnapshot, BudgetStatus, Committed, ReserveError, SettleError};
 
 /// Hold up to `wanted` (at least `minimum`) for a call about to run.
 #[derive(Debug, Message)]
@@ -33,10 +33,18 @@ pub struct Release {
     pub request: RequestId,
 }
 
-/// Refuse every later reservation on this key.
+/// Refuse every later reservation on this key; `status` says why
+/// (`Revoked` or `Superseded`).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Revoke;
+pub struct Revoke {
+    pub status: BudgetStatus,
+}
+
+/// Stop the actor (the registry evicted it: idle, nothing in flight).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop;
 
 /// The budget as it stands.
 #[derive(Debug, Message)]

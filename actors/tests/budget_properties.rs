@@ -106,7 +106,7 @@ proptest! {
                     prop_assert_eq!(expired, before - open.len());
                 }
                 Op::Revoke => {
-                    budget.revoke();
+                    budget.revoke(BudgetStatus::Revoked);
                     revoked = true;
                 }
                 Op::Tick { ms } => now += ms,

@@ -118,7 +118,11 @@ async fn release_revoke_and_expiry_through_the_mailbox() {
         .unwrap()
         .is_err());
 
-    addr.send(Revoke).await.unwrap();
+    addr.send(Revoke {
+        status: BudgetStatus::Revoked,
+    })
+    .await
+    .unwrap();
     let refused = addr
         .send(Reserve {
             request: RequestId::generate(),

@@ -1,0 +1,258 @@
+//! The registry starts one actor per key however many callers arrive at once,
+//! bounds calls in flight, pushes revocations, evicts idle actors and reloads
+//! them from the loader — on plain tokio, as the HTTP server runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actors::budget::{BudgetStatus, ReserveError};
+use actors::registry::{
+    AcquireError, CallError, KeyLoader, KeyState, LoadFuture, Registry, RegistryLimits,
+};
+use ledger::time::now_ms;
+use ledger::{Amount, KeyId, RequestId};
+
+fn amount(n: u64) -> Amount {
+    Amount::from_atomic(n).unwrap()
+}
+
+/// An in-memory "store" that counts loads.
+#[derive(Default)]
+struct MemoryLoader {
+    keys: Mutex<HashMap<KeyId, KeyState>>,
+    loads: AtomicUsize,
+}
+
+impl MemoryLoader {
+    fn add(&self, limit: u64, spent: u64) -> KeyId {
+        let id = KeyId::generate();
+        self.keys.lock().unwrap().insert(
+            id.clone(),
+            KeyState {
+                limit: amount(limit),
+                spent: amount(spent),
+                status: BudgetStatus::Active,
+                expires_at_ms: now_ms() + 3_600_000,
+                token_sha256: format!("hash-of-{id}"),
+            },
+        );
+        id
+    }
+}
+
+impl KeyLoader for MemoryLoader {
+    fn load<'a>(&'a self, key: &'a KeyId) -> LoadFuture<'a> {
+        Box::pin(async move {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            // Make concurrent first calls overlap with the load.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            Ok(self.keys.lock().unwrap().get(key).cloned())
+        })
+    }
+}
+
+fn limits(in_flight: u32) -> RegistryLimits {
+    RegistryLimits {
+        in_flight_per_key_max: in_flight,
+        loaded_keys_max: 1_000,
+        idle_ms: 60_000,
+        idle_sweep_ms: 60_000,
+    }
+}
+
+fn registry(loader: &Arc<MemoryLoader>, limits: RegistryLimits) -> Registry {
+    Registry::start(loader.clone(), limits, 2).unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_first_calls_start_one_actor() {
+    let loader = Arc::new(MemoryLoader::default());
+    let key = loader.add(1_000, 0);
+    let registry = registry(&loader, limits(1_000));
+    let mut calls = Vec::new();
+    for _ in 0..50 {
+        let (registry, key) = (registry.clone(), key.clone());
+        calls.push(tokio::spawn(async move {
+            let lease = registry.acquire(&key).await.unwrap();
+            assert_eq!(lease.token_sha256(), format!("hash-of-{key}"));
+            let request = RequestId::generate();
+            lease
+                .reserve(request.clone(), amount(10), amount(10), now_ms() + 10_000)
+                .await
+                .unwrap();
+            lease.commit(request, amount(10)).await.unwrap().charged
+        }));
+    }
+    let mut total = Amount::ZERO;
+    for call in calls {
+        total = total.checked_add(call.await.unwrap()).unwrap();
+    }
+    assert_eq!(
+        loader.loads.load(Ordering::SeqCst),
+        1,
+        "one load, one actor"
+    );
+    assert_eq!(registry.loaded(), 1);
+    // Had two actors been started, each would have counted only its share.
+    let snapshot = registry
+        .acquire(&key)
+        .await
+        .unwrap()
+        .snapshot()
+        .await
+        .unwrap();
+    assert_eq!((snapshot.spent, total), (amount(500), amount(500)));
+}
+
+#[tokio::test]
+async fn ten_times_the_budget_in_concurrent_calls_never_overspends() {
+    const K: u64 = 7;
+    let loader = Arc::new(MemoryLoader::default());
+    let key = loader.add(100 * K, 0);
+    let registry = registry(&loader, limits(1_000));
+    let mut calls = Vec::new();
+    for _ in 0..10 * K {
+        let (registry, key) = (registry.clone(), key.clone());
+        calls.push(tokio::spawn(async move {
+            let lease = registry.acquire(&key).await.unwrap();
+            let request = RequestId::generate();
+            match lease
+                .reserve(request.clone(), amount(100), amount(100), now_ms() + 10_000)
+                .await
+            {
+                Ok(held) => Some(lease.commit(request, held).await.unwrap().charged),
+                Err(CallError::Reserve(ReserveError::InsufficientBudget { .. })) => None,
+                Err(other) => panic!("{other:?}"),
+            }
+        }));
+    }
+    let mut charged = Vec::new();
+    for call in calls {
+        charged.extend(call.await.unwrap());
+    }
+    let total = charged
+        .iter()
+        .try_fold(Amount::ZERO, |sum, a| sum.checked_add(*a))
+        .unwrap();
+    assert_eq!(charged.len() as u64, K, "exactly K calls fit");
+    assert_eq!(total, amount(100 * K));
+}
+
+#[tokio::test]
+async fn calls_in_flight_are_bounded_per_key() {
+    let loader = Arc::new(MemoryLoader::default());
+    let key = loader.add(1_000, 0);
+    let registry = registry(&loader, limits(3));
+    let leases: Vec<_> = futures_leases(&registry, &key, 3).await;
+    match registry.acquire(&key).await {
+        Err(AcquireError::TooManyInFlight { max: 3 }) => {}
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a fourth call was let in"),
+    }
+    drop(leases);
+    assert!(registry.acquire(&key).await.is_ok(), "freed on drop");
+}
+
+async fn futures_leases(
+    registry: &Registry,
+    key: &KeyId,
+    n: usize,
+) -> Vec<actors::registry::Lease> {
+    let mut leases = Vec::new();
+    for _ in 0..n {
+        leases.push(registry.acquire(key).await.unwrap());
+    }
+    leases
+}
+
+#[tokio::test]
+async fn revocation_reaches_a_running_actor_at_once() {
+    let loader = Arc::new(MemoryLoader::default());
+    let key = loader.add(1_000, 0);
+    let registry = registry(&loader, limits(10));
+    let lease = registry.acquire(&key).await.unwrap();
+    let in_flight = RequestId::generate();
+    lease
+        .reserve(in_flight.clone(), amount(10), amount(1), now_ms() + 10_000)
+        .await
+        .unwrap();
+    registry.revoke(&key, BudgetStatus::Superseded).await;
+    assert_eq!(
+        lease
+            .reserve(
+                RequestId::generate(),
+                amount(1),
+                amount(1),
+                now_ms() + 10_000
+            )
+            .await,
+        Err(CallError::Reserve(ReserveError::Superseded))
+    );
+    // The call already in flight still commits what it cost.
+    assert_eq!(
+        lease.commit(in_flight, amount(4)).await.unwrap().spent,
+        amount(4)
+    );
+    // Revoking a key with no actor starts nothing.
+    let other = loader.add(1_000, 0);
+    registry.revoke(&other, BudgetStatus::Revoked).await;
+    assert_eq!(registry.loaded(), 1);
+}
+
+#[tokio::test]
+async fn idle_actors_are_evicted_and_reload_their_state() {
+    let loader = Arc::new(MemoryLoader::default());
+    let key = loader.add(1_000, 100);
+    let registry = registry(
+        &loader,
+        RegistryLimits {
+            idle_ms: 0,
+            ..limits(10)
+        },
+    );
+    let lease = registry.acquire(&key).await.unwrap();
+    assert_eq!(registry.evict_idle(), 0, "a key in use is never evicted");
+    drop(lease);
+    assert_eq!(registry.evict_idle(), 1);
+    assert_eq!(registry.loaded(), 0);
+    // The store moved on meanwhile (another writer recorded spend).
+    loader.keys.lock().unwrap().get_mut(&key).unwrap().spent = amount(600);
+    let snapshot = registry
+        .acquire(&key)
+        .await
+        .unwrap()
+        .snapshot()
+        .await
+        .unwrap();
+    assert_eq!(snapshot.spent, amount(600));
+    assert_eq!(loader.loads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn unknown_keys_are_refused_and_not_remembered() {
+    let loader = Arc::new(MemoryLoader::default());
+    let registry = registry(&loader, limits(10));
+    let missing = KeyId::generate();
+    assert!(matches!(
+        registry.acquire(&missing).await,
+        Err(AcquireError::UnknownKey)
+    ));
+    assert_eq!(registry.loaded(), 0);
+    let full = Registry::start(
+        loader.clone(),
+        RegistryLimits {
+            loaded_keys_max: 1,
+            ..limits(10)
+        },
+        1,
+    )
+    .unwrap();
+    let (a, b) = (loader.add(10, 0), loader.add(10, 0));
+    let _held = full.acquire(&a).await.unwrap();
+    assert!(matches!(
+        full.acquire(&b).await,
+        Err(AcquireError::Full { max: 1 })
+    ));
+}
