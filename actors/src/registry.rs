@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -233,9 +233,7 @@ impl Registry {
 
 impl Inner {
     fn shard(&self, key: &KeyId) -> MutexGuard<'_, HashMap<KeyId, Slot>> {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        let index = (hasher.finish() as usize) % self.shards.len();
+        let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
         // A poisoned shard only means a panic elsewhere mid-lookup; the map
         // itself is still consistent (no user code runs under the lock).
         self.shards[index]
