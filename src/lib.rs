@@ -12,14 +12,18 @@
 //! * [`startup`] — [`startup::Application`]: the server on a bound listener.
 //! * [`state`] — what handlers share.
 //! * [`http`] — routes, one file per resource, and the one error mapping.
+//! * [`gateway`] — the paid path: key actors, holds and charges, models.
+//! * [`upstream`] — the `echo` model and OpenAI-compatible upstreams.
 //! * [`auth`] — Compose tokens, SIWE, Ethereum signatures, signing key.
 //! * [`telemetry`] — `tracing` set-up.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
 pub mod cli;
+pub mod gateway;
 pub mod http;
 pub mod settings;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod upstream;

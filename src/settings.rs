@@ -37,6 +37,7 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub auth: AuthSettings,
     pub keys: KeySettings,
+    pub gateway: GatewaySettings,
     pub settlement: SettlementSettings,
     pub chains: BTreeMap<String, ChainSettings>,
     pub models: BTreeMap<String, ModelSettings>,
@@ -94,6 +95,23 @@ pub struct KeySettings {
     pub name_max_chars: usize,
 }
 
+/// The paid `/external/v1` path: key actors, upstream calls, bodies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    pub chat_body_max_bytes: usize,
+    pub in_flight_per_key_max: u32,
+    pub loaded_keys_max: usize,
+    pub key_idle_ms: i64,
+    pub upstream_connect_timeout_ms: u64,
+    pub upstream_timeout_ms: u64,
+    pub stream_idle_timeout_ms: u64,
+    pub stream_max_ms: u64,
+    pub hold_slack_ms: i64,
+    /// Actor threads; 0 means one per core.
+    pub actor_threads: usize,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettlementSettings {
@@ -109,10 +127,25 @@ pub struct ChainSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSettings {
+    /// "echo" (built in) or an OpenAI-compatible base URL (…/v1).
     pub upstream: String,
+    /// The model name sent upstream; empty means this model's own name.
+    #[serde(default)]
+    pub upstream_model: String,
+    /// The upstream's API key; only ever from the environment or a private
+    /// config file (TOLLGATE__MODELS__NAME__API_KEY).
+    #[serde(default)]
+    pub api_key: Option<String>,
     pub price_version: String,
     pub input_atomic_per_million: u64,
     pub output_atomic_per_million: u64,
+    #[serde(default)]
+    pub request_fee_atomic: u64,
+    /// `max_tokens` when a request names none, and the most it may name.
+    pub max_output_tokens: u64,
+    /// Echo only: a pause between streamed words (0: none).
+    #[serde(default)]
+    pub echo_word_delay_ms: u64,
 }
 
 impl Settings {
@@ -225,6 +258,7 @@ impl Settings {
         if self.keys.max_active_per_wallet == 0 {
             return Err(invalid("keys.max_active_per_wallet", "must be at least 1"));
         }
+        self.validate_gateway()?;
         if self.settlement.mode != "ledger" {
             return Err(invalid(
                 "settlement.mode",
@@ -246,6 +280,77 @@ impl Settings {
                         "the table name must be a chain id (a positive integer)",
                     ))
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_gateway(&self) -> Result<(), SettingsError> {
+        let g = &self.gateway;
+        if g.chat_body_max_bytes == 0 || g.chat_body_max_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "gateway.chat_body_max_bytes",
+                "must be between 1 and 67108864",
+            ));
+        }
+        if g.in_flight_per_key_max == 0 {
+            return Err(invalid(
+                "gateway.in_flight_per_key_max",
+                "must be at least 1",
+            ));
+        }
+        if g.loaded_keys_max == 0 {
+            return Err(invalid("gateway.loaded_keys_max", "must be at least 1"));
+        }
+        for (name, value) in [
+            ("gateway.key_idle_ms", g.key_idle_ms),
+            ("gateway.hold_slack_ms", g.hold_slack_ms),
+        ] {
+            if value <= 0 {
+                return Err(invalid(name, "must be a positive number of milliseconds"));
+            }
+        }
+        for (name, value) in [
+            (
+                "gateway.upstream_connect_timeout_ms",
+                g.upstream_connect_timeout_ms,
+            ),
+            ("gateway.upstream_timeout_ms", g.upstream_timeout_ms),
+            ("gateway.stream_idle_timeout_ms", g.stream_idle_timeout_ms),
+            ("gateway.stream_max_ms", g.stream_max_ms),
+        ] {
+            if value == 0 || value > 86_400_000 {
+                return Err(invalid(name, "must be between 1 and 86400000 milliseconds"));
+            }
+        }
+        if self.models.is_empty() {
+            return Err(invalid("models", "must configure at least one model"));
+        }
+        for (name, model) in &self.models {
+            let setting = |field: &str| format!("models.{name}.{field}");
+            if model.upstream != "echo"
+                && !(model.upstream.starts_with("http://")
+                    || model.upstream.starts_with("https://"))
+            {
+                return Err(invalid(
+                    setting("upstream"),
+                    "must be \"echo\" or an http(s):// base URL",
+                ));
+            }
+            if model.max_output_tokens == 0 || model.max_output_tokens > 10_000_000 {
+                return Err(invalid(
+                    setting("max_output_tokens"),
+                    "must be between 1 and 10000000",
+                ));
+            }
+            if model.price_version.is_empty() {
+                return Err(invalid(setting("price_version"), "must not be empty"));
+            }
+            if ledger::Amount::from_atomic(model.request_fee_atomic).is_none() {
+                return Err(invalid(
+                    setting("request_fee_atomic"),
+                    "is beyond the largest storable amount",
+                ));
             }
         }
         Ok(())

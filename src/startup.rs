@@ -10,6 +10,7 @@ use ledger::Store;
 
 use crate::auth::signing_key;
 use crate::auth::token::TokenSigner;
+use crate::gateway::Gateway;
 use crate::http;
 use crate::settings::Settings;
 use crate::state::AppState;
@@ -28,6 +29,8 @@ pub enum StartupError {
     },
     #[error(transparent)]
     SigningKey(#[from] signing_key::SigningKeyError),
+    #[error(transparent)]
+    Gateway(#[from] crate::gateway::GatewayError),
     #[error("server: {0}")]
     Server(std::io::Error),
 }
@@ -77,10 +80,12 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        let gateway = Gateway::start(&settings, store.clone())?;
         let state = web::Data::new(AppState::new(
             store.clone(),
             TokenSigner::new(key),
             settings,
+            gateway,
         ));
         let server = HttpServer::new(move || {
             App::new()

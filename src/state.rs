@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ledger::{ChainId, Store};
 
 use crate::auth::token::TokenSigner;
+use crate::gateway::Gateway;
 use crate::settings::Settings;
 
 /// Shared by all workers; cheap to clone (everything inside is shared).
@@ -16,16 +17,24 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The configured chains, for header and SIWE checks.
     pub chains: Arc<HashSet<ChainId>>,
+    /// The paid path: key actors, ledger writer, models.
+    pub gateway: Gateway,
 }
 
 impl AppState {
-    pub fn new(store: Store, signer: TokenSigner, settings: Settings) -> AppState {
+    pub fn new(
+        store: Store,
+        signer: TokenSigner,
+        settings: Settings,
+        gateway: Gateway,
+    ) -> AppState {
         let chains = settings.chain_ids().into_iter().collect();
         AppState {
             store,
             signer,
             settings: Arc::new(settings),
             chains: Arc::new(chains),
+            gateway,
         }
     }
 }

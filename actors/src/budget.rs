@@ -53,11 +53,22 @@ pub enum SettleError {
     UnknownHold,
 }
 
+/// What a reservation held, and the key's budget as it stood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    /// The hold: at most what was wanted, at least the minimum.
+    pub held: Amount,
+    pub limit: Amount,
+    /// Committed spend, not counting holds.
+    pub spent: Amount,
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {
     /// What the call is charged: the final amount, never more than its hold.
     pub charged: Amount,
+    pub limit: Amount,
     /// The key's committed spend after this call.
     pub spent: Amount,
     /// What the key may still reserve after this call.
@@ -185,6 +196,7 @@ impl Budget {
         );
         Ok(Committed {
             charged,
+            limit: self.limit,
             spent: self.spent,
             remaining: self.remaining(),
         })

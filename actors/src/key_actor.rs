@@ -12,7 +12,7 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId};
 
-use crate::budget::{Budget, Committed, ReserveError, SettleError};
+use crate::budget::{Budget, Committed, ReserveError, Reserved, SettleError};
 use crate::messages::{Commit, Release, Reserve, Revoke, Snapshot, Stop};
 
 /// How often expired holds are swept. Holds outlive their deadline by at most
@@ -52,16 +52,22 @@ impl Actor for KeyActor {
 }
 
 impl Handler<Reserve> for KeyActor {
-    type Result = Result<Amount, ReserveError>;
+    type Result = Result<Reserved, ReserveError>;
 
     fn handle(&mut self, msg: Reserve, _ctx: &mut Self::Context) -> Self::Result {
-        self.budget.reserve(
+        let held = self.budget.reserve(
             msg.request,
             msg.wanted,
             msg.minimum,
             now_ms(),
             msg.deadline_ms,
-        )
+        )?;
+        let snapshot = self.budget.snapshot();
+        Ok(Reserved {
+            held,
+            limit: snapshot.limit,
+            spent: snapshot.spent,
+        })
     }
 }
 

@@ -5,11 +5,11 @@
 use actix::Message;
 use ledger::{Amount, RequestId};
 
-use crate::budget::{BudgetSnapshot, BudgetStatus, Committed, ReserveError, SettleError};
+use crate::budget::{BudgetSnapshot, BudgetStatus, Committed, ReserveError, Reserved, SettleError};
 
 /// Hold up to `wanted` (at least `minimum`) for a call about to run.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Amount, ReserveError>")]
+#[rtype(result = "Result<Reserved, ReserveError>")]
 pub struct Reserve {
     pub request: RequestId,
     pub wanted: Amount,

@@ -33,7 +33,9 @@ use ledger::{Amount, KeyId, RequestId};
 use tokio::sync::OnceCell;
 
 use crate::arbiters::{ArbiterError, ArbiterPool};
-use crate::budget::{Budget, BudgetSnapshot, BudgetStatus, Committed, ReserveError, SettleError};
+use crate::budget::{
+    Budget, BudgetSnapshot, BudgetStatus, Committed, ReserveError, Reserved, SettleError,
+};
 use crate::key_actor::KeyActor;
 use crate::messages::{Commit, Release, Reserve, Revoke, Snapshot, Stop};
 
@@ -350,7 +352,7 @@ impl Lease {
         wanted: Amount,
         minimum: Amount,
         deadline_ms: i64,
-    ) -> Result<Amount, CallError> {
+    ) -> Result<Reserved, CallError> {
         let reserve = Reserve {
             request,
             wanted,

@@ -122,7 +122,7 @@ async fn ten_times_the_budget_in_concurrent_calls_never_overspends() {
                 .reserve(request.clone(), amount(100), amount(100), now_ms() + 10_000)
                 .await
             {
-                Ok(held) => Some(lease.commit(request, held).await.unwrap().charged),
+                Ok(reserved) => Some(lease.commit(request, reserved.held).await.unwrap().charged),
                 Err(CallError::Reserve(ReserveError::InsufficientBudget { .. })) => None,
                 Err(other) => panic!("{other:?}"),
             }

@@ -151,6 +151,17 @@ impl Funding {
     }
 }
 
+/// What a sign-in made and what it superseded.
+#[derive(Debug, Clone)]
+pub struct SignIn {
+    pub session: SessionRecord,
+    /// The new session's key.
+    pub key: KeyRecord,
+    /// Keys of the replaced session, now `superseded`: running actors must
+    /// be told at once.
+    pub superseded_keys: Vec<KeyId>,
+}
+
 /// A prepaid balance row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Balance {
@@ -178,6 +189,19 @@ pub enum ChargeWrite {
     Recorded,
     /// A charge with this request id already existed; nothing changed.
     Duplicate,
+}
+
+/// What writing one charge of a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    /// New; the key's `budget_used` grew by its amount.
+    Recorded,
+    /// A charge with this request id already existed; nothing changed.
+    Duplicate,
+    /// It would have taken the key past its limit; nothing changed.
+    OverBudget,
+    /// No such key; nothing changed.
+    UnknownKey,
 }
 
 /// One charge as stored.

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use ledger::model::{ChargeWrite, KeyStatus, NewCharge, NewKey, NewSession, Purpose};
+use ledger::model::{
+    ChargeOutcome, ChargeWrite, KeyStatus, NewCharge, NewKey, NewSession, Purpose,
+};
 use ledger::store::Backend;
 use ledger::testing::TestDb;
 use ledger::time::now_ms;
@@ -249,10 +251,12 @@ async fn sessions_supersede_and_nonces_are_single_use(store: Store) {
         .issue_nonce("nonce-one", now, now - 60_000)
         .await
         .unwrap();
-    let (first, first_key) = store
+    let first_sign_in = store
         .create_session(&sign_in("nonce-one"), 10)
         .await
         .unwrap();
+    let (first, first_key) = (first_sign_in.session, first_sign_in.key);
+    assert!(first_sign_in.superseded_keys.is_empty());
     assert!(first.active);
     assert_eq!(first_key.session_id.as_ref(), Some(&first.id));
     // Replay of the same nonce.
@@ -265,10 +269,16 @@ async fn sessions_supersede_and_nonces_are_single_use(store: Store) {
         .issue_nonce("nonce-two", now, now - 60_000)
         .await
         .unwrap();
-    let (second, _) = store
+    let second_sign_in = store
         .create_session(&sign_in("nonce-two"), 10)
         .await
         .unwrap();
+    let second = second_sign_in.session;
+    assert_eq!(
+        second_sign_in.superseded_keys,
+        vec![first_key.id.clone()],
+        "the replaced session's keys are named, so their actors can be told"
+    );
     assert!(second.active);
     assert!(!store.session(&first.id).await.unwrap().unwrap().active);
     assert_eq!(
@@ -338,7 +348,8 @@ async fn concurrent_sign_ins_leave_one_active_session(store: Store) {
         sessions.push(task.await.unwrap().expect("every sign-in succeeds"));
     }
     let mut active = 0;
-    for (session, key) in &sessions {
+    for sign_in in &sessions {
+        let (session, key) = (&sign_in.session, &sign_in.key);
         let session = store.session(&session.id).await.unwrap().unwrap();
         let key = store.key(&key.id).await.unwrap().unwrap();
         if session.active {
@@ -408,6 +419,51 @@ async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
     assert_eq!(funding.committed, Amount::ZERO);
 }
 
+/// A batch (group commit) answers each charge on its own: new, duplicate
+/// (also within the batch), over the limit, unknown key — and only the new
+/// ones reach `budget_used`.
+async fn charge_batches_answer_each_charge(store: Store) {
+    let owner = wallet(12);
+    store
+        .credit(&owner, CHAIN, usdc(1), "test", now_ms())
+        .await
+        .unwrap();
+    let key = store
+        .create_key(&new_key(owner, Amount::from_atomic(1_000).unwrap()), 10)
+        .await
+        .unwrap();
+    let atomic = |n| Amount::from_atomic(n).unwrap();
+    let first = charge(&key.id, atomic(700));
+    let batch = vec![
+        first.clone(),
+        first.clone(),
+        charge(&key.id, atomic(301)),
+        charge(&key.id, atomic(300)),
+        charge(&KeyId::generate(), atomic(1)),
+    ];
+    assert_eq!(
+        store.record_charges(&batch).await.unwrap(),
+        vec![
+            ChargeOutcome::Recorded,
+            ChargeOutcome::Duplicate,
+            ChargeOutcome::OverBudget,
+            ChargeOutcome::Recorded,
+            ChargeOutcome::UnknownKey,
+        ]
+    );
+    let charges = store.charges_for_key(&key.id).await.unwrap();
+    let amounts: Vec<u64> = charges.iter().map(|c| c.amount.atomic()).collect();
+    assert_eq!(amounts.iter().sum::<u64>(), 1_000, "{amounts:?}");
+    assert_eq!(
+        store.key(&key.id).await.unwrap().unwrap().budget_used,
+        atomic(1_000)
+    );
+    // Replaying the whole batch changes nothing.
+    let replay = store.record_charges(&batch).await.unwrap();
+    assert!(replay[..2].iter().all(|o| *o == ChargeOutcome::Duplicate));
+    assert_eq!(store.charges_for_key(&key.id).await.unwrap().len(), 2);
+}
+
 /// Replaying one charge concurrently still writes it exactly once.
 async fn concurrent_duplicate_charges_write_once(store: Store) {
     let owner = wallet(9);
@@ -473,6 +529,7 @@ store_suite!(
     sessions_supersede_and_nonces_are_single_use,
     concurrent_sign_ins_leave_one_active_session,
     charges_are_written_once_and_sum_to_budget_used,
+    charge_batches_answer_each_charge,
     concurrent_duplicate_charges_write_once,
     migrations_are_idempotent,
 );

@@ -1,13 +1,41 @@
 //! [`ApiError`]: the one place that maps errors to HTTP.
 //!
-//! Every error answer has the body `{"error": {"code", "message"}}` (plus
-//! `param` naming a bad field and `details` where there is more to say). 4xx
-//! messages are precise; 5xx messages are opaque and the cause is logged.
+//! Every error answer has the body `{"error": {"code", "message", "type"}}`
+//! (plus `param` naming a bad field and `details` where there is more to
+//! say) — OpenAI's error shape, which the Compose surface shares. `type`
+//! follows from the status. 4xx messages are precise; 5xx messages are
+//! opaque and the cause is logged. Paid-path errors also carry the key's
+//! budget headers when the key is known.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
-use ledger::StoreError;
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
+use ledger::{Amount, StoreError};
 use serde_json::{json, Value};
+
+/// The `x-compose-key-*` headers of a paid response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetHeaders {
+    pub limit: Amount,
+    pub used: Amount,
+    /// What this call was charged; `None` on a stream's opening headers,
+    /// where the amount is not known yet (it comes in the last chunk).
+    pub final_amount: Option<Amount>,
+}
+
+impl BudgetHeaders {
+    pub fn apply(&self, response: &mut HttpResponseBuilder) {
+        response
+            .insert_header(("x-compose-key-budget-limit", self.limit.to_string()))
+            .insert_header(("x-compose-key-budget-used", self.used.to_string()))
+            .insert_header((
+                "x-compose-key-budget-remaining",
+                self.limit.saturating_sub(self.used).to_string(),
+            ));
+        if let Some(amount) = self.final_amount {
+            response.insert_header(("x-compose-key-final-amount-wei", amount.to_string()));
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -16,6 +44,8 @@ pub struct ApiError {
     pub message: String,
     pub param: Option<&'static str>,
     pub details: Option<Value>,
+    /// Boxed: most errors carry none, and `Result<_, ApiError>` stays small.
+    pub budget: Option<Box<BudgetHeaders>>,
 }
 
 impl ApiError {
@@ -26,6 +56,40 @@ impl ApiError {
             message: message.into(),
             param: None,
             details: None,
+            budget: None,
+        }
+    }
+
+    /// A bad request parameter, OpenAI-style (400, `param` names it).
+    pub fn invalid_param(param: &'static str, message: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            param: Some(param),
+            ..ApiError::bad_request("invalid_value", format!("{param} {message}"))
+        }
+    }
+
+    /// Logs the cause of an answer that does not show it to the client.
+    pub fn logged(self, cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(error = %cause, code = self.code, "request failed");
+        self
+    }
+
+    pub fn with_budget(mut self, budget: BudgetHeaders) -> ApiError {
+        self.budget = Some(Box::new(budget));
+        self
+    }
+
+    /// OpenAI's error `type`, from the status.
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            402 => "insufficient_budget",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            502 | 504 => "upstream_error",
+            s if s >= 500 => "api_error",
+            _ => "invalid_request_error",
         }
     }
 
@@ -91,14 +155,18 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut error = json!({ "code": self.code, "message": self.message });
+        let mut error = json!({ "code": self.code, "message": self.message, "type": self.kind() });
         if let Some(param) = self.param {
             error["param"] = json!(param);
         }
         if let Some(details) = &self.details {
             error["details"] = details.clone();
         }
-        HttpResponse::build(self.status).json(json!({ "error": error }))
+        let mut response = HttpResponse::build(self.status);
+        if let Some(budget) = &self.budget {
+            budget.apply(&mut response);
+        }
+        response.json(json!({ "error": error }))
     }
 }
 

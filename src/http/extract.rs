@@ -27,15 +27,8 @@ pub struct Caller {
 /// the key to check it is still active: revocation and supersession take
 /// effect on the very next request.
 pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Caller, ApiError> {
-    let token = bearer_token(req)?;
+    let (token, claims) = verified_bearer(state, req)?;
     let now = now_ms();
-    let claims = state.signer.verify(token, now).map_err(|e| match e {
-        TokenError::Expired => ApiError::unauthorized("key_expired", "the key has expired"),
-        TokenError::Malformed | TokenError::BadSignature => ApiError::unauthorized(
-            "invalid_token",
-            "the bearer token is not a valid Compose key",
-        ),
-    })?;
     let key = state.store.key(&claims.key_id).await?.ok_or_else(|| {
         ApiError::unauthorized(
             "invalid_token",
@@ -61,6 +54,23 @@ pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Caller,
         )),
         KeyStatus::Expired => Err(ApiError::unauthorized("key_expired", "the key has expired")),
     }
+}
+
+/// The bearer token and its claims, checked by signature and expiry only
+/// (no database): the paid path takes the key's status from its actor.
+pub fn verified_bearer<'r>(
+    state: &AppState,
+    req: &'r HttpRequest,
+) -> Result<(&'r str, Claims), ApiError> {
+    let token = bearer_token(req)?;
+    let claims = state.signer.verify(token, now_ms()).map_err(|e| match e {
+        TokenError::Expired => ApiError::unauthorized("key_expired", "the key has expired"),
+        TokenError::Malformed | TokenError::BadSignature => ApiError::unauthorized(
+            "invalid_token",
+            "the bearer token is not a valid Compose key",
+        ),
+    })?;
+    Ok((token, claims))
 }
 
 fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {

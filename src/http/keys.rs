@@ -2,6 +2,7 @@
 //! charges (DESIGN §4, Compose surface).
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use actors::budget::BudgetStatus;
 use ledger::model::{ChargeRecord, KeyRecord, NewKey, Purpose};
 use ledger::time::now_ms;
 use ledger::{Amount, ChainId, KeyId};
@@ -268,6 +269,12 @@ pub async fn revoke(
         ));
     }
     let key = state.store.revoke_key(&key.id, now_ms()).await?;
+    // Refused from the key's next paid call on: its actor is told at once.
+    state
+        .gateway
+        .registry
+        .revoke(&key.id, BudgetStatus::Revoked)
+        .await;
     tracing::info!(key_id = %key.id, by = %caller.claims.key_id, "key revoked");
     Ok(HttpResponse::Ok().json(key_json(&key)))
 }

@@ -2,16 +2,20 @@
 //!
 //! * [`sessions`] — `GET /api/sessions/nonce`, `POST /api/sessions` (SIWE).
 //! * [`keys`] — `/api/keys`: create, list, get, revoke, charges.
+//! * [`chat`] — `POST /external/v1/chat/completions`, the paid call.
+//! * [`models`] — `GET /external/v1/models`.
 //! * [`health`] — `/healthz`, `/readyz`.
 //! * [`extract`] — headers, bounded JSON bodies, bearer authentication.
 //! * [`error`] — [`error::ApiError`], the one mapping of errors to responses.
 
 use actix_web::web;
 
+pub mod chat;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod keys;
+pub mod models;
 pub mod sessions;
 
 /// Registers every route.
@@ -25,6 +29,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/keys/{key_id}", web::get().to(keys::get))
             .route("/keys/{key_id}", web::delete().to(keys::revoke))
             .route("/keys/{key_id}/charges", web::get().to(keys::charges)),
+    )
+    .service(
+        web::scope("/external/v1")
+            .route("/chat/completions", web::post().to(chat::completions))
+            .route("/models", web::get().to(models::list)),
     )
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))

@@ -2,6 +2,7 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use actors::budget::BudgetStatus;
 use ledger::model::{NewKey, NewSession, Purpose};
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId, SessionId};
@@ -130,10 +131,19 @@ pub async fn sign_in(
         nonce_issued_after_ms: now - auth.nonce_ttl_ms,
         key,
     };
-    let (session, key) = state
+    let sign_in = state
         .store
         .create_session(&new_session, state.settings.keys.max_active_per_wallet)
         .await?;
+    // The replaced session's keys stop on their next call, not after a TTL.
+    for superseded in &sign_in.superseded_keys {
+        state
+            .gateway
+            .registry
+            .revoke(superseded, BudgetStatus::Superseded)
+            .await;
+    }
+    let (session, key) = (sign_in.session, sign_in.key);
     tracing::info!(session_id = %session.id, wallet = %session.wallet, chain = %session.chain_id, "signed in");
     let mut view = created_key_json(&key, &token);
     view["sessionId"] = json!(session.id);

@@ -5,8 +5,11 @@
 //!
 //! * [`pricing`] — [`pricing::Price`]: versioned per-model prices and the exact
 //!   integer cost formula shared by the gateway's quote and the ledger pool.
+//! * [`ledger_writer`] — [`ledger_writer::LedgerWriter`]: group commit of
+//!   charges for the embedded (in-process) mode; answers after the commit.
 //!
-//! The queue, ledger writer and settlement arrive with their issues.
+//! The RabbitMQ queue and settlement arrive with their issues.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod ledger_writer;
 pub mod pricing;

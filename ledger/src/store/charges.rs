@@ -3,12 +3,14 @@
 //! [`Store::record_charge`] inserts the charge under its request id and grows
 //! the key's `budget_used` by the same amount in one transaction, so a key's
 //! `budget_used` always equals the sum of its charges (invariant 3) and a
-//! replayed event writes nothing (invariant 2).
+//! replayed event writes nothing (invariant 2). [`Store::record_charges`]
+//! does the same for a batch in one transaction (the gateway's group commit).
 
 use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
 
 use super::{get_amount, get_i64, get_opt_string, get_string, get_u32, Store};
-use crate::model::{ChargeRecord, ChargeWrite, NewCharge};
+use crate::model::{ChargeOutcome, ChargeRecord, ChargeWrite, NewCharge};
 use crate::{KeyId, RequestId, StoreError};
 
 /// The most charges one listing returns, newest first.
@@ -19,60 +21,31 @@ impl Store {
     /// nothing and answers [`ChargeWrite::Duplicate`]; a charge that would take
     /// the key past its limit is refused with [`StoreError::OverBudget`].
     pub async fn record_charge(&self, charge: &NewCharge) -> Result<ChargeWrite, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        // Key first: its row lock orders concurrent writers of one key.
-        let key = sqlx::query(
-            "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
-              WHERE id = $1 AND budget_used_atomic <= budget_limit_atomic - $2
-             RETURNING wallet, chain_id",
-        )
-        .bind(charge.key_id.as_str())
-        .bind(charge.amount.to_db())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
-                                  input_tokens, output_tokens, amount_atomic, status, created_at_ms)
-             SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8 FROM keys WHERE id = $2
-             ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(charge.request_id.as_str())
-        .bind(charge.key_id.as_str())
-        .bind(charge.model.as_str())
-        .bind(charge.price_version.as_str())
-        .bind(i64::from(charge.input_tokens))
-        .bind(i64::from(charge.output_tokens))
-        .bind(charge.amount.to_db())
-        .bind(charge.created_at_ms)
-        .execute(&mut *tx)
-        .await?;
-        match (inserted.rows_affected(), key) {
-            (1, Some(_)) => {
-                tx.commit().await?;
-                Ok(ChargeWrite::Recorded)
-            }
-            (0, _) => {
-                // Already written: undo the budget increment by rolling back.
-                tx.rollback().await?;
-                if self.charge_exists(&charge.request_id).await? {
-                    Ok(ChargeWrite::Duplicate)
-                } else {
-                    Err(StoreError::NotFound)
-                }
-            }
-            _ => {
-                tx.rollback().await?;
-                Err(StoreError::OverBudget)
-            }
+        let outcomes = self.record_charges(std::slice::from_ref(charge)).await?;
+        match outcomes.first() {
+            Some(ChargeOutcome::Recorded) => Ok(ChargeWrite::Recorded),
+            Some(ChargeOutcome::Duplicate) => Ok(ChargeWrite::Duplicate),
+            Some(ChargeOutcome::OverBudget) => Err(StoreError::OverBudget),
+            Some(ChargeOutcome::UnknownKey) | None => Err(StoreError::NotFound),
         }
     }
 
-    async fn charge_exists(&self, request_id: &RequestId) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT request_id FROM charges WHERE request_id = $1")
-            .bind(request_id.as_str())
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.is_some())
+    /// Writes a batch of charges in one transaction (group commit), each at
+    /// most once, and answers what happened to each, in order. Each charge
+    /// grows its key's `budget_used` by its amount in the same transaction;
+    /// one that would pass the key's limit is undone and answered
+    /// [`ChargeOutcome::OverBudget`] without failing the others.
+    pub async fn record_charges(
+        &self,
+        charges: &[NewCharge],
+    ) -> Result<Vec<ChargeOutcome>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let mut outcomes = Vec::with_capacity(charges.len());
+        for charge in charges {
+            outcomes.push(record_one(&mut tx, charge).await?);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     /// A key's charges, newest first, at most [`LIST_CHARGES_MAX`], with the
@@ -91,6 +64,57 @@ impl Store {
         .await?;
         rows.iter().map(charge_from_row).collect()
     }
+}
+
+/// One charge inside the batch's transaction: the insert decides whether it
+/// is new (the request id is the primary key), then the key's `budget_used`
+/// grows under the limit or the insert is undone.
+async fn record_one(
+    conn: &mut AnyConnection,
+    charge: &NewCharge,
+) -> Result<ChargeOutcome, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
+                              input_tokens, output_tokens, amount_atomic, status, created_at_ms)
+         SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8 FROM keys WHERE id = $2
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(charge.request_id.as_str())
+    .bind(charge.key_id.as_str())
+    .bind(charge.model.as_str())
+    .bind(charge.price_version.as_str())
+    .bind(i64::from(charge.input_tokens))
+    .bind(i64::from(charge.output_tokens))
+    .bind(charge.amount.to_db())
+    .bind(charge.created_at_ms)
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        let exists = sqlx::query("SELECT request_id FROM charges WHERE request_id = $1")
+            .bind(charge.request_id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        return Ok(match exists {
+            Some(_) => ChargeOutcome::Duplicate,
+            None => ChargeOutcome::UnknownKey,
+        });
+    }
+    let grown = sqlx::query(
+        "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
+          WHERE id = $1 AND budget_used_atomic <= budget_limit_atomic - $2",
+    )
+    .bind(charge.key_id.as_str())
+    .bind(charge.amount.to_db())
+    .execute(&mut *conn)
+    .await?;
+    if grown.rows_affected() == 1 {
+        return Ok(ChargeOutcome::Recorded);
+    }
+    sqlx::query("DELETE FROM charges WHERE request_id = $1")
+        .bind(charge.request_id.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(ChargeOutcome::OverBudget)
 }
 
 fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {

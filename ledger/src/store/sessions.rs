@@ -11,8 +11,8 @@ use sqlx::any::AnyRow;
 use super::balances::lock_balance;
 use super::keys::insert_funded_key;
 use super::{chain_to_db, get_chain, get_i64, get_string, get_wallet, Store};
-use crate::model::{KeyRecord, NewSession, SessionRecord};
-use crate::{SessionId, StoreError};
+use crate::model::{NewSession, SessionRecord, SignIn};
+use crate::{KeyId, SessionId, StoreError};
 
 /// Issued nonces kept at most before the oldest unused ones are dropped early:
 /// a flood of `GET /api/sessions/nonce` cannot grow the table without bound.
@@ -53,7 +53,7 @@ impl Store {
         &self,
         session: &NewSession,
         max_active_keys: u32,
-    ) -> Result<(SessionRecord, KeyRecord), StoreError> {
+    ) -> Result<SignIn, StoreError> {
         let key = &session.key;
         let now_ms = key.created_at_ms;
         let chain_db = chain_to_db(key.chain_id)?;
@@ -88,15 +88,24 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         debug_assert!(superseded.len() <= 1, "more than one active session");
+        let mut superseded_keys = Vec::new();
         for row in &superseded {
-            sqlx::query(
+            let keys = sqlx::query(
                 "UPDATE keys SET status = 'superseded', revoked_at_ms = $2
-                  WHERE session_id = $1 AND status = 'active'",
+                  WHERE session_id = $1 AND status = 'active'
+                 RETURNING id",
             )
             .bind(get_string(row, "id")?)
             .bind(now_ms)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+            for key in &keys {
+                let id = get_string(key, "id")?;
+                superseded_keys.push(
+                    KeyId::parse(&id)
+                        .ok_or_else(|| StoreError::Corrupt(format!("key id {id:?}")))?,
+                );
+            }
         }
 
         let row = sqlx::query(
@@ -114,7 +123,11 @@ impl Store {
         let record = session_from_row(&row)?;
         let key_record = insert_funded_key(&mut tx, key, max_active_keys).await?;
         tx.commit().await?;
-        Ok((record, key_record))
+        Ok(SignIn {
+            session: record,
+            key: key_record,
+            superseded_keys,
+        })
     }
 
     /// One session by id.

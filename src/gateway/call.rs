@@ -1,0 +1,300 @@
+//! [`PaidCall`]: one paid call's budget, from hold to charge.
+//!
+//! 1. [`PaidCall::open`] takes a lease on the key's actor, checks the token
+//!    against the stored hash, and reserves the call's maximum cost. When
+//!    the remaining budget cannot cover it, the hold is what remains and
+//!    `max_tokens` is lowered to what that affords; only when not even one
+//!    output token fits is the answer 402.
+//! 2. The upstream runs.
+//! 3. [`PaidCall::finish`] prices the usage (never above the hold), writes
+//!    the charge through the ledger writer — which answers after its
+//!    transaction commits — and only then commits the amount in the actor.
+//!    Store first, actor second: an actor restarted from the store can never
+//!    have forgotten a charge. Both run in a spawned task, so a client that
+//!    goes away mid-finish cannot leave one done without the other.
+//! 4. A call dropped without finishing (upstream failure, a client gone
+//!    before a non-streamed answer) releases its hold: nothing is charged.
+
+use actix_web::http::StatusCode;
+use actors::budget::{ReserveError, Reserved};
+use actors::registry::{AcquireError, CallError, Lease};
+use ledger::model::{ChargeOutcome, NewCharge};
+use ledger::time::now_ms;
+use ledger::{Amount, KeyId, RequestId};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use workers::ledger_writer::LedgerWriter;
+use workers::pricing::Price;
+
+use super::{Gateway, Model};
+use crate::auth::token::token_sha256;
+use crate::http::error::{ApiError, BudgetHeaders};
+use crate::upstream::Usage;
+
+/// A call holding budget on its key.
+pub struct PaidCall {
+    /// `None` once finished or released.
+    lease: Option<Lease>,
+    pub request: RequestId,
+    key_id: KeyId,
+    model: String,
+    price: Price,
+    writer: LedgerWriter,
+    pub reserved: Reserved,
+    /// The prompt's token bound the hold was computed with.
+    pub prompt_tokens_max: u64,
+    /// The output bound the hold affords (≤ what the client asked).
+    pub max_tokens: u64,
+}
+
+/// What a finished call was charged and where its key stands.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt {
+    pub budget: BudgetHeaders,
+    pub usage: Usage,
+}
+
+impl Receipt {
+    /// The `compose` object of a paid answer's body or last chunk.
+    pub fn compose_json(&self) -> serde_json::Value {
+        json!({
+            "finalAmountWei": self.budget.final_amount.unwrap_or(Amount::ZERO),
+            "budgetUsed": self.budget.used,
+            "budgetRemaining": self.budget.limit.saturating_sub(self.budget.used),
+        })
+    }
+}
+
+impl PaidCall {
+    /// Leases `key_id`'s actor, checks `token` and reserves the call's cost.
+    pub async fn open(
+        gateway: &Gateway,
+        key_id: &KeyId,
+        token: &str,
+        model: &Model,
+        prompt_tokens_max: u64,
+        requested_max_tokens: u64,
+        stream: bool,
+    ) -> Result<PaidCall, ApiError> {
+        let lease = gateway
+            .registry
+            .acquire(key_id)
+            .await
+            .map_err(acquire_error)?;
+        let stored = lease.token_sha256().as_bytes();
+        if !bool::from(stored.ct_eq(token_sha256(token).as_bytes())) {
+            return Err(invalid_token());
+        }
+        let cost = |output| {
+            model.price.cost(prompt_tokens_max, output).map_err(|_| {
+                ApiError::invalid_param("messages", "make the call cost more than any budget")
+            })
+        };
+        let wanted = cost(requested_max_tokens)?;
+        let minimum = cost(1)?;
+        let longest = if stream {
+            gateway.timeouts.stream_max
+        } else {
+            gateway.timeouts.upstream
+        };
+        let deadline_ms = now_ms()
+            .saturating_add(i64::try_from(longest.as_millis()).unwrap_or(i64::MAX / 2))
+            .saturating_add(gateway.timeouts.hold_slack_ms);
+        let request = RequestId::generate();
+        let reserved = match lease
+            .reserve(request.clone(), wanted, minimum, deadline_ms)
+            .await
+        {
+            Ok(reserved) => reserved,
+            Err(error) => return Err(reserve_error(&lease, error, minimum).await),
+        };
+        let max_tokens = model
+            .price
+            .affordable_output_tokens(reserved.held, prompt_tokens_max, requested_max_tokens)
+            .unwrap_or(0);
+        debug_assert!(
+            max_tokens >= 1,
+            "a hold of at least the minimum affords one token"
+        );
+        debug_assert!(reserved.held <= wanted && reserved.held >= minimum);
+        Ok(PaidCall {
+            lease: Some(lease),
+            request,
+            key_id: key_id.clone(),
+            model: model.name.clone(),
+            price: model.price.clone(),
+            writer: gateway.writer.clone(),
+            reserved,
+            prompt_tokens_max,
+            max_tokens,
+        })
+    }
+
+    /// The budget headers as the call starts (a stream's opening headers).
+    pub fn opening_budget(&self) -> BudgetHeaders {
+        BudgetHeaders {
+            limit: self.reserved.limit,
+            used: self.reserved.spent,
+            final_amount: None,
+        }
+    }
+
+    /// Charges the call for `usage` (at most its hold): ledger first, then
+    /// the actor. On failure nothing is charged and the hold is released.
+    pub async fn finish(mut self, usage: Usage) -> Result<Receipt, ApiError> {
+        let Some(lease) = self.lease.take() else {
+            return Err(ApiError::internal(&"a paid call finished twice"));
+        };
+        let held = self.reserved.held;
+        let amount = self
+            .price
+            .cost(usage.prompt_tokens, usage.completion_tokens)
+            .map_or(held, |cost| cost.min(held));
+        debug_assert!(amount <= held, "a final amount never exceeds its hold");
+        let charge = NewCharge {
+            request_id: self.request.clone(),
+            key_id: self.key_id.clone(),
+            model: self.model.clone(),
+            price_version: self.price.version.clone(),
+            input_tokens: clamp_u32(usage.prompt_tokens),
+            output_tokens: clamp_u32(usage.completion_tokens),
+            amount,
+            created_at_ms: now_ms(),
+        };
+        let writer = self.writer.clone();
+        let request = self.request.clone();
+        let finishing = tokio::spawn(async move {
+            let written = writer.record(charge).await;
+            match written {
+                Ok(ChargeOutcome::Recorded) | Ok(ChargeOutcome::Duplicate) => lease
+                    .commit(request, amount)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Ok(other) => {
+                    let _ = lease.release(request).await;
+                    Err(format!("the ledger refused the charge: {other:?}"))
+                }
+                Err(error) => {
+                    let _ = lease.release(request).await;
+                    Err(error.to_string())
+                }
+            }
+        });
+        let committed = match finishing.await {
+            Ok(Ok(committed)) => committed,
+            Ok(Err(cause)) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ledger_unavailable",
+                    "the call could not be recorded; nothing was charged, retry later",
+                )
+                .logged(&cause))
+            }
+            Err(join) => return Err(ApiError::internal(&join)),
+        };
+        debug_assert_eq!(committed.charged, amount);
+        Ok(Receipt {
+            budget: BudgetHeaders {
+                limit: committed.limit,
+                used: committed.spent,
+                final_amount: Some(committed.charged),
+            },
+            usage,
+        })
+    }
+}
+
+impl Drop for PaidCall {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        // Not finished: the upstream failed or the client left before a
+        // non-streamed answer. Nothing is charged; the lease (and so the
+        // key's in-flight slot) lives until the release is done.
+        let request = self.request.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = lease.release(request).await {
+                    tracing::warn!(%error, "releasing a hold failed; it expires on its deadline");
+                }
+            });
+        }
+    }
+}
+
+fn clamp_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn invalid_token() -> ApiError {
+    ApiError::unauthorized(
+        "invalid_token",
+        "the bearer token is not a valid Compose key",
+    )
+}
+
+fn unavailable(message: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        message.to_owned(),
+    )
+}
+
+fn acquire_error(error: AcquireError) -> ApiError {
+    match error {
+        AcquireError::UnknownKey => invalid_token(),
+        AcquireError::TooManyInFlight { max } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("the key already has {max} calls in flight; retry when one finishes"),
+        ),
+        AcquireError::Full { .. } => unavailable("the gateway is at capacity; retry shortly"),
+        AcquireError::Load(cause) => {
+            unavailable("the key could not be loaded; retry shortly").logged(&cause)
+        }
+    }
+}
+
+async fn reserve_error(lease: &Lease, error: CallError, minimum: Amount) -> ApiError {
+    match error {
+        CallError::Reserve(ReserveError::Revoked) => {
+            ApiError::unauthorized("key_revoked", "the key has been revoked")
+        }
+        CallError::Reserve(ReserveError::Superseded) => ApiError::unauthorized(
+            "session_superseded",
+            "the key's session was replaced by a newer sign-in",
+        ),
+        CallError::Reserve(ReserveError::Expired) => {
+            ApiError::unauthorized("key_expired", "the key has expired")
+        }
+        CallError::Reserve(ReserveError::InsufficientBudget { remaining, .. }) => {
+            let error = ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_budget",
+                format!(
+                    "the key's remaining budget ({remaining}) cannot cover even a minimal call ({minimum})"
+                ),
+            )
+            .with_details(json!({ "remaining": remaining, "minimum": minimum }));
+            match lease.snapshot().await {
+                Ok(s) => error.with_budget(BudgetHeaders {
+                    limit: s.limit,
+                    used: s.spent,
+                    final_amount: Some(Amount::ZERO),
+                }),
+                Err(_) => error,
+            }
+        }
+        CallError::Reserve(ReserveError::TooManyHolds) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "the key has too many calls in flight",
+        ),
+        CallError::Reserve(ReserveError::DuplicateRequest) | CallError::Settle(_) => {
+            ApiError::internal(&error)
+        }
+        CallError::Unavailable => unavailable("the key is briefly unavailable; retry shortly"),
+    }
+}

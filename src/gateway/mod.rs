@@ -1,0 +1,138 @@
+//! The paid path's machinery, between HTTP and the key actors:
+//!
+//! * [`Gateway`] — what a paid call needs: the key-actor registry, the
+//!   ledger writer, and each configured model's price and upstream.
+//! * [`loader`] — [`loader::StoreKeyLoader`]: key actors start from the store.
+//! * [`request`] — validating an OpenAI chat request.
+//! * [`call`] — [`call::PaidCall`]: one call's budget from hold to charge.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::arbiters::ArbiterError;
+use actors::registry::{Registry, RegistryLimits};
+use ledger::Store;
+use workers::ledger_writer::LedgerWriter;
+use workers::pricing::Price;
+
+use crate::settings::Settings;
+use crate::upstream::echo::Echo;
+use crate::upstream::openai::OpenAiUpstream;
+use crate::upstream::Upstream;
+
+pub mod call;
+pub mod loader;
+pub mod request;
+
+/// A model clients may name, as configured.
+pub struct Model {
+    pub name: String,
+    pub price: Price,
+    pub upstream: Upstream,
+    pub max_output_tokens: u64,
+}
+
+/// Shared by every paid call. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub registry: Registry,
+    pub writer: LedgerWriter,
+    pub models: Arc<HashMap<String, Model>>,
+    pub timeouts: Timeouts,
+}
+
+/// How long each part of a call may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub upstream: Duration,
+    pub stream_idle: Duration,
+    pub stream_max: Duration,
+    /// How long a hold outlives its call's longest duration.
+    pub hold_slack_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Arbiters(#[from] ArbiterError),
+    #[error("the upstream HTTP client: {0}")]
+    Client(String),
+}
+
+impl Gateway {
+    /// Starts the key actors and the ledger writer (on the current runtime).
+    pub fn start(settings: &Settings, store: Store) -> Result<Gateway, GatewayError> {
+        let g = &settings.gateway;
+        let threads = match g.actor_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let registry = Registry::start(
+            Arc::new(loader::StoreKeyLoader::new(store.clone())),
+            RegistryLimits {
+                in_flight_per_key_max: g.in_flight_per_key_max,
+                loaded_keys_max: g.loaded_keys_max,
+                idle_ms: g.key_idle_ms,
+                idle_sweep_ms: (g.key_idle_ms / 4).clamp(1_000, 60_000) as u64,
+            },
+            threads,
+        )?;
+        let timeouts = Timeouts {
+            upstream: Duration::from_millis(g.upstream_timeout_ms),
+            stream_idle: Duration::from_millis(g.stream_idle_timeout_ms),
+            stream_max: Duration::from_millis(g.stream_max_ms),
+            hold_slack_ms: g.hold_slack_ms,
+        };
+        // One pool for every upstream: connections are reused across calls.
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(g.upstream_connect_timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| GatewayError::Client(e.to_string()))?;
+        let models = settings
+            .models
+            .iter()
+            .map(|(name, m)| {
+                let upstream = if m.upstream == "echo" {
+                    Upstream::Echo(Echo {
+                        model: name.clone(),
+                        word_delay_ms: m.echo_word_delay_ms,
+                    })
+                } else {
+                    Upstream::OpenAi(OpenAiUpstream {
+                        client: client.clone(),
+                        base_url: m.upstream.trim_end_matches('/').to_owned(),
+                        upstream_model: if m.upstream_model.is_empty() {
+                            name.clone()
+                        } else {
+                            m.upstream_model.clone()
+                        },
+                        api_key: m.api_key.clone().filter(|k| !k.is_empty()),
+                        timeout: timeouts.upstream,
+                    })
+                };
+                let model = Model {
+                    name: name.clone(),
+                    price: Price {
+                        version: m.price_version.clone(),
+                        input_atomic_per_million: m.input_atomic_per_million,
+                        output_atomic_per_million: m.output_atomic_per_million,
+                        request_fee_atomic: m.request_fee_atomic,
+                    },
+                    upstream,
+                    max_output_tokens: m.max_output_tokens,
+                };
+                (name.clone(), model)
+            })
+            .collect();
+        Ok(Gateway {
+            registry,
+            writer: LedgerWriter::start(store),
+            models: Arc::new(models),
+            timeouts,
+        })
+    }
+}

@@ -1,0 +1,274 @@
+//! `POST /external/v1/chat/completions`: the paid, OpenAI-compatible call,
+//! streamed or not (DESIGN §4, §5).
+//!
+//! Order of checks: the token's signature (no database), the body, the
+//! model — all before any budget is touched, so bad input changes nothing —
+//! then the hold on the key's actor ([`PaidCall::open`]), the upstream, and
+//! the charge ([`PaidCall::finish`]).
+//!
+//! A stream runs in its own task that reads the upstream and hands each
+//! chunk to the response through a small bounded channel: nothing is
+//! buffered whole, a slow client slows the upstream read, and a client that
+//! goes away is noticed at once — it pays for the chunks generated until
+//! then, and the upstream connection is dropped.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::error::ApiError;
+use super::extract::{json_object, verified_bearer};
+use crate::gateway::call::{PaidCall, Receipt};
+use crate::gateway::request::ChatRequest;
+use crate::gateway::{Gateway, Timeouts};
+use crate::state::AppState;
+use crate::upstream::{Chunk, ChunkStream, UpstreamError, UpstreamRequest, Usage};
+
+/// Chunks waiting between the upstream reader and a slow client.
+const STREAM_BUFFER_CHUNKS: usize = 16;
+
+pub async fn completions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (token, claims) = verified_bearer(&state, &req)?;
+    let body = json_object(&req, payload, state.settings.gateway.chat_body_max_bytes).await?;
+    let chat = ChatRequest::parse(body)?;
+    let gateway = &state.gateway;
+    let Some(model) = gateway.models.get(&chat.model) else {
+        return Err(ApiError {
+            param: Some("model"),
+            ..ApiError::not_found(
+                "model_not_found",
+                format!(
+                    "the model {:?} does not exist here; see GET /external/v1/models",
+                    chat.model
+                ),
+            )
+        });
+    };
+    let requested = chat
+        .max_tokens
+        .unwrap_or(model.max_output_tokens)
+        .min(model.max_output_tokens);
+    let prompt_tokens_max = model.upstream.prompt_tokens_max(&chat.body);
+    let call = PaidCall::open(
+        gateway,
+        &claims.key_id,
+        token,
+        model,
+        prompt_tokens_max,
+        requested,
+        chat.stream,
+    )
+    .await?;
+    let upstream_request = UpstreamRequest {
+        body: chat.body,
+        max_tokens: call.max_tokens,
+        max_tokens_field: chat.max_tokens_field,
+        request_id: call.request.to_string(),
+    };
+    if chat.stream {
+        stream(gateway, &chat.model, call, upstream_request).await
+    } else {
+        complete(gateway, &chat.model, call, upstream_request).await
+    }
+}
+
+async fn complete(
+    gateway: &Gateway,
+    model_name: &str,
+    call: PaidCall,
+    request: UpstreamRequest,
+) -> Result<HttpResponse, ApiError> {
+    let Some(model) = gateway.models.get(model_name) else {
+        return Err(ApiError::internal(&"model vanished"));
+    };
+    let answer = tokio::time::timeout(gateway.timeouts.upstream, model.upstream.complete(&request))
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout));
+    // On error `call` drops here: its hold is released, nothing charged.
+    let mut completion = answer.map_err(upstream_error)?;
+    // An upstream that reports no usage is charged its hold (the bound).
+    let usage = completion.usage.unwrap_or(Usage {
+        prompt_tokens: call.prompt_tokens_max,
+        completion_tokens: call.max_tokens,
+    });
+    let request_id = call.request.to_string();
+    let receipt = call.finish(usage).await?;
+    completion
+        .body
+        .insert("compose".into(), receipt.compose_json());
+    let mut response = HttpResponse::Ok();
+    receipt.budget.apply(&mut response);
+    response.insert_header(("x-request-id", request_id));
+    Ok(response.json(Value::Object(completion.body)))
+}
+
+async fn stream(
+    gateway: &Gateway,
+    model_name: &str,
+    call: PaidCall,
+    request: UpstreamRequest,
+) -> Result<HttpResponse, ApiError> {
+    let Some(model) = gateway.models.get(model_name) else {
+        return Err(ApiError::internal(&"model vanished"));
+    };
+    let chunks = tokio::time::timeout(gateway.timeouts.upstream, model.upstream.stream(&request))
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout))
+        .map_err(upstream_error)?;
+    let (sender, receiver) = mpsc::channel::<Bytes>(STREAM_BUFFER_CHUNKS);
+    let mut response = HttpResponse::Ok();
+    call.opening_budget().apply(&mut response);
+    response
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .insert_header(("x-request-id", call.request.to_string()));
+    let last = LastChunk {
+        id: format!("chatcmpl-{}", request.request_id),
+        model: model_name.to_owned(),
+    };
+    tokio::spawn(pump(call, chunks, sender, gateway.timeouts, last));
+    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let bytes = receiver.recv().await?;
+        Some((Ok::<_, actix_web::Error>(bytes), receiver))
+    });
+    Ok(response.streaming(body))
+}
+
+/// What a synthesized last chunk needs when the upstream sent no usage.
+struct LastChunk {
+    id: String,
+    model: String,
+}
+
+enum Ended {
+    Done,
+    ClientGone,
+    Failed(UpstreamError),
+}
+
+async fn pump(
+    call: PaidCall,
+    mut chunks: ChunkStream,
+    sender: mpsc::Sender<Bytes>,
+    timeouts: Timeouts,
+    last: LastChunk,
+) {
+    let deadline = Instant::now() + timeouts.stream_max;
+    let mut generated: u64 = 0;
+    let mut usage_chunk: Option<Chunk> = None;
+    let ended = loop {
+        let wait = (Instant::now() + timeouts.stream_idle).min(deadline);
+        let next = tokio::select! {
+            _ = sender.closed() => break Ended::ClientGone,
+            next = tokio::time::timeout_at(wait, chunks.next()) => next,
+        };
+        let chunk = match next {
+            Err(_) => break Ended::Failed(UpstreamError::Timeout),
+            Ok(None) => break Ended::Done,
+            Ok(Some(Err(error))) => break Ended::Failed(error),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if Usage::from_json(&chunk.json).is_some() {
+            // Held back: it goes last, with the call's final amount added.
+            usage_chunk = Some(chunk);
+            continue;
+        }
+        if chunk.has_content() {
+            generated += 1;
+        }
+        if sender.send(sse(&chunk.to_bytes())).await.is_err() {
+            break Ended::ClientGone;
+        }
+    };
+    drop(chunks); // closes the upstream connection: generation stops there
+    let counted = Usage {
+        prompt_tokens: call.prompt_tokens_max,
+        completion_tokens: generated,
+    };
+    match ended {
+        Ended::Done => {
+            let usage = usage_chunk
+                .as_ref()
+                .and_then(|c| Usage::from_json(&c.json))
+                .unwrap_or(counted);
+            match call.finish(usage).await {
+                Ok(receipt) => {
+                    let chunk = final_chunk(usage_chunk, &last, &receipt);
+                    let _ = sender.send(sse(&chunk)).await;
+                    let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                }
+                Err(error) => {
+                    let _ = sender.send(error_event(error.code, &error.message)).await;
+                }
+            }
+        }
+        Ended::ClientGone => {
+            // The client pays for what was generated before it left.
+            if let Err(error) = call.finish(counted).await {
+                tracing::error!(code = error.code, "charging an abandoned stream failed");
+            }
+        }
+        Ended::Failed(error) => {
+            drop(call); // releases the hold: an upstream failure charges nothing
+            let api = upstream_error(error);
+            let _ = sender.send(error_event(api.code, &api.message)).await;
+        }
+    }
+}
+
+fn final_chunk(usage_chunk: Option<Chunk>, last: &LastChunk, receipt: &Receipt) -> Bytes {
+    let mut json = match usage_chunk {
+        Some(chunk) => chunk.json,
+        None => json!({
+            "id": last.id,
+            "object": "chat.completion.chunk",
+            "created": ledger::time::now_ms() / 1000,
+            "model": last.model,
+            "choices": [],
+        }),
+    };
+    if let Value::Object(map) = &mut json {
+        map.insert("usage".into(), receipt.usage.to_json());
+        map.insert("compose".into(), receipt.compose_json());
+    }
+    Bytes::from(serde_json::to_vec(&json).unwrap_or_default())
+}
+
+fn sse(json: &[u8]) -> Bytes {
+    let mut event = Vec::with_capacity(json.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(json);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+fn error_event(code: &str, message: &str) -> Bytes {
+    let body = json!({"error": {"code": code, "message": message, "type": "upstream_error"}});
+    sse(&serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Upstream failures: 504 for time, 502 otherwise. The hold is released by
+/// the caller dropping its [`PaidCall`].
+fn upstream_error(error: UpstreamError) -> ApiError {
+    match error {
+        UpstreamError::Timeout => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the model did not answer in time; nothing was charged",
+        ),
+        other => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the model failed to answer; nothing was charged",
+        )
+        .logged(&other),
+    }
+}

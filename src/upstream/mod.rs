@@ -1,0 +1,154 @@
+//! Upstream models: the built-in `echo` model and any OpenAI-compatible API.
+//!
+//! * [`echo`] — deterministic, in process: answers with the last message's
+//!   words, one token per word, and reports exact usage.
+//! * [`openai`] — an OpenAI-compatible base URL over a pooled HTTP client;
+//!   streams pass through chunk by chunk.
+//! * [`sse`] — the Server-Sent Events reader for upstream streams.
+//!
+//! Both speak in OpenAI's JSON shapes, so the paid path treats them alike.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde_json::{Map, Value};
+
+pub mod echo;
+pub mod openai;
+pub mod sse;
+
+/// Token counts an upstream reported (or the gateway counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    /// `usage` from an OpenAI-shaped body or chunk, if it has one.
+    pub fn from_json(value: &Value) -> Option<Usage> {
+        let usage = value.get("usage")?;
+        Some(Usage {
+            prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
+            completion_tokens: usage.get("completion_tokens")?.as_u64()?,
+        })
+    }
+
+    pub fn to_json(self) -> Value {
+        serde_json::json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
+        })
+    }
+}
+
+/// What a call asks of an upstream, after the gateway fixed its maximum.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    /// The client's body as received (model, messages, options).
+    pub body: Map<String, Value>,
+    /// The output bound the budget affords; always sent upstream.
+    pub max_tokens: u64,
+    /// `max_tokens` or `max_completion_tokens`: whichever the client used.
+    pub max_tokens_field: &'static str,
+    /// A unique id for the call (the gateway's request id).
+    pub request_id: String,
+}
+
+/// A non-streamed answer.
+#[derive(Debug)]
+pub struct Completion {
+    pub body: Map<String, Value>,
+    pub usage: Option<Usage>,
+}
+
+/// One streamed chunk: its JSON, as parsed.
+#[derive(Debug)]
+pub struct Chunk {
+    pub json: Value,
+}
+
+impl Chunk {
+    /// Whether it carries generated text (a delta with content).
+    pub fn has_content(&self) -> bool {
+        self.json
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(|choices| {
+                choices.iter().any(|c| {
+                    c.pointer("/delta/content")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.is_empty())
+                })
+            })
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(&self.json).unwrap_or_default())
+    }
+}
+
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, UpstreamError>> + Send>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    #[error("the upstream answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("the upstream could not be reached: {0}")]
+    Transport(String),
+    #[error("the upstream's answer is not valid: {0}")]
+    Protocol(String),
+}
+
+/// One configured model's upstream.
+pub enum Upstream {
+    Echo(echo::Echo),
+    OpenAi(openai::OpenAiUpstream),
+}
+
+impl Upstream {
+    /// An upper bound on the prompt's tokens: exact for `echo` (words);
+    /// for other models the UTF-8 bytes of the messages and tools as JSON,
+    /// since a token covers at least one byte.
+    pub fn prompt_tokens_max(&self, body: &Map<String, Value>) -> u64 {
+        match self {
+            Upstream::Echo(_) => echo::prompt_words(body),
+            Upstream::OpenAi(_) => ["messages", "tools", "functions"]
+                .iter()
+                .filter_map(|field| body.get(*field))
+                .map(|v| serde_json::to_vec(v).map_or(0, |b| b.len() as u64))
+                .sum(),
+        }
+    }
+
+    pub async fn complete(&self, request: &UpstreamRequest) -> Result<Completion, UpstreamError> {
+        match self {
+            Upstream::Echo(echo) => Ok(echo.complete(request)),
+            Upstream::OpenAi(upstream) => upstream.complete(request).await,
+        }
+    }
+
+    pub async fn stream(&self, request: &UpstreamRequest) -> Result<ChunkStream, UpstreamError> {
+        match self {
+            Upstream::Echo(echo) => Ok(echo.stream(request)),
+            Upstream::OpenAi(upstream) => upstream.stream(request).await,
+        }
+    }
+}
+
+/// The text of a message's `content`: a string, or the `text` of its parts.
+pub fn content_text(message: &Value) -> String {
+    match message.get("content") {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}

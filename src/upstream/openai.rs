@@ -1,0 +1,172 @@
+//! An OpenAI-compatible upstream (`POST {base}/chat/completions`) over one
+//! pooled HTTP client shared by every model.
+//!
+//! The client's body goes through as it came, with three changes: `model`
+//! becomes the upstream's name, the output bound becomes what the budget
+//! affords, and a stream asks for `stream_options.include_usage` so its last
+//! chunk reports usage. Streams are read event by event and handed on as
+//! they arrive — never buffered whole.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+
+use super::sse::SseReader;
+use super::{Chunk, ChunkStream, Completion, UpstreamError, UpstreamRequest, Usage};
+
+/// The most bytes of an upstream error body kept for the log and message.
+const ERROR_BODY_MAX_BYTES: usize = 512;
+
+pub struct OpenAiUpstream {
+    pub client: reqwest::Client,
+    /// `…/v1`, without a trailing slash.
+    pub base_url: String,
+    pub upstream_model: String,
+    pub api_key: Option<String>,
+    /// A whole non-streamed call, or a stream's response headers.
+    pub timeout: Duration,
+}
+
+impl OpenAiUpstream {
+    fn body(&self, request: &UpstreamRequest, stream: bool) -> Map<String, Value> {
+        let mut body = request.body.clone();
+        body.insert("model".into(), json!(self.upstream_model));
+        body.remove("max_tokens");
+        body.remove("max_completion_tokens");
+        body.insert(request.max_tokens_field.into(), json!(request.max_tokens));
+        body.insert("stream".into(), json!(stream));
+        if stream {
+            let options = body.entry("stream_options").or_insert_with(|| json!({}));
+            if let Value::Object(options) = options {
+                options.insert("include_usage".into(), json!(true));
+            }
+        } else {
+            body.remove("stream_options");
+        }
+        body
+    }
+
+    async fn send(
+        &self,
+        request: &UpstreamRequest,
+        stream: bool,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut call = self
+            .client
+            .post(format!("{}/chat/completions", self.base_url))
+            .json(&self.body(request, stream));
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        let response = tokio::time::timeout(self.timeout, call.send())
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(transport)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let mut message: String = text.chars().take(ERROR_BODY_MAX_BYTES).collect();
+        if message.is_empty() {
+            message = status.canonical_reason().unwrap_or("error").to_owned();
+        }
+        Err(UpstreamError::Status {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    pub async fn complete(&self, request: &UpstreamRequest) -> Result<Completion, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = self.send(request, false).await?;
+        let bytes = tokio::time::timeout_at(deadline, response.bytes())
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(transport)?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(body)) => {
+                let usage = Usage::from_json(&Value::Object(body.clone()));
+                Ok(Completion { body, usage })
+            }
+            _ => Err(UpstreamError::Protocol(
+                "the body is not a JSON object".into(),
+            )),
+        }
+    }
+
+    pub async fn stream(&self, request: &UpstreamRequest) -> Result<ChunkStream, UpstreamError> {
+        let response = self.send(request, true).await?;
+        let bytes = response.bytes_stream();
+        let state = (
+            bytes,
+            SseReader::default(),
+            Vec::<Chunk>::new().into_iter(),
+            false,
+        );
+        Ok(Box::pin(futures_util::stream::unfold(
+            state,
+            |(mut bytes, mut reader, mut ready, mut done)| async move {
+                loop {
+                    if let Some(chunk) = ready.next() {
+                        return Some((Ok(chunk), (bytes, reader, ready, done)));
+                    }
+                    if done {
+                        return None;
+                    }
+                    let next = match bytes.next().await {
+                        None => return None,
+                        Some(Err(e)) => Err(transport(e)),
+                        Some(Ok(b)) => reader
+                            .feed(&b)
+                            .map_err(|e| UpstreamError::Protocol(e.to_string())),
+                    };
+                    let events = match next {
+                        Ok(events) => events,
+                        Err(e) => return Some((Err(e), (bytes, reader, ready, true))),
+                    };
+                    let mut chunks = Vec::with_capacity(events.len());
+                    for data in events {
+                        if data.trim() == "[DONE]" {
+                            done = true;
+                            break;
+                        }
+                        match serde_json::from_str::<Value>(&data) {
+                            Ok(json) if json.get("error").is_some() => {
+                                let message = json["error"]["message"]
+                                    .as_str()
+                                    .unwrap_or("error")
+                                    .to_owned();
+                                return Some((
+                                    Err(UpstreamError::Status {
+                                        status: 200,
+                                        message,
+                                    }),
+                                    (bytes, reader, ready, true),
+                                ));
+                            }
+                            Ok(json) => chunks.push(Chunk { json }),
+                            Err(e) => {
+                                return Some((
+                                    Err(UpstreamError::Protocol(format!("chunk: {e}"))),
+                                    (bytes, reader, ready, true),
+                                ))
+                            }
+                        }
+                    }
+                    ready = chunks.into_iter();
+                }
+            },
+        )))
+    }
+}
+
+fn transport(error: reqwest::Error) -> UpstreamError {
+    if error.is_timeout() {
+        UpstreamError::Timeout
+    } else {
+        // Without the URL: it may carry credentials in some deployments.
+        UpstreamError::Transport(error.without_url().to_string())
+    }
+}

@@ -1,0 +1,85 @@
+//! [`LedgerWriter`]: the in-process ledger writer of the embedded mode —
+//! group commit of charges.
+//!
+//! Callers hand it a priced charge and wait for its answer; one task drains
+//! the queue and writes whatever has gathered (at most [`BATCH_MAX`] charges)
+//! in one transaction through [`Store::record_charges`], then answers each
+//! caller. A caller hears "recorded" only after the transaction committed,
+//! so a call that reports a final amount has its charge on disk even if the
+//! process dies the next instant (invariant 2). Under load, one transaction
+//! carries many calls: the cost of a commit is shared, not paid per call.
+
+use ledger::model::{ChargeOutcome, NewCharge};
+use ledger::Store;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most charges one transaction carries: keeps a transaction short so
+/// readers and the next batch never wait long.
+pub const BATCH_MAX: usize = 256;
+
+/// Charges waiting for the writer; past this, callers wait to enqueue
+/// (back-pressure instead of unbounded memory).
+pub const QUEUE_MAX: usize = 8_192;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The transaction failed (the store is down, say); nothing was written.
+    #[error("the ledger could not be written: {0}")]
+    Store(String),
+    /// The writer task is gone (shutting down).
+    #[error("the ledger writer has stopped")]
+    Stopped,
+}
+
+type Reply = oneshot::Sender<Result<ChargeOutcome, WriteError>>;
+
+/// A handle to the writer task. Cheap to clone; the task ends when every
+/// handle is dropped, after writing what was queued.
+#[derive(Clone)]
+pub struct LedgerWriter {
+    queue: mpsc::Sender<(NewCharge, Reply)>,
+}
+
+impl LedgerWriter {
+    /// Starts the writer task on the current tokio runtime.
+    pub fn start(store: Store) -> LedgerWriter {
+        let (queue, receiver) = mpsc::channel(QUEUE_MAX);
+        tokio::spawn(run(store, receiver));
+        LedgerWriter { queue }
+    }
+
+    /// Writes `charge` once and answers what happened, after the commit.
+    pub async fn record(&self, charge: NewCharge) -> Result<ChargeOutcome, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((charge, reply))
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+}
+
+async fn run(store: Store, mut receiver: mpsc::Receiver<(NewCharge, Reply)>) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    // `recv_many` waits for the first charge, then takes whatever else is
+    // already queued: under load batches grow, idle they are single charges.
+    while receiver.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        let (charges, replies): (Vec<NewCharge>, Vec<Reply>) = batch.drain(..).unzip();
+        match store.record_charges(&charges).await {
+            Ok(outcomes) => {
+                debug_assert_eq!(outcomes.len(), replies.len());
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // A caller that gave up still has its charge written.
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, charges = charges.len(), "writing charges failed");
+                let error = WriteError::Store(error.to_string());
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}

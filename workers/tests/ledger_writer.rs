@@ -1,0 +1,97 @@
+//! The group-commit writer on both stores: many concurrent callers, replays
+//! among them, and every charge lands exactly once with `budget_used` equal
+//! to the sum of the charges.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use ledger::model::{ChargeOutcome, NewCharge, NewKey, Purpose};
+use ledger::store::Backend;
+use ledger::testing::{set_credited, TestDb};
+use ledger::time::now_ms;
+use ledger::{Amount, ChainId, KeyId, RequestId, WalletAddress};
+use workers::ledger_writer::LedgerWriter;
+
+const CHAIN: ChainId = ChainId(43113);
+
+async fn concurrent_callers_write_each_charge_once(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let store = db.store().await;
+    let owner = WalletAddress::from_bytes([7; 20]);
+    set_credited(
+        &store,
+        &owner,
+        CHAIN,
+        Amount::from_atomic(1_000_000).unwrap(),
+    )
+    .await;
+    let id = KeyId::generate();
+    let key = store
+        .create_key(
+            &NewKey {
+                token_sha256: format!("hash-of-{id}"),
+                id,
+                wallet: owner,
+                chain_id: CHAIN,
+                purpose: Purpose::Api,
+                session_id: None,
+                name: "writer".into(),
+                budget_limit: Amount::from_atomic(10_000).unwrap(),
+                created_at_ms: now_ms(),
+                expires_at_ms: now_ms() + 60_000,
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    let writer = LedgerWriter::start(store.clone());
+    // 300 distinct calls of 10 each (3,000), every one sent twice at once.
+    let mut tasks = Vec::new();
+    for i in 0..300u32 {
+        let charge = NewCharge {
+            request_id: RequestId::generate(),
+            key_id: key.id.clone(),
+            model: "echo".into(),
+            price_version: "v1".into(),
+            input_tokens: i,
+            output_tokens: 1,
+            amount: Amount::from_atomic(10).unwrap(),
+            created_at_ms: now_ms(),
+        };
+        for _ in 0..2 {
+            let (writer, charge) = (writer.clone(), charge.clone());
+            tasks.push(tokio::spawn(async move { writer.record(charge).await }));
+        }
+    }
+    let (mut recorded, mut duplicate) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            ChargeOutcome::Recorded => recorded += 1,
+            ChargeOutcome::Duplicate => duplicate += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((recorded, duplicate), (300, 300));
+    let charges = store.charges_for_key(&key.id).await.unwrap();
+    let sum: u64 = charges.iter().map(|c| c.amount.atomic()).sum();
+    assert_eq!((charges.len(), sum), (300, 3_000));
+    assert_eq!(
+        store
+            .key(&key.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .budget_used
+            .atomic(),
+        sum,
+        "budget_used equals the sum of the charges"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_callers_write_each_charge_once() {
+    concurrent_callers_write_each_charge_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_callers_write_each_charge_once() {
+    concurrent_callers_write_each_charge_once(Backend::Postgres).await;
+}
