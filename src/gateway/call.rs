@@ -204,6 +204,18 @@ impl PaidCall {
     }
 }
 
+impl PaidCall {
+    /// Frees the hold without charging (the upstream failed), and waits
+    /// until the actor has done so.
+    pub async fn release(mut self) {
+        if let Some(lease) = self.lease.take() {
+            if let Err(error) = lease.release(self.request.clone()).await {
+                tracing::warn!(%error, "releasing a hold failed; it expires on its deadline");
+            }
+        }
+    }
+}
+
 impl Drop for PaidCall {
     fn drop(&mut self) {
         let Some(lease) = self.lease.take() else {

@@ -92,8 +92,13 @@ async fn complete(
     let answer = tokio::time::timeout(gateway.timeouts.upstream, model.upstream.complete(&request))
         .await
         .unwrap_or(Err(UpstreamError::Timeout));
-    // On error `call` drops here: its hold is released, nothing charged.
-    let mut completion = answer.map_err(upstream_error)?;
+    let mut completion = match answer {
+        Ok(completion) => completion,
+        Err(error) => {
+            call.release().await;
+            return Err(upstream_error(error));
+        }
+    };
     // An upstream that reports no usage is charged its hold (the bound).
     let usage = completion.usage.unwrap_or(Usage {
         prompt_tokens: call.prompt_tokens_max,
@@ -119,10 +124,16 @@ async fn stream(
     let Some(model) = gateway.models.get(model_name) else {
         return Err(ApiError::internal(&"model vanished"));
     };
-    let chunks = tokio::time::timeout(gateway.timeouts.upstream, model.upstream.stream(&request))
+    let opened = tokio::time::timeout(gateway.timeouts.upstream, model.upstream.stream(&request))
         .await
-        .unwrap_or(Err(UpstreamError::Timeout))
-        .map_err(upstream_error)?;
+        .unwrap_or(Err(UpstreamError::Timeout));
+    let chunks = match opened {
+        Ok(chunks) => chunks,
+        Err(error) => {
+            call.release().await;
+            return Err(upstream_error(error));
+        }
+    };
     let (sender, receiver) = mpsc::channel::<Bytes>(STREAM_BUFFER_CHUNKS);
     let mut response = HttpResponse::Ok();
     call.opening_budget().apply(&mut response);
@@ -217,7 +228,7 @@ async fn pump(
             }
         }
         Ended::Failed(error) => {
-            drop(call); // releases the hold: an upstream failure charges nothing
+            call.release().await; // an upstream failure charges nothing
             let api = upstream_error(error);
             let _ = sender.send(error_event(api.code, &api.message)).await;
         }
@@ -255,8 +266,8 @@ fn error_event(code: &str, message: &str) -> Bytes {
     sse(&serde_json::to_vec(&body).unwrap_or_default())
 }
 
-/// Upstream failures: 504 for time, 502 otherwise. The hold is released by
-/// the caller dropping its [`PaidCall`].
+/// Upstream failures: 504 for time, 502 otherwise (the caller has released
+/// the call's hold).
 fn upstream_error(error: UpstreamError) -> ApiError {
     match error {
         UpstreamError::Timeout => ApiError::new(

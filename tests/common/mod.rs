@@ -2,6 +2,8 @@
 //! client with one method per endpoint and a real secp256k1 wallet.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod mock_upstream;
+
 use std::net::TcpListener;
 
 use k256::ecdsa::SigningKey;
@@ -270,6 +272,120 @@ impl TestApp {
             .await
             .unwrap()
             .len()
+    }
+}
+
+/// The upstream API key the paid tests configure (the mock sees it).
+pub const UPSTREAM_KEY: &str = "sk-upstream-test";
+
+/// The server with the mock upstream's models configured beside `echo`:
+/// `mock_ok`, `mock_500`, `mock_slow`, `mock_broken_stream` (1 s upstream
+/// timeout), and `echo_slow` (echo with 20 ms between streamed words).
+pub async fn spawn_paid_app(backend: Backend) -> (TestApp, mock_upstream::MockUpstream) {
+    let mock = mock_upstream::start(TcpListener::bind("127.0.0.1:0").unwrap(), 1, true);
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "TOLLGATE__GATEWAY__UPSTREAM_TIMEOUT_MS".into(),
+            "1000".into(),
+        ),
+        (
+            "TOLLGATE__GATEWAY__STREAM_IDLE_TIMEOUT_MS".into(),
+            "1000".into(),
+        ),
+    ];
+    let models = [
+        ("MOCK_OK", mock.base_url.as_str()),
+        ("MOCK_500", mock.base_url.as_str()),
+        ("MOCK_SLOW", mock.base_url.as_str()),
+        ("MOCK_BROKEN_STREAM", mock.base_url.as_str()),
+        ("ECHO_SLOW", "echo"),
+    ];
+    for (name, upstream) in models {
+        let key = |field: &str| format!("TOLLGATE__MODELS__{name}__{field}");
+        env.extend([
+            (key("UPSTREAM"), upstream.to_owned()),
+            (key("PRICE_VERSION"), "test-1".to_owned()),
+            (key("INPUT_ATOMIC_PER_MILLION"), "1000000".to_owned()),
+            (key("OUTPUT_ATOMIC_PER_MILLION"), "2000000".to_owned()),
+            (key("MAX_OUTPUT_TOKENS"), "1000".to_owned()),
+        ]);
+        if upstream == "echo" {
+            env.push((key("ECHO_WORD_DELAY_MS"), "20".to_owned()));
+        } else {
+            env.push((key("API_KEY"), UPSTREAM_KEY.to_owned()));
+        }
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    (spawn_app_with(backend, &env).await, mock)
+}
+
+/// An `api` key with `budget` atomic units, on a freshly funded wallet.
+pub struct PaidKey {
+    pub wallet: Wallet,
+    pub session: String,
+    pub key_id: String,
+    pub token: String,
+}
+
+/// The `data:` payloads of an SSE body, in order.
+pub fn sse_events(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|event| event.trim().strip_prefix("data: ").map(str::to_owned))
+        .collect()
+}
+
+/// The atomic amount in header `name`.
+pub fn header_amount(response: &Response, name: &str) -> u64 {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("missing header {name}"))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+impl TestApp {
+    pub async fn paid_key(&self, budget: u64) -> PaidKey {
+        let (wallet, session) = self.funded_wallet(budget + 1_000_000).await;
+        let (status, body) = self
+            .create_key(
+                &session,
+                &wallet.hex(),
+                &CHAIN.to_string(),
+                &json!({ "budgetLimit": budget, "name": "paid" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        PaidKey {
+            key_id: body["keyId"].as_str().unwrap().to_owned(),
+            token: body["token"].as_str().unwrap().to_owned(),
+            wallet,
+            session,
+        }
+    }
+
+    /// `POST /external/v1/chat/completions` with `token`.
+    pub async fn chat(&self, token: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url("/external/v1/chat/completions"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The key's `budgetUsed` and the sum of its charges, from the store.
+    pub async fn spent(&self, key_id: &str) -> (u64, u64) {
+        let id = ledger::KeyId::parse(key_id).unwrap();
+        let key = self.store.key(&id).await.unwrap().unwrap();
+        let charges = self.store.charges_for_key(&id).await.unwrap();
+        (
+            key.budget_used.atomic(),
+            charges.iter().map(|c| c.amount.atomic()).sum(),
+        )
     }
 }
 

@@ -1,0 +1,147 @@
+//! A mock OpenAI-compatible upstream on a real socket, for the tests and the
+//! gateway benchmark: `POST /v1/chat/completions`, streamed (SSE) or not.
+//!
+//! What it does is chosen by the `model` the gateway sends:
+//! * `mock_ok` — answers `ok` words, `min(max_tokens, 5)` of them, with usage
+//!   `{prompt_tokens: 7, completion_tokens: n}`; streams a chunk per word
+//!   and, when asked with `stream_options.include_usage`, a usage chunk.
+//! * `mock_500` — answers 500 with an OpenAI error body.
+//! * `mock_slow` — answers after 5 s (longer than the tests' timeout).
+//! * `mock_broken_stream` — streams two words, then cuts the connection.
+//!
+//! Every request body and its `Authorization` header are kept for asserts.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+pub const PROMPT_TOKENS: u64 = 7;
+pub const ANSWER_WORDS: u64 = 5;
+
+/// What the mock received.
+#[derive(Default)]
+pub struct Seen {
+    pub requests: Mutex<Vec<(Value, Option<String>)>>,
+}
+
+pub struct MockUpstream {
+    pub base_url: String,
+    pub seen: Arc<Seen>,
+}
+
+/// Starts the mock on `listener` with `workers` threads; serves until the
+/// process ends. `keep` = false skips recording (the benchmark).
+pub fn start(listener: TcpListener, workers: usize, keep: bool) -> MockUpstream {
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Seen::default());
+    let data = web::Data::new((seen.clone(), keep));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/v1/chat/completions", web::post().to(chat))
+    })
+    .workers(workers)
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    MockUpstream {
+        base_url: format!("http://127.0.0.1:{port}/v1"),
+        seen,
+    }
+}
+
+async fn chat(
+    data: web::Data<(Arc<Seen>, bool)>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    let body = body.into_inner();
+    if data.1 {
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        data.0.requests.lock().unwrap().push((body.clone(), auth));
+    }
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    let max_tokens = body["max_tokens"]
+        .as_u64()
+        .or(body["max_completion_tokens"].as_u64())
+        .unwrap_or(16);
+    let words = max_tokens.min(ANSWER_WORDS);
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    match model.as_str() {
+        "mock_500" => HttpResponse::InternalServerError().json(
+            json!({"error": {"message": "upstream exploded", "type": "server_error", "code": null}}),
+        ),
+        "mock_slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            HttpResponse::Ok().json(completion(&model, words))
+        }
+        "mock_broken_stream" => {
+            let chunks = vec![
+                Ok::<_, std::io::Error>(event(&chunk(&model, "ok"))),
+                Ok(event(&chunk(&model, " ok"))),
+                Err(std::io::Error::other("connection cut")),
+            ];
+            // Paced, so the head and first words are on the wire before the cut.
+            let paced = futures_util::stream::iter(chunks).then(|item| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                item
+            });
+            HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .streaming(paced)
+        }
+        _ if stream => {
+            let mut chunks: Vec<Result<web::Bytes, std::io::Error>> = (0..words)
+                .map(|i| Ok(event(&chunk(&model, if i == 0 { "ok" } else { " ok" }))))
+                .collect();
+            if include_usage {
+                chunks.push(Ok(event(&json!({
+                    "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
+                    "model": model, "choices": [],
+                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words,
+                              "total_tokens": PROMPT_TOKENS + words}
+                }))));
+            }
+            chunks.push(Ok(web::Bytes::from_static(b"data: [DONE]\n\n")));
+            HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .streaming(futures_util::stream::iter(chunks))
+        }
+        _ => HttpResponse::Ok().json(completion(&model, words)),
+    }
+}
+
+fn completion(model: &str, words: u64) -> Value {
+    let content = vec!["ok"; words as usize].join(" ");
+    json!({
+        "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                     "logprobs": null, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words,
+                  "total_tokens": PROMPT_TOKENS + words}
+    })
+}
+
+fn chunk(model: &str, text: &str) -> Value {
+    json!({
+        "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+        "choices": [{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]
+    })
+}
+
+fn event(json: &Value) -> web::Bytes {
+    web::Bytes::from(format!("data: {json}\n\n"))
+}

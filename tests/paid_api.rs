@@ -1,0 +1,603 @@
+//! End to end over HTTP: the paid `/external/v1` path against the real store
+//! (SQLite and PostgreSQL), the built-in `echo` model and a mock
+//! OpenAI-compatible upstream on a real socket.
+//!
+//! Prices in these tests: 1 atomic unit per input token, 2 per output token
+//! (echo: one token per word).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::mock_upstream::{ANSWER_WORDS, PROMPT_TOKENS};
+use common::{header_amount, spawn_paid_app, sse_events, TestApp, UPSTREAM_KEY};
+use ledger::store::Backend;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn words(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn user(content: &str) -> Value {
+    json!([{ "role": "user", "content": content }])
+}
+
+async fn assert_nothing_charged(app: &TestApp, key_id: &str) {
+    assert_eq!(app.spent(key_id).await, (0, 0), "nothing may be charged");
+}
+
+/// A non-streamed echo call is charged exactly, reported in headers and the
+/// body's `compose` object, and written once to the ledger; when the budget
+/// runs low `max_tokens` is lowered; when not even one token fits, 402.
+async fn echo_calls_charge_exactly_and_lower_max_tokens(backend: Backend) {
+    let (app, _mock) = spawn_paid_app(backend).await;
+    // 10 input words cost 10; the rest buys 5 output tokens at 2 each.
+    let key = app.paid_key(30).await;
+    let response = app
+        .chat(
+            &key.token,
+            &json!({"model": "echo", "messages": user(&words(10)), "max_tokens": 5}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header_amount(&response, "x-compose-key-final-amount-wei"),
+        20
+    );
+    assert_eq!(header_amount(&response, "x-compose-key-budget-limit"), 30);
+    assert_eq!(header_amount(&response, "x-compose-key-budget-used"), 20);
+    assert_eq!(
+        header_amount(&response, "x-compose-key-budget-remaining"),
+        10
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "w0 w1 w2 w3 w4");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["prompt_tokens"], 10);
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+    assert_eq!(
+        body["compose"],
+        json!({"finalAmountWei": "20", "budgetUsed": "20", "budgetRemaining": "10"})
+    );
+    assert_eq!(app.spent(&key.key_id).await, (20, 20));
+
+    // 10 left: 4 input words + 3 output tokens (asked for 1,000) = 10.
+    let response = app
+        .chat(
+            &key.token,
+            &json!({"model": "echo", "messages": user(&words(4))}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header_amount(&response, "x-compose-key-final-amount-wei"),
+        10
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["usage"]["completion_tokens"], 3,
+        "max_tokens lowered to fit"
+    );
+
+    // Nothing left: not even one output token fits.
+    let response = app
+        .chat(
+            &key.token,
+            &json!({"model": "echo", "messages": user("hi")}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(
+        header_amount(&response, "x-compose-key-budget-remaining"),
+        0
+    );
+    assert_eq!(
+        header_amount(&response, "x-compose-key-final-amount-wei"),
+        0
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_budget");
+    assert_eq!(body["error"]["type"], "insufficient_budget");
+    assert_eq!(app.spent(&key.key_id).await, (30, 30));
+    let (status, view) = app.get_key(&key.token, &key.key_id).await;
+    assert_eq!(
+        (status, view["budgetUsed"].clone()),
+        (StatusCode::OK, json!("30"))
+    );
+}
+
+/// A streamed call sends the budget headers at start and its final amount,
+/// usage and `compose` object in the last data chunk, then `[DONE]`.
+async fn streamed_calls_report_the_charge_in_the_last_chunk(backend: Backend) {
+    let (app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(1_000).await;
+    let response = app
+        .chat(
+            &key.token,
+            &json!({"model": "echo", "stream": true, "messages": user("one two three")}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    assert_eq!(header_amount(&response, "x-compose-key-budget-used"), 0);
+    assert_eq!(
+        header_amount(&response, "x-compose-key-budget-limit"),
+        1_000
+    );
+    let events = sse_events(&response.text().await.unwrap());
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "one two three");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["usage"]["completion_tokens"], 3);
+    // 3 input + 3 output × 2 = 9.
+    assert_eq!(
+        last["compose"],
+        json!({"finalAmountWei": "9", "budgetUsed": "9", "budgetRemaining": "991"})
+    );
+    assert_eq!(app.spent(&key.key_id).await, (9, 9));
+}
+
+/// A key with budget for exactly K maximum-cost calls gets 10×K concurrent
+/// calls: the successful ones never sum past the limit, and the ledger's
+/// `budgetUsed` equals the sum of their final-amount headers.
+async fn concurrent_calls_never_overspend(backend: Backend) {
+    const K: u64 = 6;
+    // 10 input words (10) + 10 output tokens (20) = 30 per maximum-cost call.
+    let (app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(30 * K).await;
+    let body = json!({"model": "echo", "messages": user(&words(10)), "max_tokens": 10});
+    let mut calls = Vec::new();
+    for i in 0..10 * K {
+        let (client, url, token, mut body) = (
+            app.client.clone(),
+            app.url("/external/v1/chat/completions"),
+            key.token.clone(),
+            body.clone(),
+        );
+        body["stream"] = json!(i % 2 == 0);
+        calls.push(tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let amount = response
+                .headers()
+                .get("x-compose-key-final-amount-wei")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            let text = response.text().await.unwrap();
+            (status, amount, text)
+        }));
+    }
+    let mut charged = 0;
+    let mut succeeded = 0;
+    for call in calls {
+        let (status, amount, text) = call.await.unwrap();
+        match status {
+            StatusCode::OK => {
+                succeeded += 1;
+                // A stream's amount is in its last chunk, not its headers.
+                charged += match amount {
+                    Some(amount) => amount,
+                    None => {
+                        let events = sse_events(&text);
+                        let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+                        last["compose"]["finalAmountWei"]
+                            .as_str()
+                            .unwrap()
+                            .parse()
+                            .unwrap()
+                    }
+                };
+            }
+            StatusCode::PAYMENT_REQUIRED => assert!(text.contains("insufficient_budget")),
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    assert!(succeeded >= K, "at least K calls fit, got {succeeded}");
+    assert!(
+        charged <= 30 * K,
+        "charged {charged} past the limit {}",
+        30 * K
+    );
+    let (used, sum) = app.spent(&key.key_id).await;
+    assert_eq!(
+        used, charged,
+        "budgetUsed equals the sum of the final amounts"
+    );
+    assert_eq!(sum, charged, "the charges sum to the final amounts");
+    let charges = app
+        .store
+        .charges_for_key(&ledger::KeyId::parse(&key.key_id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        charges.len() as u64,
+        succeeded,
+        "one charge per successful call"
+    );
+}
+
+/// An OpenAI-compatible upstream gets the client's body with the upstream's
+/// model name, the affordable `max_tokens`, its own API key, and
+/// `include_usage` on streams; the call is charged the upstream's usage.
+async fn openai_compatible_upstreams_are_proxied(backend: Backend) {
+    let (app, mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(10_000).await;
+    let response = app
+        .chat(
+            &key.token,
+            &json!({"model": "mock_ok", "messages": user("hello"), "temperature": 0.5}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let expected = PROMPT_TOKENS + 2 * ANSWER_WORDS;
+    assert_eq!(
+        header_amount(&response, "x-compose-key-final-amount-wei"),
+        expected
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "ok ok ok ok ok");
+    let response = app
+        .chat(
+            &key.token,
+            &json!({"model": "mock_ok", "messages": user("hello"), "stream": true, "max_completion_tokens": 3}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let events = sse_events(&response.text().await.unwrap());
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(last["usage"]["completion_tokens"], 3);
+    assert_eq!(
+        last["compose"]["finalAmountWei"],
+        json!((PROMPT_TOKENS + 6).to_string())
+    );
+    let seen = mock.seen.requests.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    let (plain, auth) = &seen[0];
+    assert_eq!(
+        auth.as_deref(),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
+    assert_eq!(plain["model"], "mock_ok");
+    assert_eq!(plain["temperature"], 0.5, "other fields pass through");
+    assert_eq!(
+        plain["max_tokens"], 1_000,
+        "the model's maximum, affordable"
+    );
+    let (streamed, _) = &seen[1];
+    assert_eq!(streamed["stream_options"]["include_usage"], true);
+    assert_eq!(
+        streamed["max_completion_tokens"], 3,
+        "the client's field kept"
+    );
+    assert!(streamed.get("max_tokens").is_none());
+    let total = expected + PROMPT_TOKENS + 6;
+    assert_eq!(app.spent(&key.key_id).await, (total, total));
+}
+
+/// An upstream error, a timeout and a stream cut mid-way charge nothing and
+/// release their holds: afterwards the whole budget is still spendable.
+async fn upstream_failures_charge_nothing(backend: Backend) {
+    let (app, _mock) = spawn_paid_app(backend).await;
+    // Mock calls hold their prompt's JSON bytes (a conservative bound) plus
+    // 10 output tokens; 200 covers each. 200 is also exactly one echo call
+    // of 100 words in and 50 out.
+    let key = app.paid_key(200).await;
+    let ask = |model: &str, stream: bool| json!({"model": model, "messages": user(&words(10)), "max_tokens": 10, "stream": stream});
+    let response = app.chat(&key.token, &ask("mock_500", false)).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_error");
+    assert!(
+        !body.to_string().contains("exploded"),
+        "upstream detail stays in the log"
+    );
+
+    let response = app.chat(&key.token, &ask("mock_slow", false)).await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+
+    let response = app.chat(&key.token, &ask("mock_500", true)).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+
+    let response = app.chat(&key.token, &ask("mock_broken_stream", true)).await;
+    assert_eq!(response.status(), StatusCode::OK, "the stream had started");
+    let events = sse_events(&response.text().await.unwrap());
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error");
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+    assert_nothing_charged(&app, &key.key_id).await;
+
+    // Every hold was released: the full budget still buys a full call.
+    let full = json!({"model": "echo", "messages": user(&words(100)), "max_tokens": 50});
+    let response = app.chat(&key.token, &full).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header_amount(&response, "x-compose-key-final-amount-wei"),
+        200
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["usage"]["completion_tokens"], 50,
+        "not lowered: nothing held"
+    );
+}
+
+/// A client that leaves mid-stream pays for the words generated until then,
+/// not for the whole answer.
+async fn mid_stream_disconnect_pays_for_what_was_generated(backend: Backend) {
+    let (app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(10_000).await;
+    // 100 words in (100), up to 100 out (200), 20 ms apart.
+    let mut response = app
+        .chat(
+            &key.token,
+            &json!({"model": "echo_slow", "stream": true, "messages": user(&words(100)), "max_tokens": 100}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut received = String::new();
+    while sse_events(&received).len() < 4 {
+        let chunk = response.chunk().await.unwrap().expect("stream ended early");
+        received.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    drop(response);
+    let mut spent = (0, 0);
+    for _ in 0..100 {
+        spent = app.spent(&key.key_id).await;
+        if spent.0 > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (used, sum) = spent;
+    assert_eq!(used, sum, "budgetUsed equals the charges");
+    // At least the 3 words seen were generated; far fewer than 100.
+    assert!(used >= 100 + 2 * 3, "charged {used}");
+    assert!(
+        used < 100 + 2 * 60,
+        "charged {used} for an abandoned stream"
+    );
+    let charges = app
+        .store
+        .charges_for_key(&ledger::KeyId::parse(&key.key_id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(charges.len(), 1);
+}
+
+/// Malformed requests and refused credentials get precise OpenAI-shaped
+/// errors and charge nothing.
+async fn bad_requests_change_nothing(backend: Backend) {
+    let (app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(1_000).await;
+    let cases = [
+        (
+            json!({"model": "echo"}),
+            400,
+            "invalid_value",
+            Some("messages"),
+        ),
+        (
+            json!({"model": "echo", "messages": []}),
+            400,
+            "invalid_value",
+            Some("messages"),
+        ),
+        (
+            json!({"messages": user("x")}),
+            400,
+            "invalid_value",
+            Some("model"),
+        ),
+        (
+            json!({"model": "nope", "messages": user("x")}),
+            404,
+            "model_not_found",
+            Some("model"),
+        ),
+        (
+            json!({"model": "echo", "messages": user("x"), "max_tokens": -1}),
+            400,
+            "invalid_value",
+            Some("max_tokens"),
+        ),
+        (
+            json!({"model": "echo", "messages": user("x"), "max_tokens": 0}),
+            400,
+            "invalid_value",
+            Some("max_tokens"),
+        ),
+        (
+            json!({"model": "echo", "messages": user("x"), "stream": "yes"}),
+            400,
+            "invalid_value",
+            Some("stream"),
+        ),
+        (json!(["not", "an", "object"]), 400, "invalid_json", None),
+    ];
+    for (body, status, code, param) in cases {
+        let response = app.chat(&key.token, &body).await;
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{body}: {error}");
+        assert!(error["error"]["type"].is_string() && error["error"]["message"].is_string());
+        assert_eq!(error["error"]["param"].as_str(), param, "{body}");
+    }
+    let url = app.url("/external/v1/chat/completions");
+    let response = app
+        .client
+        .post(&url)
+        .bearer_auth(&key.token)
+        .header("content-type", "text/plain")
+        .body(r#"{"model":"echo","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let huge = format!(
+        r#"{{"model":"echo","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "a".repeat(10 * 1024 * 1024)
+    );
+    let response = app
+        .client
+        .post(&url)
+        .bearer_auth(&key.token)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let ok = json!({"model": "echo", "messages": user("x")});
+    let response = app.client.post(&url).json(&ok).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let tampered = format!("{}x", key.token);
+    let response = app.chat(&tampered, &ok).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_nothing_charged(&app, &key.key_id).await;
+}
+
+/// A revoked key is refused on its very next call, though its actor is
+/// running; a session key stops when a newer sign-in supersedes it.
+async fn revoked_and_superseded_keys_are_refused_at_once(backend: Backend) {
+    let (app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(1_000).await;
+    let ok = json!({"model": "echo", "messages": user("x")});
+    assert_eq!(app.chat(&key.token, &ok).await.status(), StatusCode::OK);
+    let (status, _) = app.revoke_key(&key.session, &key.key_id).await;
+    assert_eq!(status, StatusCode::OK);
+    let response = app.chat(&key.token, &ok).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "key_revoked");
+    assert_eq!(app.spent(&key.key_id).await, (3, 3), "one call charged");
+
+    // A session key with a budget spends while its session is active...
+    let wallet = common::Wallet::random();
+    app.credit(&wallet, 1_000_000).await;
+    let message = app.siwe_message(&wallet).await;
+    let (status, first) = app
+        .sign_in_with(&wallet, &message, json!({"budgetLimit": 100}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let session_token = first["token"].as_str().unwrap();
+    assert_eq!(app.chat(session_token, &ok).await.status(), StatusCode::OK);
+    // ...and is refused from the moment a newer sign-in replaces it.
+    app.sign_in(&wallet).await;
+    let response = app.chat(session_token, &ok).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "session_superseded");
+}
+
+/// `GET /external/v1/models` lists the configured models for a valid key.
+async fn models_are_listed(backend: Backend) {
+    let (app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(1_000).await;
+    let response = app
+        .client
+        .get(app.url("/external/v1/models"))
+        .bearer_auth(&key.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "list");
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"echo") && ids.contains(&"mock_ok"), "{ids:?}");
+    let response = app
+        .client
+        .get(app.url("/external/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// The official Python `openai` client works against `/external/v1`
+/// unchanged, streamed and not (tests/openai_client.py).
+async fn the_official_openai_client_works(backend: Backend) {
+    let (app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(1_000).await;
+    let base = app.url("/external/v1");
+    let token = key.token.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/openai_client.py"
+            ))
+            .arg(base)
+            .arg(token)
+            .output()
+            .expect("python3 must be installed (scripts/test installs the client)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "openai client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["plain"]["content"], "hello from python");
+    assert_eq!(report["plain"]["completion_tokens"], 3);
+    assert_eq!(report["plain"]["final_amount"], "9");
+    assert_eq!(report["stream"]["content"], "hello from python");
+    assert_eq!(report["stream"]["completion_tokens"], 3);
+    assert_eq!(report["stream"]["final_amount"], "9");
+    assert_eq!(
+        report["models"],
+        json!([
+            "echo",
+            "echo_slow",
+            "mock_500",
+            "mock_broken_stream",
+            "mock_ok",
+            "mock_slow"
+        ])
+    );
+    assert_eq!(report["error"]["status"], 402);
+    assert_eq!(app.spent(&key.key_id).await, (18, 18));
+}
+
+both_stores!(
+    echo_calls_charge_exactly_and_lower_max_tokens,
+    streamed_calls_report_the_charge_in_the_last_chunk,
+    concurrent_calls_never_overspend,
+    openai_compatible_upstreams_are_proxied,
+    upstream_failures_charge_nothing,
+    mid_stream_disconnect_pays_for_what_was_generated,
+    bad_requests_change_nothing,
+    revoked_and_superseded_keys_are_refused_at_once,
+    models_are_listed,
+    the_official_openai_client_works,
+);
