@@ -485,6 +485,16 @@ async fn revoked_and_superseded_keys_are_refused_at_once(backend: Backend) {
     let key = app.paid_key(1_000).await;
     let ok = json!({"model": "echo", "messages": user("x")});
     assert_eq!(app.chat(&key.token, &ok).await.status(), StatusCode::OK);
+    // The key's actor runs now, so its token is checked by hash, not by
+    // signature: a token with the same claims and another signature fails.
+    let mut forged = key.token.clone().into_bytes();
+    let at = forged.len() - 10;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let response = app.chat(&forged, &ok).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_token");
     let (status, _) = app.revoke_key(&key.session, &key.key_id).await;
     assert_eq!(status, StatusCode::OK);
     let response = app.chat(&key.token, &ok).await;

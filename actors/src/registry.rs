@@ -211,6 +211,14 @@ impl Registry {
         }
     }
 
+    /// Whether `key`'s actor is running (started and not evicted).
+    pub fn is_loaded(&self, key: &KeyId) -> bool {
+        self.inner
+            .shard(key)
+            .get(key)
+            .is_some_and(|slot| slot.get().is_some())
+    }
+
     /// Actors alive now.
     pub fn loaded(&self) -> usize {
         self.inner.loaded.load(Ordering::Relaxed)

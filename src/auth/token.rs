@@ -99,45 +99,63 @@ impl TokenSigner {
 
     /// Checks a token's form, signature and expiry; no database involved.
     pub fn verify(&self, token: &str, now_ms: i64) -> Result<Claims, TokenError> {
-        if token.len() > TOKEN_MAX_BYTES {
-            return Err(TokenError::Malformed);
-        }
-        let rest = token
-            .strip_prefix(TOKEN_PREFIX)
-            .ok_or(TokenError::Malformed)?;
-        let (body_b64, signature_b64) = rest.split_once('.').ok_or(TokenError::Malformed)?;
-        let body = URL_SAFE_NO_PAD
-            .decode(body_b64)
-            .map_err(|_| TokenError::Malformed)?;
-        let signature_bytes: [u8; 64] = URL_SAFE_NO_PAD
-            .decode(signature_b64)
-            .map_err(|_| TokenError::Malformed)?
-            .try_into()
-            .map_err(|_| TokenError::Malformed)?;
-        let signature = Signature::from_bytes(&signature_bytes);
+        let (body, signature) = split(token)?;
         self.verifying
             .verify(&[SIGNING_CONTEXT, &body].concat(), &signature)
             .map_err(|_| TokenError::BadSignature)?;
-        let wire: WireClaims = serde_json::from_slice(&body).map_err(|_| TokenError::Malformed)?;
-        if wire.v != 1 {
-            return Err(TokenError::Malformed);
-        }
-        let claims = Claims {
-            key_id: KeyId::parse(&wire.kid).ok_or(TokenError::Malformed)?,
-            wallet: wire.sub.parse().map_err(|_| TokenError::Malformed)?,
-            chain_id: ChainId(wire.cid),
-            purpose: Purpose::parse(&wire.pur).ok_or(TokenError::Malformed)?,
-            session_id: wire
-                .sid
-                .map(|s| SessionId::parse(&s).ok_or(TokenError::Malformed))
-                .transpose()?,
-            expires_at_ms: wire.exp,
-        };
-        if now_ms >= claims.expires_at_ms {
-            return Err(TokenError::Expired);
-        }
-        Ok(claims)
+        claims_of(&body, now_ms)
     }
+
+    /// Reads a token's claims and checks its expiry **without** checking
+    /// the signature. Only for a caller that then proves the token another
+    /// way: the paid path compares its SHA-256 with the stored hash of the
+    /// key's token, which only the very token issued can match.
+    pub fn decode_unverified(&self, token: &str, now_ms: i64) -> Result<Claims, TokenError> {
+        let (body, _) = split(token)?;
+        claims_of(&body, now_ms)
+    }
+}
+
+/// A token's claims bytes and signature.
+fn split(token: &str) -> Result<(Vec<u8>, Signature), TokenError> {
+    if token.len() > TOKEN_MAX_BYTES {
+        return Err(TokenError::Malformed);
+    }
+    let rest = token
+        .strip_prefix(TOKEN_PREFIX)
+        .ok_or(TokenError::Malformed)?;
+    let (body_b64, signature_b64) = rest.split_once('.').ok_or(TokenError::Malformed)?;
+    let body = URL_SAFE_NO_PAD
+        .decode(body_b64)
+        .map_err(|_| TokenError::Malformed)?;
+    let signature_bytes: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(signature_b64)
+        .map_err(|_| TokenError::Malformed)?
+        .try_into()
+        .map_err(|_| TokenError::Malformed)?;
+    Ok((body, Signature::from_bytes(&signature_bytes)))
+}
+
+fn claims_of(body: &[u8], now_ms: i64) -> Result<Claims, TokenError> {
+    let wire: WireClaims = serde_json::from_slice(body).map_err(|_| TokenError::Malformed)?;
+    if wire.v != 1 {
+        return Err(TokenError::Malformed);
+    }
+    let claims = Claims {
+        key_id: KeyId::parse(&wire.kid).ok_or(TokenError::Malformed)?,
+        wallet: wire.sub.parse().map_err(|_| TokenError::Malformed)?,
+        chain_id: ChainId(wire.cid),
+        purpose: Purpose::parse(&wire.pur).ok_or(TokenError::Malformed)?,
+        session_id: wire
+            .sid
+            .map(|s| SessionId::parse(&s).ok_or(TokenError::Malformed))
+            .transpose()?,
+        expires_at_ms: wire.exp,
+    };
+    if now_ms >= claims.expires_at_ms {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
 }
 
 /// The lower-case hex SHA-256 of a token: all the store ever keeps of it.

@@ -1,8 +1,9 @@
 //! `POST /external/v1/chat/completions`: the paid, OpenAI-compatible call,
 //! streamed or not (DESIGN §4, §5).
 //!
-//! Order of checks: the token's signature (no database), the body, the
-//! model — all before any budget is touched, so bad input changes nothing —
+//! Order of checks: the token (its signature, or its hash for a key whose
+//! actor runs; no database), the body, the model — all before any budget is
+//! touched, so bad input changes nothing —
 //! then the hold on the key's actor ([`PaidCall::open`]), the upstream, and
 //! the charge ([`PaidCall::finish`]).
 //!
@@ -21,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::extract::{json_object, verified_bearer};
+use super::extract::{json_object, paid_bearer};
 use crate::gateway::call::{PaidCall, Receipt};
 use crate::gateway::request::ChatRequest;
 use crate::gateway::{Gateway, Timeouts};
@@ -36,7 +37,7 @@ pub async fn completions(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (token, claims) = verified_bearer(&state, &req)?;
+    let (token, claims) = paid_bearer(&state, &req)?;
     let body = json_object(&req, payload, state.settings.gateway.chat_body_max_bytes).await?;
     let chat = ChatRequest::parse(body)?;
     let gateway = &state.gateway;

@@ -63,14 +63,39 @@ pub fn verified_bearer<'r>(
     req: &'r HttpRequest,
 ) -> Result<(&'r str, Claims), ApiError> {
     let token = bearer_token(req)?;
-    let claims = state.signer.verify(token, now_ms()).map_err(|e| match e {
+    let claims = state.signer.verify(token, now_ms()).map_err(token_error)?;
+    Ok((token, claims))
+}
+
+/// The paid path's bearer check. A key whose actor is running is proven by
+/// its token's SHA-256, which `PaidCall::open` compares with the stored hash
+/// (only the very token issued matches it), so the Ed25519 signature — the
+/// costliest step of a call — is checked only when the key's actor has to be
+/// loaded, which keeps forged tokens from reaching the store.
+pub fn paid_bearer<'r>(
+    state: &AppState,
+    req: &'r HttpRequest,
+) -> Result<(&'r str, Claims), ApiError> {
+    let token = bearer_token(req)?;
+    let now = now_ms();
+    let claims = state
+        .signer
+        .decode_unverified(token, now)
+        .map_err(token_error)?;
+    if !state.gateway.registry.is_loaded(&claims.key_id) {
+        state.signer.verify(token, now).map_err(token_error)?;
+    }
+    Ok((token, claims))
+}
+
+fn token_error(error: TokenError) -> ApiError {
+    match error {
         TokenError::Expired => ApiError::unauthorized("key_expired", "the key has expired"),
         TokenError::Malformed | TokenError::BadSignature => ApiError::unauthorized(
             "invalid_token",
             "the bearer token is not a valid Compose key",
         ),
-    })?;
-    Ok((token, claims))
+    }
 }
 
 fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {

@@ -6,6 +6,8 @@
 //! replayed event writes nothing (invariant 2). [`Store::record_charges`]
 //! does the same for a batch in one transaction (the gateway's group commit).
 
+use std::collections::{BTreeMap, HashSet};
+
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
@@ -15,6 +17,10 @@ use crate::{KeyId, RequestId, StoreError};
 
 /// The most charges one listing returns, newest first.
 pub const LIST_CHARGES_MAX: i64 = 1_000;
+
+/// The most charges one [`Store::record_charges`] call takes: 8 bound values
+/// each stays far below SQLite's limit of 32,766 per statement.
+pub const RECORD_BATCH_MAX: usize = 1_024;
 
 impl Store {
     /// Writes a charge once. A second write with the same request id changes
@@ -39,6 +45,19 @@ impl Store {
         &self,
         charges: &[NewCharge],
     ) -> Result<Vec<ChargeOutcome>, StoreError> {
+        debug_assert!(charges.len() <= RECORD_BATCH_MAX);
+        if charges.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Fast path: one multi-row insert and one update per key. Anything
+        // unusual (a key past its limit) rolls back and takes the slow path,
+        // which decides charge by charge.
+        let mut tx = self.pool().begin().await?;
+        if let Some(outcomes) = record_batch(&mut tx, charges).await? {
+            tx.commit().await?;
+            return Ok(outcomes);
+        }
+        tx.rollback().await?;
         let mut tx = self.pool().begin().await?;
         let mut outcomes = Vec::with_capacity(charges.len());
         for charge in charges {
@@ -66,6 +85,103 @@ impl Store {
     }
 }
 
+/// The batch's fast path, inside the caller's transaction: one insert of all
+/// charges (joined to their keys, so an unknown key inserts nothing), then
+/// one guarded `budget_used` increment per key. `None` when a key would pass
+/// its limit: the caller rolls back and decides charge by charge.
+async fn record_batch(
+    conn: &mut AnyConnection,
+    charges: &[NewCharge],
+) -> Result<Option<Vec<ChargeOutcome>>, StoreError> {
+    const COLUMNS: usize = 8;
+    let rows: Vec<String> = (0..charges.len())
+        .map(|i| {
+            let params: Vec<String> = (1..=COLUMNS)
+                .map(|c| format!("${}", i * COLUMNS + c))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    // `WHERE true` settles SQLite's parse of INSERT … SELECT … ON CONFLICT.
+    let sql = format!(
+        "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
+                              input_tokens, output_tokens, amount_atomic, status, created_at_ms)
+         SELECT v.column1, k.id, k.wallet, k.chain_id, v.column3, v.column4, v.column5,
+                v.column6, v.column7, 'pending', v.column8
+           FROM (VALUES {}) AS v JOIN keys k ON k.id = v.column2
+          WHERE true
+         ON CONFLICT (request_id) DO NOTHING
+         RETURNING request_id",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for charge in charges {
+        query = query
+            .bind(charge.request_id.as_str())
+            .bind(charge.key_id.as_str())
+            .bind(charge.model.as_str())
+            .bind(charge.price_version.as_str())
+            .bind(i64::from(charge.input_tokens))
+            .bind(i64::from(charge.output_tokens))
+            .bind(charge.amount.to_db())
+            .bind(charge.created_at_ms);
+    }
+    let inserted: HashSet<String> = query
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| get_string(row, "request_id"))
+        .collect::<Result<_, _>>()?;
+    // What each key grows by: the charges this statement inserted.
+    let mut outcomes = Vec::with_capacity(charges.len());
+    let mut counted: HashSet<&str> = HashSet::new();
+    let mut growth: BTreeMap<&str, i64> = BTreeMap::new();
+    for charge in charges {
+        let id = charge.request_id.as_str();
+        if inserted.contains(id) && counted.insert(id) {
+            let sum = growth.entry(charge.key_id.as_str()).or_insert(0);
+            *sum = sum
+                .checked_add(charge.amount.to_db())
+                .ok_or(StoreError::AmountOverflow)?;
+            outcomes.push(ChargeOutcome::Recorded);
+        } else if counted.contains(id) {
+            outcomes.push(ChargeOutcome::Duplicate);
+        } else {
+            outcomes.push(existing_outcome(conn, &charge.request_id).await?);
+        }
+    }
+    // Keys in a fixed order, so concurrent writers lock them alike.
+    for (key_id, amount) in growth {
+        let grown = sqlx::query(
+            "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
+              WHERE id = $1 AND budget_used_atomic <= budget_limit_atomic - $2",
+        )
+        .bind(key_id)
+        .bind(amount)
+        .execute(&mut *conn)
+        .await?;
+        if grown.rows_affected() != 1 {
+            return Ok(None);
+        }
+    }
+    Ok(Some(outcomes))
+}
+
+/// Why a charge was not inserted: it exists already, or its key does not.
+async fn existing_outcome(
+    conn: &mut AnyConnection,
+    request_id: &RequestId,
+) -> Result<ChargeOutcome, StoreError> {
+    let exists = sqlx::query("SELECT request_id FROM charges WHERE request_id = $1")
+        .bind(request_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match exists {
+        Some(_) => ChargeOutcome::Duplicate,
+        None => ChargeOutcome::UnknownKey,
+    })
+}
+
 /// One charge inside the batch's transaction: the insert decides whether it
 /// is new (the request id is the primary key), then the key's `budget_used`
 /// grows under the limit or the insert is undone.
@@ -90,14 +206,7 @@ async fn record_one(
     .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 0 {
-        let exists = sqlx::query("SELECT request_id FROM charges WHERE request_id = $1")
-            .bind(charge.request_id.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-        return Ok(match exists {
-            Some(_) => ChargeOutcome::Duplicate,
-            None => ChargeOutcome::UnknownKey,
-        });
+        return existing_outcome(conn, &charge.request_id).await;
     }
     let grown = sqlx::query(
         "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
