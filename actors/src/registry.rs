@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use actix::prelude::{Actor, Addr, ArbiterHandle, MailboxError};
+use actix::prelude::{Actor, Addr, Arbiter, ArbiterHandle, MailboxError};
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId, RequestId};
 use tokio::sync::OnceCell;
@@ -83,6 +83,17 @@ pub struct RegistryLimits {
     pub idle_sweep_ms: u64,
 }
 
+/// Where a key's actor is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Round-robin over the registry's own arbiters.
+    Pool,
+    /// On the arbiter of the call that starts it, when that call runs on
+    /// one (actix-web's workers are arbiters, one per core), so its messages
+    /// from that worker never cross threads; otherwise round-robin.
+    Caller,
+}
+
 /// Why no lease could be taken on a key.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AcquireError {
@@ -134,6 +145,7 @@ struct Inner {
     limits: RegistryLimits,
     expired_holds: Arc<AtomicU64>,
     pool: ArbiterPool,
+    placement: Placement,
 }
 
 /// The key actors of one gateway process. Cheap to clone.
@@ -143,11 +155,22 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Starts `arbiters` arbiters (one per core is the intent) and the idle sweep.
+    /// Starts `arbiters` arbiters (one per core is the intent) and the idle
+    /// sweep; actors go round-robin over the arbiters.
     pub fn start(
         loader: Arc<dyn KeyLoader>,
         limits: RegistryLimits,
         arbiters: usize,
+    ) -> Result<Registry, ArbiterError> {
+        Registry::start_with(loader, limits, arbiters, Placement::Pool)
+    }
+
+    /// As [`Registry::start`], with the actors placed as `placement` says.
+    pub fn start_with(
+        loader: Arc<dyn KeyLoader>,
+        limits: RegistryLimits,
+        arbiters: usize,
+        placement: Placement,
     ) -> Result<Registry, ArbiterError> {
         let pool = ArbiterPool::start(arbiters)?;
         let inner = Arc::new(Inner {
@@ -159,6 +182,7 @@ impl Registry {
             limits,
             expired_holds: Arc::new(AtomicU64::new(0)),
             pool,
+            placement,
         });
         let weak = Arc::downgrade(&inner);
         let sweep = Duration::from_millis(limits.idle_sweep_ms.max(1));
@@ -294,9 +318,13 @@ impl Inner {
     fn start_actor(&self, key: &KeyId, state: KeyState) -> KeyEntry {
         let budget = Budget::new(state.limit, state.spent, state.status, state.expires_at_ms);
         let actor = KeyActor::new(key.clone(), budget, self.expired_holds.clone());
+        let caller = match self.placement {
+            Placement::Caller => Arbiter::try_current(),
+            Placement::Pool => None,
+        };
         let handles = self.pool.handles();
         let index = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % handles.len().max(1);
-        let addr = match handles.get(index) {
+        let addr = match caller.as_ref().or(handles.get(index)) {
             Some(arbiter) => KeyActor::start_in_arbiter(arbiter, |_| actor),
             None => actor.start(),
         };

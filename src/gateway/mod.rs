@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::arbiters::ArbiterError;
-use actors::registry::{Registry, RegistryLimits};
+use actors::registry::{Placement, Registry, RegistryLimits};
 use ledger::Store;
 use workers::ledger_writer::LedgerWriter;
 use workers::pricing::Price;
 
 use crate::settings::Settings;
 use crate::upstream::echo::Echo;
-use crate::upstream::openai::OpenAiUpstream;
+use crate::upstream::openai::{ClientConfig, OpenAiUpstream};
 use crate::upstream::Upstream;
 
 pub mod call;
@@ -68,7 +68,7 @@ impl Gateway {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let registry = Registry::start(
+        let registry = Registry::start_with(
             Arc::new(loader::StoreKeyLoader::new(store.clone())),
             RegistryLimits {
                 in_flight_per_key_max: g.in_flight_per_key_max,
@@ -77,6 +77,9 @@ impl Gateway {
                 idle_sweep_ms: (g.key_idle_ms / 4).clamp(1_000, 60_000) as u64,
             },
             threads,
+            // Under `serve`, actix-web's workers (one per core) are arbiters:
+            // a key's actor lives on the worker that first served it.
+            Placement::Caller,
         )?;
         let timeouts = Timeouts {
             upstream: Duration::from_millis(g.upstream_timeout_ms),
@@ -84,13 +87,12 @@ impl Gateway {
             stream_max: Duration::from_millis(g.stream_max_ms),
             hold_slack_ms: g.hold_slack_ms,
         };
-        // One pool for every upstream: connections are reused across calls.
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(g.upstream_connect_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()
+        // Pooled clients, one per thread: connections are reused across calls.
+        let client = ClientConfig {
+            connect_timeout: Duration::from_millis(g.upstream_connect_timeout_ms),
+        };
+        client
+            .client()
             .map_err(|e| GatewayError::Client(e.to_string()))?;
         let models = settings
             .models
@@ -103,7 +105,7 @@ impl Gateway {
                     })
                 } else {
                     Upstream::OpenAi(OpenAiUpstream {
-                        client: client.clone(),
+                        client,
                         base_url: m.upstream.trim_end_matches('/').to_owned(),
                         upstream_model: if m.upstream_model.is_empty() {
                             name.clone()

@@ -1,5 +1,7 @@
-//! An OpenAI-compatible upstream (`POST {base}/chat/completions`) over one
-//! pooled HTTP client shared by every model.
+//! An OpenAI-compatible upstream (`POST {base}/chat/completions`) over pooled
+//! HTTP clients shared by every model: one per thread, so a connection is
+//! driven by the worker thread that uses it and a call never hops threads
+//! to reach its socket.
 //!
 //! The client's body goes through as it came, with three changes: `model`
 //! becomes the upstream's name, the output bound becomes what the budget
@@ -7,6 +9,7 @@
 //! chunk reports usage. Streams are read event by event and handed on as
 //! they arrive — never buffered whole.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,8 +21,39 @@ use super::{Chunk, ChunkStream, Completion, UpstreamError, UpstreamRequest, Usag
 /// The most bytes of an upstream error body kept for the log and message.
 const ERROR_BODY_MAX_BYTES: usize = 512;
 
+/// How upstream clients are built; each thread builds its own once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientConfig {
+    pub connect_timeout: Duration,
+}
+
+thread_local! {
+    static CLIENTS: RefCell<Vec<(ClientConfig, reqwest::Client)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl ClientConfig {
+    /// This thread's client for this configuration (built on first use).
+    pub fn client(&self) -> Result<reqwest::Client, UpstreamError> {
+        CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            if let Some((_, client)) = clients.iter().find(|(config, _)| config == self) {
+                return Ok(client.clone());
+            }
+            let client = reqwest::Client::builder()
+                .connect_timeout(self.connect_timeout)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256)
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| UpstreamError::Transport(e.to_string()))?;
+            clients.push((*self, client.clone()));
+            Ok(client)
+        })
+    }
+}
+
 pub struct OpenAiUpstream {
-    pub client: reqwest::Client,
+    pub client: ClientConfig,
     /// `…/v1`, without a trailing slash.
     pub base_url: String,
     pub upstream_model: String,
@@ -54,6 +88,7 @@ impl OpenAiUpstream {
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut call = self
             .client
+            .client()?
             .post(format!("{}/chat/completions", self.base_url))
             .json(&self.body(request, stream));
         if let Some(key) = &self.api_key {
