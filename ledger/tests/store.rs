@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ledger::model::{
-    ChargeOutcome, ChargeWrite, KeyStatus, NewCharge, NewKey, NewSession, Purpose,
+    ChargeOutcome, ChargeWrite, KeyRecord, KeyStatus, NewCharge, NewKey, NewSession, Purpose,
 };
 use ledger::store::Backend;
 use ledger::testing::TestDb;
@@ -50,6 +50,21 @@ fn charge(key: &KeyId, amount: Amount) -> NewCharge {
         amount,
         created_at_ms: now_ms(),
     }
+}
+
+/// A key with `budget_atomic`, its wallet credited 1 USDC.
+async fn funded_key(store: &Store, owner: WalletAddress, budget_atomic: u64) -> KeyRecord {
+    store
+        .credit(&owner, CHAIN, usdc(1), "test", now_ms())
+        .await
+        .unwrap();
+    store
+        .create_key(
+            &new_key(owner, Amount::from_atomic(budget_atomic).unwrap()),
+            10,
+        )
+        .await
+        .unwrap()
 }
 
 async fn credit_and_key_lifecycle(store: Store) {
@@ -363,15 +378,7 @@ async fn concurrent_sign_ins_leave_one_active_session(store: Store) {
 }
 
 async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
-    let owner = wallet(8);
-    store
-        .credit(&owner, CHAIN, usdc(1), "test", now_ms())
-        .await
-        .unwrap();
-    let key = store
-        .create_key(&new_key(owner, Amount::from_atomic(1_000).unwrap()), 10)
-        .await
-        .unwrap();
+    let key = funded_key(&store, wallet(8), 1_000).await;
     let first = charge(&key.id, Amount::from_atomic(400).unwrap());
     assert_eq!(
         store.record_charge(&first).await.unwrap(),
@@ -411,7 +418,7 @@ async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
     );
     assert_eq!(key.budget_remaining(), Amount::ZERO);
     // Unsettled charges are owed: they leave the available funds.
-    let funding = store.funding(&owner, CHAIN, now_ms()).await.unwrap();
+    let funding = store.funding(&key.wallet, CHAIN, now_ms()).await.unwrap();
     assert_eq!(
         funding.available,
         Amount::from_atomic(1_000_000 - 1_000).unwrap()
@@ -423,15 +430,7 @@ async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
 /// (also within the batch), over the limit, unknown key — and only the new
 /// ones reach `budget_used`.
 async fn charge_batches_answer_each_charge(store: Store) {
-    let owner = wallet(12);
-    store
-        .credit(&owner, CHAIN, usdc(1), "test", now_ms())
-        .await
-        .unwrap();
-    let key = store
-        .create_key(&new_key(owner, Amount::from_atomic(1_000).unwrap()), 10)
-        .await
-        .unwrap();
+    let key = funded_key(&store, wallet(12), 1_000).await;
     let atomic = |n| Amount::from_atomic(n).unwrap();
     let first = charge(&key.id, atomic(700));
     let batch = vec![

@@ -25,7 +25,7 @@ use super::error::ApiError;
 use super::extract::{json_object, paid_bearer};
 use crate::gateway::call::{PaidCall, Receipt};
 use crate::gateway::request::ChatRequest;
-use crate::gateway::{Gateway, Timeouts};
+use crate::gateway::{Gateway, Model, Timeouts};
 use crate::state::AppState;
 use crate::upstream::{Chunk, ChunkStream, UpstreamError, UpstreamRequest, Usage};
 
@@ -75,31 +75,40 @@ pub async fn completions(
         request_id: call.request.to_string(),
     };
     if chat.stream {
-        stream(gateway, &chat.model, call, upstream_request).await
+        stream(gateway, model, call, upstream_request).await
     } else {
-        complete(gateway, &chat.model, call, upstream_request).await
+        complete(gateway, model, call, upstream_request).await
+    }
+}
+
+/// Waits for the upstream's answer (or a stream's start) within the
+/// upstream timeout; on failure releases the call's hold — an upstream
+/// failure charges nothing — and answers 502 or 504.
+async fn upstream_or_release<T>(
+    gateway: &Gateway,
+    call: PaidCall,
+    answer: impl std::future::Future<Output = Result<T, UpstreamError>>,
+) -> Result<(PaidCall, T), ApiError> {
+    let answer = tokio::time::timeout(gateway.timeouts.upstream, answer)
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout));
+    match answer {
+        Ok(answer) => Ok((call, answer)),
+        Err(error) => {
+            call.release().await;
+            Err(upstream_error(error))
+        }
     }
 }
 
 async fn complete(
     gateway: &Gateway,
-    model_name: &str,
+    model: &Model,
     call: PaidCall,
     request: UpstreamRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(model) = gateway.models.get(model_name) else {
-        return Err(ApiError::internal(&"model vanished"));
-    };
-    let answer = tokio::time::timeout(gateway.timeouts.upstream, model.upstream.complete(&request))
-        .await
-        .unwrap_or(Err(UpstreamError::Timeout));
-    let mut completion = match answer {
-        Ok(completion) => completion,
-        Err(error) => {
-            call.release().await;
-            return Err(upstream_error(error));
-        }
-    };
+    let (call, mut completion) =
+        upstream_or_release(gateway, call, model.upstream.complete(&request)).await?;
     // An upstream that reports no usage is charged its hold (the bound).
     let usage = completion.usage.unwrap_or(Usage {
         prompt_tokens: call.prompt_tokens_max,
@@ -118,23 +127,12 @@ async fn complete(
 
 async fn stream(
     gateway: &Gateway,
-    model_name: &str,
+    model: &Model,
     call: PaidCall,
     request: UpstreamRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(model) = gateway.models.get(model_name) else {
-        return Err(ApiError::internal(&"model vanished"));
-    };
-    let opened = tokio::time::timeout(gateway.timeouts.upstream, model.upstream.stream(&request))
-        .await
-        .unwrap_or(Err(UpstreamError::Timeout));
-    let chunks = match opened {
-        Ok(chunks) => chunks,
-        Err(error) => {
-            call.release().await;
-            return Err(upstream_error(error));
-        }
-    };
+    let (call, chunks) =
+        upstream_or_release(gateway, call, model.upstream.stream(&request)).await?;
     let (sender, receiver) = mpsc::channel::<Bytes>(STREAM_BUFFER_CHUNKS);
     let mut response = HttpResponse::Ok();
     call.opening_budget().apply(&mut response);
@@ -144,7 +142,7 @@ async fn stream(
         .insert_header(("x-request-id", call.request.to_string()));
     let last = LastChunk {
         id: format!("chatcmpl-{}", request.request_id),
-        model: model_name.to_owned(),
+        model: model.name.clone(),
     };
     tokio::spawn(pump(call, chunks, sender, gateway.timeouts, last));
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {

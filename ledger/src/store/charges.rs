@@ -8,8 +8,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use sqlx::any::AnyRow;
-use sqlx::AnyConnection;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection};
 
 use super::{get_amount, get_i64, get_opt_string, get_string, get_u32, Store};
 use crate::model::{ChargeOutcome, ChargeRecord, ChargeWrite, NewCharge};
@@ -116,15 +117,7 @@ async fn record_batch(
     );
     let mut query = sqlx::query(&sql);
     for charge in charges {
-        query = query
-            .bind(charge.request_id.as_str())
-            .bind(charge.key_id.as_str())
-            .bind(charge.model.as_str())
-            .bind(charge.price_version.as_str())
-            .bind(i64::from(charge.input_tokens))
-            .bind(i64::from(charge.output_tokens))
-            .bind(charge.amount.to_db())
-            .bind(charge.created_at_ms);
+        query = bind_charge(query, charge);
     }
     let inserted: HashSet<String> = query
         .fetch_all(&mut *conn)
@@ -167,6 +160,23 @@ async fn record_batch(
     Ok(Some(outcomes))
 }
 
+/// Binds a charge's eight values in the order both inserts use: request id,
+/// key id, model, price version, input and output tokens, amount, time.
+fn bind_charge<'q>(
+    query: Query<'q, Any, AnyArguments<'q>>,
+    charge: &'q NewCharge,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    query
+        .bind(charge.request_id.as_str())
+        .bind(charge.key_id.as_str())
+        .bind(charge.model.as_str())
+        .bind(charge.price_version.as_str())
+        .bind(i64::from(charge.input_tokens))
+        .bind(i64::from(charge.output_tokens))
+        .bind(charge.amount.to_db())
+        .bind(charge.created_at_ms)
+}
+
 /// Why a charge was not inserted: it exists already, or its key does not.
 async fn existing_outcome(
     conn: &mut AnyConnection,
@@ -189,22 +199,13 @@ async fn record_one(
     conn: &mut AnyConnection,
     charge: &NewCharge,
 ) -> Result<ChargeOutcome, StoreError> {
-    let inserted = sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
                               input_tokens, output_tokens, amount_atomic, status, created_at_ms)
          SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8 FROM keys WHERE id = $2
          ON CONFLICT (request_id) DO NOTHING",
-    )
-    .bind(charge.request_id.as_str())
-    .bind(charge.key_id.as_str())
-    .bind(charge.model.as_str())
-    .bind(charge.price_version.as_str())
-    .bind(i64::from(charge.input_tokens))
-    .bind(i64::from(charge.output_tokens))
-    .bind(charge.amount.to_db())
-    .bind(charge.created_at_ms)
-    .execute(&mut *conn)
-    .await?;
+    );
+    let inserted = bind_charge(insert, charge).execute(&mut *conn).await?;
     if inserted.rows_affected() == 0 {
         return existing_outcome(conn, &charge.request_id).await;
     }
