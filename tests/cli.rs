@@ -114,3 +114,176 @@ fn bad_settings_stop_startup_naming_the_setting() {
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("--config"));
 }
+
+/// Starts `serve` in `dir` on `port` and waits until it is ready.
+async fn start_serving(dir: &std::path::Path, port: u16) -> Child {
+    let child = Child(
+        tollgate()
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(&url).await.ok().map(|r| r.status().as_u16()) != Some(200) {
+        assert!(Instant::now() < deadline, "server did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child
+}
+
+/// Runs the binary to completion in `dir` and returns its standard output.
+fn run_in(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = tollgate().args(args).current_dir(dir).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Paid calls against the real binary on its embedded defaults (SQLite, key
+/// actors on actix-web's worker arbiters), then a crash (SIGKILL) and a
+/// restart: every reported charge survives, and the restarted key actor,
+/// loaded from the store, never regains budget — spending stops exactly at
+/// the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_calls_survive_a_crash_and_restart_within_budget() {
+    let dir =
+        std::env::temp_dir().join(format!("tollgate-crash-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut server = start_serving(&dir, port).await;
+
+    // The README's walk-through: sign in with the dev key, credit, create a key.
+    let wallet = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+    let nonce: serde_json::Value = client
+        .get(format!("{base}/api/sessions/nonce"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let domain = format!("127.0.0.1:{port}");
+    let signed = run_in(
+        &dir,
+        &[
+            "siwe-sign",
+            "--nonce",
+            nonce["nonce"].as_str().unwrap(),
+            "--domain",
+            &domain,
+        ],
+    );
+    let session: serde_json::Value = client
+        .post(format!("{base}/api/sessions"))
+        .header("content-type", "application/json")
+        .body(signed)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = session["token"].as_str().unwrap().to_owned();
+    run_in(&dir, &["credit", wallet, "1000000"]);
+    // Each call: 10 words in (10) + 10 out (20) = 30; the budget covers 10 such.
+    const BUDGET: u64 = 300;
+    let key: serde_json::Value = client
+        .post(format!("{base}/api/keys"))
+        .bearer_auth(&session)
+        .header("x-session-user-address", wallet)
+        .header("x-chain-id", "43113")
+        .json(&serde_json::json!({"budgetLimit": BUDGET}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (key_id, token) = (
+        key["keyId"].as_str().unwrap().to_owned(),
+        key["token"].as_str().unwrap().to_owned(),
+    );
+    let words: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
+    let body = serde_json::json!({"model": "echo", "max_tokens": 10,
+        "messages": [{"role": "user", "content": words.join(" ")}]});
+    let call = || async {
+        let response = client
+            .post(format!("{base}/external/v1/chat/completions"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let amount = response
+            .headers()
+            .get("x-compose-key-final-amount-wei")
+            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap())
+            .unwrap_or(0);
+        (status, amount)
+    };
+    let mut charged = 0;
+    for _ in 0..4 {
+        let (status, amount) = call().await;
+        assert_eq!(status, 200);
+        charged += amount;
+    }
+    assert_eq!(charged, 120);
+
+    // Crash: no graceful shutdown, no flush.
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+    let _server = start_serving(&dir, port).await;
+
+    let view: serde_json::Value = client
+        .get(format!("{base}/api/keys/{key_id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        view["budgetUsed"], "120",
+        "every reported charge survived the crash"
+    );
+    // The restarted actor starts from the ledger: exactly 6 more calls fit.
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..10 {
+        match call().await {
+            (200, amount) => {
+                ok += 1;
+                charged += amount;
+            }
+            (402, _) => refused += 1,
+            (status, _) => panic!("unexpected {status}"),
+        }
+    }
+    assert_eq!((ok, refused, charged), (6, 4, BUDGET));
+    let view: serde_json::Value = client
+        .get(format!("{base}/api/keys/{key_id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["budgetUsed"], BUDGET.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -164,31 +164,41 @@ impl PaidCall {
         let writer = self.writer.clone();
         let request = self.request.clone();
         let finishing = tokio::spawn(async move {
-            let written = writer.record(charge).await;
-            match written {
+            match writer.record(charge).await {
                 Ok(ChargeOutcome::Recorded) | Ok(ChargeOutcome::Duplicate) => lease
                     .commit(request, amount)
                     .await
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| Unfinished::RecordedNotCommitted(e.to_string())),
                 Ok(other) => {
                     let _ = lease.release(request).await;
-                    Err(format!("the ledger refused the charge: {other:?}"))
+                    Err(Unfinished::NotRecorded(format!(
+                        "the ledger refused the charge: {other:?}"
+                    )))
                 }
                 Err(error) => {
                     let _ = lease.release(request).await;
-                    Err(error.to_string())
+                    Err(Unfinished::NotRecorded(error.to_string()))
                 }
             }
         });
         let committed = match finishing.await {
             Ok(Ok(committed)) => committed,
-            Ok(Err(cause)) => {
+            Ok(Err(Unfinished::NotRecorded(cause))) => {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ledger_unavailable",
                     "the call could not be recorded; nothing was charged, retry later",
                 )
                 .logged(&cause))
+            }
+            // The charge is in the ledger but the actor had lost the hold
+            // (past its deadline): the ledger, whose guard keeps the key within
+            // its limit, is right; the actor reloads from it once evicted.
+            Ok(Err(Unfinished::RecordedNotCommitted(cause))) => {
+                return Err(ApiError::internal(&format!(
+                    "charge {} recorded but not committed in its actor: {cause}",
+                    self.request
+                )))
             }
             Err(join) => return Err(ApiError::internal(&join)),
         };
@@ -233,6 +243,14 @@ impl Drop for PaidCall {
             });
         }
     }
+}
+
+/// How a finish fell short.
+enum Unfinished {
+    /// Nothing was written; the hold is released.
+    NotRecorded(String),
+    /// The charge is written; only the actor's commit failed.
+    RecordedNotCommitted(String),
 }
 
 fn clamp_u32(n: u64) -> u32 {

@@ -199,30 +199,28 @@ async fn pump(
         }
     };
     drop(chunks); // closes the upstream connection: generation stops there
-    let counted = Usage {
-        prompt_tokens: call.prompt_tokens_max,
-        completion_tokens: generated,
-    };
+                  // The upstream's own count when it sent one; else what was counted.
+    let usage = usage_chunk
+        .as_ref()
+        .and_then(|c| Usage::from_json(&c.json))
+        .unwrap_or(Usage {
+            prompt_tokens: call.prompt_tokens_max,
+            completion_tokens: generated,
+        });
     match ended {
-        Ended::Done => {
-            let usage = usage_chunk
-                .as_ref()
-                .and_then(|c| Usage::from_json(&c.json))
-                .unwrap_or(counted);
-            match call.finish(usage).await {
-                Ok(receipt) => {
-                    let chunk = final_chunk(usage_chunk, &last, &receipt);
-                    let _ = sender.send(sse(&chunk)).await;
-                    let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-                }
-                Err(error) => {
-                    let _ = sender.send(error_event(error.code, &error.message)).await;
-                }
+        Ended::Done => match call.finish(usage).await {
+            Ok(receipt) => {
+                let chunk = final_chunk(usage_chunk, &last, &receipt);
+                let _ = sender.send(sse(&chunk)).await;
+                let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
             }
-        }
+            Err(error) => {
+                let _ = sender.send(error_event(error.code, &error.message)).await;
+            }
+        },
         Ended::ClientGone => {
             // The client pays for what was generated before it left.
-            if let Err(error) = call.finish(counted).await {
+            if let Err(error) = call.finish(usage).await {
                 tracing::error!(code = error.code, "charging an abandoned stream failed");
             }
         }
