@@ -115,14 +115,17 @@ fn bad_settings_stop_startup_naming_the_setting() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--config"));
 }
 
-/// Starts `serve` in `dir` on `port` and waits until it is ready.
-async fn start_serving(dir: &std::path::Path, port: u16) -> Child {
+/// Starts `serve` in `dir` on `port`, logging at `debug` to `dir/LOG`, and
+/// waits until it is ready.
+async fn start_serving(dir: &std::path::Path, port: u16, log: &str) -> Child {
+    let log = std::fs::File::create(dir.join(log)).unwrap();
     let child = Child(
         tollgate()
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .env("TOLLGATE__LOG__FILTER", "debug")
             .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap(),
     );
@@ -163,7 +166,7 @@ async fn paid_calls_survive_a_crash_and_restart_within_budget() {
         .port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = start_serving(&dir, port).await;
+    let mut server = start_serving(&dir, port, "first.log").await;
 
     // The README's walk-through: sign in with the dev key, credit, create a key.
     let wallet = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
@@ -247,7 +250,7 @@ async fn paid_calls_survive_a_crash_and_restart_within_budget() {
     server.0.kill().unwrap();
     server.0.wait().unwrap();
     drop(server);
-    let _server = start_serving(&dir, port).await;
+    let server = start_serving(&dir, port, "second.log").await;
 
     let view: serde_json::Value = client
         .get(format!("{base}/api/keys/{key_id}"))
@@ -285,5 +288,24 @@ async fn paid_calls_survive_a_crash_and_restart_within_budget() {
         .await
         .unwrap();
     assert_eq!(view["budgetUsed"], BUDGET.to_string());
+    drop(server);
+    // No secret reaches the logs, even at debug: not the keys' tokens (nor
+    // their signatures), not the signing key.
+    let signing_key = std::fs::read_to_string(dir.join("data/signing.key")).unwrap();
+    let signature = |t: &str| t.rsplit('.').next().unwrap().to_owned();
+    for log in ["first.log", "second.log"] {
+        let text = std::fs::read_to_string(dir.join(log)).unwrap();
+        assert!(text.contains("HTTP request"), "{log} has the request log");
+        for secret in [
+            token.clone(),
+            session.clone(),
+            signature(&token),
+            signature(&session),
+            signing_key.trim().to_owned(),
+        ] {
+            assert!(!text.contains(&secret), "{log} leaks a secret");
+        }
+        assert!(!text.contains("compose-"), "{log} holds token material");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,9 @@
 mod common;
 
 use common::mock_upstream::{ANSWER_WORDS, PROMPT_TOKENS};
-use common::{header_amount, spawn_paid_app, sse_events, TestApp, UPSTREAM_KEY};
+use common::{
+    header_amount, spawn_paid_app, spawn_paid_app_with, sse_events, TestApp, UPSTREAM_KEY,
+};
 use ledger::store::Backend;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -521,6 +523,44 @@ async fn revoked_and_superseded_keys_are_refused_at_once(backend: Backend) {
     assert_eq!(body["error"]["code"], "session_superseded");
 }
 
+/// Past `gateway.in_flight_per_key_max` calls in flight on one key, the next
+/// is refused with 429 and charges nothing; once one finishes, calls go on.
+async fn calls_in_flight_per_key_are_bounded(backend: Backend) {
+    let (app, _mock) = spawn_paid_app_with(
+        backend,
+        &[("TOLLGATE__GATEWAY__IN_FLIGHT_PER_KEY_MAX", "2")],
+    )
+    .await;
+    let key = app.paid_key(10_000).await;
+    // Two slow streams (20 words, 20 ms apart) keep two calls in flight.
+    let slow = json!({"model": "echo_slow", "stream": true, "messages": user(&words(20))});
+    let first = app.chat(&key.token, &slow).await;
+    let second = app.chat(&key.token, &slow).await;
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let quick = json!({"model": "echo", "messages": user("x")});
+    let refused = app.chat(&key.token, &quick).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_requests");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let (a, b) = (first.text().await.unwrap(), second.text().await.unwrap());
+    assert!(a.ends_with("data: [DONE]\n\n") && b.ends_with("data: [DONE]\n\n"));
+    // Each stream: 20 words in, 20 out = 60; the refused call cost nothing.
+    let mut spent = app.spent(&key.key_id).await;
+    for _ in 0..50 {
+        if spent == (120, 120) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        spent = app.spent(&key.key_id).await;
+    }
+    assert_eq!(spent, (120, 120));
+    assert_eq!(app.chat(&key.token, &quick).await.status(), StatusCode::OK);
+}
+
 /// `GET /external/v1/models` lists the configured models for a valid key.
 async fn models_are_listed(backend: Backend) {
     let (app, _mock) = spawn_paid_app(backend).await;
@@ -609,5 +649,6 @@ both_stores!(
     bad_requests_change_nothing,
     revoked_and_superseded_keys_are_refused_at_once,
     models_are_listed,
+    calls_in_flight_per_key_are_bounded,
     the_official_openai_client_works,
 );

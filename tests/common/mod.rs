@@ -282,6 +282,14 @@ pub const UPSTREAM_KEY: &str = "sk-upstream-test";
 /// `mock_ok`, `mock_500`, `mock_slow`, `mock_broken_stream` (1 s upstream
 /// timeout), and `echo_slow` (echo with 20 ms between streamed words).
 pub async fn spawn_paid_app(backend: Backend) -> (TestApp, mock_upstream::MockUpstream) {
+    spawn_paid_app_with(backend, &[]).await
+}
+
+/// As [`spawn_paid_app`], with extra `TOLLGATE__…` settings.
+pub async fn spawn_paid_app_with(
+    backend: Backend,
+    extra: &[(&str, &str)],
+) -> (TestApp, mock_upstream::MockUpstream) {
     let mock = mock_upstream::start(TcpListener::bind("127.0.0.1:0").unwrap(), 1, true);
     let mut env: Vec<(String, String)> = vec![
         (
@@ -315,6 +323,7 @@ pub async fn spawn_paid_app(backend: Backend) -> (TestApp, mock_upstream::MockUp
             env.push((key("API_KEY"), UPSTREAM_KEY.to_owned()));
         }
     }
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     (spawn_app_with(backend, &env).await, mock)
 }
