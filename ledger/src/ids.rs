@@ -58,6 +58,18 @@ opaque_id!(
     /// Identifies one paid call; a charge is written at most once per request id.
     RequestId
 );
+opaque_id!(
+    /// Identifies one Studio account.
+    AccountId
+);
+opaque_id!(
+    /// Identifies one Studio project (of one account).
+    ProjectId
+);
+opaque_id!(
+    /// Identifies one Studio API key.
+    ApiKeyId
+);
 
 /// An EVM chain id (EIP-155), e.g. 43113 for Avalanche Fuji.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -32,6 +32,8 @@ pub mod testing;
 pub mod time;
 
 pub use error::StoreError;
-pub use ids::{ChainId, KeyId, RequestId, SessionId, WalletAddress};
+pub use ids::{
+    AccountId, ApiKeyId, ChainId, KeyId, ProjectId, RequestId, SessionId, WalletAddress,
+};
 pub use money::Amount;
 pub use store::Store;

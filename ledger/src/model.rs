@@ -219,3 +219,127 @@ pub struct ChargeRecord {
     pub tx_hash: Option<String>,
     pub created_at_ms: i64,
 }
+
+/// A Studio key's type (Composable Studio `ApiKeyTypes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiKeyType {
+    /// Secret key: server side only; its value can be read back (`withValue`).
+    Sk,
+    /// Public key: usable from browsers; always `executor`; shown once.
+    Pk,
+}
+
+impl ApiKeyType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKeyType::Sk => "sk",
+            ApiKeyType::Pk => "pk",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ApiKeyType> {
+        match text {
+            "sk" => Some(ApiKeyType::Sk),
+            "pk" => Some(ApiKeyType::Pk),
+            _ => None,
+        }
+    }
+}
+
+/// A Studio project role, weakest first: the order is the privilege order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads only.
+    Reader,
+    /// Reads and executes (paid calls). Every public key has this role.
+    Executor,
+    /// Executes and mints public keys.
+    Application,
+    /// Manages keys, but deletes nothing.
+    Developer,
+    /// Anything in its project.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Reader,
+        Role::Executor,
+        Role::Application,
+        Role::Developer,
+        Role::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Executor => "executor",
+            Role::Application => "application",
+            Role::Developer => "developer",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+/// One Studio account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    pub id: crate::AccountId,
+    pub name: String,
+    pub created_at_ms: i64,
+}
+
+/// One Studio project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRecord {
+    pub id: crate::ProjectId,
+    pub account_id: crate::AccountId,
+    pub name: String,
+    pub created_at_ms: i64,
+}
+
+/// One Studio API key as stored: never its value in the clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: crate::ApiKeyId,
+    pub account_id: crate::AccountId,
+    pub project_id: crate::ProjectId,
+    pub name: String,
+    pub key_type: ApiKeyType,
+    pub role: Role,
+    pub enabled: bool,
+    /// Keyed hash of the value, to find a presented key.
+    pub value_hash: String,
+    /// The sealed value (`sk` only).
+    pub value_sealed: Option<String>,
+    pub masked_value: String,
+    /// `user:<id>` or `apikey:<id>`.
+    pub created_by: String,
+    pub updated_by: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+}
+
+impl ApiKeyRecord {
+    /// Whether the key may be used at `now_ms`: enabled and not expired.
+    pub fn usable_at(&self, now_ms: i64) -> bool {
+        self.enabled && self.expires_at_ms.is_none_or(|at| now_ms < at)
+    }
+}
+
+/// A change to a Studio key; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeyUpdate {
+    pub name: Option<String>,
+    pub role: Option<Role>,
+    pub enabled: Option<bool>,
+    /// `Some(None)` clears the expiry.
+    pub expires_at_ms: Option<Option<i64>>,
+}

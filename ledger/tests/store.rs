@@ -5,12 +5,16 @@
 use std::sync::Arc;
 
 use ledger::model::{
-    ChargeOutcome, ChargeWrite, KeyRecord, KeyStatus, NewCharge, NewKey, NewSession, Purpose,
+    AccountRecord, ApiKeyRecord, ApiKeyType, ApiKeyUpdate, ChargeOutcome, ChargeWrite, KeyRecord,
+    KeyStatus, NewCharge, NewKey, NewSession, ProjectRecord, Purpose, Role,
 };
 use ledger::store::Backend;
 use ledger::testing::TestDb;
 use ledger::time::now_ms;
-use ledger::{Amount, ChainId, KeyId, RequestId, SessionId, Store, StoreError, WalletAddress};
+use ledger::{
+    AccountId, Amount, ApiKeyId, ChainId, KeyId, ProjectId, RequestId, SessionId, Store,
+    StoreError, WalletAddress,
+};
 
 const CHAIN: ChainId = ChainId(43113);
 const DAY_MS: i64 = 86_400_000;
@@ -463,6 +467,124 @@ async fn charge_batches_answer_each_charge(store: Store) {
     assert_eq!(store.charges_for_key(&key.id).await.unwrap().len(), 2);
 }
 
+fn studio_key(account: &AccountId, project: &ProjectId, role: Role, hash: &str) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: ApiKeyId::generate(),
+        account_id: account.clone(),
+        project_id: project.clone(),
+        name: format!("{} key", role.as_str()),
+        key_type: ApiKeyType::Sk,
+        role,
+        enabled: true,
+        value_hash: hash.into(),
+        value_sealed: Some("sealed".into()),
+        masked_value: "sk-xxxx".into(),
+        created_by: "user:cli".into(),
+        updated_by: "user:cli".into(),
+        created_at_ms: now_ms(),
+        updated_at_ms: now_ms(),
+        expires_at_ms: None,
+    }
+}
+
+/// Studio keys live inside an account: found by their keyed hash, listed,
+/// updated field by field, deleted — and never reached from another account.
+async fn studio_keys_stay_within_their_account(store: Store) {
+    let account = AccountRecord {
+        id: AccountId::generate(),
+        name: "acme".into(),
+        created_at_ms: now_ms(),
+    };
+    let project = ProjectRecord {
+        id: ProjectId::generate(),
+        account_id: account.id.clone(),
+        name: "web".into(),
+        created_at_ms: now_ms(),
+    };
+    let admin = store
+        .bootstrap_studio(
+            &account,
+            &project,
+            &studio_key(&account.id, &project.id, Role::Admin, "h-admin"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.apikey_by_hash("h-admin").await.unwrap(),
+        Some(admin.clone())
+    );
+    assert_eq!(store.apikey_by_hash("h-none").await.unwrap(), None);
+    let mut reader = studio_key(&account.id, &project.id, Role::Reader, "h-reader");
+    reader.expires_at_ms = Some(now_ms() + 60_000);
+    let reader = store.create_apikey(&reader).await.unwrap();
+    let listed = store.apikeys(&account.id, &project.id).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    // A duplicate value hash is refused by the store.
+    assert!(store
+        .create_apikey(&studio_key(
+            &account.id,
+            &project.id,
+            Role::Reader,
+            "h-reader"
+        ))
+        .await
+        .is_err());
+
+    let updated = store
+        .update_apikey(
+            &account.id,
+            &reader.id,
+            &ApiKeyUpdate {
+                role: Some(Role::Developer),
+                enabled: Some(false),
+                expires_at_ms: Some(None),
+                ..Default::default()
+            },
+            "apikey:admin",
+            now_ms() + 1,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (updated.role, updated.enabled, updated.expires_at_ms),
+        (Role::Developer, false, None)
+    );
+    assert_eq!(
+        (updated.name.as_str(), updated.updated_by.as_str()),
+        ("reader key", "apikey:admin")
+    );
+    assert!(!updated.usable_at(now_ms()));
+
+    // Another account sees nothing of these keys.
+    let other = AccountId::generate();
+    assert_eq!(store.apikey(&other, &reader.id).await.unwrap(), None);
+    assert!(store
+        .update_apikey(&other, &reader.id, &ApiKeyUpdate::default(), "x", 0)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.delete_apikey(&other, &reader.id).await.unwrap(), 0);
+    assert_eq!(store.project(&other, &project.id).await.unwrap(), None);
+    assert_eq!(
+        store.project(&account.id, &project.id).await.unwrap(),
+        Some(project.clone())
+    );
+
+    assert_eq!(
+        store.delete_apikey(&account.id, &reader.id).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.delete_apikey(&account.id, &reader.id).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.apikeys(&account.id, &project.id).await.unwrap(),
+        vec![admin]
+    );
+}
+
 /// Replaying one charge concurrently still writes it exactly once.
 async fn concurrent_duplicate_charges_write_once(store: Store) {
     let owner = wallet(9);
@@ -529,6 +651,7 @@ store_suite!(
     concurrent_sign_ins_leave_one_active_session,
     charges_are_written_once_and_sum_to_budget_used,
     charge_batches_answer_each_charge,
+    studio_keys_stay_within_their_account,
     concurrent_duplicate_charges_write_once,
     migrations_are_idempotent,
 );

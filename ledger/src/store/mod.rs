@@ -12,6 +12,7 @@
 //! * [`keys`] — Compose keys.
 //! * [`sessions`] — SIWE nonces and sessions.
 //! * [`charges`] — the charges written once per paid call.
+//! * [`studio`] — Studio accounts, projects and API keys.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub mod balances;
 pub mod charges;
 pub mod keys;
 pub mod sessions;
+pub mod studio;
 
 /// The migrations in `migrations/`, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -1,0 +1,258 @@
+//! Studio accounts, projects and API keys (`/api/v1/apikeys`).
+//!
+//! Keys are always read and changed *within an account and project*: every
+//! statement that touches a key by id also names its account, so no caller
+//! can reach another account's keys through this API.
+
+use sqlx::any::AnyRow;
+
+use super::{get_i64, get_opt_i64, get_opt_string, get_string, Store};
+use crate::model::{AccountRecord, ApiKeyRecord, ApiKeyType, ApiKeyUpdate, ProjectRecord, Role};
+use crate::{AccountId, ApiKeyId, ProjectId, StoreError};
+
+/// The most keys one listing returns, newest first.
+pub const LIST_APIKEYS_MAX: i64 = 1_000;
+
+const APIKEY_COLUMNS: &str = "id, account_id, project_id, name, key_type, role, enabled, \
+     value_hash, value_sealed, masked_value, created_by, updated_by, created_at_ms, \
+     updated_at_ms, expires_at_ms";
+
+impl Store {
+    /// Creates an account, its first project and that project's first key,
+    /// in one transaction (`tollgate studio bootstrap`).
+    pub async fn bootstrap_studio(
+        &self,
+        account: &AccountRecord,
+        project: &ProjectRecord,
+        key: &ApiKeyRecord,
+    ) -> Result<ApiKeyRecord, StoreError> {
+        debug_assert_eq!(project.account_id, account.id);
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("INSERT INTO studio_accounts (id, name, created_at_ms) VALUES ($1, $2, $3)")
+            .bind(account.id.as_str())
+            .bind(account.name.as_str())
+            .bind(account.created_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        insert_project(&mut tx, project).await?;
+        let record = insert_apikey(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Adds a project to an existing account.
+    pub async fn create_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        insert_project(&mut tx, project).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A project of `account`, if it exists there.
+    pub async fn project(
+        &self,
+        account: &AccountId,
+        id: &ProjectId,
+    ) -> Result<Option<ProjectRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, account_id, name, created_at_ms FROM studio_projects
+              WHERE id = $1 AND account_id = $2",
+        )
+        .bind(id.as_str())
+        .bind(account.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|row| {
+            Ok(ProjectRecord {
+                id: parse_id(&row, "id", ProjectId::parse)?,
+                account_id: parse_id(&row, "account_id", AccountId::parse)?,
+                name: get_string(&row, "name")?,
+                created_at_ms: get_i64(&row, "created_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores a new key (its value already hashed and, for `sk`, sealed).
+    pub async fn create_apikey(&self, key: &ApiKeyRecord) -> Result<ApiKeyRecord, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let record = insert_apikey(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// The key whose value hashes to `value_hash`.
+    pub async fn apikey_by_hash(
+        &self,
+        value_hash: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {APIKEY_COLUMNS} FROM studio_apikeys WHERE value_hash = $1"
+        ))
+        .bind(value_hash)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(apikey_from_row).transpose()
+    }
+
+    /// One key of `account`, whatever its project.
+    pub async fn apikey(
+        &self,
+        account: &AccountId,
+        id: &ApiKeyId,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {APIKEY_COLUMNS} FROM studio_apikeys WHERE id = $1 AND account_id = $2"
+        ))
+        .bind(id.as_str())
+        .bind(account.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(apikey_from_row).transpose()
+    }
+
+    /// The keys of one project, newest first, at most [`LIST_APIKEYS_MAX`].
+    pub async fn apikeys(
+        &self,
+        account: &AccountId,
+        project: &ProjectId,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {APIKEY_COLUMNS} FROM studio_apikeys
+              WHERE account_id = $1 AND project_id = $2
+              ORDER BY created_at_ms DESC, id DESC LIMIT $3"
+        ))
+        .bind(account.as_str())
+        .bind(project.as_str())
+        .bind(LIST_APIKEYS_MAX)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(apikey_from_row).collect()
+    }
+
+    /// Applies `update` to a key of `account`; `None` when there is none.
+    pub async fn update_apikey(
+        &self,
+        account: &AccountId,
+        id: &ApiKeyId,
+        update: &ApiKeyUpdate,
+        updated_by: &str,
+        now_ms: i64,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let (set_expiry, expiry) = match update.expires_at_ms {
+            None => (0_i64, None),
+            Some(at) => (1, at),
+        };
+        let row = sqlx::query(&format!(
+            "UPDATE studio_apikeys
+                SET name = COALESCE($3, name),
+                    role = COALESCE($4, role),
+                    enabled = COALESCE($5, enabled),
+                    expires_at_ms = CASE WHEN $6 = 1 THEN $7 ELSE expires_at_ms END,
+                    updated_by = $8,
+                    updated_at_ms = $9
+              WHERE id = $1 AND account_id = $2
+             RETURNING {APIKEY_COLUMNS}"
+        ))
+        .bind(id.as_str())
+        .bind(account.as_str())
+        .bind(update.name.as_deref())
+        .bind(update.role.map(Role::as_str))
+        .bind(update.enabled.map(i64::from))
+        .bind(set_expiry)
+        .bind(expiry)
+        .bind(updated_by)
+        .bind(now_ms)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(apikey_from_row).transpose()
+    }
+
+    /// Deletes a key of `account`; answers how many rows went (0 or 1).
+    pub async fn delete_apikey(
+        &self,
+        account: &AccountId,
+        id: &ApiKeyId,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM studio_apikeys WHERE id = $1 AND account_id = $2")
+            .bind(id.as_str())
+            .bind(account.as_str())
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+async fn insert_project(
+    conn: &mut sqlx::AnyConnection,
+    project: &ProjectRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO studio_projects (id, account_id, name, created_at_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(project.id.as_str())
+    .bind(project.account_id.as_str())
+    .bind(project.name.as_str())
+    .bind(project.created_at_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_apikey(
+    conn: &mut sqlx::AnyConnection,
+    key: &ApiKeyRecord,
+) -> Result<ApiKeyRecord, StoreError> {
+    debug_assert!(key.key_type == ApiKeyType::Sk || key.role == Role::Executor);
+    let row = sqlx::query(&format!(
+        "INSERT INTO studio_apikeys ({APIKEY_COLUMNS})
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         RETURNING {APIKEY_COLUMNS}"
+    ))
+    .bind(key.id.as_str())
+    .bind(key.account_id.as_str())
+    .bind(key.project_id.as_str())
+    .bind(key.name.as_str())
+    .bind(key.key_type.as_str())
+    .bind(key.role.as_str())
+    .bind(i64::from(key.enabled))
+    .bind(key.value_hash.as_str())
+    .bind(key.value_sealed.as_deref())
+    .bind(key.masked_value.as_str())
+    .bind(key.created_by.as_str())
+    .bind(key.updated_by.as_str())
+    .bind(key.created_at_ms)
+    .bind(key.updated_at_ms)
+    .bind(key.expires_at_ms)
+    .fetch_one(&mut *conn)
+    .await?;
+    apikey_from_row(&row)
+}
+
+fn parse_id<T>(row: &AnyRow, column: &str, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
+    let text = get_string(row, column)?;
+    parse(&text).ok_or_else(|| StoreError::Corrupt(format!("{column} {text:?}")))
+}
+
+fn apikey_from_row(row: &AnyRow) -> Result<ApiKeyRecord, StoreError> {
+    let key_type = get_string(row, "key_type")?;
+    let role = get_string(row, "role")?;
+    Ok(ApiKeyRecord {
+        id: parse_id(row, "id", ApiKeyId::parse)?,
+        account_id: parse_id(row, "account_id", AccountId::parse)?,
+        project_id: parse_id(row, "project_id", ProjectId::parse)?,
+        name: get_string(row, "name")?,
+        key_type: ApiKeyType::parse(&key_type)
+            .ok_or_else(|| StoreError::Corrupt(format!("key_type {key_type:?}")))?,
+        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+        enabled: get_i64(row, "enabled")? == 1,
+        value_hash: get_string(row, "value_hash")?,
+        value_sealed: get_opt_string(row, "value_sealed")?,
+        masked_value: get_string(row, "masked_value")?,
+        created_by: get_string(row, "created_by")?,
+        updated_by: get_string(row, "updated_by")?,
+        created_at_ms: get_i64(row, "created_at_ms")?,
+        updated_at_ms: get_i64(row, "updated_at_ms")?,
+        expires_at_ms: get_opt_i64(row, "expires_at_ms")?,
+    })
+}
