@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `credit`, `siwe-sign`.
+//! The command line: `serve`, `migrate`, `credit`, `studio bootstrap`, `siwe-sign`.
 //!
 //! Errors here are `anyhow`: this is the binary's edge.
 
@@ -10,8 +10,13 @@ use ledger::time::now_ms;
 use ledger::{Amount, ChainId, WalletAddress};
 
 use crate::auth::{eth, siwe::SiweMessage};
+use crate::http::apikeys::{view, with_value};
 use crate::settings::Settings;
 use crate::startup::{open_store, Application};
+use crate::studio::issue::{mint, KeySpec};
+use crate::studio::secrets::StudioSecrets;
+use ledger::model::{AccountRecord, ApiKeyType, ProjectRecord, Role};
+use ledger::{AccountId, ProjectId};
 
 /// Anvil's and Hardhat's first dev account: public knowledge, for local use only.
 pub const DEV_PRIVATE_KEY: &str =
@@ -53,6 +58,11 @@ pub enum Command {
         /// A note kept with the credit in the audit trail.
         #[arg(long, default_value = "cli credit")]
         note: String,
+    },
+    /// Studio API keys (/api/v1/apikeys).
+    Studio {
+        #[command(subcommand)]
+        command: StudioCommand,
     },
     /// Sign a SIWE message for local testing; prints the JSON body for POST /api/sessions.
     SiweSign {
@@ -127,6 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
             );
         }
+        Command::Studio { command } => studio(&settings, command).await?,
         Command::SiweSign {
             nonce,
             private_key,
@@ -159,6 +170,70 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StudioCommand {
+    /// Create an account and its first project, and print the project's first
+    /// `admin` secret key (its value is shown here; `withValue` shows it again).
+    Bootstrap {
+        /// The account's name.
+        #[arg(long)]
+        account: String,
+        /// The first project's name.
+        #[arg(long)]
+        project: String,
+    },
+}
+
+async fn studio(settings: &Settings, command: StudioCommand) -> anyhow::Result<()> {
+    let StudioCommand::Bootstrap { account, project } = command;
+    for (what, name) in [("--account", &account), ("--project", &project)] {
+        let max = settings.studio.name_max_chars;
+        if name.trim().is_empty() || name.chars().count() > max {
+            bail!("{what} must be 1 to {max} characters");
+        }
+    }
+    let store = open_store(settings).await?;
+    let secrets = StudioSecrets::load_or_create(
+        settings.studio.secrets_key.as_deref(),
+        std::path::Path::new(&settings.studio.secrets_key_file),
+    )?;
+    let now = now_ms();
+    let account = AccountRecord {
+        id: AccountId::generate(),
+        name: account,
+        created_at_ms: now,
+    };
+    let project = ProjectRecord {
+        id: ProjectId::generate(),
+        account_id: account.id.clone(),
+        name: project,
+        created_at_ms: now,
+    };
+    let (key, value) = mint(
+        &secrets,
+        KeySpec {
+            account: account.id.clone(),
+            project: project.id.clone(),
+            name: "bootstrap admin".into(),
+            key_type: ApiKeyType::Sk,
+            role: Role::Admin,
+            expires_at_ms: None,
+            by: "user:cli".into(),
+            now_ms: now,
+        },
+    )?;
+    let key = store.bootstrap_studio(&account, &project, &key).await?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "account": {"id": account.id, "name": account.name},
+            "project": {"id": project.id, "name": project.name},
+            "apikey": with_value(view(&key), &value),
+        })
+    );
     Ok(())
 }
 

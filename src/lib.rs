@@ -15,6 +15,7 @@
 //! * [`gateway`] — the paid path: key actors, holds and charges, models.
 //! * [`upstream`] — the `echo` model and OpenAI-compatible upstreams.
 //! * [`auth`] — Compose tokens, SIWE, Ethereum signatures, signing key.
+//! * [`studio`] — Studio API keys: secrets at rest, JWTs.
 //! * [`telemetry`] — `tracing` set-up.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -25,5 +26,6 @@ pub mod http;
 pub mod settings;
 pub mod startup;
 pub mod state;
+pub mod studio;
 pub mod telemetry;
 pub mod upstream;

@@ -38,6 +38,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub keys: KeySettings,
     pub gateway: GatewaySettings,
+    pub studio: StudioSettings,
     pub settlement: SettlementSettings,
     pub chains: BTreeMap<String, ChainSettings>,
     pub models: BTreeMap<String, ModelSettings>,
@@ -110,6 +111,26 @@ pub struct GatewaySettings {
     pub hold_slack_ms: i64,
     /// Actor threads; 0 means one per core.
     pub actor_threads: usize,
+}
+
+/// Studio API keys (`/api/v1/apikeys`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudioSettings {
+    /// 32-byte master key (hex) sealing `sk` values and keying lookups,
+    /// created on first start when missing.
+    pub secrets_key_file: String,
+    /// Hex master key; only ever from the environment or a private file.
+    #[serde(default)]
+    pub secrets_key: Option<String>,
+    /// How long a JWT from `/apikeys/{id}/token` lives (never past its key).
+    pub jwt_ttl_ms: i64,
+    /// `ttl` of `GET /apikeys/pk` when none is given, and the most allowed.
+    pub pk_ttl_default_s: i64,
+    pub pk_ttl_max_s: i64,
+    /// Keys one project may hold.
+    pub keys_per_project_max: u32,
+    pub name_max_chars: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +280,31 @@ impl Settings {
             return Err(invalid("keys.max_active_per_wallet", "must be at least 1"));
         }
         self.validate_gateway()?;
+        let studio = &self.studio;
+        if studio.jwt_ttl_ms <= 0 {
+            return Err(invalid(
+                "studio.jwt_ttl_ms",
+                "must be a positive number of milliseconds",
+            ));
+        }
+        if studio.pk_ttl_max_s <= 0 || studio.pk_ttl_max_s > 365 * 86_400 {
+            return Err(invalid(
+                "studio.pk_ttl_max_s",
+                "must be between 1 and 31536000 seconds",
+            ));
+        }
+        if studio.pk_ttl_default_s <= 0 || studio.pk_ttl_default_s > studio.pk_ttl_max_s {
+            return Err(invalid(
+                "studio.pk_ttl_default_s",
+                "must be positive and at most studio.pk_ttl_max_s",
+            ));
+        }
+        if studio.keys_per_project_max == 0 || studio.name_max_chars == 0 {
+            return Err(invalid(
+                "studio.keys_per_project_max",
+                "and studio.name_max_chars must be at least 1",
+            ));
+        }
         if self.settlement.mode != "ledger" {
             return Err(invalid(
                 "settlement.mode",

@@ -3,6 +3,7 @@
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
@@ -13,7 +14,9 @@ use crate::auth::token::TokenSigner;
 use crate::gateway::Gateway;
 use crate::http;
 use crate::settings::Settings;
-use crate::state::AppState;
+use crate::state::{AppState, StudioKeys};
+use crate::studio::jwt::JwtSigner;
+use crate::studio::secrets::StudioSecrets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -31,6 +34,8 @@ pub enum StartupError {
     SigningKey(#[from] signing_key::SigningKeyError),
     #[error(transparent)]
     Gateway(#[from] crate::gateway::GatewayError),
+    #[error(transparent)]
+    StudioSecrets(#[from] crate::studio::secrets::SecretsError),
     #[error("server: {0}")]
     Server(std::io::Error),
 }
@@ -81,11 +86,19 @@ impl Application {
             n => n,
         };
         let gateway = Gateway::start(&settings, store.clone())?;
+        let studio = StudioKeys {
+            secrets: Arc::new(StudioSecrets::load_or_create(
+                settings.studio.secrets_key.as_deref(),
+                Path::new(&settings.studio.secrets_key_file),
+            )?),
+            jwt: JwtSigner::new(key.clone()),
+        };
         let state = web::Data::new(AppState::new(
             store.clone(),
             TokenSigner::new(key),
             settings,
             gateway,
+            studio,
         ));
         let server = HttpServer::new(move || {
             App::new()

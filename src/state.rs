@@ -8,6 +8,8 @@ use ledger::{ChainId, Store};
 use crate::auth::token::TokenSigner;
 use crate::gateway::Gateway;
 use crate::settings::Settings;
+use crate::studio::jwt::JwtSigner;
+use crate::studio::secrets::StudioSecrets;
 
 /// Shared by all workers; cheap to clone (everything inside is shared).
 #[derive(Clone)]
@@ -19,6 +21,15 @@ pub struct AppState {
     pub chains: Arc<HashSet<ChainId>>,
     /// The paid path: key actors, ledger writer, models.
     pub gateway: Gateway,
+    /// Studio API keys: sealing and lookup secrets, the JWT signer.
+    pub studio: StudioKeys,
+}
+
+/// What the Studio surface needs beyond the store.
+#[derive(Clone)]
+pub struct StudioKeys {
+    pub secrets: Arc<StudioSecrets>,
+    pub jwt: JwtSigner,
 }
 
 impl AppState {
@@ -27,6 +38,7 @@ impl AppState {
         signer: TokenSigner,
         settings: Settings,
         gateway: Gateway,
+        studio: StudioKeys,
     ) -> AppState {
         let chains = settings.chain_ids().into_iter().collect();
         AppState {
@@ -35,6 +47,7 @@ impl AppState {
             settings: Arc::new(settings),
             chains: Arc::new(chains),
             gateway,
+            studio,
         }
     }
 }

@@ -98,7 +98,7 @@ fn token_error(error: TokenError) -> ApiError {
     }
 }
 
-fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
+pub fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
     let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::unauthorized("missing_token", "send Authorization: Bearer <compose key>")
     })?;

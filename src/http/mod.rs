@@ -2,6 +2,7 @@
 //!
 //! * [`sessions`] — `GET /api/sessions/nonce`, `POST /api/sessions` (SIWE).
 //! * [`keys`] — `/api/keys`: create, list, get, revoke, charges.
+//! * [`apikeys`] — `/api/v1/apikeys` (Studio keys) and `/.well-known/jwks.json`.
 //! * [`chat`] — `POST /external/v1/chat/completions`, the paid call.
 //! * [`models`] — `GET /external/v1/models`.
 //! * [`health`] — `/healthz`, `/readyz`.
@@ -10,6 +11,7 @@
 
 use actix_web::web;
 
+pub mod apikeys;
 pub mod chat;
 pub mod error;
 pub mod extract;
@@ -21,6 +23,18 @@ pub mod sessions;
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
+        web::scope("/api/v1")
+            .route("/apikeys", web::get().to(apikeys::list))
+            .route("/apikeys", web::post().to(apikeys::create))
+            // Before `/apikeys/{id}`, which would take "pk" as an id.
+            .route("/apikeys/pk", web::get().to(apikeys::public_key))
+            .route("/apikeys/{id}", web::get().to(apikeys::get))
+            .route("/apikeys/{id}", web::put().to(apikeys::update))
+            .route("/apikeys/{id}", web::delete().to(apikeys::delete))
+            .route("/apikeys/{id}/token", web::get().to(apikeys::token)),
+    )
+    .route("/.well-known/jwks.json", web::get().to(apikeys::jwks))
+    .service(
         web::scope("/api")
             .route("/sessions/nonce", web::get().to(sessions::nonce))
             .route("/sessions", web::post().to(sessions::sign_in))

@@ -72,6 +72,10 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
     let mut env: Vec<(String, String)> = vec![
         ("TOLLGATE__STORE__URL".into(), db.url.clone()),
         ("TOLLGATE__AUTH__SIGNING_KEY_FILE".into(), key_file),
+        (
+            "TOLLGATE__STUDIO__SECRETS_KEY_FILE".into(),
+            dir.0.join("studio.key").display().to_string(),
+        ),
         ("TOLLGATE__HTTP__WORKERS".into(), "2".into()),
         ("TOLLGATE__LOG__FILTER".into(), "warn".into()),
     ];
@@ -121,6 +125,38 @@ pub fn assert_error(got: &(StatusCode, Value), status: u16, code: &str) {
 }
 
 impl TestApp {
+    /// Runs `tollgate studio bootstrap` (the real binary) against this app's
+    /// store and secrets; returns its JSON: `{account, project, apikey}`.
+    pub fn bootstrap_studio(&self, account: &str) -> Value {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args([
+                "studio",
+                "bootstrap",
+                "--account",
+                account,
+                "--project",
+                "main",
+            ])
+            .env("TOLLGATE__STORE__URL", &self.db.url)
+            .env(
+                "TOLLGATE__STUDIO__SECRETS_KEY_FILE",
+                self._dir.0.join("studio.key"),
+            )
+            .env(
+                "TOLLGATE__AUTH__SIGNING_KEY_FILE",
+                self._dir.0.join("signing.key"),
+            )
+            .env("TOLLGATE__LOG__FILTER", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "bootstrap: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

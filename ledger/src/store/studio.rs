@@ -130,6 +130,23 @@ impl Store {
         rows.iter().map(apikey_from_row).collect()
     }
 
+    /// How many keys a project holds (for its bound).
+    pub async fn count_apikeys(
+        &self,
+        account: &AccountId,
+        project: &ProjectId,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM studio_apikeys
+              WHERE account_id = $1 AND project_id = $2",
+        )
+        .bind(account.as_str())
+        .bind(project.as_str())
+        .fetch_one(self.pool())
+        .await?;
+        get_i64(&row, "n")
+    }
+
     /// Applies `update` to a key of `account`; `None` when there is none.
     pub async fn update_apikey(
         &self,

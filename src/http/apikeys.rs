@@ -1,0 +1,563 @@
+//! `/api/v1/apikeys`: Studio API keys, field for field as the Composable
+//! Studio contract documents them (DESIGN §4 "Studio surface"), and
+//! `GET /.well-known/jwks.json`.
+//!
+//! Every route authenticates the caller's own key ([`StudioCaller`]: an `sk`
+//! or `pk` value, or a JWT from `/token`), then checks its role:
+//!
+//! | route | least role |
+//! |---|---|
+//! | `GET /apikeys`, `GET /apikeys/{id}` | reader |
+//! | `GET /apikeys/{id}?withValue=true` | developer |
+//! | `GET /apikeys/{id}/token` | reader for its own key, developer for another |
+//! | `GET /apikeys/pk` | application |
+//! | `POST /apikeys`, `PUT /apikeys/{id}` | developer |
+//! | `DELETE /apikeys/{id}` | admin |
+//!
+//! A caller never creates, edits or mints a token for a key with a role above
+//! its own, and sees only keys of its own account and project: another
+//! project's or account's key answers 404 like a missing one.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, SecondsFormat, Utc};
+use ledger::model::{ApiKeyRecord, ApiKeyType, ApiKeyUpdate, Role};
+use ledger::time::now_ms;
+use ledger::{ApiKeyId, ProjectId};
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::extract::{self, bearer_token};
+use crate::state::AppState;
+use crate::studio::issue::{mint, KeySpec};
+use crate::studio::jwt::{looks_like_jwt, JwtClaims};
+
+/// Who is calling: their own key, and the role it acts with.
+pub struct StudioCaller {
+    pub key: ApiKeyRecord,
+    /// The key's role, lowered to a JWT's role when the JWT says less.
+    pub role: Role,
+}
+
+impl StudioCaller {
+    fn require(&self, least: Role) -> Result<(), ApiError> {
+        if self.role < least {
+            return Err(ApiError::forbidden(
+                "insufficient_role",
+                format!(
+                    "this needs role {} or above; the key is {}",
+                    least.as_str(),
+                    self.role.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A key may hand out at most its own role.
+    fn may_grant(&self, role: Role) -> Result<(), ApiError> {
+        if role > self.role {
+            return Err(ApiError::forbidden(
+                "role_above_caller",
+                format!(
+                    "a {} key cannot grant or act on role {}",
+                    self.role.as_str(),
+                    role.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn audit(&self) -> String {
+        format!("apikey:{}", self.key.id)
+    }
+}
+
+fn unauthorized(code: &'static str, message: &str) -> ApiError {
+    ApiError::unauthorized(code, message.to_owned())
+}
+
+/// Authenticates an `sk`/`pk` value (by its keyed hash) or a JWT (by its
+/// signature, then its key's row): a disabled, deleted or expired key is
+/// refused on its very next request.
+pub async fn authenticate_studio(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<StudioCaller, ApiError> {
+    let token = bearer_token(req)?;
+    let now = now_ms();
+    let (key, jwt_role) = if looks_like_jwt(token) {
+        let claims =
+            state.studio.jwt.verify(token, now / 1000).map_err(|_| {
+                unauthorized("invalid_token", "the JWT is not valid or has expired")
+            })?;
+        let (Some(account), Some(id)) = (
+            ledger::AccountId::parse(&claims.account),
+            ApiKeyId::parse(&claims.key_id),
+        ) else {
+            return Err(unauthorized("invalid_token", "the JWT is not valid"));
+        };
+        let key = state.store.apikey(&account, &id).await?;
+        (key, Role::parse(&claims.role))
+    } else if token.starts_with("sk-") || token.starts_with("pk-") {
+        let hash = state.studio.secrets.lookup_hash(token);
+        (state.store.apikey_by_hash(&hash).await?, None)
+    } else {
+        return Err(unauthorized(
+            "invalid_token",
+            "send Authorization: Bearer <sk-…, pk-… or a JWT from /apikeys/{id}/token>",
+        ));
+    };
+    let key = key.ok_or_else(|| unauthorized("invalid_api_key", "no such API key"))?;
+    if !key.enabled {
+        return Err(unauthorized("key_disabled", "the API key is disabled"));
+    }
+    if !key.usable_at(now) {
+        return Err(unauthorized("key_expired", "the API key has expired"));
+    }
+    // A public key is always an executor; a JWT never acts above its grant.
+    let mut role = match key.key_type {
+        ApiKeyType::Pk => Role::Executor,
+        ApiKeyType::Sk => key.role,
+    };
+    if let Some(granted) = jwt_role {
+        role = role.min(granted);
+    }
+    Ok(StudioCaller { key, role })
+}
+
+/// ISO 8601 with milliseconds, as the Studio contract writes dates.
+fn iso(ms: i64) -> Value {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| json!(t.to_rfc3339_opts(SecondsFormat::Millis, true)))
+        .unwrap_or(Value::Null)
+}
+
+/// A key's JSON view, never its value.
+pub fn view(key: &ApiKeyRecord) -> Value {
+    json!({
+        "id": key.id,
+        "name": key.name,
+        "type": key.key_type,
+        "role": key.role,
+        "maskedValue": key.masked_value,
+        "account": key.account_id,
+        "project": key.project_id,
+        "enabled": key.enabled,
+        "created_by": key.created_by,
+        "updated_by": key.updated_by,
+        "created_at": iso(key.created_at_ms),
+        "updated_at": iso(key.updated_at_ms),
+        "expires_at": key.expires_at_ms.map_or(Value::Null, iso),
+    })
+}
+
+pub fn with_value(mut view: Value, value: &str) -> Value {
+    view["value"] = json!(value);
+    view
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found(
+        "apikey_not_found",
+        "no API key with this id in this project",
+    )
+}
+
+/// The key named in the path, in the caller's account and project.
+async fn target(
+    state: &AppState,
+    caller: &StudioCaller,
+    id: &str,
+) -> Result<ApiKeyRecord, ApiError> {
+    let id = ApiKeyId::parse(id).ok_or_else(not_found)?;
+    let key = state
+        .store
+        .apikey(&caller.key.account_id, &id)
+        .await?
+        .ok_or_else(not_found)?;
+    if key.project_id != caller.key.project_id {
+        return Err(not_found());
+    }
+    Ok(key)
+}
+
+/// An optional ISO 8601 date in the future, in ms; JSON `null` clears it.
+fn expiry(body: &Map<String, Value>) -> Result<Option<Option<i64>>, ApiError> {
+    match body.get("expires_at") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(text)) => {
+            let at = DateTime::parse_from_rfc3339(text)
+                .map_err(|_| {
+                    ApiError::invalid_field("expires_at", "must be an ISO 8601 date and time")
+                })?
+                .timestamp_millis();
+            if at <= now_ms() {
+                return Err(ApiError::invalid_field(
+                    "expires_at",
+                    "must be in the future",
+                ));
+            }
+            Ok(Some(Some(at)))
+        }
+        Some(_) => Err(ApiError::invalid_field(
+            "expires_at",
+            "must be an ISO 8601 string",
+        )),
+    }
+}
+
+fn name(state: &AppState, body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let Some(name) = extract::string_field(body, "name")? else {
+        return Ok(None);
+    };
+    let max = state.settings.studio.name_max_chars;
+    if name.trim().is_empty() || name.chars().count() > max || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field(
+            "name",
+            format!("must be 1 to {max} printable characters"),
+        ));
+    }
+    Ok(Some(name.to_owned()))
+}
+
+fn role_field(body: &Map<String, Value>) -> Result<Option<Role>, ApiError> {
+    extract::string_field(body, "role")?
+        .map(|text| {
+            Role::parse(text).ok_or_else(|| {
+                ApiError::invalid_field(
+                    "role",
+                    "must be reader, executor, application, developer or admin",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Mints a key in the caller's project (within its bound) and stores it.
+async fn issue(
+    state: &AppState,
+    caller: &StudioCaller,
+    name: String,
+    key_type: ApiKeyType,
+    role: Role,
+    expires_at_ms: Option<i64>,
+) -> Result<(ApiKeyRecord, String), ApiError> {
+    let account = &caller.key.account_id;
+    let project = &caller.key.project_id;
+    let max = state.settings.studio.keys_per_project_max;
+    if state.store.count_apikeys(account, project).await? >= i64::from(max) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_keys",
+            format!("the project already holds {max} keys; delete one first"),
+        ));
+    }
+    let (record, value) = mint(
+        &state.studio.secrets,
+        KeySpec {
+            account: account.clone(),
+            project: project.clone(),
+            name,
+            key_type,
+            role,
+            expires_at_ms,
+            by: caller.audit(),
+            now_ms: now_ms(),
+        },
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    let record = state.store.create_apikey(&record).await?;
+    tracing::info!(apikey = %record.id, by = %caller.key.id, role = record.role.as_str(), "studio key created");
+    Ok((record, value))
+}
+
+/// `GET /api/v1/apikeys`: the caller's project's keys, masked.
+pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate_studio(&state, &req).await?;
+    caller.require(Role::Reader)?;
+    let keys = state
+        .store
+        .apikeys(&caller.key.account_id, &caller.key.project_id)
+        .await?;
+    Ok(HttpResponse::Ok().json(keys.iter().map(view).collect::<Vec<_>>()))
+}
+
+/// `POST /api/v1/apikeys` `{name, type, role, expires_at}` → 201 with the
+/// key and, this once, its value.
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate_studio(&state, &req).await?;
+    caller.require(Role::Developer)?;
+    let body = extract::json_object(&req, payload, state.settings.http.json_body_max_bytes).await?;
+    let name =
+        name(&state, &body)?.ok_or_else(|| ApiError::invalid_field("name", "is required"))?;
+    let key_type = ApiKeyType::parse(extract::required_string(&body, "type")?)
+        .ok_or_else(|| ApiError::invalid_field("type", "must be \"sk\" or \"pk\""))?;
+    let role = match (key_type, role_field(&body)?) {
+        (ApiKeyType::Sk, Some(role)) => role,
+        (ApiKeyType::Sk, None) => return Err(ApiError::invalid_field("role", "is required")),
+        (ApiKeyType::Pk, None | Some(Role::Executor)) => Role::Executor,
+        (ApiKeyType::Pk, Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "role",
+                "of a public key is always executor",
+            ))
+        }
+    };
+    caller.may_grant(role)?;
+    let expires_at_ms = expiry(&body)?.flatten();
+    let (record, value) = issue(&state, &caller, name, key_type, role, expires_at_ms).await?;
+    Ok(HttpResponse::Created().json(with_value(view(&record), &value)))
+}
+
+#[derive(serde::Deserialize)]
+pub struct GetQuery {
+    #[serde(rename = "withValue")]
+    with_value: Option<String>,
+}
+
+/// `GET /api/v1/apikeys/{id}[?withValue=true]`.
+pub async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate_studio(&state, &req).await?;
+    caller.require(Role::Reader)?;
+    let query = web::Query::<GetQuery>::from_query(req.query_string())
+        .map_err(|_| ApiError::bad_request("invalid_query", "the query string is malformed"))?;
+    let reveal = match query.with_value.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError {
+                param: Some("withValue"),
+                ..ApiError::bad_request("invalid_query", "withValue must be true or false")
+            })
+        }
+    };
+    let key = target(&state, &caller, &path).await?;
+    let mut body = view(&key);
+    if reveal {
+        caller.require(Role::Developer)?;
+        caller.may_grant(key.role)?;
+        // Only secret keys keep a value to give back.
+        if let Some(sealed) = &key.value_sealed {
+            let value = state
+                .studio
+                .secrets
+                .open(sealed, key.id.as_str())
+                .map_err(|e| ApiError::internal(&e))?;
+            body = with_value(body, &value);
+        }
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `PUT /api/v1/apikeys/{id}` `{name, role, enabled, expires_at}`.
+pub async fn update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate_studio(&state, &req).await?;
+    caller.require(Role::Developer)?;
+    let body = extract::json_object(&req, payload, state.settings.http.json_body_max_bytes).await?;
+    if let Some(field) = body
+        .keys()
+        .find(|k| !["name", "role", "enabled", "expires_at"].contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid_field(
+            "body",
+            format!("has an unknown field {field:?}"),
+        ));
+    }
+    let enabled = match body.get("enabled") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(ApiError::invalid_field("enabled", "must be a boolean")),
+    };
+    let update = ApiKeyUpdate {
+        name: name(&state, &body)?,
+        role: role_field(&body)?,
+        enabled,
+        expires_at_ms: expiry(&body)?,
+    };
+    let key = target(&state, &caller, &path).await?;
+    caller.may_grant(key.role)?;
+    if let Some(role) = update.role {
+        caller.may_grant(role)?;
+        if key.key_type == ApiKeyType::Pk && role != Role::Executor {
+            return Err(ApiError::invalid_field(
+                "role",
+                "of a public key is always executor",
+            ));
+        }
+    }
+    let updated = state
+        .store
+        .update_apikey(&key.account_id, &key.id, &update, &caller.audit(), now_ms())
+        .await?
+        .ok_or_else(not_found)?;
+    tracing::info!(apikey = %updated.id, by = %caller.key.id, "studio key updated");
+    Ok(HttpResponse::Ok().json(view(&updated)))
+}
+
+/// `DELETE /api/v1/apikeys/{id}` → `{"acknowledged": true, "deletedCount": 1}`.
+pub async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate_studio(&state, &req).await?;
+    caller.require(Role::Admin)?;
+    let key = target(&state, &caller, &path).await?;
+    let deleted = state.store.delete_apikey(&key.account_id, &key.id).await?;
+    if deleted == 0 {
+        return Err(not_found());
+    }
+    tracing::info!(apikey = %key.id, by = %caller.key.id, "studio key deleted");
+    Ok(HttpResponse::Ok().json(json!({ "acknowledged": true, "deletedCount": deleted })))
+}
+
+/// `GET /api/v1/apikeys/{id}/token` → `{"token"}`: a JWT for the key, signed
+/// with the server's Ed25519 key, verifiable with `/.well-known/jwks.json`.
+pub async fn token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate_studio(&state, &req).await?;
+    caller.require(Role::Reader)?;
+    let key = target(&state, &caller, &path).await?;
+    if key.id != caller.key.id {
+        caller.require(Role::Developer)?;
+        caller.may_grant(key.role)?;
+    }
+    let now = now_ms();
+    if !key.usable_at(now) {
+        return Err(ApiError::invalid_field(
+            "id",
+            "names a disabled or expired key",
+        ));
+    }
+    let mut expires_at_ms = now.saturating_add(state.settings.studio.jwt_ttl_ms);
+    if let Some(at) = key.expires_at_ms {
+        expires_at_ms = expires_at_ms.min(at);
+    }
+    // The token acts with the key's role, and never above the caller's.
+    let role = match key.key_type {
+        ApiKeyType::Pk => Role::Executor,
+        ApiKeyType::Sk => key.role,
+    }
+    .min(if key.id == caller.key.id {
+        Role::Admin
+    } else {
+        caller.role
+    });
+    let token = state.studio.jwt.issue(&JwtClaims {
+        key_id: key.id.to_string(),
+        account: key.account_id.to_string(),
+        project: key.project_id.to_string(),
+        role: role.as_str().to_owned(),
+        key_type: key.key_type.as_str().to_owned(),
+        issued_at_s: now / 1000,
+        expires_at_s: expires_at_ms / 1000,
+    });
+    Ok(HttpResponse::Ok().json(json!({ "token": token })))
+}
+
+#[derive(serde::Deserialize)]
+pub struct PkQuery {
+    name: Option<String>,
+    #[serde(rename = "projectId")]
+    project_id: Option<String>,
+    ttl: Option<String>,
+}
+
+/// `GET /api/v1/apikeys/pk?name&projectId&ttl` → `{"value", "expires_at"}`:
+/// a short-lived public key (an executor) for the caller's project.
+pub async fn public_key(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate_studio(&state, &req).await?;
+    caller.require(Role::Application)?;
+    let query = web::Query::<PkQuery>::from_query(req.query_string())
+        .map_err(|_| ApiError::bad_request("invalid_query", "the query string is malformed"))?;
+    let studio = &state.settings.studio;
+    let ttl_s = match query.ttl.as_deref() {
+        None => studio.pk_ttl_default_s,
+        Some(text) => match text.parse::<i64>() {
+            Ok(ttl) if ttl > 0 && ttl <= studio.pk_ttl_max_s => ttl,
+            _ => {
+                return Err(ApiError {
+                    param: Some("ttl"),
+                    ..ApiError::bad_request(
+                        "invalid_query",
+                        format!(
+                            "ttl must be whole seconds from 1 to {}",
+                            studio.pk_ttl_max_s
+                        ),
+                    )
+                })
+            }
+        },
+    };
+    if let Some(project) = query.project_id.as_deref() {
+        let id = ProjectId::parse(project).ok_or_else(|| {
+            ApiError::not_found("project_not_found", "no such project in this account")
+        })?;
+        if state
+            .store
+            .project(&caller.key.account_id, &id)
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::not_found(
+                "project_not_found",
+                "no such project in this account",
+            ));
+        }
+        if id != caller.key.project_id {
+            return Err(ApiError::forbidden(
+                "project_mismatch",
+                "a key may mint public keys only for its own project",
+            ));
+        }
+    }
+    let name = match query.name.as_deref() {
+        None => format!("public key {}", &ApiKeyId::generate().as_str()[..12]),
+        Some(text) => {
+            let mut body = Map::new();
+            body.insert("name".into(), json!(text));
+            self::name(&state, &body)?.unwrap_or_default()
+        }
+    };
+    let expires_at_ms = now_ms().saturating_add(ttl_s.saturating_mul(1000));
+    let (record, value) = issue(
+        &state,
+        &caller,
+        name,
+        ApiKeyType::Pk,
+        Role::Executor,
+        Some(expires_at_ms),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "value": value,
+        "expires_at": record.expires_at_ms.map_or(Value::Null, iso),
+    })))
+}
+
+/// `GET /.well-known/jwks.json`: the public key that verifies our JWTs.
+pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.studio.jwt.jwks())
+}

@@ -1,0 +1,569 @@
+//! JWTs for Studio API keys: what `GET /api/v1/apikeys/{id}/token` returns
+//! in exchange for a key, and what any party can verify through
+//! `/.well-known/jwks.json`.
+//!
+//! Compact JWS (RFC 7515/7519) signed with EdDSA (Ed25519, RFC 8037) by the
+//! server's signing key — the one Compose tokens use, so there is one key to
+//! keep and rotate. Verification accepts only what [`JwtSigner::issue`]
+//! makes: alg `EdDSA`, our `kid`, our issuer. Clients tell a JWT from an
+//! `sk-`/`pk-` value by its shape ([`looks_like_jwt`]).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The `iss` of every token we issue, and the only one we accept.
+pub const ISSUER: &str = "tollgate";
+/// The only algorithm we sign with and accept.
+pub const ALGORITHM: &str = "EdDSA";
+/// Tokens longer than this are refused before any decoding; ours are about
+/// 500 bytes.
+pub const JWT_MAX_BYTES: usize = 4_096;
+/// The `sub` of a token is this followed by the key's id.
+const SUBJECT_PREFIX: &str = "apikey:";
+/// Hex characters of SHA-256(public key) in a `kid`.
+const KID_HEX_CHARS: usize = 16;
+
+/// What a Studio JWT asserts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtClaims {
+    pub key_id: String,
+    pub account: String,
+    pub project: String,
+    pub role: String,
+    pub key_type: String,
+    pub issued_at_s: i64,
+    pub expires_at_s: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireHeader {
+    alg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    typ: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+    /// Extensions a verifier must understand (RFC 7515 §4.1.11); we
+    /// understand none, so a token naming any is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crit: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireClaims {
+    iss: String,
+    sub: String,
+    key_id: String,
+    account: String,
+    project: String,
+    role: String,
+    #[serde(rename = "type")]
+    key_type: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// Why a JWT was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("JWT is malformed")]
+    Malformed,
+    #[error("JWT algorithm is not EdDSA")]
+    UnsupportedAlgorithm,
+    #[error("JWT was signed by an unknown key")]
+    UnknownKey,
+    #[error("JWT signature is invalid")]
+    BadSignature,
+    #[error("JWT issuer is not tollgate")]
+    WrongIssuer,
+    #[error("JWT has expired")]
+    Expired,
+}
+
+/// Issues and verifies Studio JWTs, and publishes the key that verifies them.
+#[derive(Clone)]
+pub struct JwtSigner {
+    signing: SigningKey,
+    verifying: VerifyingKey,
+    kid: String,
+}
+
+impl std::fmt::Debug for JwtSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("JwtSigner")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtSigner {
+    /// A signer for `signing`; its `kid` is the first 16 hex characters of
+    /// SHA-256 of the public key.
+    pub fn new(signing: SigningKey) -> JwtSigner {
+        let verifying = signing.verifying_key();
+        let mut kid = hex::encode(Sha256::digest(verifying.as_bytes()));
+        kid.truncate(KID_HEX_CHARS);
+        JwtSigner {
+            signing,
+            verifying,
+            kid,
+        }
+    }
+
+    /// The key id in every header we issue and in the JWKS.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Signs `claims` into a compact JWS: `header.payload.signature`.
+    pub fn issue(&self, claims: &JwtClaims) -> String {
+        let header = WireHeader {
+            alg: ALGORITHM.to_owned(),
+            typ: Some("JWT".to_owned()),
+            kid: Some(self.kid.clone()),
+            crit: None,
+        };
+        let wire = WireClaims {
+            iss: ISSUER.to_owned(),
+            sub: format!("{SUBJECT_PREFIX}{}", claims.key_id),
+            key_id: claims.key_id.clone(),
+            account: claims.account.clone(),
+            project: claims.project.clone(),
+            role: claims.role.clone(),
+            key_type: claims.key_type.clone(),
+            iat: claims.issued_at_s,
+            exp: claims.expires_at_s,
+        };
+        // Serializing structs of strings and integers cannot fail.
+        let header = serde_json::to_vec(&header).unwrap_or_default();
+        let payload = serde_json::to_vec(&wire).unwrap_or_default();
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let signature = self.signing.sign(signing_input.as_bytes());
+        format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.to_bytes())
+        )
+    }
+
+    /// Checks a token's form, header (alg `EdDSA`, our `kid`), signature,
+    /// issuer and expiry (`exp <= now_s` is expired); returns its claims.
+    pub fn verify(&self, token: &str, now_s: i64) -> Result<JwtClaims, JwtError> {
+        if token.len() > JWT_MAX_BYTES {
+            return Err(JwtError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwtError::Malformed);
+        };
+        let header: WireHeader = decode_json(header_b64)?;
+        if header.alg != ALGORITHM {
+            return Err(JwtError::UnsupportedAlgorithm);
+        }
+        if header.crit.is_some() {
+            return Err(JwtError::Malformed);
+        }
+        if header.kid.as_deref() != Some(self.kid.as_str()) {
+            return Err(JwtError::UnknownKey);
+        }
+        let signature_bytes: [u8; 64] = URL_SAFE_NO_PAD
+            .decode(signature_b64)
+            .map_err(|_| JwtError::Malformed)?
+            .try_into()
+            .map_err(|_| JwtError::Malformed)?;
+        // The signing input is the two parts exactly as received.
+        let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
+        self.verifying
+            .verify_strict(
+                signing_input.as_bytes(),
+                &Signature::from_bytes(&signature_bytes),
+            )
+            .map_err(|_| JwtError::BadSignature)?;
+        let wire: WireClaims = decode_json(payload_b64)?;
+        if wire.iss != ISSUER {
+            return Err(JwtError::WrongIssuer);
+        }
+        if wire.sub.strip_prefix(SUBJECT_PREFIX) != Some(wire.key_id.as_str()) {
+            return Err(JwtError::Malformed);
+        }
+        if wire.exp <= now_s {
+            return Err(JwtError::Expired);
+        }
+        Ok(JwtClaims {
+            key_id: wire.key_id,
+            account: wire.account,
+            project: wire.project,
+            role: wire.role,
+            key_type: wire.key_type,
+            issued_at_s: wire.iat,
+            expires_at_s: wire.exp,
+        })
+    }
+
+    /// The JSON Web Key Set (RFC 7517, RFC 8037) holding our public key.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({
+            "keys": [{
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": URL_SAFE_NO_PAD.encode(self.verifying.as_bytes()),
+                "kid": self.kid,
+                "alg": ALGORITHM,
+                "use": "sig",
+            }]
+        })
+    }
+}
+
+/// Whether a bearer value has the shape of a JWT: three non-empty
+/// `.`-separated parts, the first starting with `eyJ` (base64 of `{"`).
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = token.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(header), Some(payload), Some(signature), None) => {
+            header.starts_with("eyJ") && !payload.is_empty() && !signature.is_empty()
+        }
+        _ => false,
+    }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, JwtError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| JwtError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use hmac::{Hmac, Mac};
+
+    use super::*;
+
+    fn signer(seed: u8) -> JwtSigner {
+        JwtSigner::new(SigningKey::from_bytes(&[seed; 32]))
+    }
+
+    fn claims(expires_at_s: i64) -> JwtClaims {
+        JwtClaims {
+            key_id: "0190d2a4-7c1e-7000-8000-000000000001".into(),
+            account: "acct_1".into(),
+            project: "proj_1".into(),
+            role: "developer".into(),
+            key_type: "sk".into(),
+            issued_at_s: 1_000,
+            expires_at_s,
+        }
+    }
+
+    fn b64_json(value: &serde_json::Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+    }
+
+    fn parts(token: &str) -> Vec<String> {
+        token.split('.').map(str::to_owned).collect()
+    }
+
+    fn now_s() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    #[test]
+    fn round_trips_with_the_documented_wire_form() {
+        let s = signer(1);
+        let c = claims(2_000);
+        let token = s.issue(&c);
+        assert!(looks_like_jwt(&token), "{token}");
+        assert_eq!(s.verify(&token, 1_999), Ok(c));
+        let p = parts(&token);
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&p[0]).unwrap()).unwrap();
+        assert_eq!(
+            header,
+            serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": s.kid()})
+        );
+        let payload: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&p[1]).unwrap()).unwrap();
+        assert_eq!(
+            payload,
+            serde_json::json!({
+                "iss": "tollgate",
+                "sub": "apikey:0190d2a4-7c1e-7000-8000-000000000001",
+                "key_id": "0190d2a4-7c1e-7000-8000-000000000001",
+                "account": "acct_1",
+                "project": "proj_1",
+                "role": "developer",
+                "type": "sk",
+                "iat": 1_000,
+                "exp": 2_000,
+            })
+        );
+    }
+
+    #[test]
+    fn kid_is_a_prefix_of_the_public_key_hash() {
+        let s = signer(1);
+        let public = SigningKey::from_bytes(&[1; 32]).verifying_key();
+        let full = hex::encode(Sha256::digest(public.as_bytes()));
+        assert_eq!(s.kid(), &full[..16]);
+        assert_ne!(s.kid(), signer(2).kid());
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let s = signer(1);
+        let token = s.issue(&claims(2_000));
+        assert_eq!(s.verify(&token, 2_000), Err(JwtError::Expired));
+        assert_eq!(s.verify(&token, 5_000), Err(JwtError::Expired));
+    }
+
+    #[test]
+    fn tampered_payload_and_signature_are_refused() {
+        let s = signer(1);
+        let token = s.issue(&claims(2_000));
+        let p = parts(&token);
+        // A payload that grants more, under the original signature.
+        let mut payload: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&p[1]).unwrap()).unwrap();
+        payload["role"] = "admin".into();
+        let forged = format!("{}.{}.{}", p[0], b64_json(&payload), p[2]);
+        assert_eq!(s.verify(&forged, 0), Err(JwtError::BadSignature));
+        // One bit of the signature flipped.
+        let mut signature = URL_SAFE_NO_PAD.decode(&p[2]).unwrap();
+        signature[10] ^= 1;
+        let forged = format!("{}.{}.{}", p[0], p[1], URL_SAFE_NO_PAD.encode(signature));
+        assert_eq!(s.verify(&forged, 0), Err(JwtError::BadSignature));
+        // A signature moved onto another token of ours.
+        let other = s.issue(&claims(3_000));
+        let forged = format!("{}.{}.{}", p[0], parts(&other)[1], p[2]);
+        assert_eq!(s.verify(&forged, 0), Err(JwtError::BadSignature));
+    }
+
+    #[test]
+    fn other_algorithms_are_refused() {
+        let s = signer(1);
+        let p = parts(&s.issue(&claims(2_000)));
+        for alg in ["none", "None", "HS256", "ES256", "RS256", "eddsa"] {
+            let header = b64_json(&serde_json::json!({"alg": alg, "typ": "JWT", "kid": s.kid()}));
+            let signing_input = format!("{header}.{}", p[1]);
+            // The classic confusion: HMAC keyed with the public key.
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(s.verifying.as_bytes()).unwrap();
+            mac.update(signing_input.as_bytes());
+            let hmac = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+            for signature in ["", hmac.as_str(), p[2].as_str()] {
+                let token = format!("{signing_input}.{signature}");
+                assert_eq!(
+                    s.verify(&token, 0),
+                    Err(JwtError::UnsupportedAlgorithm),
+                    "{alg} {signature}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn other_keys_are_refused() {
+        let ours = signer(1);
+        let theirs = signer(2);
+        let token = theirs.issue(&claims(2_000));
+        assert_eq!(ours.verify(&token, 0), Err(JwtError::UnknownKey));
+        // Their signature under a header that claims our kid.
+        let p = parts(&token);
+        let header =
+            b64_json(&serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": ours.kid()}));
+        let signing_input = format!("{header}.{}", p[1]);
+        let signature = theirs.signing.sign(signing_input.as_bytes());
+        let token = format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.to_bytes())
+        );
+        assert_eq!(ours.verify(&token, 0), Err(JwtError::BadSignature));
+        // No kid at all.
+        let header = b64_json(&serde_json::json!({"alg": "EdDSA", "typ": "JWT"}));
+        let token = format!("{header}.{}.{}", p[1], p[2]);
+        assert_eq!(ours.verify(&token, 0), Err(JwtError::UnknownKey));
+    }
+
+    #[test]
+    fn wrong_issuer_subject_and_crit_are_refused() {
+        let s = signer(1);
+        let header = parts(&s.issue(&claims(2_000)))[0].clone();
+        let sign = |header: &str, payload: &serde_json::Value| {
+            let input = format!("{header}.{}", b64_json(payload));
+            let signature = s.signing.sign(input.as_bytes());
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+        };
+        let good = serde_json::json!({
+            "iss": "tollgate", "sub": "apikey:k1", "key_id": "k1", "account": "a",
+            "project": "p", "role": "admin", "type": "sk", "iat": 1, "exp": 2_000,
+        });
+        assert!(s.verify(&sign(&header, &good), 0).is_ok());
+        let mut bad = good.clone();
+        bad["iss"] = "someone-else".into();
+        assert_eq!(
+            s.verify(&sign(&header, &bad), 0),
+            Err(JwtError::WrongIssuer)
+        );
+        let mut bad = good.clone();
+        bad["sub"] = "apikey:k2".into();
+        assert_eq!(s.verify(&sign(&header, &bad), 0), Err(JwtError::Malformed));
+        let mut bad = good.clone();
+        bad.as_object_mut().unwrap().remove("exp");
+        assert_eq!(s.verify(&sign(&header, &bad), 0), Err(JwtError::Malformed));
+        let crit = b64_json(&serde_json::json!({
+            "alg": "EdDSA", "typ": "JWT", "kid": s.kid(), "crit": ["b64"], "b64": false,
+        }));
+        assert_eq!(s.verify(&sign(&crit, &good), 0), Err(JwtError::Malformed));
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused() {
+        let s = signer(1);
+        let token = s.issue(&claims(2_000));
+        let too_long = format!("{token}{}", "A".repeat(JWT_MAX_BYTES));
+        for garbage in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "eyJ.eyJ.",
+            &format!("{token}.x"),
+            &format!("{token}="),
+            &too_long,
+            "sk-abc",
+        ] {
+            assert_eq!(s.verify(garbage, 0), Err(JwtError::Malformed), "{garbage}");
+        }
+    }
+
+    #[test]
+    fn recognizes_the_shape_of_a_jwt() {
+        assert!(looks_like_jwt(&signer(1).issue(&claims(2_000))));
+        assert!(looks_like_jwt("eyJhbGciOi.eyJ.c2ln"));
+        for not in [
+            "",
+            "sk-abc.def.ghi",
+            "pk-eyJ",
+            "eyJ.a",
+            "eyJ..c",
+            "eyJ.b.",
+            ".b.c",
+            "eyJ.b.c.d",
+            "xeyJ.b.c",
+        ] {
+            assert!(!looks_like_jwt(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn jwks_has_the_public_key() {
+        let s = signer(1);
+        let jwks = s.jwks();
+        let key = &jwks["keys"][0];
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+        assert_eq!(key["kty"], "OKP");
+        assert_eq!(key["crv"], "Ed25519");
+        assert_eq!(key["alg"], "EdDSA");
+        assert_eq!(key["use"], "sig");
+        assert_eq!(key["kid"], s.kid());
+        let x = URL_SAFE_NO_PAD.decode(key["x"].as_str().unwrap()).unwrap();
+        assert_eq!(x, s.verifying.as_bytes());
+    }
+
+    /// An independent implementation (`jsonwebtoken`), given only the JWKS
+    /// JSON, accepts our tokens and refuses a tampered one.
+    #[test]
+    fn jsonwebtoken_verifies_our_tokens_from_the_jwks_alone() {
+        use jsonwebtoken::jwk::JwkSet;
+        use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+
+        let s = signer(3);
+        let jwks_json = serde_json::to_string(&s.jwks()).unwrap();
+        let set: JwkSet = serde_json::from_str(&jwks_json).unwrap();
+        let exp = now_s() + 3_600;
+        let token = s.issue(&claims(exp));
+
+        let header = decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::EdDSA);
+        let kid = header.kid.unwrap();
+        assert_eq!(kid, s.kid());
+        let key = DecodingKey::from_jwk(set.find(&kid).unwrap()).unwrap();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.leeway = 0;
+
+        let data = decode::<serde_json::Value>(&token, &key, &validation).unwrap();
+        let c = &data.claims;
+        assert_eq!(c["iss"], "tollgate");
+        assert_eq!(c["sub"], "apikey:0190d2a4-7c1e-7000-8000-000000000001");
+        assert_eq!(c["key_id"], "0190d2a4-7c1e-7000-8000-000000000001");
+        assert_eq!(c["account"], "acct_1");
+        assert_eq!(c["project"], "proj_1");
+        assert_eq!(c["role"], "developer");
+        assert_eq!(c["type"], "sk");
+        assert_eq!(c["iat"], 1_000);
+        assert_eq!(c["exp"], exp);
+
+        // Tampered payload: refused by jsonwebtoken as by us.
+        let p = parts(&token);
+        let mut payload = c.clone();
+        payload["role"] = "admin".into();
+        let forged = format!("{}.{}.{}", p[0], b64_json(&payload), p[2]);
+        let err = decode::<serde_json::Value>(&forged, &key, &validation).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            &jsonwebtoken::errors::ErrorKind::InvalidSignature
+        );
+        // And a key from another JWKS does not verify ours.
+        let other: JwkSet = serde_json::from_value(signer(4).jwks()).unwrap();
+        let other_key = DecodingKey::from_jwk(&other.keys[0]).unwrap();
+        assert!(decode::<serde_json::Value>(&token, &other_key, &validation).is_err());
+    }
+
+    /// The other direction: a token `jsonwebtoken` signs with our private
+    /// key (PKCS#8) and our kid passes our verifier.
+    #[test]
+    fn we_verify_a_token_jsonwebtoken_signed() {
+        use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+
+        let s = signer(5);
+        // PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410): fixed prefix + seed.
+        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+        der.extend_from_slice(&[5u8; 32]);
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(s.kid().to_owned());
+        let exp = now_s() + 3_600;
+        let payload = serde_json::json!({
+            "iss": "tollgate", "sub": "apikey:k9", "key_id": "k9", "account": "a9",
+            "project": "p9", "role": "executor", "type": "pk", "iat": 7, "exp": exp,
+        });
+        let token = encode(&header, &payload, &EncodingKey::from_ed_der(&der)).unwrap();
+        assert!(looks_like_jwt(&token));
+        assert_eq!(
+            s.verify(&token, now_s()),
+            Ok(JwtClaims {
+                key_id: "k9".into(),
+                account: "a9".into(),
+                project: "p9".into(),
+                role: "executor".into(),
+                key_type: "pk".into(),
+                issued_at_s: 7,
+                expires_at_s: exp,
+            })
+        );
+    }
+}

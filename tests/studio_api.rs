@@ -1,0 +1,712 @@
+//! End to end over HTTP: the Studio `/api/v1/apikeys` surface on SQLite and
+//! PostgreSQL — documented shapes, the role × route matrix, accounts kept
+//! apart, keys refused the moment they are disabled, deleted or expired,
+//! JWTs verified offline with the JWKS by an independent library, and bad
+//! input refused precisely with nothing changed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{spawn_app, spawn_app_with, TestApp};
+use ledger::store::Backend;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const ROLES: [&str; 5] = ["reader", "executor", "application", "developer", "admin"];
+
+impl TestApp {
+    async fn studio(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, self.url(&format!("/api/v1{path}")))
+            .bearer_auth(bearer);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        common::json_of(request.send().await.unwrap()).await
+    }
+
+    /// Creates a key with `admin`'s value: (id, value).
+    async fn studio_key(&self, admin: &str, key_type: &str, role: &str) -> (String, String) {
+        let (status, body) = self
+            .studio(
+                Method::POST,
+                "/apikeys",
+                admin,
+                Some(&json!({"name": format!("{role} key"), "type": key_type, "role": role})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            body["id"].as_str().unwrap().to_owned(),
+            body["value"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn studio_key_count(&self, admin: &str) -> usize {
+        let (status, body) = self.studio(Method::GET, "/apikeys", admin, None).await;
+        assert_eq!(status, StatusCode::OK);
+        body.as_array().unwrap().len()
+    }
+}
+
+fn is_iso(value: &Value) -> bool {
+    value.as_str().is_some_and(|t| {
+        chrono::DateTime::parse_from_rfc3339(t).is_ok() && t.ends_with('Z') && t.len() == 24
+    })
+}
+
+fn admin_of(bootstrap: &Value) -> (String, String) {
+    (
+        bootstrap["apikey"]["id"].as_str().unwrap().to_owned(),
+        bootstrap["apikey"]["value"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Every route answers in the documented shape.
+async fn routes_answer_in_the_documented_shapes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let boot = app.bootstrap_studio("acme");
+    let (admin_id, admin) = admin_of(&boot);
+    assert_eq!(boot["apikey"]["role"], "admin");
+    assert!(admin.starts_with("sk-"));
+
+    let (status, created) = app
+        .studio(
+            Method::POST,
+            "/apikeys",
+            &admin,
+            Some(
+                &json!({"name": "My API Key", "type": "sk", "role": "developer",
+                         "expires_at": "2099-04-19T12:34:56.000Z"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    for field in [
+        "id",
+        "name",
+        "type",
+        "role",
+        "account",
+        "project",
+        "enabled",
+        "created_by",
+        "updated_by",
+        "created_at",
+        "updated_at",
+        "expires_at",
+    ] {
+        assert!(created.get(field).is_some(), "{field} missing: {created}");
+    }
+    assert_eq!(created["name"], "My API Key");
+    assert_eq!(
+        (created["type"].clone(), created["role"].clone()),
+        (json!("sk"), json!("developer"))
+    );
+    assert_eq!(created["account"], boot["account"]["id"]);
+    assert_eq!(created["project"], boot["project"]["id"]);
+    assert_eq!(created["enabled"], true);
+    assert_eq!(created["created_by"], format!("apikey:{admin_id}"));
+    assert_eq!(created["expires_at"], "2099-04-19T12:34:56.000Z");
+    assert!(is_iso(&created["created_at"]) && is_iso(&created["updated_at"]));
+    let id = created["id"].as_str().unwrap();
+    let value = created["value"].as_str().unwrap();
+
+    let (status, list) = app.studio(Method::GET, "/apikeys", &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: Vec<&Value> = list.as_array().unwrap().iter().collect();
+    assert_eq!(listed.len(), 2);
+    for key in &listed {
+        assert!(key.get("value").is_none(), "a listing never shows values");
+        let masked = key["maskedValue"].as_str().unwrap();
+        assert!(masked.starts_with("sk-xxxx"), "{masked}");
+    }
+    let mine = listed.iter().find(|k| k["id"] == id).unwrap();
+    assert!(mine["maskedValue"]
+        .as_str()
+        .unwrap()
+        .ends_with(&value[value.len() - 4..]));
+
+    let (status, got) = app
+        .studio(Method::GET, &format!("/apikeys/{id}"), &admin, None)
+        .await;
+    assert_eq!((status, got.get("value")), (StatusCode::OK, None));
+    let (status, got) = app
+        .studio(
+            Method::GET,
+            &format!("/apikeys/{id}?withValue=true"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, got["value"].as_str()),
+        (StatusCode::OK, Some(value))
+    );
+
+    let (status, updated) = app
+        .studio(
+            Method::PUT,
+            &format!("/apikeys/{id}"),
+            &admin,
+            Some(
+                &json!({"name": "My Updated API Key", "role": "admin", "enabled": false,
+                         "expires_at": "2099-05-01T00:00:00.000Z"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["name"], "My Updated API Key");
+    assert_eq!(
+        (updated["role"].clone(), updated["enabled"].clone()),
+        (json!("admin"), json!(false))
+    );
+    assert_eq!(updated["expires_at"], "2099-05-01T00:00:00.000Z");
+    assert_eq!(updated["updated_by"], format!("apikey:{admin_id}"));
+
+    let (status, token) = app
+        .studio(
+            Method::GET,
+            &format!("/apikeys/{admin_id}/token"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(token["token"].as_str().unwrap().split('.').count(), 3);
+
+    let before = ledger::time::now_ms();
+    let (status, pk) = app
+        .studio(
+            Method::GET,
+            "/apikeys/pk?name=Browser&ttl=120",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{pk}");
+    assert!(pk["value"].as_str().unwrap().starts_with("pk-"));
+    let expires = chrono::DateTime::parse_from_rfc3339(pk["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    assert!(
+        (before + 119_000..=before + 121_000).contains(&expires),
+        "ttl honoured"
+    );
+    let (status, pk_default) = app.studio(Method::GET, "/apikeys/pk", &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let expires = chrono::DateTime::parse_from_rfc3339(pk_default["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    assert!(
+        (before + 3_599_000..=before + 3_601_000).contains(&expires),
+        "default ttl 3600 s"
+    );
+
+    let (status, deleted) = app
+        .studio(Method::DELETE, &format!("/apikeys/{id}"), &admin, None)
+        .await;
+    assert_eq!(
+        (status, deleted),
+        (
+            StatusCode::OK,
+            json!({"acknowledged": true, "deletedCount": 1})
+        )
+    );
+    let (status, _) = app
+        .studio(Method::GET, &format!("/apikeys/{id}"), &admin, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let jwks: Value = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+}
+
+/// What each role (and a public key) may do, route by route; every refusal
+/// is a 403 with a JSON error.
+async fn the_role_matrix_is_enforced_on_every_route(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, admin) = admin_of(&app.bootstrap_studio("acme"));
+    let mut callers: Vec<(String, String, String)> = Vec::new();
+    for role in ROLES {
+        let (id, value) = app.studio_key(&admin, "sk", role).await;
+        callers.push((format!("sk {role}"), id, value));
+    }
+    let (status, pk) = app.studio(Method::GET, "/apikeys/pk", &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let pk_value = pk["value"].as_str().unwrap().to_owned();
+    let (_, listed) = app.studio(Method::GET, "/apikeys", &admin, None).await;
+    let pk_id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["type"] == "pk")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    callers.push(("pk".into(), pk_id, pk_value));
+
+    // (route, least role; "admin"-only for delete), pk counts as executor.
+    let least = |route: &str| match route {
+        "list" | "get" | "token-own" => "reader",
+        "pk" => "application",
+        "with-value" | "create" | "update" | "token-other" => "developer",
+        "delete" => "admin",
+        _ => unreachable!(),
+    };
+    let rank = |role: &str| ROLES.iter().position(|r| *r == role).unwrap();
+    for (who, own_id, value) in &callers {
+        let role = who.strip_prefix("sk ").unwrap_or("executor");
+        for route in [
+            "list",
+            "get",
+            "with-value",
+            "create",
+            "update",
+            "delete",
+            "token-own",
+            "token-other",
+            "pk",
+        ] {
+            // A fresh reader key to act on, so every call has a target.
+            let (target, _) = app.studio_key(&admin, "sk", "reader").await;
+            let (method, path, body) = match route {
+                "list" => (Method::GET, "/apikeys".to_owned(), None),
+                "get" => (Method::GET, format!("/apikeys/{target}"), None),
+                "with-value" => (
+                    Method::GET,
+                    format!("/apikeys/{target}?withValue=true"),
+                    None,
+                ),
+                "create" => (
+                    Method::POST,
+                    "/apikeys".to_owned(),
+                    Some(json!({"name": "made", "type": "sk", "role": "reader"})),
+                ),
+                "update" => (
+                    Method::PUT,
+                    format!("/apikeys/{target}"),
+                    Some(json!({"name": "renamed"})),
+                ),
+                "delete" => (Method::DELETE, format!("/apikeys/{target}"), None),
+                "token-own" => (Method::GET, format!("/apikeys/{own_id}/token"), None),
+                "token-other" => (Method::GET, format!("/apikeys/{target}/token"), None),
+                "pk" => (Method::GET, "/apikeys/pk?ttl=60".to_owned(), None),
+                _ => unreachable!(),
+            };
+            let (status, answer) = app.studio(method, &path, value, body.as_ref()).await;
+            if rank(role) >= rank(least(route)) {
+                assert!(status.is_success(), "{who} {route}: {status} {answer}");
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{who} {route}: {answer}");
+                assert_eq!(
+                    answer["error"]["code"], "insufficient_role",
+                    "{who} {route}"
+                );
+            }
+        }
+    }
+}
+
+/// A key never grants, edits, reveals or tokenizes a role above its own.
+async fn no_key_reaches_above_its_own_role(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (admin_id, admin) = admin_of(&app.bootstrap_studio("acme"));
+    let (_, developer) = app.studio_key(&admin, "sk", "developer").await;
+    let (reader_id, _) = app.studio_key(&admin, "sk", "reader").await;
+    let refusals = [
+        (
+            Method::POST,
+            "/apikeys".to_owned(),
+            Some(json!({"name": "x", "type": "sk", "role": "admin"})),
+        ),
+        (
+            Method::PUT,
+            format!("/apikeys/{admin_id}"),
+            Some(json!({"enabled": false})),
+        ),
+        (
+            Method::PUT,
+            format!("/apikeys/{reader_id}"),
+            Some(json!({"role": "admin"})),
+        ),
+        (
+            Method::GET,
+            format!("/apikeys/{admin_id}?withValue=true"),
+            None,
+        ),
+        (Method::GET, format!("/apikeys/{admin_id}/token"), None),
+    ];
+    let before = app.studio_key_count(&admin).await;
+    for (method, path, body) in refusals {
+        let (status, answer) = app
+            .studio(method.clone(), &path, &developer, body.as_ref())
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {answer}");
+        assert_eq!(answer["error"]["code"], "role_above_caller");
+    }
+    assert_eq!(app.studio_key_count(&admin).await, before);
+    let (_, admin_view) = app
+        .studio(Method::GET, &format!("/apikeys/{admin_id}"), &admin, None)
+        .await;
+    assert_eq!(
+        admin_view["enabled"], true,
+        "the admin key was not disabled"
+    );
+}
+
+/// Another account's keys and projects are out of reach: 404, as if absent.
+async fn accounts_are_kept_apart(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let first = app.bootstrap_studio("first");
+    let (first_admin_id, first_admin) = admin_of(&first);
+    let (_, second_admin) = admin_of(&app.bootstrap_studio("second"));
+    let path = format!("/apikeys/{first_admin_id}");
+    for (method, path, body) in [
+        (Method::GET, path.clone(), None),
+        (Method::GET, format!("{path}?withValue=true"), None),
+        (Method::PUT, path.clone(), Some(json!({"enabled": false}))),
+        (Method::DELETE, path.clone(), None),
+        (Method::GET, format!("{path}/token"), None),
+    ] {
+        let (status, answer) = app
+            .studio(method.clone(), &path, &second_admin, body.as_ref())
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {answer}");
+        assert_eq!(answer["error"]["code"], "apikey_not_found");
+    }
+    let project = first["project"]["id"].as_str().unwrap();
+    let (status, answer) = app
+        .studio(
+            Method::GET,
+            &format!("/apikeys/pk?projectId={project}"),
+            &second_admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("project_not_found"))
+    );
+    assert_eq!(
+        app.studio_key_count(&second_admin).await,
+        1,
+        "sees only its own key"
+    );
+    assert_eq!(
+        app.studio_key_count(&first_admin).await,
+        1,
+        "the first account is untouched"
+    );
+}
+
+/// A disabled key is refused on its next call (its JWTs too), a deleted one
+/// likewise, and a public key's ttl is honoured to the second.
+async fn keys_stop_the_moment_they_are_disabled_deleted_or_expired(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, admin) = admin_of(&app.bootstrap_studio("acme"));
+    let (id, reader) = app.studio_key(&admin, "sk", "reader").await;
+    let (_, token) = app
+        .studio(Method::GET, &format!("/apikeys/{id}/token"), &reader, None)
+        .await;
+    let jwt = token["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.studio(Method::GET, "/apikeys", &jwt, None).await.0,
+        StatusCode::OK,
+        "JWTs are bearer tokens"
+    );
+    let disable = json!({"enabled": false});
+    let (status, _) = app
+        .studio(
+            Method::PUT,
+            &format!("/apikeys/{id}"),
+            &admin,
+            Some(&disable),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for bearer in [&reader, &jwt] {
+        let (status, answer) = app.studio(Method::GET, "/apikeys", bearer, None).await;
+        assert_eq!(
+            (status, answer["error"]["code"].clone()),
+            (StatusCode::UNAUTHORIZED, json!("key_disabled"))
+        );
+    }
+    let enable = json!({"enabled": true});
+    app.studio(
+        Method::PUT,
+        &format!("/apikeys/{id}"),
+        &admin,
+        Some(&enable),
+    )
+    .await;
+    assert_eq!(
+        app.studio(Method::GET, "/apikeys", &reader, None).await.0,
+        StatusCode::OK
+    );
+    app.studio(Method::DELETE, &format!("/apikeys/{id}"), &admin, None)
+        .await;
+    for bearer in [&reader, &jwt] {
+        let (status, answer) = app.studio(Method::GET, "/apikeys", bearer, None).await;
+        assert_eq!(
+            (status, answer["error"]["code"].clone()),
+            (StatusCode::UNAUTHORIZED, json!("invalid_api_key"))
+        );
+    }
+
+    let (_, pk) = app
+        .studio(Method::GET, "/apikeys/pk?ttl=1", &admin, None)
+        .await;
+    let pk = pk["value"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.studio(Method::GET, "/apikeys", &pk, None).await.0,
+        StatusCode::OK
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let (status, answer) = app.studio(Method::GET, "/apikeys", &pk, None).await;
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("key_expired"))
+    );
+}
+
+/// A JWT from `/token` verifies offline with the JWKS in an independent
+/// library (jsonwebtoken), carries the key's claims, and is refused once
+/// tampered with or expired.
+async fn jwts_verify_offline_and_expire(backend: Backend) {
+    let app = spawn_app_with(backend, &[("TOLLGATE__STUDIO__JWT_TTL_MS", "1500")]).await;
+    let boot = app.bootstrap_studio("acme");
+    let (admin_id, admin) = admin_of(&boot);
+    let (_, token) = app
+        .studio(
+            Method::GET,
+            &format!("/apikeys/{admin_id}/token"),
+            &admin,
+            None,
+        )
+        .await;
+    let jwt = token["token"].as_str().unwrap().to_owned();
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(&jwt).unwrap();
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("the JWT's kid is in the JWKS");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_issuer(&["tollgate"]);
+    validation.validate_aud = false;
+    let claims = jsonwebtoken::decode::<Value>(&jwt, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["key_id"], admin_id.as_str());
+    assert_eq!(claims["account"], boot["account"]["id"]);
+    assert_eq!(claims["project"], boot["project"]["id"]);
+    assert_eq!(
+        (claims["role"].clone(), claims["type"].clone()),
+        (json!("admin"), json!("sk"))
+    );
+    assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
+
+    // Tampered: another role in the payload, same signature.
+    let mut parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
+    let mut payload = claims.clone();
+    payload["role"] = json!("admin2");
+    use base64::Engine;
+    parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload.to_string());
+    let tampered = parts.join(".");
+    assert!(jsonwebtoken::decode::<Value>(&tampered, &key, &validation).is_err());
+    assert_eq!(
+        app.studio(Method::GET, "/apikeys", &tampered, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    assert_eq!(
+        app.studio(Method::GET, "/apikeys", &jwt, None).await.0,
+        StatusCode::OK
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let (status, answer) = app.studio(Method::GET, "/apikeys", &jwt, None).await;
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("invalid_token"))
+    );
+}
+
+/// Bad input: each a precise 4xx with a JSON error, and nothing changes.
+async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (admin_id, admin) = admin_of(&app.bootstrap_studio("acme"));
+    let before = app.studio_key_count(&admin).await;
+    let create = |body: Value| (Method::POST, "/apikeys".to_owned(), Some(body));
+    let cases = [
+        (
+            create(json!({"name": "x", "type": "xk", "role": "reader"})),
+            422,
+            "invalid_field",
+        ),
+        (
+            create(json!({"name": "x", "type": "sk", "role": "owner"})),
+            422,
+            "invalid_field",
+        ),
+        (
+            create(json!({"name": "x", "type": "sk"})),
+            422,
+            "invalid_field",
+        ),
+        (
+            create(json!({"type": "sk", "role": "reader"})),
+            422,
+            "invalid_field",
+        ),
+        (
+            create(json!({"name": "x", "type": "pk", "role": "admin"})),
+            422,
+            "invalid_field",
+        ),
+        (
+            create(json!({"name": "x", "type": "sk", "role": "reader", "expires_at": "tomorrow"})),
+            422,
+            "invalid_field",
+        ),
+        (
+            create(
+                json!({"name": "x", "type": "sk", "role": "reader", "expires_at": "2001-01-01T00:00:00Z"}),
+            ),
+            422,
+            "invalid_field",
+        ),
+        (create(json!(["not", "an", "object"])), 400, "invalid_json"),
+        (
+            (
+                Method::PUT,
+                format!("/apikeys/{admin_id}"),
+                Some(json!({"owner": "me"})),
+            ),
+            422,
+            "invalid_field",
+        ),
+        (
+            (
+                Method::PUT,
+                format!("/apikeys/{admin_id}"),
+                Some(json!({"enabled": "no"})),
+            ),
+            422,
+            "invalid_field",
+        ),
+        (
+            (Method::GET, "/apikeys/pk?ttl=0".to_owned(), None),
+            400,
+            "invalid_query",
+        ),
+        (
+            (Method::GET, "/apikeys/pk?ttl=-5".to_owned(), None),
+            400,
+            "invalid_query",
+        ),
+        (
+            (Method::GET, "/apikeys/pk?ttl=2592001".to_owned(), None),
+            400,
+            "invalid_query",
+        ),
+        (
+            (Method::GET, "/apikeys/pk?ttl=soon".to_owned(), None),
+            400,
+            "invalid_query",
+        ),
+        (
+            (Method::GET, "/apikeys/01234567unknown".to_owned(), None),
+            404,
+            "apikey_not_found",
+        ),
+        (
+            (Method::DELETE, "/apikeys/01234567unknown".to_owned(), None),
+            404,
+            "apikey_not_found",
+        ),
+        (
+            (
+                Method::GET,
+                format!("/apikeys/{admin_id}?withValue=maybe"),
+                None,
+            ),
+            400,
+            "invalid_query",
+        ),
+    ];
+    for ((method, path, body), status, code) in cases {
+        let got = app
+            .studio(method.clone(), &path, &admin, body.as_ref())
+            .await;
+        common::assert_error(&got, status, code);
+        let _ = (method, path);
+    }
+    let response = app
+        .client
+        .post(app.url("/api/v1/apikeys"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    common::assert_error(&common::json_of(response).await, 400, "invalid_json");
+    let response = app
+        .client
+        .post(app.url("/api/v1/apikeys"))
+        .bearer_auth(&admin)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    for bearer in ["sk-not-a-key", "garbage", "eyJhbGciOiJub25lIn0.e30.x"] {
+        let got = app.studio(Method::GET, "/apikeys", bearer, None).await;
+        assert_eq!(got.0, StatusCode::UNAUTHORIZED, "{bearer}");
+    }
+    assert_eq!(app.studio_key_count(&admin).await, before, "nothing was created");
+    let (_, admin_view) = app
+        .studio(Method::GET, &format!("/apikeys/{admin_id}"), &admin, None)
+        .await;
+    assert_eq!(
+        (admin_view["role"].clone(), admin_view["enabled"].clone()),
+        (json!("admin"), json!(true))
+    );
+}
+
+both_stores!(
+    routes_answer_in_the_documented_shapes,
+    the_role_matrix_is_enforced_on_every_route,
+    no_key_reaches_above_its_own_role,
+    accounts_are_kept_apart,
+    keys_stop_the_moment_they_are_disabled_deleted_or_expired,
+    jwts_verify_offline_and_expire,
+    bad_input_is_refused_and_changes_nothing,
+);
