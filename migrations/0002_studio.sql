@@ -4,16 +4,24 @@
 -- a presented key, `value_sealed` the AES-256-GCM sealed value of an `sk` key
 -- (so `withValue=true` can return it; `pk` values are shown once, at issue).
 
+-- An account may name the wallet (and chain) that funds its projects' budgets.
 CREATE TABLE studio_accounts (
     id            TEXT   PRIMARY KEY,
     name          TEXT   NOT NULL,
-    created_at_ms BIGINT NOT NULL
+    wallet        TEXT,
+    chain_id      BIGINT,
+    created_at_ms BIGINT NOT NULL,
+    CHECK ((wallet IS NULL) = (chain_id IS NULL))
 );
 
+-- A project's USDC budget is a Compose key row (no token ever exists for it)
+-- owned by the account's wallet: Studio keys spend it through the same key
+-- actors, funding check and charges as Compose keys.
 CREATE TABLE studio_projects (
     id            TEXT   PRIMARY KEY,
     account_id    TEXT   NOT NULL REFERENCES studio_accounts (id),
     name          TEXT   NOT NULL,
+    budget_key_id TEXT   REFERENCES keys (id),
     created_at_ms BIGINT NOT NULL
 );
 CREATE INDEX studio_projects_by_account ON studio_projects (account_id);

@@ -184,11 +184,31 @@ pub enum StudioCommand {
         /// The first project's name.
         #[arg(long)]
         project: String,
+        /// The wallet that funds the account's project budgets (its prepaid
+        /// balance, as for Compose keys); without it projects cannot hold one.
+        #[arg(long)]
+        wallet: Option<String>,
+        /// The funding wallet's chain; defaults to the lowest configured chain.
+        #[arg(long)]
+        chain: Option<u64>,
     },
 }
 
 async fn studio(settings: &Settings, command: StudioCommand) -> anyhow::Result<()> {
-    let StudioCommand::Bootstrap { account, project } = command;
+    let StudioCommand::Bootstrap {
+        account,
+        project,
+        wallet,
+        chain,
+    } = command;
+    let funding = match wallet {
+        None => None,
+        Some(text) => {
+            let wallet: WalletAddress =
+                text.parse().with_context(|| format!("--wallet {text:?}"))?;
+            Some((wallet, pick_chain(settings, chain)?))
+        }
+    };
     for (what, name) in [("--account", &account), ("--project", &project)] {
         let max = settings.studio.name_max_chars;
         if name.trim().is_empty() || name.chars().count() > max {
@@ -204,12 +224,14 @@ async fn studio(settings: &Settings, command: StudioCommand) -> anyhow::Result<(
     let account = AccountRecord {
         id: AccountId::generate(),
         name: account,
+        funding,
         created_at_ms: now,
     };
     let project = ProjectRecord {
         id: ProjectId::generate(),
         account_id: account.id.clone(),
         name: project,
+        budget_key_id: None,
         created_at_ms: now,
     };
     let (key, value) = mint(
@@ -229,7 +251,11 @@ async fn studio(settings: &Settings, command: StudioCommand) -> anyhow::Result<(
     println!(
         "{}",
         serde_json::json!({
-            "account": {"id": account.id, "name": account.name},
+            "account": {
+                "id": account.id, "name": account.name,
+                "wallet": account.funding.map(|(w, _)| w),
+                "chainId": account.funding.map(|(_, c)| c),
+            },
             "project": {"id": project.id, "name": project.name},
             "apikey": with_value(view(&key), &value),
         })

@@ -691,7 +691,11 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
         let got = app.studio(Method::GET, "/apikeys", bearer, None).await;
         assert_eq!(got.0, StatusCode::UNAUTHORIZED, "{bearer}");
     }
-    assert_eq!(app.studio_key_count(&admin).await, before, "nothing was created");
+    assert_eq!(
+        app.studio_key_count(&admin).await,
+        before,
+        "nothing was created"
+    );
     let (_, admin_view) = app
         .studio(Method::GET, &format!("/apikeys/{admin_id}"), &admin, None)
         .await;
@@ -699,6 +703,165 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
         (admin_view["role"].clone(), admin_view["enabled"].clone()),
         (json!("admin"), json!(true))
     );
+}
+
+/// Studio keys of role executor and above spend their project's budget on
+/// the paid path, through the same key actors and ledger as Compose keys;
+/// only an admin key sets the budget, and only within the account wallet's
+/// funds.
+async fn studio_keys_spend_their_projects_budget(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let wallet = common::Wallet::random();
+    let boot = app.bootstrap_studio_with(&[
+        "--account",
+        "acme",
+        "--project",
+        "main",
+        "--wallet",
+        &wallet.hex(),
+    ]);
+    app.credit(&wallet, 1_000).await;
+    let (_, admin) = admin_of(&boot);
+    let project = boot["project"]["id"].as_str().unwrap();
+    let budget_path = format!("/projects/{project}/budget");
+    let (status, budget) = app
+        .studio(
+            Method::PUT,
+            &budget_path,
+            &admin,
+            Some(&json!({"budgetLimit": 60})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{budget}");
+    assert_eq!(
+        (budget["budgetLimit"].clone(), budget["budgetUsed"].clone()),
+        (json!("60"), json!("0"))
+    );
+    let budget_key = budget["keyId"].as_str().unwrap().to_owned();
+
+    let (_, reader) = app.studio_key(&admin, "sk", "reader").await;
+    let (executor_id, executor) = app.studio_key(&admin, "sk", "executor").await;
+    let (_, developer) = app.studio_key(&admin, "sk", "developer").await;
+    let (_, pk) = app.studio(Method::GET, "/apikeys/pk", &admin, None).await;
+    let pk = pk["value"].as_str().unwrap().to_owned();
+    let (_, jwt) = app
+        .studio(
+            Method::GET,
+            &format!("/apikeys/{executor_id}/token"),
+            &executor,
+            None,
+        )
+        .await;
+    let jwt = jwt["token"].as_str().unwrap().to_owned();
+    let three_words = json!({"model": "echo", "messages": [{"role": "user", "content": "a b c"}]});
+
+    let response = app.chat(&reader, &three_words).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::FORBIDDEN,
+        "a reader may not execute"
+    );
+    for bearer in [&executor, &pk, &jwt, &developer] {
+        let response = app.chat(bearer, &three_words).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        // 3 words in + 3 out × 2 = 9.
+        assert_eq!(
+            common::header_amount(&response, "x-compose-key-final-amount-wei"),
+            9
+        );
+    }
+    let (_, budget) = app.studio(Method::GET, &budget_path, &reader, None).await;
+    assert_eq!(budget["budgetUsed"], "36");
+    assert_eq!(
+        app.spent(&budget_key).await,
+        (36, 36),
+        "charged in the ledger"
+    );
+
+    // 24 left: a 30-word prompt cannot fit even one output token.
+    let long = json!({"model": "echo", "messages": [{"role": "user", "content": vec!["w"; 30].join(" ")}]});
+    let response = app.chat(&executor, &long).await;
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+
+    // Only an admin sets budgets, and only within the wallet's funds.
+    let (status, _) = app
+        .studio(
+            Method::PUT,
+            &budget_path,
+            &developer,
+            Some(&json!({"budgetLimit": 10})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let got = app
+        .studio(
+            Method::PUT,
+            &budget_path,
+            &admin,
+            Some(&json!({"budgetLimit": 2_000})),
+        )
+        .await;
+    common::assert_error(&got, 402, "insufficient_funds");
+    let (_, unchanged) = app.studio(Method::GET, &budget_path, &admin, None).await;
+    assert_eq!(unchanged["keyId"], budget_key.as_str());
+
+    // A disabled key stops paying at once.
+    let path = format!("/apikeys/{executor_id}");
+    app.studio(Method::PUT, &path, &admin, Some(&json!({"enabled": false})))
+        .await;
+    assert_eq!(
+        app.chat(&executor, &three_words).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A new budget replaces the old one, whose key is refused from then on.
+    let (status, renewed) = app
+        .studio(
+            Method::PUT,
+            &budget_path,
+            &admin,
+            Some(&json!({"budgetLimit": 100})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(renewed["keyId"], budget_key.as_str());
+    assert_eq!(renewed["budgetUsed"], "0");
+    let response = app.chat(&pk, &three_words).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        common::header_amount(&response, "x-compose-key-budget-used"),
+        9
+    );
+    assert_eq!(
+        app.spent(&budget_key).await,
+        (36, 36),
+        "the old budget's charges stay"
+    );
+
+    // An account without a funding wallet has no budget to spend or set.
+    let (_, other_admin) = admin_of(&app.bootstrap_studio("poor"));
+    let got = common::json_of(app.chat(&other_admin, &three_words).await).await;
+    common::assert_error(&got, 402, "no_budget");
+    let other = app.bootstrap_studio_with(&["--account", "poor2", "--project", "p"]);
+    let (_, other_admin) = admin_of(&other);
+    let other_path = format!(
+        "/projects/{}/budget",
+        other["project"]["id"].as_str().unwrap()
+    );
+    let got = app
+        .studio(
+            Method::PUT,
+            &other_path,
+            &other_admin,
+            Some(&json!({"budgetLimit": 10})),
+        )
+        .await;
+    common::assert_error(&got, 409, "no_funding_wallet");
+    // Another account's project is out of reach.
+    let got = app
+        .studio(Method::GET, &budget_path, &other_admin, None)
+        .await;
+    common::assert_error(&got, 404, "project_not_found");
 }
 
 both_stores!(
@@ -709,4 +872,5 @@ both_stores!(
     keys_stop_the_moment_they_are_disabled_deleted_or_expired,
     jwts_verify_offline_and_expire,
     bad_input_is_refused_and_changes_nothing,
+    studio_keys_spend_their_projects_budget,
 );

@@ -292,6 +292,8 @@ impl Role {
 pub struct AccountRecord {
     pub id: crate::AccountId,
     pub name: String,
+    /// The wallet (on `chain_id`) that funds the account's project budgets.
+    pub funding: Option<(WalletAddress, ChainId)>,
     pub created_at_ms: i64,
 }
 
@@ -301,6 +303,8 @@ pub struct ProjectRecord {
     pub id: crate::ProjectId,
     pub account_id: crate::AccountId,
     pub name: String,
+    /// The Compose key row that holds the project's USDC budget, if set.
+    pub budget_key_id: Option<KeyId>,
     pub created_at_ms: i64,
 }
 

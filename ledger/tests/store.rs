@@ -493,12 +493,14 @@ async fn studio_keys_stay_within_their_account(store: Store) {
     let account = AccountRecord {
         id: AccountId::generate(),
         name: "acme".into(),
+        funding: Some((wallet(13), CHAIN)),
         created_at_ms: now_ms(),
     };
     let project = ProjectRecord {
         id: ProjectId::generate(),
         account_id: account.id.clone(),
         name: "web".into(),
+        budget_key_id: None,
         created_at_ms: now_ms(),
     };
     let admin = store

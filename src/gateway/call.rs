@@ -66,11 +66,13 @@ impl Receipt {
 }
 
 impl PaidCall {
-    /// Leases `key_id`'s actor, checks `token` and reserves the call's cost.
+    /// Leases `key_id`'s actor, checks `token` against the key's stored hash
+    /// (`None`: the caller was authenticated otherwise — a Studio key paying
+    /// from its project's budget key) and reserves the call's cost.
     pub async fn open(
         gateway: &Gateway,
         key_id: &KeyId,
-        token: &str,
+        token: Option<&str>,
         model: &Model,
         prompt_tokens_max: u64,
         requested_max_tokens: u64,
@@ -81,9 +83,11 @@ impl PaidCall {
             .acquire(key_id)
             .await
             .map_err(acquire_error)?;
-        let stored = lease.token_sha256().as_bytes();
-        if !bool::from(stored.ct_eq(token_sha256(token).as_bytes())) {
-            return Err(invalid_token());
+        if let Some(token) = token {
+            let stored = lease.token_sha256().as_bytes();
+            if !bool::from(stored.ct_eq(token_sha256(token).as_bytes())) {
+                return Err(invalid_token());
+            }
         }
         let cost = |output| {
             model.price.cost(prompt_tokens_max, output).map_err(|_| {

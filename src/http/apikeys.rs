@@ -40,7 +40,7 @@ pub struct StudioCaller {
 }
 
 impl StudioCaller {
-    fn require(&self, least: Role) -> Result<(), ApiError> {
+    pub fn require(&self, least: Role) -> Result<(), ApiError> {
         if self.role < least {
             return Err(ApiError::forbidden(
                 "insufficient_role",

@@ -1,8 +1,12 @@
 //! `POST /external/v1/chat/completions`: the paid, OpenAI-compatible call,
 //! streamed or not (DESIGN §4, §5).
 //!
-//! Order of checks: the token (its signature, or its hash for a key whose
-//! actor runs; no database), the body, the model — all before any budget is
+//! Who pays: a Compose key (`compose-…`) its own budget; a Studio key (`sk-`,
+//! `pk-` or its JWT, role `executor` and above) its project's budget.
+//!
+//! Order of checks: the credential (a Compose token's signature, or its hash
+//! for a key whose actor runs — no database; a Studio key's row), the body,
+//! the model — all before any budget is
 //! touched, so bad input changes nothing —
 //! then the hold on the key's actor ([`PaidCall::open`]), the upstream, and
 //! the charge ([`PaidCall::finish`]).
@@ -21,13 +25,16 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::apikeys::authenticate_studio;
 use super::error::ApiError;
-use super::extract::{json_object, paid_bearer};
+use super::extract::{bearer_token, json_object, paid_bearer};
 use crate::gateway::call::{PaidCall, Receipt};
 use crate::gateway::request::ChatRequest;
 use crate::gateway::{Gateway, Model, Timeouts};
 use crate::state::AppState;
 use crate::upstream::{Chunk, ChunkStream, UpstreamError, UpstreamRequest, Usage};
+use ledger::model::Role;
+use ledger::KeyId;
 
 /// Chunks waiting between the upstream reader and a slow client.
 const STREAM_BUFFER_CHUNKS: usize = 16;
@@ -37,7 +44,7 @@ pub async fn completions(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (token, claims) = paid_bearer(&state, &req)?;
+    let (key_id, token) = payer(&state, &req).await?;
     let body = json_object(&req, payload, state.settings.gateway.chat_body_max_bytes).await?;
     let chat = ChatRequest::parse(body)?;
     let gateway = &state.gateway;
@@ -60,7 +67,7 @@ pub async fn completions(
     let prompt_tokens_max = model.upstream.prompt_tokens_max(&chat.body);
     let call = PaidCall::open(
         gateway,
-        &claims.key_id,
+        &key_id,
         token,
         model,
         prompt_tokens_max,
@@ -79,6 +86,36 @@ pub async fn completions(
     } else {
         complete(gateway, model, call, upstream_request).await
     }
+}
+
+/// Whose budget pays, and the Compose token that must match it: a Compose
+/// key pays from its own budget (proven by its token); a Studio key of role
+/// `executor` or above (sk, pk or JWT) pays from its project's budget key,
+/// which has no token of its own.
+async fn payer<'r>(
+    state: &AppState,
+    req: &'r HttpRequest,
+) -> Result<(KeyId, Option<&'r str>), ApiError> {
+    if bearer_token(req)?.starts_with("compose-") {
+        let (token, claims) = paid_bearer(state, req)?;
+        return Ok((claims.key_id, Some(token)));
+    }
+    let caller = authenticate_studio(state, req).await?;
+    caller.require(Role::Executor)?;
+    let project = state
+        .store
+        .project(&caller.key.account_id, &caller.key.project_id)
+        .await?
+        .ok_or_else(|| ApiError::internal(&"a key's project is missing"))?;
+    let key_id = project.budget_key_id.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "no_budget",
+            "the key's project has no budget; an admin key sets one with \
+             PUT /api/v1/projects/{id}/budget",
+        )
+    })?;
+    Ok((key_id, None))
 }
 
 /// Waits for the upstream's answer (or a stream's start) within the

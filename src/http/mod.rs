@@ -3,6 +3,7 @@
 //! * [`sessions`] — `GET /api/sessions/nonce`, `POST /api/sessions` (SIWE).
 //! * [`keys`] — `/api/keys`: create, list, get, revoke, charges.
 //! * [`apikeys`] — `/api/v1/apikeys` (Studio keys) and `/.well-known/jwks.json`.
+//! * [`projects`] — `/api/v1/projects/{id}/budget`: a Studio project's budget.
 //! * [`chat`] — `POST /external/v1/chat/completions`, the paid call.
 //! * [`models`] — `GET /external/v1/models`.
 //! * [`health`] — `/healthz`, `/readyz`.
@@ -18,6 +19,7 @@ pub mod extract;
 pub mod health;
 pub mod keys;
 pub mod models;
+pub mod projects;
 pub mod sessions;
 
 /// Registers every route.
@@ -31,7 +33,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/apikeys/{id}", web::get().to(apikeys::get))
             .route("/apikeys/{id}", web::put().to(apikeys::update))
             .route("/apikeys/{id}", web::delete().to(apikeys::delete))
-            .route("/apikeys/{id}/token", web::get().to(apikeys::token)),
+            .route("/apikeys/{id}/token", web::get().to(apikeys::token))
+            .route("/projects/{id}/budget", web::get().to(projects::get))
+            .route("/projects/{id}/budget", web::put().to(projects::set)),
     )
     .route("/.well-known/jwks.json", web::get().to(apikeys::jwks))
     .service(

@@ -128,15 +128,14 @@ impl TestApp {
     /// Runs `tollgate studio bootstrap` (the real binary) against this app's
     /// store and secrets; returns its JSON: `{account, project, apikey}`.
     pub fn bootstrap_studio(&self, account: &str) -> Value {
+        self.bootstrap_studio_with(&["--account", account, "--project", "main"])
+    }
+
+    /// `tollgate studio bootstrap` with these arguments.
+    pub fn bootstrap_studio_with(&self, args: &[&str]) -> Value {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args([
-                "studio",
-                "bootstrap",
-                "--account",
-                account,
-                "--project",
-                "main",
-            ])
+            .args(["studio", "bootstrap"])
+            .args(args)
             .env("TOLLGATE__STORE__URL", &self.db.url)
             .env(
                 "TOLLGATE__STUDIO__SECRETS_KEY_FILE",

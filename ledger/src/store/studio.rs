@@ -6,9 +6,14 @@
 
 use sqlx::any::AnyRow;
 
-use super::{get_i64, get_opt_i64, get_opt_string, get_string, Store};
-use crate::model::{AccountRecord, ApiKeyRecord, ApiKeyType, ApiKeyUpdate, ProjectRecord, Role};
-use crate::{AccountId, ApiKeyId, ProjectId, StoreError};
+use super::keys::insert_funded_key;
+use super::{
+    chain_to_db, get_chain, get_i64, get_opt_i64, get_opt_string, get_string, get_wallet, Store,
+};
+use crate::model::{
+    AccountRecord, ApiKeyRecord, ApiKeyType, ApiKeyUpdate, KeyRecord, NewKey, ProjectRecord, Role,
+};
+use crate::{AccountId, ApiKeyId, KeyId, ProjectId, StoreError};
 
 /// The most keys one listing returns, newest first.
 pub const LIST_APIKEYS_MAX: i64 = 1_000;
@@ -28,12 +33,21 @@ impl Store {
     ) -> Result<ApiKeyRecord, StoreError> {
         debug_assert_eq!(project.account_id, account.id);
         let mut tx = self.pool().begin().await?;
-        sqlx::query("INSERT INTO studio_accounts (id, name, created_at_ms) VALUES ($1, $2, $3)")
-            .bind(account.id.as_str())
-            .bind(account.name.as_str())
-            .bind(account.created_at_ms)
-            .execute(&mut *tx)
-            .await?;
+        let (wallet, chain) = match &account.funding {
+            Some((wallet, chain)) => (Some(wallet.to_lower_hex()), Some(chain_to_db(*chain)?)),
+            None => (None, None),
+        };
+        sqlx::query(
+            "INSERT INTO studio_accounts (id, name, wallet, chain_id, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(account.id.as_str())
+        .bind(account.name.as_str())
+        .bind(wallet)
+        .bind(chain)
+        .bind(account.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
         insert_project(&mut tx, project).await?;
         let record = insert_apikey(&mut tx, key).await?;
         tx.commit().await?;
@@ -48,6 +62,29 @@ impl Store {
         Ok(())
     }
 
+    /// One account.
+    pub async fn account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, wallet, chain_id, created_at_ms FROM studio_accounts WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|row| {
+            let funding = match get_opt_string(&row, "wallet")? {
+                None => None,
+                Some(_) => Some((get_wallet(&row, "wallet")?, get_chain(&row, "chain_id")?)),
+            };
+            Ok(AccountRecord {
+                id: parse_id(&row, "id", AccountId::parse)?,
+                name: get_string(&row, "name")?,
+                funding,
+                created_at_ms: get_i64(&row, "created_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
     /// A project of `account`, if it exists there.
     pub async fn project(
         &self,
@@ -55,7 +92,7 @@ impl Store {
         id: &ProjectId,
     ) -> Result<Option<ProjectRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, account_id, name, created_at_ms FROM studio_projects
+            "SELECT id, account_id, name, budget_key_id, created_at_ms FROM studio_projects
               WHERE id = $1 AND account_id = $2",
         )
         .bind(id.as_str())
@@ -63,14 +100,63 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         row.map(|row| {
+            let budget_key_id = get_opt_string(&row, "budget_key_id")?
+                .map(|id| {
+                    KeyId::parse(&id)
+                        .ok_or_else(|| StoreError::Corrupt(format!("budget_key_id {id:?}")))
+                })
+                .transpose()?;
             Ok(ProjectRecord {
                 id: parse_id(&row, "id", ProjectId::parse)?,
                 account_id: parse_id(&row, "account_id", AccountId::parse)?,
                 name: get_string(&row, "name")?,
+                budget_key_id,
                 created_at_ms: get_i64(&row, "created_at_ms")?,
             })
         })
         .transpose()
+    }
+
+    /// Gives a project a new USDC budget: the previous budget key (if any)
+    /// is revoked — what it spent stays charged — and `budget` (a key row
+    /// owned by the account's wallet, with no token) is created under the
+    /// same funding check as any Compose key, all in one transaction.
+    /// Answers the new key and the revoked one.
+    pub async fn set_project_budget(
+        &self,
+        project: &ProjectRecord,
+        budget: &NewKey,
+        max_active_keys: u32,
+    ) -> Result<(KeyRecord, Option<KeyId>), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let current = sqlx::query(
+            "SELECT budget_key_id FROM studio_projects WHERE id = $1 AND account_id = $2",
+        )
+        .bind(project.id.as_str())
+        .bind(project.account_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let previous = get_opt_string(&current, "budget_key_id")?.and_then(|id| KeyId::parse(&id));
+        if let Some(previous) = &previous {
+            // Freed first, so the funding check no longer counts its remainder.
+            sqlx::query(
+                "UPDATE keys SET status = 'revoked', revoked_at_ms = $2
+                  WHERE id = $1 AND status = 'active'",
+            )
+            .bind(previous.as_str())
+            .bind(budget.created_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let key = insert_funded_key(&mut tx, budget, max_active_keys).await?;
+        sqlx::query("UPDATE studio_projects SET budget_key_id = $2 WHERE id = $1")
+            .bind(project.id.as_str())
+            .bind(key.id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((key, previous))
     }
 
     /// Stores a new key (its value already hashed and, for `sk`, sealed).
@@ -205,11 +291,13 @@ async fn insert_project(
     project: &ProjectRecord,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO studio_projects (id, account_id, name, created_at_ms) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO studio_projects (id, account_id, name, budget_key_id, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(project.id.as_str())
     .bind(project.account_id.as_str())
     .bind(project.name.as_str())
+    .bind(project.budget_key_id.as_ref().map(KeyId::as_str))
     .bind(project.created_at_ms)
     .execute(&mut *conn)
     .await?;

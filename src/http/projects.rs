@@ -1,0 +1,142 @@
+//! `/api/v1/projects/{id}/budget`: a Studio project's USDC budget, which its
+//! keys of role `executor` and above spend on `/external/v1`.
+//!
+//! The budget is a Compose key row owned by the account's funding wallet
+//! (`tollgate studio bootstrap --wallet`), with no token: it goes through the
+//! same funding check when set, and the same key actor, holds and charges
+//! when spent. Setting a new budget replaces the old one: the old key is
+//! revoked (its charges stay) and a new one starts at zero spent.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actors::budget::BudgetStatus;
+use ledger::model::{KeyRecord, NewKey, ProjectRecord, Purpose, Role};
+use ledger::time::now_ms;
+use ledger::{KeyId, ProjectId};
+use rand::RngCore;
+use serde_json::json;
+
+use super::apikeys::{authenticate_studio, StudioCaller};
+use super::error::ApiError;
+use super::extract;
+use super::keys::budget_within_max;
+use crate::auth::token::token_sha256;
+use crate::state::AppState;
+
+fn budget_json(project: &ProjectRecord, key: &KeyRecord) -> serde_json::Value {
+    json!({
+        "projectId": project.id,
+        "keyId": key.id,
+        "budgetLimit": key.budget_limit,
+        "budgetUsed": key.budget_used,
+        "budgetRemaining": key.budget_remaining(),
+        "status": key.status_at(now_ms()),
+        "chainId": key.chain_id,
+        "owner": key.wallet,
+    })
+}
+
+/// The caller's own project, named in the path.
+async fn own_project(
+    state: &AppState,
+    caller: &StudioCaller,
+    id: &str,
+) -> Result<ProjectRecord, ApiError> {
+    let missing = || ApiError::not_found("project_not_found", "no such project in this account");
+    let id = ProjectId::parse(id).ok_or_else(missing)?;
+    let project = state
+        .store
+        .project(&caller.key.account_id, &id)
+        .await?
+        .ok_or_else(missing)?;
+    if project.id != caller.key.project_id {
+        return Err(ApiError::forbidden(
+            "project_mismatch",
+            "a key acts only on its own project",
+        ));
+    }
+    Ok(project)
+}
+
+/// `GET /api/v1/projects/{id}/budget` (reader and above).
+pub async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate_studio(&state, &req).await?;
+    caller.require(Role::Reader)?;
+    let project = own_project(&state, &caller, &path).await?;
+    let no_budget = || ApiError::not_found("no_budget", "the project has no budget");
+    let key_id = project.budget_key_id.clone().ok_or_else(no_budget)?;
+    let key = state.store.key(&key_id).await?.ok_or_else(no_budget)?;
+    Ok(HttpResponse::Ok().json(budget_json(&project, &key)))
+}
+
+/// `PUT /api/v1/projects/{id}/budget` `{"budgetLimit"}` (admin only).
+pub async fn set(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate_studio(&state, &req).await?;
+    caller.require(Role::Admin)?;
+    let project = own_project(&state, &caller, &path).await?;
+    let body = extract::json_object(&req, payload, state.settings.http.json_body_max_bytes).await?;
+    let budget = extract::amount_field(&body, "budgetLimit")?
+        .ok_or_else(|| ApiError::invalid_field("budgetLimit", "is required"))?;
+    if budget.is_zero() {
+        return Err(ApiError::invalid_field(
+            "budgetLimit",
+            "must be greater than zero",
+        ));
+    }
+    let budget = budget_within_max(&state, budget)?;
+    let account = state
+        .store
+        .account(&caller.key.account_id)
+        .await?
+        .ok_or_else(|| ApiError::internal(&"a key's account is missing"))?;
+    let (wallet, chain) = account.funding.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_funding_wallet",
+            "the account has no funding wallet (tollgate studio bootstrap --wallet)",
+        )
+    })?;
+    // No token is ever issued for a budget key: its stored hash is of random
+    // bytes nobody holds, so it can only be spent through Studio keys.
+    let mut unheld = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut unheld);
+    let now = now_ms();
+    let new_key = NewKey {
+        id: KeyId::generate(),
+        token_sha256: token_sha256(&hex::encode(unheld)),
+        wallet,
+        chain_id: chain,
+        purpose: Purpose::Api,
+        session_id: None,
+        name: format!("studio project {}", project.id),
+        budget_limit: budget,
+        created_at_ms: now,
+        expires_at_ms: now.saturating_add(state.settings.keys.max_ttl_ms),
+    };
+    let (key, previous) = state
+        .store
+        .set_project_budget(
+            &project,
+            &new_key,
+            state.settings.keys.max_active_per_wallet,
+        )
+        .await?;
+    if let Some(previous) = previous {
+        state
+            .gateway
+            .registry
+            .revoke(&previous, BudgetStatus::Revoked)
+            .await;
+    }
+    tracing::info!(project = %project.id, key_id = %key.id, budget = %key.budget_limit, by = %caller.key.id, "project budget set");
+    Ok(HttpResponse::Ok().json(budget_json(&project, &key)))
+}
