@@ -25,6 +25,7 @@ use ledger::model::{ApiKeyRecord, ApiKeyType, ApiKeyUpdate, Role};
 use ledger::time::now_ms;
 use ledger::{ApiKeyId, ProjectId};
 use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::extract::{self, bearer_token};
@@ -101,8 +102,15 @@ pub async fn authenticate_studio(
         let key = state.store.apikey(&account, &id).await?;
         (key, Role::parse(&claims.role))
     } else if token.starts_with("sk-") || token.starts_with("pk-") {
+        // Found by its keyed hash (an index lookup on an HMAC output reveals
+        // nothing of the value), then compared in constant time.
         let hash = state.studio.secrets.lookup_hash(token);
-        (state.store.apikey_by_hash(&hash).await?, None)
+        let key = state
+            .store
+            .apikey_by_hash(&hash)
+            .await?
+            .filter(|key| bool::from(key.value_hash.as_bytes().ct_eq(hash.as_bytes())));
+        (key, None)
     } else {
         return Err(unauthorized(
             "invalid_token",
