@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -132,6 +132,9 @@ struct KeyEntry {
     token_sha256: String,
     in_flight: AtomicU32,
     last_used_ms: AtomicI64,
+    /// Set when the actor's state is known to disagree with the store: the
+    /// next acquire with nothing in flight replaces it with a fresh load.
+    stale: AtomicBool,
 }
 
 type Slot = Arc<OnceCell<Arc<KeyEntry>>>;
@@ -198,6 +201,20 @@ impl Registry {
         loop {
             let slot = {
                 let mut shard = self.inner.shard(key);
+                let stale = shard
+                    .get(key)
+                    .and_then(|slot| slot.get())
+                    .is_some_and(|entry| {
+                        entry.stale.load(Ordering::Acquire)
+                            && entry.in_flight.load(Ordering::Acquire) == 0
+                    });
+                if stale {
+                    // Under the lock and with no lease out: safe to replace.
+                    if let Some(entry) = shard.remove(key).as_ref().and_then(|s| s.get()) {
+                        entry.addr.do_send(Stop);
+                    }
+                    self.inner.loaded.fetch_sub(1, Ordering::Relaxed);
+                }
                 match shard.get(key) {
                     Some(slot) => match slot.get() {
                         Some(entry) => return self.inner.enter(entry),
@@ -333,6 +350,7 @@ impl Inner {
             token_sha256: state.token_sha256,
             in_flight: AtomicU32::new(0),
             last_used_ms: AtomicI64::new(now_ms()),
+            stale: AtomicBool::new(false),
         }
     }
 
@@ -377,6 +395,13 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Marks the key's actor as out of step with the store (a charge it did
+    /// not commit, or one the store refused): it is reloaded once no call is
+    /// in flight on it.
+    pub fn mark_stale(&self) {
+        self.entry.stale.store(true, Ordering::Release);
+    }
+
     /// The stored SHA-256 (hex) of the key's token.
     pub fn token_sha256(&self) -> &str {
         &self.entry.token_sha256

@@ -256,3 +256,24 @@ async fn unknown_keys_are_refused_and_not_remembered() {
         Err(AcquireError::Full { max: 1 })
     ));
 }
+
+#[tokio::test]
+async fn stale_actors_are_reloaded_once_nothing_is_in_flight() {
+    let loader = Arc::new(MemoryLoader::default());
+    let key = loader.add(1_000, 0);
+    let registry = registry(&loader, limits(10));
+    let first = registry.acquire(&key).await.unwrap();
+    let second = registry.acquire(&key).await.unwrap();
+    first.mark_stale();
+    drop(first);
+    // The store moved on; a call still in flight keeps the old actor.
+    loader.keys.lock().unwrap().get_mut(&key).unwrap().spent = amount(700);
+    let third = registry.acquire(&key).await.unwrap();
+    assert_eq!(third.snapshot().await.unwrap().spent, Amount::ZERO);
+    drop((second, third));
+    // Nothing in flight now: the next call gets a fresh load.
+    let fresh = registry.acquire(&key).await.unwrap();
+    assert_eq!(fresh.snapshot().await.unwrap().spent, amount(700));
+    assert_eq!(loader.loads.load(Ordering::SeqCst), 2);
+    assert_eq!(registry.loaded(), 1);
+}

@@ -45,6 +45,8 @@ pub struct PaidCall {
     pub prompt_tokens_max: u64,
     /// The output bound the hold affords (≤ what the client asked).
     pub max_tokens: u64,
+    /// When the call must be over (its hold lasts `hold_slack_ms` longer).
+    pub ends_by: tokio::time::Instant,
 }
 
 /// What a finished call was charged and where its key stands.
@@ -101,6 +103,10 @@ impl PaidCall {
         } else {
             gateway.timeouts.upstream
         };
+        // The call must end by `ends_by` (the upstream, or the whole stream);
+        // its hold outlives that by the slack, so it never expires under a
+        // call still running.
+        let ends_by = tokio::time::Instant::now() + longest;
         let deadline_ms = now_ms()
             .saturating_add(i64::try_from(longest.as_millis()).unwrap_or(i64::MAX / 2))
             .saturating_add(gateway.timeouts.hold_slack_ms);
@@ -131,6 +137,7 @@ impl PaidCall {
             reserved,
             prompt_tokens_max,
             max_tokens,
+            ends_by,
         })
     }
 
@@ -169,11 +176,21 @@ impl PaidCall {
         let request = self.request.clone();
         let finishing = tokio::spawn(async move {
             match writer.record(charge).await {
-                Ok(ChargeOutcome::Recorded) | Ok(ChargeOutcome::Duplicate) => lease
-                    .commit(request, amount)
-                    .await
-                    .map_err(|e| Unfinished::RecordedNotCommitted(e.to_string())),
+                Ok(ChargeOutcome::Recorded) | Ok(ChargeOutcome::Duplicate) => {
+                    match lease.commit(request, amount).await {
+                        Ok(committed) => Ok(committed),
+                        Err(error) => {
+                            // The ledger has the charge, the actor not: reload
+                            // the actor from the ledger before its next call.
+                            lease.mark_stale();
+                            Err(Unfinished::RecordedNotCommitted(error.to_string()))
+                        }
+                    }
+                }
                 Ok(other) => {
+                    // The ledger and the actor disagree on what the key has
+                    // spent (the ledger's guard refused): reload the actor.
+                    lease.mark_stale();
                     let _ = lease.release(request).await;
                     Err(Unfinished::NotRecorded(format!(
                         "the ledger refused the charge: {other:?}"

@@ -208,7 +208,8 @@ async fn pump(
     timeouts: Timeouts,
     last: LastChunk,
 ) {
-    let deadline = Instant::now() + timeouts.stream_max;
+    // The stream ends by the call's bound, set when its hold was taken.
+    let deadline = call.ends_by;
     let mut generated: u64 = 0;
     let mut usage_chunk: Option<Chunk> = None;
     let ended = loop {

@@ -92,6 +92,36 @@ impl Chunk {
 
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, UpstreamError>> + Send>>;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_count_the_whole_body_and_media_parts() {
+        let upstream = Upstream::OpenAi(openai::OpenAiUpstream {
+            client: openai::ClientConfig {
+                connect_timeout: std::time::Duration::from_secs(1),
+            },
+            base_url: "http://127.0.0.1:1/v1".into(),
+            upstream_model: "m".into(),
+            api_key: None,
+            timeout: std::time::Duration::from_secs(1),
+        });
+        let Value::Object(body) = serde_json::json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+            ]}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}
+        }) else {
+            unreachable!()
+        };
+        let bytes = serde_json::to_vec(&body).unwrap().len() as u64;
+        assert_eq!(upstream.prompt_tokens_max(&body), bytes + MEDIA_PART_TOKENS_MAX);
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("the upstream did not answer in time")]
@@ -111,17 +141,19 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    /// An upper bound on the prompt's tokens: exact for `echo` (words);
-    /// for other models the UTF-8 bytes of the messages and tools as JSON,
-    /// since a token covers at least one byte.
+    /// An upper bound on the prompt's tokens: exact for `echo` (words).
+    /// For other models: the UTF-8 bytes of the whole body as JSON (every
+    /// field the upstream may bill — messages, tools, schemas — and a token
+    /// covers at least one byte), plus [`MEDIA_PART_TOKENS_MAX`] for each
+    /// non-text content part (an image or audio part is billed by what it
+    /// shows, not by the bytes of its URL).
     pub fn prompt_tokens_max(&self, body: &Map<String, Value>) -> u64 {
         match self {
             Upstream::Echo(_) => echo::prompt_words(body),
-            Upstream::OpenAi(_) => ["messages", "tools", "functions"]
-                .iter()
-                .filter_map(|field| body.get(*field))
-                .map(|v| serde_json::to_vec(v).map_or(0, |b| b.len() as u64))
-                .sum(),
+            Upstream::OpenAi(_) => {
+                let bytes = serde_json::to_vec(body).map_or(0, |b| b.len() as u64);
+                bytes.saturating_add(media_parts(body).saturating_mul(MEDIA_PART_TOKENS_MAX))
+            }
         }
     }
 
@@ -138,6 +170,25 @@ impl Upstream {
             Upstream::OpenAi(upstream) => upstream.stream(request).await,
         }
     }
+}
+
+/// What a hold counts for one image, audio or file part: above what the
+/// large providers bill for one (a high-detail image is under 2,000 tokens
+/// at OpenAI, audio about 10 a second) with room for longer media.
+pub const MEDIA_PART_TOKENS_MAX: u64 = 25_000;
+
+/// Content parts that are not text, across all messages.
+fn media_parts(body: &Map<String, Value>) -> u64 {
+    body.get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, |messages| {
+            messages
+                .iter()
+                .filter_map(|m| m.get("content").and_then(Value::as_array))
+                .flatten()
+                .filter(|part| part.get("type").and_then(Value::as_str) != Some("text"))
+                .count() as u64
+        })
 }
 
 /// The text of a message's `content`: a string, or the `text` of its parts.
