@@ -15,6 +15,15 @@ use serde_json::{json, Value};
 const ROLES: [&str; 5] = ["reader", "executor", "application", "developer", "admin"];
 
 impl TestApp {
+    /// `GET /external/v1/models` with `bearer`: what a public key may call.
+    async fn models(&self, bearer: &str) -> (StatusCode, Value) {
+        let request = self
+            .client
+            .get(self.url("/external/v1/models"))
+            .bearer_auth(bearer);
+        common::json_of(request.send().await.unwrap()).await
+    }
+
     async fn studio(
         &self,
         method: Method,
@@ -238,8 +247,9 @@ async fn routes_answer_in_the_documented_shapes(backend: Backend) {
     assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
 }
 
-/// What each role (and a public key) may do, route by route; every refusal
-/// is a 403 with a JSON error.
+/// What each role may do, route by route, and a public key (an executor
+/// meant for browsers) only exchanges itself for a JWT; every refusal is a
+/// 403 with a JSON error.
 async fn the_role_matrix_is_enforced_on_every_route(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_, admin) = admin_of(&app.bootstrap_studio("acme"));
@@ -274,6 +284,7 @@ async fn the_role_matrix_is_enforced_on_every_route(backend: Backend) {
     let rank = |role: &str| ROLES.iter().position(|r| *r == role).unwrap();
     for (who, own_id, value) in &callers {
         let role = who.strip_prefix("sk ").unwrap_or("executor");
+        let public = who == "pk";
         for route in [
             "list",
             "get",
@@ -312,7 +323,9 @@ async fn the_role_matrix_is_enforced_on_every_route(backend: Backend) {
                 _ => unreachable!(),
             };
             let (status, answer) = app.studio(method, &path, value, body.as_ref()).await;
-            if rank(role) >= rank(least(route)) {
+            // A public key only exchanges itself for a JWT (and pays).
+            let allowed = rank(role) >= rank(least(route)) && (!public || route == "token-own");
+            if allowed {
                 assert!(status.is_success(), "{who} {route}: {status} {answer}");
             } else {
                 assert_eq!(status, StatusCode::FORBIDDEN, "{who} {route}: {answer}");
@@ -369,6 +382,34 @@ async fn no_key_reaches_above_its_own_role(backend: Backend) {
     assert_eq!(
         admin_view["enabled"], true,
         "the admin key was not disabled"
+    );
+
+    // Enabling, disabling and expiry need a role above the key's, or admin:
+    // a developer cannot re-enable a peer an admin disabled, nor lift or
+    // change its own expiry.
+    let (peer_id, _) = app.studio_key(&admin, "sk", "developer").await;
+    let (developer_id, developer) = app.studio_key(&admin, "sk", "developer").await;
+    let off = json!({"enabled": false});
+    let on = json!({"enabled": true});
+    let forever = json!({"expires_at": null});
+    let peer = format!("/apikeys/{peer_id}");
+    assert_eq!(
+        app.studio(Method::PUT, &peer, &admin, Some(&off)).await.0,
+        StatusCode::OK
+    );
+    let own = format!("/apikeys/{developer_id}");
+    for (path, body) in [(&peer, &on), (&own, &forever), (&own, &off)] {
+        let got = app.studio(Method::PUT, path, &developer, Some(body)).await;
+        common::assert_error(&got, 403, "insufficient_role");
+    }
+    // Below its own role it may: a developer disables a reader.
+    let reader = format!("/apikeys/{reader_id}");
+    let (status, view) = app
+        .studio(Method::PUT, &reader, &developer, Some(&off))
+        .await;
+    assert_eq!(
+        (status, view["enabled"].clone()),
+        (StatusCode::OK, json!(false))
     );
 }
 
@@ -475,12 +516,9 @@ async fn keys_stop_the_moment_they_are_disabled_deleted_or_expired(backend: Back
         .studio(Method::GET, "/apikeys/pk?ttl=1", &admin, None)
         .await;
     let pk = pk["value"].as_str().unwrap().to_owned();
-    assert_eq!(
-        app.studio(Method::GET, "/apikeys", &pk, None).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(app.models(&pk).await.0, StatusCode::OK);
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
-    let (status, answer) = app.studio(Method::GET, "/apikeys", &pk, None).await;
+    let (status, answer) = app.models(&pk).await;
     assert_eq!(
         (status, answer["error"]["code"].clone()),
         (StatusCode::UNAUTHORIZED, json!("key_expired"))
@@ -837,6 +875,16 @@ async fn studio_keys_spend_their_projects_budget(backend: Backend) {
         (36, 36),
         "the old budget's charges stay"
     );
+
+    // The wallet owner may revoke the budget key itself (it is their key):
+    // Studio keys then find no budget, rather than a credential error.
+    let session = app.sign_in(&wallet).await;
+    let (status, _) = app
+        .revoke_key(&session, renewed["keyId"].as_str().unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let got = common::json_of(app.chat(&pk, &three_words).await).await;
+    common::assert_error(&got, 402, "no_budget");
 
     // An account without a funding wallet has no budget to spend or set.
     let (_, other_admin) = admin_of(&app.bootstrap_studio("poor"));

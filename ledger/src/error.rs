@@ -30,6 +30,8 @@ pub enum StoreError {
     },
     #[error("the wallet already has {max} active keys on this chain")]
     TooManyKeys { max: u32 },
+    #[error("the project already holds {max} unexpired keys")]
+    TooManyApiKeys { max: u32 },
     #[error("nonce unknown, already used or expired")]
     NonceRejected,
     #[error("amount would overflow")]

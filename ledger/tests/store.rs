@@ -518,19 +518,31 @@ async fn studio_keys_stay_within_their_account(store: Store) {
     assert_eq!(store.apikey_by_hash("h-none").await.unwrap(), None);
     let mut reader = studio_key(&account.id, &project.id, Role::Reader, "h-reader");
     reader.expires_at_ms = Some(now_ms() + 60_000);
-    let reader = store.create_apikey(&reader).await.unwrap();
+    let reader = store.create_apikey(&reader, 10).await.unwrap();
     let listed = store.apikeys(&account.id, &project.id).await.unwrap();
     assert_eq!(listed.len(), 2);
     // A duplicate value hash is refused by the store.
     assert!(store
-        .create_apikey(&studio_key(
-            &account.id,
-            &project.id,
-            Role::Reader,
-            "h-reader"
-        ))
+        .create_apikey(
+            &studio_key(&account.id, &project.id, Role::Reader, "h-reader"),
+            10
+        )
         .await
         .is_err());
+    // The bound counts unexpired keys only.
+    let mut expired = studio_key(&account.id, &project.id, Role::Reader, "h-expired");
+    expired.expires_at_ms = Some(now_ms() - 1);
+    store.create_apikey(&expired, 10).await.unwrap();
+    assert!(matches!(
+        store
+            .create_apikey(
+                &studio_key(&account.id, &project.id, Role::Reader, "h-third"),
+                2
+            )
+            .await,
+        Err(StoreError::TooManyApiKeys { max: 2 })
+    ));
+    store.delete_apikey(&account.id, &expired.id).await.unwrap();
 
     let updated = store
         .update_apikey(

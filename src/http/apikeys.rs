@@ -18,7 +18,6 @@
 //! its own, and sees only keys of its own account and project: another
 //! project's or account's key answers 404 like a missing one.
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledger::model::{ApiKeyRecord, ApiKeyType, ApiKeyUpdate, Role};
@@ -41,7 +40,21 @@ pub struct StudioCaller {
 }
 
 impl StudioCaller {
+    /// Key management and reads: a secret key of at least `least`. A public
+    /// key (browser-side, always an executor) may only make paid calls and
+    /// exchange itself for a JWT, never see or touch the project's keys.
     pub fn require(&self, least: Role) -> Result<(), ApiError> {
+        if self.key.key_type == ApiKeyType::Pk {
+            return Err(ApiError::forbidden(
+                "insufficient_role",
+                "a public key may only make paid calls and exchange itself for a JWT",
+            ));
+        }
+        self.require_role(least)
+    }
+
+    /// A role of at least `least`, whatever the key's type.
+    pub fn require_role(&self, least: Role) -> Result<(), ApiError> {
         if self.role < least {
             return Err(ApiError::forbidden(
                 "insufficient_role",
@@ -99,8 +112,10 @@ pub async fn authenticate_studio(
         ) else {
             return Err(unauthorized("invalid_token", "the JWT is not valid"));
         };
+        let role = Role::parse(&claims.role)
+            .ok_or_else(|| unauthorized("invalid_token", "the JWT is not valid"))?;
         let key = state.store.apikey(&account, &id).await?;
-        (key, Role::parse(&claims.role))
+        (key, Some(role))
     } else if token.starts_with("sk-") || token.starts_with("pk-") {
         // Found by its keyed hash (an index lookup on an HMAC output reveals
         // nothing of the value), then compared in constant time.
@@ -255,14 +270,6 @@ async fn issue(
 ) -> Result<(ApiKeyRecord, String), ApiError> {
     let account = &caller.key.account_id;
     let project = &caller.key.project_id;
-    let max = state.settings.studio.keys_per_project_max;
-    if state.store.count_apikeys(account, project).await? >= i64::from(max) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "too_many_keys",
-            format!("the project already holds {max} keys; delete one first"),
-        ));
-    }
     let (record, value) = mint(
         &state.studio.secrets,
         KeySpec {
@@ -277,7 +284,10 @@ async fn issue(
         },
     )
     .map_err(|e| ApiError::internal(&e))?;
-    let record = state.store.create_apikey(&record).await?;
+    let record = state
+        .store
+        .create_apikey(&record, state.settings.studio.keys_per_project_max)
+        .await?;
     tracing::info!(apikey = %record.id, by = %caller.key.id, role = record.role.as_str(), "studio key created");
     Ok((record, value))
 }
@@ -400,6 +410,19 @@ pub async fn update(
     };
     let key = target(&state, &caller, &path).await?;
     caller.may_grant(key.role)?;
+    // Enabling, disabling or changing an expiry undoes or overrides what a
+    // key above decided: it needs a role above the key's (or admin), and a
+    // key never extends or re-enables itself.
+    let lifecycle = update.enabled.is_some() || update.expires_at_ms.is_some();
+    if lifecycle
+        && caller.role != Role::Admin
+        && (caller.role <= key.role || key.id == caller.key.id)
+    {
+        return Err(ApiError::forbidden(
+            "insufficient_role",
+            "enabling, disabling or changing the expiry of a key needs a role above the key's, or admin",
+        ));
+    }
     if let Some(role) = update.role {
         caller.may_grant(role)?;
         if key.key_type == ApiKeyType::Pk && role != Role::Executor {
@@ -443,7 +466,7 @@ pub async fn token(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = authenticate_studio(&state, &req).await?;
-    caller.require(Role::Reader)?;
+    caller.require_role(Role::Reader)?;
     let key = target(&state, &caller, &path).await?;
     if key.id != caller.key.id {
         caller.require(Role::Developer)?;

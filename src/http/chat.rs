@@ -74,7 +74,14 @@ pub async fn completions(
         requested,
         chat.stream,
     )
-    .await?;
+    .await
+    .map_err(|error| match token {
+        // A Studio key pays from its project's budget key: that key being
+        // revoked or expired means the project has no budget, not that the
+        // caller's own credential failed.
+        None if error.status == StatusCode::UNAUTHORIZED => no_budget(),
+        _ => error,
+    })?;
     let upstream_request = UpstreamRequest {
         body: chat.body,
         max_tokens: call.max_tokens,
@@ -101,21 +108,23 @@ async fn payer<'r>(
         return Ok((claims.key_id, Some(token)));
     }
     let caller = authenticate_studio(state, req).await?;
-    caller.require(Role::Executor)?;
+    caller.require_role(Role::Executor)?;
     let project = state
         .store
         .project(&caller.key.account_id, &caller.key.project_id)
         .await?
         .ok_or_else(|| ApiError::internal(&"a key's project is missing"))?;
-    let key_id = project.budget_key_id.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::PAYMENT_REQUIRED,
-            "no_budget",
-            "the key's project has no budget; an admin key sets one with \
-             PUT /api/v1/projects/{id}/budget",
-        )
-    })?;
+    let key_id = project.budget_key_id.ok_or_else(no_budget)?;
     Ok((key_id, None))
+}
+
+fn no_budget() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "no_budget",
+        "the key's project has no usable budget; an admin key sets one with \
+         PUT /api/v1/projects/{id}/budget",
+    )
 }
 
 /// Waits for the upstream's answer (or a stream's start) within the

@@ -192,6 +192,11 @@ impl From<StoreError> for ApiError {
                 "too_many_keys",
                 format!("the wallet already has {max} active keys on this chain; revoke one first"),
             ),
+            StoreError::TooManyApiKeys { max } => ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_keys",
+                format!("the project already holds {max} unexpired keys; delete one first"),
+            ),
             StoreError::NonceRejected => ApiError::unauthorized(
                 "invalid_nonce",
                 "the SIWE nonce is unknown, already used or expired; request a new one",

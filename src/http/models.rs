@@ -4,12 +4,22 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
+use super::apikeys::authenticate_studio;
 use super::error::ApiError;
-use super::extract::authenticate;
+use super::extract::{authenticate, bearer_token};
 use crate::state::AppState;
+use ledger::model::Role;
 
+/// Any key that may make paid calls: an active Compose key, or a Studio key
+/// of role `executor` and above.
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    authenticate(&state, &req).await?;
+    if bearer_token(&req)?.starts_with("compose-") {
+        authenticate(&state, &req).await?;
+    } else {
+        authenticate_studio(&state, &req)
+            .await?
+            .require_role(Role::Executor)?;
+    }
     let mut names: Vec<&String> = state.gateway.models.keys().collect();
     names.sort();
     let data: Vec<_> = names

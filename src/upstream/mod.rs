@@ -118,7 +118,10 @@ mod tests {
             unreachable!()
         };
         let bytes = serde_json::to_vec(&body).unwrap().len() as u64;
-        assert_eq!(upstream.prompt_tokens_max(&body), bytes + MEDIA_PART_TOKENS_MAX);
+        assert_eq!(
+            upstream.prompt_tokens_max(&body),
+            bytes + MEDIA_PART_TOKENS_MAX
+        );
     }
 }
 

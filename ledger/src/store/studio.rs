@@ -129,14 +129,9 @@ impl Store {
         max_active_keys: u32,
     ) -> Result<(KeyRecord, Option<KeyId>), StoreError> {
         let mut tx = self.pool().begin().await?;
-        let current = sqlx::query(
-            "SELECT budget_key_id FROM studio_projects WHERE id = $1 AND account_id = $2",
-        )
-        .bind(project.id.as_str())
-        .bind(project.account_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
+        // Locks the project row (PostgreSQL; SQLite has one writer) and reads
+        // its budget key under the lock: concurrent changes queue up.
+        let current = lock_project(&mut tx, &project.account_id, &project.id).await?;
         let previous = get_opt_string(&current, "budget_key_id")?.and_then(|id| KeyId::parse(&id));
         if let Some(previous) = &previous {
             // Freed first, so the funding check no longer counts its remainder.
@@ -159,9 +154,30 @@ impl Store {
         Ok((key, previous))
     }
 
-    /// Stores a new key (its value already hashed and, for `sk`, sealed).
-    pub async fn create_apikey(&self, key: &ApiKeyRecord) -> Result<ApiKeyRecord, StoreError> {
+    /// Stores a new key (its value already hashed and, for `sk`, sealed) if
+    /// its project holds fewer than `keys_max` unexpired keys. Serialized per
+    /// project (the project row is locked first), so concurrent creations
+    /// cannot pass the bound together.
+    pub async fn create_apikey(
+        &self,
+        key: &ApiKeyRecord,
+        keys_max: u32,
+    ) -> Result<ApiKeyRecord, StoreError> {
         let mut tx = self.pool().begin().await?;
+        lock_project(&mut tx, &key.account_id, &key.project_id).await?;
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM studio_apikeys
+              WHERE account_id = $1 AND project_id = $2
+                AND (expires_at_ms IS NULL OR expires_at_ms > $3)",
+        )
+        .bind(key.account_id.as_str())
+        .bind(key.project_id.as_str())
+        .bind(key.created_at_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        if get_i64(&row, "n")? >= i64::from(keys_max) {
+            return Err(StoreError::TooManyApiKeys { max: keys_max });
+        }
         let record = insert_apikey(&mut tx, key).await?;
         tx.commit().await?;
         Ok(record)
@@ -216,23 +232,6 @@ impl Store {
         rows.iter().map(apikey_from_row).collect()
     }
 
-    /// How many keys a project holds (for its bound).
-    pub async fn count_apikeys(
-        &self,
-        account: &AccountId,
-        project: &ProjectId,
-    ) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM studio_apikeys
-              WHERE account_id = $1 AND project_id = $2",
-        )
-        .bind(account.as_str())
-        .bind(project.as_str())
-        .fetch_one(self.pool())
-        .await?;
-        get_i64(&row, "n")
-    }
-
     /// Applies `update` to a key of `account`; `None` when there is none.
     pub async fn update_apikey(
         &self,
@@ -284,6 +283,25 @@ impl Store {
             .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Locks a project's row for the transaction and answers it (with its
+/// current `budget_key_id`); `NotFound` when the account has no such project.
+async fn lock_project(
+    conn: &mut sqlx::AnyConnection,
+    account: &AccountId,
+    project: &ProjectId,
+) -> Result<AnyRow, StoreError> {
+    sqlx::query(
+        "UPDATE studio_projects SET budget_key_id = budget_key_id
+          WHERE id = $1 AND account_id = $2
+         RETURNING budget_key_id",
+    )
+    .bind(project.as_str())
+    .bind(account.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::NotFound)
 }
 
 async fn insert_project(
