@@ -5,8 +5,10 @@
 //! * [`siwe`] — EIP-4361 messages: parse, check, recover the signer.
 //! * [`eth`] — EIP-191 hashing and secp256k1 recovery/signing.
 //! * [`signing_key`] — load the Ed25519 key, or create and persist it.
+//! * [`key_file`] — a 32-byte secret in a private hex file, created on first use.
 
 pub mod eth;
+pub mod key_file;
 pub mod signing_key;
 pub mod siwe;
 pub mod token;

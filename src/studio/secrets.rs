@@ -12,7 +12,6 @@
 //! start. Every server sharing a store must share this key; losing it makes
 //! every stored key unusable.
 
-use std::io::Write;
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, Payload};
@@ -22,6 +21,8 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
+
+use crate::auth::key_file::{self, KeyFileError};
 
 /// A Studio key's type: `sk` (secret) or `pk` (public). One type with the
 /// store's, so a record's type feeds [`new_value`] directly.
@@ -81,49 +82,10 @@ impl StudioSecrets {
         hex_key: Option<&str>,
         file: &Path,
     ) -> Result<StudioSecrets, SecretsError> {
-        if let Some(text) = hex_key {
-            return parse_master(text)
-                .map(StudioSecrets::from_master)
-                .ok_or(SecretsError::BadHex);
-        }
-        let file_error = |reason: String| SecretsError::File {
-            path: file.display().to_string(),
-            reason,
-        };
-        match std::fs::read_to_string(file) {
-            Ok(text) => parse_master(&text)
-                .map(StudioSecrets::from_master)
-                .ok_or_else(|| file_error("must hold 64 hexadecimal digits".into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut master = [0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut master);
-                if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| file_error(e.to_string()))?;
-                }
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    options.mode(0o600);
-                }
-                match options.open(file) {
-                    Ok(mut f) => {
-                        f.write_all(hex::encode(master).as_bytes())
-                            .map_err(|e| file_error(e.to_string()))?;
-                        // On disk before any value is sealed under it.
-                        f.sync_all().map_err(|e| file_error(e.to_string()))?;
-                        tracing::info!(path = %file.display(), "created a new studio secrets key");
-                        Ok(StudioSecrets::from_master(master))
-                    }
-                    // Another process created it first: use theirs.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        StudioSecrets::load_or_create(None, file)
-                    }
-                    Err(e) => Err(file_error(e.to_string())),
-                }
-            }
-            Err(e) => Err(file_error(e.to_string())),
+        match key_file::load_or_create(hex_key, file, "studio secrets key") {
+            Ok(master) => Ok(StudioSecrets::from_master(master)),
+            Err(KeyFileError::BadHex) => Err(SecretsError::BadHex),
+            Err(KeyFileError::File { path, reason }) => Err(SecretsError::File { path, reason }),
         }
     }
 
@@ -212,12 +174,6 @@ fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
     };
     mac.update(message);
     mac.finalize().into_bytes().into()
-}
-
-fn parse_master(text: &str) -> Option<[u8; 32]> {
-    let mut master = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut master).ok()?;
-    Some(master)
 }
 
 #[cfg(test)]
