@@ -388,6 +388,40 @@ async fn mid_stream_disconnect_pays_for_what_was_generated(backend: Backend) {
     assert_eq!(charges.len(), 1);
 }
 
+/// A client that gives up on a non-streamed call before its answer does not
+/// cancel it: the upstream's work is charged, exactly once.
+async fn abandoned_calls_are_charged_for_the_upstreams_work(backend: Backend) {
+    let (app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(10_000).await;
+    let impatient = app
+        .client
+        .post(app.url("/external/v1/chat/completions"))
+        .bearer_auth(&key.token)
+        .timeout(std::time::Duration::from_millis(100))
+        .json(&json!({"model": "mock_delayed", "messages": user("hello")}))
+        .send()
+        .await;
+    assert!(impatient.unwrap_err().is_timeout());
+    let expected = PROMPT_TOKENS + 2 * ANSWER_WORDS;
+    let mut spent = (0, 0);
+    for _ in 0..100 {
+        spent = app.spent(&key.key_id).await;
+        if spent.0 > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(spent, (expected, expected));
+    // And the hold was settled: the rest of the budget is still there.
+    let response = app
+        .chat(&key.token, &json!({"model": "echo", "messages": user("x")}))
+        .await;
+    assert_eq!(
+        header_amount(&response, "x-compose-key-budget-used"),
+        expected + 3
+    );
+}
+
 /// Malformed requests and refused credentials get precise OpenAI-shaped
 /// errors and charge nothing.
 async fn bad_requests_change_nothing(backend: Backend) {
@@ -631,6 +665,7 @@ async fn the_official_openai_client_works(backend: Backend) {
             "echo_slow",
             "mock_500",
             "mock_broken_stream",
+            "mock_delayed",
             "mock_ok",
             "mock_slow"
         ])
@@ -646,6 +681,7 @@ both_stores!(
     openai_compatible_upstreams_are_proxied,
     upstream_failures_charge_nothing,
     mid_stream_disconnect_pays_for_what_was_generated,
+    abandoned_calls_are_charged_for_the_upstreams_work,
     bad_requests_change_nothing,
     revoked_and_superseded_keys_are_refused_at_once,
     models_are_listed,

@@ -153,15 +153,29 @@ async fn complete(
     call: PaidCall,
     request: UpstreamRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (call, mut completion) =
-        upstream_or_release(gateway, call, model.upstream.complete(&request)).await?;
-    // An upstream that reports no usage is charged its hold (the bound).
-    let usage = completion.usage.unwrap_or(Usage {
-        prompt_tokens: call.prompt_tokens_max,
-        completion_tokens: call.max_tokens,
+    // Its own task: a client that leaves mid-call does not cancel the
+    // upstream call, which is then charged for what it answered (as a
+    // stream is charged for what it generated) — the upstream bills its work
+    // whether or not the client waited for it.
+    let gateway = gateway.clone();
+    let model = model.name.clone();
+    let running = tokio::spawn(async move {
+        let Some(model) = gateway.models.get(&model) else {
+            return Err(ApiError::internal(&"a configured model vanished"));
+        };
+        let (call, completion) =
+            upstream_or_release(&gateway, call, model.upstream.complete(&request)).await?;
+        // An upstream that reports no usage is charged its hold (the bound).
+        let usage = completion.usage.unwrap_or(Usage {
+            prompt_tokens: call.prompt_tokens_max,
+            completion_tokens: call.max_tokens,
+        });
+        let request_id = call.request.to_string();
+        let receipt = call.finish(usage).await?;
+        Ok((completion, receipt, request_id))
     });
-    let request_id = call.request.to_string();
-    let receipt = call.finish(usage).await?;
+    let (mut completion, receipt, request_id) =
+        running.await.map_err(|e| ApiError::internal(&e))??;
     completion
         .body
         .insert("compose".into(), receipt.compose_json());

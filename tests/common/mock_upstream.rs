@@ -6,6 +6,7 @@
 //!   `{prompt_tokens: 7, completion_tokens: n}`; streams a chunk per word
 //!   and, when asked with `stream_options.include_usage`, a usage chunk.
 //! * `mock_500` — answers 500 with an OpenAI error body.
+//! * `mock_delayed` — answers as `mock_ok`, after 400 ms.
 //! * `mock_slow` — answers after 5 s (longer than the tests' timeout).
 //! * `mock_broken_stream` — streams two words, then cuts the connection.
 //!
@@ -84,6 +85,10 @@ async fn chat(
         "mock_500" => HttpResponse::InternalServerError().json(
             json!({"error": {"message": "upstream exploded", "type": "server_error", "code": null}}),
         ),
+        "mock_delayed" => {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            HttpResponse::Ok().json(completion(&model, words))
+        }
         "mock_slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             HttpResponse::Ok().json(completion(&model, words))

@@ -340,6 +340,7 @@ pub async fn spawn_paid_app_with(
         ("MOCK_OK", mock.base_url.as_str()),
         ("MOCK_500", mock.base_url.as_str()),
         ("MOCK_SLOW", mock.base_url.as_str()),
+        ("MOCK_DELAYED", mock.base_url.as_str()),
         ("MOCK_BROKEN_STREAM", mock.base_url.as_str()),
         ("ECHO_SLOW", "echo"),
     ];
