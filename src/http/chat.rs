@@ -6,12 +6,13 @@
 //!
 //! Order of checks: the credential (a Compose token's signature, or its hash
 //! for a key whose actor runs — no database; a Studio key's row), the body,
-//! the model — all before any budget is
-//! touched, so bad input changes nothing —
-//! then the hold on the key's actor ([`PaidCall::open`]), the upstream, and
-//! the charge ([`PaidCall::finish`]).
+//! the model — all before any budget is touched, so bad input changes
+//! nothing — then the hold on the key's actor ([`PaidCall::open`]), the
+//! upstream, and the charge ([`PaidCall::finish`]).
 //!
-//! A stream runs in its own task that reads the upstream and hands each
+//! Each call runs in its own task, so a client that leaves cancels nothing
+//! that was already asked of the upstream. A stream's task reads the
+//! upstream and hands each
 //! chunk to the response through a small bounded channel: nothing is
 //! buffered whole, a slow client slows the upstream read, and a client that
 //! goes away is noticed at once — it pays for the chunks generated until
@@ -21,6 +22,8 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use ledger::model::Role;
+use ledger::KeyId;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -33,8 +36,6 @@ use crate::gateway::request::ChatRequest;
 use crate::gateway::{Gateway, Model, Timeouts};
 use crate::state::AppState;
 use crate::upstream::{Chunk, ChunkStream, UpstreamError, UpstreamRequest, Usage};
-use ledger::model::Role;
-use ledger::KeyId;
 
 /// Chunks waiting between the upstream reader and a slow client.
 const STREAM_BUFFER_CHUNKS: usize = 16;
