@@ -12,7 +12,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection};
 
-use super::{get_amount, get_i64, get_opt_string, get_string, get_u32, Store};
+use super::{get_amount, get_i64, get_opt_string, get_parsed, get_string, get_u32, Store};
 use crate::model::{ChargeOutcome, ChargeRecord, ChargeWrite, NewCharge};
 use crate::{KeyId, RequestId, StoreError};
 
@@ -228,13 +228,9 @@ async fn record_one(
 }
 
 fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {
-    let request_id = get_string(row, "request_id")?;
-    let key_id = get_string(row, "key_id")?;
     Ok(ChargeRecord {
-        request_id: RequestId::parse(&request_id)
-            .ok_or_else(|| StoreError::Corrupt(format!("request id {request_id:?}")))?,
-        key_id: KeyId::parse(&key_id)
-            .ok_or_else(|| StoreError::Corrupt(format!("key id {key_id:?}")))?,
+        request_id: get_parsed(row, "request_id", RequestId::parse)?,
+        key_id: get_parsed(row, "key_id", KeyId::parse)?,
         model: get_string(row, "model")?,
         price_version: get_string(row, "price_version")?,
         input_tokens: get_u32(row, "input_tokens")?,

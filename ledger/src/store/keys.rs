@@ -5,8 +5,8 @@ use sqlx::AnyConnection;
 
 use super::balances::{count_active_keys, lock_balance, read_funding};
 use super::{
-    chain_to_db, get_amount, get_chain, get_i64, get_opt_i64, get_opt_string, get_string,
-    get_wallet, Store,
+    chain_to_db, get_amount, get_chain, get_i64, get_opt_i64, get_opt_parsed, get_parsed,
+    get_string, get_wallet, Store,
 };
 use crate::model::{KeyRecord, KeyStatus, NewKey, Purpose};
 use crate::{ChainId, KeyId, SessionId, StoreError, WalletAddress};
@@ -149,26 +149,17 @@ pub(crate) async fn insert_funded_key(
 }
 
 pub(crate) fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
-    let id = get_string(row, "id")?;
-    let purpose = get_string(row, "purpose")?;
-    let status = get_string(row, "status")?;
     let record = KeyRecord {
-        id: KeyId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("key id {id:?}")))?,
+        id: get_parsed(row, "id", KeyId::parse)?,
         token_sha256: get_string(row, "token_sha256")?,
         wallet: get_wallet(row, "wallet")?,
         chain_id: get_chain(row, "chain_id")?,
-        purpose: Purpose::parse(&purpose)
-            .ok_or_else(|| StoreError::Corrupt(format!("key purpose {purpose:?}")))?,
-        session_id: get_opt_string(row, "session_id")?
-            .map(|s| {
-                SessionId::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("session id {s:?}")))
-            })
-            .transpose()?,
+        purpose: get_parsed(row, "purpose", Purpose::parse)?,
+        session_id: get_opt_parsed(row, "session_id", SessionId::parse)?,
         name: get_string(row, "name")?,
         budget_limit: get_amount(row, "budget_limit_atomic")?,
         budget_used: get_amount(row, "budget_used_atomic")?,
-        status: KeyStatus::parse_stored(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("key status {status:?}")))?,
+        status: get_parsed(row, "status", KeyStatus::parse_stored)?,
         created_at_ms: get_i64(row, "created_at_ms")?,
         expires_at_ms: get_i64(row, "expires_at_ms")?,
         revoked_at_ms: get_opt_i64(row, "revoked_at_ms")?,

@@ -179,6 +179,28 @@ pub(crate) fn get_opt_string(row: &AnyRow, column: &str) -> Result<Option<String
     Ok(row.try_get::<Option<String>, _>(column)?)
 }
 
+/// A text column parsed into a typed value (an id, an enum); a value that
+/// does not parse means the row is corrupt.
+pub(crate) fn get_parsed<T>(
+    row: &AnyRow,
+    column: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, StoreError> {
+    let text = get_string(row, column)?;
+    parse(&text).ok_or_else(|| StoreError::Corrupt(format!("{column} {text:?}")))
+}
+
+/// As [`get_parsed`], for a nullable column.
+pub(crate) fn get_opt_parsed<T>(
+    row: &AnyRow,
+    column: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>, StoreError> {
+    get_opt_string(row, column)?
+        .map(|text| parse(&text).ok_or_else(|| StoreError::Corrupt(format!("{column} {text:?}"))))
+        .transpose()
+}
+
 pub(crate) fn get_amount(row: &AnyRow, column: &str) -> Result<Amount, StoreError> {
     Amount::from_db(get_i64(row, column)?)
         .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))

@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 
 use super::balances::lock_balance;
 use super::keys::insert_funded_key;
-use super::{chain_to_db, get_chain, get_i64, get_string, get_wallet, Store};
+use super::{chain_to_db, get_chain, get_i64, get_parsed, get_string, get_wallet, Store};
 use crate::model::{NewSession, SessionRecord, SignIn};
 use crate::{KeyId, SessionId, StoreError};
 
@@ -100,11 +100,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             for key in &keys {
-                let id = get_string(key, "id")?;
-                superseded_keys.push(
-                    KeyId::parse(&id)
-                        .ok_or_else(|| StoreError::Corrupt(format!("key id {id:?}")))?,
-                );
+                superseded_keys.push(get_parsed(key, "id", KeyId::parse)?);
             }
         }
 
@@ -144,10 +140,8 @@ impl Store {
 }
 
 fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
-    let id = get_string(row, "id")?;
     Ok(SessionRecord {
-        id: SessionId::parse(&id)
-            .ok_or_else(|| StoreError::Corrupt(format!("session id {id:?}")))?,
+        id: get_parsed(row, "id", SessionId::parse)?,
         wallet: get_wallet(row, "wallet")?,
         chain_id: get_chain(row, "chain_id")?,
         active: get_i64(row, "active")? == 1,

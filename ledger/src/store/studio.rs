@@ -8,7 +8,8 @@ use sqlx::any::AnyRow;
 
 use super::keys::insert_funded_key;
 use super::{
-    chain_to_db, get_chain, get_i64, get_opt_i64, get_opt_string, get_string, get_wallet, Store,
+    chain_to_db, get_chain, get_i64, get_opt_i64, get_opt_parsed, get_opt_string, get_parsed,
+    get_string, get_wallet, Store,
 };
 use crate::model::{
     AccountRecord, ApiKeyRecord, ApiKeyType, ApiKeyUpdate, KeyRecord, NewKey, ProjectRecord, Role,
@@ -76,7 +77,7 @@ impl Store {
                 Some(_) => Some((get_wallet(&row, "wallet")?, get_chain(&row, "chain_id")?)),
             };
             Ok(AccountRecord {
-                id: parse_id(&row, "id", AccountId::parse)?,
+                id: get_parsed(&row, "id", AccountId::parse)?,
                 name: get_string(&row, "name")?,
                 funding,
                 created_at_ms: get_i64(&row, "created_at_ms")?,
@@ -100,17 +101,11 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         row.map(|row| {
-            let budget_key_id = get_opt_string(&row, "budget_key_id")?
-                .map(|id| {
-                    KeyId::parse(&id)
-                        .ok_or_else(|| StoreError::Corrupt(format!("budget_key_id {id:?}")))
-                })
-                .transpose()?;
             Ok(ProjectRecord {
-                id: parse_id(&row, "id", ProjectId::parse)?,
-                account_id: parse_id(&row, "account_id", AccountId::parse)?,
+                id: get_parsed(&row, "id", ProjectId::parse)?,
+                account_id: get_parsed(&row, "account_id", AccountId::parse)?,
                 name: get_string(&row, "name")?,
-                budget_key_id,
+                budget_key_id: get_opt_parsed(&row, "budget_key_id", KeyId::parse)?,
                 created_at_ms: get_i64(&row, "created_at_ms")?,
             })
         })
@@ -132,7 +127,7 @@ impl Store {
         // Locks the project row (PostgreSQL; SQLite has one writer) and reads
         // its budget key under the lock: concurrent changes queue up.
         let current = lock_project(&mut tx, &project.account_id, &project.id).await?;
-        let previous = get_opt_string(&current, "budget_key_id")?.and_then(|id| KeyId::parse(&id));
+        let previous = get_opt_parsed(&current, "budget_key_id", KeyId::parse)?;
         if let Some(previous) = &previous {
             // Freed first, so the funding check no longer counts its remainder.
             sqlx::query(
@@ -352,22 +347,14 @@ async fn insert_apikey(
     apikey_from_row(&row)
 }
 
-fn parse_id<T>(row: &AnyRow, column: &str, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
-    let text = get_string(row, column)?;
-    parse(&text).ok_or_else(|| StoreError::Corrupt(format!("{column} {text:?}")))
-}
-
 fn apikey_from_row(row: &AnyRow) -> Result<ApiKeyRecord, StoreError> {
-    let key_type = get_string(row, "key_type")?;
-    let role = get_string(row, "role")?;
     Ok(ApiKeyRecord {
-        id: parse_id(row, "id", ApiKeyId::parse)?,
-        account_id: parse_id(row, "account_id", AccountId::parse)?,
-        project_id: parse_id(row, "project_id", ProjectId::parse)?,
+        id: get_parsed(row, "id", ApiKeyId::parse)?,
+        account_id: get_parsed(row, "account_id", AccountId::parse)?,
+        project_id: get_parsed(row, "project_id", ProjectId::parse)?,
         name: get_string(row, "name")?,
-        key_type: ApiKeyType::parse(&key_type)
-            .ok_or_else(|| StoreError::Corrupt(format!("key_type {key_type:?}")))?,
-        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+        key_type: get_parsed(row, "key_type", ApiKeyType::parse)?,
+        role: get_parsed(row, "role", Role::parse)?,
         enabled: get_i64(row, "enabled")? == 1,
         value_hash: get_string(row, "value_hash")?,
         value_sealed: get_opt_string(row, "value_sealed")?,
