@@ -22,12 +22,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledger::model::{ApiKeyRecord, ApiKeyType, ApiKeyUpdate, Role};
 use ledger::time::now_ms;
-use ledger::{ApiKeyId, ProjectId};
+use ledger::ApiKeyId;
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::extract::{self, bearer_token};
+use super::projects::own_project;
 use crate::state::AppState;
 use crate::studio::issue::{mint, KeySpec};
 use crate::studio::jwt::{looks_like_jwt, JwtClaims};
@@ -233,9 +234,13 @@ fn expiry(body: &Map<String, Value>) -> Result<Option<Option<i64>>, ApiError> {
 }
 
 fn name(state: &AppState, body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
-    let Some(name) = extract::string_field(body, "name")? else {
-        return Ok(None);
-    };
+    extract::string_field(body, "name")?
+        .map(|name| valid_name(state, name))
+        .transpose()
+}
+
+/// A key's name: 1 to `studio.name_max_chars` printable characters.
+fn valid_name(state: &AppState, name: &str) -> Result<String, ApiError> {
     let max = state.settings.studio.name_max_chars;
     if name.trim().is_empty() || name.chars().count() > max || name.chars().any(char::is_control) {
         return Err(ApiError::invalid_field(
@@ -243,7 +248,7 @@ fn name(state: &AppState, body: &Map<String, Value>) -> Result<Option<String>, A
             format!("must be 1 to {max} printable characters"),
         ));
     }
-    Ok(Some(name.to_owned()))
+    Ok(name.to_owned())
 }
 
 fn role_field(body: &Map<String, Value>) -> Result<Option<Role>, ApiError> {
@@ -543,34 +548,11 @@ pub async fn public_key(
         },
     };
     if let Some(project) = query.project_id.as_deref() {
-        let id = ProjectId::parse(project).ok_or_else(|| {
-            ApiError::not_found("project_not_found", "no such project in this account")
-        })?;
-        if state
-            .store
-            .project(&caller.key.account_id, &id)
-            .await?
-            .is_none()
-        {
-            return Err(ApiError::not_found(
-                "project_not_found",
-                "no such project in this account",
-            ));
-        }
-        if id != caller.key.project_id {
-            return Err(ApiError::forbidden(
-                "project_mismatch",
-                "a key may mint public keys only for its own project",
-            ));
-        }
+        own_project(&state, &caller, project).await?;
     }
     let name = match query.name.as_deref() {
         None => format!("public key {}", &ApiKeyId::generate().as_str()[..12]),
-        Some(text) => {
-            let mut body = Map::new();
-            body.insert("name".into(), json!(text));
-            self::name(&state, &body)?.unwrap_or_default()
-        }
+        Some(text) => valid_name(&state, text)?,
     };
     let expires_at_ms = now_ms().saturating_add(ttl_s.saturating_mul(1000));
     let (record, value) = issue(

@@ -36,8 +36,9 @@ fn budget_json(project: &ProjectRecord, key: &KeyRecord) -> serde_json::Value {
     })
 }
 
-/// The caller's own project, named in the path.
-async fn own_project(
+/// The caller's own project, named by id: another account's (or an unknown
+/// one) is 404, another project of the account 403.
+pub(super) async fn own_project(
     state: &AppState,
     caller: &StudioCaller,
     id: &str,
