@@ -119,7 +119,7 @@ impl Echo {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                Some((Ok(Chunk { json }), rest))
+                Some((Ok(Chunk { json, raw: None }), rest))
             },
         ))
     }

@@ -28,7 +28,11 @@ pub struct Usage {
 impl Usage {
     /// `usage` from an OpenAI-shaped body or chunk, if it has one.
     pub fn from_json(value: &Value) -> Option<Usage> {
-        let usage = value.get("usage")?;
+        value.get("usage").and_then(Usage::from_usage)
+    }
+
+    /// A `usage` object's counts.
+    pub fn from_usage(usage: &Value) -> Option<Usage> {
         Some(Usage {
             prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
             completion_tokens: usage.get("completion_tokens")?.as_u64()?,
@@ -64,10 +68,12 @@ pub struct Completion {
     pub usage: Option<Usage>,
 }
 
-/// One streamed chunk: its JSON, as parsed.
+/// One streamed chunk: its JSON, as parsed, and the upstream's own bytes
+/// for it (passed on as they came, not serialized again).
 #[derive(Debug)]
 pub struct Chunk {
     pub json: Value,
+    pub raw: Option<Bytes>,
 }
 
 impl Chunk {
@@ -85,8 +91,12 @@ impl Chunk {
             })
     }
 
+    /// The chunk's JSON text: the upstream's bytes when there are some.
     pub fn to_bytes(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(&self.json).unwrap_or_default())
+        match &self.raw {
+            Some(raw) => raw.clone(),
+            None => Bytes::from(serde_json::to_vec(&self.json).unwrap_or_default()),
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 
@@ -122,7 +123,7 @@ impl OpenAiUpstream {
             .map_err(transport)?;
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(body)) => {
-                let usage = Usage::from_json(&Value::Object(body.clone()));
+                let usage = body.get("usage").and_then(Usage::from_usage);
                 Ok(Completion { body, usage })
             }
             _ => Err(UpstreamError::Protocol(
@@ -181,7 +182,10 @@ impl OpenAiUpstream {
                                     (bytes, reader, ready, true),
                                 ));
                             }
-                            Ok(json) => chunks.push(Chunk { json }),
+                            Ok(json) => chunks.push(Chunk {
+                                json,
+                                raw: Some(Bytes::from(data)),
+                            }),
                             Err(e) => {
                                 return Some((
                                     Err(UpstreamError::Protocol(format!("chunk: {e}"))),
