@@ -246,25 +246,28 @@ async fn paid_calls_survive_a_crash_and_restart_within_budget() {
     }
     assert_eq!(charged, 120);
 
+    // The key's `budgetUsed`, as GET /api/keys/{keyId} reports it.
+    let budget_used = || async {
+        let view: serde_json::Value = client
+            .get(format!("{base}/api/keys/{key_id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        view["budgetUsed"].as_str().unwrap().to_owned()
+    };
+
     // Crash: no graceful shutdown, no flush.
     server.0.kill().unwrap();
     server.0.wait().unwrap();
     drop(server);
     let server = start_serving(&dir, port, "second.log").await;
 
-    let view: serde_json::Value = client
-        .get(format!("{base}/api/keys/{key_id}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        view["budgetUsed"], "120",
-        "every reported charge survived the crash"
-    );
+    let view = budget_used().await;
+    assert_eq!(view, "120", "every reported charge survived the crash");
     // The restarted actor starts from the ledger: exactly 6 more calls fit.
     let (mut ok, mut refused) = (0, 0);
     for _ in 0..10 {
@@ -278,16 +281,8 @@ async fn paid_calls_survive_a_crash_and_restart_within_budget() {
         }
     }
     assert_eq!((ok, refused, charged), (6, 4, BUDGET));
-    let view: serde_json::Value = client
-        .get(format!("{base}/api/keys/{key_id}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(view["budgetUsed"], BUDGET.to_string());
+    let view = budget_used().await;
+    assert_eq!(view, BUDGET.to_string());
     drop(server);
     // No secret reaches the logs, even at debug: not the keys' tokens (nor
     // their signatures), not the signing key.
