@@ -113,6 +113,18 @@ pub struct GatewaySettings {
     pub actor_threads: usize,
 }
 
+impl GatewaySettings {
+    /// The longest a hold can live: the longest call (a whole stream or a
+    /// non-streamed upstream call) plus the slack. A stopped key's unspent
+    /// budget stays committed this long unless its calls are seen to drain.
+    pub fn hold_max_ms(&self) -> i64 {
+        let longest = self.stream_max_ms.max(self.upstream_timeout_ms);
+        i64::try_from(longest)
+            .unwrap_or(i64::MAX)
+            .saturating_add(self.hold_slack_ms.max(0))
+    }
+}
+
 /// Studio API keys (`/api/v1/apikeys`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -56,7 +56,8 @@ pub async fn open_store(settings: &Settings) -> Result<Store, StartupError> {
     };
     let store = Store::connect(url, settings.store.max_connections)
         .await
-        .map_err(wrap)?;
+        .map_err(wrap)?
+        .with_hold_max_ms(settings.gateway.hold_max_ms());
     store.migrate().await.map_err(wrap)?;
     Ok(store)
 }

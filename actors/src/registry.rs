@@ -17,7 +17,20 @@
 //! key's next actor is loaded only after its previous one finished all work.
 //!
 //! Actors load their state through a [`KeyLoader`] (the store, in the
-//! binary); this crate does no I/O of its own.
+//! binary); this crate does no I/O of its own. A key that cannot spend
+//! (revoked, expired, or nothing left) is answered from its load and never
+//! occupies an actor slot; at `loaded_keys_max` the least recently used idle
+//! actor makes room.
+//!
+//! # Fences and drains (invariant 7)
+//!
+//! Every charge is written while its call holds a [`Lease`], so a key with no
+//! lease out can never spend again until a new lease is taken. [`Registry::fence`]
+//! stops new leases on a key (callers wait) and reports whether any is out:
+//! the store may then free the key's unspent budget in the same transaction
+//! that revokes it. A revoked key whose calls were still running is reported
+//! on [`Registry::drained_keys`] when its last lease ends, so the binary can
+//! free its budget then.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,7 +43,7 @@ use std::time::Duration;
 use actix::prelude::{Actor, Addr, Arbiter, ArbiterHandle, MailboxError};
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId, RequestId};
-use tokio::sync::OnceCell;
+use tokio::sync::{mpsc, OnceCell};
 
 use crate::arbiters::{ArbiterError, ArbiterPool};
 use crate::budget::{
@@ -54,6 +67,14 @@ pub struct KeyState {
     pub token_sha256: String,
 }
 
+impl KeyState {
+    /// Whether a call could spend anything: active, unexpired, budget left.
+    /// A key that cannot is answered from this state and gets no actor.
+    pub fn can_spend(&self, now_ms: i64) -> bool {
+        self.status == BudgetStatus::Active && self.expires_at_ms > now_ms && self.spent < self.limit
+    }
+}
+
 /// Why loading a key failed (the store is down, say).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("loading the key failed: {0}")]
@@ -74,8 +95,9 @@ pub struct RegistryLimits {
     /// Calls one key may have in flight; more are refused (429), because an
     /// actix mailbox does not bound `send`.
     pub in_flight_per_key_max: u32,
-    /// Actors alive at once; past it new keys are refused (503) until idle
-    /// ones are evicted. Bounds memory.
+    /// Actors alive at once; past it the least recently used idle actor is
+    /// stopped to make room, and only when every actor has a call in flight
+    /// is a new key refused (503). Bounds memory.
     pub loaded_keys_max: usize,
     /// An actor with nothing in flight for this long is stopped.
     pub idle_ms: i64,
@@ -99,6 +121,10 @@ pub enum Placement {
 pub enum AcquireError {
     #[error("no such key")]
     UnknownKey,
+    /// The key is revoked, superseded, expired or has nothing left to spend:
+    /// answered from its stored state, without starting an actor.
+    #[error("the key cannot spend")]
+    CannotSpend(KeyState),
     #[error("the key already has {max} calls in flight")]
     TooManyInFlight { max: u32 },
     #[error("the gateway serves {max} keys at once already")]
@@ -128,6 +154,7 @@ impl From<MailboxError> for CallError {
 
 /// One running actor and what the registry tracks of it.
 struct KeyEntry {
+    key: KeyId,
     addr: Addr<KeyActor>,
     token_sha256: String,
     in_flight: AtomicU32,
@@ -135,12 +162,33 @@ struct KeyEntry {
     /// Set when the actor's state is known to disagree with the store: the
     /// next acquire with nothing in flight replaces it with a fresh load.
     stale: AtomicBool,
+    /// Set once a revocation reached the actor: when the last lease ends,
+    /// the key is reported drained (once, see `drain_reported`).
+    revoked: AtomicBool,
+    drain_reported: AtomicBool,
+    drained: mpsc::UnboundedSender<KeyId>,
+}
+
+impl KeyEntry {
+    /// Reports the key drained unless that was done already.
+    fn report_drained(&self) -> bool {
+        !self.drain_reported.swap(true, Ordering::SeqCst)
+    }
 }
 
 type Slot = Arc<OnceCell<Arc<KeyEntry>>>;
+type FenceLock = Arc<tokio::sync::Mutex<()>>;
+
+/// One shard of the key map: which actor serves a key, and which keys are
+/// fenced (no new leases) while a revocation is being decided.
+#[derive(Default)]
+struct Shard {
+    slots: HashMap<KeyId, Slot>,
+    fences: HashMap<KeyId, FenceLock>,
+}
 
 struct Inner {
-    shards: Box<[Mutex<HashMap<KeyId, Slot>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
     loaded: AtomicUsize,
     next_arbiter: AtomicUsize,
@@ -149,6 +197,8 @@ struct Inner {
     expired_holds: Arc<AtomicU64>,
     pool: ArbiterPool,
     placement: Placement,
+    drained_tx: mpsc::UnboundedSender<KeyId>,
+    drained_rx: Mutex<Option<mpsc::UnboundedReceiver<KeyId>>>,
 }
 
 /// The key actors of one gateway process. Cheap to clone.
@@ -176,8 +226,9 @@ impl Registry {
         placement: Placement,
     ) -> Result<Registry, ArbiterError> {
         let pool = ArbiterPool::start(arbiters)?;
+        let (drained_tx, drained_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
             loaded: AtomicUsize::new(0),
             next_arbiter: AtomicUsize::new(0),
@@ -186,6 +237,8 @@ impl Registry {
             expired_holds: Arc::new(AtomicU64::new(0)),
             pool,
             placement,
+            drained_tx,
+            drained_rx: Mutex::new(Some(drained_rx)),
         });
         let weak = Arc::downgrade(&inner);
         let sweep = Duration::from_millis(limits.idle_sweep_ms.max(1));
@@ -196,66 +249,150 @@ impl Registry {
     }
 
     /// A lease on `key`'s actor, starting the actor from the store on first
-    /// use. Refused when the key has too many calls in flight.
+    /// use. Refused when the key has too many calls in flight or cannot
+    /// spend; waits while the key is fenced.
     pub async fn acquire(&self, key: &KeyId) -> Result<Lease, AcquireError> {
         loop {
-            let slot = {
+            let step = {
                 let mut shard = self.inner.shard(key);
-                let stale = shard
-                    .get(key)
-                    .and_then(|slot| slot.get())
-                    .is_some_and(|entry| {
-                        entry.stale.load(Ordering::Acquire)
-                            && entry.in_flight.load(Ordering::Acquire) == 0
-                    });
-                if stale {
-                    // Under the lock and with no lease out: safe to replace.
-                    if let Some(entry) = shard.remove(key).as_ref().and_then(|s| s.get()) {
-                        entry.addr.do_send(Stop);
-                    }
-                    self.inner.loaded.fetch_sub(1, Ordering::Relaxed);
-                }
-                match shard.get(key) {
-                    Some(slot) => match slot.get() {
-                        Some(entry) => return self.inner.enter(entry),
-                        None => slot.clone(),
-                    },
-                    None => {
-                        let max = self.inner.limits.loaded_keys_max;
-                        if self.inner.loaded.load(Ordering::Relaxed) >= max {
-                            return Err(AcquireError::Full { max });
+                if let Some(fence) = shard.fences.get(key) {
+                    Step::Wait(fence.clone())
+                } else {
+                    let stale = shard
+                        .slots
+                        .get(key)
+                        .and_then(|slot| slot.get())
+                        .is_some_and(|entry| {
+                            entry.stale.load(Ordering::Acquire)
+                                && entry.in_flight.load(Ordering::Acquire) == 0
+                        });
+                    if stale {
+                        // Under the lock and with no lease out: safe to replace.
+                        if let Some(entry) = shard.slots.remove(key).as_ref().and_then(|s| s.get())
+                        {
+                            entry.addr.do_send(Stop);
                         }
-                        let slot = Slot::default();
-                        shard.insert(key.clone(), slot.clone());
-                        self.inner.loaded.fetch_add(1, Ordering::Relaxed);
-                        slot
+                        self.inner.loaded.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    match shard.slots.get(key) {
+                        Some(slot) => match slot.get() {
+                            Some(entry) => return self.inner.enter(entry),
+                            None => Step::Load(slot.clone()),
+                        },
+                        None if self.inner.loaded.load(Ordering::Relaxed)
+                            >= self.inner.limits.loaded_keys_max =>
+                        {
+                            Step::MakeRoom
+                        }
+                        None => {
+                            let slot = Slot::default();
+                            shard.slots.insert(key.clone(), slot.clone());
+                            self.inner.loaded.fetch_add(1, Ordering::Relaxed);
+                            Step::Load(slot)
+                        }
                     }
                 }
             };
-            // Loaded outside the lock; the next turn takes the lease under it.
-            self.inner.init(key, &slot).await?;
+            match step {
+                // The fence's holder decides the key's fate; then look again.
+                Step::Wait(fence) => drop(fence.lock().await),
+                Step::MakeRoom => {
+                    if !self.inner.evict_least_recently_used() {
+                        let max = self.inner.limits.loaded_keys_max;
+                        return Err(AcquireError::Full { max });
+                    }
+                }
+                // Loaded outside the lock; the next turn takes the lease under it.
+                Step::Load(slot) => {
+                    self.inner.init(key, &slot).await?;
+                }
+            }
         }
+    }
+
+    /// Stops new leases on `key` until the returned [`Fence`] is dropped
+    /// (callers of [`Registry::acquire`] wait), and says whether any lease is
+    /// out: when none is, no charge on the key can be written while the
+    /// fence stands, so its unspent budget may be freed at once.
+    pub async fn fence(&self, key: &KeyId) -> Fence {
+        loop {
+            let other = {
+                let mut shard = self.inner.shard(key);
+                match shard.fences.get(key) {
+                    Some(other) => other.clone(),
+                    None => {
+                        let lock = FenceLock::default();
+                        // A new mutex: locking it cannot fail or wait.
+                        let Ok(guard) = lock.clone().try_lock_owned() else {
+                            continue;
+                        };
+                        shard.fences.insert(key.clone(), lock.clone());
+                        let in_flight = shard
+                            .slots
+                            .get(key)
+                            .and_then(|slot| slot.get())
+                            .map_or(0, |entry| entry.in_flight.load(Ordering::SeqCst));
+                        // A load in progress holds no lease yet, and takes its
+                        // first one under the shard lock: it will wait.
+                        return Fence {
+                            registry: self.inner.clone(),
+                            key: key.clone(),
+                            lock,
+                            _guard: guard,
+                            drained: in_flight == 0,
+                        };
+                    }
+                }
+            };
+            // Another fence on the same key: wait for it to fall.
+            drop(other.lock().await);
+        }
+    }
+
+    /// Revoked keys whose last call in flight has ended since their
+    /// revocation reached the actor: their unspent budget may be freed.
+    /// Taken once (the binary's drain task); later calls get `None`.
+    pub fn drained_keys(&self) -> Option<mpsc::UnboundedReceiver<KeyId>> {
+        self.inner
+            .drained_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Pushes a revocation (or supersession) to `key`'s actor if one is
     /// running or starting, so the key's next call is refused. A key with no
     /// actor needs nothing: its next actor loads the stored status.
-    pub async fn revoke(&self, key: &KeyId, status: BudgetStatus) {
-        let slot = self.inner.shard(key).get(key).cloned();
-        let Some(slot) = slot else { return };
+    ///
+    /// Returns whether the key is drained: no call is in flight on it, so
+    /// none can charge it any more. Otherwise the key is reported on
+    /// [`Registry::drained_keys`] when its last call ends.
+    pub async fn revoke(&self, key: &KeyId, status: BudgetStatus) -> bool {
+        let slot = self.inner.shard(key).slots.get(key).cloned();
+        let Some(slot) = slot else { return true };
         // A load in progress may have read the row before the revocation was
         // stored: wait for it, then tell the actor anyway.
-        if let Ok(entry) = self.inner.init(key, &slot).await {
-            if entry.addr.send(Revoke { status }).await.is_err() {
-                tracing::warn!(key_id = %key, "revocation could not reach the key's actor");
-            }
+        let Ok(entry) = self.inner.init(key, &slot).await else {
+            return true;
+        };
+        if entry.addr.send(Revoke { status }).await.is_err() {
+            // A dead actor can take no hold and commit no charge.
+            tracing::warn!(key_id = %key, "revocation could not reach the key's actor");
         }
+        // From here the actor refuses new holds. Either this sees no lease
+        // out, or the last lease's drop sees `revoked` (both SeqCst).
+        entry.revoked.store(true, Ordering::SeqCst);
+        if entry.in_flight.load(Ordering::SeqCst) == 0 {
+            return entry.report_drained();
+        }
+        false
     }
 
     /// Whether `key`'s actor is running (started and not evicted).
     pub fn is_loaded(&self, key: &KeyId) -> bool {
         self.inner
             .shard(key)
+            .slots
             .get(key)
             .is_some_and(|slot| slot.get().is_some())
     }
@@ -283,7 +420,7 @@ impl Registry {
 }
 
 impl Inner {
-    fn shard(&self, key: &KeyId) -> MutexGuard<'_, HashMap<KeyId, Slot>> {
+    fn shard(&self, key: &KeyId) -> MutexGuard<'_, Shard> {
         let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
         // A poisoned shard only means a panic elsewhere mid-lookup; the map
         // itself is still consistent (no user code runs under the lock).
@@ -305,8 +442,8 @@ impl Inner {
         })
     }
 
-    /// Loads the key and starts its actor once; on failure forgets the slot
-    /// so the next call tries again.
+    /// Loads the key and starts its actor once; on failure (a key that
+    /// cannot spend included) forgets the slot so the next call tries again.
     async fn init(&self, key: &KeyId, slot: &Slot) -> Result<Arc<KeyEntry>, AcquireError> {
         let result = slot
             .get_or_try_init(|| async {
@@ -315,6 +452,9 @@ impl Inner {
                     .load(key)
                     .await?
                     .ok_or(AcquireError::UnknownKey)?;
+                if !state.can_spend(now_ms()) {
+                    return Err(AcquireError::CannotSpend(state));
+                }
                 Ok::<_, AcquireError>(Arc::new(self.start_actor(key, state)))
             })
             .await
@@ -322,14 +462,52 @@ impl Inner {
         if result.is_err() {
             let mut shard = self.shard(key);
             if shard
+                .slots
                 .get(key)
                 .is_some_and(|s| Arc::ptr_eq(s, slot) && s.get().is_none())
             {
-                shard.remove(key);
+                shard.slots.remove(key);
                 self.loaded.fetch_sub(1, Ordering::Relaxed);
             }
         }
         result
+    }
+
+    /// Stops the idle actor (nothing in flight) used least recently, to make
+    /// room for a new key. False when every actor has a call in flight.
+    fn evict_least_recently_used(&self) -> bool {
+        let mut oldest: Option<(i64, usize, Arc<KeyEntry>)> = None;
+        for (index, shard) in self.shards.iter().enumerate() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in shard.slots.values().filter_map(|slot| slot.get()) {
+                if entry.in_flight.load(Ordering::Acquire) > 0 {
+                    continue;
+                }
+                let used = entry.last_used_ms.load(Ordering::Relaxed);
+                if oldest.as_ref().is_none_or(|(at, _, _)| used < *at) {
+                    oldest = Some((used, index, entry.clone()));
+                }
+            }
+        }
+        let Some((_, index, victim)) = oldest else {
+            return false;
+        };
+        let mut shard = self.shards[index]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Still idle and still the key's actor? Then it goes, under the lock.
+        let current = shard
+            .slots
+            .get(&victim.key)
+            .and_then(|slot| slot.get())
+            .is_some_and(|entry| Arc::ptr_eq(entry, &victim));
+        if !current || victim.in_flight.load(Ordering::Acquire) > 0 {
+            return true; // the map changed under us: look again
+        }
+        shard.slots.remove(&victim.key);
+        victim.addr.do_send(Stop);
+        self.loaded.fetch_sub(1, Ordering::Relaxed);
+        true
     }
 
     fn start_actor(&self, key: &KeyId, state: KeyState) -> KeyEntry {
@@ -346,11 +524,15 @@ impl Inner {
             None => actor.start(),
         };
         KeyEntry {
+            key: key.clone(),
             addr,
             token_sha256: state.token_sha256,
             in_flight: AtomicU32::new(0),
             last_used_ms: AtomicI64::new(now_ms()),
             stale: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
+            drain_reported: AtomicBool::new(false),
+            drained: self.drained_tx.clone(),
         }
     }
 
@@ -358,7 +540,7 @@ impl Inner {
         let mut evicted = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            shard.retain(|_, slot| {
+            shard.slots.retain(|_, slot| {
                 let Some(entry) = slot.get() else { return true };
                 let idle = now.saturating_sub(entry.last_used_ms.load(Ordering::Relaxed));
                 if entry.in_flight.load(Ordering::Acquire) > 0 || idle < self.limits.idle_ms {
@@ -446,7 +628,42 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let before = self.entry.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let before = self.entry.in_flight.fetch_sub(1, Ordering::SeqCst);
         debug_assert!(before > 0, "in-flight count underflow");
+        if before == 1 && self.entry.revoked.load(Ordering::SeqCst) && self.entry.report_drained()
+        {
+            // The receiver is gone only when the gateway is shutting down.
+            let _ = self.entry.drained.send(self.entry.key.clone());
+        }
     }
+}
+
+/// While it stands, no new lease is taken on its key. See [`Registry::fence`].
+pub struct Fence {
+    registry: Arc<Inner>,
+    key: KeyId,
+    lock: FenceLock,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    /// No call was in flight on the key when the fence went up.
+    pub drained: bool,
+}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        let mut shard = self.registry.shard(&self.key);
+        if shard
+            .fences
+            .get(&self.key)
+            .is_some_and(|lock| Arc::ptr_eq(lock, &self.lock))
+        {
+            shard.fences.remove(&self.key);
+        }
+        // Waiters wake when the guard drops, right after this.
+    }
+}
+
+enum Step {
+    Wait(FenceLock),
+    MakeRoom,
+    Load(Slot),
 }

@@ -32,6 +32,8 @@ pub enum StoreError {
     TooManyKeys { max: u32 },
     #[error("the project already holds {max} unexpired keys")]
     TooManyApiKeys { max: u32 },
+    #[error("the caller's session is no longer the wallet's active one")]
+    SessionSuperseded,
     #[error("nonce unknown, already used or expired")]
     NonceRejected,
     #[error("amount would overflow")]

@@ -133,6 +133,11 @@ pub struct NewSession {
     pub nonce_issued_after_ms: i64,
     /// The session key issued with the session (purpose `session`).
     pub key: NewKey,
+    /// Keys of the session being replaced that the gateway has fenced with
+    /// no call in flight: their unspent budget is freed in the sign-in's own
+    /// transaction. Every other superseded key stays committed until its
+    /// calls drain (invariant 7).
+    pub drained_keys: Vec<crate::KeyId>,
 }
 
 /// A wallet's prepaid funds on one chain, and what its keys have claimed.

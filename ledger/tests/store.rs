@@ -258,6 +258,7 @@ async fn sessions_supersede_and_nonces_are_single_use(store: Store) {
             nonce: nonce.into(),
             nonce_issued_after_ms: now - 60_000,
             key,
+            drained_keys: Vec::new(),
         }
     };
     // Unknown nonce.
@@ -356,6 +357,7 @@ async fn concurrent_sign_ins_leave_one_active_session(store: Store) {
                         nonce,
                         nonce_issued_after_ms: now - 60_000,
                         key,
+                        drained_keys: Vec::new(),
                     },
                     100,
                 )

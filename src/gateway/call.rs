@@ -16,8 +16,8 @@
 //!    before a non-streamed answer) releases its hold: nothing is charged.
 
 use actix_web::http::StatusCode;
-use actors::budget::{ReserveError, Reserved};
-use actors::registry::{AcquireError, CallError, Lease};
+use actors::budget::{BudgetStatus, ReserveError, Reserved};
+use actors::registry::{AcquireError, CallError, KeyState, Lease};
 use ledger::model::{ChargeOutcome, NewCharge};
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId, RequestId};
@@ -80,17 +80,15 @@ impl PaidCall {
         requested_max_tokens: u64,
         stream: bool,
     ) -> Result<PaidCall, ApiError> {
-        let lease = gateway
-            .registry
-            .acquire(key_id)
-            .await
-            .map_err(acquire_error)?;
-        if let Some(token) = token {
-            let stored = lease.token_sha256().as_bytes();
-            if !bool::from(stored.ct_eq(token_sha256(token).as_bytes())) {
-                return Err(invalid_token());
+        let lease = match gateway.registry.acquire(key_id).await {
+            Ok(lease) => lease,
+            Err(AcquireError::CannotSpend(state)) => {
+                check_token(&state.token_sha256, token)?;
+                return Err(cannot_spend(&state, model, prompt_tokens_max));
             }
-        }
+            Err(error) => return Err(acquire_error(error)),
+        };
+        check_token(lease.token_sha256(), token)?;
         let cost = |output| {
             model.price.cost(prompt_tokens_max, output).map_err(|_| {
                 ApiError::invalid_param("messages", "make the call cost more than any budget")
@@ -274,6 +272,65 @@ enum Unfinished {
     RecordedNotCommitted(String),
 }
 
+/// The presented token must hash to the stored hash (`None`: the caller was
+/// authenticated otherwise). Constant time.
+fn check_token(stored_sha256: &str, token: Option<&str>) -> Result<(), ApiError> {
+    if let Some(token) = token {
+        let stored = stored_sha256.as_bytes();
+        if !bool::from(stored.ct_eq(token_sha256(token).as_bytes())) {
+            return Err(invalid_token());
+        }
+    }
+    Ok(())
+}
+
+/// A key that cannot spend, answered from its stored state (no actor).
+fn cannot_spend(state: &KeyState, model: &Model, prompt_tokens_max: u64) -> ApiError {
+    match state.status {
+        BudgetStatus::Revoked => return reserve_refused(ReserveError::Revoked),
+        BudgetStatus::Superseded => return reserve_refused(ReserveError::Superseded),
+        BudgetStatus::Active if state.expires_at_ms <= now_ms() => {
+            return reserve_refused(ReserveError::Expired)
+        }
+        BudgetStatus::Active => {}
+    }
+    let minimum = model
+        .price
+        .cost(prompt_tokens_max, 1)
+        .unwrap_or(Amount::MAX);
+    insufficient_budget(state.limit.saturating_sub(state.spent), minimum).with_budget(
+        BudgetHeaders {
+            limit: state.limit,
+            used: state.spent,
+            final_amount: Some(Amount::ZERO),
+        },
+    )
+}
+
+fn insufficient_budget(remaining: Amount, minimum: Amount) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_budget",
+        format!(
+            "the key's remaining budget ({remaining}) cannot cover even a minimal call ({minimum})"
+        ),
+    )
+    .with_details(json!({ "remaining": remaining, "minimum": minimum }))
+}
+
+/// The answer to a status refusal (revoked, superseded, expired).
+fn reserve_refused(error: ReserveError) -> ApiError {
+    match error {
+        ReserveError::Revoked => ApiError::unauthorized("key_revoked", "the key has been revoked"),
+        ReserveError::Superseded => ApiError::unauthorized(
+            "session_superseded",
+            "the key's session was replaced by a newer sign-in",
+        ),
+        ReserveError::Expired => ApiError::unauthorized("key_expired", "the key has expired"),
+        other => ApiError::internal(&other),
+    }
+}
+
 fn clamp_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -305,30 +362,17 @@ fn acquire_error(error: AcquireError) -> ApiError {
         AcquireError::Load(cause) => {
             unavailable("the key could not be loaded; retry shortly").logged(&cause)
         }
+        AcquireError::CannotSpend(_) => ApiError::internal(&"a refused key reached acquire_error"),
     }
 }
 
 async fn reserve_error(lease: &Lease, error: CallError, minimum: Amount) -> ApiError {
     match error {
-        CallError::Reserve(ReserveError::Revoked) => {
-            ApiError::unauthorized("key_revoked", "the key has been revoked")
-        }
-        CallError::Reserve(ReserveError::Superseded) => ApiError::unauthorized(
-            "session_superseded",
-            "the key's session was replaced by a newer sign-in",
-        ),
-        CallError::Reserve(ReserveError::Expired) => {
-            ApiError::unauthorized("key_expired", "the key has expired")
-        }
+        CallError::Reserve(
+            refusal @ (ReserveError::Revoked | ReserveError::Superseded | ReserveError::Expired),
+        ) => reserve_refused(refusal),
         CallError::Reserve(ReserveError::InsufficientBudget { remaining, .. }) => {
-            let error = ApiError::new(
-                StatusCode::PAYMENT_REQUIRED,
-                "insufficient_budget",
-                format!(
-                    "the key's remaining budget ({remaining}) cannot cover even a minimal call ({minimum})"
-                ),
-            )
-            .with_details(json!({ "remaining": remaining, "minimum": minimum }));
+            let error = insufficient_budget(remaining, minimum);
             match lease.snapshot().await {
                 Ok(s) => error.with_budget(BudgetHeaders {
                     limit: s.limit,

@@ -5,6 +5,7 @@
 //! * [`loader`] — [`loader::StoreKeyLoader`]: key actors start from the store.
 //! * [`request`] — validating an OpenAI chat request.
 //! * [`call`] — [`call::PaidCall`]: one call's budget from hold to charge.
+//! * [`revocation`] — stopping keys so that no wallet spends past its funds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::upstream::Upstream;
 pub mod call;
 pub mod loader;
 pub mod request;
+pub mod revocation;
 
 /// A model clients may name, as configured.
 pub struct Model {
@@ -130,6 +132,7 @@ impl Gateway {
                 (name.clone(), model)
             })
             .collect();
+        revocation::free_drained_keys(&registry, store.clone());
         Ok(Gateway {
             registry,
             writer: LedgerWriter::start(store),

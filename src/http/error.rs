@@ -178,7 +178,7 @@ impl From<StoreError> for ApiError {
                 "insufficient_funds",
                 format!(
                     "the wallet's available funds ({available}) cannot cover this budget ({required}) \
-                     on top of what its active keys may still spend ({committed})"
+                     on top of what its keys may still spend ({committed}, calls still running on stopped keys included)"
                 ),
             )
             .with_details(json!({
@@ -200,6 +200,10 @@ impl From<StoreError> for ApiError {
             StoreError::NonceRejected => ApiError::unauthorized(
                 "invalid_nonce",
                 "the SIWE nonce is unknown, already used or expired; request a new one",
+            ),
+            StoreError::SessionSuperseded => ApiError::unauthorized(
+                "session_superseded",
+                "the key's session was replaced by a newer sign-in",
             ),
             StoreError::NotFound => ApiError::not_found("not_found", "not found"),
             other => ApiError::internal(&other),

@@ -13,6 +13,7 @@ use super::extract::{
     self, authenticate, chain_header, require_same_wallet, wallet_header, Caller,
 };
 use crate::auth::token::{token_sha256, Claims};
+use crate::gateway::revocation::stop_keys;
 use crate::state::AppState;
 
 /// The JSON view of a key: budget state, never token material.
@@ -210,9 +211,15 @@ pub async fn create(
             expires_at_ms,
         },
     );
+    // Checked again in the inserting transaction: a sign-in that supersedes
+    // the caller's session meanwhile wins, and this creation is refused.
     let key = state
         .store
-        .create_key(&new_key, keys.max_active_per_wallet)
+        .create_key_by(
+            &new_key,
+            keys.max_active_per_wallet,
+            caller.key.session_id.as_ref(),
+        )
         .await?;
     tracing::info!(key_id = %key.id, wallet = %key.wallet, chain = %key.chain_id, budget = %key.budget_limit, "key created");
     Ok(HttpResponse::Created().json(created_key_json(&key, &token)))
@@ -268,13 +275,25 @@ pub async fn revoke(
             "an api key may revoke only itself; use a session key",
         ));
     }
-    let key = state.store.revoke_key(&key.id, now_ms()).await?;
     // Refused from the key's next paid call on: its actor is told at once.
-    state
-        .gateway
-        .registry
-        .revoke(&key.id, BudgetStatus::Revoked)
-        .await;
+    // Its unspent budget returns to the wallet once no call can charge it.
+    let store = &state.store;
+    let id = &key.id;
+    let key = stop_keys(
+        &state.gateway.registry,
+        store,
+        std::slice::from_ref(id),
+        BudgetStatus::Revoked,
+        |drained| async move {
+            let key = store.revoke_key(id, now_ms()).await?;
+            if drained.contains(&key.id) {
+                store.release_key_funds(&key.id, now_ms()).await?;
+            }
+            let stopped = vec![key.id.clone()];
+            Ok((key, stopped))
+        },
+    )
+    .await?;
     tracing::info!(key_id = %key.id, by = %caller.claims.key_id, "key revoked");
     Ok(HttpResponse::Ok().json(key_json(&key)))
 }

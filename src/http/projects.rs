@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::extract;
 use super::keys::budget_within_max;
 use crate::auth::token::token_sha256;
+use crate::gateway::revocation::stop_keys;
 use crate::state::AppState;
 
 fn budget_json(project: &ProjectRecord, key: &KeyRecord) -> serde_json::Value {
@@ -123,21 +124,26 @@ pub async fn set(
         created_at_ms: now,
         expires_at_ms: now.saturating_add(state.settings.keys.max_ttl_ms),
     };
-    let (key, previous) = state
-        .store
-        .set_project_budget(
-            &project,
-            &new_key,
-            state.settings.keys.max_active_per_wallet,
-        )
-        .await?;
-    if let Some(previous) = previous {
-        state
-            .gateway
-            .registry
-            .revoke(&previous, BudgetStatus::Revoked)
-            .await;
-    }
+    // The budget being replaced stops taking calls; its unspent part stays
+    // committed against the wallet until no call can charge it (invariant 7),
+    // which is at once when none is in flight.
+    let store = &state.store;
+    let max_active_keys = state.settings.keys.max_active_per_wallet;
+    let replaced: Vec<KeyId> = project.budget_key_id.iter().cloned().collect();
+    let project_ref = &project;
+    let key = stop_keys(
+        &state.gateway.registry,
+        store,
+        &replaced,
+        BudgetStatus::Revoked,
+        |drained| async move {
+            let (key, previous) = store
+                .set_project_budget(project_ref, &new_key, max_active_keys, &drained)
+                .await?;
+            Ok((key, previous.into_iter().collect()))
+        },
+    )
+    .await?;
     tracing::info!(project = %project.id, key_id = %key.id, budget = %key.budget_limit, by = %caller.key.id, "project budget set");
     Ok(HttpResponse::Ok().json(budget_json(&project, &key)))
 }

@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::extract;
 use super::keys::{budget_within_max, created_key_json, mint, name_field};
 use crate::auth::siwe::{self, SiweError, SiweExpectations};
+use crate::gateway::revocation::stop_keys;
 use crate::state::AppState;
 
 /// Length of an issued nonce: 24 alphanumerics, ~143 bits.
@@ -125,24 +126,32 @@ pub async fn sign_in(
             expires_at_ms,
         },
     );
-    let new_session = NewSession {
-        id: session_id,
-        nonce: siwe.nonce,
-        nonce_issued_after_ms: now - auth.nonce_ttl_ms,
-        key,
-    };
-    let sign_in = state
-        .store
-        .create_session(&new_session, state.settings.keys.max_active_per_wallet)
+    // The replaced session's keys stop on their next call, not after a TTL;
+    // those with no call in flight free their budget for this sign-in.
+    let store = &state.store;
+    let replaced = store
+        .active_session_keys(&key.wallet, key.chain_id)
         .await?;
-    // The replaced session's keys stop on their next call, not after a TTL.
-    for superseded in &sign_in.superseded_keys {
-        state
-            .gateway
-            .registry
-            .revoke(superseded, BudgetStatus::Superseded)
-            .await;
-    }
+    let max_active_keys = state.settings.keys.max_active_per_wallet;
+    let sign_in = stop_keys(
+        &state.gateway.registry,
+        store,
+        &replaced,
+        BudgetStatus::Superseded,
+        |drained_keys| async move {
+            let new_session = NewSession {
+                id: session_id,
+                nonce: siwe.nonce,
+                nonce_issued_after_ms: now - auth.nonce_ttl_ms,
+                key,
+                drained_keys,
+            };
+            let sign_in = store.create_session(&new_session, max_active_keys).await?;
+            let stopped = sign_in.superseded_keys.clone();
+            Ok((sign_in, stopped))
+        },
+    )
+    .await?;
     let (session, key) = (sign_in.session, sign_in.key);
     tracing::info!(session_id = %session.id, wallet = %session.wallet, chain = %session.chain_id, "signed in");
     let mut view = created_key_json(&key, &token);

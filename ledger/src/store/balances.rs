@@ -2,7 +2,8 @@
 //! funding check that new keys must pass.
 //!
 //! A wallet's funds on a chain are `credited − debited − unsettled charges`;
-//! its active keys *commit* what they may still spend. A new budget fits when
+//! its keys *commit* what they may still spend — live keys, and stopped keys
+//! whose calls may still be running, until `committed_until_ms` (invariant 7). A new budget fits when
 //! `committed + budget ≤ available`. Writers that change either side first
 //! touch the wallet's balance row ([`lock_balance`]), which serializes them on
 //! both databases: a PostgreSQL row lock, SQLite's single writer.
@@ -167,7 +168,7 @@ pub(crate) async fn read_funding(
     let committed = sqlx::query(
         "SELECT CAST(COALESCE(SUM(budget_limit_atomic - budget_used_atomic), 0) AS BIGINT) AS total
            FROM keys
-          WHERE wallet = $1 AND chain_id = $2 AND status = 'active' AND expires_at_ms > $3",
+          WHERE wallet = $1 AND chain_id = $2 AND committed_until_ms > $3",
     )
     .bind(wallet.to_lower_hex())
     .bind(chain_db)

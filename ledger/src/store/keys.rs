@@ -27,8 +27,35 @@ impl Store {
         key: &NewKey,
         max_active_keys: u32,
     ) -> Result<KeyRecord, StoreError> {
+        self.create_key_by(key, max_active_keys, None).await
+    }
+
+    /// As [`Store::create_key`], for a caller signed in with `session`: the
+    /// same transaction checks that the session is still the wallet's active
+    /// one (a sign-in that supersedes it serializes on the same wallet
+    /// lock), so a key can never be created by a session already replaced.
+    pub async fn create_key_by(
+        &self,
+        key: &NewKey,
+        max_active_keys: u32,
+        session: Option<&SessionId>,
+    ) -> Result<KeyRecord, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let record = insert_funded_key(&mut tx, key, max_active_keys).await?;
+        lock_balance(&mut tx, &key.wallet, key.chain_id, key.created_at_ms).await?;
+        if let Some(session) = session {
+            let active = sqlx::query("SELECT active FROM sessions WHERE id = $1")
+                .bind(session.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let active = match active {
+                Some(row) => get_i64(&row, "active")? == 1,
+                None => false,
+            };
+            if !active {
+                return Err(StoreError::SessionSuperseded);
+            }
+        }
+        let record = insert_funded_key(&mut tx, key, max_active_keys, self.hold_max_ms()).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -76,15 +103,19 @@ impl Store {
     }
 
     /// Revokes a key. Revoking a key that is no longer active changes nothing
-    /// and returns it as it is.
+    /// and returns it as it is. Its unspent budget stays committed against
+    /// the wallet for the longest a hold can live, or until
+    /// [`Store::release_key_funds`] says no call can charge it any more.
     pub async fn revoke_key(&self, id: &KeyId, now_ms: i64) -> Result<KeyRecord, StoreError> {
         let row = sqlx::query(&format!(
-            "UPDATE keys SET status = 'revoked', revoked_at_ms = $2
+            "UPDATE keys SET status = 'revoked', revoked_at_ms = $2,
+                    committed_until_ms = {COMMITTED_UNTIL_CAPPED}
               WHERE id = $1 AND status = 'active'
              RETURNING {KEY_COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(now_ms)
+        .bind(now_ms.saturating_add(self.hold_max_ms()))
         .fetch_optional(self.pool())
         .await?;
         let record = match row {
@@ -94,6 +125,36 @@ impl Store {
         debug_assert_ne!(record.status, KeyStatus::Active);
         Ok(record)
     }
+
+    /// Frees a stopped key's unspent budget for its wallet's funding check:
+    /// the gateway has seen that no call can charge the key any more. Does
+    /// nothing to an active key (its budget is committed while it lives).
+    pub async fn release_key_funds(&self, id: &KeyId, now_ms: i64) -> Result<(), StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        release_funds(&mut conn, id, now_ms).await
+    }
+}
+
+/// `committed_until_ms` lowered to `$3` (never raised): a stopped key's
+/// budget is committed at most until then.
+pub(crate) const COMMITTED_UNTIL_CAPPED: &str =
+    "CASE WHEN committed_until_ms > $3 THEN $3 ELSE committed_until_ms END";
+
+/// See [`Store::release_key_funds`]; inside the caller's transaction.
+pub(crate) async fn release_funds(
+    conn: &mut AnyConnection,
+    id: &KeyId,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE keys SET committed_until_ms = $2
+          WHERE id = $1 AND status <> 'active' AND committed_until_ms > $2",
+    )
+    .bind(id.as_str())
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Locks the wallet+chain, checks funding and the active-key bound, and
@@ -102,6 +163,7 @@ pub(crate) async fn insert_funded_key(
     conn: &mut AnyConnection,
     key: &NewKey,
     max_active_keys: u32,
+    hold_max_ms: i64,
 ) -> Result<KeyRecord, StoreError> {
     let now_ms = key.created_at_ms;
     lock_balance(conn, &key.wallet, key.chain_id, now_ms).await?;
@@ -126,8 +188,9 @@ pub(crate) async fn insert_funded_key(
     }
     let row = sqlx::query(&format!(
         "INSERT INTO keys (id, token_sha256, wallet, chain_id, purpose, session_id, name,
-                           budget_limit_atomic, budget_used_atomic, status, created_at_ms, expires_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 'active', $9, $10)
+                           budget_limit_atomic, budget_used_atomic, status, created_at_ms,
+                           expires_at_ms, committed_until_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 'active', $9, $10, $11)
          RETURNING {KEY_COLUMNS}"
     ))
     .bind(key.id.as_str())
@@ -140,6 +203,7 @@ pub(crate) async fn insert_funded_key(
     .bind(key.budget_limit.to_db())
     .bind(key.created_at_ms)
     .bind(key.expires_at_ms)
+    .bind(key.expires_at_ms.saturating_add(hold_max_ms))
     .fetch_one(&mut *conn)
     .await?;
     let record = key_from_row(&row)?;

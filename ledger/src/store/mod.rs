@@ -45,11 +45,18 @@ pub enum Backend {
     Sqlite,
 }
 
+/// How long a key's unspent budget stays committed against its wallet after
+/// the key stops (revoked, superseded, expired) when nobody reports its calls
+/// drained: the longest a hold can live. The binary sets it from its
+/// timeouts ([`Store::with_hold_max_ms`]); this default matches theirs.
+pub const HOLD_MAX_MS_DEFAULT: i64 = 630_000;
+
 /// The system of record. Cheap to clone: it shares one connection pool.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    hold_max_ms: i64,
 }
 
 impl Store {
@@ -91,7 +98,24 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            hold_max_ms: HOLD_MAX_MS_DEFAULT,
+        })
+    }
+
+    /// Sets the longest a hold on a key can live (a call's bound plus its
+    /// slack): a stopped key's unspent budget stays committed that long
+    /// unless its calls are reported drained (invariant 7).
+    pub fn with_hold_max_ms(mut self, hold_max_ms: i64) -> Store {
+        self.hold_max_ms = hold_max_ms.max(0);
+        self
+    }
+
+    /// See [`Store::with_hold_max_ms`].
+    pub fn hold_max_ms(&self) -> i64 {
+        self.hold_max_ms
     }
 
     /// Applies every migration not yet applied. Safe to run concurrently with

@@ -9,7 +9,7 @@
 use sqlx::any::AnyRow;
 
 use super::balances::lock_balance;
-use super::keys::insert_funded_key;
+use super::keys::{insert_funded_key, release_funds, COMMITTED_UNTIL_CAPPED};
 use super::{chain_to_db, get_chain, get_i64, get_parsed, get_string, get_wallet, Store};
 use crate::model::{NewSession, SessionRecord, SignIn};
 use crate::{KeyId, SessionId, StoreError};
@@ -90,18 +90,24 @@ impl Store {
         debug_assert!(superseded.len() <= 1, "more than one active session");
         let mut superseded_keys = Vec::new();
         for row in &superseded {
-            let keys = sqlx::query(
-                "UPDATE keys SET status = 'superseded', revoked_at_ms = $2
+            let keys = sqlx::query(&format!(
+                "UPDATE keys SET status = 'superseded', revoked_at_ms = $2,
+                        committed_until_ms = {COMMITTED_UNTIL_CAPPED}
                   WHERE session_id = $1 AND status = 'active'
-                 RETURNING id",
-            )
+                 RETURNING id"
+            ))
             .bind(get_string(row, "id")?)
             .bind(now_ms)
+            .bind(now_ms.saturating_add(self.hold_max_ms()))
             .fetch_all(&mut *tx)
             .await?;
             for key in &keys {
                 superseded_keys.push(get_parsed(key, "id", KeyId::parse)?);
             }
+        }
+        // Fenced with nothing in flight: no call can charge them any more.
+        for key in &session.drained_keys {
+            release_funds(&mut tx, key, now_ms).await?;
         }
 
         let row = sqlx::query(
@@ -117,13 +123,35 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let record = session_from_row(&row)?;
-        let key_record = insert_funded_key(&mut tx, key, max_active_keys).await?;
+        let key_record =
+            insert_funded_key(&mut tx, key, max_active_keys, self.hold_max_ms()).await?;
         tx.commit().await?;
         Ok(SignIn {
             session: record,
             key: key_record,
             superseded_keys,
         })
+    }
+
+    /// The live keys bound to the wallet+chain's active session: the keys a
+    /// new sign-in will supersede (the gateway fences them first).
+    pub async fn active_session_keys(
+        &self,
+        wallet: &crate::WalletAddress,
+        chain: crate::ChainId,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT k.id FROM keys k JOIN sessions s ON k.session_id = s.id
+              WHERE s.wallet = $1 AND s.chain_id = $2 AND s.active = 1 AND k.status = 'active'
+              LIMIT 1000",
+        )
+        .bind(wallet.to_lower_hex())
+        .bind(chain_to_db(chain)?)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| get_parsed(row, "id", KeyId::parse))
+            .collect()
     }
 
     /// One session by id.

@@ -6,7 +6,7 @@
 
 use sqlx::any::AnyRow;
 
-use super::keys::insert_funded_key;
+use super::keys::{insert_funded_key, release_funds, COMMITTED_UNTIL_CAPPED};
 use super::{
     chain_to_db, get_chain, get_i64, get_opt_i64, get_opt_parsed, get_opt_string, get_parsed,
     get_string, get_wallet, Store,
@@ -122,6 +122,7 @@ impl Store {
         project: &ProjectRecord,
         budget: &NewKey,
         max_active_keys: u32,
+        drained: &[KeyId],
     ) -> Result<(KeyRecord, Option<KeyId>), StoreError> {
         let mut tx = self.pool().begin().await?;
         // Locks the project row (PostgreSQL; SQLite has one writer) and reads
@@ -129,17 +130,24 @@ impl Store {
         let current = lock_project(&mut tx, &project.account_id, &project.id).await?;
         let previous = get_opt_parsed(&current, "budget_key_id", KeyId::parse)?;
         if let Some(previous) = &previous {
-            // Freed first, so the funding check no longer counts its remainder.
-            sqlx::query(
-                "UPDATE keys SET status = 'revoked', revoked_at_ms = $2
-                  WHERE id = $1 AND status = 'active'",
-            )
+            // Revoked first. Its remainder stays committed (invariant 7) unless
+            // the gateway fenced it with no call in flight (`drained`).
+            let now = budget.created_at_ms;
+            sqlx::query(&format!(
+                "UPDATE keys SET status = 'revoked', revoked_at_ms = $2,
+                        committed_until_ms = {COMMITTED_UNTIL_CAPPED}
+                  WHERE id = $1 AND status = 'active'"
+            ))
             .bind(previous.as_str())
-            .bind(budget.created_at_ms)
+            .bind(now)
+            .bind(now.saturating_add(self.hold_max_ms()))
             .execute(&mut *tx)
             .await?;
+            if drained.contains(previous) {
+                release_funds(&mut tx, previous, now).await?;
+            }
         }
-        let key = insert_funded_key(&mut tx, budget, max_active_keys).await?;
+        let key = insert_funded_key(&mut tx, budget, max_active_keys, self.hold_max_ms()).await?;
         sqlx::query("UPDATE studio_projects SET budget_key_id = $2 WHERE id = $1")
             .bind(project.id.as_str())
             .bind(key.id.as_str())
