@@ -50,6 +50,8 @@ pub struct HttpSettings {
     pub bind: String,
     pub workers: usize,
     pub json_body_max_bytes: usize,
+    /// A request body must arrive whole within this long (408 otherwise).
+    pub body_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,7 +77,16 @@ pub struct QueueSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    pub siwe_domain: String,
+    /// The server's own domains (`host[:port]`): a SIWE message must name
+    /// one, and its URI must be on one. Empty: the loopback names of the
+    /// bound address (a non-loopback bind must configure them). From the
+    /// environment as a comma-separated list.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub siwe_domains: Vec<String>,
+    /// Nonce requests and sign-ins per client address: a burst, then a
+    /// sustained rate (429 past it).
+    pub sign_in_burst: u32,
+    pub sign_in_per_s: u32,
     pub signing_key_file: String,
     /// Hex seed; only ever from the environment or a private config file.
     #[serde(default)]
@@ -174,11 +185,38 @@ pub struct ModelSettings {
     pub output_atomic_per_million: u64,
     #[serde(default)]
     pub request_fee_atomic: u64,
+    /// The least any call costs (at least 1): no call is free, so a budget
+    /// bounds the charges it can write.
+    #[serde(default = "one")]
+    pub min_charge_atomic: u64,
     /// `max_tokens` when a request names none, and the most it may name.
     pub max_output_tokens: u64,
     /// Echo only: a pause between streamed words (0: none).
     #[serde(default)]
     pub echo_word_delay_ms: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// A list from a file, or a comma-separated string from the environment.
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(list) => list,
+        ListOrCsv::Csv(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 impl Settings {
@@ -221,12 +259,25 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
-        self.http.bind.parse::<SocketAddr>().map_err(|_| {
+        let bind = self.http.bind.parse::<SocketAddr>().map_err(|_| {
             invalid(
                 "http.bind",
                 format!("must be ADDRESS:PORT, got {:?}", self.http.bind),
             )
         })?;
+        self.validate_siwe_domains(bind)?;
+        if self.http.body_timeout_ms == 0 || self.http.body_timeout_ms > 600_000 {
+            return Err(invalid(
+                "http.body_timeout_ms",
+                "must be between 1 and 600000 milliseconds",
+            ));
+        }
+        if self.auth.sign_in_burst == 0 || self.auth.sign_in_per_s == 0 {
+            return Err(invalid(
+                "auth.sign_in_burst",
+                "auth.sign_in_burst and auth.sign_in_per_s must be at least 1",
+            ));
+        }
         if self.http.json_body_max_bytes == 0 || self.http.json_body_max_bytes > 16 * 1024 * 1024 {
             return Err(invalid(
                 "http.json_body_max_bytes",
@@ -343,6 +394,49 @@ impl Settings {
         Ok(())
     }
 
+    /// A non-loopback server must name its SIWE domains: guessing them from
+    /// the request (its `Host`) would let a phishing site relay a signature.
+    pub fn validate_siwe_domains(&self, bound: SocketAddr) -> Result<(), SettingsError> {
+        for domain in &self.auth.siwe_domains {
+            if domain.is_empty()
+                || domain.contains("://")
+                || domain.contains(['/', '@', '?', '#'])
+                || domain.contains(char::is_whitespace)
+            {
+                return Err(invalid(
+                    "auth.siwe_domains",
+                    format!("{domain:?} is not a host[:port] (no scheme, path or spaces)"),
+                ));
+            }
+        }
+        if self.auth.siwe_domains.is_empty() && !bound.ip().is_loopback() {
+            return Err(invalid(
+                "auth.siwe_domains",
+                format!(
+                    "must name the domains users sign in to (e.g. [\"app.example.com\"]) \
+                     when http.bind ({bound}) is not a loopback address"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The SIWE domains in force for a server bound to `bound`: the
+    /// configured ones, else the loopback names of that address.
+    pub fn siwe_domains_for(&self, bound: SocketAddr) -> Vec<String> {
+        if !self.auth.siwe_domains.is_empty() {
+            return self.auth.siwe_domains.clone();
+        }
+        let port = bound.port();
+        let mut domains = vec![bound.to_string(), format!("localhost:{port}")];
+        if bound.is_ipv4() {
+            domains.push(format!("[::1]:{port}"));
+        } else {
+            domains.push(format!("127.0.0.1:{port}"));
+        }
+        domains
+    }
+
     fn validate_gateway(&self) -> Result<(), SettingsError> {
         let g = &self.gateway;
         if g.chat_body_max_bytes == 0 || g.chat_body_max_bytes > 64 * 1024 * 1024 {
@@ -403,6 +497,14 @@ impl Settings {
             }
             if model.price_version.is_empty() {
                 return Err(invalid(setting("price_version"), "must not be empty"));
+            }
+            if model.min_charge_atomic == 0
+                || ledger::Amount::from_atomic(model.min_charge_atomic).is_none()
+            {
+                return Err(invalid(
+                    setting("min_charge_atomic"),
+                    "must be at least 1 (no call is free) and storable",
+                ));
             }
             if ledger::Amount::from_atomic(model.request_fee_atomic).is_none() {
                 return Err(invalid(

@@ -38,6 +38,8 @@ pub enum StartupError {
     StudioSecrets(#[from] crate::studio::secrets::SecretsError),
     #[error("server: {0}")]
     Server(std::io::Error),
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
 }
 
 /// A built server, bound and ready to run.
@@ -73,9 +75,13 @@ impl Application {
 
     /// Builds the server on an already bound listener.
     pub async fn build_on(
-        settings: Settings,
+        mut settings: Settings,
         listener: TcpListener,
     ) -> Result<Application, StartupError> {
+        // SIWE domains from the address really bound (tests bind port 0).
+        let bound = listener.local_addr().map_err(StartupError::Server)?;
+        settings.validate_siwe_domains(bound)?;
+        settings.auth.siwe_domains = settings.siwe_domains_for(bound);
         let store = open_store(&settings).await?;
         let key = signing_key::load_or_create(
             settings.auth.signing_key.as_deref(),

@@ -7,6 +7,7 @@ use ledger::{ChainId, Store};
 
 use crate::auth::token::TokenSigner;
 use crate::gateway::Gateway;
+use crate::http::rate_limit::RateLimiter;
 use crate::settings::Settings;
 use crate::studio::jwt::JwtSigner;
 use crate::studio::secrets::StudioSecrets;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub gateway: Gateway,
     /// Studio API keys: sealing and lookup secrets, the JWT signer.
     pub studio: StudioKeys,
+    /// Nonce requests and sign-ins, per client address.
+    pub sign_in_limiter: Arc<RateLimiter>,
 }
 
 /// What the Studio surface needs beyond the store.
@@ -41,6 +44,10 @@ impl AppState {
         studio: StudioKeys,
     ) -> AppState {
         let chains = settings.chain_ids().into_iter().collect();
+        let sign_in_limiter = Arc::new(RateLimiter::new(
+            settings.auth.sign_in_burst,
+            settings.auth.sign_in_per_s,
+        ));
         AppState {
             store,
             signer,
@@ -48,6 +55,7 @@ impl AppState {
             chains: Arc::new(chains),
             gateway,
             studio,
+            sign_in_limiter,
         }
     }
 }

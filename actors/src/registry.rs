@@ -397,6 +397,17 @@ impl Registry {
             .is_some_and(|slot| slot.get().is_some())
     }
 
+    /// The stored token hash of `key` if its actor is running: the paid path
+    /// proves a token against it before reading anything else.
+    pub fn loaded_token_sha256(&self, key: &KeyId) -> Option<String> {
+        self.inner
+            .shard(key)
+            .slots
+            .get(key)
+            .and_then(|slot| slot.get())
+            .map(|entry| entry.token_sha256.clone())
+    }
+
     /// Actors alive now.
     pub fn loaded(&self) -> usize {
         self.inner.loaded.load(Ordering::Relaxed)

@@ -35,8 +35,10 @@ pub struct SiweMessage {
 pub enum SiweError {
     #[error("SIWE message is malformed: {0}")]
     Malformed(String),
-    #[error("SIWE message domain {found:?} does not match {expected:?}")]
-    Domain { expected: String, found: String },
+    #[error("SIWE message domain {found:?} is not this server's (expected one of {expected:?})")]
+    Domain { expected: Vec<String>, found: String },
+    #[error("SIWE message URI {found:?} is not on this server's domains (expected one of {expected:?})")]
+    Uri { expected: Vec<String>, found: String },
     #[error("SIWE chain id {0} is not a configured chain")]
     Chain(u64),
     #[error("SIWE message is not yet valid or no longer valid: {0}")]
@@ -194,7 +196,9 @@ impl SiweMessage {
 
 /// What a message is checked against besides its signature.
 pub struct SiweExpectations<'a> {
-    pub domain: &'a str,
+    /// The server's own domains (`auth.siwe_domains`): the message's domain
+    /// and its URI's authority must be one of them.
+    pub domains: &'a [String],
     pub now_ms: i64,
     /// How old `Issued At` may be.
     pub issued_at_max_age_ms: i64,
@@ -211,10 +215,22 @@ pub fn verify(
     expect: &SiweExpectations<'_>,
 ) -> Result<SiweMessage, SiweError> {
     let message = SiweMessage::parse(text)?;
-    if !message.domain.eq_ignore_ascii_case(expect.domain) {
+    let ours = |authority: &str| {
+        expect
+            .domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(authority))
+    };
+    if !ours(&message.domain) {
         return Err(SiweError::Domain {
-            expected: expect.domain.to_owned(),
+            expected: expect.domains.to_vec(),
             found: message.domain,
+        });
+    }
+    if !uri_authority(&message.uri).is_some_and(ours) {
+        return Err(SiweError::Uri {
+            expected: expect.domains.to_vec(),
+            found: message.uri,
         });
     }
     if !(expect.chain_configured)(message.chain_id) {
@@ -245,9 +261,30 @@ pub fn verify(
     Ok(message)
 }
 
+/// The authority (`host[:port]`) of an absolute `http(s)` URI; `None` for
+/// anything else, and for user info (`https://ours@evil.example/`).
+fn uri_authority(uri: &str) -> Option<&str> {
+    let (scheme, rest) = uri.split_once("://")?;
+    if !(scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http")) {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next()?;
+    (!authority.is_empty() && !authority.contains('@')).then_some(authority)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uri_authorities() {
+        assert_eq!(uri_authority("https://service.org/login"), Some("service.org"));
+        assert_eq!(uri_authority("http://127.0.0.1:8080"), Some("127.0.0.1:8080"));
+        assert_eq!(uri_authority("https://a.org?x#y"), Some("a.org"));
+        assert_eq!(uri_authority("https://a.org@evil.example/"), None);
+        assert_eq!(uri_authority("ftp://a.org/"), None);
+        assert_eq!(uri_authority("a.org/login"), None);
+    }
 
     const EXAMPLE: &str = "service.org wants you to sign in with your Ethereum account:
 0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2

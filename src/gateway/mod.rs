@@ -125,6 +125,7 @@ impl Gateway {
                         input_atomic_per_million: m.input_atomic_per_million,
                         output_atomic_per_million: m.output_atomic_per_million,
                         request_fee_atomic: m.request_fee_atomic,
+                        min_charge_atomic: m.min_charge_atomic,
                     },
                     upstream,
                     max_output_tokens: m.max_output_tokens,

@@ -18,6 +18,10 @@
 //! goes away is noticed at once — it pays for the chunks generated until
 //! then, and the upstream connection is dropped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -205,12 +209,40 @@ async fn stream(
         id: format!("chatcmpl-{}", request.request_id),
         model: model.name.clone(),
     };
-    tokio::spawn(pump(call, chunks, sender, gateway.timeouts, last));
-    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        let bytes = receiver.recv().await?;
-        Some((Ok::<_, actix_web::Error>(bytes), receiver))
+    let cut = Arc::new(AtomicBool::new(false));
+    tokio::spawn(pump(call, chunks, sender, gateway.timeouts, last, cut.clone()));
+    // The body ends when the pump drops its sender, which it does by the
+    // call's bound (every wait in it is bounded). A client cut off for
+    // stalling gets no clean end of the chunked body: it can tell.
+    let body = futures_util::stream::unfold(Some(receiver), move |receiver| {
+        let cut = cut.clone();
+        async move {
+            let mut receiver = receiver?;
+            match receiver.recv().await {
+                Some(bytes) => Some((Ok(bytes), Some(receiver))),
+                None if !cut.load(Ordering::Acquire) => None,
+                None => Some((Err(stalled_client()), None)),
+            }
+        }
     });
     Ok(response.streaming(body))
+}
+
+/// After a call's bound, how long its last event may take to be handed to
+/// the connection (the charge is already written by then).
+const FINAL_WRITE_GRACE: Duration = Duration::from_secs(1);
+
+fn stalled_client() -> actix_web::Error {
+    actix_web::error::ErrorRequestTimeout("the client stopped reading the stream")
+}
+
+/// Hands `bytes` to the response unless the client has not taken what was
+/// already sent by `by`: a client that stops reading is cut off there.
+async fn send_by(sender: &mpsc::Sender<Bytes>, bytes: Bytes, by: Instant) -> bool {
+    matches!(
+        tokio::time::timeout_at(by, sender.send(bytes)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// What a synthesized last chunk needs when the upstream sent no usage.
@@ -221,16 +253,22 @@ struct LastChunk {
 
 enum Ended {
     Done,
+    /// The client went away, or stopped reading until the call's bound.
     ClientGone,
     Failed(UpstreamError),
 }
 
+/// Reads the upstream and hands its chunks to the client, all by the call's
+/// bound (invariant 8): a client that stops reading is cut off when the
+/// bound passes, and charged for what the upstream produced until then —
+/// before the hold (which outlives the bound) could expire.
 async fn pump(
     call: PaidCall,
     mut chunks: ChunkStream,
     sender: mpsc::Sender<Bytes>,
     timeouts: Timeouts,
     last: LastChunk,
+    cut: Arc<AtomicBool>,
 ) {
     // The stream ends by the call's bound, set when its hold was taken.
     let deadline = call.ends_by;
@@ -256,7 +294,8 @@ async fn pump(
         if chunk.has_content() {
             generated += 1;
         }
-        if sender.send(sse(&chunk.to_bytes())).await.is_err() {
+        if !send_by(&sender, sse(&chunk.to_bytes()), deadline).await {
+            cut.store(true, Ordering::Release);
             break Ended::ClientGone;
         }
     };
@@ -269,15 +308,21 @@ async fn pump(
             prompt_tokens: call.prompt_tokens_max,
             completion_tokens: generated,
         });
+    // The last events: the charge is written by now; they wait at most the
+    // grace for a slow client.
+    let by = deadline.max(Instant::now()) + FINAL_WRITE_GRACE;
     match ended {
         Ended::Done => match call.finish(usage).await {
             Ok(receipt) => {
                 let chunk = final_chunk(usage_chunk, &last, &receipt);
-                let _ = sender.send(sse(&chunk)).await;
-                let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                if !(send_by(&sender, sse(&chunk), by).await
+                    && send_by(&sender, Bytes::from_static(b"data: [DONE]\n\n"), by).await)
+                {
+                    cut.store(true, Ordering::Release);
+                }
             }
             Err(error) => {
-                let _ = sender.send(error_event(error.code, &error.message)).await;
+                let _ = send_by(&sender, error_event(error.code, &error.message), by).await;
             }
         },
         Ended::ClientGone => {
@@ -289,7 +334,7 @@ async fn pump(
         Ended::Failed(error) => {
             call.release().await; // an upstream failure charges nothing
             let api = upstream_error(error);
-            let _ = sender.send(error_event(api.code, &api.message)).await;
+            let _ = send_by(&sender, error_event(api.code, &api.message), by).await;
         }
     }
 }

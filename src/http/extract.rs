@@ -67,11 +67,12 @@ pub fn verified_bearer<'r>(
     Ok((token, claims))
 }
 
-/// The paid path's bearer check. A key whose actor is running is proven by
-/// its token's SHA-256, which `PaidCall::open` compares with the stored hash
-/// (only the very token issued matches it), so the Ed25519 signature — the
-/// costliest step of a call — is checked only when the key's actor has to be
-/// loaded, which keeps forged tokens from reaching the store.
+/// The paid path's bearer check, done before the body is read. A key whose
+/// actor is running is proven by its token's SHA-256 against the stored hash
+/// (only the very token issued matches it; `PaidCall::open` compares again
+/// under its lease), so the Ed25519 signature — the costliest step of a call
+/// — is checked only when the key's actor has to be loaded, which keeps
+/// forged tokens from reaching the store.
 pub fn paid_bearer<'r>(
     state: &AppState,
     req: &'r HttpRequest,
@@ -82,8 +83,15 @@ pub fn paid_bearer<'r>(
         .signer
         .decode_unverified(token, now)
         .map_err(token_error)?;
-    if !state.gateway.registry.is_loaded(&claims.key_id) {
-        state.signer.verify(token, now).map_err(token_error)?;
+    match state.gateway.registry.loaded_token_sha256(&claims.key_id) {
+        Some(stored) => {
+            if !bool::from(stored.as_bytes().ct_eq(token_sha256(token).as_bytes())) {
+                return Err(token_error(TokenError::BadSignature));
+            }
+        }
+        None => {
+            state.signer.verify(token, now).map_err(token_error)?;
+        }
     }
     Ok((token, claims))
 }
@@ -181,8 +189,12 @@ pub fn require_same_wallet(caller: &Caller, wallet: &WalletAddress) -> Result<()
     Ok(())
 }
 
-/// Reads a JSON object body of at most `limit_bytes`, answering 415 for a
-/// wrong content type, 413 for too large, 400 for malformed JSON.
+/// How long a body may take to arrive when the app sets nothing.
+const BODY_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+
+/// Reads a JSON object body of at most `limit_bytes` within
+/// `http.body_timeout_ms`, answering 415 for a wrong content type, 413 for
+/// too large, 408 for too slow, 400 for malformed JSON.
 pub async fn json_object(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -217,16 +229,31 @@ pub async fn json_object(
             return Err(too_large());
         }
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| {
-            ApiError::bad_request("invalid_body", "the request body could not be read")
-        })?;
-        if body.len() + chunk.len() > limit_bytes {
-            return Err(too_large());
+    let timeout_ms = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(BODY_TIMEOUT_DEFAULT_MS, |s| s.settings.http.body_timeout_ms);
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|_| {
+                ApiError::bad_request("invalid_body", "the request body could not be read")
+            })?;
+            if body.len() + chunk.len() > limit_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let body = tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                actix_web::http::StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {timeout_ms} ms"),
+            )
+        })??;
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::bad_request(

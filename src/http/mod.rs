@@ -8,6 +8,7 @@
 //! * [`models`] — `GET /external/v1/models`.
 //! * [`health`] — `/healthz`, `/readyz`.
 //! * [`extract`] — headers, bounded JSON bodies, bearer authentication.
+//! * [`rate_limit`] — per-address token buckets for the free sign-in routes.
 //! * [`error`] — [`error::ApiError`], the one mapping of errors to responses.
 
 use actix_web::web;
@@ -20,6 +21,7 @@ pub mod health;
 pub mod keys;
 pub mod models;
 pub mod projects;
+pub mod rate_limit;
 pub mod sessions;
 
 /// Registers every route.

@@ -1,6 +1,6 @@
 //! SIWE sessions: `GET /api/sessions/nonce` and `POST /api/sessions`.
 
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actors::budget::BudgetStatus;
 use ledger::model::{NewKey, NewSession, Purpose};
@@ -19,8 +19,25 @@ use crate::state::AppState;
 /// Length of an issued nonce: 24 alphanumerics, ~143 bits.
 const NONCE_CHARS: usize = 24;
 
+/// Refuses a client over its sign-in rate (nonces and sign-ins together):
+/// both are free to call, and each writes to the store.
+fn within_rate(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(peer) = req.peer_addr() else {
+        return Ok(()); // not a TCP peer (in-process test requests)
+    };
+    state.sign_in_limiter.check(peer.ip()).map_err(|limited| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many sign-in requests from this address; retry shortly",
+        )
+        .with_details(json!({ "retryAfterMs": limited.retry_after.as_millis() as u64 }))
+    })
+}
+
 /// `GET /api/sessions/nonce`: a fresh single-use nonce.
-pub async fn nonce(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn nonce(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    within_rate(&state, &req)?;
     let nonce = Alphanumeric.sample_string(&mut rand::rngs::OsRng, NONCE_CHARS);
     let now = now_ms();
     let ttl = state.settings.auth.nonce_ttl_ms;
@@ -30,30 +47,12 @@ pub async fn nonce(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         .json(json!({ "nonce": nonce, "expiresAt": now + ttl })))
 }
 
-/// The domain a SIWE message must name: the configured one, else the Host the
-/// request was sent to (never a forwarded header, which a relay could forge).
-fn expected_domain(state: &AppState, req: &HttpRequest) -> Result<String, ApiError> {
-    if !state.settings.auth.siwe_domain.is_empty() {
-        return Ok(state.settings.auth.siwe_domain.clone());
-    }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "missing_header",
-                "a Host header is required to check the SIWE domain",
-            )
-        })
-}
-
 fn siwe_error(error: SiweError) -> ApiError {
     match error {
         SiweError::Malformed(m) => ApiError::invalid_field("message", m),
         SiweError::Signature(e) => ApiError::invalid_field("signature", e),
         SiweError::Domain { .. } => ApiError::unauthorized("domain_mismatch", error.to_string()),
+        SiweError::Uri { .. } => ApiError::unauthorized("uri_mismatch", error.to_string()),
         SiweError::Chain(_) => ApiError::unauthorized("unsupported_chain", error.to_string()),
         SiweError::Time(_) => ApiError::unauthorized("message_expired", error.to_string()),
         SiweError::WrongSigner => ApiError::unauthorized("invalid_signature", error.to_string()),
@@ -68,6 +67,7 @@ pub async fn sign_in(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    within_rate(&state, &req)?;
     let body = extract::json_object(&req, payload, state.settings.http.json_body_max_bytes).await?;
     let message = extract::required_string(&body, "message")?;
     let signature = extract::required_string(&body, "signature")?;
@@ -78,13 +78,14 @@ pub async fn sign_in(
     let name = name_field(&state, &body)?;
     let auth = &state.settings.auth;
     let now = now_ms();
-    let domain = expected_domain(&state, &req)?;
     let chain_configured = |chain| state.chains.contains(&chain);
     let siwe = siwe::verify(
         message,
         signature,
         &SiweExpectations {
-            domain: &domain,
+            // The server's own domains, never the request's Host: a phishing
+            // site relays a signature with whatever Host it likes.
+            domains: &auth.siwe_domains,
             now_ms: now,
             issued_at_max_age_ms: auth.siwe_issued_at_max_age_ms,
             clock_skew_ms: auth.clock_skew_ms,

@@ -9,6 +9,9 @@
 //! * `mock_delayed` — answers as `mock_ok`, after 400 ms.
 //! * `mock_slow` — answers after 5 s (longer than the tests' timeout).
 //! * `mock_broken_stream` — streams two words, then cuts the connection.
+//! * `mock_flood` — streams `max_tokens` chunks of [`FLOOD_CHUNK_BYTES`]
+//!   each (one token a chunk), as fast as they are read: megabytes, more
+//!   than socket buffers hold for a client that stops reading.
 //!
 //! Every request body and its `Authorization` header are kept for asserts.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -23,6 +26,7 @@ use serde_json::{json, Value};
 
 pub const PROMPT_TOKENS: u64 = 7;
 pub const ANSWER_WORDS: u64 = 5;
+pub const FLOOD_CHUNK_BYTES: usize = 4096;
 
 /// What the mock received.
 #[derive(Default)]
@@ -107,6 +111,24 @@ async fn chat(
             HttpResponse::Ok()
                 .content_type("text/event-stream")
                 .streaming(paced)
+        }
+        "mock_flood" => {
+            let text = "x".repeat(FLOOD_CHUNK_BYTES);
+            let mut chunks: Vec<Result<web::Bytes, std::io::Error>> = (0..max_tokens)
+                .map(|_| Ok(event(&chunk(&model, &text))))
+                .collect();
+            if include_usage {
+                chunks.push(Ok(event(&json!({
+                    "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
+                    "model": model, "choices": [],
+                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": max_tokens,
+                              "total_tokens": PROMPT_TOKENS + max_tokens}
+                }))));
+            }
+            chunks.push(Ok(web::Bytes::from_static(b"data: [DONE]\n\n")));
+            HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .streaming(futures_util::stream::iter(chunks))
         }
         _ if stream => {
             let mut chunks: Vec<Result<web::Bytes, std::io::Error>> = (0..words)

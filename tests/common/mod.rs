@@ -315,7 +315,8 @@ pub const UPSTREAM_KEY: &str = "sk-upstream-test";
 
 /// The server with the mock upstream's models configured beside `echo`:
 /// `mock_ok`, `mock_500`, `mock_slow`, `mock_broken_stream` (1 s upstream
-/// timeout), and `echo_slow` (echo with 20 ms between streamed words).
+/// timeout), `mock_flood`, and `echo_slow` (echo with 20 ms between
+/// streamed words).
 pub async fn spawn_paid_app(backend: Backend) -> (TestApp, mock_upstream::MockUpstream) {
     spawn_paid_app_with(backend, &[]).await
 }
@@ -342,6 +343,7 @@ pub async fn spawn_paid_app_with(
         ("MOCK_SLOW", mock.base_url.as_str()),
         ("MOCK_DELAYED", mock.base_url.as_str()),
         ("MOCK_BROKEN_STREAM", mock.base_url.as_str()),
+        ("MOCK_FLOOD", mock.base_url.as_str()),
         ("ECHO_SLOW", "echo"),
     ];
     for (name, upstream) in models {

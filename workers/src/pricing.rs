@@ -2,8 +2,10 @@
 //! DESIGN §2. The gateway quotes with this code and the ledger pool re-prices
 //! with it, so both agree to the atomic unit.
 //!
-//! `cost = ceil(in × in_price / 10^6) + ceil(out × out_price / 10^6) + fee`,
-//! prices in USDC atomic units per million tokens; every step is checked and
+//! `cost = max(ceil(in × in_price / 10^6) + ceil(out × out_price / 10^6) + fee,
+//! min_charge)`, prices in USDC atomic units per million tokens. No call is
+//! free (`min_charge ≥ 1`, checked by the settings), so a key's budget bounds
+//! the number of charges it can write; every step is checked and
 //! computed in `u128`, so no token count or price can overflow it silently.
 
 use ledger::Amount;
@@ -19,6 +21,8 @@ pub struct Price {
     pub input_atomic_per_million: u64,
     pub output_atomic_per_million: u64,
     pub request_fee_atomic: u64,
+    /// The least a call costs, whatever its tokens.
+    pub min_charge_atomic: u64,
 }
 
 /// A cost that cannot be represented as an [`Amount`].
@@ -36,6 +40,7 @@ impl Price {
         let total = per_million_ceil(input_tokens, self.input_atomic_per_million)
             + per_million_ceil(output_tokens, self.output_atomic_per_million)
             + u128::from(self.request_fee_atomic);
+        let total = total.max(u128::from(self.min_charge_atomic));
         u64::try_from(total)
             .ok()
             .and_then(Amount::from_atomic)
@@ -50,6 +55,9 @@ impl Price {
         input_tokens: u64,
         cap: u64,
     ) -> Option<u64> {
+        if budget.atomic() < self.min_charge_atomic {
+            return None;
+        }
         let fixed = per_million_ceil(input_tokens, self.input_atomic_per_million)
             + u128::from(self.request_fee_atomic);
         let left = u128::from(budget.atomic()).checked_sub(fixed)?;
@@ -72,6 +80,7 @@ mod tests {
             input_atomic_per_million: 1_000_000,
             output_atomic_per_million: 2_000_000,
             request_fee_atomic: 0,
+            min_charge_atomic: 0,
         }
     }
 
@@ -93,6 +102,22 @@ mod tests {
             "each fraction rounds up, then the fee"
         );
         assert_eq!(odd.cost(1_000_000, 0).unwrap().atomic(), 6);
+    }
+
+    #[test]
+    fn no_call_costs_less_than_the_minimum() {
+        let p = Price {
+            min_charge_atomic: 4,
+            ..echo()
+        };
+        assert_eq!(p.cost(0, 0).unwrap().atomic(), 4);
+        assert_eq!(p.cost(1, 1).unwrap().atomic(), 4);
+        assert_eq!(p.cost(2, 1).unwrap().atomic(), 4);
+        assert_eq!(p.cost(3, 1).unwrap().atomic(), 5);
+        let three = Amount::from_atomic(3).unwrap();
+        assert_eq!(p.affordable_output_tokens(three, 0, 10), None);
+        let four = Amount::from_atomic(4).unwrap();
+        assert_eq!(p.affordable_output_tokens(four, 0, 10), Some(2));
     }
 
     #[test]

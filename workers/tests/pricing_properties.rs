@@ -11,6 +11,7 @@ proptest! {
         input_price in 0u64..50_000_000,
         output_price in 1u64..50_000_000,
         fee in 0u64..10_000,
+        min_charge in 0u64..10_000,
         input_tokens in 0u64..200_000,
         budget in 0u64..100_000_000,
     ) {
@@ -19,6 +20,7 @@ proptest! {
             input_atomic_per_million: input_price,
             output_atomic_per_million: output_price,
             request_fee_atomic: fee,
+            min_charge_atomic: min_charge,
         };
         let budget = Amount::from_atomic(budget).unwrap();
         match price.affordable_output_tokens(budget, input_tokens, u64::MAX) {

@@ -18,26 +18,49 @@ use crate::{KeyId, SessionId, StoreError};
 /// a flood of `GET /api/sessions/nonce` cannot grow the table without bound.
 pub const NONCES_OUTSTANDING_MAX: i64 = 100_000;
 
+/// Expired nonces each issue removes at most (by the age index, oldest
+/// first): more than the one it adds, so expired rows never pile up, and
+/// the cost of an issue stays bounded however large the table is.
+const NONCES_PRUNED_PER_ISSUE: i64 = 4;
+
+/// The outstanding bound is enforced every this many issues in a process:
+/// it scans the age index, so it is amortized rather than paid per issue.
+const NONCE_CAP_EVERY: u64 = 1_024;
+
+static NONCES_ISSUED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Store {
-    /// Records a freshly issued nonce and forgets nonces issued before
-    /// `expired_before_ms` (used or not).
+    /// Records a freshly issued nonce and forgets a few nonces issued before
+    /// `expired_before_ms` (used or not), oldest first; a nonce is checked
+    /// against its age when used, so one not yet pruned is still refused.
     pub async fn issue_nonce(
         &self,
         nonce: &str,
         now_ms: i64,
         expired_before_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM siwe_nonces WHERE issued_at_ms < $1")
-            .bind(expired_before_ms)
-            .execute(self.pool())
-            .await?;
         sqlx::query(
             "DELETE FROM siwe_nonces WHERE nonce IN (
-                 SELECT nonce FROM siwe_nonces ORDER BY issued_at_ms DESC LIMIT 1000 OFFSET $1)",
+                 SELECT nonce FROM siwe_nonces WHERE issued_at_ms < $1
+                  ORDER BY issued_at_ms LIMIT $2)",
         )
-        .bind(NONCES_OUTSTANDING_MAX)
+        .bind(expired_before_ms)
+        .bind(NONCES_PRUNED_PER_ISSUE)
         .execute(self.pool())
         .await?;
+        let issued = NONCES_ISSUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if issued % NONCE_CAP_EVERY == NONCE_CAP_EVERY - 1 {
+            // Past the bound, the oldest go first (at most two rounds' worth).
+            sqlx::query(
+                "DELETE FROM siwe_nonces WHERE nonce IN (
+                     SELECT nonce FROM siwe_nonces ORDER BY issued_at_ms DESC
+                      LIMIT $2 OFFSET $1)",
+            )
+            .bind(NONCES_OUTSTANDING_MAX)
+            .bind(2 * NONCE_CAP_EVERY as i64)
+            .execute(self.pool())
+            .await?;
+        }
         sqlx::query("INSERT INTO siwe_nonces (nonce, issued_at_ms) VALUES ($1, $2)")
             .bind(nonce)
             .bind(now_ms)
