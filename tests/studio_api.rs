@@ -912,6 +912,74 @@ async fn studio_keys_spend_their_projects_budget(backend: Backend) {
     common::assert_error(&got, 404, "project_not_found");
 }
 
+/// A JWT's claims, read without verifying (the server verified it).
+fn claims_of(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Finding 7 (invariant 9): a JWT acts with, and mints, at most the role it
+/// was issued with, even after its key was promoted.
+async fn a_jwt_never_raises_its_own_role(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, admin) = admin_of(&app.bootstrap_studio("acme"));
+    let (id, executor) = app.studio_key(&admin, "sk", "executor").await;
+    let token_path = format!("/apikeys/{id}/token");
+    let (status, token) = app.studio(Method::GET, &token_path, &executor, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let jwt = token["token"].as_str().unwrap().to_owned();
+    assert_eq!(claims_of(&jwt)["role"], "executor");
+
+    let (status, _) = app
+        .studio(
+            Method::PUT,
+            &format!("/apikeys/{id}"),
+            &admin,
+            Some(&json!({"role": "developer"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let create = json!({"name": "made by a JWT", "type": "sk", "role": "reader"});
+    let before = app.studio_key_count(&admin).await;
+
+    // The old JWT still acts as an executor...
+    let got = app
+        .studio(Method::POST, "/apikeys", &jwt, Some(&create))
+        .await;
+    common::assert_error(&got, 403, "insufficient_role");
+    // ...and exchanging it gives an executor JWT, not a developer one.
+    let (status, token) = app.studio(Method::GET, &token_path, &jwt, None).await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    let renewed = token["token"].as_str().unwrap().to_owned();
+    assert_eq!(claims_of(&renewed)["role"], "executor");
+    let got = app
+        .studio(Method::POST, "/apikeys", &renewed, Some(&create))
+        .await;
+    common::assert_error(&got, 403, "insufficient_role");
+    assert_eq!(app.studio_key_count(&admin).await, before, "nothing was created");
+
+    // The key's own value now acts, and mints, as the developer it is.
+    let (_, token) = app.studio(Method::GET, &token_path, &executor, None).await;
+    assert_eq!(claims_of(token["token"].as_str().unwrap())["role"], "developer");
+    // A JWT never mints above the key's current role either: demoted to reader.
+    let (status, _) = app
+        .studio(
+            Method::PUT,
+            &format!("/apikeys/{id}"),
+            &admin,
+            Some(&json!({"role": "reader"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, token) = app.studio(Method::GET, &token_path, &jwt, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(claims_of(token["token"].as_str().unwrap())["role"], "reader");
+}
+
 both_stores!(
     routes_answer_in_the_documented_shapes,
     the_role_matrix_is_enforced_on_every_route,
@@ -921,4 +989,5 @@ both_stores!(
     jwts_verify_offline_and_expire,
     bad_input_is_refused_and_changes_nothing,
     studio_keys_spend_their_projects_budget,
+    a_jwt_never_raises_its_own_role,
 );

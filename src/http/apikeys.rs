@@ -488,16 +488,14 @@ pub async fn token(
     if let Some(at) = key.expires_at_ms {
         expires_at_ms = expires_at_ms.min(at);
     }
-    // The token acts with the key's role, and never above the caller's.
+    // The token acts with the key's role, and never above the caller's —
+    // for its own key too: a JWT exchanged for a new one keeps its grant
+    // (`caller.role` is already min(JWT role, key's current role)).
     let role = match key.key_type {
         ApiKeyType::Pk => Role::Executor,
         ApiKeyType::Sk => key.role,
     }
-    .min(if key.id == caller.key.id {
-        Role::Admin
-    } else {
-        caller.role
-    });
+    .min(caller.role);
     let token = state.studio.jwt.issue(&JwtClaims {
         key_id: key.id.to_string(),
         account: key.account_id.to_string(),
