@@ -244,6 +244,7 @@ async fn studio(settings: &Settings, command: StudioCommand) -> anyhow::Result<(
             role: Role::Admin,
             expires_at_ms: None,
             by: "user:cli".into(),
+            by_role: Role::Admin,
             now_ms: now,
         },
     )?;

@@ -912,6 +912,307 @@ async fn studio_keys_spend_their_projects_budget(backend: Backend) {
     common::assert_error(&got, 404, "project_not_found");
 }
 
+/// A JWT's claims, read without verifying (the server verified it).
+fn claims_of(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn in_days(days: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::days(days))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn ms_of(date: &Value) -> Option<i64> {
+    date.as_str().map(|t| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_millis()
+    })
+}
+
+/// Finding 5 (invariant 9): a developer cannot undo an admin's disable by
+/// demoting the key below itself, re-enabling it and promoting it back —
+/// nor lift an admin's expiry that way. The restricting role is recorded;
+/// lifting needs a role at least as high. An admin still lifts its own
+/// restrictions, and a developer its own.
+async fn a_restriction_is_lifted_only_by_a_role_as_high_as_its_setter(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, admin) = admin_of(&app.bootstrap_studio("acme"));
+    let (_, developer) = app.studio_key(&admin, "sk", "developer").await;
+    let (dev2_id, dev2) = app.studio_key(&admin, "sk", "developer").await;
+    let dev2_path = format!("/apikeys/{dev2_id}");
+    let (app, admin, dev2_path) = (&app, &admin, &dev2_path);
+    let put = move |bearer: &str, body: Value| {
+        let bearer = bearer.to_owned();
+        async move {
+            app.studio(Method::PUT, dev2_path, &bearer, Some(&body))
+                .await
+        }
+    };
+    let state = move || async move {
+        let (status, view) = app.studio(Method::GET, dev2_path, admin, None).await;
+        assert_eq!(status, StatusCode::OK);
+        (
+            view["role"].clone(),
+            view["enabled"].clone(),
+            view["expires_at"].clone(),
+        )
+    };
+
+    // The reported sequence: each step was a 200, and dev2 worked again.
+    assert_eq!(
+        put(admin, json!({"enabled": false})).await.0,
+        StatusCode::OK
+    );
+    let (status, view) = put(&developer, json!({"role": "reader"})).await;
+    assert_eq!(status, StatusCode::OK, "demoting stays allowed: {view}");
+    let got = put(&developer, json!({"enabled": true, "expires_at": null})).await;
+    common::assert_error(&got, 403, "insufficient_role");
+    assert_eq!(
+        state().await,
+        (json!("reader"), json!(false), Value::Null),
+        "the refused step changed nothing"
+    );
+    let (status, _) = put(&developer, json!({"role": "developer"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = app.studio(Method::GET, "/apikeys", &dev2, None).await;
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("key_disabled")),
+        "dev2 stays disabled"
+    );
+    // Disabling again (a developer may restrict further) keeps the admin's mark.
+    assert_eq!(
+        put(&developer, json!({"role": "reader"})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        put(&developer, json!({"enabled": false})).await.0,
+        StatusCode::OK
+    );
+    let got = put(&developer, json!({"enabled": true})).await;
+    common::assert_error(&got, 403, "insufficient_role");
+    // The admin lifts its own restriction.
+    let (status, view) = put(admin, json!({"enabled": true, "role": "developer"})).await;
+    assert_eq!(
+        (status, view["enabled"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+    assert_eq!(
+        app.studio(Method::GET, "/apikeys", &dev2, None).await.0,
+        StatusCode::OK
+    );
+
+    // The expiry variant: an admin's expiry is not lengthened nor removed by
+    // a developer, whatever the key's role meanwhile.
+    let admin_expiry = in_days(10);
+    let (status, _) = put(admin, json!({"expires_at": admin_expiry})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        put(&developer, json!({"role": "reader"})).await.0,
+        StatusCode::OK
+    );
+    for body in [
+        json!({"expires_at": null}),
+        json!({"expires_at": in_days(20)}),
+        json!({"enabled": true, "expires_at": null}),
+    ] {
+        let got = put(&developer, body.clone()).await;
+        common::assert_error(&got, 403, "insufficient_role");
+        let (role, enabled, expires) = state().await;
+        assert_eq!(
+            (role, enabled, ms_of(&expires)),
+            (json!("reader"), json!(true), ms_of(&json!(admin_expiry))),
+            "{body} changed nothing"
+        );
+    }
+    // Shortening is a further restriction: allowed, and still the admin's to lift.
+    let shorter = in_days(5);
+    assert_eq!(
+        put(&developer, json!({"expires_at": shorter})).await.0,
+        StatusCode::OK
+    );
+    let got = put(&developer, json!({"expires_at": in_days(8)})).await;
+    common::assert_error(&got, 403, "insufficient_role");
+    assert_eq!(ms_of(&state().await.2), ms_of(&json!(shorter)));
+    // The admin lifts it.
+    let (status, view) = put(admin, json!({"expires_at": null})).await;
+    assert_eq!(
+        (status, view["expires_at"].clone()),
+        (StatusCode::OK, Value::Null)
+    );
+
+    // A developer lifts what a developer set.
+    assert_eq!(
+        put(
+            &developer,
+            json!({"enabled": false, "expires_at": in_days(3)})
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (status, view) = put(&developer, json!({"enabled": true, "expires_at": null})).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(
+        (view["enabled"].clone(), view["expires_at"].clone()),
+        (json!(true), Value::Null)
+    );
+}
+
+/// Invariant 9, property style: whatever sequence of PUTs a developer (its
+/// own key, a key it made, or its JWT) sends, each step allowed or not, a
+/// key an admin disabled and gave an expiry never ends enabled, nor with an
+/// expiry later than the admin's.
+async fn no_sequence_of_developer_steps_lifts_an_admin_restriction(backend: Backend) {
+    use rand::{Rng, SeedableRng};
+    let app = spawn_app(backend).await;
+    let (_, admin) = admin_of(&app.bootstrap_studio("acme"));
+    let (developer_id, developer) = app.studio_key(&admin, "sk", "developer").await;
+    let (_, helper) = app.studio_key(&developer, "sk", "developer").await;
+    let (_, token) = app
+        .studio(
+            Method::GET,
+            &format!("/apikeys/{developer_id}/token"),
+            &developer,
+            None,
+        )
+        .await;
+    let jwt = token["token"].as_str().unwrap().to_owned();
+    let actors = [developer, helper, jwt];
+    let roles = ["reader", "executor", "application", "developer"];
+    let (mut allowed, mut refused) = (0, 0);
+    for seed in 0..4_u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (target_id, _) = app
+            .studio_key(&admin, "sk", roles[(seed % 4) as usize])
+            .await;
+        let path = format!("/apikeys/{target_id}");
+        let admin_expiry = in_days(10);
+        let limit = ms_of(&json!(admin_expiry)).unwrap();
+        let (status, _) = app
+            .studio(
+                Method::PUT,
+                &path,
+                &admin,
+                Some(&json!({"enabled": false, "expires_at": admin_expiry})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        for step in 0..30 {
+            let mut body = serde_json::Map::new();
+            if rng.gen_bool(0.5) {
+                body.insert("role".into(), json!(roles[rng.gen_range(0..roles.len())]));
+            }
+            if rng.gen_bool(0.5) {
+                body.insert("enabled".into(), json!(rng.gen_bool(0.5)));
+            }
+            if rng.gen_bool(0.5) {
+                let expiry = match rng.gen_range(0..3) {
+                    0 => Value::Null,
+                    _ => json!(in_days(rng.gen_range(1..30))),
+                };
+                body.insert("expires_at".into(), expiry);
+            }
+            let actor = &actors[rng.gen_range(0..actors.len())];
+            let body = Value::Object(body);
+            let (status, answer) = app.studio(Method::PUT, &path, actor, Some(&body)).await;
+            match status {
+                StatusCode::OK => allowed += 1,
+                StatusCode::FORBIDDEN => refused += 1,
+                _ => panic!("seed {seed} step {step} {body}: {status} {answer}"),
+            }
+            let (_, view) = app.studio(Method::GET, &path, &admin, None).await;
+            assert_eq!(
+                view["enabled"], false,
+                "seed {seed} step {step} {body} re-enabled the key"
+            );
+            let expiry = ms_of(&view["expires_at"]);
+            assert!(
+                expiry.is_some_and(|at| at <= limit),
+                "seed {seed} step {step} {body} lifted the expiry: {view}"
+            );
+        }
+    }
+    assert!(
+        allowed > 10 && refused > 10,
+        "{allowed} allowed, {refused} refused"
+    );
+}
+
+/// Finding 7 (invariant 9): a JWT acts with, and mints, at most the role it
+/// was issued with, even after its key was promoted.
+async fn a_jwt_never_raises_its_own_role(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, admin) = admin_of(&app.bootstrap_studio("acme"));
+    let (id, executor) = app.studio_key(&admin, "sk", "executor").await;
+    let token_path = format!("/apikeys/{id}/token");
+    let (status, token) = app.studio(Method::GET, &token_path, &executor, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let jwt = token["token"].as_str().unwrap().to_owned();
+    assert_eq!(claims_of(&jwt)["role"], "executor");
+
+    let (status, _) = app
+        .studio(
+            Method::PUT,
+            &format!("/apikeys/{id}"),
+            &admin,
+            Some(&json!({"role": "developer"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let create = json!({"name": "made by a JWT", "type": "sk", "role": "reader"});
+    let before = app.studio_key_count(&admin).await;
+
+    // The old JWT still acts as an executor...
+    let got = app
+        .studio(Method::POST, "/apikeys", &jwt, Some(&create))
+        .await;
+    common::assert_error(&got, 403, "insufficient_role");
+    // ...and exchanging it gives an executor JWT, not a developer one.
+    let (status, token) = app.studio(Method::GET, &token_path, &jwt, None).await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    let renewed = token["token"].as_str().unwrap().to_owned();
+    assert_eq!(claims_of(&renewed)["role"], "executor");
+    let got = app
+        .studio(Method::POST, "/apikeys", &renewed, Some(&create))
+        .await;
+    common::assert_error(&got, 403, "insufficient_role");
+    assert_eq!(
+        app.studio_key_count(&admin).await,
+        before,
+        "nothing was created"
+    );
+
+    // The key's own value now acts, and mints, as the developer it is.
+    let (_, token) = app.studio(Method::GET, &token_path, &executor, None).await;
+    assert_eq!(
+        claims_of(token["token"].as_str().unwrap())["role"],
+        "developer"
+    );
+    // A JWT never mints above the key's current role either: demoted to reader.
+    let (status, _) = app
+        .studio(
+            Method::PUT,
+            &format!("/apikeys/{id}"),
+            &admin,
+            Some(&json!({"role": "reader"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, token) = app.studio(Method::GET, &token_path, &jwt, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        claims_of(token["token"].as_str().unwrap())["role"],
+        "reader"
+    );
+}
+
 both_stores!(
     routes_answer_in_the_documented_shapes,
     the_role_matrix_is_enforced_on_every_route,
@@ -921,4 +1222,7 @@ both_stores!(
     jwts_verify_offline_and_expire,
     bad_input_is_refused_and_changes_nothing,
     studio_keys_spend_their_projects_budget,
+    a_restriction_is_lifted_only_by_a_role_as_high_as_its_setter,
+    no_sequence_of_developer_steps_lifts_an_admin_restriction,
+    a_jwt_never_raises_its_own_role,
 );

@@ -334,6 +334,12 @@ pub struct ApiKeyRecord {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub expires_at_ms: Option<i64>,
+    /// While disabled: the highest role that disabled it, the least role
+    /// that may enable it again (invariant 9).
+    pub disabled_by_role: Option<Role>,
+    /// While it has an expiry: the highest role that set or shortened it,
+    /// the least role that may lengthen or remove it (invariant 9).
+    pub expiry_set_by_role: Option<Role>,
 }
 
 impl ApiKeyRecord {
@@ -351,4 +357,10 @@ pub struct ApiKeyUpdate {
     pub enabled: Option<bool>,
     /// `Some(None)` clears the expiry.
     pub expires_at_ms: Option<Option<i64>>,
+    /// Who restricted the key, as [`ApiKeyRecord::disabled_by_role`];
+    /// `Some(None)` clears it. Set by whoever decides the change (the HTTP
+    /// API), along with `enabled`.
+    pub disabled_by_role: Option<Option<Role>>,
+    /// As [`ApiKeyRecord::expiry_set_by_role`]; `Some(None)` clears it.
+    pub expiry_set_by_role: Option<Option<Role>>,
 }

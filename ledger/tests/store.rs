@@ -486,6 +486,8 @@ fn studio_key(account: &AccountId, project: &ProjectId, role: Role, hash: &str) 
         created_at_ms: now_ms(),
         updated_at_ms: now_ms(),
         expires_at_ms: None,
+        disabled_by_role: None,
+        expiry_set_by_role: None,
     }
 }
 
@@ -571,6 +573,60 @@ async fn studio_keys_stay_within_their_account(store: Store) {
         ("reader key", "apikey:admin")
     );
     assert!(!updated.usable_at(now_ms()));
+
+    // Who restricted a key is stored with it; a refused decision, taken on
+    // the row under its lock, changes nothing.
+    let restricted = store
+        .update_apikey_with(
+            &account.id,
+            &reader.id,
+            "apikey:admin",
+            now_ms() + 2,
+            |current| {
+                assert!(!current.enabled);
+                Ok::<_, StoreError>(ApiKeyUpdate {
+                    expires_at_ms: Some(Some(now_ms() + 60_000)),
+                    disabled_by_role: Some(Some(Role::Admin)),
+                    expiry_set_by_role: Some(Some(Role::Developer)),
+                    ..Default::default()
+                })
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (restricted.disabled_by_role, restricted.expiry_set_by_role),
+        (Some(Role::Admin), Some(Role::Developer))
+    );
+    let refused = store
+        .update_apikey_with(&account.id, &reader.id, "apikey:x", now_ms() + 3, |_| {
+            Err::<ApiKeyUpdate, _>(StoreError::NotFound)
+        })
+        .await;
+    assert!(matches!(refused, Err(StoreError::NotFound)));
+    assert_eq!(
+        store.apikey(&account.id, &reader.id).await.unwrap(),
+        Some(restricted.clone())
+    );
+    let lifted = store
+        .update_apikey(
+            &account.id,
+            &reader.id,
+            &ApiKeyUpdate {
+                disabled_by_role: Some(None),
+                ..Default::default()
+            },
+            "apikey:admin",
+            now_ms() + 4,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (lifted.disabled_by_role, lifted.expiry_set_by_role),
+        (None, Some(Role::Developer))
+    );
 
     // Another account sees nothing of these keys.
     let other = AccountId::generate();

@@ -16,7 +16,14 @@
 //!
 //! A caller never creates, edits or mints a token for a key with a role above
 //! its own, and sees only keys of its own account and project: another
-//! project's or account's key answers 404 like a missing one.
+//! project's or account's key answers 404 like a missing one. A JWT caller
+//! acts with, and mints at most, min(its role, its key's current role).
+//!
+//! Invariant 9 on `PUT` (`StudioCaller::may_update`, decided on the row
+//! under its lock): a restriction — a disable, an expiry set or shortened —
+//! records the highest role that made it, and is lifted (enable, expiry
+//! lengthened or removed) only by a role at least as high, whatever the key's
+//! role meanwhile.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -78,6 +85,86 @@ impl StudioCaller {
                     "a {} key cannot grant or act on role {}",
                     self.role.as_str(),
                     role.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The change `asked` may make to `key`, with who restricted it, or why
+    /// not. Enabling, disabling or changing an expiry overrides what a key
+    /// above decided: it needs a role above the key's (or admin), and a key
+    /// never re-enables or extends itself. Invariant 9: a restriction (a
+    /// disable, an expiry set or shortened) records the highest role that
+    /// set it, and only a role at least as high lifts it (enable; expiry
+    /// lengthened or removed) — whatever the key's role meanwhile, so no
+    /// sequence of allowed steps (say, demote, enable, promote back) reaches
+    /// what the caller could not set directly.
+    fn may_update(
+        &self,
+        key: &ApiKeyRecord,
+        asked: &ApiKeyUpdate,
+    ) -> Result<ApiKeyUpdate, ApiError> {
+        if key.project_id != self.key.project_id {
+            return Err(not_found());
+        }
+        self.may_grant(key.role)?;
+        let lifecycle = asked.enabled.is_some() || asked.expires_at_ms.is_some();
+        if lifecycle && self.role != Role::Admin && (self.role <= key.role || key.id == self.key.id)
+        {
+            return Err(ApiError::forbidden(
+                "insufficient_role",
+                "enabling, disabling or changing the expiry of a key needs a role above the key's, or admin",
+            ));
+        }
+        if let Some(role) = asked.role {
+            self.may_grant(role)?;
+            if key.key_type == ApiKeyType::Pk && role != Role::Executor {
+                return Err(ApiError::invalid_field(
+                    "role",
+                    "of a public key is always executor",
+                ));
+            }
+        }
+        let mut update = asked.clone();
+        // A restriction further restricted stays with the highest role.
+        let restricted_by =
+            |previous: Option<Role>| previous.map_or(self.role, |r| r.max(self.role));
+        let disabled_by = key.disabled_by_role.filter(|_| !key.enabled);
+        let expiry_set_by = key
+            .expiry_set_by_role
+            .filter(|_| key.expires_at_ms.is_some());
+        if let Some(enabled) = asked.enabled {
+            if enabled && !key.enabled {
+                // Disabled by someone unknown (before roles were recorded):
+                // an admin's to lift.
+                self.may_lift(disabled_by.unwrap_or(Role::Admin), "disabled")?;
+            }
+            update.disabled_by_role = Some((!enabled).then(|| restricted_by(disabled_by)));
+        }
+        if let Some(expires_at_ms) = asked.expires_at_ms {
+            let lifts = match (key.expires_at_ms, expires_at_ms) {
+                (Some(_), None) => true,
+                (Some(current), Some(asked)) => asked > current,
+                (None, _) => false,
+            };
+            if lifts {
+                self.may_lift(expiry_set_by.unwrap_or(Role::Admin), "given its expiry")?;
+            }
+            update.expiry_set_by_role = Some(expires_at_ms.map(|_| restricted_by(expiry_set_by)));
+        }
+        Ok(update)
+    }
+
+    /// Lifting a restriction set by `by` needs a role at least as high.
+    fn may_lift(&self, by: Role, what: &str) -> Result<(), ApiError> {
+        if self.role < by {
+            return Err(ApiError::forbidden(
+                "insufficient_role",
+                format!(
+                    "a key {what} by role {} is lifted only by that role or above; the caller is {}",
+                    by.as_str(),
+                    self.role.as_str()
                 ),
             ));
         }
@@ -285,6 +372,7 @@ async fn issue(
             role,
             expires_at_ms,
             by: caller.audit(),
+            by_role: caller.role,
             now_ms: now_ms(),
         },
     )
@@ -407,39 +495,25 @@ pub async fn update(
         Some(Value::Bool(b)) => Some(*b),
         Some(_) => return Err(ApiError::invalid_field("enabled", "must be a boolean")),
     };
-    let update = ApiKeyUpdate {
+    let asked = ApiKeyUpdate {
         name: name(&state, &body)?,
         role: role_field(&body)?,
         enabled,
         expires_at_ms: expiry(&body)?,
+        ..ApiKeyUpdate::default()
     };
     let key = target(&state, &caller, &path).await?;
-    caller.may_grant(key.role)?;
-    // Enabling, disabling or changing an expiry undoes or overrides what a
-    // key above decided: it needs a role above the key's (or admin), and a
-    // key never extends or re-enables itself.
-    let lifecycle = update.enabled.is_some() || update.expires_at_ms.is_some();
-    if lifecycle
-        && caller.role != Role::Admin
-        && (caller.role <= key.role || key.id == caller.key.id)
-    {
-        return Err(ApiError::forbidden(
-            "insufficient_role",
-            "enabling, disabling or changing the expiry of a key needs a role above the key's, or admin",
-        ));
-    }
-    if let Some(role) = update.role {
-        caller.may_grant(role)?;
-        if key.key_type == ApiKeyType::Pk && role != Role::Executor {
-            return Err(ApiError::invalid_field(
-                "role",
-                "of a public key is always executor",
-            ));
-        }
-    }
+    // Decided on the row as it is under its lock, so a concurrent change
+    // (say an admin's disable) is never overwritten by a stale decision.
     let updated = state
         .store
-        .update_apikey(&key.account_id, &key.id, &update, &caller.audit(), now_ms())
+        .update_apikey_with(
+            &key.account_id,
+            &key.id,
+            &caller.audit(),
+            now_ms(),
+            |current| caller.may_update(current, &asked),
+        )
         .await?
         .ok_or_else(not_found)?;
     tracing::info!(apikey = %updated.id, by = %caller.key.id, "studio key updated");
@@ -488,16 +562,14 @@ pub async fn token(
     if let Some(at) = key.expires_at_ms {
         expires_at_ms = expires_at_ms.min(at);
     }
-    // The token acts with the key's role, and never above the caller's.
+    // The token acts with the key's role, and never above the caller's —
+    // for its own key too: a JWT exchanged for a new one keeps its grant
+    // (`caller.role` is already min(JWT role, key's current role)).
     let role = match key.key_type {
         ApiKeyType::Pk => Role::Executor,
         ApiKeyType::Sk => key.role,
     }
-    .min(if key.id == caller.key.id {
-        Role::Admin
-    } else {
-        caller.role
-    });
+    .min(caller.role);
     let token = state.studio.jwt.issue(&JwtClaims {
         key_id: key.id.to_string(),
         account: key.account_id.to_string(),

@@ -17,6 +17,8 @@ pub struct KeySpec {
     pub expires_at_ms: Option<i64>,
     /// `user:<id>` or `apikey:<id>`: who creates it.
     pub by: String,
+    /// The role it creates the key with: the one that set its expiry, if any.
+    pub by_role: Role,
     pub now_ms: i64,
 }
 
@@ -53,6 +55,9 @@ pub fn mint(
         created_at_ms: spec.now_ms,
         updated_at_ms: spec.now_ms,
         expires_at_ms: spec.expires_at_ms,
+        disabled_by_role: None,
+        // An expiry given at creation is a restriction by the creator's role.
+        expiry_set_by_role: spec.expires_at_ms.map(|_| spec.by_role),
     };
     Ok((record, value))
 }

@@ -21,7 +21,7 @@ pub const LIST_APIKEYS_MAX: i64 = 1_000;
 
 const APIKEY_COLUMNS: &str = "id, account_id, project_id, name, key_type, role, enabled, \
      value_hash, value_sealed, masked_value, created_by, updated_by, created_at_ms, \
-     updated_at_ms, expires_at_ms";
+     updated_at_ms, expires_at_ms, disabled_by_role, expiry_set_by_role";
 
 impl Store {
     /// Creates an account, its first project and that project's first key,
@@ -244,18 +244,51 @@ impl Store {
         updated_by: &str,
         now_ms: i64,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let (set_expiry, expiry) = match update.expires_at_ms {
-            None => (0_i64, None),
-            Some(at) => (1, at),
+        self.update_apikey_with(account, id, updated_by, now_ms, |_| Ok(update.clone()))
+            .await
+    }
+
+    /// Reads a key of `account` under its row's lock, lets `decide` turn it
+    /// into the change to make (or refuse, changing nothing), and applies
+    /// that change in the same transaction: a decision is never made on a
+    /// row that another request changes meanwhile. `None` when there is no
+    /// such key.
+    pub async fn update_apikey_with<E: From<StoreError>>(
+        &self,
+        account: &AccountId,
+        id: &ApiKeyId,
+        updated_by: &str,
+        now_ms: i64,
+        decide: impl FnOnce(&ApiKeyRecord) -> Result<ApiKeyUpdate, E>,
+    ) -> Result<Option<ApiKeyRecord>, E> {
+        let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
+        // Locks the row (PostgreSQL; SQLite has one writer) and reads it.
+        let current = sqlx::query(&format!(
+            "UPDATE studio_apikeys SET updated_at_ms = updated_at_ms
+              WHERE id = $1 AND account_id = $2
+             RETURNING {APIKEY_COLUMNS}"
+        ))
+        .bind(id.as_str())
+        .bind(account.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        let Some(current) = current.as_ref().map(apikey_from_row).transpose()? else {
+            return Ok(None);
         };
+        // Dropping `tx` on a refusal rolls it back.
+        let update = decide(&current)?;
+        let set = |field: bool| i64::from(field);
         let row = sqlx::query(&format!(
             "UPDATE studio_apikeys
                 SET name = COALESCE($3, name),
                     role = COALESCE($4, role),
                     enabled = COALESCE($5, enabled),
                     expires_at_ms = CASE WHEN $6 = 1 THEN $7 ELSE expires_at_ms END,
-                    updated_by = $8,
-                    updated_at_ms = $9
+                    disabled_by_role = CASE WHEN $8 = 1 THEN $9 ELSE disabled_by_role END,
+                    expiry_set_by_role = CASE WHEN $10 = 1 THEN $11 ELSE expiry_set_by_role END,
+                    updated_by = $12,
+                    updated_at_ms = $13
               WHERE id = $1 AND account_id = $2
              RETURNING {APIKEY_COLUMNS}"
         ))
@@ -264,13 +297,20 @@ impl Store {
         .bind(update.name.as_deref())
         .bind(update.role.map(Role::as_str))
         .bind(update.enabled.map(i64::from))
-        .bind(set_expiry)
-        .bind(expiry)
+        .bind(set(update.expires_at_ms.is_some()))
+        .bind(update.expires_at_ms.flatten())
+        .bind(set(update.disabled_by_role.is_some()))
+        .bind(update.disabled_by_role.flatten().map(Role::as_str))
+        .bind(set(update.expiry_set_by_role.is_some()))
+        .bind(update.expiry_set_by_role.flatten().map(Role::as_str))
         .bind(updated_by)
         .bind(now_ms)
-        .fetch_optional(self.pool())
-        .await?;
-        row.as_ref().map(apikey_from_row).transpose()
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        let record = apikey_from_row(&row)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(Some(record))
     }
 
     /// Deletes a key of `account`; answers how many rows went (0 or 1).
@@ -332,7 +372,7 @@ async fn insert_apikey(
     debug_assert!(key.key_type == ApiKeyType::Sk || key.role == Role::Executor);
     let row = sqlx::query(&format!(
         "INSERT INTO studio_apikeys ({APIKEY_COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          RETURNING {APIKEY_COLUMNS}"
     ))
     .bind(key.id.as_str())
@@ -350,6 +390,8 @@ async fn insert_apikey(
     .bind(key.created_at_ms)
     .bind(key.updated_at_ms)
     .bind(key.expires_at_ms)
+    .bind(key.disabled_by_role.map(Role::as_str))
+    .bind(key.expiry_set_by_role.map(Role::as_str))
     .fetch_one(&mut *conn)
     .await?;
     apikey_from_row(&row)
@@ -372,5 +414,7 @@ fn apikey_from_row(row: &AnyRow) -> Result<ApiKeyRecord, StoreError> {
         created_at_ms: get_i64(row, "created_at_ms")?,
         updated_at_ms: get_i64(row, "updated_at_ms")?,
         expires_at_ms: get_opt_i64(row, "expires_at_ms")?,
+        disabled_by_role: get_opt_parsed(row, "disabled_by_role", Role::parse)?,
+        expiry_set_by_role: get_opt_parsed(row, "expiry_set_by_role", Role::parse)?,
     })
 }
