@@ -329,10 +329,13 @@ fn name(state: &AppState, body: &Map<String, Value>) -> Result<Option<String>, A
 /// A key's name: 1 to `studio.name_max_chars` printable characters.
 fn valid_name(state: &AppState, name: &str) -> Result<String, ApiError> {
     let max = state.settings.studio.name_max_chars;
-    if name.trim().is_empty() || name.chars().count() > max || name.chars().any(char::is_control) {
+    if name.trim().is_empty()
+        || name.chars().count() > max
+        || name.chars().any(extract::unprintable_in_name)
+    {
         return Err(ApiError::invalid_field(
             "name",
-            format!("must be 1 to {max} printable characters"),
+            format!("must be 1 to {max} printable characters (no control or bidi characters)"),
         ));
     }
     Ok(name.to_owned())

@@ -189,6 +189,17 @@ pub fn require_same_wallet(caller: &Caller, wallet: &WalletAddress) -> Result<()
     Ok(())
 }
 
+/// Characters a name may not hold: controls, and the bidi overrides,
+/// embeddings, isolates and marks that make a name display as something
+/// else (U+202E turns `gpt-evil` into `live-tpg` on screen).
+pub fn unprintable_in_name(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+        )
+}
+
 /// How long a body may take to arrive when the app sets nothing.
 const BODY_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 

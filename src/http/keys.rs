@@ -85,10 +85,10 @@ pub fn name_field(state: &AppState, body: &Map<String, Value>) -> Result<String,
             format!("must be at most {max} characters"),
         ));
     }
-    if name.chars().any(char::is_control) {
+    if name.chars().any(extract::unprintable_in_name) {
         return Err(ApiError::invalid_field(
             "name",
-            "must not contain control characters",
+            "must not contain control or bidi override/isolate characters",
         ));
     }
     Ok(name.to_owned())

@@ -162,6 +162,7 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
             })?;
         }
     }
+    private_file(std::path::Path::new(path))?;
     Ok(if rest.contains("mode=") {
         format!("sqlite://{rest}")
     } else if rest.contains('?') {
@@ -169,6 +170,34 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
     } else {
         format!("sqlite://{rest}?mode=rwc")
     })
+}
+
+/// The ledger is private: its file is created 0600 before SQLite opens it
+/// (SQLite gives its `-wal` and `-shm` files the database file's mode), and
+/// an existing file and its companions are made 0600.
+#[cfg(unix)]
+fn private_file(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let setup = |e: std::io::Error| StoreError::Setup(format!("{}: {e}", path.display()));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(setup)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(setup)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_file(_path: &std::path::Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 /// A store URL fit for logs and errors: any password is replaced.
