@@ -666,6 +666,7 @@ async fn the_official_openai_client_works(backend: Backend) {
             "mock_500",
             "mock_broken_stream",
             "mock_delayed",
+            "mock_flood",
             "mock_ok",
             "mock_slow"
         ])

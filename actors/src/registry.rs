@@ -71,7 +71,9 @@ impl KeyState {
     /// Whether a call could spend anything: active, unexpired, budget left.
     /// A key that cannot is answered from this state and gets no actor.
     pub fn can_spend(&self, now_ms: i64) -> bool {
-        self.status == BudgetStatus::Active && self.expires_at_ms > now_ms && self.spent < self.limit
+        self.status == BudgetStatus::Active
+            && self.expires_at_ms > now_ms
+            && self.spent < self.limit
     }
 }
 
@@ -503,9 +505,7 @@ impl Inner {
         let Some((_, index, victim)) = oldest else {
             return false;
         };
-        let mut shard = self.shards[index]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut shard = self.shards[index].lock().unwrap_or_else(|p| p.into_inner());
         // Still idle and still the key's actor? Then it goes, under the lock.
         let current = shard
             .slots
@@ -641,8 +641,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let before = self.entry.in_flight.fetch_sub(1, Ordering::SeqCst);
         debug_assert!(before > 0, "in-flight count underflow");
-        if before == 1 && self.entry.revoked.load(Ordering::SeqCst) && self.entry.report_drained()
-        {
+        if before == 1 && self.entry.revoked.load(Ordering::SeqCst) && self.entry.report_drained() {
             // The receiver is gone only when the gateway is shutting down.
             let _ = self.entry.drained.send(self.entry.key.clone());
         }

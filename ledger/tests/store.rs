@@ -132,11 +132,25 @@ async fn credit_and_key_lifecycle(store: Store) {
         .unwrap()
         .is_empty());
 
-    // Revoking frees the budget; revoking twice changes nothing.
+    // Revoking keeps the budget committed (calls may still run on the key)
+    // until the gateway reports it drained; revoking twice changes nothing.
+    let committed = |store: &Store| {
+        let store = store.clone();
+        async move {
+            store
+                .funding(&owner, CHAIN, now_ms())
+                .await
+                .unwrap()
+                .committed
+        }
+    };
+    let before = committed(&store).await;
     let revoked = store.revoke_key(&key.id, now_ms()).await.unwrap();
     assert_eq!(revoked.status, KeyStatus::Revoked);
     let again = store.revoke_key(&key.id, now_ms() + 5).await.unwrap();
     assert_eq!(again.revoked_at_ms, revoked.revoked_at_ms);
+    assert_eq!(committed(&store).await, before);
+    store.release_key_funds(&key.id, now_ms()).await.unwrap();
     assert_eq!(
         store
             .funding(&owner, CHAIN, now_ms())
@@ -151,7 +165,10 @@ async fn credit_and_key_lifecycle(store: Store) {
     ));
 }
 
+/// An expired key commits its budget until the longest hold made before its
+/// expiry could have ended, then nothing.
 async fn expired_keys_commit_nothing(store: Store) {
+    let store = store.with_hold_max_ms(100);
     let owner = wallet(3);
     store
         .credit(&owner, CHAIN, usdc(1), "test", now_ms())
@@ -162,6 +179,16 @@ async fn expired_keys_commit_nothing(store: Store) {
     let key = store.create_key(&key, 10).await.unwrap();
     assert_eq!(key.status_at(key.expires_at_ms), KeyStatus::Expired);
     tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    assert_eq!(
+        store
+            .funding(&owner, CHAIN, now_ms())
+            .await
+            .unwrap()
+            .committed,
+        usdc(1),
+        "a call that started just before expiry may still be running"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(110)).await;
     assert_eq!(
         store
             .funding(&owner, CHAIN, now_ms())

@@ -36,9 +36,17 @@ pub enum SiweError {
     #[error("SIWE message is malformed: {0}")]
     Malformed(String),
     #[error("SIWE message domain {found:?} is not this server's (expected one of {expected:?})")]
-    Domain { expected: Vec<String>, found: String },
-    #[error("SIWE message URI {found:?} is not on this server's domains (expected one of {expected:?})")]
-    Uri { expected: Vec<String>, found: String },
+    Domain {
+        expected: Vec<String>,
+        found: String,
+    },
+    #[error(
+        "SIWE message URI {found:?} is not on this server's domains (expected one of {expected:?})"
+    )]
+    Uri {
+        expected: Vec<String>,
+        found: String,
+    },
     #[error("SIWE chain id {0} is not a configured chain")]
     Chain(u64),
     #[error("SIWE message is not yet valid or no longer valid: {0}")]
@@ -278,8 +286,14 @@ mod tests {
 
     #[test]
     fn uri_authorities() {
-        assert_eq!(uri_authority("https://service.org/login"), Some("service.org"));
-        assert_eq!(uri_authority("http://127.0.0.1:8080"), Some("127.0.0.1:8080"));
+        assert_eq!(
+            uri_authority("https://service.org/login"),
+            Some("service.org")
+        );
+        assert_eq!(
+            uri_authority("http://127.0.0.1:8080"),
+            Some("127.0.0.1:8080")
+        );
         assert_eq!(uri_authority("https://a.org?x#y"), Some("a.org"));
         assert_eq!(uri_authority("https://a.org@evil.example/"), None);
         assert_eq!(uri_authority("ftp://a.org/"), None);

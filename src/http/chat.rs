@@ -210,7 +210,14 @@ async fn stream(
         model: model.name.clone(),
     };
     let cut = Arc::new(AtomicBool::new(false));
-    tokio::spawn(pump(call, chunks, sender, gateway.timeouts, last, cut.clone()));
+    tokio::spawn(pump(
+        call,
+        chunks,
+        sender,
+        gateway.timeouts,
+        last,
+        cut.clone(),
+    ));
     // The body ends when the pump drops its sender, which it does by the
     // call's bound (every wait in it is bounded). A client cut off for
     // stalling gets no clean end of the chunked body: it can tell.

@@ -111,7 +111,10 @@ mod tests {
         }
         let refused = limiter.check_at(a, t0).unwrap_err();
         assert!(refused.retry_after <= Duration::from_millis(500));
-        assert!(limiter.check_at(b, t0).is_ok(), "another client is not affected");
+        assert!(
+            limiter.check_at(b, t0).is_ok(),
+            "another client is not affected"
+        );
         // Half a second at 2/s brings one token back, and only one.
         let later = t0 + Duration::from_millis(500);
         assert!(limiter.check_at(a, later).is_ok());

@@ -130,9 +130,7 @@ pub async fn sign_in(
     // The replaced session's keys stop on their next call, not after a TTL;
     // those with no call in flight free their budget for this sign-in.
     let store = &state.store;
-    let replaced = store
-        .active_session_keys(&key.wallet, key.chain_id)
-        .await?;
+    let replaced = store.active_session_keys(&key.wallet, key.chain_id).await?;
     let max_active_keys = state.settings.keys.max_active_per_wallet;
     let sign_in = stop_keys(
         &state.gateway.registry,

@@ -177,6 +177,14 @@ impl Store {
             .collect()
     }
 
+    /// Nonces on record (used or not): for operators and tests.
+    pub async fn nonce_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM siwe_nonces")
+            .fetch_one(self.pool())
+            .await?;
+        get_i64(&row, "n")
+    }
+
     /// One session by id.
     pub async fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let row = sqlx::query(
