@@ -579,4 +579,35 @@ mod tests {
             .to_string();
         assert!(err.contains("bindd"), "{err}");
     }
+
+    #[test]
+    fn siwe_domains_never_default_for_a_public_bind() {
+        let err = load(&[("TOLLGATE__HTTP__BIND", "0.0.0.0:8080")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.siwe_domains"), "{err}");
+        let s = load(&[
+            ("TOLLGATE__HTTP__BIND", "0.0.0.0:8080"),
+            (
+                "TOLLGATE__AUTH__SIWE_DOMAINS",
+                "app.example.com, www.example.com",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.auth.siwe_domains, ["app.example.com", "www.example.com"]);
+        let bound = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(
+            s.siwe_domains_for(bound),
+            ["app.example.com", "www.example.com"]
+        );
+        let local = load(&[]).unwrap();
+        assert_eq!(
+            local.siwe_domains_for("127.0.0.1:9000".parse().unwrap()),
+            ["127.0.0.1:9000", "localhost:9000", "[::1]:9000"]
+        );
+        let err = load(&[("TOLLGATE__AUTH__SIWE_DOMAINS", "https://app.example.com")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.siwe_domains"), "{err}");
+    }
 }

@@ -124,10 +124,10 @@ async fn revoked_keys_stay_committed_while_their_calls_run(backend: Backend) {
     let (status, a) = app.key_for(&session, &wallet, 12_000).await;
     assert_eq!(status, StatusCode::CREATED, "{a}");
 
-    // A slow stream on A (50 words at 20 ms each), then A is revoked.
+    // A slow stream on A (150 words at 20 ms each), then A is revoked.
     let a_token = a["token"].as_str().unwrap().to_owned();
     let a_id = a["keyId"].as_str().unwrap().to_owned();
-    let running = app.chat(&a_token, &echo_slow(50, 50, true)).await;
+    let running = app.chat(&a_token, &echo_slow(150, 150, true)).await;
     assert_eq!(running.status(), StatusCode::OK);
     assert_eq!(app.revoke_key(&session, &a_id).await.0, 200);
     // A's 12,000 still count: 20,000 more is refused, 8,000 fits.
@@ -139,18 +139,18 @@ async fn revoked_keys_stay_committed_while_their_calls_run(backend: Backend) {
     assert_eq!(app.key_for(&session, &wallet, 8_000).await.0, 201);
     app.assert_funded(&wallet).await;
 
-    // The stream ends and is charged: 50 in + 2 × 50 out = 150.
+    // The stream ends and is charged: 150 in + 2 × 150 out = 450.
     let text = running.text().await.unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    assert_eq!(app.spent(&a_id).await, (150, 150));
-    // Then A's remainder is free again: 20,000 − 150 charged − 8,000 = 11,850.
+    assert_eq!(app.spent(&a_id).await, (450, 450));
+    // Then A's remainder is free again: 20,000 − 450 charged − 8,000 = 11,550.
     assert_error(
-        &app.key_for(&session, &wallet, 11_851).await,
+        &app.key_for(&session, &wallet, 11_551).await,
         402,
         "insufficient_funds",
     );
     let freed = eventually(Duration::from_secs(3), || async {
-        app.key_for(&session, &wallet, 11_850).await.0 == StatusCode::CREATED
+        app.key_for(&session, &wallet, 11_550).await.0 == StatusCode::CREATED
     })
     .await;
     assert!(freed, "a drained key's budget must return to the wallet");
@@ -188,9 +188,11 @@ async fn replacing_a_project_budget_never_overspends(backend: Backend) {
             .await
         }
     };
-    assert_eq!(set(12_000).await.0, StatusCode::OK);
+    let first = set(12_000).await;
+    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
     // Nothing in flight: replacing it with the same amount works at once.
-    assert_eq!(set(12_000).await.0, StatusCode::OK);
+    let again = set(12_000).await;
+    assert_eq!(again.0, StatusCode::OK, "{}", again.1);
     let (status, executor) = app
         .studio(
             Method::POST,
@@ -202,7 +204,7 @@ async fn replacing_a_project_budget_never_overspends(backend: Backend) {
     assert_eq!(status, StatusCode::CREATED, "{executor}");
     let executor = executor["value"].as_str().unwrap().to_owned();
 
-    let running = app.chat(&executor, &echo_slow(50, 50, true)).await;
+    let running = app.chat(&executor, &echo_slow(150, 150, true)).await;
     assert_eq!(running.status(), StatusCode::OK);
     for _ in 0..3 {
         // The old budget's 12,000 is committed while its call runs.
@@ -212,7 +214,7 @@ async fn replacing_a_project_budget_never_overspends(backend: Backend) {
     let text = running.text().await.unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     let replaced = eventually(Duration::from_secs(3), || async {
-        set(12_288 - 150).await.0 == StatusCode::OK
+        set(12_288 - 450).await.0 == StatusCode::OK
     })
     .await;
     assert!(

@@ -692,11 +692,15 @@ async fn bad_sign_ins_are_refused(backend: Backend) {
     assert_eq!(app.key_count(&wallet).await, 2);
 }
 
-/// A configured SIWE domain replaces the Host check.
+/// Configured SIWE domains replace the loopback defaults; the message's
+/// domain and its URI must both be on one.
 async fn configured_siwe_domain_is_enforced(backend: Backend) {
     let app = spawn_app_with(
         backend,
-        &[("TOLLGATE__AUTH__SIWE_DOMAIN", "app.tollgate.test")],
+        &[(
+            "TOLLGATE__AUTH__SIWE_DOMAINS",
+            "app.tollgate.test, www.tollgate.test",
+        )],
     )
     .await;
     let wallet = Wallet::random();
@@ -708,6 +712,14 @@ async fn configured_siwe_domain_is_enforced(backend: Backend) {
     );
     let mut message = app.siwe_message(&wallet).await;
     message.domain = "app.tollgate.test".into();
+    assert_error(
+        &app.sign_in_with(&wallet, &message, json!({})).await,
+        401,
+        "uri_mismatch",
+    );
+    let mut message = app.siwe_message(&wallet).await;
+    message.domain = "app.tollgate.test".into();
+    message.uri = "https://www.tollgate.test/login".into();
     assert_eq!(app.sign_in_with(&wallet, &message, json!({})).await.0, 201);
 }
 

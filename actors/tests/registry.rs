@@ -277,3 +277,103 @@ async fn stale_actors_are_reloaded_once_nothing_is_in_flight() {
     assert_eq!(loader.loads.load(Ordering::SeqCst), 2);
     assert_eq!(registry.loaded(), 1);
 }
+
+#[tokio::test]
+async fn a_fence_reports_calls_in_flight_and_holds_new_ones_back() {
+    let loader = Arc::new(MemoryLoader::default());
+    let key = loader.add(1_000, 0);
+    let registry = registry(&loader, limits(10));
+    let running = registry.acquire(&key).await.unwrap();
+    let fence = registry.fence(&key).await;
+    assert!(!fence.drained, "a call is in flight");
+    let waiting = {
+        let (registry, key) = (registry.clone(), key.clone());
+        tokio::spawn(async move { registry.acquire(&key).await.map(|_| ()) })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !waiting.is_finished(),
+        "no new lease while the fence stands"
+    );
+    drop(running);
+    drop(fence);
+    waiting.await.unwrap().unwrap();
+    // Nothing in flight now: a new fence says so.
+    assert!(registry.fence(&key).await.drained);
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_reported_drained_when_its_last_call_ends() {
+    let loader = Arc::new(MemoryLoader::default());
+    let (busy, idle) = (loader.add(1_000, 0), loader.add(1_000, 0));
+    let registry = registry(&loader, limits(10));
+    let mut drained = registry.drained_keys().unwrap();
+    assert!(registry.drained_keys().is_none(), "taken once");
+    let lease = registry.acquire(&busy).await.unwrap();
+    lease
+        .reserve(
+            RequestId::generate(),
+            amount(10),
+            amount(1),
+            now_ms() + 60_000,
+        )
+        .await
+        .unwrap();
+    drop(registry.acquire(&idle).await.unwrap());
+    assert!(
+        registry.revoke(&idle, BudgetStatus::Revoked).await,
+        "nothing in flight"
+    );
+    assert!(!registry.revoke(&busy, BudgetStatus::Revoked).await);
+    assert!(
+        drained.try_recv().is_err(),
+        "not drained while the call runs"
+    );
+    drop(lease);
+    let reported = tokio::time::timeout(std::time::Duration::from_secs(1), drained.recv())
+        .await
+        .unwrap();
+    assert_eq!(reported, Some(busy));
+    assert!(
+        drained.try_recv().is_err(),
+        "reported once; idle was answered directly"
+    );
+}
+
+#[tokio::test]
+async fn a_full_registry_evicts_its_least_recently_used_idle_actor() {
+    let loader = Arc::new(MemoryLoader::default());
+    let registry = registry(
+        &loader,
+        RegistryLimits {
+            loaded_keys_max: 2,
+            ..limits(10)
+        },
+    );
+    let (a, b, c) = (loader.add(10, 0), loader.add(10, 0), loader.add(10, 0));
+    drop(registry.acquire(&a).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let busy = registry.acquire(&b).await.unwrap();
+    drop(registry.acquire(&c).await.unwrap());
+    assert_eq!(registry.loaded(), 2);
+    assert!(
+        !registry.is_loaded(&a),
+        "the idle, least recently used one went"
+    );
+    assert!(registry.is_loaded(&b) && registry.is_loaded(&c));
+    drop(busy);
+}
+
+#[tokio::test]
+async fn keys_that_cannot_spend_get_no_actor() {
+    let loader = Arc::new(MemoryLoader::default());
+    let spent = loader.add(10, 10);
+    let registry = registry(&loader, limits(10));
+    for _ in 0..3 {
+        assert!(matches!(
+            registry.acquire(&spent).await,
+            Err(AcquireError::CannotSpend(state)) if state.spent == state.limit
+        ));
+    }
+    assert_eq!(registry.loaded(), 0);
+}

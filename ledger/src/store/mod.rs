@@ -174,17 +174,26 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
 
 /// The ledger is private: its file is created 0600 before SQLite opens it
 /// (SQLite gives its `-wal` and `-shm` files the database file's mode), and
-/// an existing file and its companions are made 0600.
+/// an existing file and its companions are made 0600 by path. An existing
+/// file is never opened here: closing any descriptor of a database file
+/// drops every POSIX lock this process's SQLite connections hold on it.
 #[cfg(unix)]
 fn private_file(path: &std::path::Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let setup = |e: std::io::Error| StoreError::Setup(format!("{}: {e}", path.display()));
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(setup)?;
+    if !path.exists() {
+        match std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            // Another process made it first: it is chmodded below.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(setup(e)),
+        }
+    }
     for suffix in ["", "-wal", "-shm"] {
         let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
         if file.exists() {
