@@ -224,7 +224,7 @@ async fn replacing_a_project_budget_never_overspends(backend: Backend) {
     assert!(app.wallet_charged(&wallet).await <= 12_288);
     app.assert_funded(&wallet).await;
     // The owner is not locked out.
-    assert_eq!(app.sign_in(&wallet).await.is_empty(), false);
+    assert!(!app.sign_in(&wallet).await.is_empty());
 }
 
 /// Invariant 7 under random interleavings: sign-ins (superseding a session
@@ -619,7 +619,7 @@ async fn nonce_pruning_is_bounded(backend: Backend) {
     // Each of the 5 issues removed a few expired nonces, oldest first —
     // not all 50 at once, and not none.
     let left = app.store.nonce_count().await.unwrap();
-    assert!(left < 55 && left >= 55 - 5 * 4, "{left} nonces left");
+    assert!((55 - 5 * 4..55).contains(&left), "{left} nonces left");
 }
 
 /// Finding 11: no call is free, so a budget bounds the rows it can write.
