@@ -73,23 +73,6 @@ impl TestApp {
             funding.available
         );
     }
-
-    async fn studio(
-        &self,
-        method: Method,
-        path: &str,
-        bearer: &str,
-        body: Option<&Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .request(method, self.url(&format!("/api/v1{path}")))
-            .bearer_auth(bearer);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        json_of(request.send().await.unwrap()).await
-    }
 }
 
 /// Retries `attempt` until it returns true, for at most `within`.

@@ -24,23 +24,6 @@ impl TestApp {
         common::json_of(request.send().await.unwrap()).await
     }
 
-    async fn studio(
-        &self,
-        method: Method,
-        path: &str,
-        bearer: &str,
-        body: Option<&Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .request(method, self.url(&format!("/api/v1{path}")))
-            .bearer_auth(bearer);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        common::json_of(request.send().await.unwrap()).await
-    }
-
     /// Creates a key with `admin`'s value: (id, value).
     async fn studio_key(&self, admin: &str, key_type: &str, role: &str) -> (String, String) {
         let (status, body) = self

@@ -118,12 +118,7 @@ async fn chat(
                 .map(|_| Ok(event(&chunk(&model, &text))))
                 .collect();
             if include_usage {
-                chunks.push(Ok(event(&json!({
-                    "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
-                    "model": model, "choices": [],
-                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": max_tokens,
-                              "total_tokens": PROMPT_TOKENS + max_tokens}
-                }))));
+                chunks.push(Ok(event(&usage_chunk(&model, max_tokens))));
             }
             chunks.push(Ok(web::Bytes::from_static(b"data: [DONE]\n\n")));
             HttpResponse::Ok()
@@ -135,12 +130,7 @@ async fn chat(
                 .map(|i| Ok(event(&chunk(&model, if i == 0 { "ok" } else { " ok" }))))
                 .collect();
             if include_usage {
-                chunks.push(Ok(event(&json!({
-                    "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
-                    "model": model, "choices": [],
-                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words,
-                              "total_tokens": PROMPT_TOKENS + words}
-                }))));
+                chunks.push(Ok(event(&usage_chunk(&model, words))));
             }
             chunks.push(Ok(web::Bytes::from_static(b"data: [DONE]\n\n")));
             HttpResponse::Ok()
@@ -166,6 +156,16 @@ fn chunk(model: &str, text: &str) -> Value {
     json!({
         "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
         "choices": [{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]
+    })
+}
+
+/// The last chunk of a stream asked with `include_usage`.
+fn usage_chunk(model: &str, completion_tokens: u64) -> Value {
+    json!({
+        "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
+        "model": model, "choices": [],
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens,
+                  "total_tokens": PROMPT_TOKENS + completion_tokens}
     })
 }
 

@@ -300,6 +300,24 @@ impl TestApp {
         .await
     }
 
+    /// A Studio call: `method` on `/api/v1{path}` with `bearer`.
+    pub async fn studio(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, self.url(&format!("/api/v1{path}")))
+            .bearer_auth(bearer);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        json_of(request.send().await.unwrap()).await
+    }
+
     /// How many keys the wallet has, straight from the store.
     pub async fn key_count(&self, wallet: &Wallet) -> usize {
         self.store
