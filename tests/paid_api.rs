@@ -675,7 +675,54 @@ async fn the_official_openai_client_works(backend: Backend) {
     assert_eq!(app.spent(&key.key_id).await, (18, 18));
 }
 
+/// Streamed calls over one kept-alive connection, the way every OpenAI SDK
+/// calls: none waits on a delayed ACK. With Nagle's algorithm on the
+/// client-facing socket each call after the first took ~40 ms more (the
+/// chunked body's small last write waited for the ACK of the previous one),
+/// so 20 such calls took ≥ 780 ms.
+async fn streamed_calls_on_a_kept_alive_connection_do_not_stall(backend: Backend) {
+    let (app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(1_000_000).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    for model in ["echo", "mock_ok"] {
+        let body = json!({"model": model, "stream": true, "max_tokens": 3,
+                          "messages": user("pay per call")});
+        let mut times = Vec::new();
+        for _ in 0..21 {
+            let started = std::time::Instant::now();
+            let response = client
+                .post(app.url("/external/v1/chat/completions"))
+                .bearer_auth(&key.token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let text = response.text().await.unwrap();
+            assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+            times.push(started.elapsed());
+        }
+        // The first call opened the connection; the next 20 reused it.
+        let reused = &mut times[1..];
+        let total: std::time::Duration = reused.iter().sum();
+        reused.sort();
+        let median = reused[reused.len() / 2];
+        assert!(
+            median < std::time::Duration::from_millis(20),
+            "{model}: median {median:?} per call on a kept-alive connection"
+        );
+        assert!(
+            total < std::time::Duration::from_millis(260),
+            "{model}: 20 calls took {total:?} (stalled: ≥ 780 ms)"
+        );
+    }
+}
+
 both_stores!(
+    streamed_calls_on_a_kept_alive_connection_do_not_stall,
     echo_calls_charge_exactly_and_lower_max_tokens,
     streamed_calls_report_the_charge_in_the_last_chunk,
     concurrent_calls_never_overspend,

@@ -149,6 +149,7 @@ impl OpenAiUpstream {
                         return Some((Ok(chunk), (bytes, reader, ready, done)));
                     }
                     if done {
+                        finish_in_background(bytes);
                         return None;
                     }
                     let next = match bytes.next().await {
@@ -199,6 +200,31 @@ impl OpenAiUpstream {
             },
         )))
     }
+}
+
+/// After `[DONE]`, what is left of a stream's body (the chunked body's end)
+/// is read off in the background, bounded in time and size: the call does
+/// not wait for it — an upstream that delays its last write (Nagle's
+/// algorithm against a delayed ACK) costs nothing — and a body read to its
+/// end returns its connection to the pool for the next call.
+fn finish_in_background<S>(mut rest: S)
+where
+    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+{
+    const REST_MAX_BYTES: usize = 64 * 1024;
+    const REST_WAIT: Duration = Duration::from_secs(1);
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REST_WAIT, async {
+            let mut read = 0;
+            while let Some(Ok(bytes)) = rest.next().await {
+                read += bytes.len();
+                if read > REST_MAX_BYTES {
+                    break; // not a well-behaved stream: drop the connection
+                }
+            }
+        })
+        .await;
+    });
 }
 
 fn transport(error: reqwest::Error) -> UpstreamError {
