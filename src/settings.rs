@@ -194,6 +194,29 @@ pub struct ModelSettings {
     /// Echo only: a pause between streamed words (0: none).
     #[serde(default)]
     pub echo_word_delay_ms: u64,
+    /// Request fields forwarded to this model beyond the standard ones
+    /// (`gateway::request::FORWARDED_FIELDS`): only fields whose cost the
+    /// model's prices cover. Any other field is refused (400).
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub forward_fields: Vec<String>,
+    /// The request fields that carry the output bound upstream; the bound
+    /// the hold affords goes in each. Default both, so no upstream can be
+    /// asked for more output than the hold pays, whichever it honours.
+    #[serde(default = "both_bounds", deserialize_with = "list_or_csv")]
+    pub max_tokens_fields: Vec<String>,
+    /// A non-streamed answer without `usage` is an upstream error (502,
+    /// nothing charged). A stream without usage is charged an estimate of
+    /// what it delivered either way, marked as estimated in the ledger.
+    #[serde(default = "yes")]
+    pub require_usage: bool,
+}
+
+fn both_bounds() -> Vec<String> {
+    vec!["max_tokens".into(), "max_completion_tokens".into()]
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> u64 {
@@ -497,6 +520,17 @@ impl Settings {
             }
             if model.price_version.is_empty() {
                 return Err(invalid(setting("price_version"), "must not be empty"));
+            }
+            if model.max_tokens_fields.is_empty()
+                || model
+                    .max_tokens_fields
+                    .iter()
+                    .any(|f| f != "max_tokens" && f != "max_completion_tokens")
+            {
+                return Err(invalid(
+                    setting("max_tokens_fields"),
+                    "must name max_tokens and/or max_completion_tokens",
+                ));
             }
             if model.min_charge_atomic == 0
                 || ledger::Amount::from_atomic(model.min_charge_atomic).is_none()

@@ -181,9 +181,13 @@ pub struct NewCharge {
     pub key_id: KeyId,
     pub model: String,
     pub price_version: String,
+    /// The usage billed: `amount` is exactly its price.
     pub input_tokens: u32,
     pub output_tokens: u32,
     pub amount: Amount,
+    /// The usage the upstream reported (input, output); `None` when it
+    /// reported none and the billed usage is the gateway's estimate.
+    pub reported: Option<(u32, u32)>,
     pub created_at_ms: i64,
 }
 
@@ -216,9 +220,12 @@ pub struct ChargeRecord {
     pub key_id: KeyId,
     pub model: String,
     pub price_version: String,
+    /// The usage billed.
     pub input_tokens: u32,
     pub output_tokens: u32,
     pub amount: Amount,
+    /// The usage the upstream reported; `None`: the charge is an estimate.
+    pub reported: Option<(u32, u32)>,
     pub status: String,
     pub batch_id: Option<String>,
     pub tx_hash: Option<String>,

@@ -52,6 +52,7 @@ fn charge(key: &KeyId, amount: Amount) -> NewCharge {
         input_tokens: 3,
         output_tokens: 5,
         amount,
+        reported: Some((3, 5)),
         created_at_ms: now_ms(),
     }
 }
@@ -421,11 +422,25 @@ async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
         store.record_charge(&first).await.unwrap(),
         ChargeWrite::Duplicate
     );
-    let second = charge(&key.id, Amount::from_atomic(600).unwrap());
+    // An estimate: no usage reported. Both kinds read back as written.
+    let second = NewCharge {
+        reported: None,
+        ..charge(&key.id, Amount::from_atomic(600).unwrap())
+    };
     assert_eq!(
         store.record_charge(&second).await.unwrap(),
         ChargeWrite::Recorded
     );
+    let stored = store.charges_for_key(&key.id).await.unwrap();
+    let reported = |id: &RequestId| {
+        stored
+            .iter()
+            .find(|c| &c.request_id == id)
+            .unwrap()
+            .reported
+    };
+    assert_eq!(reported(&first.request_id), Some((3, 5)));
+    assert_eq!(reported(&second.request_id), None);
     // One more atomic unit would pass the limit.
     assert!(matches!(
         store

@@ -49,21 +49,53 @@ pub struct PaidCall {
     pub ends_by: tokio::time::Instant,
 }
 
+/// The usage a call is charged for: what the upstream reported, or — when
+/// it reported none — the gateway's estimate of what it delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metered {
+    pub usage: Usage,
+    /// `false`: an estimate (marked so in the ledger).
+    pub reported: bool,
+}
+
+impl Metered {
+    pub fn reported(usage: Usage) -> Metered {
+        Metered {
+            usage,
+            reported: true,
+        }
+    }
+
+    pub fn estimated(usage: Usage) -> Metered {
+        Metered {
+            usage,
+            reported: false,
+        }
+    }
+}
+
 /// What a finished call was charged and where its key stands.
 #[derive(Debug, Clone, Copy)]
 pub struct Receipt {
     pub budget: BudgetHeaders,
+    /// The usage billed: `finalAmountWei` is exactly its price.
     pub usage: Usage,
+    /// The billed usage is an estimate (the upstream reported none).
+    pub estimated: bool,
 }
 
 impl Receipt {
     /// The `compose` object of a paid answer's body or last chunk.
     pub fn compose_json(&self) -> serde_json::Value {
-        json!({
+        let mut compose = json!({
             "finalAmountWei": self.budget.final_amount.unwrap_or(Amount::ZERO),
             "budgetUsed": self.budget.used,
             "budgetRemaining": self.budget.limit.saturating_sub(self.budget.used),
-        })
+        });
+        if self.estimated {
+            compose["estimated"] = json!(true);
+        }
+        compose
     }
 }
 
@@ -148,26 +180,45 @@ impl PaidCall {
         }
     }
 
-    /// Charges the call for `usage` (at most its hold): ledger first, then
-    /// the actor. On failure nothing is charged and the hold is released.
-    pub async fn finish(mut self, usage: Usage) -> Result<Receipt, ApiError> {
+    /// Charges the call for `metered` usage (billed at most its hold, the
+    /// billed usage lowered to fit when needed): ledger first, then the
+    /// actor. On failure nothing is charged and the hold is released.
+    pub async fn finish(mut self, metered: Metered) -> Result<Receipt, ApiError> {
         let Some(lease) = self.lease.take() else {
             return Err(ApiError::internal(&"a paid call finished twice"));
         };
         let held = self.reserved.held;
-        let amount = self
-            .price
-            .cost(usage.prompt_tokens, usage.completion_tokens)
-            .map_or(held, |cost| cost.min(held));
+        let usage = metered.usage;
+        let billed = self.price.bill(
+            usage.prompt_tokens.min(u64::from(u32::MAX)),
+            usage.completion_tokens.min(u64::from(u32::MAX)),
+            held,
+        );
+        let amount = billed.amount;
         debug_assert!(amount <= held, "a final amount never exceeds its hold");
+        debug_assert_eq!(
+            self.price.cost(billed.input_tokens, billed.output_tokens),
+            Ok(amount),
+            "a charge is exactly its billed usage's price"
+        );
+        let billed_usage = Usage {
+            prompt_tokens: billed.input_tokens,
+            completion_tokens: billed.output_tokens,
+        };
         let charge = NewCharge {
             request_id: self.request.clone(),
             key_id: self.key_id.clone(),
             model: self.model.clone(),
             price_version: self.price.version.clone(),
-            input_tokens: clamp_u32(usage.prompt_tokens),
-            output_tokens: clamp_u32(usage.completion_tokens),
+            input_tokens: clamp_u32(billed.input_tokens),
+            output_tokens: clamp_u32(billed.output_tokens),
             amount,
+            reported: metered.reported.then(|| {
+                (
+                    clamp_u32(usage.prompt_tokens),
+                    clamp_u32(usage.completion_tokens),
+                )
+            }),
             created_at_ms: now_ms(),
         };
         let writer = self.writer.clone();
@@ -228,7 +279,8 @@ impl PaidCall {
                 used: committed.spent,
                 final_amount: Some(committed.charged),
             },
-            usage,
+            usage: billed_usage,
+            estimated: !metered.reported,
         })
     }
 }
@@ -298,24 +350,27 @@ fn cannot_spend(state: &KeyState, model: &Model, prompt_tokens_max: u64) -> ApiE
         .price
         .cost(prompt_tokens_max, 1)
         .unwrap_or(Amount::MAX);
-    insufficient_budget(state.limit.saturating_sub(state.spent), minimum).with_budget(
-        BudgetHeaders {
-            limit: state.limit,
-            used: state.spent,
-            final_amount: Some(Amount::ZERO),
-        },
-    )
+    let remaining = state.limit.saturating_sub(state.spent);
+    insufficient_budget(remaining, remaining, minimum).with_budget(BudgetHeaders {
+        limit: state.limit,
+        used: state.spent,
+        final_amount: Some(Amount::ZERO),
+    })
 }
 
-fn insufficient_budget(remaining: Amount, minimum: Amount) -> ApiError {
+/// 402 `insufficient_budget`. `remaining` is what the headers say (limit −
+/// used); `available` is what is left of it beside the holds of calls in
+/// flight — the part a new call can take.
+fn insufficient_budget(remaining: Amount, available: Amount, minimum: Amount) -> ApiError {
     ApiError::new(
         StatusCode::PAYMENT_REQUIRED,
         "insufficient_budget",
         format!(
-            "the key's remaining budget ({remaining}) cannot cover even a minimal call ({minimum})"
+            "the key's available budget ({available} of {remaining} remaining; the rest is held by \
+             calls in flight) cannot cover even a minimal call ({minimum})"
         ),
     )
-    .with_details(json!({ "remaining": remaining, "minimum": minimum }))
+    .with_details(json!({ "remaining": remaining, "available": available, "minimum": minimum }))
 }
 
 /// The answer to a status refusal (revoked, superseded, expired).
@@ -372,14 +427,15 @@ async fn reserve_error(lease: &Lease, error: CallError, minimum: Amount) -> ApiE
             refusal @ (ReserveError::Revoked | ReserveError::Superseded | ReserveError::Expired),
         ) => reserve_refused(refusal),
         CallError::Reserve(ReserveError::InsufficientBudget { remaining, .. }) => {
-            let error = insufficient_budget(remaining, minimum);
+            // The reserve's `remaining` is after holds: `available` here.
             match lease.snapshot().await {
-                Ok(s) => error.with_budget(BudgetHeaders {
-                    limit: s.limit,
-                    used: s.spent,
-                    final_amount: Some(Amount::ZERO),
-                }),
-                Err(_) => error,
+                Ok(s) => insufficient_budget(s.limit.saturating_sub(s.spent), remaining, minimum)
+                    .with_budget(BudgetHeaders {
+                        limit: s.limit,
+                        used: s.spent,
+                        final_amount: Some(Amount::ZERO),
+                    }),
+                Err(_) => insufficient_budget(remaining, remaining, minimum),
             }
         }
         CallError::Reserve(ReserveError::TooManyHolds) => ApiError::new(

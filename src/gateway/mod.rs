@@ -33,6 +33,10 @@ pub struct Model {
     pub price: Price,
     pub upstream: Upstream,
     pub max_output_tokens: u64,
+    /// Request fields forwarded beyond the standard ones.
+    pub forward_fields: Vec<String>,
+    /// A non-streamed answer without usage is an upstream error.
+    pub require_usage: bool,
 }
 
 /// Shared by every paid call. Cheap to clone.
@@ -116,6 +120,7 @@ impl Gateway {
                         },
                         api_key: m.api_key.clone().filter(|k| !k.is_empty()),
                         timeout: timeouts.upstream,
+                        max_tokens_fields: m.max_tokens_fields.clone(),
                     })
                 };
                 let model = Model {
@@ -129,6 +134,8 @@ impl Gateway {
                     },
                     upstream,
                     max_output_tokens: m.max_output_tokens,
+                    forward_fields: m.forward_fields.clone(),
+                    require_usage: m.require_usage,
                 };
                 (name.clone(), model)
             })

@@ -1,5 +1,11 @@
 //! [`ChatRequest`]: an OpenAI chat-completions body, checked before any
-//! budget is touched. Everything else in the body goes upstream untouched.
+//! budget is touched.
+//!
+//! Only known fields go upstream ([`FORWARDED_FIELDS`], plus what a model's
+//! `forward_fields` adds): a field the gateway does not know could change
+//! what the upstream bills (`service_tier`, `web_search_options`,
+//! `prediction`, audio `modalities`, `best_of`, `top_logprobs`, …) past what
+//! the hold priced, so any other field is refused (400, naming it).
 
 use serde_json::{Map, Value};
 
@@ -10,14 +16,53 @@ pub const MESSAGES_MAX: usize = 10_000;
 /// The longest model name accepted.
 const MODEL_NAME_MAX_CHARS: usize = 256;
 
+/// The request fields forwarded to every upstream: none changes the price of
+/// a call beyond its tokens, whose bounds the hold pays for.
+pub const FORWARDED_FIELDS: [&str; 20] = [
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "temperature",
+    "top_p",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "seed",
+    "user",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+];
+
+/// Fields known to change what an upstream bills beyond tokens; refused
+/// unless a model's configuration forwards (and so prices) them.
+const PRICED_FIELDS: [&str; 8] = [
+    "service_tier",
+    "web_search_options",
+    "prediction",
+    "modalities",
+    "audio",
+    "best_of",
+    "top_logprobs",
+    "store",
+];
+
 #[derive(Debug)]
 pub struct ChatRequest {
     pub model: String,
     pub stream: bool,
-    /// `max_completion_tokens`, else `max_tokens`, when the client sent one.
+    /// The output bound the client asked for: the smaller of
+    /// `max_completion_tokens` and `max_tokens` when it sent both.
     pub max_tokens: Option<u64>,
-    /// The field the client used (`max_tokens` when it used none).
-    pub max_tokens_field: &'static str,
+    /// `stream_options.include_usage`: whether the client wants a usage chunk.
+    pub wants_usage: bool,
     pub body: Map<String, Value>,
 }
 
@@ -46,15 +91,25 @@ impl ChatRequest {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(ApiError::invalid_param("stream", "must be a boolean")),
         };
-        match body.get("stream_options") {
-            None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        let wants_usage = match body.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(options)) => match options.get("include_usage") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ApiError::invalid_param(
+                        "stream_options",
+                        "include_usage must be a boolean",
+                    ))
+                }
+            },
             Some(_) => {
                 return Err(ApiError::invalid_param(
                     "stream_options",
                     "must be an object",
                 ))
             }
-        }
+        };
         match body.get("n") {
             None | Some(Value::Null) => {}
             Some(n) if n.as_u64() == Some(1) => {}
@@ -67,17 +122,39 @@ impl ChatRequest {
         }
         let completion = positive_int(&body, "max_completion_tokens")?;
         let plain = positive_int(&body, "max_tokens")?;
-        let (max_tokens, max_tokens_field) = match (completion, plain) {
-            (Some(n), _) => (Some(n), "max_completion_tokens"),
-            (None, n) => (n, "max_tokens"),
+        let max_tokens = match (completion, plain) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         Ok(ChatRequest {
             model,
             stream,
             max_tokens,
-            max_tokens_field,
+            wants_usage,
             body,
         })
+    }
+
+    /// Refuses any field that is neither forwarded to every upstream nor in
+    /// the model's `forward_fields`: 400 naming it.
+    pub fn check_fields(&self, model_fields: &[String]) -> Result<(), ApiError> {
+        for field in self.body.keys() {
+            if FORWARDED_FIELDS.contains(&field.as_str()) || model_fields.iter().any(|f| f == field)
+            {
+                continue;
+            }
+            let message = if PRICED_FIELDS.contains(&field.as_str()) {
+                "changes what the model bills and is not priced here; the model's \
+                 forward_fields setting must name it"
+            } else {
+                "is not supported by this gateway"
+            };
+            return Err(ApiError {
+                param: Some(field.clone().into()),
+                ..ApiError::bad_request("unsupported_parameter", format!("{field} {message}"))
+            });
+        }
+        Ok(())
     }
 }
 
@@ -147,18 +224,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (r.max_tokens, r.max_tokens_field, r.stream),
-            (Some(5), "max_tokens", true)
+            (r.max_tokens, r.stream, r.wants_usage),
+            (Some(5), true, false)
         );
         let r = parse(
             json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}],
-                             "max_tokens": 5, "max_completion_tokens": 7}),
+                             "max_tokens": 5, "max_completion_tokens": 7,
+                             "stream_options": {"include_usage": true}}),
         )
         .unwrap();
         assert_eq!(
-            (r.max_tokens, r.max_tokens_field),
-            (Some(7), "max_completion_tokens")
+            (r.max_tokens, r.wants_usage),
+            (Some(5), true),
+            "the smaller bound"
         );
+        assert!(r.check_fields(&[]).is_ok());
+    }
+
+    #[test]
+    fn only_known_fields_pass() {
+        let user = json!([{"role": "user", "content": "hi"}]);
+        for field in [
+            "service_tier",
+            "web_search_options",
+            "best_of",
+            "frobnicate",
+        ] {
+            let r = parse(json!({"model": "m", "messages": user, field: 1})).unwrap();
+            let error = r.check_fields(&[]).unwrap_err();
+            assert_eq!(error.status.as_u16(), 400);
+            assert!(error.message.starts_with(field), "{}", error.message);
+            assert!(
+                r.check_fields(&[field.to_owned()]).is_ok(),
+                "configured: {field}"
+            );
+        }
     }
 
     #[test]
@@ -193,7 +293,7 @@ mod tests {
         ] {
             let error = parse(body.clone()).unwrap_err();
             assert_eq!(
-                (error.status.as_u16(), error.param),
+                (error.status.as_u16(), error.param.as_deref()),
                 (400, Some(param)),
                 "{body}"
             );

@@ -451,7 +451,7 @@ pub async fn get(
         Some("true") => true,
         Some(_) => {
             return Err(ApiError {
-                param: Some("withValue"),
+                param: Some("withValue".into()),
                 ..ApiError::bad_request("invalid_query", "withValue must be true or false")
             })
         }
@@ -610,7 +610,7 @@ pub async fn public_key(
             Ok(ttl) if ttl > 0 && ttl <= studio.pk_ttl_max_s => ttl,
             _ => {
                 return Err(ApiError {
-                    param: Some("ttl"),
+                    param: Some("ttl".into()),
                     ..ApiError::bad_request(
                         "invalid_query",
                         format!(

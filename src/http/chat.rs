@@ -35,11 +35,11 @@ use tokio::time::Instant;
 use super::apikeys::authenticate_studio;
 use super::error::ApiError;
 use super::extract::{bearer_token, json_object, paid_bearer};
-use crate::gateway::call::{PaidCall, Receipt};
+use crate::gateway::call::{Metered, PaidCall, Receipt};
 use crate::gateway::request::ChatRequest;
 use crate::gateway::{Gateway, Model, Timeouts};
 use crate::state::AppState;
-use crate::upstream::{Chunk, ChunkStream, UpstreamError, UpstreamRequest, Usage};
+use crate::upstream::{output_bytes_of, Chunk, ChunkStream, UpstreamError, UpstreamRequest, Usage};
 
 /// Chunks waiting between the upstream reader and a slow client.
 const STREAM_BUFFER_CHUNKS: usize = 16;
@@ -55,7 +55,7 @@ pub async fn completions(
     let gateway = &state.gateway;
     let Some(model) = gateway.models.get(&chat.model) else {
         return Err(ApiError {
-            param: Some("model"),
+            param: Some("model".into()),
             ..ApiError::not_found(
                 "model_not_found",
                 format!(
@@ -65,6 +65,7 @@ pub async fn completions(
             )
         });
     };
+    chat.check_fields(&model.forward_fields)?;
     let requested = chat
         .max_tokens
         .unwrap_or(model.max_output_tokens)
@@ -90,11 +91,10 @@ pub async fn completions(
     let upstream_request = UpstreamRequest {
         body: chat.body,
         max_tokens: call.max_tokens,
-        max_tokens_field: chat.max_tokens_field,
         request_id: call.request.to_string(),
     };
     if chat.stream {
-        stream(gateway, model, call, upstream_request).await
+        stream(gateway, model, call, upstream_request, chat.wants_usage).await
     } else {
         complete(gateway, model, call, upstream_request).await
     }
@@ -170,17 +170,34 @@ async fn complete(
         };
         let (call, completion) =
             upstream_or_release(&gateway, call, model.upstream.complete(&request)).await?;
-        // An upstream that reports no usage is charged its hold (the bound).
-        let usage = completion.usage.unwrap_or(Usage {
-            prompt_tokens: call.prompt_tokens_max,
-            completion_tokens: call.max_tokens,
-        });
+        let metered = match completion.usage {
+            Some(usage) => Metered::reported(usage),
+            // Usage is mandatory for this model: without it, the answer is
+            // an upstream error — withheld, nothing charged.
+            None if model.require_usage => {
+                call.release().await;
+                return Err(upstream_error(UpstreamError::Protocol(
+                    "the answer reports no usage".into(),
+                )));
+            }
+            // Else an estimate, marked so: the prompt's bound and the bytes
+            // of output in the answer (never past the output bound).
+            None => Metered::estimated(Usage {
+                prompt_tokens: call.prompt_tokens_max,
+                completion_tokens: output_bytes_of(completion.body.get("choices"), "message")
+                    .min(call.max_tokens),
+            }),
+        };
         let request_id = call.request.to_string();
-        let receipt = call.finish(usage).await?;
+        let receipt = call.finish(metered).await?;
         Ok((completion, receipt, request_id))
     });
     let (mut completion, receipt, request_id) =
         running.await.map_err(|e| ApiError::internal(&e))??;
+    // The body's usage is what was billed, so body, headers and ledger agree.
+    completion
+        .body
+        .insert("usage".into(), receipt.usage.to_json());
     completion
         .body
         .insert("compose".into(), receipt.compose_json());
@@ -195,6 +212,7 @@ async fn stream(
     model: &Model,
     call: PaidCall,
     request: UpstreamRequest,
+    wants_usage: bool,
 ) -> Result<HttpResponse, ApiError> {
     let (call, chunks) =
         upstream_or_release(gateway, call, model.upstream.stream(&request)).await?;
@@ -208,6 +226,7 @@ async fn stream(
     let last = LastChunk {
         id: format!("chatcmpl-{}", request.request_id),
         model: model.name.clone(),
+        wants_usage,
     };
     let cut = Arc::new(AtomicBool::new(false));
     tokio::spawn(pump(
@@ -252,10 +271,12 @@ async fn send_by(sender: &mpsc::Sender<Bytes>, bytes: Bytes, by: Instant) -> boo
     )
 }
 
-/// What a synthesized last chunk needs when the upstream sent no usage.
+/// What the last chunk needs: its id and model when the upstream sent no
+/// usage chunk to build on, and whether the client asked for `usage`.
 struct LastChunk {
     id: String,
     model: String,
+    wants_usage: bool,
 }
 
 enum Ended {
@@ -279,7 +300,12 @@ async fn pump(
 ) {
     // The stream ends by the call's bound, set when its hold was taken.
     let deadline = call.ends_by;
-    let mut generated: u64 = 0;
+    // Bytes of output handed on (text, reasoning, refusals, tool arguments):
+    // the estimate when the upstream reports no usage.
+    let mut output_bytes: u64 = 0;
+    // The last usage the upstream reported (cumulative where it sends it on
+    // every chunk), and its last usage-only chunk, which goes last.
+    let mut usage_seen: Option<Usage> = None;
     let mut usage_chunk: Option<Chunk> = None;
     let ended = loop {
         let wait = (Instant::now() + timeouts.stream_idle).min(deadline);
@@ -287,39 +313,44 @@ async fn pump(
             _ = sender.closed() => break Ended::ClientGone,
             next = tokio::time::timeout_at(wait, chunks.next()) => next,
         };
-        let chunk = match next {
+        let mut chunk = match next {
             Err(_) => break Ended::Failed(UpstreamError::Timeout),
             Ok(None) => break Ended::Done,
             Ok(Some(Err(error))) => break Ended::Failed(error),
             Ok(Some(Ok(chunk))) => chunk,
         };
-        if Usage::from_json(&chunk.json).is_some() {
-            // Held back: it goes last, with the call's final amount added.
-            usage_chunk = Some(chunk);
-            continue;
+        if let Some(usage) = Usage::from_json(&chunk.json) {
+            usage_seen = Some(usage);
+            if !chunk.has_choices() {
+                // Usage only: held back, reported once at the end.
+                usage_chunk = Some(chunk);
+                continue;
+            }
+            // Usage beside content: the content goes on, in order.
+            chunk.take_usage();
         }
-        if chunk.has_content() {
-            generated += 1;
-        }
+        output_bytes = output_bytes.saturating_add(chunk.output_bytes());
         if !send_by(&sender, sse(&chunk.to_bytes()), deadline).await {
             cut.store(true, Ordering::Release);
             break Ended::ClientGone;
         }
     };
     drop(chunks); // closes the upstream connection: generation stops there
-                  // The upstream's own count when it sent one; else what was counted.
-    let usage = usage_chunk
-        .as_ref()
-        .and_then(|c| Usage::from_json(&c.json))
-        .unwrap_or(Usage {
+                  // The upstream's own count when it sent one; else an estimate of what
+                  // was delivered: the prompt's bound and the output's bytes (a token
+                  // covers at least one byte), never past the output bound.
+    let metered = match usage_seen {
+        Some(usage) => Metered::reported(usage),
+        None => Metered::estimated(Usage {
             prompt_tokens: call.prompt_tokens_max,
-            completion_tokens: generated,
-        });
+            completion_tokens: output_bytes.min(call.max_tokens),
+        }),
+    };
     // The last events: the charge is written by now; they wait at most the
     // grace for a slow client.
     let by = deadline.max(Instant::now()) + FINAL_WRITE_GRACE;
     match ended {
-        Ended::Done => match call.finish(usage).await {
+        Ended::Done => match call.finish(metered).await {
             Ok(receipt) => {
                 let chunk = final_chunk(usage_chunk, &last, &receipt);
                 if !(send_by(&sender, sse(&chunk), by).await
@@ -334,12 +365,20 @@ async fn pump(
         },
         Ended::ClientGone => {
             // The client pays for what was generated before it left.
-            if let Err(error) = call.finish(usage).await {
+            if let Err(error) = call.finish(metered).await {
                 tracing::error!(code = error.code, "charging an abandoned stream failed");
             }
         }
         Ended::Failed(error) => {
-            call.release().await; // an upstream failure charges nothing
+            if output_bytes > 0 || usage_seen.is_some() {
+                // Output already reached the client: it is paid for,
+                // whatever ended the stream.
+                if let Err(charge) = call.finish(metered).await {
+                    tracing::error!(code = charge.code, "charging a failed stream failed");
+                }
+            } else {
+                call.release().await; // nothing generated: nothing charged
+            }
             let api = upstream_error(error);
             let _ = send_by(&sender, error_event(api.code, &api.message), by).await;
         }
@@ -358,7 +397,12 @@ fn final_chunk(usage_chunk: Option<Chunk>, last: &LastChunk, receipt: &Receipt) 
         }),
     };
     if let Value::Object(map) = &mut json {
-        map.insert("usage".into(), receipt.usage.to_json());
+        // `usage` (what was billed) only for a client that asked for it.
+        if last.wants_usage {
+            map.insert("usage".into(), receipt.usage.to_json());
+        } else {
+            map.remove("usage");
+        }
         map.insert("compose".into(), receipt.compose_json());
     }
     Bytes::from(serde_json::to_vec(&json).unwrap_or_default())

@@ -42,7 +42,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    pub param: Option<&'static str>,
+    /// The request parameter or field at fault.
+    pub param: Option<std::borrow::Cow<'static, str>>,
     pub details: Option<Value>,
     /// Boxed: most errors carry none, and `Result<_, ApiError>` stays small.
     pub budget: Option<Box<BudgetHeaders>>,
@@ -63,7 +64,7 @@ impl ApiError {
     /// A bad request parameter, OpenAI-style (400, `param` names it).
     pub fn invalid_param(param: &'static str, message: impl std::fmt::Display) -> ApiError {
         ApiError {
-            param: Some(param),
+            param: Some(param.into()),
             ..ApiError::bad_request("invalid_value", format!("{param} {message}"))
         }
     }
@@ -112,7 +113,7 @@ impl ApiError {
     /// A well-formed request whose field `param` has an unacceptable value.
     pub fn invalid_field(param: &'static str, message: impl std::fmt::Display) -> ApiError {
         ApiError {
-            param: Some(param),
+            param: Some(param.into()),
             ..ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_field",
@@ -156,7 +157,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut error = json!({ "code": self.code, "message": self.message, "type": self.kind() });
-        if let Some(param) = self.param {
+        if let Some(param) = &self.param {
             error["param"] = json!(param);
         }
         if let Some(details) = &self.details {

@@ -31,11 +31,12 @@ impl Usage {
         value.get("usage").and_then(Usage::from_usage)
     }
 
-    /// A `usage` object's counts.
+    /// A `usage` object's counts: whole numbers, also when written as
+    /// floats (`7.0`, as some servers do).
     pub fn from_usage(usage: &Value) -> Option<Usage> {
         Some(Usage {
-            prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
-            completion_tokens: usage.get("completion_tokens")?.as_u64()?,
+            prompt_tokens: token_count(usage.get("prompt_tokens")?)?,
+            completion_tokens: token_count(usage.get("completion_tokens")?)?,
         })
     }
 
@@ -48,15 +49,24 @@ impl Usage {
     }
 }
 
+/// A token count: a non-negative whole number, as an integer or a float
+/// with nothing after the point (at most 2^53, where floats stay exact).
+fn token_count(value: &Value) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let f = value.as_f64()?;
+    (f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_992.0).then_some(f as u64)
+}
+
 /// What a call asks of an upstream, after the gateway fixed its maximum.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
     /// The client's body as received (model, messages, options).
     pub body: Map<String, Value>,
-    /// The output bound the budget affords; always sent upstream.
+    /// The output bound the budget affords; always sent upstream, in every
+    /// field the model's upstream honours.
     pub max_tokens: u64,
-    /// `max_tokens` or `max_completion_tokens`: whichever the client used.
-    pub max_tokens_field: &'static str,
     /// A unique id for the call (the gateway's request id).
     pub request_id: String,
 }
@@ -76,19 +86,66 @@ pub struct Chunk {
     pub raw: Option<Bytes>,
 }
 
+/// The fields of a streamed delta that carry generated output a client
+/// receives (and an upstream bills as output tokens).
+const OUTPUT_TEXT_FIELDS: [&str; 4] = ["content", "reasoning_content", "reasoning", "refusal"];
+
+/// The bytes of generated output in `choices`: every text field of each
+/// choice's `part` (`delta` in a streamed chunk, `message` in an answer)
+/// and its tool calls' names and arguments. The estimate of output tokens
+/// when an upstream reports no usage: a token covers at least one byte, so
+/// bytes never undercount.
+pub fn output_bytes_of(choices: Option<&Value>, part: &str) -> u64 {
+    let Some(choices) = choices.and_then(Value::as_array) else {
+        return 0;
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |s| s.len() as u64);
+    choices
+        .iter()
+        .filter_map(|choice| choice.get(part))
+        .map(|delta| {
+            let fields: u64 = OUTPUT_TEXT_FIELDS.iter().map(|f| text(delta.get(*f))).sum();
+            let tools: u64 = delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .map_or(0, |calls| {
+                    calls
+                        .iter()
+                        .map(|call| {
+                            text(call.pointer("/function/arguments"))
+                                + text(call.pointer("/function/name"))
+                        })
+                        .sum()
+                });
+            fields + tools
+        })
+        .sum()
+}
+
 impl Chunk {
-    /// Whether it carries generated text (a delta with content).
-    pub fn has_content(&self) -> bool {
+    /// The bytes of generated output this chunk delivers (see
+    /// [`output_bytes_of`]).
+    pub fn output_bytes(&self) -> u64 {
+        output_bytes_of(self.json.get("choices"), "delta")
+    }
+
+    /// Whether it carries choices (anything for the client besides usage).
+    pub fn has_choices(&self) -> bool {
         self.json
             .get("choices")
             .and_then(Value::as_array)
-            .is_some_and(|choices| {
-                choices.iter().any(|c| {
-                    c.pointer("/delta/content")
-                        .and_then(Value::as_str)
-                        .is_some_and(|s| !s.is_empty())
-                })
-            })
+            .is_some_and(|choices| !choices.is_empty())
+    }
+
+    /// Takes the chunk's `usage` out (it is reported once, at the end); the
+    /// chunk is then passed on re-serialized.
+    pub fn take_usage(&mut self) -> Option<Usage> {
+        let usage = Usage::from_json(&self.json)?;
+        if let Value::Object(map) = &mut self.json {
+            map.remove("usage");
+        }
+        self.raw = None;
+        Some(usage)
     }
 
     /// The chunk's JSON text: the upstream's bytes when there are some.
@@ -116,6 +173,7 @@ mod tests {
             upstream_model: "m".into(),
             api_key: None,
             timeout: std::time::Duration::from_secs(1),
+            max_tokens_fields: vec!["max_tokens".into()],
         });
         let Value::Object(body) = serde_json::json!({
             "model": "m",

@@ -61,21 +61,32 @@ pub struct OpenAiUpstream {
     pub api_key: Option<String>,
     /// A whole non-streamed call, or a stream's response headers.
     pub timeout: Duration,
+    /// Where the output bound goes (`max_tokens`, `max_completion_tokens`).
+    pub max_tokens_fields: Vec<String>,
 }
 
 impl OpenAiUpstream {
+    /// The body sent upstream: the client's checked fields (only known ones
+    /// reach here, `ChatRequest::check_fields`), the upstream's model name,
+    /// the afforded output bound in every field the upstream honours, and —
+    /// for a stream — `include_usage` always on, whatever the client sent
+    /// (`null`, `false`, nothing): the call is charged by that usage.
     fn body(&self, request: &UpstreamRequest, stream: bool) -> Map<String, Value> {
         let mut body = request.body.clone();
         body.insert("model".into(), json!(self.upstream_model));
         body.remove("max_tokens");
         body.remove("max_completion_tokens");
-        body.insert(request.max_tokens_field.into(), json!(request.max_tokens));
+        for field in &self.max_tokens_fields {
+            body.insert(field.clone(), json!(request.max_tokens));
+        }
         body.insert("stream".into(), json!(stream));
         if stream {
-            let options = body.entry("stream_options").or_insert_with(|| json!({}));
-            if let Value::Object(options) = options {
-                options.insert("include_usage".into(), json!(true));
-            }
+            let mut options = match body.remove("stream_options") {
+                Some(Value::Object(options)) => options,
+                _ => Map::new(),
+            };
+            options.insert("include_usage".into(), json!(true));
+            body.insert("stream_options".into(), Value::Object(options));
         } else {
             body.remove("stream_options");
         }
@@ -121,19 +132,23 @@ impl OpenAiUpstream {
             .await
             .map_err(|_| UpstreamError::Timeout)?
             .map_err(transport)?;
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(body)) => {
-                let usage = body.get("usage").and_then(Usage::from_usage);
-                Ok(Completion { body, usage })
-            }
-            _ => Err(UpstreamError::Protocol(
-                "the body is not a JSON object".into(),
-            )),
-        }
+        completion(&bytes)
     }
 
     pub async fn stream(&self, request: &UpstreamRequest) -> Result<ChunkStream, UpstreamError> {
         let response = self.send(request, true).await?;
+        // A 200 that is not an event stream (a JSON error, say) is not an
+        // answer: nothing was generated, nothing is charged.
+        let is_sse = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        if !is_sse {
+            return Err(UpstreamError::Protocol(
+                "a stream was asked for and the answer is not text/event-stream".into(),
+            ));
+        }
         let bytes = response.bytes_stream();
         let state = (
             bytes,
@@ -200,6 +215,40 @@ impl OpenAiUpstream {
             },
         )))
     }
+}
+
+/// A non-streamed answer: a chat completion, or an upstream error — also
+/// when it came with status 200 (`{"error": …}`, or no `choices`): an answer
+/// that is not a completion is not charged.
+fn completion(bytes: &[u8]) -> Result<Completion, UpstreamError> {
+    let body = match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(body)) => body,
+        _ => {
+            return Err(UpstreamError::Protocol(
+                "the body is not a JSON object".into(),
+            ))
+        }
+    };
+    if let Some(error) = body.get("error").filter(|e| !e.is_null()) {
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("error")
+            .chars()
+            .take(ERROR_BODY_MAX_BYTES)
+            .collect();
+        return Err(UpstreamError::Status {
+            status: 200,
+            message,
+        });
+    }
+    if !body.get("choices").is_some_and(Value::is_array) {
+        return Err(UpstreamError::Protocol(
+            "the answer has no choices: not a chat completion".into(),
+        ));
+    }
+    let usage = body.get("usage").and_then(Usage::from_usage);
+    Ok(Completion { body, usage })
 }
 
 /// After `[DONE]`, what is left of a stream's body (the chunked body's end)

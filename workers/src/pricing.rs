@@ -25,6 +25,15 @@ pub struct Price {
     pub min_charge_atomic: u64,
 }
 
+/// What a call is billed: a usage and its exact price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Billed {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Exactly `cost(input_tokens, output_tokens)`, never above the hold.
+    pub amount: Amount,
+}
+
 /// A cost that cannot be represented as an [`Amount`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the call's cost exceeds the largest representable amount")]
@@ -45,6 +54,48 @@ impl Price {
             .ok()
             .and_then(Amount::from_atomic)
             .ok_or(CostOverflow)
+    }
+
+    /// What a call that used `input_tokens` and `output_tokens` is billed
+    /// when `hold` is the most it may cost: the usage itself when its price
+    /// fits, else the usage lowered to what the hold pays for — output first,
+    /// then input — so that the amount is always exactly the billed usage's
+    /// price (the ledger row never disagrees with its amount).
+    pub fn bill(&self, input_tokens: u64, output_tokens: u64, hold: Amount) -> Billed {
+        let billed = |input_tokens, output_tokens| {
+            self.cost(input_tokens, output_tokens)
+                .ok()
+                .filter(|amount| *amount <= hold)
+                .map(|amount| Billed {
+                    input_tokens,
+                    output_tokens,
+                    amount,
+                })
+        };
+        if let Some(full) = billed(input_tokens, output_tokens) {
+            return full;
+        }
+        if let Some(output) = self.affordable_output_tokens(hold, input_tokens, output_tokens) {
+            if let Some(fits) = billed(input_tokens, output) {
+                return fits;
+            }
+        }
+        // Even the input alone costs more than the hold: the most input that
+        // fits (the cost is monotonic in it), no output.
+        let (mut low, mut high) = (0u64, input_tokens);
+        while low < high {
+            let middle = low + (high - low).div_ceil(2);
+            if billed(middle, 0).is_some() {
+                low = middle;
+            } else {
+                high = middle - 1;
+            }
+        }
+        billed(low, 0).unwrap_or(Billed {
+            input_tokens: 0,
+            output_tokens: 0,
+            amount: hold.min(self.cost(0, 0).unwrap_or(hold)),
+        })
     }
 
     /// The most output tokens a call with `input_tokens` can afford within
@@ -102,6 +153,26 @@ mod tests {
             "each fraction rounds up, then the fee"
         );
         assert_eq!(odd.cost(1_000_000, 0).unwrap().atomic(), 6);
+    }
+
+    #[test]
+    fn billing_never_passes_the_hold_and_prices_exactly() {
+        let p = echo();
+        let hold = Amount::from_atomic(237).unwrap();
+        let fits = p.bill(7, 10, hold);
+        assert_eq!(
+            (fits.input_tokens, fits.output_tokens, fits.amount.atomic()),
+            (7, 10, 27)
+        );
+        let capped = p.bill(1_000_000, 1_000_000, hold);
+        assert_eq!((capped.input_tokens, capped.output_tokens), (237, 0));
+        assert_eq!(capped.amount, hold);
+        let output_capped = p.bill(37, 1_000, hold);
+        assert_eq!(
+            (output_capped.input_tokens, output_capped.output_tokens),
+            (37, 100)
+        );
+        assert_eq!(output_capped.amount, p.cost(37, 100).unwrap());
     }
 
     #[test]

@@ -54,6 +54,7 @@ async fn concurrent_callers_write_each_charge_once(backend: Backend) {
             input_tokens: i,
             output_tokens: 1,
             amount: Amount::from_atomic(10).unwrap(),
+            reported: (i % 2 == 0).then_some((i, 1)),
             created_at_ms: now_ms(),
         };
         for _ in 0..2 {

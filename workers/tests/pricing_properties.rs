@@ -32,3 +32,34 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn a_bill_is_exactly_its_usage_price_and_within_the_hold(
+        input_price in 0u64..50_000_000,
+        output_price in 0u64..50_000_000,
+        fee in 0u64..1_000,
+        min_charge in 1u64..1_000,
+        input_tokens in 0u64..2_000_000,
+        output_tokens in 0u64..2_000_000,
+        hold_extra in 0u64..1_000_000,
+    ) {
+        let price = Price {
+            version: "v".into(),
+            input_atomic_per_million: input_price,
+            output_atomic_per_million: output_price,
+            request_fee_atomic: fee,
+            min_charge_atomic: min_charge,
+        };
+        // A hold is at least a minimal call's price.
+        let hold = price.cost(0, 0).unwrap().atomic() + hold_extra;
+        let hold = Amount::from_atomic(hold).unwrap();
+        let bill = price.bill(input_tokens, output_tokens, hold);
+        prop_assert!(bill.amount <= hold);
+        prop_assert_eq!(price.cost(bill.input_tokens, bill.output_tokens).unwrap(), bill.amount);
+        prop_assert!(bill.input_tokens <= input_tokens && bill.output_tokens <= output_tokens);
+        if price.cost(input_tokens, output_tokens).unwrap() <= hold {
+            prop_assert_eq!((bill.input_tokens, bill.output_tokens), (input_tokens, output_tokens));
+        }
+    }
+}

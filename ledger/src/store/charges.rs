@@ -12,7 +12,9 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection};
 
-use super::{get_amount, get_i64, get_opt_string, get_parsed, get_string, get_u32, Store};
+use super::{
+    get_amount, get_i64, get_opt_i64, get_opt_string, get_parsed, get_string, get_u32, Store,
+};
 use crate::model::{ChargeOutcome, ChargeRecord, ChargeWrite, NewCharge};
 use crate::{KeyId, RequestId, StoreError};
 
@@ -73,7 +75,8 @@ impl Store {
     pub async fn charges_for_key(&self, key: &KeyId) -> Result<Vec<ChargeRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT c.request_id, c.key_id, c.model, c.price_version, c.input_tokens,
-                    c.output_tokens, c.amount_atomic, c.status, c.batch_id, b.tx_hash, c.created_at_ms
+                    c.output_tokens, c.amount_atomic, c.status, c.batch_id, b.tx_hash, c.created_at_ms,
+                    c.reported_input_tokens, c.reported_output_tokens
                FROM charges c LEFT JOIN settlement_batches b ON b.id = c.batch_id
               WHERE c.key_id = $1
               ORDER BY c.created_at_ms DESC, c.request_id DESC LIMIT $2",
@@ -94,7 +97,7 @@ async fn record_batch(
     conn: &mut AnyConnection,
     charges: &[NewCharge],
 ) -> Result<Option<Vec<ChargeOutcome>>, StoreError> {
-    const COLUMNS: usize = 8;
+    const COLUMNS: usize = 10;
     let rows: Vec<String> = (0..charges.len())
         .map(|i| {
             let params: Vec<String> = (1..=COLUMNS)
@@ -106,9 +109,10 @@ async fn record_batch(
     // `WHERE true` settles SQLite's parse of INSERT … SELECT … ON CONFLICT.
     let sql = format!(
         "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
-                              input_tokens, output_tokens, amount_atomic, status, created_at_ms)
+                              input_tokens, output_tokens, amount_atomic, status, created_at_ms,
+                              reported_input_tokens, reported_output_tokens)
          SELECT v.column1, k.id, k.wallet, k.chain_id, v.column3, v.column4, v.column5,
-                v.column6, v.column7, 'pending', v.column8
+                v.column6, v.column7, 'pending', v.column8, v.column9, v.column10
            FROM (VALUES {}) AS v JOIN keys k ON k.id = v.column2
           WHERE true
          ON CONFLICT (request_id) DO NOTHING
@@ -175,6 +179,8 @@ fn bind_charge<'q>(
         .bind(i64::from(charge.output_tokens))
         .bind(charge.amount.to_db())
         .bind(charge.created_at_ms)
+        .bind(charge.reported.map(|(input, _)| i64::from(input)))
+        .bind(charge.reported.map(|(_, output)| i64::from(output)))
 }
 
 /// Why a charge was not inserted: it exists already, or its key does not.
@@ -201,8 +207,10 @@ async fn record_one(
 ) -> Result<ChargeOutcome, StoreError> {
     let insert = sqlx::query(
         "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
-                              input_tokens, output_tokens, amount_atomic, status, created_at_ms)
-         SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8 FROM keys WHERE id = $2
+                              input_tokens, output_tokens, amount_atomic, status, created_at_ms,
+                              reported_input_tokens, reported_output_tokens)
+         SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8, $9, $10
+           FROM keys WHERE id = $2
          ON CONFLICT (request_id) DO NOTHING",
     );
     let inserted = bind_charge(insert, charge).execute(&mut *conn).await?;
@@ -227,6 +235,10 @@ async fn record_one(
     Ok(ChargeOutcome::OverBudget)
 }
 
+fn corrupt(column: &str) -> StoreError {
+    StoreError::Corrupt(format!("{column}: out of range or half missing"))
+}
+
 fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {
     Ok(ChargeRecord {
         request_id: get_parsed(row, "request_id", RequestId::parse)?,
@@ -236,6 +248,17 @@ fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {
         input_tokens: get_u32(row, "input_tokens")?,
         output_tokens: get_u32(row, "output_tokens")?,
         amount: get_amount(row, "amount_atomic")?,
+        reported: match (
+            get_opt_i64(row, "reported_input_tokens")?,
+            get_opt_i64(row, "reported_output_tokens")?,
+        ) {
+            (Some(input), Some(output)) => Some((
+                u32::try_from(input).map_err(|_| corrupt("reported_input_tokens"))?,
+                u32::try_from(output).map_err(|_| corrupt("reported_output_tokens"))?,
+            )),
+            (None, None) => None,
+            _ => return Err(corrupt("reported_input_tokens")),
+        },
         status: get_string(row, "status")?,
         batch_id: get_opt_string(row, "batch_id")?,
         tx_hash: get_opt_string(row, "tx_hash")?,
