@@ -1,8 +1,9 @@
 """The official OpenAI Python client against Tollgate's /external/v1, unchanged.
 
 Usage: openai_client.py BASE_URL COMPOSE_KEY. Prints one JSON report that
-tests/paid_api.rs checks: a plain call, a streamed call, the model list, and
-a call the budget cannot cover (402).
+tests/paid_api.rs checks: a plain call, a streamed call, a streamed call with
+stream_options=None and tools, the model list, and a call the budget cannot
+cover (402).
 """
 import json
 import sys
@@ -36,6 +37,25 @@ stream = {
     "final_amount": compose["finalAmountWei"] if compose else None,
 }
 
+# stream_options=None (the client sends null) with tools, through an
+# OpenAI-compatible upstream: the gateway still asks the upstream for usage
+# and charges by it; the client gets no usage chunk, but `compose` at the end.
+tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+text, compose, usage_chunks = "", None, 0
+for chunk in client.chat.completions.create(
+    model="mock_ok", messages=messages, stream=True, stream_options=None, tools=tools, max_tokens=3
+):
+    if chunk.choices:
+        text += chunk.choices[0].delta.content or ""
+    if chunk.usage:
+        usage_chunks += 1
+    compose = (chunk.model_extra or {}).get("compose") or compose
+no_usage_asked = {
+    "content": text,
+    "usage_chunks": usage_chunks,
+    "final_amount": compose["finalAmountWei"] if compose else None,
+}
+
 models = sorted(model.id for model in client.models.list())
 
 error = None
@@ -46,4 +66,5 @@ try:
 except APIStatusError as e:
     error = {"status": e.status_code, "code": (e.body or {}).get("code")}
 
-print(json.dumps({"plain": plain, "stream": stream, "models": models, "error": error}))
+print(json.dumps({"plain": plain, "stream": stream, "no_usage_asked": no_usage_asked,
+                  "models": models, "error": error}))

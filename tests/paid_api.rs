@@ -645,7 +645,7 @@ async fn models_are_listed(backend: Backend) {
 /// The official Python `openai` client works against `/external/v1`
 /// unchanged, streamed and not (tests/openai_client.py).
 async fn the_official_openai_client_works(backend: Backend) {
-    let (app, _mock) = spawn_paid_app(backend).await;
+    let (app, mock) = spawn_paid_app(backend).await;
     let key = app.paid_key(1_000).await;
     let base = app.url("/external/v1");
     let token = key.token.clone();
@@ -675,6 +675,18 @@ async fn the_official_openai_client_works(backend: Backend) {
     assert_eq!(report["stream"]["content"], "hello from python");
     assert_eq!(report["stream"]["completion_tokens"], 3);
     assert_eq!(report["stream"]["final_amount"], "9");
+    // stream_options=None: usage still asked upstream and charged by it
+    // (7 in + 3 out × 2), not estimated; no usage chunk for the client.
+    assert_eq!(report["no_usage_asked"]["content"], "ok ok ok");
+    assert_eq!(report["no_usage_asked"]["usage_chunks"], 0);
+    assert_eq!(
+        report["no_usage_asked"]["final_amount"],
+        (PROMPT_TOKENS + 6).to_string()
+    );
+    let seen = mock.seen.requests.lock().unwrap().clone();
+    let (upstream, _) = seen.last().unwrap();
+    assert_eq!(upstream["stream_options"]["include_usage"], true);
+    assert_eq!(upstream["tools"][0]["function"]["name"], "lookup");
     assert_eq!(
         report["models"],
         json!([
@@ -689,7 +701,8 @@ async fn the_official_openai_client_works(backend: Backend) {
         ])
     );
     assert_eq!(report["error"]["status"], 402);
-    assert_eq!(app.spent(&key.key_id).await, (18, 18));
+    let total = 18 + PROMPT_TOKENS + 6;
+    assert_eq!(app.spent(&key.key_id).await, (total, total));
 }
 
 /// Streamed calls over one kept-alive connection, the way every OpenAI SDK

@@ -9,6 +9,15 @@
 //! * `mock_delayed` — answers as `mock_ok`, after 400 ms.
 //! * `mock_slow` — answers after 5 s (longer than the tests' timeout).
 //! * `mock_broken_stream` — streams two words, then cuts the connection.
+//! * `quirk_*` — upstreams as they are found in the wild (tests/upstream_quirks.rs):
+//!   `quirk_tools` streams 10 tool-call argument pieces of 20 bytes and
+//!   usage `{7, 100}` only when asked; `quirk_max_tokens` honours only
+//!   `max_tokens` (300 words without it); `quirk_stall` streams 3 words and
+//!   then nothing; `quirk_200_error` answers 200 with an error object (JSON
+//!   also when a stream was asked); `quirk_usage_every_chunk` puts
+//!   cumulative usage in every word's chunk (vLLM); `quirk_float_usage`
+//!   reports `7.0`/`5.0`; `quirk_huge_usage` reports 10⁶/10⁶ tokens;
+//!   `quirk_no_usage` reports none.
 //! * `mock_flood` — streams `max_tokens` chunks of [`FLOOD_CHUNK_BYTES`]
 //!   each (one token a chunk), as fast as they are read: megabytes, more
 //!   than socket buffers hold for a client that stops reading.
@@ -112,6 +121,84 @@ async fn chat(
                 .content_type("text/event-stream")
                 .streaming(paced)
         }
+        "quirk_tools" => {
+            let mut chunks: Vec<Result<web::Bytes, std::io::Error>> = (0..10)
+                .map(|i| {
+                    Ok(event(&json!({
+                        "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
+                        "model": model,
+                        "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                            "function": {"arguments": format!("{{\"k{i}\":\"{}\"}}", "x".repeat(12))}}]},
+                            "finish_reason": null}]
+                    })))
+                })
+                .collect();
+            if include_usage {
+                chunks.push(Ok(event(&json!({
+                    "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
+                    "model": model, "choices": [],
+                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 100,
+                              "total_tokens": PROMPT_TOKENS + 100}
+                }))));
+            }
+            chunks.push(Ok(web::Bytes::from_static(b"data: [DONE]\n\n")));
+            sse_response(chunks)
+        }
+        "quirk_max_tokens" => {
+            let words = body["max_tokens"].as_u64().unwrap_or(300);
+            if !stream {
+                return HttpResponse::Ok().json(completion(&model, words));
+            }
+            let mut chunks: Vec<Result<web::Bytes, std::io::Error>> = (0..words)
+                .map(|_| Ok(event(&chunk(&model, " ok"))))
+                .collect();
+            chunks.push(Ok(event(&usage_chunk(&model, words))));
+            chunks.push(Ok(web::Bytes::from_static(b"data: [DONE]\n\n")));
+            sse_response(chunks)
+        }
+        "quirk_stall" => {
+            let words = futures_util::stream::iter(
+                ["ok", " ok", " ok"].map(|w| Ok::<_, std::io::Error>(event(&chunk(&model, w)))),
+            );
+            HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .streaming(words.chain(futures_util::stream::pending()))
+        }
+        "quirk_200_error" => HttpResponse::Ok().json(
+            json!({"error": {"message": "quota exceeded", "type": "insufficient_quota", "code": null}}),
+        ),
+        "quirk_usage_every_chunk" => {
+            let mut chunks: Vec<Result<web::Bytes, std::io::Error>> = (0..10u64)
+                .map(|i| {
+                    let mut c = chunk(&model, &format!(" w{i}"));
+                    c["usage"] = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": i + 1,
+                                        "total_tokens": PROMPT_TOKENS + i + 1});
+                    Ok(event(&c))
+                })
+                .collect();
+            chunks.push(Ok(web::Bytes::from_static(b"data: [DONE]\n\n")));
+            sse_response(chunks)
+        }
+        "quirk_float_usage" | "quirk_huge_usage" | "quirk_no_usage" => {
+            let mut answer = completion(&model, words);
+            match model.as_str() {
+                "quirk_float_usage" => {
+                    answer["usage"] = json!({"prompt_tokens": 7.0, "completion_tokens": 5.0,
+                                             "total_tokens": 12.0});
+                }
+                "quirk_huge_usage" => {
+                    answer["usage"] = json!({"prompt_tokens": 1_000_000,
+                                             "completion_tokens": 1_000_000,
+                                             "total_tokens": 2_000_000});
+                }
+                _ => {
+                    if let Value::Object(map) = &mut answer {
+                        map.remove("usage");
+                    }
+                }
+            }
+            HttpResponse::Ok().json(answer)
+        }
         "mock_flood" => {
             let text = "x".repeat(FLOOD_CHUNK_BYTES);
             let mut chunks: Vec<Result<web::Bytes, std::io::Error>> = (0..max_tokens)
@@ -167,6 +254,12 @@ fn usage_chunk(model: &str, completion_tokens: u64) -> Value {
         "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens,
                   "total_tokens": PROMPT_TOKENS + completion_tokens}
     })
+}
+
+fn sse_response(chunks: Vec<Result<web::Bytes, std::io::Error>>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(futures_util::stream::iter(chunks))
 }
 
 fn event(json: &Value) -> web::Bytes {
