@@ -270,6 +270,18 @@ async fn missing_usage_is_an_error_or_a_marked_estimate(backend: Backend) {
     let charges = app.charges_of(&key.key_id).await;
     assert_eq!(charges[0].reported, None);
     assert_eq!(charges[0].amount.atomic(), amount);
+    let listed: Value = app
+        .client
+        .get(app.url(&format!("/api/keys/{}/charges", key.key_id)))
+        .bearer_auth(&key.session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["charges"][0]["estimated"], true, "{listed}");
+    assert!(listed["charges"][0]["reportedOutputTokens"].is_null());
     // The answer's 5 words, "ok ok ok ok ok", are 14 bytes of output.
     assert_eq!(charges[0].output_tokens, 14);
     assert_eq!(

@@ -49,6 +49,10 @@ fn charge_json(charge: &ChargeRecord) -> Value {
         "inputTokens": charge.input_tokens,
         "outputTokens": charge.output_tokens,
         "amount": charge.amount,
+        // What the upstream reported; an estimate when it reported nothing.
+        "reportedInputTokens": charge.reported.map(|(input, _)| input),
+        "reportedOutputTokens": charge.reported.map(|(_, output)| output),
+        "estimated": charge.reported.is_none(),
         "status": charge.status,
         "batchId": charge.batch_id,
         "txHash": charge.tx_hash,
