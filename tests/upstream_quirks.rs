@@ -21,6 +21,13 @@ use ledger::KeyId;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+/// A configured model: its name, the mock model it calls, extra settings.
+type QuirkModel = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 /// The server with each quirk as a model of its own name, plus `lenient`
 /// (`quirk_no_usage` with `require_usage = false`), `completion_only`
 /// (`quirk_max_tokens` told to take the bound in `max_completion_tokens`
@@ -37,7 +44,7 @@ async fn spawn_quirks(backend: Backend) -> (TestApp, MockUpstream) {
             "800".into(),
         ),
     ];
-    let models: [(&str, &str, &[(&str, &str)]); 12] = [
+    let models: [QuirkModel; 12] = [
         ("quirk_tools", "quirk_tools", &[]),
         ("quirk_max_tokens", "quirk_max_tokens", &[]),
         ("quirk_stall", "quirk_stall", &[]),
