@@ -15,7 +15,6 @@
 //! 4. A call dropped without finishing (upstream failure, a client gone
 //!    before a non-streamed answer) releases its hold: nothing is charged.
 
-use actix_web::http::StatusCode;
 use actors::budget::{BudgetStatus, ReserveError, Reserved};
 use actors::registry::{AcquireError, CallError, KeyState, Lease};
 use ledger::model::{ChargeOutcome, NewCharge};
@@ -26,9 +25,9 @@ use subtle::ConstantTimeEq;
 use workers::ledger_writer::LedgerWriter;
 use workers::pricing::Price;
 
+use super::error::{BudgetView, CallFailure};
 use super::{Gateway, Model};
 use crate::auth::token::token_sha256;
-use crate::http::error::{ApiError, BudgetHeaders};
 use crate::upstream::Usage;
 
 /// A call holding budget on its key.
@@ -77,7 +76,7 @@ impl Metered {
 /// What a finished call was charged and where its key stands.
 #[derive(Debug, Clone, Copy)]
 pub struct Receipt {
-    pub budget: BudgetHeaders,
+    pub budget: BudgetView,
     /// The usage billed: `finalAmountWei` is exactly its price.
     pub usage: Usage,
     /// The billed usage is an estimate (the upstream reported none).
@@ -111,7 +110,7 @@ impl PaidCall {
         prompt_tokens_max: u64,
         requested_max_tokens: u64,
         stream: bool,
-    ) -> Result<PaidCall, ApiError> {
+    ) -> Result<PaidCall, CallFailure> {
         let lease = match gateway.registry.acquire(key_id).await {
             Ok(lease) => lease,
             Err(AcquireError::CannotSpend(state)) => {
@@ -123,7 +122,7 @@ impl PaidCall {
         check_token(lease.token_sha256(), token)?;
         let cost = |output| {
             model.price.cost(prompt_tokens_max, output).map_err(|_| {
-                ApiError::invalid_param("messages", "make the call cost more than any budget")
+                CallFailure::invalid_param("messages", "make the call cost more than any budget")
             })
         };
         let wanted = cost(requested_max_tokens)?;
@@ -172,8 +171,8 @@ impl PaidCall {
     }
 
     /// The budget headers as the call starts (a stream's opening headers).
-    pub fn opening_budget(&self) -> BudgetHeaders {
-        BudgetHeaders {
+    pub fn opening_budget(&self) -> BudgetView {
+        BudgetView {
             limit: self.reserved.limit,
             used: self.reserved.spent,
             final_amount: None,
@@ -183,9 +182,9 @@ impl PaidCall {
     /// Charges the call for `metered` usage (billed at most its hold, the
     /// billed usage lowered to fit when needed): ledger first, then the
     /// actor. On failure nothing is charged and the hold is released.
-    pub async fn finish(mut self, metered: Metered) -> Result<Receipt, ApiError> {
+    pub async fn finish(mut self, metered: Metered) -> Result<Receipt, CallFailure> {
         let Some(lease) = self.lease.take() else {
-            return Err(ApiError::internal(&"a paid call finished twice"));
+            return Err(CallFailure::internal("a paid call finished twice"));
         };
         let held = self.reserved.held;
         let usage = metered.usage;
@@ -254,27 +253,22 @@ impl PaidCall {
         let committed = match finishing.await {
             Ok(Ok(committed)) => committed,
             Ok(Err(Unfinished::NotRecorded(cause))) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ledger_unavailable",
-                    "the call could not be recorded; nothing was charged, retry later",
-                )
-                .logged(&cause))
+                return Err(CallFailure::LedgerUnavailable { cause })
             }
             // The charge is in the ledger but the actor had lost the hold
             // (past its deadline): the ledger, whose guard keeps the key within
             // its limit, is right; the actor reloads from it once evicted.
             Ok(Err(Unfinished::RecordedNotCommitted(cause))) => {
-                return Err(ApiError::internal(&format!(
+                return Err(CallFailure::internal(format!(
                     "charge {} recorded but not committed in its actor: {cause}",
                     self.request
                 )))
             }
-            Err(join) => return Err(ApiError::internal(&join)),
+            Err(join) => return Err(CallFailure::internal(join)),
         };
         debug_assert_eq!(committed.charged, amount);
         Ok(Receipt {
-            budget: BudgetHeaders {
+            budget: BudgetView {
                 limit: committed.limit,
                 used: committed.spent,
                 final_amount: Some(committed.charged),
@@ -326,24 +320,22 @@ enum Unfinished {
 
 /// The presented token must hash to the stored hash (`None`: the caller was
 /// authenticated otherwise). Constant time.
-fn check_token(stored_sha256: &str, token: Option<&str>) -> Result<(), ApiError> {
+fn check_token(stored_sha256: &str, token: Option<&str>) -> Result<(), CallFailure> {
     if let Some(token) = token {
         let stored = stored_sha256.as_bytes();
         if !bool::from(stored.ct_eq(token_sha256(token).as_bytes())) {
-            return Err(invalid_token());
+            return Err(CallFailure::InvalidToken);
         }
     }
     Ok(())
 }
 
 /// A key that cannot spend, answered from its stored state (no actor).
-fn cannot_spend(state: &KeyState, model: &Model, prompt_tokens_max: u64) -> ApiError {
+fn cannot_spend(state: &KeyState, model: &Model, prompt_tokens_max: u64) -> CallFailure {
     match state.status {
-        BudgetStatus::Revoked => return reserve_refused(ReserveError::Revoked),
-        BudgetStatus::Superseded => return reserve_refused(ReserveError::Superseded),
-        BudgetStatus::Active if state.expires_at_ms <= now_ms() => {
-            return reserve_refused(ReserveError::Expired)
-        }
+        BudgetStatus::Revoked => return CallFailure::KeyRevoked,
+        BudgetStatus::Superseded => return CallFailure::SessionSuperseded,
+        BudgetStatus::Active if state.expires_at_ms <= now_ms() => return CallFailure::KeyExpired,
         BudgetStatus::Active => {}
     }
     let minimum = model
@@ -351,38 +343,26 @@ fn cannot_spend(state: &KeyState, model: &Model, prompt_tokens_max: u64) -> ApiE
         .cost(prompt_tokens_max, 1)
         .unwrap_or(Amount::MAX);
     let remaining = state.limit.saturating_sub(state.spent);
-    insufficient_budget(remaining, remaining, minimum).with_budget(BudgetHeaders {
-        limit: state.limit,
-        used: state.spent,
-        final_amount: Some(Amount::ZERO),
-    })
+    CallFailure::InsufficientBudget {
+        remaining,
+        available: remaining,
+        minimum,
+        budget: Some(BudgetView {
+            limit: state.limit,
+            used: state.spent,
+            final_amount: Some(Amount::ZERO),
+        }),
+    }
 }
 
-/// 402 `insufficient_budget`. `remaining` is what the headers say (limit −
-/// used); `available` is what is left of it beside the holds of calls in
-/// flight — the part a new call can take.
-fn insufficient_budget(remaining: Amount, available: Amount, minimum: Amount) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYMENT_REQUIRED,
-        "insufficient_budget",
-        format!(
-            "the key's available budget ({available} of {remaining} remaining; the rest is held by \
-             calls in flight) cannot cover even a minimal call ({minimum})"
-        ),
-    )
-    .with_details(json!({ "remaining": remaining, "available": available, "minimum": minimum }))
-}
-
-/// The answer to a status refusal (revoked, superseded, expired).
-fn reserve_refused(error: ReserveError) -> ApiError {
+/// A status refusal (revoked, superseded, expired) or another reserve error.
+fn reserve_refused(error: ReserveError) -> CallFailure {
     match error {
-        ReserveError::Revoked => ApiError::unauthorized("key_revoked", "the key has been revoked"),
-        ReserveError::Superseded => ApiError::unauthorized(
-            "session_superseded",
-            "the key's session was replaced by a newer sign-in",
-        ),
-        ReserveError::Expired => ApiError::unauthorized("key_expired", "the key has expired"),
-        other => ApiError::internal(&other),
+        ReserveError::Revoked => CallFailure::KeyRevoked,
+        ReserveError::Superseded => CallFailure::SessionSuperseded,
+        ReserveError::Expired => CallFailure::KeyExpired,
+        ReserveError::TooManyHolds => CallFailure::TooManyHolds,
+        other => CallFailure::internal(other),
     }
 }
 
@@ -390,62 +370,40 @@ fn clamp_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn invalid_token() -> ApiError {
-    ApiError::unauthorized(
-        "invalid_token",
-        "the bearer token is not a valid Compose key",
-    )
-}
-
-fn unavailable(message: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        message.to_owned(),
-    )
-}
-
-fn acquire_error(error: AcquireError) -> ApiError {
+fn acquire_error(error: AcquireError) -> CallFailure {
     match error {
-        AcquireError::UnknownKey => invalid_token(),
-        AcquireError::TooManyInFlight { max } => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
-            format!("the key already has {max} calls in flight; retry when one finishes"),
-        ),
-        AcquireError::Full { .. } => unavailable("the gateway is at capacity; retry shortly"),
-        AcquireError::Load(cause) => {
-            unavailable("the key could not be loaded; retry shortly").logged(&cause)
+        AcquireError::UnknownKey => CallFailure::InvalidToken,
+        AcquireError::TooManyInFlight { max } => CallFailure::TooManyInFlight { max },
+        AcquireError::Full { .. } => CallFailure::AtCapacity,
+        AcquireError::Load(cause) => CallFailure::KeyUnavailable {
+            cause: cause.to_string(),
+        },
+        AcquireError::CannotSpend(_) => {
+            CallFailure::internal("a refused key reached acquire_error")
         }
-        AcquireError::CannotSpend(_) => ApiError::internal(&"a refused key reached acquire_error"),
     }
 }
 
-async fn reserve_error(lease: &Lease, error: CallError, minimum: Amount) -> ApiError {
+async fn reserve_error(lease: &Lease, error: CallError, minimum: Amount) -> CallFailure {
     match error {
-        CallError::Reserve(
-            refusal @ (ReserveError::Revoked | ReserveError::Superseded | ReserveError::Expired),
-        ) => reserve_refused(refusal),
         CallError::Reserve(ReserveError::InsufficientBudget { remaining, .. }) => {
             // The reserve's `remaining` is after holds: `available` here.
-            match lease.snapshot().await {
-                Ok(s) => insufficient_budget(s.limit.saturating_sub(s.spent), remaining, minimum)
-                    .with_budget(BudgetHeaders {
-                        limit: s.limit,
-                        used: s.spent,
-                        final_amount: Some(Amount::ZERO),
-                    }),
-                Err(_) => insufficient_budget(remaining, remaining, minimum),
+            let snapshot = lease.snapshot().await.ok();
+            CallFailure::InsufficientBudget {
+                remaining: snapshot.map_or(remaining, |s| s.limit.saturating_sub(s.spent)),
+                available: remaining,
+                minimum,
+                budget: snapshot.map(|s| BudgetView {
+                    limit: s.limit,
+                    used: s.spent,
+                    final_amount: Some(Amount::ZERO),
+                }),
             }
         }
-        CallError::Reserve(ReserveError::TooManyHolds) => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
-            "the key has too many calls in flight",
-        ),
-        CallError::Reserve(ReserveError::DuplicateRequest) | CallError::Settle(_) => {
-            ApiError::internal(&error)
-        }
-        CallError::Unavailable => unavailable("the key is briefly unavailable; retry shortly"),
+        CallError::Reserve(refusal) => reserve_refused(refusal),
+        CallError::Settle(_) => CallFailure::internal(error),
+        CallError::Unavailable => CallFailure::KeyUnavailable {
+            cause: "the key's actor is gone".into(),
+        },
     }
 }

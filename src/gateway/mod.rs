@@ -5,6 +5,10 @@
 //! * [`loader`] — [`loader::StoreKeyLoader`]: key actors start from the store.
 //! * [`request`] — validating an OpenAI chat request.
 //! * [`call`] — [`call::PaidCall`]: one call's budget from hold to charge.
+//! * [`run`] — one call's run: the upstream within its bounds, the stream
+//!   pump, the charge; events for whoever frames them.
+//! * [`error`] — [`error::CallFailure`], the paid path's own errors (HTTP
+//!   maps them in `http::error`).
 //! * [`revocation`] — stopping keys so that no wallet spends past its funds.
 
 use std::collections::HashMap;
@@ -23,9 +27,11 @@ use crate::upstream::openai::{ClientConfig, OpenAiUpstream};
 use crate::upstream::Upstream;
 
 pub mod call;
+pub mod error;
 pub mod loader;
 pub mod request;
 pub mod revocation;
+pub mod run;
 
 /// A model clients may name, as configured.
 pub struct Model {

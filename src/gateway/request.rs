@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::http::error::ApiError;
+use super::error::CallFailure;
 
 /// The most messages one request may carry.
 pub const MESSAGES_MAX: usize = 10_000;
@@ -67,7 +67,7 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
-    pub fn parse(body: Map<String, Value>) -> Result<ChatRequest, ApiError> {
+    pub fn parse(body: Map<String, Value>) -> Result<ChatRequest, CallFailure> {
         let model = match body.get("model") {
             Some(Value::String(m))
                 if !m.is_empty() && m.chars().count() <= MODEL_NAME_MAX_CHARS =>
@@ -75,21 +75,21 @@ impl ChatRequest {
                 m.clone()
             }
             Some(Value::String(_)) => {
-                return Err(ApiError::invalid_param(
+                return Err(CallFailure::invalid_param(
                     "model",
                     format!("must be 1 to {MODEL_NAME_MAX_CHARS} characters"),
                 ))
             }
             None | Some(Value::Null) => {
-                return Err(ApiError::invalid_param("model", "is required"))
+                return Err(CallFailure::invalid_param("model", "is required"))
             }
-            Some(_) => return Err(ApiError::invalid_param("model", "must be a string")),
+            Some(_) => return Err(CallFailure::invalid_param("model", "must be a string")),
         };
         check_messages(body.get("messages"))?;
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(ApiError::invalid_param("stream", "must be a boolean")),
+            Some(_) => return Err(CallFailure::invalid_param("stream", "must be a boolean")),
         };
         let wants_usage = match body.get("stream_options") {
             None | Some(Value::Null) => false,
@@ -97,14 +97,14 @@ impl ChatRequest {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
                 Some(_) => {
-                    return Err(ApiError::invalid_param(
+                    return Err(CallFailure::invalid_param(
                         "stream_options",
                         "include_usage must be a boolean",
                     ))
                 }
             },
             Some(_) => {
-                return Err(ApiError::invalid_param(
+                return Err(CallFailure::invalid_param(
                     "stream_options",
                     "must be an object",
                 ))
@@ -114,7 +114,7 @@ impl ChatRequest {
             None | Some(Value::Null) => {}
             Some(n) if n.as_u64() == Some(1) => {}
             Some(_) => {
-                return Err(ApiError::invalid_param(
+                return Err(CallFailure::invalid_param(
                     "n",
                     "must be 1: one choice per paid call",
                 ))
@@ -137,48 +137,44 @@ impl ChatRequest {
 
     /// Refuses any field that is neither forwarded to every upstream nor in
     /// the model's `forward_fields`: 400 naming it.
-    pub fn check_fields(&self, model_fields: &[String]) -> Result<(), ApiError> {
+    pub fn check_fields(&self, model_fields: &[String]) -> Result<(), CallFailure> {
         for field in self.body.keys() {
             if FORWARDED_FIELDS.contains(&field.as_str()) || model_fields.iter().any(|f| f == field)
             {
                 continue;
             }
-            let message = if PRICED_FIELDS.contains(&field.as_str()) {
-                "changes what the model bills and is not priced here; the model's \
-                 forward_fields setting must name it"
-            } else {
-                "is not supported by this gateway"
-            };
-            return Err(ApiError {
-                param: Some(field.clone().into()),
-                ..ApiError::bad_request("unsupported_parameter", format!("{field} {message}"))
+            return Err(CallFailure::UnsupportedParameter {
+                field: field.clone(),
+                priced: PRICED_FIELDS.contains(&field.as_str()),
             });
         }
         Ok(())
     }
 }
 
-fn check_messages(messages: Option<&Value>) -> Result<(), ApiError> {
+fn check_messages(messages: Option<&Value>) -> Result<(), CallFailure> {
     let messages = match messages {
-        None | Some(Value::Null) => return Err(ApiError::invalid_param("messages", "is required")),
+        None | Some(Value::Null) => {
+            return Err(CallFailure::invalid_param("messages", "is required"))
+        }
         Some(Value::Array(m)) => m,
-        Some(_) => return Err(ApiError::invalid_param("messages", "must be an array")),
+        Some(_) => return Err(CallFailure::invalid_param("messages", "must be an array")),
     };
     if messages.is_empty() {
-        return Err(ApiError::invalid_param("messages", "must not be empty"));
+        return Err(CallFailure::invalid_param("messages", "must not be empty"));
     }
     if messages.len() > MESSAGES_MAX {
-        return Err(ApiError::invalid_param(
+        return Err(CallFailure::invalid_param(
             "messages",
             format!("must hold at most {MESSAGES_MAX} messages"),
         ));
     }
     for message in messages {
         let Value::Object(message) = message else {
-            return Err(ApiError::invalid_param("messages", "must hold objects"));
+            return Err(CallFailure::invalid_param("messages", "must hold objects"));
         };
         if !message.get("role").is_some_and(Value::is_string) {
-            return Err(ApiError::invalid_param(
+            return Err(CallFailure::invalid_param(
                 "messages",
                 "each message needs a string role",
             ));
@@ -186,7 +182,7 @@ fn check_messages(messages: Option<&Value>) -> Result<(), ApiError> {
         match message.get("content") {
             None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => {}
             Some(_) => {
-                return Err(ApiError::invalid_param(
+                return Err(CallFailure::invalid_param(
                     "messages",
                     "a message's content must be a string or an array of parts",
                 ))
@@ -196,12 +192,15 @@ fn check_messages(messages: Option<&Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn positive_int(body: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, ApiError> {
+fn positive_int(body: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, CallFailure> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => match value.as_u64() {
             Some(n) if n >= 1 => Ok(Some(n)),
-            _ => Err(ApiError::invalid_param(name, "must be a positive integer")),
+            _ => Err(CallFailure::invalid_param(
+                name,
+                "must be a positive integer",
+            )),
         },
     }
 }
@@ -211,7 +210,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse(body: Value) -> Result<ChatRequest, ApiError> {
+    fn parse(body: Value) -> Result<ChatRequest, CallFailure> {
         let Value::Object(map) = body else { panic!() };
         ChatRequest::parse(map)
     }
@@ -252,8 +251,10 @@ mod tests {
         ] {
             let r = parse(json!({"model": "m", "messages": user, field: 1})).unwrap();
             let error = r.check_fields(&[]).unwrap_err();
-            assert_eq!(error.status.as_u16(), 400);
-            assert!(error.message.starts_with(field), "{}", error.message);
+            assert!(
+                matches!(&error, CallFailure::UnsupportedParameter { field: f, .. } if f == field),
+                "{error:?}"
+            );
             assert!(
                 r.check_fields(&[field.to_owned()]).is_ok(),
                 "configured: {field}"
@@ -292,10 +293,9 @@ mod tests {
             (json!({"model": "echo", "messages": user, "n": 2}), "n"),
         ] {
             let error = parse(body.clone()).unwrap_err();
-            assert_eq!(
-                (error.status.as_u16(), error.param.as_deref()),
-                (400, Some(param)),
-                "{body}"
+            assert!(
+                matches!(&error, CallFailure::InvalidParam { param: p, .. } if p == param),
+                "{body}: {error:?}"
             );
         }
     }

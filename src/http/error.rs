@@ -9,31 +9,23 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
-use ledger::{Amount, StoreError};
+use ledger::StoreError;
 use serde_json::{json, Value};
 
-/// The `x-compose-key-*` headers of a paid response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BudgetHeaders {
-    pub limit: Amount,
-    pub used: Amount,
-    /// What this call was charged; `None` on a stream's opening headers,
-    /// where the amount is not known yet (it comes in the last chunk).
-    pub final_amount: Option<Amount>,
-}
+pub use crate::gateway::error::BudgetView;
+use crate::gateway::error::CallFailure;
 
-impl BudgetHeaders {
-    pub fn apply(&self, response: &mut HttpResponseBuilder) {
-        response
-            .insert_header(("x-compose-key-budget-limit", self.limit.to_string()))
-            .insert_header(("x-compose-key-budget-used", self.used.to_string()))
-            .insert_header((
-                "x-compose-key-budget-remaining",
-                self.limit.saturating_sub(self.used).to_string(),
-            ));
-        if let Some(amount) = self.final_amount {
-            response.insert_header(("x-compose-key-final-amount-wei", amount.to_string()));
-        }
+/// Sets the `x-compose-key-*` headers of a paid response from a budget view.
+pub fn apply_budget(response: &mut HttpResponseBuilder, budget: &BudgetView) {
+    response
+        .insert_header(("x-compose-key-budget-limit", budget.limit.to_string()))
+        .insert_header(("x-compose-key-budget-used", budget.used.to_string()))
+        .insert_header((
+            "x-compose-key-budget-remaining",
+            budget.remaining().to_string(),
+        ));
+    if let Some(amount) = budget.final_amount {
+        response.insert_header(("x-compose-key-final-amount-wei", amount.to_string()));
     }
 }
 
@@ -46,7 +38,7 @@ pub struct ApiError {
     pub param: Option<std::borrow::Cow<'static, str>>,
     pub details: Option<Value>,
     /// Boxed: most errors carry none, and `Result<_, ApiError>` stays small.
-    pub budget: Option<Box<BudgetHeaders>>,
+    pub budget: Option<Box<BudgetView>>,
 }
 
 impl ApiError {
@@ -75,7 +67,7 @@ impl ApiError {
         self
     }
 
-    pub fn with_budget(mut self, budget: BudgetHeaders) -> ApiError {
+    pub fn with_budget(mut self, budget: BudgetView) -> ApiError {
         self.budget = Some(Box::new(budget));
         self
     }
@@ -165,7 +157,7 @@ impl ResponseError for ApiError {
         }
         let mut response = HttpResponse::build(self.status);
         if let Some(budget) = &self.budget {
-            budget.apply(&mut response);
+            apply_budget(&mut response, budget);
         }
         response.json(json!({ "error": error }))
     }
@@ -208,6 +200,111 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::NotFound => ApiError::not_found("not_found", "not found"),
             other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<CallFailure> for ApiError {
+    fn from(failure: CallFailure) -> ApiError {
+        let unavailable = |message: &str| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                message.to_owned(),
+            )
+        };
+        match failure {
+            CallFailure::InvalidParam { param, message } => ApiError {
+                message: format!("{param} {message}"),
+                param: Some(param),
+                ..ApiError::bad_request("invalid_value", "")
+            },
+            CallFailure::UnsupportedParameter { field, priced } => {
+                let why = if priced {
+                    "changes what the model bills and is not priced here; the model's \
+                     forward_fields setting must name it"
+                } else {
+                    "is not supported by this gateway"
+                };
+                ApiError {
+                    message: format!("{field} {why}"),
+                    param: Some(field.into()),
+                    ..ApiError::bad_request("unsupported_parameter", "")
+                }
+            }
+            CallFailure::ModelNotFound(model) => ApiError {
+                param: Some("model".into()),
+                ..ApiError::not_found(
+                    "model_not_found",
+                    format!("the model {model:?} does not exist here; see GET /external/v1/models"),
+                )
+            },
+            CallFailure::InvalidToken => ApiError::unauthorized(
+                "invalid_token",
+                "the bearer token is not a valid Compose key",
+            ),
+            CallFailure::KeyRevoked => {
+                ApiError::unauthorized("key_revoked", "the key has been revoked")
+            }
+            CallFailure::SessionSuperseded => ApiError::unauthorized(
+                "session_superseded",
+                "the key's session was replaced by a newer sign-in",
+            ),
+            CallFailure::KeyExpired => ApiError::unauthorized("key_expired", "the key has expired"),
+            CallFailure::InsufficientBudget {
+                remaining,
+                available,
+                minimum,
+                budget,
+            } => {
+                let error = ApiError::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "insufficient_budget",
+                    format!(
+                        "the key's available budget ({available} of {remaining} remaining; the rest \
+                         is held by calls in flight) cannot cover even a minimal call ({minimum})"
+                    ),
+                )
+                .with_details(
+                    json!({ "remaining": remaining, "available": available, "minimum": minimum }),
+                );
+                match budget {
+                    Some(budget) => error.with_budget(budget),
+                    None => error,
+                }
+            }
+            CallFailure::TooManyInFlight { max } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!("the key already has {max} calls in flight; retry when one finishes"),
+            ),
+            CallFailure::TooManyHolds => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "the key has too many calls in flight",
+            ),
+            CallFailure::AtCapacity => unavailable("the gateway is at capacity; retry shortly"),
+            CallFailure::KeyUnavailable { cause } => {
+                unavailable("the key could not be loaded; retry shortly").logged(&cause)
+            }
+            CallFailure::LedgerUnavailable { cause } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ledger_unavailable",
+                "the call could not be recorded; nothing was charged, retry later",
+            )
+            .logged(&cause),
+            CallFailure::UpstreamTimeout => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the model did not answer in time; nothing was charged",
+            ),
+            CallFailure::UpstreamFailed { cause } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "the model failed to answer; nothing was charged",
+            )
+            .logged(&cause),
+            CallFailure::Internal(cause) => ApiError::internal(&cause),
         }
     }
 }
