@@ -7,6 +7,9 @@
 //! # Layout
 //!
 //! * [`money`] — [`Amount`], integer USDC atomic units with checked arithmetic.
+//! * [`pricing`] — [`pricing::Price`]: versioned per-model prices, the exact
+//!   integer cost formula and billing within a hold, shared by the gateway's
+//!   quote and the ledger pool's re-pricing.
 //! * [`ids`] — typed ids ([`KeyId`], [`SessionId`], [`RequestId`]), [`ChainId`]
 //!   and [`WalletAddress`] (EIP-55 aware).
 //! * [`time`] — milliseconds since the Unix epoch, the one clock of the ledger.
@@ -26,6 +29,7 @@ pub mod error;
 pub mod ids;
 pub mod model;
 pub mod money;
+pub mod pricing;
 pub mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;

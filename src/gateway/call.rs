@@ -7,23 +7,25 @@
 //!    output token fits is the answer 402.
 //! 2. The upstream runs.
 //! 3. [`PaidCall::finish`] prices the usage (never above the hold), writes
-//!    the charge through the ledger writer — which answers after its
-//!    transaction commits — and only then commits the amount in the actor.
+//!    the charge through the gateway's charge sink — which answers once it
+//!    is durable — and only then commits the amount in the actor.
 //!    Store first, actor second: an actor restarted from the store can never
 //!    have forgotten a charge. Both run in a spawned task, so a client that
 //!    goes away mid-finish cannot leave one done without the other.
 //! 4. A call dropped without finishing (upstream failure, a client gone
 //!    before a non-streamed answer) releases its hold: nothing is charged.
 
+use std::sync::Arc;
+
 use actors::budget::{BudgetStatus, ReserveError, Reserved};
 use actors::registry::{AcquireError, CallError, KeyState, Lease};
 use ledger::model::{ChargeOutcome, NewCharge};
+use ledger::pricing::Price;
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId, RequestId};
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use workers::ledger_writer::LedgerWriter;
-use workers::pricing::Price;
+use workers::sink::ChargeSink;
 
 use super::error::{BudgetView, CallFailure};
 use super::{Gateway, Model};
@@ -38,7 +40,7 @@ pub struct PaidCall {
     key_id: KeyId,
     model: String,
     price: Price,
-    writer: LedgerWriter,
+    sink: Arc<dyn ChargeSink>,
     pub reserved: Reserved,
     /// The prompt's token bound the hold was computed with.
     pub prompt_tokens_max: u64,
@@ -162,7 +164,7 @@ impl PaidCall {
             key_id: key_id.clone(),
             model: model.name.clone(),
             price: model.price.clone(),
-            writer: gateway.writer.clone(),
+            sink: gateway.sink.clone(),
             reserved,
             prompt_tokens_max,
             max_tokens,
@@ -220,10 +222,10 @@ impl PaidCall {
             }),
             created_at_ms: now_ms(),
         };
-        let writer = self.writer.clone();
+        let sink = self.sink.clone();
         let request = self.request.clone();
         let finishing = tokio::spawn(async move {
-            match writer.record(charge).await {
+            match sink.record(charge).await {
                 Ok(ChargeOutcome::Recorded) | Ok(ChargeOutcome::Duplicate) => {
                     match lease.commit(request, amount).await {
                         Ok(committed) => Ok(committed),

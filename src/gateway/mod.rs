@@ -1,7 +1,7 @@
 //! The paid path's machinery, between HTTP and the key actors:
 //!
 //! * [`Gateway`] — what a paid call needs: the key-actor registry, the
-//!   ledger writer, and each configured model's price and upstream.
+//!   charge sink, and each configured model's price and upstream.
 //! * [`loader`] — [`loader::StoreKeyLoader`]: key actors start from the store.
 //! * [`request`] — validating an OpenAI chat request.
 //! * [`call`] — [`call::PaidCall`]: one call's budget from hold to charge.
@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use actors::arbiters::ArbiterError;
 use actors::registry::{Placement, Registry, RegistryLimits};
+use ledger::pricing::Price;
 use ledger::Store;
 use workers::ledger_writer::LedgerWriter;
-use workers::pricing::Price;
+use workers::sink::ChargeSink;
 
 use crate::settings::Settings;
 use crate::upstream::echo::Echo;
@@ -49,7 +50,8 @@ pub struct Model {
 #[derive(Clone)]
 pub struct Gateway {
     pub registry: Registry,
-    pub writer: LedgerWriter,
+    /// Where charges go: durable before a call reports its amount.
+    pub sink: Arc<dyn ChargeSink>,
     pub models: Arc<HashMap<String, Model>>,
     pub timeouts: Timeouts,
 }
@@ -149,7 +151,7 @@ impl Gateway {
         revocation::free_drained_keys(&registry, store.clone());
         Ok(Gateway {
             registry,
-            writer: LedgerWriter::start(store),
+            sink: Arc::new(LedgerWriter::start(store)),
             models: Arc::new(models),
             timeouts,
         })

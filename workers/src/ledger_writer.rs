@@ -13,6 +13,8 @@ use ledger::model::{ChargeOutcome, NewCharge};
 use ledger::Store;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::sink::{ChargeSink, RecordFuture, SinkError};
+
 /// The most charges one transaction carries: keeps a transaction short so
 /// readers and the next batch never wait long.
 pub const BATCH_MAX: usize = 256;
@@ -56,6 +58,20 @@ impl LedgerWriter {
             .await
             .map_err(|_| WriteError::Stopped)?;
         answer.await.map_err(|_| WriteError::Stopped)?
+    }
+}
+
+impl ChargeSink for LedgerWriter {
+    fn record(&self, charge: NewCharge) -> RecordFuture {
+        let writer = self.clone();
+        Box::pin(async move {
+            LedgerWriter::record(&writer, charge)
+                .await
+                .map_err(|error| match error {
+                    WriteError::Store(cause) => SinkError::Failed(cause),
+                    WriteError::Stopped => SinkError::Stopped,
+                })
+        })
     }
 }
 

@@ -1,15 +1,20 @@
-//! `workers` — background work: the queue abstraction (RabbitMQ, in-process),
-//! pricing, the ledger writer, the settlement batcher and the chain client.
+//! `workers` — what happens to a call after it is priced: the charge sinks
+//! and, as their issues land, the queue (RabbitMQ, in-process), the ledger
+//! pool that records charges from it, and settlement.
 //!
 //! # Layout
 //!
-//! * [`pricing`] — [`pricing::Price`]: versioned per-model prices and the exact
-//!   integer cost formula shared by the gateway's quote and the ledger pool.
+//! * [`sink`] — [`sink::ChargeSink`]: where a finished call's charge goes. The
+//!   gateway writes every charge through one, and hears back only once it is
+//!   durable. Implementations: [`ledger_writer::LedgerWriter`] (embedded mode,
+//!   group commit to the store); the RabbitMQ publisher is the next.
 //! * [`ledger_writer`] — [`ledger_writer::LedgerWriter`]: group commit of
 //!   charges for the embedded (in-process) mode; answers after the commit.
 //!
-//! The RabbitMQ queue and settlement arrive with their issues.
+//! Pricing is money arithmetic every crate shares: it lives in
+//! `ledger::pricing`. `queue/`, the ledger pool and `settlement/` arrive with
+//! their issues.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod ledger_writer;
-pub mod pricing;
+pub mod sink;

@@ -8,7 +8,7 @@
 //! the number of charges it can write; every step is checked and
 //! computed in `u128`, so no token count or price can overflow it silently.
 
-use ledger::Amount;
+use crate::Amount;
 
 /// One million: prices are per million tokens.
 const PER_MILLION: u128 = 1_000_000;

@@ -1,9 +1,9 @@
 //! Property: the affordable output is the largest that fits the budget.
 #![allow(clippy::unwrap_used)]
 
+use ledger::pricing::Price;
 use ledger::Amount;
 use proptest::prelude::*;
-use workers::pricing::Price;
 
 proptest! {
     #[test]

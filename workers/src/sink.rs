@@ -1,0 +1,34 @@
+//! [`ChargeSink`]: where a finished call's charge goes.
+//!
+//! The paid path hands each priced charge to a sink and waits: the sink
+//! answers only once the charge is durable (committed to the store, or
+//! confirmed by the broker), so a call that reports a final amount never
+//! loses its charge (invariant 2). The embedded mode's sink is
+//! [`crate::ledger_writer::LedgerWriter`]; the RabbitMQ publisher of the
+//! worker issue is the second implementation.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use ledger::model::{ChargeOutcome, NewCharge};
+
+/// Why a charge could not be made durable: nothing was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// The store (or broker) refused or failed; nothing was written.
+    #[error("the charge could not be recorded: {0}")]
+    Failed(String),
+    /// The sink is shutting down.
+    #[error("the charge sink has stopped")]
+    Stopped,
+}
+
+/// What [`ChargeSink::record`] returns.
+pub type RecordFuture = Pin<Box<dyn Future<Output = Result<ChargeOutcome, SinkError>> + Send>>;
+
+/// Takes a charge and answers once it is durable.
+pub trait ChargeSink: Send + Sync + 'static {
+    /// Records `charge` once (a duplicate request id changes nothing) and
+    /// answers what happened, after it is durable.
+    fn record(&self, charge: NewCharge) -> RecordFuture;
+}
