@@ -52,6 +52,9 @@ pub struct HttpSettings {
     pub json_body_max_bytes: usize,
     /// A request body must arrive whole within this long (408 otherwise).
     pub body_timeout_ms: u64,
+    /// On shutdown, how long requests and calls in flight may take to
+    /// finish (each stage), before the store closes.
+    pub shutdown_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -293,6 +296,12 @@ impl Settings {
             return Err(invalid(
                 "http.body_timeout_ms",
                 "must be between 1 and 600000 milliseconds",
+            ));
+        }
+        if self.http.shutdown_timeout_ms == 0 || self.http.shutdown_timeout_ms > 3_600_000 {
+            return Err(invalid(
+                "http.shutdown_timeout_ms",
+                "must be between 1 and 3600000 milliseconds",
             ));
         }
         if self.auth.sign_in_burst == 0 || self.auth.sign_in_per_s == 0 {

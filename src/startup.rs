@@ -1,17 +1,25 @@
 //! [`Application`]: builds the server from settings on a bound listener, so
-//! tests can bind port 0 and run the real thing.
+//! tests can bind port 0 and run the real thing — and owns everything it
+//! starts: the HTTP server, the key actors, the ledger writer and the drain
+//! task. It watches them (a task that stops is logged by name and stops the
+//! server) and, on shutdown, drains in order: stop accepting, let calls in
+//! flight finish (bounded by `http.shutdown_timeout_ms`) — their charges are
+//! written before their leases end — then close the store.
 
+use std::future::Future;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use ledger::Store;
+use tokio::task::JoinHandle;
 
 use crate::auth::signing_key;
 use crate::auth::token::TokenSigner;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, NamedTask};
 use crate::http;
 use crate::settings::Settings;
 use crate::state::{AppState, StudioKeys};
@@ -40,6 +48,8 @@ pub enum StartupError {
     Server(std::io::Error),
     #[error(transparent)]
     Settings(#[from] crate::settings::SettingsError),
+    #[error("stopped: {0}")]
+    Stopped(String),
 }
 
 /// A built server, bound and ready to run.
@@ -47,6 +57,9 @@ pub struct Application {
     port: u16,
     server: Server,
     store: Store,
+    gateway: Gateway,
+    tasks: Vec<NamedTask>,
+    shutdown_timeout: Duration,
 }
 
 /// Connects to the store named in `settings` and applies migrations.
@@ -105,7 +118,8 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let gateway = Gateway::start(&settings, store.clone())?;
+        let (gateway, tasks) = Gateway::start(&settings, store.clone())?;
+        let shutdown_timeout = Duration::from_millis(settings.http.shutdown_timeout_ms);
         let studio = StudioKeys {
             secrets: Arc::new(StudioSecrets::load_or_create(
                 settings.studio.secrets_key.as_deref(),
@@ -117,7 +131,7 @@ impl Application {
             store.clone(),
             TokenSigner::new(key),
             settings,
-            gateway,
+            gateway.clone(),
             studio,
         ));
         let server = HttpServer::new(move || {
@@ -127,6 +141,9 @@ impl Application {
                 .configure(http::routes)
         })
         .on_connect(no_delay)
+        // Signals are this type's to handle: it drains in its own order.
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout.as_secs().max(1))
         .workers(workers)
         .listen(listener)
         .map_err(StartupError::Server)?
@@ -135,6 +152,9 @@ impl Application {
             port,
             server,
             store,
+            gateway,
+            tasks,
+            shutdown_timeout,
         })
     }
 
@@ -143,10 +163,100 @@ impl Application {
     }
 
     /// Serves until the process is asked to stop (SIGINT/SIGTERM), then
-    /// drains in-flight requests and closes the store.
+    /// drains (see [`Application::run_until`]).
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
-        let result = self.server.await.map_err(StartupError::Server);
-        self.store.close().await;
-        result
+        self.run_until(stop_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, the server stops, or a background
+    /// task stops (logged by name: an error), then drains in order: the
+    /// server stops accepting and finishes the requests in flight; calls
+    /// still running outside a request (a stream's pump, a call whose client
+    /// left) finish and write their charges; then the store closes. Each wait
+    /// is bounded by `http.shutdown_timeout_ms`.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+        let Application {
+            server,
+            store,
+            gateway,
+            tasks,
+            shutdown_timeout,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut serving = tokio::spawn(server);
+        let (names, handles): (Vec<&'static str>, Vec<JoinHandle<()>>) = tasks.into_iter().unzip();
+        let mut watched: futures_util::stream::FuturesUnordered<_> = handles
+            .into_iter()
+            .zip(names)
+            .map(|(task, name)| async move { (name, task.await) })
+            .collect();
+        let mut failure = None;
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down"),
+            ended = &mut serving => {
+                failure = Some(match ended {
+                    Ok(Ok(())) => "the HTTP server stopped".to_owned(),
+                    Ok(Err(e)) => format!("the HTTP server failed: {e}"),
+                    Err(e) => format!("the HTTP server task failed: {e}"),
+                });
+            }
+            Some((name, ended)) = futures_util::StreamExt::next(&mut watched) => {
+                let why = match ended {
+                    Ok(()) => "ended".to_owned(),
+                    Err(e) => format!("failed: {e}"),
+                };
+                tracing::error!(task = name, why, "a background task stopped; shutting down");
+                failure = Some(format!("background task {name:?} {why}"));
+            }
+        }
+        // 1. Stop accepting; finish requests in flight (bounded by actix's
+        //    shutdown timeout, set from the same setting).
+        handle.stop(true).await;
+        let _ = serving.await;
+        // 2. Calls still running outside a request write their charges
+        //    under their leases: wait until none is out.
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        while gateway.registry.calls_in_flight() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    calls = gateway.registry.calls_in_flight(),
+                    "calls still in flight at the shutdown deadline"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // 3. Nothing more can reach the store.
+        drop(watched);
+        store.close().await;
+        tracing::info!("stopped");
+        match failure {
+            None => Ok(()),
+            Some(why) => Err(StartupError::Stopped(why)),
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

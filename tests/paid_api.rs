@@ -751,7 +751,83 @@ async fn streamed_calls_on_a_kept_alive_connection_do_not_stall(backend: Backend
     }
 }
 
+/// Shutdown drains in order: the server stops taking calls, but a stream
+/// and a non-streamed call already running finish, are answered and are
+/// charged before the store closes; then the port is closed.
+async fn calls_in_flight_at_shutdown_are_answered_and_charged(backend: Backend) {
+    let (mut app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(100_000).await;
+    // A stream of 30 words, 20 ms apart (~0.6 s), with its first words read.
+    let mut streaming = app
+        .chat(
+            &key.token,
+            &json!({"model": "echo_slow", "stream": true, "messages": user(&words(30))}),
+        )
+        .await;
+    assert_eq!(streaming.status(), StatusCode::OK);
+    let mut received = String::new();
+    while sse_events(&received).len() < 2 {
+        let chunk = streaming
+            .chunk()
+            .await
+            .unwrap()
+            .expect("stream ended early");
+        received.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    // A non-streamed call whose upstream answers after 400 ms.
+    let plain = {
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url("/external/v1/chat/completions"),
+            key.token.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"model": "mock_delayed", "messages": user("hello")}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let port = app.port;
+    let read_rest = async {
+        while let Some(chunk) = streaming.chunk().await.unwrap() {
+            received.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        received
+    };
+    let (received, stopped) = tokio::join!(read_rest, app.shut_down());
+    stopped.expect("a clean stop");
+    let events = sse_events(&received);
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{received}"
+    );
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    let streamed_amount: u64 = last["compose"]["finalAmountWei"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let plain = plain.await.unwrap();
+    assert_eq!(plain.status(), StatusCode::OK);
+    let plain_amount = header_amount(&plain, "x-compose-key-final-amount-wei");
+    // Both charges are in the ledger, which the server closed after them.
+    let total = streamed_amount + plain_amount;
+    assert_eq!(app.spent(&key.key_id).await, (total, total));
+    assert_eq!(streamed_amount, 30 + 2 * 30);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "a stopped server takes no connection"
+    );
+}
+
 both_stores!(
+    calls_in_flight_at_shutdown_are_answered_and_charged,
     streamed_calls_on_a_kept_alive_connection_do_not_stall,
     echo_calls_charge_exactly_and_lower_max_tokens,
     streamed_calls_report_the_charge_in_the_last_chunk,

@@ -410,6 +410,25 @@ impl Registry {
             .map(|entry| entry.token_sha256.clone())
     }
 
+    /// Leases out across every key: calls between their hold and their
+    /// charge. Every charge is written under a lease, so zero means no
+    /// charge is on its way to the store (shutdown waits for it).
+    pub fn calls_in_flight(&self) -> u64 {
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| {
+                let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                shard
+                    .slots
+                    .values()
+                    .filter_map(|slot| slot.get())
+                    .map(|entry| u64::from(entry.in_flight.load(Ordering::Acquire)))
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     /// Actors alive now.
     pub fn loaded(&self) -> usize {
         self.inner.loaded.load(Ordering::Relaxed)

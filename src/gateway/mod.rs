@@ -19,6 +19,7 @@ use actors::arbiters::ArbiterError;
 use actors::registry::{Placement, Registry, RegistryLimits};
 use ledger::pricing::Price;
 use ledger::Store;
+use tokio::task::JoinHandle;
 use workers::ledger_writer::LedgerWriter;
 use workers::sink::ChargeSink;
 
@@ -45,6 +46,10 @@ pub struct Model {
     /// A non-streamed answer without usage is an upstream error.
     pub require_usage: bool,
 }
+
+/// A background task the gateway started, named for the logs; its owner
+/// (`startup::Application`) watches it.
+pub type NamedTask = (&'static str, JoinHandle<()>);
 
 /// Shared by every paid call. Cheap to clone.
 #[derive(Clone)]
@@ -75,8 +80,12 @@ pub enum GatewayError {
 }
 
 impl Gateway {
-    /// Starts the key actors and the ledger writer (on the current runtime).
-    pub fn start(settings: &Settings, store: Store) -> Result<Gateway, GatewayError> {
+    /// Starts the key actors, the ledger writer and the drain task (on the
+    /// current runtime); the tasks are returned, named, for the caller to own.
+    pub fn start(
+        settings: &Settings,
+        store: Store,
+    ) -> Result<(Gateway, Vec<NamedTask>), GatewayError> {
         let g = &settings.gateway;
         let threads = match g.actor_threads {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -148,12 +157,18 @@ impl Gateway {
                 (name.clone(), model)
             })
             .collect();
-        revocation::free_drained_keys(&registry, store.clone());
-        Ok(Gateway {
+        let mut tasks = Vec::new();
+        if let Some(drain) = revocation::free_drained_keys(&registry, store.clone()) {
+            tasks.push(("drained-key release", drain));
+        }
+        let (writer, writing) = LedgerWriter::spawn(store);
+        tasks.push(("ledger writer", writing));
+        let gateway = Gateway {
             registry,
-            sink: Arc::new(LedgerWriter::start(store)),
+            sink: Arc::new(writer),
             models: Arc::new(models),
             timeouts,
-        })
+        };
+        Ok((gateway, tasks))
     }
 }

@@ -64,15 +64,13 @@ where
 /// Starts the task that records, for each key the registry reports drained
 /// (revoked while calls ran, and now none does), that its unspent budget is
 /// free again. It ends when the registry is gone.
-pub fn free_drained_keys(registry: &Registry, store: Store) {
-    let Some(mut drained) = registry.drained_keys() else {
-        return;
-    };
-    tokio::spawn(async move {
+pub fn free_drained_keys(registry: &Registry, store: Store) -> Option<tokio::task::JoinHandle<()>> {
+    let mut drained = registry.drained_keys()?;
+    Some(tokio::spawn(async move {
         while let Some(key) = drained.recv().await {
             if let Err(error) = store.release_key_funds(&key, now_ms()).await {
                 tracing::warn!(key_id = %key, %error, "freeing a drained key's budget failed");
             }
         }
-    });
+    }))
 }

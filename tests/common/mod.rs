@@ -27,7 +27,32 @@ pub struct TestApp {
     pub store: Store,
     pub db: TestDb,
     pub settings: Settings,
+    /// Tells the server to shut down (sent on drop: every test's server stops).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<Result<(), tollgate::startup::StartupError>>>,
     _dir: TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl TestApp {
+    /// Shuts the server down as a signal would, and waits until it has
+    /// drained and stopped; answers how it stopped.
+    pub async fn shut_down(&mut self) -> Result<(), tollgate::startup::StartupError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.running.take() {
+            Some(running) => running.await.expect("the server task panicked"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A temporary folder removed on drop.
@@ -86,7 +111,10 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
         .await
         .expect("build app");
     let port = app.port();
-    tokio::spawn(app.run_until_stopped());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
     let store = Store::connect(&db.url, 4).await.unwrap();
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
@@ -95,6 +123,8 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
         store,
         db,
         settings,
+        stop: Some(stop),
+        running: Some(running),
         _dir: dir,
     }
 }

@@ -45,9 +45,15 @@ pub struct LedgerWriter {
 impl LedgerWriter {
     /// Starts the writer task on the current tokio runtime.
     pub fn start(store: Store) -> LedgerWriter {
+        LedgerWriter::spawn(store).0
+    }
+
+    /// As [`LedgerWriter::start`], with the writer task's handle for its
+    /// owner to watch: it ends only when every handle to it is dropped.
+    pub fn spawn(store: Store) -> (LedgerWriter, tokio::task::JoinHandle<()>) {
         let (queue, receiver) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(store, receiver));
-        LedgerWriter { queue }
+        let task = tokio::spawn(run(store, receiver));
+        (LedgerWriter { queue }, task)
     }
 
     /// Writes `charge` once and answers what happened, after the commit.
