@@ -399,6 +399,14 @@ impl Registry {
             .is_some_and(|slot| slot.get().is_some())
     }
 
+    /// Marks `key`'s actor (if running) as out of step with the store: its
+    /// next call, once nothing is in flight on it, gets a fresh load.
+    pub fn reload(&self, key: &KeyId) {
+        if let Some(entry) = self.inner.shard(key).slots.get(key).and_then(|s| s.get()) {
+            entry.stale.store(true, Ordering::Release);
+        }
+    }
+
     /// The stored token hash of `key` if its actor is running: the paid path
     /// proves a token against it before reading anything else.
     pub fn loaded_token_sha256(&self, key: &KeyId) -> Option<String> {

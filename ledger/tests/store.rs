@@ -411,6 +411,52 @@ async fn concurrent_sign_ins_leave_one_active_session(store: Store) {
     assert_eq!(active, 1);
 }
 
+/// The ledger's backstop for invariant 7: a revoked key whose budget was
+/// freed (drained) takes no further charge; one still committed (a call may
+/// still be running on it) does.
+async fn freed_keys_take_no_charge(store: Store) {
+    let key = funded_key(&store, wallet(21), 1_000).await;
+    let revoked = store
+        .revoke_key_draining(&key.id, now_ms(), false)
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, KeyStatus::Revoked);
+    let in_flight = charge(&key.id, Amount::from_atomic(10).unwrap());
+    assert_eq!(
+        store.record_charge(&in_flight).await.unwrap(),
+        ChargeWrite::Recorded,
+        "a call that was running when the key was revoked is charged"
+    );
+    store.release_key_funds(&key.id, now_ms()).await.unwrap();
+    assert!(matches!(
+        store
+            .record_charge(&charge(&key.id, Amount::from_atomic(10).unwrap()))
+            .await,
+        Err(StoreError::OverBudget)
+    ));
+    let other = funded_key(&store, wallet(22), 1_000).await;
+    store
+        .revoke_key_draining(&other.id, now_ms(), true)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .record_charge(&charge(&other.id, Amount::from_atomic(10).unwrap()))
+            .await,
+        Err(StoreError::OverBudget)
+    ));
+    assert_eq!(
+        store
+            .key(&key.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .budget_used
+            .atomic(),
+        10
+    );
+}
+
 async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
     let key = funded_key(&store, wallet(8), 1_000).await;
     let first = charge(&key.id, Amount::from_atomic(400).unwrap());
@@ -764,6 +810,7 @@ store_suite!(
     sessions_supersede_and_nonces_are_single_use,
     concurrent_sign_ins_leave_one_active_session,
     charges_are_written_once_and_sum_to_budget_used,
+    freed_keys_take_no_charge,
     charge_batches_answer_each_charge,
     studio_keys_stay_within_their_account,
     concurrent_duplicate_charges_write_once,

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use actors::budget::{BudgetStatus, ReserveError, Reserved};
+use actors::budget::{BudgetStatus, Committed, ReserveError, Reserved};
 use actors::registry::{AcquireError, CallError, KeyState, Lease};
 use ledger::model::{ChargeOutcome, NewCharge};
 use ledger::pricing::Price;
@@ -260,11 +260,25 @@ impl PaidCall {
             // The charge is in the ledger but the actor had lost the hold
             // (past its deadline): the ledger, whose guard keeps the key within
             // its limit, is right; the actor reloads from it once evicted.
+            // The answer was paid for, so it is given: the budget it reports
+            // is the one the call saw plus this charge.
             Ok(Err(Unfinished::RecordedNotCommitted(cause))) => {
-                return Err(CallFailure::internal(format!(
-                    "charge {} recorded but not committed in its actor: {cause}",
-                    self.request
-                )))
+                tracing::error!(
+                    request_id = %self.request, %cause,
+                    "charge recorded but not committed in its actor; the actor reloads"
+                );
+                let limit = self.reserved.limit;
+                Committed {
+                    charged: amount,
+                    limit,
+                    spent: self
+                        .reserved
+                        .spent
+                        .checked_add(amount)
+                        .unwrap_or(limit)
+                        .min(limit),
+                    remaining: Amount::ZERO,
+                }
             }
             Err(join) => return Err(CallFailure::internal(join)),
         };

@@ -281,18 +281,17 @@ pub async fn revoke(
     }
     // Refused from the key's next paid call on: its actor is told at once.
     // Its unspent budget returns to the wallet once no call can charge it.
-    let store = &state.store;
-    let id = &key.id;
+    let store = state.store.clone();
+    let id = key.id.clone();
     let key = stop_keys(
         &state.gateway.registry,
-        store,
-        std::slice::from_ref(id),
+        &state.store,
+        vec![key.id],
         BudgetStatus::Revoked,
-        |drained| async move {
-            let key = store.revoke_key(id, now_ms()).await?;
-            if drained.contains(&key.id) {
-                store.release_key_funds(&key.id, now_ms()).await?;
-            }
+        move |drained| async move {
+            let key = store
+                .revoke_key_draining(&id, now_ms(), drained.contains(&id))
+                .await?;
             let stopped = vec![key.id.clone()];
             Ok((key, stopped))
         },

@@ -127,18 +127,18 @@ pub async fn set(
     // The budget being replaced stops taking calls; its unspent part stays
     // committed against the wallet until no call can charge it (invariant 7),
     // which is at once when none is in flight.
-    let store = &state.store;
+    let store = state.store.clone();
     let max_active_keys = state.settings.keys.max_active_per_wallet;
     let replaced: Vec<KeyId> = project.budget_key_id.iter().cloned().collect();
-    let project_ref = &project;
+    let for_change = project.clone();
     let key = stop_keys(
         &state.gateway.registry,
-        store,
-        &replaced,
+        &state.store,
+        replaced,
         BudgetStatus::Revoked,
-        |drained| async move {
+        move |drained| async move {
             let (key, previous) = store
-                .set_project_budget(project_ref, &new_key, max_active_keys, &drained)
+                .set_project_budget(&for_change, &new_key, max_active_keys, &drained)
                 .await?;
             Ok((key, previous.into_iter().collect()))
         },

@@ -129,19 +129,23 @@ pub async fn sign_in(
     );
     // The replaced session's keys stop on their next call, not after a TTL;
     // those with no call in flight free their budget for this sign-in.
-    let store = &state.store;
-    let replaced = store.active_session_keys(&key.wallet, key.chain_id).await?;
+    let replaced = state
+        .store
+        .active_session_keys(&key.wallet, key.chain_id)
+        .await?;
     let max_active_keys = state.settings.keys.max_active_per_wallet;
+    let store = state.store.clone();
+    let nonce_issued_after_ms = now - auth.nonce_ttl_ms;
     let sign_in = stop_keys(
         &state.gateway.registry,
-        store,
-        &replaced,
+        &state.store,
+        replaced,
         BudgetStatus::Superseded,
-        |drained_keys| async move {
+        move |drained_keys| async move {
             let new_session = NewSession {
                 id: session_id,
                 nonce: siwe.nonce,
-                nonce_issued_after_ms: now - auth.nonce_ttl_ms,
+                nonce_issued_after_ms,
                 key,
                 drained_keys,
             };

@@ -105,21 +105,49 @@ pub fn output_bytes_of(choices: Option<&Value>, part: &str) -> u64 {
         .filter_map(|choice| choice.get(part))
         .map(|delta| {
             let fields: u64 = OUTPUT_TEXT_FIELDS.iter().map(|f| text(delta.get(*f))).sum();
-            let tools: u64 = delta
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .map_or(0, |calls| {
-                    calls
-                        .iter()
-                        .map(|call| {
-                            text(call.pointer("/function/arguments"))
-                                + text(call.pointer("/function/name"))
-                        })
-                        .sum()
-                });
-            fields + tools
+            let known = fields + tool_bytes(delta, &text);
+            if known > 0 {
+                return known;
+            }
+            // Output in a shape not listed (content parts, a legacy
+            // `function_call`, audio transcripts, …): its JSON size, so
+            // nothing delivered is free.
+            match delta {
+                Value::Object(map) => map
+                    .iter()
+                    .filter(|(k, v)| k.as_str() != "role" && !is_empty(v))
+                    .map(|(k, v)| (k.len() + serde_json::to_vec(v).map_or(0, |b| b.len())) as u64)
+                    .sum(),
+                _ => 0,
+            }
         })
         .sum()
+}
+
+/// `null`, `""`, `[]` or `{}`: no output.
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// The bytes of a delta's tool calls: their names and arguments.
+fn tool_bytes(delta: &Value, text: &dyn Fn(Option<&Value>) -> u64) -> u64 {
+    delta
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map_or(0, |calls| {
+            calls
+                .iter()
+                .map(|call| {
+                    text(call.pointer("/function/arguments")) + text(call.pointer("/function/name"))
+                })
+                .sum()
+        })
 }
 
 impl Chunk {
@@ -162,6 +190,22 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, UpstreamError>> +
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_bytes_count_every_delivered_field() {
+        let choices = serde_json::json!([
+            {"delta": {"role": "assistant", "content": ""}},
+            {"delta": {"content": "hello"}},
+            {"delta": {"reasoning_content": "think"}},
+            {"delta": {"tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}},
+            {"delta": {"function_call": {"arguments": "xy"}}},
+        ]);
+        // 5 + 5 + (1 + 2), and the legacy function_call by its JSON size.
+        let legacy = ("function_call".len() + r#"{"arguments":"xy"}"#.len()) as u64;
+        assert_eq!(output_bytes_of(Some(&choices), "delta"), 13 + legacy);
+        let role_only = serde_json::json!([{"delta": {"role": "assistant", "content": null}}]);
+        assert_eq!(output_bytes_of(Some(&role_only), "delta"), 0);
+    }
 
     #[test]
     fn holds_count_the_whole_body_and_media_parts() {

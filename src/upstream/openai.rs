@@ -114,8 +114,17 @@ impl OpenAiUpstream {
         if status.is_success() {
             return Ok(response);
         }
-        let text = response.text().await.unwrap_or_default();
-        let mut message: String = text.chars().take(ERROR_BODY_MAX_BYTES).collect();
+        // Only the head of an error body is kept, and only that much is read.
+        let mut head = Vec::with_capacity(ERROR_BODY_MAX_BYTES);
+        let mut body = response.bytes_stream();
+        while head.len() < ERROR_BODY_MAX_BYTES {
+            match tokio::time::timeout(self.timeout, body.next()).await {
+                Ok(Some(Ok(bytes))) => head.extend_from_slice(&bytes),
+                _ => break,
+            }
+        }
+        head.truncate(ERROR_BODY_MAX_BYTES);
+        let mut message = String::from_utf8_lossy(&head).into_owned();
         if message.is_empty() {
             message = status.canonical_reason().unwrap_or("error").to_owned();
         }
@@ -185,7 +194,7 @@ impl OpenAiUpstream {
                             break;
                         }
                         match serde_json::from_str::<Value>(&data) {
-                            Ok(json) if json.get("error").is_some() => {
+                            Ok(json) if json.get("error").is_some_and(|e| !e.is_null()) => {
                                 let message = json["error"]["message"]
                                     .as_str()
                                     .unwrap_or("error")

@@ -81,13 +81,39 @@ impl ChargeSink for LedgerWriter {
     }
 }
 
+/// Tries a batch up to [`ATTEMPTS`] times. Writing charges is idempotent
+/// (the request id is the key; a failed transaction wrote nothing), so a
+/// transient failure — a PostgreSQL deadlock or serialization failure
+/// against a concurrent sign-in, a busy SQLite — costs a retry, not the
+/// batch's charges.
+async fn record_with_retries(
+    store: &Store,
+    charges: &[NewCharge],
+) -> Result<Vec<ChargeOutcome>, ledger::StoreError> {
+    let mut attempt = 1;
+    loop {
+        match store.record_charges(charges).await {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(error) if attempt < ATTEMPTS => {
+                tracing::warn!(%error, attempt, "writing charges failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// How often a batch is tried before its callers hear it failed.
+const ATTEMPTS: u32 = 3;
+
 async fn run(store: Store, mut receiver: mpsc::Receiver<(NewCharge, Reply)>) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     // `recv_many` waits for the first charge, then takes whatever else is
     // already queued: under load batches grow, idle they are single charges.
     while receiver.recv_many(&mut batch, BATCH_MAX).await > 0 {
         let (charges, replies): (Vec<NewCharge>, Vec<Reply>) = batch.drain(..).unzip();
-        match store.record_charges(&charges).await {
+        match record_with_retries(&store, &charges).await {
             Ok(outcomes) => {
                 debug_assert_eq!(outcomes.len(), replies.len());
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {

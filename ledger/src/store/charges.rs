@@ -149,14 +149,12 @@ async fn record_batch(
     }
     // Keys in a fixed order, so concurrent writers lock them alike.
     for (key_id, amount) in growth {
-        let grown = sqlx::query(
-            "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
-              WHERE id = $1 AND budget_used_atomic <= budget_limit_atomic - $2",
-        )
-        .bind(key_id)
-        .bind(amount)
-        .execute(&mut *conn)
-        .await?;
+        let grown = sqlx::query(GROW_BUDGET_USED)
+            .bind(key_id)
+            .bind(amount)
+            .bind(crate::time::now_ms())
+            .execute(&mut *conn)
+            .await?;
         if grown.rows_affected() != 1 {
             return Ok(None);
         }
@@ -217,14 +215,12 @@ async fn record_one(
     if inserted.rows_affected() == 0 {
         return existing_outcome(conn, &charge.request_id).await;
     }
-    let grown = sqlx::query(
-        "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
-          WHERE id = $1 AND budget_used_atomic <= budget_limit_atomic - $2",
-    )
-    .bind(charge.key_id.as_str())
-    .bind(charge.amount.to_db())
-    .execute(&mut *conn)
-    .await?;
+    let grown = sqlx::query(GROW_BUDGET_USED)
+        .bind(charge.key_id.as_str())
+        .bind(charge.amount.to_db())
+        .bind(crate::time::now_ms())
+        .execute(&mut *conn)
+        .await?;
     if grown.rows_affected() == 1 {
         return Ok(ChargeOutcome::Recorded);
     }
@@ -234,6 +230,15 @@ async fn record_one(
         .await?;
     Ok(ChargeOutcome::OverBudget)
 }
+
+/// A key's `budget_used` grows by a charge only within its limit (invariant
+/// 1), and only while its budget still counts against its wallet: a stopped
+/// key whose budget was freed (`committed_until_ms` passed) takes no charge
+/// — the funds may back another key by then (invariant 7, the ledger's
+/// backstop: the gateway frees a key only once no call can charge it).
+const GROW_BUDGET_USED: &str = "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
+     WHERE id = $1 AND budget_used_atomic <= budget_limit_atomic - $2
+       AND (status = 'active' OR committed_until_ms > $3)";
 
 fn corrupt(column: &str) -> StoreError {
     StoreError::Corrupt(format!("{column}: out of range or half missing"))

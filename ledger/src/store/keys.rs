@@ -107,6 +107,19 @@ impl Store {
     /// the wallet for the longest a hold can live, or until
     /// [`Store::release_key_funds`] says no call can charge it any more.
     pub async fn revoke_key(&self, id: &KeyId, now_ms: i64) -> Result<KeyRecord, StoreError> {
+        self.revoke_key_draining(id, now_ms, false).await
+    }
+
+    /// As [`Store::revoke_key`]; `drained`: the gateway has fenced the key
+    /// with no call in flight, so its budget is freed in the same
+    /// transaction.
+    pub async fn revoke_key_draining(
+        &self,
+        id: &KeyId,
+        now_ms: i64,
+        drained: bool,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE keys SET status = 'revoked', revoked_at_ms = $2,
                     committed_until_ms = {COMMITTED_UNTIL_CAPPED}
@@ -115,13 +128,22 @@ impl Store {
         ))
         .bind(id.as_str())
         .bind(now_ms)
-        .bind(now_ms.saturating_add(self.hold_max_ms()))
-        .fetch_optional(self.pool())
+        .bind(crate::time::now_ms().saturating_add(self.hold_max_ms()))
+        .fetch_optional(&mut *tx)
         .await?;
-        let record = match row {
-            Some(row) => key_from_row(&row)?,
-            None => self.key(id).await?.ok_or(StoreError::NotFound)?,
+        if drained {
+            release_funds(&mut tx, id, crate::time::now_ms()).await?;
+        }
+        let row = match row {
+            Some(row) => row,
+            None => sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?,
         };
+        let record = key_from_row(&row)?;
+        tx.commit().await?;
         debug_assert_ne!(record.status, KeyStatus::Active);
         Ok(record)
     }

@@ -140,7 +140,7 @@ impl Store {
             ))
             .bind(previous.as_str())
             .bind(now)
-            .bind(now.saturating_add(self.hold_max_ms()))
+            .bind(crate::time::now_ms().saturating_add(self.hold_max_ms()))
             .execute(&mut *tx)
             .await?;
             if drained.contains(previous) {
