@@ -10,11 +10,11 @@ use ledger::time::now_ms;
 use ledger::{Amount, ChainId, WalletAddress};
 
 use crate::auth::{eth, siwe::SiweMessage};
-use crate::http::apikeys::{view, with_value};
 use crate::settings::Settings;
 use crate::startup::{open_store, Application};
 use crate::studio::issue::{mint, KeySpec};
 use crate::studio::secrets::StudioSecrets;
+use crate::studio::view::{view, with_value};
 use ledger::model::{AccountRecord, ApiKeyType, ProjectRecord, Role};
 use ledger::{AccountId, ProjectId};
 

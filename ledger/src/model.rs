@@ -243,6 +243,16 @@ pub enum ApiKeyType {
 }
 
 impl ApiKeyType {
+    /// The role a key of this type acts with when its record asks for
+    /// `role`: a public key is always an executor (a CHECK in the store says
+    /// so too); a secret key has the role it was given.
+    pub fn acting_role(self, role: Role) -> Role {
+        match self {
+            ApiKeyType::Pk => Role::Executor,
+            ApiKeyType::Sk => role,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ApiKeyType::Sk => "sk",

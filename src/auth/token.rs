@@ -8,7 +8,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use ledger::model::Purpose;
+use ledger::model::{NewKey, Purpose};
 use ledger::{ChainId, KeyId, SessionId, WalletAddress};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -71,6 +71,26 @@ impl std::fmt::Debug for TokenSigner {
 }
 
 impl TokenSigner {
+    /// Mints the token for a new key and the record to store with it (the
+    /// token's hash; never the token itself).
+    pub fn mint(&self, key: NewKey) -> (NewKey, String) {
+        let token = self.issue(&Claims {
+            key_id: key.id.clone(),
+            wallet: key.wallet,
+            chain_id: key.chain_id,
+            purpose: key.purpose,
+            session_id: key.session_id.clone(),
+            expires_at_ms: key.expires_at_ms,
+        });
+        (
+            NewKey {
+                token_sha256: token_sha256(&token),
+                ..key
+            },
+            token,
+        )
+    }
+
     pub fn new(signing: SigningKey) -> Self {
         let verifying = signing.verifying_key();
         Self { signing, verifying }

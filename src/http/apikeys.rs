@@ -26,255 +26,19 @@
 //! role meanwhile.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::DateTime;
 use ledger::model::{ApiKeyRecord, ApiKeyType, ApiKeyUpdate, Role};
 use ledger::time::now_ms;
 use ledger::ApiKeyId;
 use serde_json::{json, Map, Value};
-use subtle::ConstantTimeEq;
 
+use super::caller::{apikey_not_found, authenticate_studio, own_project, StudioCaller};
 use super::error::ApiError;
-use super::extract::{self, bearer_token};
-use super::projects::own_project;
+use super::extract;
 use crate::state::AppState;
 use crate::studio::issue::{mint, KeySpec};
-use crate::studio::jwt::{looks_like_jwt, JwtClaims};
-
-/// Who is calling: their own key, and the role it acts with.
-pub struct StudioCaller {
-    pub key: ApiKeyRecord,
-    /// The key's role, lowered to a JWT's role when the JWT says less.
-    pub role: Role,
-}
-
-impl StudioCaller {
-    /// Key management and reads: a secret key of at least `least`. A public
-    /// key (browser-side, always an executor) may only make paid calls and
-    /// exchange itself for a JWT, never see or touch the project's keys.
-    pub fn require(&self, least: Role) -> Result<(), ApiError> {
-        if self.key.key_type == ApiKeyType::Pk {
-            return Err(ApiError::forbidden(
-                "insufficient_role",
-                "a public key may only make paid calls and exchange itself for a JWT",
-            ));
-        }
-        self.require_role(least)
-    }
-
-    /// A role of at least `least`, whatever the key's type.
-    pub fn require_role(&self, least: Role) -> Result<(), ApiError> {
-        if self.role < least {
-            return Err(ApiError::forbidden(
-                "insufficient_role",
-                format!(
-                    "this needs role {} or above; the key is {}",
-                    least.as_str(),
-                    self.role.as_str()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// A key may hand out at most its own role.
-    fn may_grant(&self, role: Role) -> Result<(), ApiError> {
-        if role > self.role {
-            return Err(ApiError::forbidden(
-                "role_above_caller",
-                format!(
-                    "a {} key cannot grant or act on role {}",
-                    self.role.as_str(),
-                    role.as_str()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The change `asked` may make to `key`, with who restricted it, or why
-    /// not. Enabling, disabling or changing an expiry overrides what a key
-    /// above decided: it needs a role above the key's (or admin), and a key
-    /// never re-enables or extends itself. Invariant 9: a restriction (a
-    /// disable, an expiry set or shortened) records the highest role that
-    /// set it, and only a role at least as high lifts it (enable; expiry
-    /// lengthened or removed) — whatever the key's role meanwhile, so no
-    /// sequence of allowed steps (say, demote, enable, promote back) reaches
-    /// what the caller could not set directly.
-    fn may_update(
-        &self,
-        key: &ApiKeyRecord,
-        asked: &ApiKeyUpdate,
-    ) -> Result<ApiKeyUpdate, ApiError> {
-        if key.project_id != self.key.project_id {
-            return Err(not_found());
-        }
-        self.may_grant(key.role)?;
-        let lifecycle = asked.enabled.is_some() || asked.expires_at_ms.is_some();
-        if lifecycle && self.role != Role::Admin && (self.role <= key.role || key.id == self.key.id)
-        {
-            return Err(ApiError::forbidden(
-                "insufficient_role",
-                "enabling, disabling or changing the expiry of a key needs a role above the key's, or admin",
-            ));
-        }
-        if let Some(role) = asked.role {
-            self.may_grant(role)?;
-            if key.key_type == ApiKeyType::Pk && role != Role::Executor {
-                return Err(ApiError::invalid_field(
-                    "role",
-                    "of a public key is always executor",
-                ));
-            }
-        }
-        let mut update = asked.clone();
-        // A restriction further restricted stays with the highest role.
-        let restricted_by =
-            |previous: Option<Role>| previous.map_or(self.role, |r| r.max(self.role));
-        let disabled_by = key.disabled_by_role.filter(|_| !key.enabled);
-        let expiry_set_by = key
-            .expiry_set_by_role
-            .filter(|_| key.expires_at_ms.is_some());
-        if let Some(enabled) = asked.enabled {
-            if enabled && !key.enabled {
-                // Disabled by someone unknown (before roles were recorded):
-                // an admin's to lift.
-                self.may_lift(disabled_by.unwrap_or(Role::Admin), "disabled")?;
-            }
-            update.disabled_by_role = Some((!enabled).then(|| restricted_by(disabled_by)));
-        }
-        if let Some(expires_at_ms) = asked.expires_at_ms {
-            let lifts = match (key.expires_at_ms, expires_at_ms) {
-                (Some(_), None) => true,
-                (Some(current), Some(asked)) => asked > current,
-                (None, _) => false,
-            };
-            if lifts {
-                self.may_lift(expiry_set_by.unwrap_or(Role::Admin), "given its expiry")?;
-            }
-            update.expiry_set_by_role = Some(expires_at_ms.map(|_| restricted_by(expiry_set_by)));
-        }
-        Ok(update)
-    }
-
-    /// Lifting a restriction set by `by` needs a role at least as high.
-    fn may_lift(&self, by: Role, what: &str) -> Result<(), ApiError> {
-        if self.role < by {
-            return Err(ApiError::forbidden(
-                "insufficient_role",
-                format!(
-                    "a key {what} by role {} is lifted only by that role or above; the caller is {}",
-                    by.as_str(),
-                    self.role.as_str()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn audit(&self) -> String {
-        format!("apikey:{}", self.key.id)
-    }
-}
-
-fn unauthorized(code: &'static str, message: &str) -> ApiError {
-    ApiError::unauthorized(code, message.to_owned())
-}
-
-/// Authenticates an `sk`/`pk` value (by its keyed hash) or a JWT (by its
-/// signature, then its key's row): a disabled, deleted or expired key is
-/// refused on its very next request.
-pub async fn authenticate_studio(
-    state: &AppState,
-    req: &HttpRequest,
-) -> Result<StudioCaller, ApiError> {
-    let token = bearer_token(req)?;
-    let now = now_ms();
-    let (key, jwt_role) = if looks_like_jwt(token) {
-        let claims =
-            state.studio.jwt.verify(token, now / 1000).map_err(|_| {
-                unauthorized("invalid_token", "the JWT is not valid or has expired")
-            })?;
-        let (Some(account), Some(id)) = (
-            ledger::AccountId::parse(&claims.account),
-            ApiKeyId::parse(&claims.key_id),
-        ) else {
-            return Err(unauthorized("invalid_token", "the JWT is not valid"));
-        };
-        let role = Role::parse(&claims.role)
-            .ok_or_else(|| unauthorized("invalid_token", "the JWT is not valid"))?;
-        let key = state.store.apikey(&account, &id).await?;
-        (key, Some(role))
-    } else if token.starts_with("sk-") || token.starts_with("pk-") {
-        // Found by its keyed hash (an index lookup on an HMAC output reveals
-        // nothing of the value), then compared in constant time.
-        let hash = state.studio.secrets.lookup_hash(token);
-        let key = state
-            .store
-            .apikey_by_hash(&hash)
-            .await?
-            .filter(|key| bool::from(key.value_hash.as_bytes().ct_eq(hash.as_bytes())));
-        (key, None)
-    } else {
-        return Err(unauthorized(
-            "invalid_token",
-            "send Authorization: Bearer <sk-…, pk-… or a JWT from /apikeys/{id}/token>",
-        ));
-    };
-    let key = key.ok_or_else(|| unauthorized("invalid_api_key", "no such API key"))?;
-    if !key.enabled {
-        return Err(unauthorized("key_disabled", "the API key is disabled"));
-    }
-    if !key.usable_at(now) {
-        return Err(unauthorized("key_expired", "the API key has expired"));
-    }
-    // A public key is always an executor; a JWT never acts above its grant.
-    let mut role = match key.key_type {
-        ApiKeyType::Pk => Role::Executor,
-        ApiKeyType::Sk => key.role,
-    };
-    if let Some(granted) = jwt_role {
-        role = role.min(granted);
-    }
-    Ok(StudioCaller { key, role })
-}
-
-/// ISO 8601 with milliseconds, as the Studio contract writes dates.
-fn iso(ms: i64) -> Value {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .map(|t| json!(t.to_rfc3339_opts(SecondsFormat::Millis, true)))
-        .unwrap_or(Value::Null)
-}
-
-/// A key's JSON view, never its value.
-pub fn view(key: &ApiKeyRecord) -> Value {
-    json!({
-        "id": key.id,
-        "name": key.name,
-        "type": key.key_type,
-        "role": key.role,
-        "maskedValue": key.masked_value,
-        "account": key.account_id,
-        "project": key.project_id,
-        "enabled": key.enabled,
-        "created_by": key.created_by,
-        "updated_by": key.updated_by,
-        "created_at": iso(key.created_at_ms),
-        "updated_at": iso(key.updated_at_ms),
-        "expires_at": key.expires_at_ms.map_or(Value::Null, iso),
-    })
-}
-
-pub fn with_value(mut view: Value, value: &str) -> Value {
-    view["value"] = json!(value);
-    view
-}
-
-fn not_found() -> ApiError {
-    ApiError::not_found(
-        "apikey_not_found",
-        "no API key with this id in this project",
-    )
-}
+use crate::studio::jwt::JwtClaims;
+use crate::studio::view::{iso, view, with_value};
 
 /// The key named in the path, in the caller's account and project.
 async fn target(
@@ -282,14 +46,14 @@ async fn target(
     caller: &StudioCaller,
     id: &str,
 ) -> Result<ApiKeyRecord, ApiError> {
-    let id = ApiKeyId::parse(id).ok_or_else(not_found)?;
+    let id = ApiKeyId::parse(id).ok_or_else(apikey_not_found)?;
     let key = state
         .store
         .apikey(&caller.key.account_id, &id)
         .await?
-        .ok_or_else(not_found)?;
+        .ok_or_else(apikey_not_found)?;
     if key.project_id != caller.key.project_id {
-        return Err(not_found());
+        return Err(apikey_not_found());
     }
     Ok(key)
 }
@@ -518,7 +282,7 @@ pub async fn update(
             |current| caller.may_update(current, &asked),
         )
         .await?
-        .ok_or_else(not_found)?;
+        .ok_or_else(apikey_not_found)?;
     tracing::info!(apikey = %updated.id, by = %caller.key.id, "studio key updated");
     Ok(HttpResponse::Ok().json(view(&updated)))
 }
@@ -534,7 +298,7 @@ pub async fn delete(
     let key = target(&state, &caller, &path).await?;
     let deleted = state.store.delete_apikey(&key.account_id, &key.id).await?;
     if deleted == 0 {
-        return Err(not_found());
+        return Err(apikey_not_found());
     }
     tracing::info!(apikey = %key.id, by = %caller.key.id, "studio key deleted");
     Ok(HttpResponse::Ok().json(json!({ "acknowledged": true, "deletedCount": deleted })))
@@ -568,11 +332,7 @@ pub async fn token(
     // The token acts with the key's role, and never above the caller's —
     // for its own key too: a JWT exchanged for a new one keeps its grant
     // (`caller.role` is already min(JWT role, key's current role)).
-    let role = match key.key_type {
-        ApiKeyType::Pk => Role::Executor,
-        ApiKeyType::Sk => key.role,
-    }
-    .min(caller.role);
+    let role = key.key_type.acting_role(key.role).min(caller.role);
     let token = state.studio.jwt.issue(&JwtClaims {
         key_id: key.id.to_string(),
         account: key.account_id.to_string(),

@@ -13,16 +13,13 @@
 //! The call itself runs below HTTP (`gateway::run`); this file frames its
 //! answer as JSON, or its stream's events as Server-Sent Events.
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use ledger::model::Role;
-use ledger::KeyId;
 use serde_json::{json, Value};
 
-use super::apikeys::authenticate_studio;
+use super::caller::{no_budget, payer};
 use super::error::{apply_budget, ApiError};
-use super::extract::{bearer_token, json_object, paid_bearer};
+use super::extract::json_object;
 use crate::gateway::call::PaidCall;
 use crate::gateway::error::CallFailure;
 use crate::gateway::request::ChatRequest;
@@ -137,36 +134,4 @@ fn sse(json: &[u8]) -> Bytes {
 
 fn stalled_client() -> actix_web::Error {
     actix_web::error::ErrorRequestTimeout("the client stopped reading the stream")
-}
-
-/// Whose budget pays, and the Compose token that must match it: a Compose
-/// key pays from its own budget (proven by its token); a Studio key of role
-/// `executor` or above (sk, pk or JWT) pays from its project's budget key,
-/// which has no token of its own.
-async fn payer<'r>(
-    state: &AppState,
-    req: &'r HttpRequest,
-) -> Result<(KeyId, Option<&'r str>), ApiError> {
-    if bearer_token(req)?.starts_with("compose-") {
-        let (token, claims) = paid_bearer(state, req)?;
-        return Ok((claims.key_id, Some(token)));
-    }
-    let caller = authenticate_studio(state, req).await?;
-    caller.require_role(Role::Executor)?;
-    let project = state
-        .store
-        .project(&caller.key.account_id, &caller.key.project_id)
-        .await?
-        .ok_or_else(|| ApiError::internal(&"a key's project is missing"))?;
-    let key_id = project.budget_key_id.ok_or_else(no_budget)?;
-    Ok((key_id, None))
-}
-
-fn no_budget() -> ApiError {
-    ApiError::new(
-        StatusCode::PAYMENT_REQUIRED,
-        "no_budget",
-        "the key's project has no usable budget; an admin key sets one with \
-         PUT /api/v1/projects/{id}/budget",
-    )
 }

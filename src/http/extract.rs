@@ -4,129 +4,14 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
-use ledger::model::{KeyRecord, KeyStatus};
-use ledger::time::now_ms;
 use ledger::{Amount, ChainId, WalletAddress};
 use serde_json::{Map, Value};
-use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::auth::token::{token_sha256, Claims, TokenError};
 use crate::state::AppState;
 
 pub const WALLET_HEADER: &str = "x-session-user-address";
 pub const CHAIN_HEADER: &str = "x-chain-id";
-
-/// A caller whose bearer key verified and is active right now.
-pub struct Caller {
-    pub claims: Claims,
-    pub key: KeyRecord,
-}
-
-/// Verifies the bearer token (signature and expiry, no database), then loads
-/// the key to check it is still active: revocation and supersession take
-/// effect on the very next request.
-pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Caller, ApiError> {
-    let (token, claims) = verified_bearer(state, req)?;
-    let now = now_ms();
-    let key = state.store.key(&claims.key_id).await?.ok_or_else(|| {
-        ApiError::unauthorized(
-            "invalid_token",
-            "the bearer token is not a valid Compose key",
-        )
-    })?;
-    let stored = key.token_sha256.as_bytes();
-    if !bool::from(stored.ct_eq(token_sha256(token).as_bytes())) {
-        return Err(ApiError::unauthorized(
-            "invalid_token",
-            "the bearer token is not a valid Compose key",
-        ));
-    }
-    match key.status_at(now) {
-        KeyStatus::Active => Ok(Caller { claims, key }),
-        KeyStatus::Revoked => Err(ApiError::unauthorized(
-            "key_revoked",
-            "the key has been revoked",
-        )),
-        KeyStatus::Superseded => Err(ApiError::unauthorized(
-            "session_superseded",
-            "the key's session was replaced by a newer sign-in",
-        )),
-        KeyStatus::Expired => Err(ApiError::unauthorized("key_expired", "the key has expired")),
-    }
-}
-
-/// The bearer token and its claims, checked by signature and expiry only
-/// (no database): the paid path takes the key's status from its actor.
-pub fn verified_bearer<'r>(
-    state: &AppState,
-    req: &'r HttpRequest,
-) -> Result<(&'r str, Claims), ApiError> {
-    let token = bearer_token(req)?;
-    let claims = state.signer.verify(token, now_ms()).map_err(token_error)?;
-    Ok((token, claims))
-}
-
-/// The paid path's bearer check, done before the body is read. A key whose
-/// actor is running is proven by its token's SHA-256 against the stored hash
-/// (only the very token issued matches it; `PaidCall::open` compares again
-/// under its lease), so the Ed25519 signature — the costliest step of a call
-/// — is checked only when the key's actor has to be loaded, which keeps
-/// forged tokens from reaching the store.
-pub fn paid_bearer<'r>(
-    state: &AppState,
-    req: &'r HttpRequest,
-) -> Result<(&'r str, Claims), ApiError> {
-    let token = bearer_token(req)?;
-    let now = now_ms();
-    let claims = state
-        .signer
-        .decode_unverified(token, now)
-        .map_err(token_error)?;
-    match state.gateway.registry.loaded_token_sha256(&claims.key_id) {
-        Some(stored) => {
-            if !bool::from(stored.as_bytes().ct_eq(token_sha256(token).as_bytes())) {
-                return Err(token_error(TokenError::BadSignature));
-            }
-        }
-        None => {
-            state.signer.verify(token, now).map_err(token_error)?;
-        }
-    }
-    Ok((token, claims))
-}
-
-fn token_error(error: TokenError) -> ApiError {
-    match error {
-        TokenError::Expired => ApiError::unauthorized("key_expired", "the key has expired"),
-        TokenError::Malformed | TokenError::BadSignature => ApiError::unauthorized(
-            "invalid_token",
-            "the bearer token is not a valid Compose key",
-        ),
-    }
-}
-
-pub fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
-    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::unauthorized("missing_token", "send Authorization: Bearer <compose key>")
-    })?;
-    let text = value.to_str().map_err(|_| {
-        ApiError::unauthorized("invalid_token", "the Authorization header is not text")
-    })?;
-    let (scheme, token) = text.split_once(' ').ok_or_else(|| {
-        ApiError::unauthorized(
-            "invalid_token",
-            "the Authorization header must be \"Bearer <token>\"",
-        )
-    })?;
-    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(ApiError::unauthorized(
-            "invalid_token",
-            "the Authorization header must be \"Bearer <token>\"",
-        ));
-    }
-    Ok(token.trim())
-}
 
 fn header_text<'r>(req: &'r HttpRequest, name: &'static str) -> Result<Option<&'r str>, ApiError> {
     req.headers()
@@ -176,17 +61,6 @@ pub fn chain_header(state: &AppState, req: &HttpRequest) -> Result<Option<ChainI
         ));
     }
     Ok(Some(chain))
-}
-
-/// The caller's wallet must be the one the request is about.
-pub fn require_same_wallet(caller: &Caller, wallet: &WalletAddress) -> Result<(), ApiError> {
-    if caller.key.wallet != *wallet {
-        return Err(ApiError::forbidden(
-            "wallet_mismatch",
-            "the bearer key belongs to another wallet",
-        ));
-    }
-    Ok(())
 }
 
 /// Characters a name may not hold: controls, and the bidi overrides,
@@ -333,4 +207,56 @@ pub fn required_string<'b>(
     name: &'static str,
 ) -> Result<&'b str, ApiError> {
     string_field(body, name)?.ok_or_else(|| ApiError::invalid_field(name, "is required"))
+}
+
+/// Validates `name`: optional, bounded, no control characters.
+pub fn name_field(state: &AppState, body: &Map<String, Value>) -> Result<String, ApiError> {
+    let name = string_field(body, "name")?.unwrap_or("");
+    let max = state.settings.keys.name_max_chars;
+    if name.chars().count() > max {
+        return Err(ApiError::invalid_field(
+            "name",
+            format!("must be at most {max} characters"),
+        ));
+    }
+    if name.chars().any(unprintable_in_name) {
+        return Err(ApiError::invalid_field(
+            "name",
+            "must not contain control or bidi override/isolate characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Validates an optional `expiresAt` against now and the longest lifetime.
+pub fn expiry_field(
+    body: &Map<String, Value>,
+    now: i64,
+    default_ttl_ms: i64,
+    max_ttl_ms: i64,
+) -> Result<i64, ApiError> {
+    match millis_field(body, "expiresAt")? {
+        None => Ok(now.saturating_add(default_ttl_ms)),
+        Some(at) if at <= now => Err(ApiError::invalid_field(
+            "expiresAt",
+            "must be in the future",
+        )),
+        Some(at) if at > now.saturating_add(max_ttl_ms) => Err(ApiError::invalid_field(
+            "expiresAt",
+            format!("must be at most {max_ttl_ms} ms from now"),
+        )),
+        Some(at) => Ok(at),
+    }
+}
+
+/// Validates a budget against the configured maximum.
+pub fn budget_within_max(state: &AppState, budget: Amount) -> Result<Amount, ApiError> {
+    let max = state.settings.keys.budget_max_atomic;
+    if budget.atomic() > max {
+        return Err(ApiError::invalid_field(
+            "budgetLimit",
+            format!("must be at most {max} (USDC atomic units)"),
+        ));
+    }
+    Ok(budget)
 }

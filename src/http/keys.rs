@@ -3,133 +3,18 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actors::budget::BudgetStatus;
-use ledger::model::{ChargeRecord, KeyRecord, NewKey, Purpose};
+use ledger::model::{KeyRecord, NewKey, Purpose};
 use ledger::time::now_ms;
-use ledger::{Amount, ChainId, KeyId};
-use serde_json::{json, Map, Value};
+use ledger::{ChainId, KeyId};
+use serde_json::{json, Value};
 
+use super::caller::{authenticate, require_same_wallet, Caller};
 use super::error::ApiError;
-use super::extract::{
-    self, authenticate, chain_header, require_same_wallet, wallet_header, Caller,
-};
-use crate::auth::token::{token_sha256, Claims};
+use super::extract::{self, chain_header, wallet_header};
+use super::extract::{budget_within_max, expiry_field, name_field};
+use super::views::{charge_json, created_key_json, key_json};
 use crate::gateway::revocation::stop_keys;
 use crate::state::AppState;
-
-/// The JSON view of a key: budget state, never token material.
-pub fn key_json(key: &KeyRecord) -> Value {
-    json!({
-        "keyId": key.id,
-        "name": key.name,
-        "purpose": key.purpose,
-        "chainId": key.chain_id,
-        "owner": key.wallet,
-        "budgetLimit": key.budget_limit,
-        "budgetUsed": key.budget_used,
-        "budgetRemaining": key.budget_remaining(),
-        "status": key.status_at(now_ms()),
-        "createdAt": key.created_at_ms,
-        "expiresAt": key.expires_at_ms,
-        "revokedAt": key.revoked_at_ms,
-    })
-}
-
-/// A key's JSON view plus its token: only ever at creation.
-pub fn created_key_json(key: &KeyRecord, token: &str) -> Value {
-    let mut view = key_json(key);
-    view["token"] = json!(token);
-    view
-}
-
-fn charge_json(charge: &ChargeRecord) -> Value {
-    json!({
-        "requestId": charge.request_id,
-        "model": charge.model,
-        "priceVersion": charge.price_version,
-        "inputTokens": charge.input_tokens,
-        "outputTokens": charge.output_tokens,
-        "amount": charge.amount,
-        // What the upstream reported; an estimate when it reported nothing.
-        "reportedInputTokens": charge.reported.map(|(input, _)| input),
-        "reportedOutputTokens": charge.reported.map(|(_, output)| output),
-        "estimated": charge.reported.is_none(),
-        "status": charge.status,
-        "batchId": charge.batch_id,
-        "txHash": charge.tx_hash,
-        "createdAt": charge.created_at_ms,
-    })
-}
-
-/// Mints a token for `key` and the record to store with it.
-pub fn mint(state: &AppState, key: NewKey) -> (NewKey, String) {
-    let token = state.signer.issue(&Claims {
-        key_id: key.id.clone(),
-        wallet: key.wallet,
-        chain_id: key.chain_id,
-        purpose: key.purpose,
-        session_id: key.session_id.clone(),
-        expires_at_ms: key.expires_at_ms,
-    });
-    (
-        NewKey {
-            token_sha256: token_sha256(&token),
-            ..key
-        },
-        token,
-    )
-}
-
-/// Validates `name`: optional, bounded, no control characters.
-pub fn name_field(state: &AppState, body: &Map<String, Value>) -> Result<String, ApiError> {
-    let name = extract::string_field(body, "name")?.unwrap_or("");
-    let max = state.settings.keys.name_max_chars;
-    if name.chars().count() > max {
-        return Err(ApiError::invalid_field(
-            "name",
-            format!("must be at most {max} characters"),
-        ));
-    }
-    if name.chars().any(extract::unprintable_in_name) {
-        return Err(ApiError::invalid_field(
-            "name",
-            "must not contain control or bidi override/isolate characters",
-        ));
-    }
-    Ok(name.to_owned())
-}
-
-/// Validates an optional `expiresAt` against now and the longest lifetime.
-pub fn expiry_field(
-    body: &Map<String, Value>,
-    now: i64,
-    default_ttl_ms: i64,
-    max_ttl_ms: i64,
-) -> Result<i64, ApiError> {
-    match extract::millis_field(body, "expiresAt")? {
-        None => Ok(now.saturating_add(default_ttl_ms)),
-        Some(at) if at <= now => Err(ApiError::invalid_field(
-            "expiresAt",
-            "must be in the future",
-        )),
-        Some(at) if at > now.saturating_add(max_ttl_ms) => Err(ApiError::invalid_field(
-            "expiresAt",
-            format!("must be at most {max_ttl_ms} ms from now"),
-        )),
-        Some(at) => Ok(at),
-    }
-}
-
-/// Validates a budget against the configured maximum.
-pub fn budget_within_max(state: &AppState, budget: Amount) -> Result<Amount, ApiError> {
-    let max = state.settings.keys.budget_max_atomic;
-    if budget.atomic() > max {
-        return Err(ApiError::invalid_field(
-            "budgetLimit",
-            format!("must be at most {max} (USDC atomic units)"),
-        ));
-    }
-    Ok(budget)
-}
 
 /// `POST /api/keys`: a session key of the wallet creates a key after the
 /// funding check.
@@ -200,21 +85,18 @@ pub async fn create(
         }
     };
     let name = name_field(&state, &body)?;
-    let (new_key, token) = mint(
-        &state,
-        NewKey {
-            id: KeyId::generate(),
-            token_sha256: String::new(),
-            wallet,
-            chain_id: chain,
-            purpose,
-            session_id,
-            name,
-            budget_limit: budget,
-            created_at_ms: now,
-            expires_at_ms,
-        },
-    );
+    let (new_key, token) = state.signer.mint(NewKey {
+        id: KeyId::generate(),
+        token_sha256: String::new(),
+        wallet,
+        chain_id: chain,
+        purpose,
+        session_id,
+        name,
+        budget_limit: budget,
+        created_at_ms: now,
+        expires_at_ms,
+    });
     // Checked again in the inserting transaction: a sign-in that supersedes
     // the caller's session meanwhile wins, and this creation is refused.
     let key = state

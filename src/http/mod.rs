@@ -7,13 +7,18 @@
 //! * [`chat`] — `POST /external/v1/chat/completions`, the paid call.
 //! * [`models`] — `GET /external/v1/models`.
 //! * [`health`] — `/healthz`, `/readyz`.
-//! * [`extract`] — headers, bounded JSON bodies, bearer authentication.
+//! * [`caller`] — who is calling (Compose key, Studio key or JWT), the budget
+//!   a paid call spends from, the project a Studio key acts on. No handler
+//!   file imports another.
+//! * [`extract`] — headers, bounded JSON bodies and fields.
+//! * [`views`] — the JSON views of Compose keys and charges.
 //! * [`rate_limit`] — per-address token buckets for the free sign-in routes.
 //! * [`error`] — [`error::ApiError`], the one mapping of errors to responses.
 
 use actix_web::web;
 
 pub mod apikeys;
+pub mod caller;
 pub mod chat;
 pub mod error;
 pub mod extract;
@@ -23,6 +28,7 @@ pub mod models;
 pub mod projects;
 pub mod rate_limit;
 pub mod sessions;
+pub mod views;
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {

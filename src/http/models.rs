@@ -4,9 +4,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::apikeys::authenticate_studio;
+use super::caller::{authenticate, authenticate_studio, bearer_token};
 use super::error::ApiError;
-use super::extract::{authenticate, bearer_token};
 use crate::state::AppState;
 use ledger::model::Role;
 

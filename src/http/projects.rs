@@ -12,14 +12,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actors::budget::BudgetStatus;
 use ledger::model::{KeyRecord, NewKey, ProjectRecord, Purpose, Role};
 use ledger::time::now_ms;
-use ledger::{KeyId, ProjectId};
+use ledger::KeyId;
 use rand::RngCore;
 use serde_json::json;
 
-use super::apikeys::{authenticate_studio, StudioCaller};
+use super::caller::{authenticate_studio, own_project};
 use super::error::ApiError;
 use super::extract;
-use super::keys::budget_within_max;
+use super::extract::budget_within_max;
 use crate::auth::token::token_sha256;
 use crate::gateway::revocation::stop_keys;
 use crate::state::AppState;
@@ -35,29 +35,6 @@ fn budget_json(project: &ProjectRecord, key: &KeyRecord) -> serde_json::Value {
         "chainId": key.chain_id,
         "owner": key.wallet,
     })
-}
-
-/// The caller's own project, named by id: another account's (or an unknown
-/// one) is 404, another project of the account 403.
-pub(super) async fn own_project(
-    state: &AppState,
-    caller: &StudioCaller,
-    id: &str,
-) -> Result<ProjectRecord, ApiError> {
-    let missing = || ApiError::not_found("project_not_found", "no such project in this account");
-    let id = ProjectId::parse(id).ok_or_else(missing)?;
-    let project = state
-        .store
-        .project(&caller.key.account_id, &id)
-        .await?
-        .ok_or_else(missing)?;
-    if project.id != caller.key.project_id {
-        return Err(ApiError::forbidden(
-            "project_mismatch",
-            "a key acts only on its own project",
-        ));
-    }
-    Ok(project)
 }
 
 /// `GET /api/v1/projects/{id}/budget` (reader and above).

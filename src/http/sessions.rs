@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::extract;
-use super::keys::{budget_within_max, created_key_json, mint, name_field};
+use super::extract::{budget_within_max, name_field};
+use super::views::created_key_json;
 use crate::auth::siwe::{self, SiweError, SiweExpectations};
 use crate::gateway::revocation::stop_keys;
 use crate::state::AppState;
@@ -108,25 +109,22 @@ pub async fn sign_in(
         expires_at_ms = expires_at_ms.min(at);
     }
     let session_id = SessionId::generate();
-    let (key, token) = mint(
-        &state,
-        NewKey {
-            id: KeyId::generate(),
-            token_sha256: String::new(),
-            wallet: siwe.address,
-            chain_id: siwe.chain_id,
-            purpose: Purpose::Session,
-            session_id: Some(session_id.clone()),
-            name: if name.is_empty() {
-                "session".to_owned()
-            } else {
-                name
-            },
-            budget_limit: budget,
-            created_at_ms: now,
-            expires_at_ms,
+    let (key, token) = state.signer.mint(NewKey {
+        id: KeyId::generate(),
+        token_sha256: String::new(),
+        wallet: siwe.address,
+        chain_id: siwe.chain_id,
+        purpose: Purpose::Session,
+        session_id: Some(session_id.clone()),
+        name: if name.is_empty() {
+            "session".to_owned()
+        } else {
+            name
         },
-    );
+        budget_limit: budget,
+        created_at_ms: now,
+        expires_at_ms,
+    });
     // The replaced session's keys stop on their next call, not after a TTL;
     // those with no call in flight free their budget for this sign-in.
     let replaced = state

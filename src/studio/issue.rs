@@ -28,10 +28,7 @@ pub fn mint(
     spec: KeySpec,
 ) -> Result<(ApiKeyRecord, String), SecretsError> {
     // A public key is always an executor (the store's CHECK says so too).
-    let role = match spec.key_type {
-        ApiKeyType::Pk => Role::Executor,
-        ApiKeyType::Sk => spec.role,
-    };
+    let role = spec.key_type.acting_role(spec.role);
     let id = ApiKeyId::generate();
     let value = new_value(spec.key_type);
     let value_sealed = match spec.key_type {

@@ -55,14 +55,6 @@ impl Store {
         Ok(record)
     }
 
-    /// Adds a project to an existing account.
-    pub async fn create_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        insert_project(&mut tx, project).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// One account.
     pub async fn account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
         let row = sqlx::query(
