@@ -40,7 +40,7 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     pub studio: StudioSettings,
     pub settlement: SettlementSettings,
-    pub chains: BTreeMap<String, ChainSettings>,
+    pub chains: BTreeMap<ChainKey, ChainSettings>,
     pub models: BTreeMap<String, ModelSettings>,
 }
 
@@ -60,8 +60,18 @@ pub struct HttpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
-    pub format: String,
+    pub format: LogFormat,
     pub filter: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// For log pipelines.
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,7 +84,31 @@ pub struct StoreSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
-    pub url: String,
+    pub url: QueueUrl,
+}
+
+/// Where completed calls are queued: in process, or a RabbitMQ broker.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum QueueUrl {
+    /// `memory://`: the embedded default.
+    Memory,
+    /// `amqp://user:pass@host:port/vhost`.
+    Amqp(String),
+}
+
+impl TryFrom<String> for QueueUrl {
+    type Error = String;
+
+    fn try_from(url: String) -> Result<QueueUrl, String> {
+        if url == "memory://" {
+            Ok(QueueUrl::Memory)
+        } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
+            Ok(QueueUrl::Amqp(url))
+        } else {
+            Err("queue.url must be memory:// or amqp://…".to_owned())
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,7 +196,17 @@ pub struct StudioSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettlementSettings {
-    pub mode: String,
+    pub mode: SettlementMode,
+}
+
+/// How charges settle (DESIGN §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SettlementMode {
+    /// Prepaid balances credited by an operator.
+    Ledger,
+    /// The settlement contract on each key's chain.
+    Evm,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,7 +219,7 @@ pub struct ChainSettings {
 #[serde(deny_unknown_fields)]
 pub struct ModelSettings {
     /// "echo" (built in) or an OpenAI-compatible base URL (…/v1).
-    pub upstream: String,
+    pub upstream: UpstreamSetting,
     /// The model name sent upstream; empty means this model's own name.
     #[serde(default)]
     pub upstream_model: String,
@@ -214,6 +258,52 @@ pub struct ModelSettings {
     pub require_usage: bool,
 }
 
+/// A model's upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum UpstreamSetting {
+    /// The built-in deterministic model.
+    Echo,
+    /// An OpenAI-compatible base URL (`…/v1`, no trailing slash).
+    OpenAi(String),
+}
+
+impl TryFrom<String> for UpstreamSetting {
+    type Error = String;
+
+    fn try_from(upstream: String) -> Result<UpstreamSetting, String> {
+        if upstream == "echo" {
+            Ok(UpstreamSetting::Echo)
+        } else if upstream.starts_with("http://") || upstream.starts_with("https://") {
+            Ok(UpstreamSetting::OpenAi(
+                upstream.trim_end_matches('/').to_owned(),
+            ))
+        } else {
+            Err(format!(
+                "a model's upstream must be \"echo\" or an http(s):// base URL, got {upstream:?}"
+            ))
+        }
+    }
+}
+
+/// A `[chains.ID]` table's name: a chain id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ChainKey(pub ChainId);
+
+impl TryFrom<String> for ChainKey {
+    type Error = String;
+
+    fn try_from(id: String) -> Result<ChainKey, String> {
+        match id.parse::<u64>() {
+            Ok(n) if n > 0 && i64::try_from(n).is_ok() => Ok(ChainKey(ChainId(n))),
+            _ => Err(format!(
+                "chains.{id}: the table name must be a chain id (a positive integer)"
+            )),
+        }
+    }
+}
+
 fn both_bounds() -> Vec<String> {
     vec!["max_tokens".into(), "max_completion_tokens".into()]
 }
@@ -224,6 +314,146 @@ fn yes() -> bool {
 
 fn one() -> u64 {
     1
+}
+
+/// `value` must lie in `low..=high` (in the setting's own units).
+fn within<T: PartialOrd + std::fmt::Display>(
+    setting: &str,
+    value: T,
+    low: T,
+    high: T,
+) -> Result<(), SettingsError> {
+    if value < low || value > high {
+        return Err(invalid(
+            setting,
+            format!("must be between {low} and {high}"),
+        ));
+    }
+    Ok(())
+}
+
+impl HttpSettings {
+    /// Checks the section; answers the address to bind.
+    fn validate(&self) -> Result<SocketAddr, SettingsError> {
+        let bind = self.bind.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "http.bind",
+                format!("must be ADDRESS:PORT, got {:?}", self.bind),
+            )
+        })?;
+        within(
+            "http.json_body_max_bytes",
+            self.json_body_max_bytes,
+            1,
+            16 * 1024 * 1024,
+        )?;
+        within("http.body_timeout_ms", self.body_timeout_ms, 1, 600_000)?;
+        within(
+            "http.shutdown_timeout_ms",
+            self.shutdown_timeout_ms,
+            1,
+            3_600_000,
+        )?;
+        Ok(bind)
+    }
+}
+
+impl StoreSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if ledger::store::Backend::of_url(&self.url).is_none() {
+            return Err(invalid(
+                "store.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        within("store.max_connections", self.max_connections, 1, 1_000)
+    }
+}
+
+impl QueueSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if self.url != QueueUrl::Memory {
+            return Err(invalid(
+                "queue.url",
+                "amqp:// arrives with the workers; this build runs memory:// only",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AuthSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        for (name, value) in [
+            ("auth.nonce_ttl_ms", self.nonce_ttl_ms),
+            (
+                "auth.siwe_issued_at_max_age_ms",
+                self.siwe_issued_at_max_age_ms,
+            ),
+            ("auth.clock_skew_ms", self.clock_skew_ms),
+            ("auth.session_ttl_ms", self.session_ttl_ms),
+        ] {
+            within(name, value, 1, i64::MAX)?;
+        }
+        within("auth.sign_in_burst", self.sign_in_burst, 1, u32::MAX)?;
+        within("auth.sign_in_per_s", self.sign_in_per_s, 1, u32::MAX)
+    }
+}
+
+impl KeySettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        within("keys.max_ttl_ms", self.max_ttl_ms, 1, i64::MAX)?;
+        within(
+            "keys.default_ttl_ms",
+            self.default_ttl_ms,
+            1,
+            self.max_ttl_ms,
+        )?;
+        if ledger::Amount::from_atomic(self.budget_max_atomic).is_none() {
+            return Err(invalid(
+                "keys.budget_max_atomic",
+                "is beyond the largest storable amount",
+            ));
+        }
+        within(
+            "keys.max_active_per_wallet",
+            self.max_active_per_wallet,
+            1,
+            u32::MAX,
+        )
+    }
+}
+
+impl StudioSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        within("studio.jwt_ttl_ms", self.jwt_ttl_ms, 1, i64::MAX)?;
+        within("studio.pk_ttl_max_s", self.pk_ttl_max_s, 1, 365 * 86_400)?;
+        within(
+            "studio.pk_ttl_default_s",
+            self.pk_ttl_default_s,
+            1,
+            self.pk_ttl_max_s,
+        )?;
+        within(
+            "studio.keys_per_project_max",
+            self.keys_per_project_max,
+            1,
+            u32::MAX,
+        )?;
+        within("studio.name_max_chars", self.name_max_chars, 1, usize::MAX)
+    }
+}
+
+impl SettlementSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if self.mode != SettlementMode::Ledger {
+            return Err(invalid(
+                "settlement.mode",
+                "\"evm\" arrives with settlement; this build runs \"ledger\" only",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A list from a file, or a comma-separated string from the environment.
@@ -285,143 +515,17 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
-        let bind = self.http.bind.parse::<SocketAddr>().map_err(|_| {
-            invalid(
-                "http.bind",
-                format!("must be ADDRESS:PORT, got {:?}", self.http.bind),
-            )
-        })?;
+        let bind = self.http.validate()?;
         self.validate_siwe_domains(bind)?;
-        if self.http.body_timeout_ms == 0 || self.http.body_timeout_ms > 600_000 {
-            return Err(invalid(
-                "http.body_timeout_ms",
-                "must be between 1 and 600000 milliseconds",
-            ));
-        }
-        if self.http.shutdown_timeout_ms == 0 || self.http.shutdown_timeout_ms > 3_600_000 {
-            return Err(invalid(
-                "http.shutdown_timeout_ms",
-                "must be between 1 and 3600000 milliseconds",
-            ));
-        }
-        if self.auth.sign_in_burst == 0 || self.auth.sign_in_per_s == 0 {
-            return Err(invalid(
-                "auth.sign_in_burst",
-                "auth.sign_in_burst and auth.sign_in_per_s must be at least 1",
-            ));
-        }
-        if self.http.json_body_max_bytes == 0 || self.http.json_body_max_bytes > 16 * 1024 * 1024 {
-            return Err(invalid(
-                "http.json_body_max_bytes",
-                "must be between 1 and 16777216",
-            ));
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(invalid("log.format", "must be \"text\" or \"json\""));
-        }
-        let store = &self.store.url;
-        if !(store.starts_with("sqlite:")
-            || store.starts_with("postgres://")
-            || store.starts_with("postgresql://"))
-        {
-            return Err(invalid(
-                "store.url",
-                "must start with sqlite:// or postgres://",
-            ));
-        }
-        if self.store.max_connections == 0 || self.store.max_connections > 1_000 {
-            return Err(invalid(
-                "store.max_connections",
-                "must be between 1 and 1000",
-            ));
-        }
-        if self.queue.url != "memory://" && !self.queue.url.starts_with("amqp://") {
-            return Err(invalid("queue.url", "must be memory:// or amqp://…"));
-        }
-        if self.queue.url != "memory://" {
-            return Err(invalid(
-                "queue.url",
-                "amqp:// arrives with the workers; this build runs memory:// only",
-            ));
-        }
-        for (name, value) in [
-            ("auth.nonce_ttl_ms", self.auth.nonce_ttl_ms),
-            (
-                "auth.siwe_issued_at_max_age_ms",
-                self.auth.siwe_issued_at_max_age_ms,
-            ),
-            ("auth.clock_skew_ms", self.auth.clock_skew_ms),
-            ("auth.session_ttl_ms", self.auth.session_ttl_ms),
-            ("keys.default_ttl_ms", self.keys.default_ttl_ms),
-            ("keys.max_ttl_ms", self.keys.max_ttl_ms),
-        ] {
-            if value <= 0 {
-                return Err(invalid(name, "must be a positive number of milliseconds"));
-            }
-        }
-        if self.keys.default_ttl_ms > self.keys.max_ttl_ms {
-            return Err(invalid(
-                "keys.default_ttl_ms",
-                "must not exceed keys.max_ttl_ms",
-            ));
-        }
-        if ledger::Amount::from_atomic(self.keys.budget_max_atomic).is_none() {
-            return Err(invalid(
-                "keys.budget_max_atomic",
-                "is beyond the largest storable amount",
-            ));
-        }
-        if self.keys.max_active_per_wallet == 0 {
-            return Err(invalid("keys.max_active_per_wallet", "must be at least 1"));
-        }
+        self.store.validate()?;
+        self.queue.validate()?;
+        self.auth.validate()?;
+        self.keys.validate()?;
         self.validate_gateway()?;
-        let studio = &self.studio;
-        if studio.jwt_ttl_ms <= 0 {
-            return Err(invalid(
-                "studio.jwt_ttl_ms",
-                "must be a positive number of milliseconds",
-            ));
-        }
-        if studio.pk_ttl_max_s <= 0 || studio.pk_ttl_max_s > 365 * 86_400 {
-            return Err(invalid(
-                "studio.pk_ttl_max_s",
-                "must be between 1 and 31536000 seconds",
-            ));
-        }
-        if studio.pk_ttl_default_s <= 0 || studio.pk_ttl_default_s > studio.pk_ttl_max_s {
-            return Err(invalid(
-                "studio.pk_ttl_default_s",
-                "must be positive and at most studio.pk_ttl_max_s",
-            ));
-        }
-        if studio.keys_per_project_max == 0 || studio.name_max_chars == 0 {
-            return Err(invalid(
-                "studio.keys_per_project_max",
-                "and studio.name_max_chars must be at least 1",
-            ));
-        }
-        if self.settlement.mode != "ledger" {
-            return Err(invalid(
-                "settlement.mode",
-                format!(
-                    "{:?} is not available in this build; use \"ledger\"",
-                    self.settlement.mode
-                ),
-            ));
-        }
+        self.studio.validate()?;
+        self.settlement.validate()?;
         if self.chains.is_empty() {
             return Err(invalid("chains", "must configure at least one chain"));
-        }
-        for id in self.chains.keys() {
-            match id.parse::<u64>() {
-                Ok(n) if n > 0 && i64::try_from(n).is_ok() => {}
-                _ => {
-                    return Err(invalid(
-                        format!("chains.{id}"),
-                        "the table name must be a chain id (a positive integer)",
-                    ))
-                }
-            }
         }
         Ok(())
     }
@@ -512,15 +616,6 @@ impl Settings {
         }
         for (name, model) in &self.models {
             let setting = |field: &str| format!("models.{name}.{field}");
-            if model.upstream != "echo"
-                && !(model.upstream.starts_with("http://")
-                    || model.upstream.starts_with("https://"))
-            {
-                return Err(invalid(
-                    setting("upstream"),
-                    "must be \"echo\" or an http(s):// base URL",
-                ));
-            }
             if model.max_output_tokens == 0 || model.max_output_tokens > 10_000_000 {
                 return Err(invalid(
                     setting("max_output_tokens"),
@@ -561,11 +656,7 @@ impl Settings {
 
     /// The configured chain ids.
     pub fn chain_ids(&self) -> Vec<ChainId> {
-        self.chains
-            .keys()
-            .filter_map(|k| k.parse().ok())
-            .map(ChainId)
-            .collect()
+        self.chains.keys().map(|key| key.0).collect()
     }
 
     /// The default chain: the lowest configured chain id.
@@ -590,8 +681,10 @@ mod tests {
         let s = load(&[]).unwrap();
         assert_eq!(s.http.bind, "127.0.0.1:8080");
         assert_eq!(s.store.url, "sqlite://data/tollgate.db");
-        assert_eq!(s.queue.url, "memory://");
-        assert_eq!(s.settlement.mode, "ledger");
+        assert_eq!(s.queue.url, QueueUrl::Memory);
+        assert_eq!(s.settlement.mode, SettlementMode::Ledger);
+        assert_eq!(s.log.format, LogFormat::Text);
+        assert_eq!(s.models["echo"].upstream, UpstreamSetting::Echo);
         assert_eq!(s.chain_ids(), vec![ChainId(43113)]);
         assert!(s.models.contains_key("echo"));
     }
@@ -652,5 +745,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("auth.siwe_domains"), "{err}");
+    }
+
+    #[test]
+    fn typed_values_are_parsed_at_load_and_errors_name_them() {
+        for (key, value, named) in [
+            ("TOLLGATE__LOG__FORMAT", "xml", "format"),
+            ("TOLLGATE__QUEUE__URL", "redis://x", "queue.url"),
+            ("TOLLGATE__SETTLEMENT__MODE", "magic", "mode"),
+            ("TOLLGATE__MODELS__ECHO__UPSTREAM", "ftp://x", "upstream"),
+            ("TOLLGATE__CHAINS__ABC__NAME", "x", "chains.abc"),
+        ] {
+            let err = load(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
+        let s = load(&[(
+            "TOLLGATE__MODELS__ECHO__UPSTREAM",
+            "https://api.example.com/v1/",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.models["echo"].upstream,
+            UpstreamSetting::OpenAi("https://api.example.com/v1".into())
+        );
+        let err = load(&[("TOLLGATE__SETTLEMENT__MODE", "evm")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("settlement.mode"), "{err}");
     }
 }

@@ -12,7 +12,7 @@ pub fn init(settings: &LogSettings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if settings.format == "json" {
+    let _ = if settings.format == crate::settings::LogFormat::Json {
         builder.json().try_init()
     } else {
         builder.try_init()

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use workers::ledger_writer::LedgerWriter;
 use workers::sink::ChargeSink;
 
-use crate::settings::Settings;
+use crate::settings::{Settings, UpstreamSetting};
 use crate::upstream::echo::Echo;
 use crate::upstream::openai::{ClientConfig, OpenAiUpstream};
 use crate::upstream::Upstream;
@@ -121,15 +121,14 @@ impl Gateway {
             .models
             .iter()
             .map(|(name, m)| {
-                let upstream = if m.upstream == "echo" {
-                    Upstream::Echo(Echo {
+                let upstream = match &m.upstream {
+                    UpstreamSetting::Echo => Upstream::Echo(Echo {
                         model: name.clone(),
                         word_delay_ms: m.echo_word_delay_ms,
-                    })
-                } else {
-                    Upstream::OpenAi(OpenAiUpstream {
+                    }),
+                    UpstreamSetting::OpenAi(base_url) => Upstream::OpenAi(OpenAiUpstream {
                         client,
-                        base_url: m.upstream.trim_end_matches('/').to_owned(),
+                        base_url: base_url.clone(),
                         upstream_model: if m.upstream_model.is_empty() {
                             name.clone()
                         } else {
@@ -138,7 +137,7 @@ impl Gateway {
                         api_key: m.api_key.clone().filter(|k| !k.is_empty()),
                         timeout: timeouts.upstream,
                         max_tokens_fields: m.max_tokens_fields.clone(),
-                    })
+                    }),
                 };
                 let model = Model {
                     name: name.clone(),

@@ -45,6 +45,19 @@ pub enum Backend {
     Sqlite,
 }
 
+impl Backend {
+    /// The database a store URL names: `sqlite:…` or `postgres(ql)://…`.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
 /// How long a key's unspent budget stays committed against its wallet after
 /// the key stops (revoked, superseded, expired) when nobody reports its calls
 /// drained: the longest a hold can live. The binary sets it from its
@@ -65,13 +78,8 @@ impl Store {
     /// created when missing.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres
-        } else {
-            return Err(StoreError::UnsupportedUrl(redact_url(url)));
-        };
+        let backend =
+            Backend::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl(redact_url(url)))?;
         let url = match backend {
             Backend::Sqlite => prepare_sqlite_url(url)?,
             Backend::Postgres => url.to_owned(),
