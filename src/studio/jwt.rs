@@ -4,13 +4,18 @@
 //!
 //! Compact JWS (RFC 7515/7519) signed with EdDSA (Ed25519, RFC 8037) by the
 //! server's signing key — the one Compose tokens use, so there is one key to
-//! keep and rotate. Verification accepts only what [`JwtSigner::issue`]
-//! makes: alg `EdDSA`, our `kid`, our issuer. Clients tell a JWT from an
-//! `sk-`/`pk-` value by its shape ([`looks_like_jwt`]).
+//! keep and rotate — through the `jsonwebtoken` crate. Verification accepts
+//! only what [`JwtSigner::issue`] makes, pinned beyond the crate's own
+//! `Validation` (algorithm EdDSA, issuer `tollgate`): our `kid`, no `crit`
+//! header, a `sub` naming the key, and expiry checked against the caller's
+//! clock. Clients tell a JWT from an `sk-`/`pk-` value by its shape
+//! ([`looks_like_jwt`]).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -25,6 +30,11 @@ pub const JWT_MAX_BYTES: usize = 4_096;
 const SUBJECT_PREFIX: &str = "apikey:";
 /// Hex characters of SHA-256(public key) in a `kid`.
 const KID_HEX_CHARS: usize = 16;
+/// PKCS#8 v1 framing of an Ed25519 private key (RFC 8410): this prefix, then
+/// the 32-byte seed. `jsonwebtoken` takes EdDSA signing keys in this form.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
 
 /// What a Studio JWT asserts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,19 +46,6 @@ pub struct JwtClaims {
     pub key_type: String,
     pub issued_at_s: i64,
     pub expires_at_s: i64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WireHeader {
-    alg: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    typ: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    kid: Option<String>,
-    /// Extensions a verifier must understand (RFC 7515 §4.1.11); we
-    /// understand none, so a token naming any is refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    crit: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,9 +82,14 @@ pub enum JwtError {
 /// Issues and verifies Studio JWTs, and publishes the key that verifies them.
 #[derive(Clone)]
 pub struct JwtSigner {
+    /// Kept for the tests, which forge tokens with it.
+    #[cfg(test)]
     signing: SigningKey,
-    verifying: VerifyingKey,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    public_key: [u8; 32],
     kid: String,
+    validation: Validation,
 }
 
 impl std::fmt::Debug for JwtSigner {
@@ -103,13 +105,26 @@ impl JwtSigner {
     /// A signer for `signing`; its `kid` is the first 16 hex characters of
     /// SHA-256 of the public key.
     pub fn new(signing: SigningKey) -> JwtSigner {
-        let verifying = signing.verifying_key();
-        let mut kid = hex::encode(Sha256::digest(verifying.as_bytes()));
+        let public_key = signing.verifying_key().to_bytes();
+        let mut kid = hex::encode(Sha256::digest(public_key));
         kid.truncate(KID_HEX_CHARS);
+        let mut pkcs8 = ED25519_PKCS8_PREFIX.to_vec();
+        pkcs8.extend_from_slice(&signing.to_bytes());
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["iss", "sub", "exp"]);
+        // Expiry is checked against the caller's clock below, with no leeway.
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
         JwtSigner {
-            signing,
-            verifying,
+            #[cfg(test)]
+            signing: signing.clone(),
+            encoding: EncodingKey::from_ed_der(&pkcs8),
+            decoding: DecodingKey::from_ed_der(&public_key),
+            public_key,
             kid,
+            validation,
         }
     }
 
@@ -120,12 +135,8 @@ impl JwtSigner {
 
     /// Signs `claims` into a compact JWS: `header.payload.signature`.
     pub fn issue(&self, claims: &JwtClaims) -> String {
-        let header = WireHeader {
-            alg: ALGORITHM.to_owned(),
-            typ: Some("JWT".to_owned()),
-            kid: Some(self.kid.clone()),
-            crit: None,
-        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
         let wire = WireClaims {
             iss: ISSUER.to_owned(),
             sub: format!("{SUBJECT_PREFIX}{}", claims.key_id),
@@ -137,35 +148,33 @@ impl JwtSigner {
             iat: claims.issued_at_s,
             exp: claims.expires_at_s,
         };
-        // Serializing structs of strings and integers cannot fail.
-        let header = serde_json::to_vec(&header).unwrap_or_default();
-        let payload = serde_json::to_vec(&wire).unwrap_or_default();
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header),
-            URL_SAFE_NO_PAD.encode(payload)
-        );
-        let signature = self.signing.sign(signing_input.as_bytes());
-        format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature.to_bytes())
-        )
+        // Our key is a valid Ed25519 key and the claims plain strings and
+        // integers: signing cannot fail.
+        jsonwebtoken::encode(&header, &wire, &self.encoding).unwrap_or_default()
     }
 
-    /// Checks a token's form, header (alg `EdDSA`, our `kid`), signature,
-    /// issuer and expiry (`exp <= now_s` is expired); returns its claims.
+    /// Checks a token's form, header (alg `EdDSA`, our `kid`, no `crit`),
+    /// signature, issuer, subject and expiry (`exp <= now_s` is expired);
+    /// returns its claims.
     pub fn verify(&self, token: &str, now_s: i64) -> Result<JwtClaims, JwtError> {
-        if token.len() > JWT_MAX_BYTES {
+        if token.len() > JWT_MAX_BYTES || token.split('.').count() != 3 {
             return Err(JwtError::Malformed);
         }
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(JwtError::Malformed);
-        };
-        let header: WireHeader = decode_json(header_b64)?;
-        if header.alg != ALGORITHM {
+        // The algorithm first, by name: `none` and names the crate does not
+        // know are refused as such, not as malformed.
+        let alg = token
+            .split('.')
+            .next()
+            .and_then(|part| URL_SAFE_NO_PAD.decode(part).ok())
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .ok_or(JwtError::Malformed)?
+            .get("alg")
+            .and_then(|alg| alg.as_str().map(str::to_owned));
+        if alg.as_deref() != Some(ALGORITHM) {
+            return Err(JwtError::UnsupportedAlgorithm);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(refusal)?;
+        if header.alg != Algorithm::EdDSA {
             return Err(JwtError::UnsupportedAlgorithm);
         }
         if header.crit.is_some() {
@@ -174,23 +183,9 @@ impl JwtSigner {
         if header.kid.as_deref() != Some(self.kid.as_str()) {
             return Err(JwtError::UnknownKey);
         }
-        let signature_bytes: [u8; 64] = URL_SAFE_NO_PAD
-            .decode(signature_b64)
-            .map_err(|_| JwtError::Malformed)?
-            .try_into()
-            .map_err(|_| JwtError::Malformed)?;
-        // The signing input is the two parts exactly as received.
-        let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
-        self.verifying
-            .verify_strict(
-                signing_input.as_bytes(),
-                &Signature::from_bytes(&signature_bytes),
-            )
-            .map_err(|_| JwtError::BadSignature)?;
-        let wire: WireClaims = decode_json(payload_b64)?;
-        if wire.iss != ISSUER {
-            return Err(JwtError::WrongIssuer);
-        }
+        let wire = jsonwebtoken::decode::<WireClaims>(token, &self.decoding, &self.validation)
+            .map_err(refusal)?
+            .claims;
         if wire.sub.strip_prefix(SUBJECT_PREFIX) != Some(wire.key_id.as_str()) {
             return Err(JwtError::Malformed);
         }
@@ -214,12 +209,25 @@ impl JwtSigner {
             "keys": [{
                 "kty": "OKP",
                 "crv": "Ed25519",
-                "x": URL_SAFE_NO_PAD.encode(self.verifying.as_bytes()),
+                "x": URL_SAFE_NO_PAD.encode(self.public_key),
                 "kid": self.kid,
                 "alg": ALGORITHM,
                 "use": "sig",
             }]
         })
+    }
+}
+
+/// `jsonwebtoken`'s refusals in our terms.
+fn refusal(error: jsonwebtoken::errors::Error) -> JwtError {
+    match error.kind() {
+        ErrorKind::InvalidSignature => JwtError::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            JwtError::UnsupportedAlgorithm
+        }
+        ErrorKind::InvalidIssuer => JwtError::WrongIssuer,
+        ErrorKind::ExpiredSignature => JwtError::Expired,
+        _ => JwtError::Malformed,
     }
 }
 
@@ -235,17 +243,11 @@ pub fn looks_like_jwt(token: &str) -> bool {
     }
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, JwtError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| JwtError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use ed25519_dalek::{Signature, Signer};
     use hmac::{Hmac, Mac};
 
     use super::*;
@@ -352,6 +354,31 @@ mod tests {
         assert_eq!(s.verify(&forged, 0), Err(JwtError::BadSignature));
     }
 
+    /// Independent of `jsonwebtoken`, which signs them: plain Ed25519
+    /// (strict verification) over `header.payload`, with only the JWKS key.
+    #[test]
+    fn ed25519_dalek_verifies_our_tokens_from_the_jwks_alone() {
+        let s = signer(3);
+        let token = s.issue(&claims(2_000));
+        let jwks = s.jwks();
+        let x = URL_SAFE_NO_PAD
+            .decode(jwks["keys"][0]["x"].as_str().unwrap())
+            .unwrap();
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&x.try_into().unwrap()).unwrap();
+        let (input, signature) = token.rsplit_once('.').unwrap();
+        let signature: [u8; 64] = URL_SAFE_NO_PAD
+            .decode(signature)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        key.verify_strict(input.as_bytes(), &Signature::from_bytes(&signature))
+            .unwrap();
+        let tampered = format!("{input}x");
+        assert!(key
+            .verify_strict(tampered.as_bytes(), &Signature::from_bytes(&signature))
+            .is_err());
+    }
+
     #[test]
     fn other_algorithms_are_refused() {
         let s = signer(1);
@@ -360,7 +387,7 @@ mod tests {
             let header = b64_json(&serde_json::json!({"alg": alg, "typ": "JWT", "kid": s.kid()}));
             let signing_input = format!("{header}.{}", p[1]);
             // The classic confusion: HMAC keyed with the public key.
-            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(s.verifying.as_bytes()).unwrap();
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&s.public_key).unwrap();
             mac.update(signing_input.as_bytes());
             let hmac = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
             for signature in ["", hmac.as_str(), p[2].as_str()] {
@@ -480,7 +507,7 @@ mod tests {
         assert_eq!(key["use"], "sig");
         assert_eq!(key["kid"], s.kid());
         let x = URL_SAFE_NO_PAD.decode(key["x"].as_str().unwrap()).unwrap();
-        assert_eq!(x, s.verifying.as_bytes());
+        assert_eq!(x, s.public_key);
     }
 
     /// An independent implementation (`jsonwebtoken`), given only the JWKS
