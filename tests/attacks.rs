@@ -8,7 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_error, json_of, spawn_app_with, spawn_paid_app_with, TestApp, Wallet, CHAIN};
+use common::{
+    assert_error, eventually, json_of, spawn_app_with, spawn_paid_app_with, TestApp, Wallet, CHAIN,
+};
 use ledger::store::Backend;
 use ledger::time::now_ms;
 use ledger::{ChainId, KeyId};
@@ -72,24 +74,6 @@ impl TestApp {
             funding.committed,
             funding.available
         );
-    }
-}
-
-/// Retries `attempt` until it returns true, for at most `within`.
-async fn eventually<F, Fut>(within: Duration, mut attempt: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if attempt().await {
-            return true;
-        }
-        if start.elapsed() > within {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -2,7 +2,7 @@
 //! empty folder, and start-up refusing bad settings by name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn tollgate() -> Command {
@@ -17,6 +17,43 @@ fn tollgate() -> Command {
 
 struct Child(std::process::Child);
 
+/// Starts `serve` in `dir` bound to `bind` (port 0: the binary picks a free
+/// one itself, so no other process can take it between choice and use),
+/// logging JSON at `debug` to `dir/LOG`; answers the port it listens on, read
+/// from its "tollgate serving" log line.
+fn spawn_serving(dir: &std::path::Path, bind: &str, log: &str) -> (Child, u16) {
+    let log_path = dir.join(log);
+    let file = std::fs::File::create(&log_path).unwrap();
+    let child = Child(
+        tollgate()
+            .args(["serve", "--bind", bind])
+            .env("TOLLGATE__LOG__FILTER", "debug")
+            .env("TOLLGATE__LOG__FORMAT", "json")
+            .current_dir(dir)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let port = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["fields"]["message"] == "tollgate serving")
+            .and_then(|line| line["fields"]["port"].as_u64());
+        if let Some(port) = port {
+            return (child, u16::try_from(port).unwrap());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve never said where it listens: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -28,20 +65,7 @@ impl Drop for Child {
 fn serve_runs_on_embedded_defaults_from_an_empty_folder() {
     let dir = std::env::temp_dir().join(format!("tollgate-cli-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _child = Child(
-        tollgate()
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_child, port) = spawn_serving(&dir, "127.0.0.1:0", "serve.log");
     let deadline = Instant::now() + Duration::from_secs(20);
     let url = format!("http://127.0.0.1:{port}/readyz");
     let ready = loop {
@@ -115,27 +139,17 @@ fn bad_settings_stop_startup_naming_the_setting() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--config"));
 }
 
-/// Starts `serve` in `dir` on `port`, logging at `debug` to `dir/LOG`, and
-/// waits until it is ready.
-async fn start_serving(dir: &std::path::Path, port: u16, log: &str) -> Child {
-    let log = std::fs::File::create(dir.join(log)).unwrap();
-    let child = Child(
-        tollgate()
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-            .env("TOLLGATE__LOG__FILTER", "debug")
-            .current_dir(dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+/// Starts `serve` in `dir` (see [`spawn_serving`]) and waits until it is
+/// ready; answers the port.
+async fn start_serving(dir: &std::path::Path, bind: &str, log: &str) -> (Child, u16) {
+    let (child, port) = spawn_serving(dir, bind, log);
     let url = format!("http://127.0.0.1:{port}/readyz");
     let deadline = Instant::now() + Duration::from_secs(20);
     while reqwest::get(&url).await.ok().map(|r| r.status().as_u16()) != Some(200) {
         assert!(Instant::now() < deadline, "server did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    child
+    (child, port)
 }
 
 /// Runs the binary to completion in `dir` and returns its standard output.
@@ -159,14 +173,9 @@ async fn paid_calls_survive_a_crash_and_restart_within_budget() {
     let dir =
         std::env::temp_dir().join(format!("tollgate-crash-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (mut server, port) = start_serving(&dir, "127.0.0.1:0", "first.log").await;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = start_serving(&dir, port, "first.log").await;
 
     // The README's walk-through: sign in with the dev key, credit, create a key.
     let wallet = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
@@ -264,7 +273,8 @@ async fn paid_calls_survive_a_crash_and_restart_within_budget() {
     server.0.kill().unwrap();
     server.0.wait().unwrap();
     drop(server);
-    let server = start_serving(&dir, port, "second.log").await;
+    // The same port again: the client's URLs and the SIWE domain stay valid.
+    let (server, _) = start_serving(&dir, &format!("127.0.0.1:{port}"), "second.log").await;
 
     let view = budget_used().await;
     assert_eq!(view, "120", "every reported charge survived the crash");

@@ -701,6 +701,7 @@ async fn the_official_openai_client_works(backend: Backend) {
         ])
     );
     assert_eq!(report["error"]["status"], 402);
+    assert_eq!(report["error"]["code"], "insufficient_budget");
     let total = 18 + PROMPT_TOKENS + 6;
     assert_eq!(app.spent(&key.key_id).await, (total, total));
 }

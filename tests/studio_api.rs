@@ -474,19 +474,32 @@ async fn keys_stop_the_moment_they_are_disabled_deleted_or_expired(backend: Back
         );
     }
     let enable = json!({"enabled": true});
-    app.studio(
-        Method::PUT,
-        &format!("/apikeys/{id}"),
-        &admin,
-        Some(&enable),
-    )
-    .await;
+    let (status, enabled) = app
+        .studio(
+            Method::PUT,
+            &format!("/apikeys/{id}"),
+            &admin,
+            Some(&enable),
+        )
+        .await;
+    assert_eq!(
+        (status, &enabled["enabled"]),
+        (StatusCode::OK, &json!(true))
+    );
     assert_eq!(
         app.studio(Method::GET, "/apikeys", &reader, None).await.0,
         StatusCode::OK
     );
-    app.studio(Method::DELETE, &format!("/apikeys/{id}"), &admin, None)
+    let (status, deleted) = app
+        .studio(Method::DELETE, &format!("/apikeys/{id}"), &admin, None)
         .await;
+    assert_eq!(
+        (status, deleted),
+        (
+            StatusCode::OK,
+            json!({"acknowledged": true, "deletedCount": 1})
+        )
+    );
     for bearer in [&reader, &jwt] {
         let (status, answer) = app.studio(Method::GET, "/apikeys", bearer, None).await;
         assert_eq!(
@@ -500,7 +513,11 @@ async fn keys_stop_the_moment_they_are_disabled_deleted_or_expired(backend: Back
         .await;
     let pk = pk["value"].as_str().unwrap().to_owned();
     assert_eq!(app.models(&pk).await.0, StatusCode::OK);
-    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let expired = common::eventually(std::time::Duration::from_secs(5), || async {
+        app.models(&pk).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(expired, "a 1 s public key must expire");
     let (status, answer) = app.models(&pk).await;
     assert_eq!(
         (status, answer["error"]["code"].clone()),
@@ -570,7 +587,12 @@ async fn jwts_verify_offline_and_expire(backend: Backend) {
         app.studio(Method::GET, "/apikeys", &jwt, None).await.0,
         StatusCode::OK
     );
-    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    // Its `exp` is whole seconds: wait for it to pass, with a deadline.
+    let expired = common::eventually(std::time::Duration::from_secs(5), || async {
+        app.studio(Method::GET, "/apikeys", &jwt, None).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(expired, "the JWT must expire");
     let (status, answer) = app.studio(Method::GET, "/apikeys", &jwt, None).await;
     assert_eq!(
         (status, answer["error"]["code"].clone()),
@@ -711,6 +733,12 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
     for bearer in ["sk-not-a-key", "garbage", "eyJhbGciOiJub25lIn0.e30.x"] {
         let got = app.studio(Method::GET, "/apikeys", bearer, None).await;
         assert_eq!(got.0, StatusCode::UNAUTHORIZED, "{bearer}");
+        let code = got.1["error"]["code"].as_str().unwrap_or_default();
+        assert!(
+            code == "invalid_token" || code == "invalid_api_key",
+            "{bearer}: {}",
+            got.1
+        );
     }
     assert_eq!(
         app.studio_key_count(&admin).await,
@@ -828,8 +856,13 @@ async fn studio_keys_spend_their_projects_budget(backend: Backend) {
 
     // A disabled key stops paying at once.
     let path = format!("/apikeys/{executor_id}");
-    app.studio(Method::PUT, &path, &admin, Some(&json!({"enabled": false})))
+    let (status, disabled) = app
+        .studio(Method::PUT, &path, &admin, Some(&json!({"enabled": false})))
         .await;
+    assert_eq!(
+        (status, &disabled["enabled"]),
+        (StatusCode::OK, &json!(false))
+    );
     assert_eq!(
         app.chat(&executor, &three_words).await.status(),
         StatusCode::UNAUTHORIZED

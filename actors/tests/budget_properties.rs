@@ -37,7 +37,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         1 => Just(Op::Expire),
         1 => (1i64..40).prop_map(|ms| Op::Tick { ms }),
-        1 => Just(Op::Revoke).prop_filter("rare", |_| true),
+        1 => Just(Op::Revoke),
     ]
 }
 

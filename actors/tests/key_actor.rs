@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::Actor;
-use actors::budget::{Budget, BudgetStatus, ReserveError};
+use actors::budget::{Budget, BudgetStatus, ReserveError, SettleError};
 use actors::key_actor::KeyActor;
 use actors::messages::{Commit, Release, Reserve, Revoke, Snapshot};
 use ledger::time::now_ms;
@@ -106,17 +106,23 @@ async fn release_revoke_and_expiry_through_the_mailbox() {
     .await
     .unwrap()
     .unwrap();
-    tokio::time::sleep(actors::key_actor::EXPIRY_SWEEP * 2).await;
+    // The sweep runs every EXPIRY_SWEEP: wait for it, with a deadline.
+    let deadline = std::time::Instant::now() + actors::key_actor::EXPIRY_SWEEP * 10;
+    while expired.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(expired.load(Ordering::Relaxed), 1);
     assert_eq!(addr.send(Snapshot).await.unwrap().held, Amount::ZERO);
-    assert!(addr
-        .send(Commit {
+    assert_eq!(
+        addr.send(Commit {
             request: short,
             final_amount: amount(1)
         })
         .await
-        .unwrap()
-        .is_err());
+        .unwrap(),
+        Err(SettleError::UnknownHold),
+        "an expired hold cannot be committed"
+    );
 
     addr.send(Revoke {
         status: BudgetStatus::Revoked,

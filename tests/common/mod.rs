@@ -484,6 +484,25 @@ impl TestApp {
     }
 }
 
+/// Retries `attempt` every 50 ms until it returns true, for at most
+/// `within`: awaits a condition instead of sleeping for a guessed time.
+pub async fn eventually<F, Fut>(within: std::time::Duration, mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if attempt().await {
+            return true;
+        }
+        if start.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs each named async test fn against SQLite and PostgreSQL.
 #[macro_export]
 macro_rules! both_stores {
