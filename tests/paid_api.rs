@@ -583,8 +583,9 @@ async fn calls_in_flight_per_key_are_bounded(backend: Backend) {
     )
     .await;
     let key = app.paid_key(10_000).await;
-    // Two slow streams (20 words, 20 ms apart) keep two calls in flight.
-    let slow = json!({"model": "echo_slow", "stream": true, "messages": user(&words(20))});
+    // Two slow streams (100 words, 20 ms apart: 2 s, far longer than the
+    // next request takes even on a loaded machine) keep two calls in flight.
+    let slow = json!({"model": "echo_slow", "stream": true, "messages": user(&words(100))});
     let first = app.chat(&key.token, &slow).await;
     let second = app.chat(&key.token, &slow).await;
     assert_eq!(
@@ -599,16 +600,12 @@ async fn calls_in_flight_per_key_are_bounded(backend: Backend) {
     assert_eq!(body["error"]["type"], "rate_limit_error");
     let (a, b) = (first.text().await.unwrap(), second.text().await.unwrap());
     assert!(a.ends_with("data: [DONE]\n\n") && b.ends_with("data: [DONE]\n\n"));
-    // Each stream: 20 words in, 20 out = 60; the refused call cost nothing.
-    let mut spent = app.spent(&key.key_id).await;
-    for _ in 0..50 {
-        if spent == (120, 120) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        spent = app.spent(&key.key_id).await;
-    }
-    assert_eq!(spent, (120, 120));
+    // Each stream: 100 words in, 100 out = 300; the refused call cost nothing.
+    let settled = common::eventually(std::time::Duration::from_secs(5), || async {
+        app.spent(&key.key_id).await == (600, 600)
+    })
+    .await;
+    assert!(settled, "spent {:?}", app.spent(&key.key_id).await);
     assert_eq!(app.chat(&key.token, &quick).await.status(), StatusCode::OK);
 }
 
