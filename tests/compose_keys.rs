@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_error, json_of, spawn_app, spawn_app_with, Wallet, CHAIN};
+use common::{assert_error, json_of, spawn_app, spawn_app_with, Cases, Wallet, CHAIN};
 use ledger::store::Backend;
 use ledger::time::now_ms;
 use serde_json::json;
@@ -270,10 +270,11 @@ async fn bad_key_requests_change_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
     let (wallet, session) = app.funded_wallet(10_000_000).await;
     let me = wallet.hex();
-    let before = app.key_count(&wallet).await;
+    let initial = app.key_count(&wallet).await;
+    let mut cases = Cases::default();
 
-    // Malformed JSON and wrong content type.
-    let raw = |body: &'static str, content_type: &'static str| {
+    // Bodies that are not a JSON object, or too large.
+    let raw = |body: String, content_type: &'static str| {
         app.client
             .post(app.url("/api/keys"))
             .bearer_auth(&session)
@@ -283,189 +284,200 @@ async fn bad_key_requests_change_nothing(backend: Backend) {
             .body(body)
             .send()
     };
-    assert_error(
-        &json_of(raw("{\"budgetLimit\": ", "application/json").await.unwrap()).await,
-        400,
-        "invalid_json",
-    );
-    assert_error(
-        &json_of(raw("[1]", "application/json").await.unwrap()).await,
-        400,
-        "invalid_json",
-    );
-    assert_error(
-        &json_of(raw("budgetLimit=1", "text/plain").await.unwrap()).await,
-        415,
-        "unsupported_media_type",
-    );
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(70_000));
-    let got = json_of(
-        app.client
-            .post(app.url("/api/keys"))
-            .bearer_auth(&session)
-            .header("x-session-user-address", &me)
-            .header("x-chain-id", "43113")
-            .header("content-type", "application/json")
-            .body(huge)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_error(&got, 413, "body_too_large");
-
-    // Budget values.
-    for (budget, why) in [
-        (json!(0), "zero"),
-        (json!("0"), "zero"),
-        (json!(-5), "negative"),
-        (json!("-5"), "negative"),
-        (json!(1.5), "fractional"),
-        (json!("1.5"), "fractional"),
-        (json!("1e6"), "not digits"),
-        (json!("18446744073709551616"), "beyond u64"),
-        (json!(1_000_000_000_001u64), "beyond the configured maximum"),
-        (json!(true), "not a number"),
-        (json!(null), "missing"),
+    for (case, body, content_type, status, code) in [
+        (
+            "truncated JSON",
+            "{\"budgetLimit\": ".to_owned(),
+            "application/json",
+            400,
+            "invalid_json",
+        ),
+        (
+            "a JSON array",
+            "[1]".to_owned(),
+            "application/json",
+            400,
+            "invalid_json",
+        ),
+        (
+            "not JSON",
+            "budgetLimit=1".to_owned(),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "over 64 KiB",
+            huge,
+            "application/json",
+            413,
+            "body_too_large",
+        ),
     ] {
-        let got = app
-            .create_key(&session, &me, "43113", &json!({ "budgetLimit": budget }))
-            .await;
-        assert_error(&got, 422, "invalid_field");
-        assert_eq!(got.1["error"]["param"], "budgetLimit", "{why}");
+        let got = json_of(raw(body, content_type).await.unwrap()).await;
+        cases.error(case, &got, status, code, None);
     }
-    let got = app.create_key(&session, &me, "43113", &json!({})).await;
-    assert_error(&got, 422, "invalid_field");
-    assert_eq!(got.1["error"]["param"], "budgetLimit");
 
-    // Other fields.
-    let got = app
-        .create_key(
-            &session,
-            &me,
-            "43113",
-            &json!({ "budgetLimit": "1", "expiresAt": now_ms() - 1 }),
-        )
-        .await;
-    assert_error(&got, 422, "invalid_field");
-    assert_eq!(got.1["error"]["param"], "expiresAt");
-    let got = app
-        .create_key(
-            &session,
-            &me,
-            "43113",
-            &json!({ "budgetLimit": "1", "expiresAt": "soon" }),
-        )
-        .await;
-    assert_error(&got, 422, "invalid_field");
-    assert_eq!(got.1["error"]["param"], "expiresAt");
-    let got = app
-        .create_key(
-            &session,
-            &me,
-            "43113",
-            &json!({ "budgetLimit": "1", "purpose": "admin" }),
-        )
-        .await;
-    assert_error(&got, 422, "invalid_field");
-    assert_eq!(got.1["error"]["param"], "purpose");
-    let got = app
-        .create_key(
-            &session,
-            &me,
-            "43113",
-            &json!({ "budgetLimit": "1", "name": "x".repeat(129) }),
-        )
-        .await;
-    assert_error(&got, 422, "invalid_field");
-    assert_eq!(got.1["error"]["param"], "name");
-    assert_error(
-        &app.create_key(
-            &session,
-            &me,
-            "43113",
-            &json!({ "budgetLimit": "1", "chainId": 1 }),
-        )
-        .await,
-        400,
-        "chain_mismatch",
-    );
+    // Fields, each refused by name.
+    let later = now_ms() - 1;
+    for (case, body, param) in [
+        ("budget zero", json!({"budgetLimit": 0}), "budgetLimit"),
+        ("budget \"0\"", json!({"budgetLimit": "0"}), "budgetLimit"),
+        ("budget negative", json!({"budgetLimit": -5}), "budgetLimit"),
+        ("budget \"-5\"", json!({"budgetLimit": "-5"}), "budgetLimit"),
+        (
+            "budget fractional",
+            json!({"budgetLimit": 1.5}),
+            "budgetLimit",
+        ),
+        (
+            "budget \"1.5\"",
+            json!({"budgetLimit": "1.5"}),
+            "budgetLimit",
+        ),
+        (
+            "budget \"1e6\"",
+            json!({"budgetLimit": "1e6"}),
+            "budgetLimit",
+        ),
+        (
+            "budget beyond u64",
+            json!({"budgetLimit": "18446744073709551616"}),
+            "budgetLimit",
+        ),
+        (
+            "budget beyond the maximum",
+            json!({"budgetLimit": 1_000_000_000_001u64}),
+            "budgetLimit",
+        ),
+        (
+            "budget a boolean",
+            json!({"budgetLimit": true}),
+            "budgetLimit",
+        ),
+        ("budget null", json!({"budgetLimit": null}), "budgetLimit"),
+        ("budget missing", json!({}), "budgetLimit"),
+        (
+            "expiresAt past",
+            json!({"budgetLimit": "1", "expiresAt": later}),
+            "expiresAt",
+        ),
+        (
+            "expiresAt text",
+            json!({"budgetLimit": "1", "expiresAt": "soon"}),
+            "expiresAt",
+        ),
+        (
+            "purpose unknown",
+            json!({"budgetLimit": "1", "purpose": "admin"}),
+            "purpose",
+        ),
+        (
+            "name too long",
+            json!({"budgetLimit": "1", "name": "x".repeat(129)}),
+            "name",
+        ),
+        (
+            "name with a bidi override",
+            json!({"budgetLimit": "1", "name": "a\u{202E}b"}),
+            "name",
+        ),
+    ] {
+        let got = app.create_key(&session, &me, "43113", &body).await;
+        cases.error(case, &got, 422, "invalid_field", Some(param));
+    }
 
-    // Headers.
-    assert_error(
-        &app.create_key(&session, "0x1234", "43113", &json!({ "budgetLimit": "1" }))
-            .await,
-        400,
-        "invalid_header",
-    );
-    assert_error(
-        &app.create_key(&session, &me, "abc", &json!({ "budgetLimit": "1" }))
-            .await,
-        400,
-        "invalid_header",
-    );
-    assert_error(
-        &app.create_key(&session, &me, "1", &json!({ "budgetLimit": "1" }))
-            .await,
-        400,
-        "unsupported_chain",
-    );
-    let no_wallet = json_of(
-        app.client
+    // Headers and whose key it is.
+    let other = Wallet::random().hex();
+    let one = json!({"budgetLimit": "1"});
+    for (case, wallet, chain, body, status, code) in [
+        (
+            "chainId other than the header's",
+            me.as_str(),
+            "43113",
+            json!({"budgetLimit": "1", "chainId": 1}),
+            400,
+            "chain_mismatch",
+        ),
+        (
+            "wallet header malformed",
+            "0x1234",
+            "43113",
+            one.clone(),
+            400,
+            "invalid_header",
+        ),
+        (
+            "chain header not a number",
+            me.as_str(),
+            "abc",
+            one.clone(),
+            400,
+            "invalid_header",
+        ),
+        (
+            "chain not configured",
+            me.as_str(),
+            "1",
+            one.clone(),
+            400,
+            "unsupported_chain",
+        ),
+        (
+            "another wallet",
+            other.as_str(),
+            "43113",
+            one.clone(),
+            403,
+            "wallet_mismatch",
+        ),
+    ] {
+        let got = app.create_key(&session, wallet, chain, &body).await;
+        cases.error(case, &got, status, code, None);
+    }
+    let missing = |header: &'static str| {
+        let mut request = app
+            .client
             .post(app.url("/api/keys"))
             .bearer_auth(&session)
-            .header("x-chain-id", "43113")
-            .json(&json!({ "budgetLimit": "1" }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_error(&no_wallet, 400, "missing_header");
-    let no_chain = json_of(
-        app.client
-            .post(app.url("/api/keys"))
-            .bearer_auth(&session)
-            .header("x-session-user-address", &me)
-            .json(&json!({ "budgetLimit": "1" }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_error(&no_chain, 400, "missing_header");
-
-    // Another wallet in the header.
-    let other = Wallet::random();
-    assert_error(
-        &app.create_key(
-            &session,
-            &other.hex(),
-            "43113",
-            &json!({ "budgetLimit": "1" }),
-        )
-        .await,
-        403,
-        "wallet_mismatch",
-    );
+            .json(&one);
+        if header != "x-session-user-address" {
+            request = request.header("x-session-user-address", &me);
+        }
+        if header != "x-chain-id" {
+            request = request.header("x-chain-id", "43113");
+        }
+        request.send()
+    };
+    for header in ["x-session-user-address", "x-chain-id"] {
+        let got = json_of(missing(header).await.unwrap()).await;
+        cases.error(
+            &format!("{header} missing"),
+            &got,
+            400,
+            "missing_header",
+            None,
+        );
+    }
 
     // An api key may not mint keys.
-    let (_, api) = app
-        .create_key(&session, &me, "43113", &json!({ "budgetLimit": "1" }))
-        .await;
+    let (_, api) = app.create_key(&session, &me, "43113", &one).await;
     let api_token = api["token"].as_str().unwrap();
-    let before = before + 1;
-    assert_error(
-        &app.create_key(api_token, &me, "43113", &json!({ "budgetLimit": "1" }))
-            .await,
+    let got = app.create_key(api_token, &me, "43113", &one).await;
+    cases.error(
+        "an api key minting a key",
+        &got,
         403,
         "session_key_required",
+        None,
     );
+    cases.finish();
 
     assert_eq!(
         app.key_count(&wallet).await,
-        before,
-        "bad requests created no key"
+        initial + 1,
+        "bad requests created no key (only the api key made on purpose)"
     );
 }
 
@@ -474,7 +486,8 @@ async fn bad_tokens_are_refused(backend: Backend) {
     let (wallet, session) = app.funded_wallet(1_000_000).await;
     let me = wallet.hex();
 
-    // Missing, garbage, tampered, foreign-signed.
+    // Missing, garbage, tampered, foreign-signed: each refused, by name.
+    let mut cases = Cases::default();
     let missing = json_of(
         app.client
             .get(app.url("/api/keys"))
@@ -484,22 +497,11 @@ async fn bad_tokens_are_refused(backend: Backend) {
             .unwrap(),
     )
     .await;
-    assert_error(&missing, 401, "missing_token");
-    assert_error(&app.list_keys("garbage", &me).await, 401, "invalid_token");
-    assert_error(
-        &app.list_keys("compose-abc.def", &me).await,
-        401,
-        "invalid_token",
-    );
+    cases.error("no token", &missing, 401, "missing_token", None);
     let mut tampered = session.clone().into_bytes();
     let i = tampered.len() - 3;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
-    assert_error(
-        &app.list_keys(&String::from_utf8(tampered).unwrap(), &me)
-            .await,
-        401,
-        "invalid_token",
-    );
+    let tampered = String::from_utf8(tampered).unwrap();
     let foreign =
         tollgate::auth::token::TokenSigner::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
     let forged = foreign.issue(&tollgate::auth::token::Claims {
@@ -510,7 +512,16 @@ async fn bad_tokens_are_refused(backend: Backend) {
         session_id: None,
         expires_at_ms: now_ms() + 60_000,
     });
-    assert_error(&app.list_keys(&forged, &me).await, 401, "invalid_token");
+    for (case, token) in [
+        ("garbage", "garbage"),
+        ("a compose- prefix on garbage", "compose-abc.def"),
+        ("a tampered signature", tampered.as_str()),
+        ("signed by another server", forged.as_str()),
+    ] {
+        let got = app.list_keys(token, &me).await;
+        cases.error(case, &got, 401, "invalid_token", None);
+    }
+    cases.finish();
 
     // Expired.
     let (status, short) = app
@@ -543,36 +554,40 @@ async fn bad_tokens_are_refused(backend: Backend) {
         .create_key(&session, &me, "43113", &json!({ "budgetLimit": "1" }))
         .await;
     let mine_id = mine["keyId"].as_str().unwrap();
-    assert_error(
-        &app.get_key(&other_session, mine_id).await,
+    let mut cases = Cases::default();
+    let got = app.get_key(&other_session, mine_id).await;
+    cases.error(
+        "another wallet reads my key",
+        &got,
         403,
         "wallet_mismatch",
+        None,
     );
-    assert_error(
-        &app.revoke_key(&other_session, mine_id).await,
+    let got = app.revoke_key(&other_session, mine_id).await;
+    cases.error(
+        "another wallet revokes my key",
+        &got,
         403,
         "wallet_mismatch",
+        None,
     );
-    assert_error(
-        &app.list_keys(&other_session, &me).await,
+    let got = app.list_keys(&other_session, &me).await;
+    cases.error(
+        "another wallet lists my keys",
+        &got,
         403,
         "wallet_mismatch",
+        None,
     );
+    let got = app.get_key(&session, "does-not-exist").await;
+    cases.error("an unknown id", &got, 404, "key_not_found", None);
+    let got = app.get_key(&session, "bad%20id").await;
+    cases.error("a malformed id", &got, 404, "key_not_found", None);
+    cases.finish();
     assert_eq!(
         app.get_key(&session, mine_id).await.1["status"],
         "active",
         "the other wallet changed nothing"
-    );
-    // Unknown ids.
-    assert_error(
-        &app.get_key(&session, "does-not-exist").await,
-        404,
-        "key_not_found",
-    );
-    assert_error(
-        &app.get_key(&session, "bad%20id").await,
-        404,
-        "key_not_found",
     );
     // An api key may revoke itself but not a sibling.
     let (_, sibling) = app
@@ -631,71 +646,83 @@ async fn bad_sign_ins_are_refused(backend: Backend) {
         201
     );
 
-    // Wrong domain, unconfigured chain, stale or expired message.
-    let mut m = app.siwe_message(&wallet).await;
-    m.domain = "evil.example".into();
-    assert_error(
-        &app.sign_in_with(&wallet, &m, json!({})).await,
-        401,
-        "domain_mismatch",
-    );
-    let mut m = app.siwe_message(&wallet).await;
-    m.chain_id = ledger::ChainId(1);
-    assert_error(
-        &app.sign_in_with(&wallet, &m, json!({})).await,
-        401,
-        "unsupported_chain",
-    );
-    let mut m = app.siwe_message(&wallet).await;
-    m.issued_at_ms = now_ms() - 3_600_000;
-    assert_error(
-        &app.sign_in_with(&wallet, &m, json!({})).await,
-        401,
-        "message_expired",
-    );
-    let mut m = app.siwe_message(&wallet).await;
-    m.issued_at_ms = now_ms() + 3_600_000;
-    assert_error(
-        &app.sign_in_with(&wallet, &m, json!({})).await,
-        401,
-        "message_expired",
-    );
-    let mut m = app.siwe_message(&wallet).await;
-    m.expiration_time_ms = Some(now_ms() - 1);
-    assert_error(
-        &app.sign_in_with(&wallet, &m, json!({})).await,
-        401,
-        "message_expired",
-    );
+    // Messages the server must refuse, each by what is wrong with it.
+    let mut cases = Cases::default();
+    type Tamper = fn(&mut tollgate::auth::siwe::SiweMessage);
+    let refusals: [(&str, Tamper, &str); 7] = [
+        (
+            "another domain",
+            |m| m.domain = "evil.example".into(),
+            "domain_mismatch",
+        ),
+        (
+            "a URI elsewhere",
+            |m| m.uri = "https://evil.example/".into(),
+            "uri_mismatch",
+        ),
+        (
+            "an unconfigured chain",
+            |m| m.chain_id = ledger::ChainId(1),
+            "unsupported_chain",
+        ),
+        (
+            "issued an hour ago",
+            |m| m.issued_at_ms = now_ms() - 3_600_000,
+            "message_expired",
+        ),
+        (
+            "issued in an hour",
+            |m| m.issued_at_ms = now_ms() + 3_600_000,
+            "message_expired",
+        ),
+        (
+            "expired",
+            |m| m.expiration_time_ms = Some(now_ms() - 1),
+            "message_expired",
+        ),
+        (
+            "not before in an hour",
+            |m| m.not_before_ms = Some(now_ms() + 3_600_000),
+            "message_expired",
+        ),
+    ];
+    for (case, tamper, code) in refusals {
+        let mut m = app.siwe_message(&wallet).await;
+        tamper(&mut m);
+        let got = app.sign_in_with(&wallet, &m, json!({})).await;
+        cases.error(case, &got, 401, code, None);
+    }
 
-    // Malformed message and signature, missing fields, bad budget.
-    let m = app.siwe_message(&wallet).await;
-    let text = m.render();
-    let got = app
-        .post_session(&json!({ "message": "hello", "signature": sign("hello") }))
-        .await;
-    assert_error(&got, 422, "invalid_field");
-    assert_eq!(got.1["error"]["param"], "message");
-    let got = app
-        .post_session(&json!({ "message": text, "signature": "0x1234" }))
-        .await;
-    assert_error(&got, 422, "invalid_field");
-    assert_eq!(got.1["error"]["param"], "signature");
-    let got = app.post_session(&json!({ "signature": sign(&text) })).await;
-    assert_error(&got, 422, "invalid_field");
-    assert_eq!(got.1["error"]["param"], "message");
-    let got = app
-        .post_session(&json!({ "message": text, "signature": sign(&text), "budgetLimit": -1 }))
-        .await;
-    assert_error(&got, 422, "invalid_field");
-    assert_eq!(got.1["error"]["param"], "budgetLimit");
-    let got = app
-        .post_session(
-            &json!({ "message": text, "signature": sign(&text), "expiresAt": now_ms() - 5 }),
-        )
-        .await;
-    assert_error(&got, 422, "invalid_field");
-    assert_eq!(got.1["error"]["param"], "expiresAt");
+    // Malformed bodies, each refused by the field at fault.
+    let text = app.siwe_message(&wallet).await.render();
+    let signed = sign(&text);
+    for (case, body, param) in [
+        (
+            "not a SIWE message",
+            json!({"message": "hello", "signature": sign("hello")}),
+            "message",
+        ),
+        (
+            "a short signature",
+            json!({"message": text, "signature": "0x1234"}),
+            "signature",
+        ),
+        ("no message", json!({"signature": signed}), "message"),
+        (
+            "a negative budget",
+            json!({"message": text, "signature": signed, "budgetLimit": -1}),
+            "budgetLimit",
+        ),
+        (
+            "expiresAt past",
+            json!({"message": text, "signature": signed, "expiresAt": now_ms() - 5}),
+            "expiresAt",
+        ),
+    ] {
+        let got = app.post_session(&body).await;
+        cases.error(case, &got, 422, "invalid_field", Some(param));
+    }
+    cases.finish();
 
     // Only the two successful sign-ins made keys; the latest session is the active one.
     assert_eq!(app.key_count(&wallet).await, 2);

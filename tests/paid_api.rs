@@ -10,7 +10,8 @@ mod common;
 
 use common::mock_upstream::{ANSWER_WORDS, PROMPT_TOKENS};
 use common::{
-    header_amount, spawn_paid_app, spawn_paid_app_with, sse_events, TestApp, UPSTREAM_KEY,
+    header_amount, json_of, spawn_paid_app, spawn_paid_app_with, sse_events, Cases, TestApp,
+    UPSTREAM_KEY,
 };
 use ledger::store::Backend;
 use reqwest::StatusCode;
@@ -489,45 +490,67 @@ async fn bad_requests_change_nothing(backend: Backend) {
         ),
         (json!(["not", "an", "object"]), 400, "invalid_json", None),
     ];
+    let mut table = Cases::default();
     for (body, status, code, param) in cases {
-        let response = app.chat(&key.token, &body).await;
-        assert_eq!(response.status().as_u16(), status, "{body}");
-        let error: Value = response.json().await.unwrap();
-        assert_eq!(error["error"]["code"], code, "{body}: {error}");
-        assert!(error["error"]["type"].is_string() && error["error"]["message"].is_string());
-        assert_eq!(error["error"]["param"].as_str(), param, "{body}");
+        let got = json_of(app.chat(&key.token, &body).await).await;
+        table.error(&body.to_string(), &got, status, code, param);
     }
     let url = app.url("/external/v1/chat/completions");
-    let response = app
-        .client
-        .post(&url)
-        .bearer_auth(&key.token)
-        .header("content-type", "text/plain")
-        .body(r#"{"model":"echo","messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let send = |token: Option<String>, content_type: &'static str, body: String| {
+        let mut request = app
+            .client
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let ok = json!({"model": "echo", "messages": user("x")}).to_string();
     let huge = format!(
         r#"{{"model":"echo","messages":[{{"role":"user","content":"{}"}}]}}"#,
         "a".repeat(10 * 1024 * 1024)
     );
-    let response = app
-        .client
-        .post(&url)
-        .bearer_auth(&key.token)
-        .header("content-type", "application/json")
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let ok = json!({"model": "echo", "messages": user("x")});
-    let response = app.client.post(&url).json(&ok).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    let tampered = format!("{}x", key.token);
-    let response = app.chat(&tampered, &ok).await;
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let token = Some(key.token.clone());
+    for (case, token, content_type, body, status, code) in [
+        (
+            "not JSON",
+            token.clone(),
+            "text/plain",
+            ok.clone(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "over 4 MiB",
+            token.clone(),
+            "application/json",
+            huge,
+            413,
+            "body_too_large",
+        ),
+        (
+            "no token",
+            None,
+            "application/json",
+            ok.clone(),
+            401,
+            "missing_token",
+        ),
+        (
+            "a tampered token",
+            Some(format!("{}x", key.token)),
+            "application/json",
+            ok.clone(),
+            401,
+            "invalid_token",
+        ),
+    ] {
+        let got = json_of(send(token, content_type, body).await.unwrap()).await;
+        table.error(case, &got, status, code, None);
+    }
+    table.finish();
     assert_nothing_charged(&app, &key.key_id).await;
 }
 

@@ -196,6 +196,9 @@ struct Inner {
     next_arbiter: AtomicUsize,
     loader: Arc<dyn KeyLoader>,
     limits: RegistryLimits,
+    /// Holds released by their deadline (each one a call that neither
+    /// committed nor released), counted by the actors; the metrics of the
+    /// operations issue export it.
     expired_holds: Arc<AtomicU64>,
     pool: ArbiterPool,
     placement: Placement,
@@ -440,12 +443,6 @@ impl Registry {
     /// Actors alive now.
     pub fn loaded(&self) -> usize {
         self.inner.loaded.load(Ordering::Relaxed)
-    }
-
-    /// Holds released by their deadline since start (a metric: each one is a
-    /// call that neither committed nor released).
-    pub fn expired_holds(&self) -> u64 {
-        self.inner.expired_holds.load(Ordering::Relaxed)
     }
 
     /// The arbiters the actors run on (benchmarks run callers there too).

@@ -484,6 +484,49 @@ impl TestApp {
     }
 }
 
+/// Named cases of one table: every case runs, and the test fails at the end
+/// listing each case that answered otherwise — the first failure does not
+/// hide the rest.
+#[derive(Default)]
+pub struct Cases {
+    failures: Vec<String>,
+}
+
+impl Cases {
+    /// An error answer: its status, `error.code`, and `error.param` when given.
+    pub fn error(
+        &mut self,
+        case: &str,
+        got: &(StatusCode, Value),
+        status: u16,
+        code: &str,
+        param: Option<&str>,
+    ) {
+        let param_ok = param.is_none_or(|p| got.1["error"]["param"] == p);
+        let message_ok = got.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty());
+        if got.0.as_u16() != status || got.1["error"]["code"] != code || !param_ok || !message_ok {
+            self.failures.push(format!(
+                "{case}: expected {status} {code}{}, got {} {}",
+                param.map(|p| format!(" (param {p})")).unwrap_or_default(),
+                got.0,
+                got.1
+            ));
+        }
+    }
+
+    /// Fails the test with every case that went wrong.
+    pub fn finish(self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} case(s) failed:\n{}",
+            self.failures.len(),
+            self.failures.join("\n")
+        );
+    }
+}
+
 /// Retries `attempt` every 50 ms until it returns true, for at most
 /// `within`: awaits a condition instead of sleeping for a guessed time.
 pub async fn eventually<F, Fut>(within: std::time::Duration, mut attempt: F) -> bool
