@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use ledger::{ChainId, Store};
 
+use crate::auth::rate_limit::RateLimiter;
 use crate::auth::token::TokenSigner;
 use crate::gateway::Gateway;
-use crate::http::rate_limit::RateLimiter;
 use crate::settings::Settings;
 use crate::studio::jwt::JwtSigner;
 use crate::studio::secrets::StudioSecrets;

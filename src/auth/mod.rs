@@ -6,9 +6,11 @@
 //! * [`eth`] — EIP-191 hashing and secp256k1 recovery/signing.
 //! * [`signing_key`] — load the Ed25519 key, or create and persist it.
 //! * [`key_file`] — a 32-byte secret in a private hex file, created on first use.
+//! * [`rate_limit`] — per-address token buckets for the free sign-in routes.
 
 pub mod eth;
 pub mod key_file;
+pub mod rate_limit;
 pub mod signing_key;
 pub mod siwe;
 pub mod token;

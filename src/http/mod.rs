@@ -12,7 +12,6 @@
 //!   file imports another.
 //! * [`extract`] — headers, bounded JSON bodies and fields.
 //! * [`views`] — the JSON views of Compose keys and charges.
-//! * [`rate_limit`] — per-address token buckets for the free sign-in routes.
 //! * [`error`] — [`error::ApiError`], the one mapping of errors to responses.
 
 use actix_web::web;
@@ -26,7 +25,6 @@ pub mod health;
 pub mod keys;
 pub mod models;
 pub mod projects;
-pub mod rate_limit;
 pub mod sessions;
 pub mod views;
 
