@@ -392,11 +392,13 @@ async fn mid_stream_disconnect_pays_for_what_was_generated(backend: Backend) {
     }
     let (used, sum) = spent;
     assert_eq!(used, sum, "budgetUsed equals the charges");
-    // At least the 3 words seen were generated; far fewer than 100.
+    // At least the 3 words seen were generated, and not the whole answer
+    // (100 words, 2 s): the upstream was dropped when the client left. No
+    // tighter bound: how soon the gateway notices depends on the machine.
     assert!(used >= 100 + 2 * 3, "charged {used}");
     assert!(
-        used < 100 + 2 * 60,
-        "charged {used} for an abandoned stream"
+        used < 100 + 2 * 100,
+        "charged {used}: the abandoned stream ran to its end"
     );
     let charges = app
         .store

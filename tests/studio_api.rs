@@ -212,10 +212,13 @@ async fn routes_answer_in_the_documented_shapes(backend: Backend) {
             json!({"acknowledged": true, "deletedCount": 1})
         )
     );
-    let (status, _) = app
+    let (status, answer) = app
         .studio(Method::GET, &format!("/apikeys/{id}"), &admin, None)
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("apikey_not_found"))
+    );
 
     let jwks: Value = app
         .client
@@ -833,7 +836,7 @@ async fn studio_keys_spend_their_projects_budget(backend: Backend) {
     assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
 
     // Only an admin sets budgets, and only within the wallet's funds.
-    let (status, _) = app
+    let (status, answer) = app
         .studio(
             Method::PUT,
             &budget_path,
@@ -842,6 +845,7 @@ async fn studio_keys_spend_their_projects_budget(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(answer["error"]["code"], "insufficient_role", "{answer}");
     let got = app
         .studio(
             Method::PUT,
