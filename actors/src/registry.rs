@@ -187,7 +187,14 @@ type FenceLock = Arc<tokio::sync::Mutex<()>>;
 struct Shard {
     slots: HashMap<KeyId, Slot>,
     fences: HashMap<KeyId, FenceLock>,
+    /// Keys whose load said they cannot spend. That is final — a key's limit
+    /// never changes, its spend only grows, revocation and expiry are for
+    /// good — so they are answered from here, with no store read again.
+    refused: HashMap<KeyId, KeyState>,
 }
+
+/// Refused keys remembered per shard; a full shard forgets them all.
+const REFUSED_PER_SHARD_MAX: usize = 2_048;
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
@@ -262,6 +269,8 @@ impl Registry {
                 let mut shard = self.inner.shard(key);
                 if let Some(fence) = shard.fences.get(key) {
                     Step::Wait(fence.clone())
+                } else if let Some(state) = shard.refused.get(key) {
+                    return Err(AcquireError::CannotSpend(state.clone()));
                 } else {
                     let stale = shard
                         .slots
@@ -413,12 +422,18 @@ impl Registry {
     /// The stored token hash of `key` if its actor is running: the paid path
     /// proves a token against it before reading anything else.
     pub fn loaded_token_sha256(&self, key: &KeyId) -> Option<String> {
-        self.inner
-            .shard(key)
+        let shard = self.inner.shard(key);
+        shard
             .slots
             .get(key)
             .and_then(|slot| slot.get())
             .map(|entry| entry.token_sha256.clone())
+            .or_else(|| {
+                shard
+                    .refused
+                    .get(key)
+                    .map(|state| state.token_sha256.clone())
+            })
     }
 
     /// Leases out across every key: calls between their hold and their
@@ -490,6 +505,11 @@ impl Inner {
                     .await?
                     .ok_or(AcquireError::UnknownKey)?;
                 if !state.can_spend(now_ms()) {
+                    let mut shard = self.shard(key);
+                    if shard.refused.len() >= REFUSED_PER_SHARD_MAX {
+                        shard.refused.clear();
+                    }
+                    shard.refused.insert(key.clone(), state.clone());
                     return Err(AcquireError::CannotSpend(state));
                 }
                 Ok::<_, AcquireError>(Arc::new(self.start_actor(key, state)))

@@ -376,4 +376,14 @@ async fn keys_that_cannot_spend_get_no_actor() {
         ));
     }
     assert_eq!(registry.loaded(), 0);
+    assert_eq!(
+        loader.loads.load(Ordering::SeqCst),
+        1,
+        "a key that cannot spend is read once, then answered from memory"
+    );
+    assert_eq!(
+        registry.loaded_token_sha256(&spent).as_deref(),
+        Some(format!("hash-of-{spent}").as_str()),
+        "its token is proven by hash, not by a signature check"
+    );
 }
