@@ -19,7 +19,7 @@
 //! Actors load their state through a [`KeyLoader`] (the store, in the
 //! binary); this crate does no I/O of its own. A key that cannot spend
 //! (revoked, expired, or nothing left) is answered from its load and never
-//! occupies an actor slot; at `loaded_keys_max` the least recently used idle
+//! occupies an actor slot; at `loaded_keys_max` the (approximately) least recently used idle
 //! actor makes room.
 //!
 //! # Fences and drains (invariant 7)
@@ -192,6 +192,9 @@ struct Shard {
     /// good — so they are answered from here, with no store read again.
     refused: HashMap<KeyId, KeyState>,
 }
+
+/// Shards searched for an idle actor to evict at capacity (approximate LRU).
+const LRU_SAMPLE_SHARDS: usize = 4;
 
 /// Refused keys remembered per shard; a full shard forgets them all.
 const REFUSED_PER_SHARD_MAX: usize = 2_048;
@@ -533,9 +536,18 @@ impl Inner {
     /// Stops the idle actor (nothing in flight) used least recently, to make
     /// room for a new key. False when every actor has a call in flight.
     fn evict_least_recently_used(&self) -> bool {
+        // Approximate LRU, bounded work: the oldest idle actor of a few
+        // shards (starting where the last search stopped), all shards only
+        // when those hold none — a full registry does not scan every actor
+        // on every new key.
+        let start = self.next_arbiter.fetch_add(1, Ordering::Relaxed);
         let mut oldest: Option<(i64, usize, Arc<KeyEntry>)> = None;
-        for (index, shard) in self.shards.iter().enumerate() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        for step in 0..self.shards.len() {
+            if step >= LRU_SAMPLE_SHARDS && oldest.is_some() {
+                break;
+            }
+            let index = (start + step) % self.shards.len();
+            let shard = self.shards[index].lock().unwrap_or_else(|p| p.into_inner());
             for entry in shard.slots.values().filter_map(|slot| slot.get()) {
                 if entry.in_flight.load(Ordering::Acquire) > 0 {
                     continue;
