@@ -10,11 +10,15 @@
 //!   group commit to the store); the RabbitMQ publisher is the next.
 //! * [`ledger_writer`] — [`ledger_writer::LedgerWriter`]: group commit of
 //!   charges for the embedded (in-process) mode; answers after the commit.
+//! * [`queue`] — [`queue::Queue`]: one queue API, RabbitMQ (`lapin`) or in
+//!   process, passing one shared test suite. Not yet wired into the paid
+//!   path: the worker-pool issue publishes `CallCompleted` through it.
 //!
 //! Pricing is money arithmetic every crate shares: it lives in
-//! `ledger::pricing`. `queue/`, the ledger pool and `settlement/` arrive with
-//! their issues.
+//! `ledger::pricing`. The ledger pool and `settlement/` arrive with their
+//! issues.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod ledger_writer;
+pub mod queue;
 pub mod sink;

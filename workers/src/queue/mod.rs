@@ -1,0 +1,201 @@
+//! [`Queue`]: one queue API over two implementations — RabbitMQ (`lapin`)
+//! in production and an in-process queue for the embedded default — which
+//! pass one shared test suite (`workers/tests/queue.rs`).
+//!
+//! The contract both keep:
+//! * [`Queue::publish`] answers only once the message is durable (RabbitMQ:
+//!   a persistent message the broker confirmed); an error means it may not
+//!   be, and the caller must not report the call as charged.
+//! * A consumer gets each message at least once; [`Delivery::ack`] after the
+//!   work is committed, [`Delivery::retry`] to have it redelivered, and a
+//!   consumer that dies with messages unacknowledged gets them redelivered
+//!   to another.
+//! * A message delivered [`QueueOptions::delivery_limit`] times without an
+//!   ack, or [`Delivery::reject`]ed, goes to the queue's dead-letter queue
+//!   (`NAME.dead`), where an operator finds it with its reason.
+//!
+//! Topology (declared idempotently by [`Queue::declare`]): a durable quorum
+//! queue `NAME` with `x-delivery-limit`, `x-overflow = reject-publish` and
+//! at-least-once dead-lettering through the exchange `NAME.dlx` into the
+//! quorum queue `NAME.dead`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub mod memory;
+pub mod rabbit;
+
+/// How a queue behaves; the same for both implementations.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueOptions {
+    /// Unacknowledged messages one consumer may hold.
+    pub prefetch: u16,
+    /// Deliveries a message gets before it is dead-lettered (at least 1).
+    pub delivery_limit: u32,
+    /// How long a publish waits for the broker (reconnecting included)
+    /// before it fails.
+    pub publish_timeout: Duration,
+}
+
+impl Default for QueueOptions {
+    fn default() -> QueueOptions {
+        QueueOptions {
+            prefetch: 200,
+            delivery_limit: 5,
+            publish_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    #[error("the queue URL is not memory:// or amqp://…")]
+    UnsupportedUrl,
+    /// The broker cannot be reached (or did not answer in time); nothing was
+    /// made durable.
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the message (a negative confirm).
+    #[error("the broker did not accept the message")]
+    Nacked,
+    #[error("queue {0:?} was not declared")]
+    Undeclared(String),
+}
+
+/// A queue service: the in-process one or a RabbitMQ broker. Cheap to clone.
+#[derive(Clone)]
+pub enum Queue {
+    Memory(memory::MemoryQueue),
+    Rabbit(rabbit::RabbitQueue),
+}
+
+impl Queue {
+    /// `memory://` or `amqp://user:pass@host:port/vhost`.
+    pub async fn connect(url: &str, options: QueueOptions) -> Result<Queue, QueueError> {
+        if url == "memory://" {
+            Ok(Queue::Memory(memory::MemoryQueue::new(options)))
+        } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
+            Ok(Queue::Rabbit(
+                rabbit::RabbitQueue::connect(url, options).await?,
+            ))
+        } else {
+            Err(QueueError::UnsupportedUrl)
+        }
+    }
+
+    /// Declares `name`, its dead-letter exchange and queue. Idempotent.
+    pub async fn declare(&self, name: &str) -> Result<(), QueueError> {
+        match self {
+            Queue::Memory(queue) => {
+                queue.declare(name);
+                Ok(())
+            }
+            Queue::Rabbit(queue) => queue.declare(name).await,
+        }
+    }
+
+    /// Publishes `body` to `name` and answers once it is durable.
+    pub async fn publish(
+        &self,
+        name: &str,
+        message_id: &str,
+        body: Bytes,
+    ) -> Result<(), QueueError> {
+        match self {
+            Queue::Memory(queue) => queue.publish(name, message_id, body),
+            Queue::Rabbit(queue) => queue.publish(name, message_id, body).await,
+        }
+    }
+
+    /// A consumer of `name` (at most `prefetch` messages unacknowledged).
+    pub async fn consume(&self, name: &str) -> Result<Consumer, QueueError> {
+        match self {
+            Queue::Memory(queue) => Ok(Consumer::Memory(queue.consume(name)?)),
+            Queue::Rabbit(queue) => Ok(Consumer::Rabbit(Box::new(queue.consume(name).await?))),
+        }
+    }
+
+    /// The name of `name`'s dead-letter queue.
+    pub fn dead_letters(name: &str) -> String {
+        format!("{name}.dead")
+    }
+
+    /// Deletes `name` and its dead-letter queue and exchange (tests, and an
+    /// operator's clean-up).
+    pub async fn delete(&self, name: &str) -> Result<(), QueueError> {
+        match self {
+            Queue::Memory(queue) => {
+                queue.delete(name);
+                Ok(())
+            }
+            Queue::Rabbit(queue) => queue.delete(name).await,
+        }
+    }
+}
+
+/// Takes messages from one queue.
+pub enum Consumer {
+    Memory(memory::MemoryConsumer),
+    Rabbit(Box<rabbit::RabbitConsumer>),
+}
+
+impl Consumer {
+    /// The next message; `None` once the queue service is gone.
+    pub async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
+        match self {
+            Consumer::Memory(consumer) => consumer.next().await.map(Ok),
+            Consumer::Rabbit(consumer) => consumer.next().await,
+        }
+    }
+}
+
+/// One delivered message, to be settled exactly once. Dropped unsettled, it
+/// is redelivered (as when its consumer dies).
+pub struct Delivery {
+    pub message_id: String,
+    pub body: Bytes,
+    /// 1 on the first delivery, then one more each time.
+    pub deliveries: u32,
+    settle: Settle,
+}
+
+enum Settle {
+    Memory(memory::MemoryAcker),
+    Rabbit(Box<lapin::message::Delivery>),
+}
+
+impl Delivery {
+    /// Done: the work it carried is committed.
+    pub async fn ack(self) -> Result<(), QueueError> {
+        match self.settle {
+            Settle::Memory(acker) => {
+                acker.ack();
+                Ok(())
+            }
+            Settle::Rabbit(delivery) => rabbit::ack(*delivery).await,
+        }
+    }
+
+    /// Not done: deliver it again (it counts toward the delivery limit).
+    pub async fn retry(self) -> Result<(), QueueError> {
+        match self.settle {
+            Settle::Memory(acker) => {
+                acker.retry();
+                Ok(())
+            }
+            Settle::Rabbit(delivery) => rabbit::nack(*delivery, true).await,
+        }
+    }
+
+    /// Poison: straight to the dead-letter queue.
+    pub async fn reject(self) -> Result<(), QueueError> {
+        match self.settle {
+            Settle::Memory(acker) => {
+                acker.reject();
+                Ok(())
+            }
+            Settle::Rabbit(delivery) => rabbit::nack(*delivery, false).await,
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! RabbitMQ through `lapin`: quorum queues, persistent messages, publisher
+//! confirms awaited per message but many in flight on one channel (each
+//! publish is its own future), manual acks, prefetch, and dead-lettering
+//! after the delivery limit.
+//!
+//! Connecting retries with exponential backoff and jitter (`backon`), and
+//! the connection recovers on its own (`lapin`'s auto-recovery replays the
+//! topology); a publish waits at most `publish_timeout` for the broker and
+//! then fails, so a paid call is refused cleanly rather than reported
+//! without a durable event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use super::{Delivery, QueueError, QueueOptions, Settle};
+
+/// How long connecting may keep retrying before it gives up.
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// A connection to a RabbitMQ broker and its publishing channel (confirm
+/// mode). Cheap to clone.
+#[derive(Clone)]
+pub struct RabbitQueue {
+    connection: Arc<Connection>,
+    publisher: Channel,
+    options: QueueOptions,
+}
+
+fn unavailable(error: lapin::Error) -> QueueError {
+    QueueError::Unavailable(error.to_string())
+}
+
+impl RabbitQueue {
+    /// Connects (retrying with backoff for up to ten seconds) and opens the
+    /// publishing channel in confirm mode.
+    pub async fn connect(url: &str, options: QueueOptions) -> Result<RabbitQueue, QueueError> {
+        let connect = || async {
+            Connection::connect(url, ConnectionProperties::default().enable_auto_recover()).await
+        };
+        let connection = connect
+            .retry(
+                ExponentialBuilder::default()
+                    .with_jitter()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_total_delay(Some(CONNECT_RETRY_MAX)),
+            )
+            .notify(|error, after| {
+                tracing::warn!(%error, ?after, "the broker is not answering; retrying");
+            })
+            .await
+            .map_err(unavailable)?;
+        let publisher = connection.create_channel().await.map_err(unavailable)?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        Ok(RabbitQueue {
+            connection: Arc::new(connection),
+            publisher,
+            options,
+        })
+    }
+
+    /// Declares the topology of `name` (see the module doc). Idempotent.
+    pub async fn declare(&self, name: &str) -> Result<(), QueueError> {
+        let channel = &self.publisher;
+        let dlx = format!("{name}.dlx");
+        let dead = super::Queue::dead_letters(name);
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                dlx.as_str().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        channel
+            .queue_declare(dead.as_str().into(), durable, quorum())
+            .await
+            .map_err(unavailable)?;
+        channel
+            .queue_bind(
+                dead.as_str().into(),
+                dlx.as_str().into(),
+                name.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut arguments = quorum();
+        arguments.insert("x-dead-letter-exchange".into(), long_string(&dlx));
+        arguments.insert("x-dead-letter-routing-key".into(), long_string(name));
+        // Quorum queues count deliveries; past the limit the broker
+        // dead-letters the message itself. The limit counts *re*deliveries.
+        let redeliveries =
+            i32::try_from(self.options.delivery_limit.saturating_sub(1)).unwrap_or(i32::MAX);
+        arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(redeliveries));
+        // At-least-once dead-lettering needs publishers refused, not messages
+        // dropped, when the queue is full.
+        arguments.insert("x-overflow".into(), long_string("reject-publish"));
+        arguments.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        channel
+            .queue_declare(name.into(), durable, arguments)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Publishes a persistent message and waits for the broker's confirm,
+    /// at most `publish_timeout`.
+    pub async fn publish(
+        &self,
+        name: &str,
+        message_id: &str,
+        body: Bytes,
+    ) -> Result<(), QueueError> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(message_id));
+        let publish = async {
+            let confirm = self
+                .publisher
+                .basic_publish(
+                    "".into(),
+                    name.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .map_err(unavailable)?;
+            let confirmation = confirm.await.map_err(unavailable)?;
+            if confirmation.is_ack() {
+                Ok(())
+            } else {
+                Err(QueueError::Nacked)
+            }
+        };
+        tokio::time::timeout(self.options.publish_timeout, publish)
+            .await
+            .map_err(|_| QueueError::Unavailable("no confirm in time".into()))?
+    }
+
+    /// A consumer on its own channel, with manual acks and the prefetch.
+    pub async fn consume(&self, name: &str) -> Result<RabbitConsumer, QueueError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        channel
+            .basic_qos(self.options.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let tag = format!("tollgate-{}", uuid::Uuid::now_v7().simple());
+        let consumer = channel
+            .basic_consume(
+                name.into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(RabbitConsumer {
+            _channel: channel,
+            consumer,
+        })
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), QueueError> {
+        let channel = &self.publisher;
+        for queue in [name.to_owned(), super::Queue::dead_letters(name)] {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        channel
+            .exchange_delete(
+                format!("{name}.dlx").as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+fn quorum() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), long_string("quorum"));
+    arguments
+}
+
+fn long_string(text: &str) -> AMQPValue {
+    AMQPValue::LongString(text.into())
+}
+
+/// Takes messages from one RabbitMQ queue. Dropping it closes its channel:
+/// the broker redelivers what it had not acknowledged.
+pub struct RabbitConsumer {
+    _channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+impl RabbitConsumer {
+    pub async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
+        let delivery = match self.consumer.next().await? {
+            Ok(delivery) => delivery,
+            Err(error) => return Some(Err(unavailable(error))),
+        };
+        // Quorum queues count earlier deliveries in `x-delivery-count`.
+        let earlier = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get("x-delivery-count").cloned())
+            .and_then(|count| match count {
+                AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
+                AMQPValue::LongInt(n) => u32::try_from(n).ok(),
+                AMQPValue::ShortInt(n) => u32::try_from(n).ok(),
+                AMQPValue::LongUInt(n) => Some(n),
+                _ => None,
+            })
+            .unwrap_or(u32::from(delivery.redelivered));
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default();
+        Some(Ok(Delivery {
+            message_id,
+            body: Bytes::copy_from_slice(&delivery.data),
+            deliveries: earlier.saturating_add(1),
+            settle: Settle::Rabbit(Box::new(delivery)),
+        }))
+    }
+}
+
+pub(super) async fn ack(delivery: lapin::message::Delivery) -> Result<(), QueueError> {
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .map(|_| ())
+        .map_err(unavailable)
+}
+
+pub(super) async fn nack(
+    delivery: lapin::message::Delivery,
+    requeue: bool,
+) -> Result<(), QueueError> {
+    delivery
+        .nack(BasicNackOptions {
+            requeue,
+            ..BasicNackOptions::default()
+        })
+        .await
+        .map(|_| ())
+        .map_err(unavailable)
+}

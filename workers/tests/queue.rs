@@ -1,0 +1,195 @@
+//! The shared queue suite: the in-process queue and RabbitMQ (the real
+//! broker at 127.0.0.1:5672, or `TOLLGATE_TEST_AMQP_URL`) keep one contract —
+//! confirmed publishes, acks, redelivery after a consumer dies, and
+//! dead-lettering after the delivery limit. Each test uses its own queue
+//! names, so tests run in parallel; a test that needs the broker fails
+//! (never skips) when it is not there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use workers::queue::{Consumer, Delivery, Queue, QueueOptions};
+
+enum Kind {
+    Memory,
+    Rabbit,
+}
+
+fn options() -> QueueOptions {
+    QueueOptions {
+        prefetch: 50,
+        delivery_limit: 3,
+        publish_timeout: Duration::from_secs(5),
+    }
+}
+
+async fn queue(kind: Kind) -> (Queue, String) {
+    let url = match kind {
+        Kind::Memory => "memory://".to_owned(),
+        Kind::Rabbit => std::env::var("TOLLGATE_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+    };
+    let queue = Queue::connect(&url, options())
+        .await
+        .unwrap_or_else(|e| panic!("the queue at {url} is needed for this test: {e}"));
+    let name = format!("test-{}", uuid::Uuid::now_v7().simple());
+    queue.declare(&name).await.unwrap();
+    // Declaring again changes nothing.
+    queue.declare(&name).await.unwrap();
+    (queue, name)
+}
+
+/// The next delivery, within a deadline.
+async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("no delivery in time")
+        .expect("the consumer ended")
+        .unwrap()
+}
+
+/// Nothing arrives for a while.
+async fn quiet(consumer: &mut Consumer) {
+    let got = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
+    assert!(got.is_err(), "nothing more may arrive");
+}
+
+async fn confirmed_messages_are_delivered_once_acked(kind: Kind) {
+    let (queue, name) = queue(kind).await;
+    for i in 0..20 {
+        queue
+            .publish(&name, &format!("m{i}"), Bytes::from(format!("body {i}")))
+            .await
+            .unwrap();
+    }
+    let mut consumer = queue.consume(&name).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(delivery.deliveries, 1);
+        assert_eq!(
+            delivery.body,
+            Bytes::from(format!("body {}", &delivery.message_id[1..]))
+        );
+        seen.push(delivery.message_id.clone());
+        delivery.ack().await.unwrap();
+    }
+    seen.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "each message once");
+    quiet(&mut consumer).await;
+    queue.delete(&name).await.unwrap();
+}
+
+async fn many_publishes_are_confirmed_concurrently(kind: Kind) {
+    let (queue, name) = queue(kind).await;
+    let publishes = (0..200).map(|i| {
+        let (queue, name) = (queue.clone(), name.clone());
+        async move {
+            queue
+                .publish(&name, &format!("c{i}"), Bytes::from_static(b"x"))
+                .await
+        }
+    });
+    for result in futures_util::future::join_all(publishes).await {
+        result.unwrap();
+    }
+    let mut consumer = queue.consume(&name).await.unwrap();
+    for _ in 0..200 {
+        next(&mut consumer).await.ack().await.unwrap();
+    }
+    quiet(&mut consumer).await;
+    queue.delete(&name).await.unwrap();
+}
+
+async fn a_dead_consumers_messages_are_redelivered(kind: Kind) {
+    let (queue, name) = queue(kind).await;
+    queue
+        .publish(&name, "only", Bytes::from_static(b"work"))
+        .await
+        .unwrap();
+    let mut first = queue.consume(&name).await.unwrap();
+    let delivery = next(&mut first).await;
+    assert_eq!(delivery.deliveries, 1);
+    // The consumer dies holding it, unacknowledged.
+    drop(delivery);
+    drop(first);
+    let mut second = queue.consume(&name).await.unwrap();
+    let again = next(&mut second).await;
+    assert_eq!(again.message_id, "only");
+    assert_eq!(again.deliveries, 2, "a redelivery is counted");
+    again.ack().await.unwrap();
+    quiet(&mut second).await;
+    queue.delete(&name).await.unwrap();
+}
+
+async fn poison_messages_are_dead_lettered_after_the_limit(kind: Kind) {
+    let (queue, name) = queue(kind).await;
+    queue
+        .publish(&name, "poison", Bytes::from_static(b"bad"))
+        .await
+        .unwrap();
+    queue
+        .publish(&name, "rejected", Bytes::from_static(b"worse"))
+        .await
+        .unwrap();
+    let mut consumer = queue.consume(&name).await.unwrap();
+    let mut poison_deliveries = 0;
+    let mut rejected = false;
+    while poison_deliveries < options().delivery_limit || !rejected {
+        let delivery = next(&mut consumer).await;
+        match delivery.message_id.as_str() {
+            "poison" => {
+                poison_deliveries += 1;
+                assert_eq!(delivery.deliveries, poison_deliveries);
+                delivery.retry().await.unwrap();
+            }
+            "rejected" => {
+                rejected = true;
+                delivery.reject().await.unwrap();
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // Past the limit it is not delivered again; both are dead letters.
+    quiet(&mut consumer).await;
+    let mut dead = queue.consume(&Queue::dead_letters(&name)).await.unwrap();
+    let mut ids = vec![
+        next(&mut dead).await.message_id.clone(),
+        next(&mut dead).await.message_id.clone(),
+    ];
+    ids.sort();
+    assert_eq!(ids, ["poison", "rejected"]);
+    drop(dead);
+    queue.delete(&name).await.unwrap();
+}
+
+macro_rules! both_queues {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Kind::Memory).await;
+                }
+            )*
+        }
+        mod rabbit {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Kind::Rabbit).await;
+                }
+            )*
+        }
+    };
+}
+
+both_queues!(
+    confirmed_messages_are_delivered_once_acked,
+    many_publishes_are_confirmed_concurrently,
+    a_dead_consumers_messages_are_redelivered,
+    poison_messages_are_dead_lettered_after_the_limit,
+);
