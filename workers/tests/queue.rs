@@ -166,6 +166,54 @@ async fn poison_messages_are_dead_lettered_after_the_limit(kind: Kind) {
     queue.delete(&name).await.unwrap();
 }
 
+/// The broker closes the connection (as a restart or a network cut would):
+/// the next publish waits for the recovery and is confirmed, and a consumer
+/// gets what was published before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbit_publishes_survive_a_lost_connection() {
+    let (queue, name) = queue(Kind::Rabbit).await;
+    let Queue::Rabbit(rabbit) = &queue else {
+        unreachable!()
+    };
+    queue
+        .publish(&name, "before", Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    // rabbitmqctl: the broker's own tool, on this machine with the broker.
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl (RabbitMQ's own CLI) must be installed with the broker");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let pid = listed
+        .lines()
+        .find(|line| line.contains(rabbit.connection_name()))
+        .and_then(|line| line.split_whitespace().next())
+        .expect("the broker lists our connection")
+        .to_owned();
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, "test: connection lost"])
+        .status()
+        .unwrap();
+    assert!(closed.success());
+    queue
+        .publish(&name, "after", Bytes::from_static(b"2"))
+        .await
+        .expect("a publish after the loss is confirmed once the connection recovers");
+    let mut consumer = queue.consume(&name).await.unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        let delivery = next(&mut consumer).await;
+        ids.push(delivery.message_id.clone());
+        delivery.ack().await.unwrap();
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids, ["after", "before"], "nothing confirmed was lost");
+    drop(consumer);
+    queue.delete(&name).await.unwrap();
+}
+
 macro_rules! both_queues {
     ($($case:ident),* $(,)?) => {
         mod memory {

@@ -35,6 +35,8 @@ pub struct RabbitQueue {
     connection: Arc<Connection>,
     publisher: Channel,
     options: QueueOptions,
+    /// How the broker lists this connection (`rabbitmqctl list_connections`).
+    name: String,
 }
 
 fn unavailable(error: lapin::Error) -> QueueError {
@@ -45,8 +47,12 @@ impl RabbitQueue {
     /// Connects (retrying with backoff for up to ten seconds) and opens the
     /// publishing channel in confirm mode.
     pub async fn connect(url: &str, options: QueueOptions) -> Result<RabbitQueue, QueueError> {
+        let name = format!("tollgate-{}", uuid::Uuid::now_v7().simple());
         let connect = || async {
-            Connection::connect(url, ConnectionProperties::default().enable_auto_recover()).await
+            let properties = ConnectionProperties::default()
+                .enable_auto_recover()
+                .with_connection_name(name.as_str().into());
+            Connection::connect(url, properties).await
         };
         let connection = connect
             .retry(
@@ -70,7 +76,13 @@ impl RabbitQueue {
             connection: Arc::new(connection),
             publisher,
             options,
+            name,
         })
+    }
+
+    /// The connection's name as the broker lists it.
+    pub fn connection_name(&self) -> &str {
+        &self.name
     }
 
     /// Declares the topology of `name` (see the module doc). Idempotent.
@@ -131,47 +143,59 @@ impl RabbitQueue {
     }
 
     /// Publishes a persistent message and waits for the broker's confirm,
-    /// at most `publish_timeout`.
+    /// at most `publish_timeout` in all. When the connection is lost it waits
+    /// for the recovery and publishes again (a message the broker may have
+    /// received before the loss is then there twice: consumers dedup by the
+    /// message id, never by delivery).
     pub async fn publish(
         &self,
         name: &str,
         message_id: &str,
         body: Bytes,
     ) -> Result<(), QueueError> {
+        let deadline = tokio::time::Instant::now() + self.options.publish_timeout;
+        let late = || QueueError::Unavailable("no confirm in time".into());
+        loop {
+            let attempt = self.publish_once(name, message_id, &body);
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => return Err(late()),
+                Ok(Ok(true)) => return Ok(()),
+                Ok(Ok(false)) => return Err(QueueError::Nacked),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "publishing failed; waiting for the broker");
+                    match tokio::time::timeout_at(deadline, self.publisher.wait_for_recovery(error))
+                        .await
+                    {
+                        Err(_) => return Err(late()),
+                        Ok(Err(error)) => return Err(unavailable(error)),
+                        Ok(Ok(())) => continue,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One publish: whether the broker acked it.
+    async fn publish_once(&self, name: &str, message_id: &str, body: &[u8]) -> lapin::Result<bool> {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(ShortString::from(message_id));
-        let publish = async {
-            let confirm = self
-                .publisher
-                .basic_publish(
-                    "".into(),
-                    name.into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await
-                .map_err(unavailable)?;
-            let confirmation = confirm.await.map_err(unavailable)?;
-            if confirmation.is_ack() {
-                Ok(())
-            } else {
-                Err(QueueError::Nacked)
-            }
-        };
-        tokio::time::timeout(self.options.publish_timeout, publish)
-            .await
-            .map_err(|_| QueueError::Unavailable("no confirm in time".into()))?
+        let confirm = self
+            .publisher
+            .basic_publish(
+                "".into(),
+                name.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?;
+        Ok(confirm.await?.is_ack())
     }
 
     /// A consumer on its own channel, with manual acks and the prefetch.
     pub async fn consume(&self, name: &str) -> Result<RabbitConsumer, QueueError> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let channel = self.recovering(|| self.connection.create_channel()).await?;
         channel
             .basic_qos(self.options.prefetch, BasicQosOptions::default())
             .await
@@ -195,19 +219,46 @@ impl RabbitQueue {
     pub async fn delete(&self, name: &str) -> Result<(), QueueError> {
         let channel = &self.publisher;
         for queue in [name.to_owned(), super::Queue::dead_letters(name)] {
-            channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .map_err(unavailable)?;
+            self.recovering(|| {
+                channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            })
+            .await?;
         }
-        channel
-            .exchange_delete(
-                format!("{name}.dlx").as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await
-            .map_err(unavailable)?;
+        let dlx = format!("{name}.dlx");
+        self.recovering(|| {
+            channel.exchange_delete(dlx.as_str().into(), ExchangeDeleteOptions::default())
+        })
+        .await?;
         Ok(())
+    }
+}
+
+impl RabbitQueue {
+    /// Runs a channel operation, waiting out a connection recovery (at most
+    /// `publish_timeout`) and trying again once the channel is back.
+    async fn recovering<T, F, Fut>(&self, mut operation: F) -> Result<T, QueueError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = lapin::Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.options.publish_timeout;
+        loop {
+            let error = match operation().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let recovered =
+                tokio::time::timeout_at(deadline, self.publisher.wait_for_recovery(error)).await;
+            match recovered {
+                Err(_) => {
+                    return Err(QueueError::Unavailable(
+                        "the broker did not come back in time".into(),
+                    ))
+                }
+                Ok(Err(error)) => return Err(unavailable(error)),
+                Ok(Ok(())) => {}
+            }
+        }
     }
 }
 
