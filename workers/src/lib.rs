@@ -11,14 +11,22 @@
 //! * [`ledger_writer`] — [`ledger_writer::LedgerWriter`]: group commit of
 //!   charges for the embedded (in-process) mode; answers after the commit.
 //! * [`queue`] — [`queue::Queue`]: one queue API, RabbitMQ (`lapin`) or in
-//!   process, passing one shared test suite. Not yet wired into the paid
-//!   path: the worker-pool issue publishes `CallCompleted` through it.
+//!   process, passing one shared test suite.
+//! * [`event`] — [`event::CallCompleted`]: a finished paid call as the
+//!   gateway priced it; the queue's message.
+//! * [`ledger_pool`] — [`ledger_pool::LedgerPool`]: consumes those events and
+//!   records each charge once, acking after the commit.
+//!
+//! The queue, the events and the pool are not wired into the paid path yet:
+//! that needs the budget leases of the worker-pool issue (13), without which
+//! an actor reloaded from a ledger that lags the queue could spend twice.
 //!
 //! Pricing is money arithmetic every crate shares: it lives in
-//! `ledger::pricing`. The ledger pool and `settlement/` arrive with their
-//! issues.
+//! `ledger::pricing`. Settlement arrives with its issue.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod event;
+pub mod ledger_pool;
 pub mod ledger_writer;
 pub mod queue;
 pub mod sink;

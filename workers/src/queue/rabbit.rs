@@ -247,13 +247,14 @@ impl RabbitQueue {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
+            let cause = error.to_string();
             let recovered =
                 tokio::time::timeout_at(deadline, self.publisher.wait_for_recovery(error)).await;
             match recovered {
                 Err(_) => {
-                    return Err(QueueError::Unavailable(
-                        "the broker did not come back in time".into(),
-                    ))
+                    return Err(QueueError::Unavailable(format!(
+                        "the broker did not come back in time ({cause})"
+                    )))
                 }
                 Ok(Err(error)) => return Err(unavailable(error)),
                 Ok(Ok(())) => {}

@@ -1,0 +1,111 @@
+//! [`CallCompleted`]: what a gateway publishes when a paid call finishes, and
+//! what the ledger pool turns into a charge — the queue's message body
+//! (JSON), one per call, identified by its request id.
+
+use ledger::model::NewCharge;
+use ledger::pricing::{Billed, Price};
+use ledger::{Amount, KeyId, RequestId};
+use serde::{Deserialize, Serialize};
+
+/// The event's shape; a pool refuses (dead-letters) others.
+pub const EVENT_VERSION: u32 = 1;
+
+/// A finished paid call, as priced by the gateway that ran it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallCompleted {
+    pub version: u32,
+    pub request_id: String,
+    pub key_id: String,
+    /// The payer: the key's wallet and chain.
+    pub wallet: String,
+    pub chain_id: u64,
+    pub model: String,
+    pub price_version: String,
+    /// The usage the gateway billed.
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    /// The usage the upstream reported (`None`: the billed usage is an estimate).
+    pub reported: Option<(u32, u32)>,
+    /// What the gateway quoted the client: the amount charged.
+    pub quoted_atomic: u64,
+    /// The call's hold: no bill passes it.
+    pub hold_atomic: u64,
+    pub started_at_ms: i64,
+    pub completed_at_ms: i64,
+}
+
+/// Why an event cannot become a charge (it goes to the dead-letter queue).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("the event is not a CallCompleted: {0}")]
+    Malformed(String),
+    #[error("event version {0} is not {EVENT_VERSION}")]
+    Version(u32),
+    #[error("the event's ids or amounts are invalid: {0}")]
+    Invalid(&'static str),
+}
+
+/// A re-priced event whose amount differs from the gateway's quote (the
+/// quote is charged; the difference is logged and counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuoteMismatch {
+    pub quoted: Amount,
+    pub repriced: Amount,
+}
+
+impl CallCompleted {
+    pub fn parse(body: &[u8]) -> Result<CallCompleted, EventError> {
+        let event: CallCompleted =
+            serde_json::from_slice(body).map_err(|e| EventError::Malformed(e.to_string()))?;
+        if event.version != EVENT_VERSION {
+            return Err(EventError::Version(event.version));
+        }
+        Ok(event)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct of strings and integers always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The charge this event records: the gateway's quote, after re-pricing
+    /// the billed usage with `price` (the version the event names, when the
+    /// pool knows it) to catch a quote that disagrees.
+    pub fn charge(
+        &self,
+        price: Option<&Price>,
+    ) -> Result<(NewCharge, Option<QuoteMismatch>), EventError> {
+        let request_id =
+            RequestId::parse(&self.request_id).ok_or(EventError::Invalid("request_id"))?;
+        let key_id = KeyId::parse(&self.key_id).ok_or(EventError::Invalid("key_id"))?;
+        let quoted =
+            Amount::from_atomic(self.quoted_atomic).ok_or(EventError::Invalid("quoted"))?;
+        let hold = Amount::from_atomic(self.hold_atomic).ok_or(EventError::Invalid("hold"))?;
+        if quoted > hold {
+            return Err(EventError::Invalid("a quote above its hold"));
+        }
+        let mismatch = price.and_then(|price| {
+            let Billed { amount, .. } = price.bill(
+                u64::from(self.input_tokens),
+                u64::from(self.output_tokens),
+                hold,
+            );
+            (amount != quoted).then_some(QuoteMismatch {
+                quoted,
+                repriced: amount,
+            })
+        });
+        let charge = NewCharge {
+            request_id,
+            key_id,
+            model: self.model.clone(),
+            price_version: self.price_version.clone(),
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            amount: quoted,
+            reported: self.reported,
+            created_at_ms: self.completed_at_ms,
+        };
+        Ok((charge, mismatch))
+    }
+}

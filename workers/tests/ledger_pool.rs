@@ -1,0 +1,200 @@
+//! The ledger pool against the real queue and store: every event becomes
+//! exactly one charge — duplicates, redeliveries and a pool killed mid-way
+//! included — with `budget_used` equal to the sum of the charges, and poison
+//! messages in the dead-letter queue. Runs as SQLite with the in-process
+//! queue and as PostgreSQL with RabbitMQ.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ledger::model::{NewKey, Purpose};
+use ledger::pricing::Price;
+use ledger::store::Backend;
+use ledger::testing::{set_credited, TestDb};
+use ledger::time::now_ms;
+use ledger::{Amount, ChainId, KeyId, RequestId, Store, WalletAddress};
+use workers::event::{CallCompleted, EVENT_VERSION};
+use workers::ledger_pool::{LedgerPool, PriceBook};
+use workers::queue::{Queue, QueueOptions};
+
+const CHAIN: ChainId = ChainId(43113);
+
+fn price() -> Price {
+    Price {
+        version: "v1".into(),
+        input_atomic_per_million: 1_000_000,
+        output_atomic_per_million: 2_000_000,
+        request_fee_atomic: 0,
+        min_charge_atomic: 1,
+    }
+}
+
+fn event(key: &KeyId, request: &RequestId) -> CallCompleted {
+    // 4 in + 3 out × 2 = 10, as the gateway would quote it.
+    CallCompleted {
+        version: EVENT_VERSION,
+        request_id: request.to_string(),
+        key_id: key.to_string(),
+        wallet: "0x0707070707070707070707070707070707070707".into(),
+        chain_id: CHAIN.0,
+        model: "echo".into(),
+        price_version: "v1".into(),
+        input_tokens: 4,
+        output_tokens: 3,
+        reported: Some((4, 3)),
+        quoted_atomic: 10,
+        hold_atomic: 50,
+        started_at_ms: now_ms(),
+        completed_at_ms: now_ms(),
+    }
+}
+
+async fn funded_key(store: &Store) -> KeyId {
+    let owner = WalletAddress::from_bytes([7; 20]);
+    set_credited(
+        store,
+        &owner,
+        CHAIN,
+        Amount::from_atomic(1_000_000).unwrap(),
+    )
+    .await;
+    let id = KeyId::generate();
+    store
+        .create_key(
+            &NewKey {
+                token_sha256: format!("hash-of-{id}"),
+                id: id.clone(),
+                wallet: owner,
+                chain_id: CHAIN,
+                purpose: Purpose::Api,
+                session_id: None,
+                name: "pool".into(),
+                budget_limit: Amount::from_atomic(100_000).unwrap(),
+                created_at_ms: now_ms(),
+                expires_at_ms: now_ms() + 3_600_000,
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    id
+}
+
+async fn connect(backend: Backend) -> Queue {
+    let url = match backend {
+        Backend::Sqlite => "memory://".to_owned(),
+        Backend::Postgres => std::env::var("TOLLGATE_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+    };
+    Queue::connect(&url, QueueOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("the queue at {url} is needed for this test: {e}"))
+}
+
+/// Waits (with a deadline) until the key has `count` charges.
+async fn charges_reach(store: &Store, key: &KeyId, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = store.charges_for_key(key).await.unwrap().len();
+        if n >= count {
+            assert_eq!(n, count, "no charge twice");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} of {count} charges"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn every_event_is_charged_once(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let store = db.store().await;
+    let key = funded_key(&store).await;
+    let queue = connect(backend).await;
+    let name = format!("calls-{}", uuid::Uuid::now_v7().simple());
+    queue.declare(&name).await.unwrap();
+    let requests: Vec<RequestId> = (0..100).map(|_| RequestId::generate()).collect();
+    // Each event once, the first 20 twice more (a gateway retrying a publish).
+    for (i, request) in requests.iter().enumerate() {
+        let body = Bytes::from(event(&key, request).to_json());
+        let copies = if i < 20 { 3 } else { 1 };
+        for _ in 0..copies {
+            queue
+                .publish(&name, &request.to_string(), body.clone())
+                .await
+                .unwrap();
+        }
+    }
+    queue
+        .publish(&name, "poison", Bytes::from_static(b"{not an event"))
+        .await
+        .unwrap();
+    let mut prices = PriceBook::new();
+    prices.insert(("echo".into(), "v1".into()), price());
+    let pool = LedgerPool::new(store.clone(), prices);
+
+    // Each pool on its own connection, as separate worker processes are.
+    let own_consumer = || async {
+        match backend {
+            Backend::Sqlite => queue.consume(&name).await.unwrap(),
+            Backend::Postgres => connect(backend).await.consume(&name).await.unwrap(),
+        }
+    };
+    // A pool that dies mid-way: whatever it had not acked comes back.
+    let first = {
+        let (pool, consumer) = (pool.clone(), own_consumer().await);
+        tokio::spawn(async move { pool.run(consumer).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    first.abort();
+    let _ = first.await;
+    // Two pools take over.
+    let mut runners = Vec::new();
+    for _ in 0..2 {
+        let (pool, consumer) = (pool.clone(), own_consumer().await);
+        runners.push(tokio::spawn(async move { pool.run(consumer).await }));
+    }
+    charges_reach(&store, &key, 100).await;
+    let charged = store.key(&key).await.unwrap().unwrap().budget_used;
+    assert_eq!(
+        charged.atomic(),
+        100 * 10,
+        "budget_used is the sum of the charges"
+    );
+    let charges = store.charges_for_key(&key).await.unwrap();
+    let sum: u64 = charges.iter().map(|c| c.amount.atomic()).sum();
+    assert_eq!(sum, 1_000);
+    assert!(charges.iter().all(|c| c.reported == Some((4, 3))));
+    assert_eq!(
+        pool.mismatches.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // The poison message is a dead letter, not a charge.
+    let mut dead = queue.consume(&Queue::dead_letters(&name)).await.unwrap();
+    let poison = tokio::time::timeout(Duration::from_secs(10), dead.next())
+        .await
+        .expect("the poison message is dead-lettered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(poison.message_id, "poison");
+    drop(poison);
+    drop(dead);
+    for runner in runners {
+        runner.abort();
+    }
+    queue.delete(&name).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_with_the_in_process_queue() {
+    every_event_is_charged_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_rabbitmq() {
+    every_event_is_charged_once(Backend::Postgres).await;
+}
