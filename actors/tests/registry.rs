@@ -387,3 +387,69 @@ async fn keys_that_cannot_spend_get_no_actor() {
         "its token is proven by hash, not by a signature check"
     );
 }
+
+/// Invariant 7's foundation under concurrency: once a fence reports a key
+/// drained, no call on that key can reserve (and so charge) anything — with
+/// many callers racing the fence and the revocation that follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_reserved_after_a_drained_fence() {
+    use std::sync::atomic::AtomicBool;
+    for round in 0..20 {
+        let loader = Arc::new(MemoryLoader::default());
+        let key = loader.add(1_000_000, 0);
+        let registry = registry(&loader, limits(64));
+        let fenced_drained = Arc::new(AtomicBool::new(false));
+        let late_reserves = Arc::new(AtomicUsize::new(0));
+        let callers: Vec<_> = (0..16)
+            .map(|_| {
+                let (registry, key) = (registry.clone(), key.clone());
+                let (fenced_drained, late) = (fenced_drained.clone(), late_reserves.clone());
+                tokio::spawn(async move {
+                    for _ in 0..50 {
+                        let Ok(lease) = registry.acquire(&key).await else {
+                            continue;
+                        };
+                        let reserved = lease
+                            .reserve(
+                                RequestId::generate(),
+                                amount(1),
+                                amount(1),
+                                now_ms() + 60_000,
+                            )
+                            .await;
+                        if reserved.is_ok() {
+                            // A hold taken after the key was reported drained
+                            // would be a charge nobody counted.
+                            if fenced_drained.load(Ordering::SeqCst) {
+                                late.fetch_add(1, Ordering::SeqCst);
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                        drop(lease);
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(round % 5)).await;
+        // Fence until no call is in flight, then revoke (as stop_keys does).
+        loop {
+            let fence = registry.fence(&key).await;
+            if fence.drained {
+                fenced_drained.store(true, Ordering::SeqCst);
+                assert!(registry.revoke(&key, BudgetStatus::Revoked).await);
+                drop(fence);
+                break;
+            }
+            drop(fence);
+            tokio::task::yield_now().await;
+        }
+        for caller in callers {
+            caller.await.unwrap();
+        }
+        assert_eq!(
+            late_reserves.load(Ordering::SeqCst),
+            0,
+            "round {round}: a hold was taken after the key was reported drained"
+        );
+    }
+}
