@@ -20,7 +20,7 @@ use ledger::pricing::Price;
 use ledger::Store;
 
 use crate::event::CallCompleted;
-use crate::queue::{Consumer, Delivery};
+use crate::queue::{ack_batch, Consumer, Delivery};
 
 /// The most messages one transaction carries (the store's own bound).
 pub const BATCH_MAX: usize = 256;
@@ -94,18 +94,20 @@ impl LedgerPool {
         match self.store.record_charges(&charges).await {
             Ok(outcomes) => {
                 debug_assert_eq!(outcomes.len(), pending.len());
+                // Rejects first, then one ack for the rest (`multiple` on
+                // RabbitMQ): every earlier delivery is settled by then.
+                let mut done = Vec::with_capacity(pending.len());
                 for ((delivery, charge), outcome) in pending.into_iter().zip(&charges).zip(outcomes)
                 {
                     match outcome {
-                        ChargeOutcome::Recorded | ChargeOutcome::Duplicate => {
-                            settle(delivery.ack().await)
-                        }
+                        ChargeOutcome::Recorded | ChargeOutcome::Duplicate => done.push(delivery),
                         ChargeOutcome::OverBudget | ChargeOutcome::UnknownKey => {
                             tracing::error!(request_id = %charge.request_id, key_id = %charge.key_id, ?outcome, "dead-lettering a charge its key cannot take");
                             settle(delivery.reject().await);
                         }
                     }
                 }
+                settle(ack_batch(done).await);
             }
             Err(error) => {
                 tracing::warn!(%error, charges = charges.len(), "writing charges failed; they go back to the queue");

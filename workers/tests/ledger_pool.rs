@@ -181,12 +181,15 @@ async fn every_event_is_charged_once(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(poison.message_id, "poison");
-    drop(poison);
-    drop(dead);
+    poison.ack().await.unwrap();
+    let _ = dead.close().await;
     for runner in runners {
         runner.abort();
     }
-    queue.delete(&name).await.unwrap();
+    // Clean-up, best effort: the queue's name is unique to this run.
+    if let Err(error) = queue.delete(&name).await {
+        eprintln!("cleaning up {name}: {error}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,17 @@ async fn queue(kind: Kind) -> (Queue, String) {
     (queue, name)
 }
 
+/// Removes the test's queues. Best effort: the tests assert the queue's
+/// behaviour, not the clean-up (a leftover queue has a unique name).
+async fn cleanup(queue: &Queue, name: &str, consumers: Vec<Consumer>) {
+    for consumer in consumers {
+        let _ = consumer.close().await;
+    }
+    if let Err(error) = queue.delete(name).await {
+        eprintln!("cleaning up {name}: {error}");
+    }
+}
+
 /// The next delivery, within a deadline.
 async fn next(consumer: &mut Consumer) -> Delivery {
     tokio::time::timeout(Duration::from_secs(10), consumer.next())
@@ -80,7 +91,7 @@ async fn confirmed_messages_are_delivered_once_acked(kind: Kind) {
     expected.sort();
     assert_eq!(seen, expected, "each message once");
     quiet(&mut consumer).await;
-    queue.delete(&name).await.unwrap();
+    cleanup(&queue, &name, vec![consumer]).await;
 }
 
 async fn many_publishes_are_confirmed_concurrently(kind: Kind) {
@@ -101,7 +112,7 @@ async fn many_publishes_are_confirmed_concurrently(kind: Kind) {
         next(&mut consumer).await.ack().await.unwrap();
     }
     quiet(&mut consumer).await;
-    queue.delete(&name).await.unwrap();
+    cleanup(&queue, &name, vec![consumer]).await;
 }
 
 async fn a_dead_consumers_messages_are_redelivered(kind: Kind) {
@@ -122,7 +133,7 @@ async fn a_dead_consumers_messages_are_redelivered(kind: Kind) {
     assert_eq!(again.deliveries, 2, "a redelivery is counted");
     again.ack().await.unwrap();
     quiet(&mut second).await;
-    queue.delete(&name).await.unwrap();
+    cleanup(&queue, &name, vec![second]).await;
 }
 
 async fn poison_messages_are_dead_lettered_after_the_limit(kind: Kind) {
@@ -162,8 +173,7 @@ async fn poison_messages_are_dead_lettered_after_the_limit(kind: Kind) {
     ];
     ids.sort();
     assert_eq!(ids, ["poison", "rejected"]);
-    drop(dead);
-    queue.delete(&name).await.unwrap();
+    cleanup(&queue, &name, vec![consumer, dead]).await;
 }
 
 /// The broker closes the connection (as a restart or a network cut would):
@@ -210,8 +220,7 @@ async fn rabbit_publishes_survive_a_lost_connection() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids, ["after", "before"], "nothing confirmed was lost");
-    drop(consumer);
-    queue.delete(&name).await.unwrap();
+    cleanup(&queue, &name, vec![consumer]).await;
 }
 
 macro_rules! both_queues {

@@ -148,6 +148,15 @@ impl Consumer {
             Consumer::Rabbit(consumer) => consumer.next().await,
         }
     }
+
+    /// Stops consuming; what was delivered and not settled goes back to the
+    /// queue. (Dropping a consumer does the same, without waiting.)
+    pub async fn close(self) -> Result<(), QueueError> {
+        match self {
+            Consumer::Memory(_) => Ok(()),
+            Consumer::Rabbit(consumer) => consumer.close().await,
+        }
+    }
 }
 
 /// One delivered message, to be settled exactly once. Dropped unsettled, it
@@ -163,6 +172,32 @@ pub struct Delivery {
 enum Settle {
     Memory(memory::MemoryAcker),
     Rabbit(Box<lapin::message::Delivery>),
+}
+
+/// Acknowledges a whole batch taken in order from one consumer, once its
+/// work is committed. On RabbitMQ that is one `multiple` ack of the latest
+/// delivery, which settles every earlier one of the channel too — so every
+/// earlier delivery of that consumer must be settled already or be in the
+/// batch (the ledger pool settles its rejects first, then acks the batch).
+pub async fn ack_batch(batch: Vec<Delivery>) -> Result<(), QueueError> {
+    let mut latest: Option<Box<lapin::message::Delivery>> = None;
+    for delivery in batch {
+        match delivery.settle {
+            Settle::Memory(acker) => acker.ack(),
+            Settle::Rabbit(delivery) => {
+                if latest
+                    .as_ref()
+                    .is_none_or(|l| l.delivery_tag < delivery.delivery_tag)
+                {
+                    latest = Some(delivery);
+                }
+            }
+        }
+    }
+    match latest {
+        Some(delivery) => rabbit::ack_multiple(*delivery).await,
+        None => Ok(()),
+    }
 }
 
 impl Delivery {

@@ -210,10 +210,7 @@ impl RabbitQueue {
             )
             .await
             .map_err(unavailable)?;
-        Ok(RabbitConsumer {
-            _channel: channel,
-            consumer,
-        })
+        Ok(RabbitConsumer { channel, consumer })
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), QueueError> {
@@ -273,14 +270,35 @@ fn long_string(text: &str) -> AMQPValue {
     AMQPValue::LongString(text.into())
 }
 
-/// Takes messages from one RabbitMQ queue. Dropping it closes its channel:
-/// the broker redelivers what it had not acknowledged.
+/// Takes messages from one RabbitMQ queue. Closing it — or dropping it, which
+/// closes its channel in the background — makes the broker redeliver what it
+/// had not acknowledged.
 pub struct RabbitConsumer {
-    _channel: Channel,
+    channel: Channel,
     consumer: lapin::Consumer,
 }
 
+impl Drop for RabbitConsumer {
+    fn drop(&mut self) {
+        let channel = self.channel.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = channel.close(200, "consumer dropped".into()).await;
+            });
+        }
+    }
+}
+
 impl RabbitConsumer {
+    /// Closes the consumer's channel and waits for the broker: its
+    /// unacknowledged messages go back to the queue.
+    pub async fn close(&self) -> Result<(), QueueError> {
+        self.channel
+            .close(200, "consumer closed".into())
+            .await
+            .map_err(unavailable)
+    }
+
     pub async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
         let delivery = match self.consumer.next().await? {
             Ok(delivery) => delivery,
@@ -318,6 +336,15 @@ impl RabbitConsumer {
 pub(super) async fn ack(delivery: lapin::message::Delivery) -> Result<(), QueueError> {
     delivery
         .ack(BasicAckOptions::default())
+        .await
+        .map(|_| ())
+        .map_err(unavailable)
+}
+
+/// Acks `delivery` and every earlier unsettled delivery of its channel.
+pub(super) async fn ack_multiple(delivery: lapin::message::Delivery) -> Result<(), QueueError> {
+    delivery
+        .ack(BasicAckOptions { multiple: true })
         .await
         .map(|_| ())
         .map_err(unavailable)
