@@ -210,6 +210,18 @@ impl Budget {
         Ok(hold.amount)
     }
 
+    /// Moves a hold's deadline later (never earlier): its call is still
+    /// writing its charge, and the hold must not expire under it.
+    pub fn extend(&mut self, request: &RequestId, deadline_ms: i64) -> Result<(), SettleError> {
+        let hold = self
+            .holds
+            .get_mut(request)
+            .ok_or(SettleError::UnknownHold)?;
+        hold.deadline_ms = hold.deadline_ms.max(deadline_ms);
+        self.assert_invariants();
+        Ok(())
+    }
+
     /// Frees every hold whose deadline has passed; returns how many.
     pub fn expire(&mut self, now_ms: i64) -> usize {
         let before = self.holds.len();

@@ -13,7 +13,7 @@ use ledger::time::now_ms;
 use ledger::{Amount, KeyId};
 
 use crate::budget::{Budget, Committed, ReserveError, Reserved, SettleError};
-use crate::messages::{Commit, Release, Reserve, Revoke, Snapshot, Stop};
+use crate::messages::{Commit, Extend, Release, Reserve, Revoke, Snapshot, Stop};
 
 /// How often expired holds are swept. Holds outlive their deadline by at most
 /// this much, which only ever makes a key stricter.
@@ -76,6 +76,14 @@ impl Handler<Commit> for KeyActor {
 
     fn handle(&mut self, msg: Commit, _ctx: &mut Self::Context) -> Self::Result {
         self.budget.commit(&msg.request, msg.final_amount)
+    }
+}
+
+impl Handler<Extend> for KeyActor {
+    type Result = Result<(), SettleError>;
+
+    fn handle(&mut self, msg: Extend, _ctx: &mut Self::Context) -> Self::Result {
+        self.budget.extend(&msg.request, msg.deadline_ms)
     }
 }
 

@@ -26,6 +26,15 @@ pub struct Commit {
     pub final_amount: Amount,
 }
 
+/// Keep a call's hold until `deadline_ms` at least (its charge is still
+/// being written).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SettleError>")]
+pub struct Extend {
+    pub request: RequestId,
+    pub deadline_ms: i64,
+}
+
 /// Free a call's hold without charging (the upstream failed).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Amount, SettleError>")]

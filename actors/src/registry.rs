@@ -50,7 +50,7 @@ use crate::budget::{
     Budget, BudgetSnapshot, BudgetStatus, Committed, ReserveError, Reserved, SettleError,
 };
 use crate::key_actor::KeyActor;
-use crate::messages::{Commit, Release, Reserve, Revoke, Snapshot, Stop};
+use crate::messages::{Commit, Extend, Release, Reserve, Revoke, Snapshot, Stop};
 
 /// Shards of the key map: enough that two cores rarely meet on one lock.
 const SHARDS: usize = 64;
@@ -682,6 +682,18 @@ impl Lease {
             final_amount,
         };
         Ok(self.entry.addr.send(commit).await??)
+    }
+
+    /// Keeps `request`'s hold until `deadline_ms` at least.
+    pub async fn extend(&self, request: RequestId, deadline_ms: i64) -> Result<(), CallError> {
+        Ok(self
+            .entry
+            .addr
+            .send(Extend {
+                request,
+                deadline_ms,
+            })
+            .await??)
     }
 
     pub async fn release(&self, request: RequestId) -> Result<Amount, CallError> {

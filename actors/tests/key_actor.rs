@@ -8,7 +8,7 @@ use std::sync::Arc;
 use actix::Actor;
 use actors::budget::{Budget, BudgetStatus, ReserveError, SettleError};
 use actors::key_actor::KeyActor;
-use actors::messages::{Commit, Release, Reserve, Revoke, Snapshot};
+use actors::messages::{Commit, Extend, Release, Reserve, Revoke, Snapshot};
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId, RequestId};
 
@@ -142,5 +142,54 @@ async fn release_revoke_and_expiry_through_the_mailbox() {
     assert_eq!(
         addr.send(Snapshot).await.unwrap().status,
         BudgetStatus::Revoked
+    );
+}
+
+/// A hold whose call is still writing its charge is extended, and then
+/// outlives its first deadline: the expiry sweep leaves it, the commit lands.
+#[actix::test]
+async fn an_extended_hold_outlives_its_first_deadline() {
+    let expired = Arc::new(AtomicU64::new(0));
+    let addr = start(100, expired.clone());
+    let request = RequestId::generate();
+    addr.send(Reserve {
+        request: request.clone(),
+        wanted: amount(40),
+        minimum: amount(1),
+        deadline_ms: now_ms() + 200,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    addr.send(Extend {
+        request: request.clone(),
+        deadline_ms: now_ms() + 60_000,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // Past the first deadline and two sweeps.
+    tokio::time::sleep(std::time::Duration::from_millis(200) + actors::key_actor::EXPIRY_SWEEP * 2)
+        .await;
+    assert_eq!(expired.load(Ordering::Relaxed), 0);
+    assert_eq!(addr.send(Snapshot).await.unwrap().held, amount(40));
+    let committed = addr
+        .send(Commit {
+            request: request.clone(),
+            final_amount: amount(30),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(committed.charged, amount(30));
+    // An unknown hold cannot be extended.
+    assert_eq!(
+        addr.send(Extend {
+            request,
+            deadline_ms: now_ms() + 60_000,
+        })
+        .await
+        .unwrap(),
+        Err(SettleError::UnknownHold)
     );
 }

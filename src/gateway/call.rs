@@ -48,7 +48,15 @@ pub struct PaidCall {
     pub max_tokens: u64,
     /// When the call must be over (its hold lasts `hold_slack_ms` longer).
     pub ends_by: tokio::time::Instant,
+    /// When the actor would release the hold on its own (ms since epoch).
+    hold_deadline_ms: i64,
 }
+
+/// A charge still being written this close to its hold's deadline gets the
+/// hold extended, so no other call can take the budget it is charging.
+const HOLD_EXTEND_MARGIN_MS: i64 = 5_000;
+/// How much later each extension moves the deadline.
+const HOLD_EXTEND_BY_MS: i64 = 30_000;
 
 /// The usage a call is charged for: what the upstream reported, or — when
 /// it reported none — the gateway's estimate of what it delivered.
@@ -169,6 +177,7 @@ impl PaidCall {
             prompt_tokens_max,
             max_tokens,
             ends_by,
+            hold_deadline_ms: deadline_ms,
         })
     }
 
@@ -224,8 +233,32 @@ impl PaidCall {
         };
         let sink = self.sink.clone();
         let request = self.request.clone();
+        let hold_deadline_ms = self.hold_deadline_ms;
         let finishing = tokio::spawn(async move {
-            match sink.record(charge).await {
+            // A slow store (a stall, a busy lock) must not let the hold expire
+            // while its charge is on the way: keep extending it until the
+            // write answers (invariant 8).
+            let write = sink.record(charge);
+            tokio::pin!(write);
+            let mut deadline_ms = hold_deadline_ms;
+            let written = loop {
+                let wait_ms = deadline_ms
+                    .saturating_sub(HOLD_EXTEND_MARGIN_MS)
+                    .saturating_sub(now_ms())
+                    .max(0);
+                let extend_at = tokio::time::Instant::now()
+                    + std::time::Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+                tokio::select! {
+                    written = &mut write => break written,
+                    _ = tokio::time::sleep_until(extend_at) => {
+                        deadline_ms = now_ms().saturating_add(HOLD_EXTEND_BY_MS);
+                        if let Err(error) = lease.extend(request.clone(), deadline_ms).await {
+                            tracing::warn!(%error, "extending a hold under a slow charge failed");
+                        }
+                    }
+                }
+            };
+            match written {
                 Ok(ChargeOutcome::Recorded) | Ok(ChargeOutcome::Duplicate) => {
                     match lease.commit(request, amount).await {
                         Ok(committed) => Ok(committed),
