@@ -431,11 +431,14 @@ async fn nothing_is_reserved_after_a_drained_fence() {
             })
             .collect();
         tokio::time::sleep(std::time::Duration::from_millis(round % 5)).await;
-        // Fence until no call is in flight, then revoke (as stop_keys does).
+        // Fence until no call is in flight; then, as stop_keys does, the
+        // store records the revocation and the actor is told, all before the
+        // fence falls (a caller that loads the key later reads it revoked).
         loop {
             let fence = registry.fence(&key).await;
             if fence.drained {
                 fenced_drained.store(true, Ordering::SeqCst);
+                loader.keys.lock().unwrap().get_mut(&key).unwrap().status = BudgetStatus::Revoked;
                 assert!(registry.revoke(&key, BudgetStatus::Revoked).await);
                 drop(fence);
                 break;
