@@ -502,6 +502,12 @@ impl Inner {
     async fn init(&self, key: &KeyId, slot: &Slot) -> Result<Arc<KeyEntry>, AcquireError> {
         let result = slot
             .get_or_try_init(|| async {
+                // Callers queued behind a load that found the key refused
+                // retry the init one after another: answer them from the
+                // refused cache instead of loading the key again each.
+                if let Some(state) = self.shard(key).refused.get(key).cloned() {
+                    return Err(AcquireError::CannotSpend(state));
+                }
                 let state = self
                     .loader
                     .load(key)

@@ -386,6 +386,22 @@ async fn keys_that_cannot_spend_get_no_actor() {
         Some(format!("hash-of-{spent}").as_str()),
         "its token is proven by hash, not by a signature check"
     );
+    // Concurrent first calls on another such key: one load, not one each
+    // (callers queued behind a refused load are answered from memory).
+    let revoked = loader.add(10, 0);
+    loader
+        .keys
+        .lock()
+        .unwrap()
+        .get_mut(&revoked)
+        .unwrap()
+        .status = BudgetStatus::Revoked;
+    let before = loader.loads.load(Ordering::SeqCst);
+    let calls = (0..10).map(|_| registry.acquire(&revoked));
+    for result in futures_util::future::join_all(calls).await {
+        assert!(matches!(result, Err(AcquireError::CannotSpend(_))));
+    }
+    assert_eq!(loader.loads.load(Ordering::SeqCst) - before, 1);
 }
 
 /// Invariant 7's foundation under concurrency: once a fence reports a key
