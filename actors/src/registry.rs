@@ -203,7 +203,10 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
     loaded: AtomicUsize,
+    /// Round-robin over the arbiter pool for new actors.
     next_arbiter: AtomicUsize,
+    /// Rotating first shard of the eviction search.
+    lru_start: AtomicUsize,
     loader: Arc<dyn KeyLoader>,
     limits: RegistryLimits,
     /// Holds released by their deadline (each one a call that neither
@@ -247,6 +250,7 @@ impl Registry {
             hasher: Default::default(),
             loaded: AtomicUsize::new(0),
             next_arbiter: AtomicUsize::new(0),
+            lru_start: AtomicUsize::new(0),
             loader,
             limits,
             expired_holds: Arc::new(AtomicU64::new(0)),
@@ -543,10 +547,10 @@ impl Inner {
     /// room for a new key. False when every actor has a call in flight.
     fn evict_least_recently_used(&self) -> bool {
         // Approximate LRU, bounded work: the oldest idle actor of a few
-        // shards (starting where the last search stopped), all shards only
-        // when those hold none — a full registry does not scan every actor
-        // on every new key.
-        let start = self.next_arbiter.fetch_add(1, Ordering::Relaxed);
+        // shards (starting one shard further than the last search), all
+        // shards only when those hold none — a full registry does not scan
+        // every actor on every new key.
+        let start = self.lru_start.fetch_add(1, Ordering::Relaxed);
         let mut oldest: Option<(i64, usize, Arc<KeyEntry>)> = None;
         for step in 0..self.shards.len() {
             if step >= LRU_SAMPLE_SHARDS && oldest.is_some() {

@@ -13,7 +13,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection};
 
 use super::{
-    get_amount, get_i64, get_opt_i64, get_opt_string, get_parsed, get_string, get_u32, Store,
+    get_amount, get_i64, get_opt_string, get_opt_u32, get_parsed, get_string, get_u32, Store,
 };
 use crate::model::{ChargeOutcome, ChargeRecord, ChargeWrite, NewCharge};
 use crate::{KeyId, RequestId, StoreError};
@@ -240,10 +240,6 @@ const GROW_BUDGET_USED: &str = "UPDATE keys SET budget_used_atomic = budget_used
      WHERE id = $1 AND budget_used_atomic <= budget_limit_atomic - $2
        AND (status = 'active' OR committed_until_ms > $3)";
 
-fn corrupt(column: &str) -> StoreError {
-    StoreError::Corrupt(format!("{column}: out of range or half missing"))
-}
-
 fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {
     Ok(ChargeRecord {
         request_id: get_parsed(row, "request_id", RequestId::parse)?,
@@ -254,15 +250,17 @@ fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {
         output_tokens: get_u32(row, "output_tokens")?,
         amount: get_amount(row, "amount_atomic")?,
         reported: match (
-            get_opt_i64(row, "reported_input_tokens")?,
-            get_opt_i64(row, "reported_output_tokens")?,
+            get_opt_u32(row, "reported_input_tokens")?,
+            get_opt_u32(row, "reported_output_tokens")?,
         ) {
-            (Some(input), Some(output)) => Some((
-                u32::try_from(input).map_err(|_| corrupt("reported_input_tokens"))?,
-                u32::try_from(output).map_err(|_| corrupt("reported_output_tokens"))?,
-            )),
+            (Some(input), Some(output)) => Some((input, output)),
             (None, None) => None,
-            _ => return Err(corrupt("reported_input_tokens")),
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "reported_input_tokens, reported_output_tokens: one of the pair is missing"
+                        .to_owned(),
+                ))
+            }
         },
         status: get_string(row, "status")?,
         batch_id: get_opt_string(row, "batch_id")?,

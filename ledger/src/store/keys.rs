@@ -128,7 +128,7 @@ impl Store {
         ))
         .bind(id.as_str())
         .bind(now_ms)
-        .bind(crate::time::now_ms().saturating_add(self.hold_max_ms()))
+        .bind(self.stopped_committed_until_ms())
         .fetch_optional(&mut *tx)
         .await?;
         if drained {
@@ -179,8 +179,9 @@ pub(crate) async fn release_funds(
     Ok(())
 }
 
-/// Locks the wallet+chain, checks funding and the active-key bound, and
-/// inserts the key, all inside the caller's transaction.
+/// Checks funding and the active-key bound and inserts the key, inside the
+/// caller's transaction, which must already hold the wallet+chain lock
+/// ([`lock_balance`]) so that the checks and the insert are one step.
 pub(crate) async fn insert_funded_key(
     conn: &mut AnyConnection,
     key: &NewKey,
@@ -188,7 +189,6 @@ pub(crate) async fn insert_funded_key(
     hold_max_ms: i64,
 ) -> Result<KeyRecord, StoreError> {
     let now_ms = key.created_at_ms;
-    lock_balance(conn, &key.wallet, key.chain_id, now_ms).await?;
     if count_active_keys(conn, &key.wallet, key.chain_id, now_ms).await?
         >= i64::from(max_active_keys)
     {

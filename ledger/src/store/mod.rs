@@ -126,6 +126,12 @@ impl Store {
         self.hold_max_ms
     }
 
+    /// The `$3` of [`keys::COMMITTED_UNTIL_CAPPED`] for a key stopped now: a
+    /// hold taken just before the stop can live until then.
+    pub(crate) fn stopped_committed_until_ms(&self) -> i64 {
+        crate::time::now_ms().saturating_add(self.hold_max_ms)
+    }
+
     /// Applies every migration not yet applied. Safe to run concurrently with
     /// itself and on every start.
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -289,8 +295,17 @@ pub(crate) fn get_chain(row: &AnyRow, column: &str) -> Result<ChainId, StoreErro
 }
 
 pub(crate) fn get_u32(row: &AnyRow, column: &str) -> Result<u32, StoreError> {
-    u32::try_from(get_i64(row, column)?)
-        .map_err(|_| StoreError::Corrupt(format!("{column}: out of range")))
+    u32_in_range(get_i64(row, column)?, column)
+}
+
+pub(crate) fn get_opt_u32(row: &AnyRow, column: &str) -> Result<Option<u32>, StoreError> {
+    get_opt_i64(row, column)?
+        .map(|value| u32_in_range(value, column))
+        .transpose()
+}
+
+fn u32_in_range(value: i64, column: &str) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column}: out of range")))
 }
 
 pub(crate) fn chain_to_db(chain: ChainId) -> Result<i64, StoreError> {

@@ -121,7 +121,7 @@ impl Store {
             ))
             .bind(get_string(row, "id")?)
             .bind(now_ms)
-            .bind(crate::time::now_ms().saturating_add(self.hold_max_ms()))
+            .bind(self.stopped_committed_until_ms())
             .fetch_all(&mut *tx)
             .await?;
             for key in &keys {

@@ -6,6 +6,7 @@
 
 use sqlx::any::AnyRow;
 
+use super::balances::lock_balance;
 use super::keys::{insert_funded_key, release_funds, COMMITTED_UNTIL_CAPPED};
 use super::{
     chain_to_db, get_chain, get_i64, get_opt_i64, get_opt_parsed, get_opt_string, get_parsed,
@@ -132,13 +133,20 @@ impl Store {
             ))
             .bind(previous.as_str())
             .bind(now)
-            .bind(crate::time::now_ms().saturating_add(self.hold_max_ms()))
+            .bind(self.stopped_committed_until_ms())
             .execute(&mut *tx)
             .await?;
             if drained.contains(previous) {
                 release_funds(&mut tx, previous, now).await?;
             }
         }
+        lock_balance(
+            &mut tx,
+            &budget.wallet,
+            budget.chain_id,
+            budget.created_at_ms,
+        )
+        .await?;
         let key = insert_funded_key(&mut tx, budget, max_active_keys, self.hold_max_ms()).await?;
         sqlx::query("UPDATE studio_projects SET budget_key_id = $2 WHERE id = $1")
             .bind(project.id.as_str())
