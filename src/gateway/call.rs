@@ -25,12 +25,43 @@ use ledger::time::now_ms;
 use ledger::{Amount, KeyId, RequestId};
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use workers::sink::ChargeSink;
+use workers::sink::{ChargeSink, RecordFuture, SinkError};
 
 use super::error::{BudgetView, CallFailure};
 use super::{Gateway, Model};
 use crate::auth::token::token_sha256;
 use crate::upstream::Usage;
+
+/// Awaits the charge's `write`, extending the call's hold whenever its
+/// deadline comes within [`HOLD_EXTEND_MARGIN_MS`]: a slow store (a stall, a
+/// busy lock) must not let the hold expire while its charge is on the way
+/// (invariant 8).
+async fn record_holding(
+    write: RecordFuture,
+    lease: &Lease,
+    request: &RequestId,
+    hold_deadline_ms: i64,
+) -> Result<ChargeOutcome, SinkError> {
+    tokio::pin!(write);
+    let mut deadline_ms = hold_deadline_ms;
+    loop {
+        let wait_ms = deadline_ms
+            .saturating_sub(HOLD_EXTEND_MARGIN_MS)
+            .saturating_sub(now_ms())
+            .max(0);
+        let extend_at = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+        tokio::select! {
+            written = &mut write => return written,
+            _ = tokio::time::sleep_until(extend_at) => {
+                deadline_ms = now_ms().saturating_add(HOLD_EXTEND_BY_MS);
+                if let Err(error) = lease.extend(request.clone(), deadline_ms).await {
+                    tracing::warn!(%error, "extending a hold under a slow charge failed");
+                }
+            }
+        }
+    }
+}
 
 /// A call holding budget on its key.
 pub struct PaidCall {
@@ -235,29 +266,8 @@ impl PaidCall {
         let request = self.request.clone();
         let hold_deadline_ms = self.hold_deadline_ms;
         let finishing = tokio::spawn(async move {
-            // A slow store (a stall, a busy lock) must not let the hold expire
-            // while its charge is on the way: keep extending it until the
-            // write answers (invariant 8).
-            let write = sink.record(charge);
-            tokio::pin!(write);
-            let mut deadline_ms = hold_deadline_ms;
-            let written = loop {
-                let wait_ms = deadline_ms
-                    .saturating_sub(HOLD_EXTEND_MARGIN_MS)
-                    .saturating_sub(now_ms())
-                    .max(0);
-                let extend_at = tokio::time::Instant::now()
-                    + std::time::Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
-                tokio::select! {
-                    written = &mut write => break written,
-                    _ = tokio::time::sleep_until(extend_at) => {
-                        deadline_ms = now_ms().saturating_add(HOLD_EXTEND_BY_MS);
-                        if let Err(error) = lease.extend(request.clone(), deadline_ms).await {
-                            tracing::warn!(%error, "extending a hold under a slow charge failed");
-                        }
-                    }
-                }
-            };
+            let written =
+                record_holding(sink.record(charge), &lease, &request, hold_deadline_ms).await;
             match written {
                 Ok(ChargeOutcome::Recorded) | Ok(ChargeOutcome::Duplicate) => {
                     match lease.commit(request, amount).await {
