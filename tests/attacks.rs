@@ -9,7 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_error, eventually, json_of, spawn_app_with, spawn_paid_app_with, TestApp, Wallet, CHAIN,
+    assert_error, eventually, header_amount, json_of, spawn_app_with, spawn_paid_app_with, TestApp,
+    Wallet, CHAIN,
 };
 use ledger::store::Backend;
 use ledger::time::now_ms;
@@ -639,6 +640,72 @@ async fn bidi_names_are_refused_and_the_ledger_is_private(backend: Backend) {
             assert_eq!(mode & 0o077, 0, "{file} is {mode:o}");
         }
     }
+}
+
+/// A stalled store under a charge (invariant 8): the charge write waits on
+/// a row lock held past the hold's own deadline (1 s bound + 0.5 s slack),
+/// and all the while the hold keeps the budget it covers — a second call
+/// finds nothing left instead of spending it again. Once the store answers,
+/// the call is charged exactly once. PostgreSQL only: its row locks wait
+/// without a timeout, where SQLite's busy timeout would fail the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_cannot_free_the_hold_under_its_charge() {
+    use sqlx::Connection;
+    let (app, _mock) = spawn_paid_app_with(
+        Backend::Postgres,
+        &[
+            ("TOLLGATE__GATEWAY__UPSTREAM_TIMEOUT_MS", "1000"),
+            ("TOLLGATE__GATEWAY__HOLD_SLACK_MS", "500"),
+        ],
+    )
+    .await;
+    // 10 words in (10) and at most 10 out (20): the hold is the whole budget.
+    let key = app.paid_key(30).await;
+    let words: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
+    let body = json!({"model": "echo", "max_tokens": 1000,
+                      "messages": [{"role": "user", "content": words.join(" ")}]});
+    let mut stall = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut lock = stall.begin().await.unwrap();
+    sqlx::query("SELECT id FROM keys WHERE id = $1 FOR UPDATE")
+        .bind(&key.key_id)
+        .fetch_one(&mut *lock)
+        .await
+        .unwrap();
+    let first = {
+        let (client, url, token, body) = (
+            app.client.clone(),
+            app.url("/external/v1/chat/completions"),
+            key.token.clone(),
+            body.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // Well past the first hold's deadline, its charge still waiting.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert!(
+        !first.is_finished(),
+        "the charge waits on the stalled store"
+    );
+    let second = tokio::time::timeout(Duration::from_secs(10), app.chat(&key.token, &body))
+        .await
+        .expect("a call on a fully held key is refused at once");
+    assert_eq!(second.status(), StatusCode::PAYMENT_REQUIRED);
+    lock.rollback().await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the charge lands once the store answers")
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(header_amount(&first, "x-compose-key-final-amount-wei"), 30);
+    assert_eq!(app.spent(&key.key_id).await, (30, 30));
 }
 
 both_stores!(
