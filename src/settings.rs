@@ -38,6 +38,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub keys: KeySettings,
     pub gateway: GatewaySettings,
+    pub leases: LeaseSettings,
     pub studio: StudioSettings,
     pub settlement: SettlementSettings,
     pub chains: BTreeMap<ChainKey, ChainSettings>,
@@ -159,6 +160,22 @@ pub struct GatewaySettings {
     pub hold_slack_ms: i64,
     /// Actor threads; 0 means one per core.
     pub actor_threads: usize,
+}
+
+/// Budget leases (DESIGN §6): what each gateway node takes of a key's
+/// budget at a time, and how long a silent node's leases last.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSettings {
+    /// A node that stopped renewing its leases (a crash) for this long has
+    /// them taken back by the others.
+    pub grace_ms: i64,
+    /// A top-up takes this many of the calling request's maximum cost, so a
+    /// hot key costs the store one update per this many calls.
+    pub chunk_calls: u64,
+    /// How often a node looks for keys it leases that were revoked or
+    /// superseded through another node.
+    pub revocation_poll_ms: u64,
 }
 
 impl GatewaySettings {
@@ -574,6 +591,15 @@ impl Settings {
     }
 
     fn validate_gateway(&self) -> Result<(), SettingsError> {
+        let l = &self.leases;
+        within("leases.grace_ms", l.grace_ms, 1_000, 86_400_000)?;
+        within("leases.chunk_calls", l.chunk_calls, 1, 1_000_000)?;
+        within(
+            "leases.revocation_poll_ms",
+            l.revocation_poll_ms,
+            10,
+            60_000,
+        )?;
         let g = &self.gateway;
         if g.chat_body_max_bytes == 0 || g.chat_body_max_bytes > 64 * 1024 * 1024 {
             return Err(invalid(

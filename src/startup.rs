@@ -108,7 +108,10 @@ impl Application {
         let bound = listener.local_addr().map_err(StartupError::Server)?;
         settings.validate_siwe_domains(bound)?;
         settings.auth.siwe_domains = settings.siwe_domains_for(bound);
-        let store = open_store(&settings).await?;
+        // This process is one gateway node: its budget leases carry this id.
+        let node_id = format!("node-{}", uuid::Uuid::now_v7().simple());
+        tracing::info!(node_id, "gateway node");
+        let store = open_store(&settings).await?.with_node_id(&node_id);
         let key = signing_key::load_or_create(
             settings.auth.signing_key.as_deref(),
             Path::new(&settings.auth.signing_key_file),
@@ -227,7 +230,13 @@ impl Application {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // 3. Nothing more can reach the store.
+        // 3. Every key actor stops and gives back what it did not spend of
+        //    its budget lease.
+        gateway
+            .leases
+            .return_all(&gateway.registry, shutdown_timeout)
+            .await;
+        // 4. Nothing more can reach the store.
         drop(watched);
         store.close().await;
         tracing::info!("stopped");

@@ -29,6 +29,8 @@ fn spawn_serving(dir: &std::path::Path, bind: &str, log: &str) -> (Child, u16) {
             .args(["serve", "--bind", bind])
             .env("TOLLGATE__LOG__FILTER", "debug")
             .env("TOLLGATE__LOG__FORMAT", "json")
+            // A crashed node's budget leases come back after 3 s, not 60.
+            .env("TOLLGATE__LEASES__GRACE_MS", "3000")
             .current_dir(dir)
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -165,8 +167,9 @@ fn run_in(dir: &std::path::Path, args: &[&str]) -> String {
 
 /// Paid calls against the real binary on its embedded defaults (SQLite, key
 /// actors on actix-web's worker arbiters), then a crash (SIGKILL) and a
-/// restart: every reported charge survives, and the restarted key actor,
-/// loaded from the store, never regains budget — spending stops exactly at
+/// restart: every reported charge survives; the dead node's budget lease
+/// keeps the rest of the key until `leases.grace_ms`, then comes back; and
+/// the restarted key actor never regains budget — spending stops exactly at
 /// the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paid_calls_survive_a_crash_and_restart_within_budget() {
@@ -278,7 +281,13 @@ async fn paid_calls_survive_a_crash_and_restart_within_budget() {
 
     let view = budget_used().await;
     assert_eq!(view, "120", "every reported charge survived the crash");
-    // The restarted actor starts from the ledger: exactly 6 more calls fit.
+    // The dead node's budget lease still covers the rest of the key: until
+    // its grace (3 s) passes, the key is stricter, never looser.
+    let (status, _) = call().await;
+    assert_eq!(status, 402, "the crashed node's lease is not spent twice");
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    // Taken back: the restarted node spends from the ledger's figure, and
+    // exactly 6 more calls fit.
     let (mut ok, mut refused) = (0, 0);
     for _ in 0..10 {
         match call().await {

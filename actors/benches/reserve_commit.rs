@@ -69,6 +69,7 @@ impl MemoryLoader {
                     status: BudgetStatus::Active,
                     expires_at_ms: now_ms() + 24 * 3_600_000,
                     token_sha256: format!("hash-of-{id}"),
+                    lease: None,
                 };
                 (id.clone(), state)
             })

@@ -2,8 +2,12 @@
 //! release, expire, revoke — with its invariants asserted after every change.
 //!
 //! A hold is the most a call in flight may cost. `spent` is what committed
-//! calls cost. At every moment `spent + held ≤ limit` and `held` is the sum of
-//! the open holds. The state machine knows nothing of actors, clocks or I/O:
+//! calls cost. `allowance` is what this budget may still hold or spend: the
+//! whole unspent budget ([`Budget::new`]), or — on a gateway node that
+//! spends from budget leases ([`Budget::leased`], DESIGN §6) — what the
+//! node's lease covers and it has not spent, grown by [`Budget::grant`]. At
+//! every moment `held ≤ allowance`, `spent + allowance ≤ limit` (so
+//! `spent + held ≤ limit`) and `held` is the sum of the open holds. The state machine knows nothing of actors, clocks or I/O:
 //! callers pass `now_ms`, so tests (and the property test) drive it exactly.
 
 use std::collections::HashMap;
@@ -42,6 +46,10 @@ pub enum ReserveError {
     InsufficientBudget { remaining: Amount, minimum: Amount },
     #[error("a hold for this request already exists")]
     DuplicateRequest,
+    /// A leased budget's allowance cannot cover the call, and the key may
+    /// have more in the store: take `short` more (a grant), then reserve.
+    #[error("the lease is {short} short of the call")]
+    AllowanceShort { short: Amount },
     #[error("the key has too many calls in flight")]
     TooManyHolds,
 }
@@ -61,6 +69,9 @@ pub struct Reserved {
     pub limit: Amount,
     /// Committed spend, not counting holds.
     pub spent: Amount,
+    /// A leased budget's allowance fell below the low-water mark the call
+    /// gave: time to top it up (before it runs dry).
+    pub top_up: bool,
 }
 
 /// What a commit did.
@@ -84,14 +95,14 @@ pub struct BudgetSnapshot {
     pub holds: usize,
     pub status: BudgetStatus,
     pub expires_at_ms: i64,
+    /// What may still be held or spent (holds included).
+    pub allowance: Amount,
 }
 
 impl BudgetSnapshot {
-    /// What the key may still reserve.
+    /// What the key may still reserve here.
     pub fn remaining(&self) -> Amount {
-        self.limit
-            .saturating_sub(self.spent)
-            .saturating_sub(self.held)
+        self.allowance.saturating_sub(self.held)
     }
 }
 
@@ -104,29 +115,90 @@ pub struct Budget {
     holds: HashMap<RequestId, Hold>,
     status: BudgetStatus,
     expires_at_ms: i64,
+    allowance: Amount,
+    /// Spends from budget leases: the allowance grows by grants.
+    leased: bool,
 }
 
 impl Budget {
-    /// A budget as loaded from the store: `spent` is what the ledger has
-    /// recorded (never above `limit`: the store's CHECK holds that).
+    /// A budget as loaded from the store that may spend all it has left:
+    /// `spent` is what the ledger has recorded (never above `limit`: the
+    /// store's CHECK holds that).
     pub fn new(limit: Amount, spent: Amount, status: BudgetStatus, expires_at_ms: i64) -> Budget {
+        let spent = spent.min(limit);
         let budget = Budget {
             limit,
-            spent: spent.min(limit),
+            spent,
             held: Amount::ZERO,
             holds: HashMap::new(),
             status,
             expires_at_ms,
+            allowance: limit.saturating_sub(spent),
+            leased: false,
         };
         budget.assert_invariants();
         budget
     }
 
-    /// What the key may still reserve.
+    /// A budget that spends only what its node leased from the store: it
+    /// starts with no allowance, and [`Budget::grant`] adds each chunk.
+    pub fn leased(
+        limit: Amount,
+        spent: Amount,
+        status: BudgetStatus,
+        expires_at_ms: i64,
+    ) -> Budget {
+        let mut budget = Budget::new(limit, spent, status, expires_at_ms);
+        budget.allowance = Amount::ZERO;
+        budget.leased = true;
+        budget.assert_invariants();
+        budget
+    }
+
+    /// What the key may still reserve here.
     pub fn remaining(&self) -> Amount {
-        self.limit
+        self.allowance.saturating_sub(self.held)
+    }
+
+    /// For a leased budget that could take more from the store: how much
+    /// more a call wanting `wanted` needs. `None` when the allowance covers
+    /// it, the budget is not leased or cannot spend, or — as far as this
+    /// node knows — the key has nothing left beyond its allowance.
+    pub fn allowance_short(&self, wanted: Amount, now_ms: i64) -> Option<Amount> {
+        let remaining = self.remaining();
+        let unleased = self
+            .limit
             .saturating_sub(self.spent)
-            .saturating_sub(self.held)
+            .saturating_sub(self.allowance);
+        let can_spend = self.status == BudgetStatus::Active && now_ms < self.expires_at_ms;
+        (self.leased && can_spend && remaining < wanted && !unleased.is_zero())
+            .then(|| wanted.saturating_sub(remaining))
+    }
+
+    /// Adds `amount` of a lease to the allowance; `store_used` is the key's
+    /// `budget_used` as the store answered the take (other nodes' spending
+    /// included), which the key's reported spend catches up to.
+    pub fn grant(&mut self, amount: Amount, store_used: Amount) {
+        debug_assert!(self.leased, "only a leased budget takes grants");
+        self.spent = self.spent.max(store_used);
+        self.allowance = self.allowance.checked_add(amount).unwrap_or(self.limit);
+        // The store granted within `limit − used − leased`, which this
+        // node's view never passes; if it ever did, stricter wins.
+        let ceiling = self.limit.saturating_sub(self.spent);
+        debug_assert!(
+            self.allowance <= ceiling,
+            "a grant past the limit: allowance {} > {}",
+            self.allowance,
+            ceiling
+        );
+        self.allowance = self.allowance.min(ceiling).max(self.held);
+        self.assert_invariants();
+    }
+
+    /// What a stopping leased budget gives back to its lease: the allowance
+    /// no call holds.
+    pub fn returnable(&self) -> Amount {
+        self.remaining()
     }
 
     /// Holds up to `wanted` for `request`, and at least `minimum`: when the
@@ -159,8 +231,8 @@ impl Budget {
         if amount < minimum || (amount.is_zero() && !wanted.is_zero()) {
             return Err(ReserveError::InsufficientBudget { remaining, minimum });
         }
-        // `amount <= remaining` so the sum stays within the limit.
-        self.held = self.held.checked_add(amount).unwrap_or(self.limit);
+        // `amount <= remaining` so the sum stays within the allowance.
+        self.held = self.held.checked_add(amount).unwrap_or(self.allowance);
         self.holds.insert(
             request,
             Hold {
@@ -183,7 +255,8 @@ impl Budget {
         let hold = self.holds.remove(request).ok_or(SettleError::UnknownHold)?;
         let charged = final_amount.min(hold.amount);
         self.held = self.held.saturating_sub(hold.amount);
-        // `charged <= hold.amount` and the hold was within the limit.
+        // `charged <= hold.amount` and the hold was within the allowance.
+        self.allowance = self.allowance.saturating_sub(charged);
         self.spent = self
             .spent
             .checked_add(charged)
@@ -251,6 +324,7 @@ impl Budget {
             holds: self.holds.len(),
             status: self.status,
             expires_at_ms: self.expires_at_ms,
+            allowance: self.allowance,
         }
     }
 
@@ -262,12 +336,18 @@ impl Budget {
     /// Invariant 1 and the bookkeeping behind it, after every change.
     fn assert_invariants(&self) {
         debug_assert!(
-            self.spent
-                .checked_add(self.held)
-                .is_some_and(|used| used <= self.limit),
-            "spent + held must stay within the limit: {} + {} > {}",
-            self.spent,
+            self.held <= self.allowance,
+            "held must stay within the allowance: {} > {}",
             self.held,
+            self.allowance
+        );
+        debug_assert!(
+            self.spent
+                .checked_add(self.allowance)
+                .is_some_and(|used| used <= self.limit),
+            "spent + allowance must stay within the limit: {} + {} > {}",
+            self.spent,
+            self.allowance,
             self.limit
         );
         debug_assert_eq!(
@@ -366,6 +446,55 @@ mod tests {
         assert_eq!(
             b.reserve(RequestId::generate(), amount(1), amount(1), 1_000, 2_000),
             Err(ReserveError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_leased_budget_spends_only_its_grants_and_returns_the_rest() {
+        let mut b = Budget::leased(amount(100), amount(10), BudgetStatus::Active, 1_000);
+        assert_eq!(b.remaining(), Amount::ZERO, "no allowance before a grant");
+        assert_eq!(b.allowance_short(amount(30), 0), Some(amount(30)));
+        assert!(
+            b.reserve(RequestId::generate(), amount(30), amount(1), 0, 500)
+                .is_err(),
+            "nothing to hold before a grant"
+        );
+        b.grant(amount(40), amount(10));
+        assert_eq!(b.allowance_short(amount(30), 0), None);
+        let r = RequestId::generate();
+        assert_eq!(
+            b.reserve(r.clone(), amount(30), amount(1), 0, 500),
+            Ok(amount(30))
+        );
+        assert_eq!(
+            b.allowance_short(amount(30), 0),
+            Some(amount(20)),
+            "10 left of the grant, 50 more unleased"
+        );
+        let c = b.commit(&r, amount(25)).unwrap();
+        assert_eq!((c.spent, c.remaining), (amount(35), amount(15)));
+        // Another node spent 20: the store says so at the next grant.
+        b.grant(amount(5), amount(55));
+        assert_eq!(b.snapshot().spent, amount(55));
+        assert_eq!(b.returnable(), amount(20));
+        // Once everything unleased is granted, a short call is clamped, not
+        // sent for more.
+        b.grant(amount(25), amount(55));
+        assert_eq!(b.allowance_short(amount(90), 0), None);
+        assert_eq!(b.returnable(), amount(45));
+    }
+
+    #[test]
+    fn an_unleased_budget_never_asks_for_grants() {
+        let mut b = budget(100);
+        assert_eq!(b.allowance_short(amount(1_000), 0), None);
+        b.revoke(BudgetStatus::Revoked);
+        let mut leased = Budget::leased(amount(100), Amount::ZERO, BudgetStatus::Active, 1_000);
+        leased.revoke(BudgetStatus::Revoked);
+        assert_eq!(
+            leased.allowance_short(amount(1), 0),
+            None,
+            "a revoked key takes no more"
         );
     }
 

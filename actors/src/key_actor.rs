@@ -2,7 +2,10 @@
 //! reservations on a key serialize without locks.
 //!
 //! Every [`EXPIRY_SWEEP`] the actor releases holds past their deadline and
-//! counts them in a shared counter (a metric). It does no I/O.
+//! counts them in a shared counter (a metric). It does no I/O: a leased
+//! budget's grants come in as [`Grant`] messages, and when the actor stops
+//! it hands what it did not spend to a channel ([`Unspent`]) for its owner
+//! to return to the store.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,10 +13,19 @@ use std::time::Duration;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use ledger::time::now_ms;
-use ledger::{Amount, KeyId};
+use ledger::{Amount, KeyId, LeaseId};
+use tokio::sync::mpsc;
 
 use crate::budget::{Budget, Committed, ReserveError, Reserved, SettleError};
-use crate::messages::{Commit, Extend, Release, Reserve, Revoke, Snapshot, Stop};
+use crate::messages::{Commit, Extend, Grant, Release, Reserve, Revoke, Snapshot, Stop};
+
+/// What a stopped actor did not spend of its budget lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unspent {
+    pub key_id: KeyId,
+    pub lease_id: LeaseId,
+    pub amount: Amount,
+}
 
 /// How often expired holds are swept. Holds outlive their deadline by at most
 /// this much, which only ever makes a key stricter.
@@ -24,6 +36,8 @@ pub struct KeyActor {
     key_id: KeyId,
     budget: Budget,
     expired_holds: Arc<AtomicU64>,
+    /// A leased budget's lease, and where its unspent part goes on stop.
+    lease: Option<(LeaseId, mpsc::UnboundedSender<Unspent>)>,
 }
 
 impl KeyActor {
@@ -33,7 +47,15 @@ impl KeyActor {
             key_id,
             budget,
             expired_holds,
+            lease: None,
         }
+    }
+
+    /// Spends from `lease` (the budget is [`Budget::leased`]); on stop, what
+    /// it did not spend is sent to `unspent`.
+    pub fn with_lease(mut self, lease: LeaseId, unspent: mpsc::UnboundedSender<Unspent>) -> Self {
+        self.lease = Some((lease, unspent));
+        self
     }
 }
 
@@ -49,24 +71,50 @@ impl Actor for KeyActor {
             }
         });
     }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let Some((lease_id, unspent)) = self.lease.take() {
+            let amount = self.budget.returnable();
+            // The receiver is gone only when the process is ending: the
+            // lease then waits for `leases.grace_ms` (stricter, never looser).
+            let _ = unspent.send(Unspent {
+                key_id: self.key_id.clone(),
+                lease_id,
+                amount,
+            });
+        }
+    }
+}
+
+impl Handler<Grant> for KeyActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Grant, _ctx: &mut Self::Context) {
+        self.budget.grant(msg.amount, msg.store_used);
+    }
 }
 
 impl Handler<Reserve> for KeyActor {
     type Result = Result<Reserved, ReserveError>;
 
     fn handle(&mut self, msg: Reserve, _ctx: &mut Self::Context) -> Self::Result {
-        let held = self.budget.reserve(
-            msg.request,
-            msg.wanted,
-            msg.minimum,
-            now_ms(),
-            msg.deadline_ms,
-        )?;
+        let now = now_ms();
+        if msg.grow {
+            if let Some(short) = self.budget.allowance_short(msg.wanted, now) {
+                return Err(ReserveError::AllowanceShort { short });
+            }
+        }
+        let held =
+            self.budget
+                .reserve(msg.request, msg.wanted, msg.minimum, now, msg.deadline_ms)?;
         let snapshot = self.budget.snapshot();
+        let top_up = snapshot.remaining() < msg.low_water
+            && self.budget.allowance_short(msg.low_water, now).is_some();
         Ok(Reserved {
             held,
             limit: snapshot.limit,
             spent: snapshot.spent,
+            top_up,
         })
     }
 }

@@ -16,6 +16,23 @@ pub struct Reserve {
     pub minimum: Amount,
     /// When an uncommitted hold is released on its own.
     pub deadline_ms: i64,
+    /// A leased budget whose allowance cannot cover `wanted` while the key
+    /// may have more answers [`ReserveError::AllowanceShort`] instead of
+    /// lowering the hold (the caller takes a grant, then reserves with
+    /// `grow: false`, which holds what there is).
+    pub grow: bool,
+    /// [`Reserved::top_up`] is set when the allowance left after this hold
+    /// is below this (zero: never).
+    pub low_water: Amount,
+}
+
+/// Add a chunk of the node's budget lease to the allowance.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Grant {
+    pub amount: Amount,
+    /// The key's `budget_used` as the store answered the take.
+    pub store_used: Amount,
 }
 
 /// Charge a finished call its final amount (capped at its hold).

@@ -42,15 +42,15 @@ use std::time::Duration;
 
 use actix::prelude::{Actor, Addr, Arbiter, ArbiterHandle, MailboxError};
 use ledger::time::now_ms;
-use ledger::{Amount, KeyId, RequestId};
+use ledger::{Amount, KeyId, LeaseId, RequestId};
 use tokio::sync::{mpsc, OnceCell};
 
 use crate::arbiters::{ArbiterError, ArbiterPool};
 use crate::budget::{
     Budget, BudgetSnapshot, BudgetStatus, Committed, ReserveError, Reserved, SettleError,
 };
-use crate::key_actor::KeyActor;
-use crate::messages::{Commit, Extend, Release, Reserve, Revoke, Snapshot, Stop};
+use crate::key_actor::{KeyActor, Unspent};
+use crate::messages::{Commit, Extend, Grant, Release, Reserve, Revoke, Snapshot, Stop};
 
 /// Shards of the key map: enough that two cores rarely meet on one lock.
 const SHARDS: usize = 64;
@@ -65,6 +65,11 @@ pub struct KeyState {
     pub expires_at_ms: i64,
     /// SHA-256 (lower-case hex) of the key's token, for the caller to compare.
     pub token_sha256: String,
+    /// The budget lease this actor spends from (DESIGN §6): it starts with
+    /// no allowance and grows by [`Lease::grant`]; on stop, what it did not
+    /// spend is reported on [`Registry::unspent_leases`]. `None`: the actor
+    /// may spend all the key has left (one node alone; tests, benchmarks).
+    pub lease: Option<LeaseId>,
 }
 
 impl KeyState {
@@ -169,6 +174,10 @@ struct KeyEntry {
     revoked: AtomicBool,
     drain_reported: AtomicBool,
     drained: mpsc::UnboundedSender<KeyId>,
+    /// The budget lease the actor spends from, if any.
+    lease: Option<LeaseId>,
+    /// One top-up of the lease at a time per key.
+    top_up: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl KeyEntry {
@@ -217,6 +226,10 @@ struct Inner {
     placement: Placement,
     drained_tx: mpsc::UnboundedSender<KeyId>,
     drained_rx: Mutex<Option<mpsc::UnboundedReceiver<KeyId>>>,
+    unspent_tx: mpsc::UnboundedSender<Unspent>,
+    unspent_rx: Mutex<Option<mpsc::UnboundedReceiver<Unspent>>>,
+    /// Leased actors started: each reports one [`Unspent`] when it stops.
+    leased_started: AtomicU64,
 }
 
 /// The key actors of one gateway process. Cheap to clone.
@@ -245,6 +258,7 @@ impl Registry {
     ) -> Result<Registry, ArbiterError> {
         let pool = ArbiterPool::start(arbiters)?;
         let (drained_tx, drained_rx) = mpsc::unbounded_channel();
+        let (unspent_tx, unspent_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
@@ -258,6 +272,9 @@ impl Registry {
             placement,
             drained_tx,
             drained_rx: Mutex::new(Some(drained_rx)),
+            unspent_tx,
+            unspent_rx: Mutex::new(Some(unspent_rx)),
+            leased_started: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&inner);
         let sweep = Duration::from_millis(limits.idle_sweep_ms.max(1));
@@ -381,6 +398,22 @@ impl Registry {
             .take()
     }
 
+    /// What stopped actors did not spend of their budget leases, for the
+    /// binary to return to the store. Taken once; later calls get `None`.
+    pub fn unspent_leases(&self) -> Option<mpsc::UnboundedReceiver<Unspent>> {
+        self.inner
+            .unspent_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// How many actors with a budget lease were started; each sends one
+    /// [`Unspent`] when it stops, so shutdown knows when all have.
+    pub fn leased_actors_started(&self) -> u64 {
+        self.inner.leased_started.load(Ordering::SeqCst)
+    }
+
     /// Pushes a revocation (or supersession) to `key`'s actor if one is
     /// running or starting, so the key's next call is refused. A key with no
     /// actor needs nothing: its next actor loads the stored status.
@@ -474,7 +507,13 @@ impl Registry {
 
     /// Stops idle actors now rather than at the next sweep; returns how many.
     pub fn evict_idle(&self) -> usize {
-        self.inner.evict_idle(now_ms())
+        self.inner.evict_idle(now_ms(), self.inner.limits.idle_ms)
+    }
+
+    /// Stops every actor with nothing in flight (shutdown: their unspent
+    /// leases go back); returns how many.
+    pub fn evict_all_idle(&self) -> usize {
+        self.inner.evict_idle(now_ms(), 0)
     }
 }
 
@@ -588,8 +627,20 @@ impl Inner {
     }
 
     fn start_actor(&self, key: &KeyId, state: KeyState) -> KeyEntry {
-        let budget = Budget::new(state.limit, state.spent, state.status, state.expires_at_ms);
-        let actor = KeyActor::new(key.clone(), budget, self.expired_holds.clone());
+        let actor = match &state.lease {
+            Some(lease) => {
+                self.leased_started.fetch_add(1, Ordering::SeqCst);
+                let budget =
+                    Budget::leased(state.limit, state.spent, state.status, state.expires_at_ms);
+                KeyActor::new(key.clone(), budget, self.expired_holds.clone())
+                    .with_lease(lease.clone(), self.unspent_tx.clone())
+            }
+            None => {
+                let budget =
+                    Budget::new(state.limit, state.spent, state.status, state.expires_at_ms);
+                KeyActor::new(key.clone(), budget, self.expired_holds.clone())
+            }
+        };
         let caller = match self.placement {
             Placement::Caller => Arbiter::try_current(),
             Placement::Pool => None,
@@ -610,17 +661,19 @@ impl Inner {
             revoked: AtomicBool::new(false),
             drain_reported: AtomicBool::new(false),
             drained: self.drained_tx.clone(),
+            lease: state.lease,
+            top_up: Arc::default(),
         }
     }
 
-    fn evict_idle(&self, now: i64) -> usize {
+    fn evict_idle(&self, now: i64, idle_ms: i64) -> usize {
         let mut evicted = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             shard.slots.retain(|_, slot| {
                 let Some(entry) = slot.get() else { return true };
                 let idle = now.saturating_sub(entry.last_used_ms.load(Ordering::Relaxed));
-                if entry.in_flight.load(Ordering::Acquire) > 0 || idle < self.limits.idle_ms {
+                if entry.in_flight.load(Ordering::Acquire) > 0 || idle < idle_ms {
                     return true;
                 }
                 // Not money: a lost Stop only leaves an unreachable actor.
@@ -640,7 +693,7 @@ async fn sweep_idle(registry: Weak<Inner>, every: Duration) {
         let Some(inner) = registry.upgrade() else {
             return;
         };
-        let evicted = inner.evict_idle(now_ms());
+        let evicted = inner.evict_idle(now_ms(), inner.limits.idle_ms);
         if evicted > 0 {
             tracing::debug!(evicted, "idle key actors stopped");
         }
@@ -666,6 +719,8 @@ impl Lease {
         &self.entry.token_sha256
     }
 
+    /// Holds up to `wanted` (at least `minimum`) of what the actor may
+    /// spend, lowering the hold to what there is.
     pub async fn reserve(
         &self,
         request: RequestId,
@@ -678,8 +733,68 @@ impl Lease {
             wanted,
             minimum,
             deadline_ms,
+            grow: false,
+            low_water: Amount::ZERO,
         };
         Ok(self.entry.addr.send(reserve).await??)
+    }
+
+    /// As [`Lease::reserve`], but a leased actor whose allowance is short of
+    /// `wanted` while the key may have more answers
+    /// [`ReserveError::AllowanceShort`] (take a grant, then reserve), and
+    /// [`Reserved::top_up`] says when the allowance left is below `low_water`.
+    pub async fn reserve_growing(
+        &self,
+        request: RequestId,
+        wanted: Amount,
+        minimum: Amount,
+        deadline_ms: i64,
+        low_water: Amount,
+    ) -> Result<Reserved, CallError> {
+        let reserve = Reserve {
+            request,
+            wanted,
+            minimum,
+            deadline_ms,
+            grow: true,
+            low_water,
+        };
+        Ok(self.entry.addr.send(reserve).await??)
+    }
+
+    /// A second lease on the same actor, for work a call hands to a task of
+    /// its own (a lease top-up that must finish even if the call gives up
+    /// waiting): the actor stays until both are dropped. Counts toward the
+    /// key's calls in flight, above the bound (one per key at a time).
+    pub fn share(&self) -> Lease {
+        self.entry.in_flight.fetch_add(1, Ordering::AcqRel);
+        Lease {
+            entry: self.entry.clone(),
+        }
+    }
+
+    /// The budget lease the key's actor spends from, if it spends from one.
+    pub fn budget_lease(&self) -> Option<&LeaseId> {
+        self.entry.lease.as_ref()
+    }
+
+    /// Adds `amount` (taken from the store for [`Lease::budget_lease`]) to
+    /// the actor's allowance; `store_used` is the key's spend as the store
+    /// answered.
+    pub async fn grant(&self, amount: Amount, store_used: Amount) -> Result<(), CallError> {
+        Ok(self.entry.addr.send(Grant { amount, store_used }).await?)
+    }
+
+    /// Serializes top-ups of the key's lease on this node: a call that
+    /// finds its allowance short takes this, looks again, and only then
+    /// asks the store.
+    pub async fn top_up_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.entry.top_up.clone().lock_owned().await
+    }
+
+    /// As [`Lease::top_up_lock`], `None` when a top-up is already running.
+    pub fn try_top_up_lock(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.entry.top_up.clone().try_lock_owned().ok()
     }
 
     pub async fn commit(

@@ -42,6 +42,8 @@ async fn concurrent_reservations_never_exceed_the_limit() {
                     wanted: amount(100),
                     minimum: amount(100),
                     deadline_ms,
+                    grow: false,
+                    low_water: Amount::ZERO,
                 })
                 .await
                 .unwrap();
@@ -86,6 +88,8 @@ async fn release_revoke_and_expiry_through_the_mailbox() {
         wanted: amount(60),
         minimum: amount(1),
         deadline_ms: now_ms() + 10_000,
+        grow: false,
+        low_water: Amount::ZERO,
     })
     .await
     .unwrap()
@@ -102,6 +106,8 @@ async fn release_revoke_and_expiry_through_the_mailbox() {
         wanted: amount(50),
         minimum: amount(1),
         deadline_ms: now_ms() + 100,
+        grow: false,
+        low_water: Amount::ZERO,
     })
     .await
     .unwrap()
@@ -135,6 +141,8 @@ async fn release_revoke_and_expiry_through_the_mailbox() {
             wanted: amount(1),
             minimum: amount(1),
             deadline_ms: now_ms() + 10_000,
+            grow: false,
+            low_water: Amount::ZERO,
         })
         .await
         .unwrap();
@@ -157,6 +165,8 @@ async fn an_extended_hold_outlives_its_first_deadline() {
         wanted: amount(40),
         minimum: amount(1),
         deadline_ms: now_ms() + 200,
+        grow: false,
+        low_water: Amount::ZERO,
     })
     .await
     .unwrap()

@@ -36,6 +36,7 @@ impl MemoryLoader {
                 status: BudgetStatus::Active,
                 expires_at_ms: now_ms() + 3_600_000,
                 token_sha256: format!("hash-of-{id}"),
+                lease: None,
             },
         );
         id

@@ -59,6 +59,11 @@ opaque_id!(
     RequestId
 );
 opaque_id!(
+    /// Identifies one budget lease: what one key actor incarnation on one
+    /// gateway node took from its key's budget in the store.
+    LeaseId
+);
+opaque_id!(
     /// Identifies one Studio account.
     AccountId
 );

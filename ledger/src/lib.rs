@@ -37,7 +37,7 @@ pub mod time;
 
 pub use error::StoreError;
 pub use ids::{
-    AccountId, ApiKeyId, ChainId, KeyId, ProjectId, RequestId, SessionId, WalletAddress,
+    AccountId, ApiKeyId, ChainId, KeyId, LeaseId, ProjectId, RequestId, SessionId, WalletAddress,
 };
 pub use money::Amount;
 pub use store::Store;

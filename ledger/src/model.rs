@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::{Amount, ChainId, KeyId, RequestId, SessionId, WalletAddress};
+use crate::{Amount, ChainId, KeyId, LeaseId, RequestId, SessionId, WalletAddress};
 
 /// What a Compose key is for (DESIGN §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -189,6 +189,9 @@ pub struct NewCharge {
     /// reported none and the billed usage is the gateway's estimate.
     pub reported: Option<(u32, u32)>,
     pub created_at_ms: i64,
+    /// The budget lease the call was spent from (`None`: no lease; the
+    /// charge must then fit what no lease of the key covers).
+    pub lease: Option<LeaseId>,
 }
 
 /// What writing a charge did.

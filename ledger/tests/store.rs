@@ -54,6 +54,7 @@ fn charge(key: &KeyId, amount: Amount) -> NewCharge {
         amount,
         reported: Some((3, 5)),
         created_at_ms: now_ms(),
+        lease: None,
     }
 }
 

@@ -28,6 +28,7 @@ use subtle::ConstantTimeEq;
 use workers::sink::{ChargeSink, RecordFuture, SinkError};
 
 use super::error::{BudgetView, CallFailure};
+use super::leases::TopUpError;
 use super::{Gateway, Model};
 use crate::auth::token::token_sha256;
 use crate::upstream::Usage;
@@ -61,6 +62,91 @@ async fn record_holding(
             }
         }
     }
+}
+
+/// The longest a call waits for its key's lease to be topped up (a stalled
+/// store): past it the call answers 503 and the top-up finishes on its own.
+const TOP_UP_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a call asks its key's actor to hold.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    wanted: Amount,
+    minimum: Amount,
+    deadline_ms: i64,
+}
+
+/// Why a hold was not taken.
+enum Refused {
+    Call(CallError),
+    TopUp(TopUpError),
+}
+
+/// Holds up to `hold.wanted` on the key's actor. An actor spending from a
+/// budget lease whose allowance falls short first takes a chunk from the
+/// store — one call per key at a time; the others find it taken — and a
+/// hold that leaves the allowance low starts a top-up in the background, so
+/// a busy key rarely waits on the store.
+async fn reserve_from_lease(
+    gateway: &Gateway,
+    lease: &Lease,
+    key_id: &KeyId,
+    request: &RequestId,
+    hold: Hold,
+) -> Result<Reserved, Refused> {
+    let Hold {
+        wanted,
+        minimum,
+        deadline_ms,
+    } = hold;
+    if lease.budget_lease().is_none() {
+        return lease
+            .reserve(request.clone(), wanted, minimum, deadline_ms)
+            .await
+            .map_err(Refused::Call);
+    }
+    let leases = &gateway.leases;
+    leases.check_renewed().map_err(Refused::TopUp)?;
+    let low_water = leases.low_water(wanted);
+    let reserve =
+        || lease.reserve_growing(request.clone(), wanted, minimum, deadline_ms, low_water);
+    match reserve().await {
+        Ok(reserved) => {
+            if reserved.top_up {
+                leases.top_up_soon(
+                    &gateway.registry,
+                    key_id,
+                    leases.chunk_for(wanted, Amount::ZERO),
+                );
+            }
+            return Ok(reserved);
+        }
+        Err(CallError::Reserve(ReserveError::AllowanceShort { .. })) => {}
+        Err(error) => return Err(Refused::Call(error)),
+    }
+    let topping_up = tokio::time::timeout(TOP_UP_WAIT_MAX, lease.top_up_lock())
+        .await
+        .map_err(|_| Refused::TopUp(TopUpError::Slow))?;
+    // Another call may have topped up while this one waited.
+    let short = match reserve().await {
+        Err(CallError::Reserve(ReserveError::AllowanceShort { short })) => short,
+        done => return done.map_err(Refused::Call),
+    };
+    leases
+        .top_up_within(
+            lease,
+            key_id,
+            leases.chunk_for(wanted, short),
+            topping_up,
+            TOP_UP_WAIT_MAX,
+        )
+        .await
+        .map_err(Refused::TopUp)?;
+    // Whatever the store had is granted now: hold what there is.
+    lease
+        .reserve(request.clone(), wanted, minimum, deadline_ms)
+        .await
+        .map_err(Refused::Call)
 }
 
 /// A call holding budget on its key.
@@ -181,12 +267,19 @@ impl PaidCall {
             .saturating_add(i64::try_from(longest.as_millis()).unwrap_or(i64::MAX / 2))
             .saturating_add(gateway.timeouts.hold_slack_ms);
         let request = RequestId::generate();
-        let reserved = match lease
-            .reserve(request.clone(), wanted, minimum, deadline_ms)
-            .await
-        {
+        let hold = Hold {
+            wanted,
+            minimum,
+            deadline_ms,
+        };
+        let reserved = match reserve_from_lease(gateway, &lease, key_id, &request, hold).await {
             Ok(reserved) => reserved,
-            Err(error) => return Err(reserve_error(&lease, error, minimum).await),
+            Err(Refused::Call(error)) => return Err(reserve_error(&lease, error, minimum).await),
+            Err(Refused::TopUp(error)) => {
+                return Err(CallFailure::LedgerUnavailable {
+                    cause: error.to_string(),
+                })
+            }
         };
         let max_tokens = model
             .price
@@ -261,6 +354,7 @@ impl PaidCall {
                 )
             }),
             created_at_ms: now_ms(),
+            lease: lease.budget_lease().cloned(),
         };
         let sink = self.sink.clone();
         let request = self.request.clone();

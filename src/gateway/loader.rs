@@ -1,13 +1,15 @@
 //! [`StoreKeyLoader`]: a key actor's starting state, read from the store.
 //!
-//! `spent` is the key's `budget_used`. Charges are written before the actor
-//! commits them (see [`super::call`]), so the store never lags behind an
-//! actor that is gone: a restarted actor never regains spent budget.
+//! `spent` is the key's `budget_used`. The actor spends only from a budget
+//! lease of its own (a fresh id per load; [`super::leases`]): what an
+//! earlier actor spent stays covered by its lease until its charges land, so
+//! a restarted actor never regains spent budget, whether or not the ledger
+//! has caught up.
 
 use actors::budget::BudgetStatus;
 use actors::registry::{KeyLoader, KeyState, LoadError, LoadFuture};
 use ledger::model::KeyStatus;
-use ledger::{KeyId, Store};
+use ledger::{KeyId, LeaseId, Store};
 
 pub struct StoreKeyLoader {
     store: Store,
@@ -42,6 +44,8 @@ impl KeyLoader for StoreKeyLoader {
                 status,
                 expires_at_ms: record.expires_at_ms,
                 token_sha256: record.token_sha256,
+                // A fresh lease per actor: it spends only what it takes.
+                lease: Some(LeaseId::generate()),
             }))
         })
     }

@@ -3,6 +3,7 @@
 //! * [`Gateway`] — what a paid call needs: the key-actor registry, the
 //!   charge sink, and each configured model's price and upstream.
 //! * [`loader`] — [`loader::StoreKeyLoader`]: key actors start from the store.
+//! * [`leases`] — [`leases::LeaseKeeper`]: this node's budget leases.
 //! * [`request`] — validating an OpenAI chat request.
 //! * [`call`] — [`call::PaidCall`]: one call's budget from hold to charge.
 //! * [`run`] — one call's run: the upstream within its bounds, the stream
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 use workers::ledger_writer::LedgerWriter;
 use workers::sink::ChargeSink;
 
+use self::leases::LeaseKeeper;
 use crate::settings::{Settings, UpstreamSetting};
 use crate::upstream::echo::Echo;
 use crate::upstream::openai::{ClientConfig, OpenAiUpstream};
@@ -30,6 +32,7 @@ use crate::upstream::Upstream;
 
 pub mod call;
 pub mod error;
+pub mod leases;
 pub mod loader;
 pub mod request;
 pub mod revocation;
@@ -59,6 +62,8 @@ pub struct Gateway {
     pub sink: Arc<dyn ChargeSink>,
     pub models: Arc<HashMap<String, Model>>,
     pub timeouts: Timeouts,
+    /// This node's budget leases: what its key actors may spend.
+    pub leases: LeaseKeeper,
 }
 
 /// How long each part of a call may take.
@@ -156,7 +161,8 @@ impl Gateway {
                 (name.clone(), model)
             })
             .collect();
-        let mut tasks = Vec::new();
+        let leases = LeaseKeeper::new(store.clone(), store.node_id(), settings.leases);
+        let mut tasks = leases.start(&registry);
         if let Some(drain) = revocation::free_drained_keys(&registry, store.clone()) {
             tasks.push(("drained-key release", drain));
         }
@@ -167,6 +173,7 @@ impl Gateway {
             sink: Arc::new(writer),
             models: Arc::new(models),
             timeouts,
+            leases,
         };
         Ok((gateway, tasks))
     }

@@ -94,6 +94,7 @@ async fn main() {
                 hold_atomic: 50,
                 started_at_ms: now_ms(),
                 completed_at_ms: now_ms(),
+                lease_id: None,
             };
             (request.to_string(), Bytes::from(event.to_json()))
         })

@@ -4,7 +4,7 @@
 
 use ledger::model::NewCharge;
 use ledger::pricing::{Billed, Price};
-use ledger::{Amount, KeyId, RequestId};
+use ledger::{Amount, KeyId, LeaseId, RequestId};
 use serde::{Deserialize, Serialize};
 
 /// The event's shape; a pool refuses (dead-letters) others.
@@ -32,6 +32,9 @@ pub struct CallCompleted {
     pub hold_atomic: u64,
     pub started_at_ms: i64,
     pub completed_at_ms: i64,
+    /// The budget lease the call was spent from (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
 }
 
 /// Why an event cannot become a charge (it goes to the dead-letter queue).
@@ -78,6 +81,10 @@ impl CallCompleted {
         let request_id =
             RequestId::parse(&self.request_id).ok_or(EventError::Invalid("request_id"))?;
         let key_id = KeyId::parse(&self.key_id).ok_or(EventError::Invalid("key_id"))?;
+        let lease = match &self.lease_id {
+            Some(lease) => Some(LeaseId::parse(lease).ok_or(EventError::Invalid("lease_id"))?),
+            None => None,
+        };
         let quoted =
             Amount::from_atomic(self.quoted_atomic).ok_or(EventError::Invalid("quoted"))?;
         let hold = Amount::from_atomic(self.hold_atomic).ok_or(EventError::Invalid("hold"))?;
@@ -105,6 +112,7 @@ impl CallCompleted {
             amount: quoted,
             reported: self.reported,
             created_at_ms: self.completed_at_ms,
+            lease,
         };
         Ok((charge, mismatch))
     }

@@ -56,6 +56,7 @@ async fn concurrent_callers_write_each_charge_once(backend: Backend) {
             amount: Amount::from_atomic(10).unwrap(),
             reported: (i % 2 == 0).then_some((i, 1)),
             created_at_ms: now_ms(),
+            lease: None,
         };
         for _ in 0..2 {
             let (writer, charge) = (writer.clone(), charge.clone());

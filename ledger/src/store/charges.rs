@@ -16,7 +16,7 @@ use super::{
     get_amount, get_i64, get_opt_string, get_opt_u32, get_parsed, get_string, get_u32, Store,
 };
 use crate::model::{ChargeOutcome, ChargeRecord, ChargeWrite, NewCharge};
-use crate::{KeyId, RequestId, StoreError};
+use crate::{KeyId, LeaseId, RequestId, StoreError};
 
 /// The most charges one listing returns, newest first.
 pub const LIST_CHARGES_MAX: i64 = 1_000;
@@ -97,7 +97,7 @@ async fn record_batch(
     conn: &mut AnyConnection,
     charges: &[NewCharge],
 ) -> Result<Option<Vec<ChargeOutcome>>, StoreError> {
-    const COLUMNS: usize = 10;
+    const COLUMNS: usize = 11;
     let rows: Vec<String> = (0..charges.len())
         .map(|i| {
             let params: Vec<String> = (1..=COLUMNS)
@@ -110,9 +110,9 @@ async fn record_batch(
     let sql = format!(
         "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
                               input_tokens, output_tokens, amount_atomic, status, created_at_ms,
-                              reported_input_tokens, reported_output_tokens)
+                              reported_input_tokens, reported_output_tokens, lease_id)
          SELECT v.column1, k.id, k.wallet, k.chain_id, v.column3, v.column4, v.column5,
-                v.column6, v.column7, 'pending', v.column8, v.column9, v.column10
+                v.column6, v.column7, 'pending', v.column8, v.column9, v.column10, v.column11
            FROM (VALUES {}) AS v JOIN keys k ON k.id = v.column2
           WHERE true
          ON CONFLICT (request_id) DO NOTHING
@@ -132,11 +132,13 @@ async fn record_batch(
     // What each key grows by: the charges this statement inserted.
     let mut outcomes = Vec::with_capacity(charges.len());
     let mut counted: HashSet<&str> = HashSet::new();
-    let mut growth: BTreeMap<&str, i64> = BTreeMap::new();
+    // By key, then by lease (`None`: spent from no lease).
+    let mut growth: BTreeMap<(&str, Option<&str>), i64> = BTreeMap::new();
     for charge in charges {
         let id = charge.request_id.as_str();
         if inserted.contains(id) && counted.insert(id) {
-            let sum = growth.entry(charge.key_id.as_str()).or_insert(0);
+            let lease = charge.lease.as_ref().map(LeaseId::as_str);
+            let sum = growth.entry((charge.key_id.as_str(), lease)).or_insert(0);
             *sum = sum
                 .checked_add(charge.amount.to_db())
                 .ok_or(StoreError::AmountOverflow)?;
@@ -148,22 +150,22 @@ async fn record_batch(
         }
     }
     // Keys in a fixed order, so concurrent writers lock them alike.
-    for (key_id, amount) in growth {
-        let grown = sqlx::query(GROW_BUDGET_USED)
-            .bind(key_id)
-            .bind(amount)
-            .bind(crate::time::now_ms())
-            .execute(&mut *conn)
-            .await?;
-        if grown.rows_affected() != 1 {
+    let now_ms = crate::time::now_ms();
+    for ((key_id, lease), amount) in growth {
+        let grown = match lease {
+            Some(lease) => grow_from_lease(conn, key_id, lease, amount, now_ms).await?,
+            None => grow_unleased(conn, key_id, amount, now_ms).await?,
+        };
+        if !grown {
             return Ok(None);
         }
     }
     Ok(Some(outcomes))
 }
 
-/// Binds a charge's eight values in the order both inserts use: request id,
-/// key id, model, price version, input and output tokens, amount, time.
+/// Binds a charge's eleven values in the order both inserts use: request
+/// id, key id, model, price version, input and output tokens, amount, time,
+/// reported input and output tokens, lease.
 fn bind_charge<'q>(
     query: Query<'q, Any, AnyArguments<'q>>,
     charge: &'q NewCharge,
@@ -179,6 +181,7 @@ fn bind_charge<'q>(
         .bind(charge.created_at_ms)
         .bind(charge.reported.map(|(input, _)| i64::from(input)))
         .bind(charge.reported.map(|(_, output)| i64::from(output)))
+        .bind(charge.lease.as_ref().map(LeaseId::as_str))
 }
 
 /// Why a charge was not inserted: it exists already, or its key does not.
@@ -206,8 +209,8 @@ async fn record_one(
     let insert = sqlx::query(
         "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
                               input_tokens, output_tokens, amount_atomic, status, created_at_ms,
-                              reported_input_tokens, reported_output_tokens)
-         SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8, $9, $10
+                              reported_input_tokens, reported_output_tokens, lease_id)
+         SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11
            FROM keys WHERE id = $2
          ON CONFLICT (request_id) DO NOTHING",
     );
@@ -215,13 +218,17 @@ async fn record_one(
     if inserted.rows_affected() == 0 {
         return existing_outcome(conn, &charge.request_id).await;
     }
-    let grown = sqlx::query(GROW_BUDGET_USED)
-        .bind(charge.key_id.as_str())
-        .bind(charge.amount.to_db())
-        .bind(crate::time::now_ms())
-        .execute(&mut *conn)
-        .await?;
-    if grown.rows_affected() == 1 {
+    let key = charge.key_id.as_str();
+    let amount = charge.amount.to_db();
+    let now_ms = crate::time::now_ms();
+    // From its lease when that still covers it, else from what no lease
+    // covers (a lease reclaimed before its charge landed).
+    if let Some(lease) = &charge.lease {
+        if grow_from_lease(conn, key, lease.as_str(), amount, now_ms).await? {
+            return Ok(ChargeOutcome::Recorded);
+        }
+    }
+    if grow_unleased(conn, key, amount, now_ms).await? {
         return Ok(ChargeOutcome::Recorded);
     }
     sqlx::query("DELETE FROM charges WHERE request_id = $1")
@@ -232,13 +239,87 @@ async fn record_one(
 }
 
 /// A key's `budget_used` grows by a charge only within its limit (invariant
-/// 1), and only while its budget still counts against its wallet: a stopped
-/// key whose budget was freed (`committed_until_ms` passed) takes no charge
-/// — the funds may back another key by then (invariant 7, the ledger's
-/// backstop: the gateway frees a key only once no call can charge it).
-const GROW_BUDGET_USED: &str = "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
-     WHERE id = $1 AND budget_used_atomic <= budget_limit_atomic - $2
+/// 1: `used + leased ≤ limit`), and only while its budget still counts
+/// against its wallet: a stopped key whose budget was freed
+/// (`committed_until_ms` passed) takes no charge — the funds may back
+/// another key by then (invariant 7, the ledger's backstop: the gateway
+/// frees a key only once no call can charge it).
+///
+/// This is the charge spent from no lease: it must fit what no lease covers.
+const GROW_UNLEASED: &str = "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
+     WHERE id = $1 AND budget_used_atomic + leased_atomic <= budget_limit_atomic - $2
        AND (status = 'active' OR committed_until_ms > $3)";
+
+/// A charge spent from a lease moves its amount from the key's `leased` to
+/// its `used` (the sum stays, so the limit holds) …
+const GROW_FROM_LEASE: &str = "UPDATE keys
+        SET budget_used_atomic = budget_used_atomic + $2, leased_atomic = leased_atomic - $2
+      WHERE id = $1 AND leased_atomic >= $2
+        AND (status = 'active' OR committed_until_ms > $3)";
+
+/// … and from the lease's cover to its `charged`, while the lease still
+/// covers it (not reclaimed, not over what it was granted).
+const CHARGE_LEASE: &str = "UPDATE budget_leases SET charged_atomic = charged_atomic + $3
+      WHERE id = $1 AND key_id = $2 AND state <> 'reclaimed'
+        AND charged_atomic + returned_atomic + $3 <= granted_atomic";
+
+/// Grows `key`'s `budget_used` by `amount` spent from no lease; `false`
+/// (nothing changed) when it does not fit.
+async fn grow_unleased(
+    conn: &mut AnyConnection,
+    key: &str,
+    amount: i64,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let grown = sqlx::query(GROW_UNLEASED)
+        .bind(key)
+        .bind(amount)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    Ok(grown.rows_affected() == 1)
+}
+
+/// Charges `amount` to `lease` of `key`: the key's row first, then the
+/// lease's (the store's lock order). `false` (nothing changed) when the
+/// lease no longer covers it.
+async fn grow_from_lease(
+    conn: &mut AnyConnection,
+    key: &str,
+    lease: &str,
+    amount: i64,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let grown = sqlx::query(GROW_FROM_LEASE)
+        .bind(key)
+        .bind(amount)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    if grown.rows_affected() != 1 {
+        return Ok(false);
+    }
+    let charged = sqlx::query(CHARGE_LEASE)
+        .bind(lease)
+        .bind(key)
+        .bind(amount)
+        .execute(&mut *conn)
+        .await?;
+    if charged.rows_affected() == 1 {
+        return Ok(true);
+    }
+    // The lease does not cover it: undo the key's half.
+    sqlx::query(
+        "UPDATE keys
+            SET budget_used_atomic = budget_used_atomic - $2, leased_atomic = leased_atomic + $2
+          WHERE id = $1",
+    )
+    .bind(key)
+    .bind(amount)
+    .execute(&mut *conn)
+    .await?;
+    Ok(false)
+}
 
 fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {
     Ok(ChargeRecord {

@@ -132,7 +132,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if drained {
-            release_funds(&mut tx, id, crate::time::now_ms()).await?;
+            release_funds(&mut tx, id, crate::time::now_ms(), self.node_id()).await?;
         }
         let row = match row {
             Some(row) => row,
@@ -153,7 +153,7 @@ impl Store {
     /// nothing to an active key (its budget is committed while it lives).
     pub async fn release_key_funds(&self, id: &KeyId, now_ms: i64) -> Result<(), StoreError> {
         let mut conn = self.pool().acquire().await?;
-        release_funds(&mut conn, id, now_ms).await
+        release_funds(&mut conn, id, now_ms, self.node_id()).await
     }
 }
 
@@ -163,17 +163,26 @@ pub(crate) const COMMITTED_UNTIL_CAPPED: &str =
     "CASE WHEN committed_until_ms > $3 THEN $3 ELSE committed_until_ms END";
 
 /// See [`Store::release_key_funds`]; inside the caller's transaction.
+/// `node` is the gateway node that saw the key drained: it knows only its
+/// own calls, so a key that another node still holds a lease on (a lease
+/// that covers anything) stays committed until its bound.
 pub(crate) async fn release_funds(
     conn: &mut AnyConnection,
     id: &KeyId,
     now_ms: i64,
+    node: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE keys SET committed_until_ms = $2
-          WHERE id = $1 AND status <> 'active' AND committed_until_ms > $2",
+          WHERE id = $1 AND status <> 'active' AND committed_until_ms > $2
+            AND NOT EXISTS (
+                SELECT 1 FROM budget_leases l
+                 WHERE l.key_id = keys.id AND l.node_id <> $3 AND l.state <> 'reclaimed'
+                   AND l.granted_atomic > l.charged_atomic + l.returned_atomic)",
     )
     .bind(id.as_str())
     .bind(now_ms)
+    .bind(node)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -12,6 +12,7 @@
 //! * [`keys`] — Compose keys.
 //! * [`sessions`] — SIWE nonces and sessions.
 //! * [`charges`] — the charges written once per paid call.
+//! * [`leases`] — budget leases: what each gateway node may spend of a key.
 //! * [`studio`] — Studio accounts, projects and API keys.
 
 use std::str::FromStr;
@@ -25,6 +26,7 @@ use crate::{Amount, ChainId, StoreError, WalletAddress};
 pub mod balances;
 pub mod charges;
 pub mod keys;
+pub mod leases;
 pub mod sessions;
 pub mod studio;
 
@@ -70,6 +72,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     hold_max_ms: i64,
+    /// The gateway node this store handle serves (budget leases).
+    node_id: std::sync::Arc<str>,
 }
 
 impl Store {
@@ -110,6 +114,7 @@ impl Store {
             pool,
             backend,
             hold_max_ms: HOLD_MAX_MS_DEFAULT,
+            node_id: std::sync::Arc::from(""),
         })
     }
 
@@ -119,6 +124,18 @@ impl Store {
     pub fn with_hold_max_ms(mut self, hold_max_ms: i64) -> Store {
         self.hold_max_ms = hold_max_ms.max(0);
         self
+    }
+
+    /// Names the gateway node this handle serves: a key it saw drained is
+    /// freed at once only when no other node's lease covers any of it.
+    pub fn with_node_id(mut self, node_id: &str) -> Store {
+        self.node_id = std::sync::Arc::from(node_id);
+        self
+    }
+
+    /// See [`Store::with_node_id`] ("" when none was set).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// See [`Store::with_hold_max_ms`].

@@ -137,7 +137,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if drained.contains(previous) {
-                release_funds(&mut tx, previous, now).await?;
+                release_funds(&mut tx, previous, now, self.node_id()).await?;
             }
         }
         lock_balance(

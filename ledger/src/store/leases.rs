@@ -1,0 +1,385 @@
+//! Budget leases (DESIGN §6): what a gateway node's key actor may spend,
+//! taken from the key's budget in the store in chunks.
+//!
+//! A key's `leased_atomic` is the sum of what its unreclaimed leases still
+//! cover (`granted − charged − returned`), and every statement here keeps
+//! `budget_used + leased ≤ limit` (invariant 1 at rest). A node spends from
+//! its lease in memory; each charge it writes (now, or later through the
+//! queue) moves its amount from `leased` to `budget_used` and from the
+//! lease's cover to `charged` ([`super::charges`]). So:
+//!
+//! * several nodes serve one key, each within what it took;
+//! * a node that stops returns what it did not spend ([`Store::return_lease`]),
+//!   and what it did spend stays covered until its charges land;
+//! * a node that crashes stops renewing its leases; once none of them was
+//!   renewed for `leases.grace_ms`, any node takes their cover back
+//!   ([`Store::reclaim_leases`]). Until then the key is stricter, never looser.
+//!
+//! Lock order, in every transaction that touches both: the key's row first,
+//! then the lease's, so two writers never wait on each other crosswise.
+
+use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
+
+use super::{get_amount, get_i64, get_parsed, get_string, Store};
+use crate::{Amount, KeyId, LeaseId, StoreError};
+
+/// The most leases one [`Store::reclaim_leases`] pass takes back (a bound
+/// on one pass's work; the next pass takes the rest).
+pub const RECLAIM_BATCH_MAX: i64 = 256;
+
+/// What a [`Store::take_lease`] granted, and the key as it then stood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// Added to the lease: at most the chunk asked for, less (even zero)
+    /// when the key has less left that no lease covers.
+    pub granted: Amount,
+    pub limit: Amount,
+    /// The key's `budget_used` as the store has it (charges still on their
+    /// way through the queue are not in it yet).
+    pub used: Amount,
+}
+
+/// A key whose lease is still open on a node but which can no longer spend
+/// (revoked, superseded): the node refuses it from its next call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoppedLeasedKey {
+    pub key_id: KeyId,
+    pub lease_id: LeaseId,
+    /// `revoked` or `superseded`.
+    pub status: String,
+}
+
+/// A lease as stored (tests and operators).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub id: LeaseId,
+    pub key_id: KeyId,
+    pub node_id: String,
+    pub granted: Amount,
+    pub charged: Amount,
+    pub returned: Amount,
+    pub state: String,
+    pub renewed_at_ms: i64,
+}
+
+impl LeaseRecord {
+    /// What the lease still covers: granted, not charged, not returned.
+    pub fn outstanding(&self) -> Amount {
+        self.granted
+            .saturating_sub(self.charged)
+            .saturating_sub(self.returned)
+    }
+}
+
+/// Takes `chunk` from the key, when that much is left and no lease covers it.
+const TAKE_CHUNK: &str = "UPDATE keys SET leased_atomic = leased_atomic + $2
+     WHERE id = $1 AND status = 'active' AND expires_at_ms > $3
+       AND budget_limit_atomic - budget_used_atomic - leased_atomic >= $2
+     RETURNING budget_limit_atomic, budget_used_atomic";
+
+/// Locks the key's row (a no-op write) and reads it: the slow path of a take
+/// and the first step of a reclaim, so the lease's row is locked second.
+const LOCK_KEY: &str = "UPDATE keys SET leased_atomic = leased_atomic
+     WHERE id = $1
+     RETURNING budget_limit_atomic, budget_used_atomic, leased_atomic, status, expires_at_ms";
+
+impl Store {
+    /// Adds up to `chunk` of `key`'s budget to lease `lease` of `node`
+    /// (opening the lease on its first take): the whole chunk in one guarded
+    /// update when the key has that much unleased, else whatever is left.
+    /// `None` when the key cannot spend (unknown, stopped, expired), or when
+    /// `lease` is no longer open.
+    pub async fn take_lease(
+        &self,
+        lease: &LeaseId,
+        key: &KeyId,
+        node: &str,
+        chunk: Amount,
+        now_ms: i64,
+    ) -> Result<Option<LeaseGrant>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let fast = sqlx::query(TAKE_CHUNK)
+            .bind(key.as_str())
+            .bind(chunk.to_db())
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let grant = match fast {
+            Some(row) => LeaseGrant {
+                granted: chunk,
+                limit: get_amount(&row, "budget_limit_atomic")?,
+                used: get_amount(&row, "budget_used_atomic")?,
+            },
+            None => match take_what_is_left(&mut tx, key, chunk, now_ms).await? {
+                Some(grant) => grant,
+                None => return Ok(None),
+            },
+        };
+        let opened = sqlx::query(
+            "INSERT INTO budget_leases (id, key_id, node_id, granted_atomic, state,
+                                        renewed_at_ms, created_at_ms)
+             VALUES ($1, $2, $3, $4, 'open', $5, $5)
+             ON CONFLICT (id) DO UPDATE
+                SET granted_atomic = budget_leases.granted_atomic + excluded.granted_atomic,
+                    renewed_at_ms = excluded.renewed_at_ms
+              WHERE budget_leases.state = 'open' AND budget_leases.key_id = excluded.key_id",
+        )
+        .bind(lease.as_str())
+        .bind(key.as_str())
+        .bind(node)
+        .bind(grant.granted.to_db())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if opened.rows_affected() != 1 {
+            // Returned or reclaimed already: its actor must not grow it.
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        debug_assert!(grant.granted <= chunk);
+        Ok(Some(grant))
+    }
+
+    /// Gives back `amount` of `lease` (what its node did not spend) and
+    /// closes it: it takes no more grants, and what it still covers is the
+    /// charges its node spent that have not landed yet. `false` when the
+    /// lease was not open or does not cover `amount` (nothing changes).
+    pub async fn return_lease(
+        &self,
+        lease: &LeaseId,
+        key: &KeyId,
+        amount: Amount,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let key_row = sqlx::query(
+            "UPDATE keys SET leased_atomic = leased_atomic - $2
+              WHERE id = $1 AND leased_atomic >= $2",
+        )
+        .bind(key.as_str())
+        .bind(amount.to_db())
+        .execute(&mut *tx)
+        .await?;
+        let closed = sqlx::query(
+            "UPDATE budget_leases
+                SET returned_atomic = returned_atomic + $3, state = 'returned', renewed_at_ms = $4
+              WHERE id = $1 AND key_id = $2 AND state = 'open'
+                AND charged_atomic + returned_atomic + $3 <= granted_atomic",
+        )
+        .bind(lease.as_str())
+        .bind(key.as_str())
+        .bind(amount.to_db())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if key_row.rows_affected() != 1 || closed.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Marks every unreclaimed lease of `node` as alive now (its heartbeat).
+    /// Returns how many it renewed.
+    pub async fn renew_leases(&self, node: &str, now_ms: i64) -> Result<u64, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE budget_leases SET renewed_at_ms = $2
+              WHERE node_id = $1 AND state <> 'reclaimed'",
+        )
+        .bind(node)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(renewed.rows_affected())
+    }
+
+    /// Takes back what leases not renewed since `stale_before_ms` still cover
+    /// (their node crashed, or lost the store for `leases.grace_ms`), at most
+    /// [`RECLAIM_BATCH_MAX`] per call, and forgets returned leases whose
+    /// charges have all landed. Returns how many leases it reclaimed.
+    pub async fn reclaim_leases(&self, stale_before_ms: i64) -> Result<u64, StoreError> {
+        sqlx::query(
+            "DELETE FROM budget_leases
+              WHERE state = 'returned' AND charged_atomic + returned_atomic = granted_atomic",
+        )
+        .execute(self.pool())
+        .await?;
+        let stale = sqlx::query(
+            "SELECT id, key_id FROM budget_leases
+              WHERE state <> 'reclaimed' AND renewed_at_ms < $1
+              ORDER BY renewed_at_ms LIMIT $2",
+        )
+        .bind(stale_before_ms)
+        .bind(RECLAIM_BATCH_MAX)
+        .fetch_all(self.pool())
+        .await?;
+        let mut reclaimed = 0;
+        for row in &stale {
+            let lease = get_parsed(row, "id", LeaseId::parse)?;
+            let key = get_parsed(row, "key_id", KeyId::parse)?;
+            if self.reclaim_lease(&lease, &key, stale_before_ms).await? {
+                reclaimed += 1;
+            }
+        }
+        Ok(reclaimed)
+    }
+
+    /// One lease taken back, if it is still stale and unreclaimed.
+    async fn reclaim_lease(
+        &self,
+        lease: &LeaseId,
+        key: &KeyId,
+        stale_before_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(LOCK_KEY)
+            .bind(key.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        // Re-checked under the lock: a renewal or a charge that got there
+        // first wins.
+        let row = sqlx::query(
+            "UPDATE budget_leases SET state = 'reclaimed'
+              WHERE id = $1 AND state <> 'reclaimed' AND renewed_at_ms < $2
+              RETURNING granted_atomic, charged_atomic, returned_atomic",
+        )
+        .bind(lease.as_str())
+        .bind(stale_before_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let outstanding = get_amount(&row, "granted_atomic")?
+            .saturating_sub(get_amount(&row, "charged_atomic")?)
+            .saturating_sub(get_amount(&row, "returned_atomic")?);
+        let key_row = sqlx::query(
+            "UPDATE keys SET leased_atomic = leased_atomic - $2
+              WHERE id = $1 AND leased_atomic >= $2",
+        )
+        .bind(key.as_str())
+        .bind(outstanding.to_db())
+        .execute(&mut *tx)
+        .await?;
+        if key_row.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Err(StoreError::Corrupt(format!(
+                "key {key}: leased_atomic is below its lease {lease}'s cover"
+            )));
+        }
+        tx.commit().await?;
+        tracing::info!(key_id = %key, lease_id = %lease, %outstanding, "reclaimed a lease its node stopped renewing");
+        Ok(true)
+    }
+
+    /// Keys that `node` holds an open lease on and that can no longer spend:
+    /// revoked or superseded through another node.
+    pub async fn stopped_leased_keys(
+        &self,
+        node: &str,
+    ) -> Result<Vec<StoppedLeasedKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT l.id, l.key_id, k.status
+               FROM budget_leases l JOIN keys k ON k.id = l.key_id
+              WHERE l.node_id = $1 AND l.state = 'open' AND k.status <> 'active'",
+        )
+        .bind(node)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoppedLeasedKey {
+                    key_id: get_parsed(row, "key_id", KeyId::parse)?,
+                    lease_id: get_parsed(row, "id", LeaseId::parse)?,
+                    status: get_string(row, "status")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A key's leases, oldest first (tests and operators).
+    pub async fn leases_for_key(&self, key: &KeyId) -> Result<Vec<LeaseRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, key_id, node_id, granted_atomic, charged_atomic, returned_atomic,
+                    state, renewed_at_ms
+               FROM budget_leases WHERE key_id = $1 ORDER BY created_at_ms, id",
+        )
+        .bind(key.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    /// A key's `leased_atomic`: what its leases cover now.
+    pub async fn key_leased(&self, key: &KeyId) -> Result<Amount, StoreError> {
+        let row = sqlx::query("SELECT leased_atomic FROM keys WHERE id = $1")
+            .bind(key.as_str())
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        get_amount(&row, "leased_atomic")
+    }
+}
+
+/// The slow path of a take: the key has less than a chunk unleased. Locks
+/// its row and grants what is left (possibly nothing). `None` when the key
+/// cannot spend.
+async fn take_what_is_left(
+    conn: &mut AnyConnection,
+    key: &KeyId,
+    chunk: Amount,
+    now_ms: i64,
+) -> Result<Option<LeaseGrant>, StoreError> {
+    let Some(row) = sqlx::query(LOCK_KEY)
+        .bind(key.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if get_string(&row, "status")? != "active" || get_i64(&row, "expires_at_ms")? <= now_ms {
+        return Ok(None);
+    }
+    let limit = get_amount(&row, "budget_limit_atomic")?;
+    let used = get_amount(&row, "budget_used_atomic")?;
+    let leased = get_amount(&row, "leased_atomic")?;
+    let left = limit.saturating_sub(used).saturating_sub(leased);
+    let granted = left.min(chunk);
+    if !granted.is_zero() {
+        let grown = sqlx::query(
+            "UPDATE keys SET leased_atomic = leased_atomic + $2
+              WHERE id = $1 AND budget_limit_atomic - budget_used_atomic - leased_atomic >= $2",
+        )
+        .bind(key.as_str())
+        .bind(granted.to_db())
+        .execute(&mut *conn)
+        .await?;
+        if grown.rows_affected() != 1 {
+            return Err(StoreError::Corrupt(format!(
+                "key {key}: its budget changed under the row lock"
+            )));
+        }
+    }
+    Ok(Some(LeaseGrant {
+        granted,
+        limit,
+        used,
+    }))
+}
+
+fn lease_from_row(row: &AnyRow) -> Result<LeaseRecord, StoreError> {
+    Ok(LeaseRecord {
+        id: get_parsed(row, "id", LeaseId::parse)?,
+        key_id: get_parsed(row, "key_id", KeyId::parse)?,
+        node_id: get_string(row, "node_id")?,
+        granted: get_amount(row, "granted_atomic")?,
+        charged: get_amount(row, "charged_atomic")?,
+        returned: get_amount(row, "returned_atomic")?,
+        state: get_string(row, "state")?,
+        renewed_at_ms: get_i64(row, "renewed_at_ms")?,
+    })
+}

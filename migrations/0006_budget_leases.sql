@@ -1,0 +1,33 @@
+-- Budget leases (DESIGN §6): a gateway node's key actor spends only from
+-- budget it leased from the store, so several nodes can serve one key.
+--
+-- keys.leased_atomic is the sum of what every unreclaimed lease of the key
+-- still covers (granted − charged − returned). Invariant 1 at rest becomes
+-- budget_used + leased ≤ limit; every statement that changes either keeps it
+-- (the guards are in ledger/src/store/leases.rs and charges.rs).
+ALTER TABLE keys ADD COLUMN leased_atomic BIGINT NOT NULL DEFAULT 0;
+
+-- One lease per key actor incarnation (a node starts a fresh one each time
+-- it loads the key). open: the node may take more; returned: the node gave
+-- back what it did not spend and waits for the charges it did spend to land;
+-- reclaimed: its node stopped renewing it for leases.grace_ms (a crash) and
+-- the key took back what it still covered.
+CREATE TABLE budget_leases (
+    id              TEXT   PRIMARY KEY,
+    key_id          TEXT   NOT NULL REFERENCES keys (id),
+    node_id         TEXT   NOT NULL,
+    granted_atomic  BIGINT NOT NULL CHECK (granted_atomic >= 0),
+    charged_atomic  BIGINT NOT NULL DEFAULT 0 CHECK (charged_atomic >= 0),
+    returned_atomic BIGINT NOT NULL DEFAULT 0 CHECK (returned_atomic >= 0),
+    state           TEXT   NOT NULL CHECK (state IN ('open', 'returned', 'reclaimed')),
+    renewed_at_ms   BIGINT NOT NULL,
+    created_at_ms   BIGINT NOT NULL,
+    CHECK (charged_atomic + returned_atomic <= granted_atomic)
+);
+CREATE INDEX budget_leases_by_node ON budget_leases (node_id, state);
+CREATE INDEX budget_leases_by_renewal ON budget_leases (state, renewed_at_ms);
+CREATE INDEX budget_leases_by_key ON budget_leases (key_id, state);
+
+-- Which lease a charge was spent from (NULL: none — written by a path that
+-- holds no lease, checked against the key's unleased budget).
+ALTER TABLE charges ADD COLUMN lease_id TEXT;

@@ -1,0 +1,342 @@
+//! [`LeaseKeeper`]: this gateway node's side of budget leases (DESIGN §6;
+//! ARCHITECTURE "Budget leases").
+//!
+//! Each key actor spends from a lease of its own in the store (its id comes
+//! with the actor's load, see [`super::loader`]). The keeper:
+//!
+//! * tops a lease up ([`LeaseKeeper::top_up`]): a call whose hold the
+//!   allowance cannot cover takes a chunk — `leases.chunk_calls` times the
+//!   call's maximum cost — in one guarded store update, and a call that
+//!   leaves the allowance low starts one in the background;
+//! * returns what a stopped actor did not spend (idle eviction, shutdown);
+//! * renews this node's leases every quarter of `leases.grace_ms`, and takes
+//!   back the leases of nodes that stopped renewing theirs for the grace;
+//! * looks every `leases.revocation_poll_ms` for keys it leases that another
+//!   node revoked or superseded, and pushes the stop to their actors;
+//! * refuses to spend ([`LeaseKeeper::check_renewed`]) once its own leases
+//!   went unrenewed for half the grace: by the grace, another node may have
+//!   taken them back.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actors::budget::BudgetStatus;
+use actors::key_actor::Unspent;
+use actors::registry::{Lease, Registry};
+use ledger::time::now_ms;
+use ledger::{Amount, KeyId, Store, StoreError};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::NamedTask;
+use crate::settings::LeaseSettings;
+
+/// Revoked leases remembered as already pushed to their actors.
+const PUSHED_MAX: usize = 10_000;
+
+/// This node's budget leases. Cheap to clone.
+#[derive(Clone)]
+pub struct LeaseKeeper {
+    store: Store,
+    node_id: Arc<str>,
+    settings: LeaseSettings,
+    /// When this node's leases were last renewed (ms since epoch).
+    renewed_at_ms: Arc<AtomicI64>,
+    /// Unspent allowances returned to the store (or found unreturnable).
+    returns_done: Arc<AtomicU64>,
+    /// Store updates that granted budget (a metric, and the benchmark's).
+    pub takes: Arc<AtomicU64>,
+    stopping: watch::Sender<bool>,
+    returning: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// Why a call could not get its lease topped up.
+#[derive(Debug, thiserror::Error)]
+pub enum TopUpError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("this node's leases went unrenewed for {0} ms")]
+    Unrenewed(i64),
+    #[error("the store did not grant a lease top-up in time")]
+    Slow,
+}
+
+impl LeaseKeeper {
+    /// A keeper for node `node_id` (unique per process start).
+    pub fn new(store: Store, node_id: &str, settings: LeaseSettings) -> LeaseKeeper {
+        LeaseKeeper {
+            store,
+            node_id: Arc::from(node_id),
+            settings,
+            renewed_at_ms: Arc::new(AtomicI64::new(now_ms())),
+            returns_done: Arc::default(),
+            takes: Arc::default(),
+            stopping: watch::channel(false).0,
+            returning: Arc::default(),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The chunk a top-up takes for a call holding up to `wanted` that is
+    /// `short` of it: `chunk_calls` such calls, at least the shortfall.
+    pub fn chunk_for(&self, wanted: Amount, short: Amount) -> Amount {
+        let calls = wanted
+            .atomic()
+            .saturating_mul(self.settings.chunk_calls)
+            .min(Amount::MAX.atomic());
+        Amount::from_atomic(calls).unwrap_or(Amount::MAX).max(short)
+    }
+
+    /// The allowance below which a call starts a background top-up: a
+    /// quarter of a chunk.
+    pub fn low_water(&self, wanted: Amount) -> Amount {
+        let quarter = self.settings.chunk_calls.div_ceil(4);
+        Amount::from_atomic(
+            wanted
+                .atomic()
+                .saturating_mul(quarter)
+                .min(Amount::MAX.atomic()),
+        )
+        .unwrap_or(Amount::MAX)
+    }
+
+    /// Refuses to spend when this node's leases went unrenewed for half the
+    /// grace (the store is unreachable): past the grace another node may
+    /// take them back, and what this node holds in memory would be spent
+    /// twice.
+    pub fn check_renewed(&self) -> Result<(), TopUpError> {
+        let silent_ms = now_ms().saturating_sub(self.renewed_at_ms.load(Ordering::Relaxed));
+        if silent_ms > self.settings.grace_ms / 2 {
+            return Err(TopUpError::Unrenewed(silent_ms));
+        }
+        Ok(())
+    }
+
+    /// Takes up to `chunk` for `lease`'s budget lease and grants it to the
+    /// key's actor. `false` when the store had nothing for it (the key is
+    /// stopped, or the lease closed: the actor is then reloaded).
+    pub async fn top_up(
+        &self,
+        lease: &Lease,
+        key: &KeyId,
+        chunk: Amount,
+    ) -> Result<bool, TopUpError> {
+        self.check_renewed()?;
+        let Some(lease_id) = lease.budget_lease() else {
+            return Ok(false);
+        };
+        let taken = self
+            .store
+            .take_lease(lease_id, key, &self.node_id, chunk, now_ms())
+            .await?;
+        self.grant(lease, key, taken).await
+    }
+
+    /// [`LeaseKeeper::top_up`] in a task of its own, holding `running` (the
+    /// key's top-up lock) and a share of the call's lease until it is done,
+    /// and waits for it at most `wait`. A top-up is never cancelled half-way:
+    /// a chunk the store granted always reaches the actor, or it would stay
+    /// leased, unspent, for as long as this node lives.
+    pub async fn top_up_within(
+        &self,
+        lease: &Lease,
+        key: &KeyId,
+        chunk: Amount,
+        running: tokio::sync::OwnedMutexGuard<()>,
+        wait: Duration,
+    ) -> Result<bool, TopUpError> {
+        let (keeper, key, shared) = (self.clone(), key.clone(), lease.share());
+        let topping_up = tokio::spawn(async move {
+            let _running = running;
+            keeper.top_up(&shared, &key, chunk).await
+        });
+        match tokio::time::timeout(wait, topping_up).await {
+            Ok(Ok(topped_up)) => topped_up,
+            Ok(Err(join)) => Err(TopUpError::Store(StoreError::Setup(join.to_string()))),
+            Err(_) => Err(TopUpError::Slow),
+        }
+    }
+
+    /// Gives the actor what a take granted.
+    async fn grant(
+        &self,
+        lease: &Lease,
+        key: &KeyId,
+        taken: Option<ledger::store::leases::LeaseGrant>,
+    ) -> Result<bool, TopUpError> {
+        let Some(grant) = taken else {
+            // Closed under the actor (reclaimed after a long store outage),
+            // or the key stopped: a fresh load settles which.
+            lease.mark_stale();
+            return Ok(false);
+        };
+        self.takes.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = lease.grant(grant.granted, grant.used).await {
+            // The grant is leased in the store but the actor is gone: it
+            // comes back with the lease's grace (stricter, never looser).
+            tracing::warn!(key_id = %key, %error, "a lease grant could not reach its actor");
+            return Ok(false);
+        }
+        Ok(!grant.granted.is_zero())
+    }
+
+    /// Tops up `key`'s lease in the background, when no top-up of it runs
+    /// already: a call left its allowance below the low-water mark.
+    pub fn top_up_soon(&self, registry: &Registry, key: &KeyId, chunk: Amount) {
+        let (keeper, registry, key) = (self.clone(), registry.clone(), key.clone());
+        tokio::spawn(async move {
+            // Its own lease on the actor: the actor stays while it runs.
+            let Ok(lease) = registry.acquire(&key).await else {
+                return;
+            };
+            let Some(_running) = lease.try_top_up_lock() else {
+                return;
+            };
+            if let Err(error) = keeper.top_up(&lease, &key, chunk).await {
+                tracing::warn!(key_id = %key, %error, "a background lease top-up failed");
+            }
+        });
+    }
+
+    /// Starts the keeper's tasks: returning unspent allowances, and the
+    /// renew / reclaim / revocation loop.
+    pub fn start(&self, registry: &Registry) -> Vec<NamedTask> {
+        let mut tasks = Vec::new();
+        if let Some(unspent) = registry.unspent_leases() {
+            let returning = tokio::spawn(self.clone().return_unspent(unspent));
+            *self.returning.lock().unwrap_or_else(|p| p.into_inner()) = Some(returning);
+        }
+        tasks.push((
+            "lease keeper",
+            tokio::spawn(self.clone().keep(registry.clone())),
+        ));
+        tasks
+    }
+
+    /// Shutdown: stops every idle actor so each returns what it did not
+    /// spend, and waits (up to `timeout`) until all those returns are in the
+    /// store. Calls in flight must be over before.
+    pub async fn return_all(&self, registry: &Registry, timeout: Duration) {
+        registry.evict_all_idle();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.returns_done.load(Ordering::SeqCst) < registry.leased_actors_started() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    pending = registry.leased_actors_started()
+                        - self.returns_done.load(Ordering::SeqCst),
+                    "leases not returned at the shutdown deadline; they return after leases.grace_ms"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = self.stopping.send(true);
+        let returning = self
+            .returning
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(returning) = returning {
+            let _ = tokio::time::timeout(timeout, returning).await;
+        }
+    }
+
+    async fn return_unspent(self, mut unspent: mpsc::UnboundedReceiver<Unspent>) {
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            let next = tokio::select! {
+                next = unspent.recv() => next,
+                _ = stopping.wait_for(|stop| *stop) => unspent.try_recv().ok(),
+            };
+            let Some(Unspent {
+                key_id,
+                lease_id,
+                amount,
+            }) = next
+            else {
+                return;
+            };
+            match self
+                .store
+                .return_lease(&lease_id, &key_id, amount, now_ms())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(%key_id, %lease_id, %amount, "a lease was no longer open to return to")
+                }
+                Err(error) => {
+                    tracing::warn!(%key_id, %lease_id, %error, "returning a lease failed; it returns after leases.grace_ms")
+                }
+            }
+            self.returns_done.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn keep(self, registry: Registry) {
+        let poll = Duration::from_millis(self.settings.revocation_poll_ms);
+        let renew_every_ms = (self.settings.grace_ms / 4).max(1);
+        let mut renewed_last = now_ms();
+        let mut pushed = HashSet::new();
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            self.push_revocations(&registry, &mut pushed).await;
+            let now = now_ms();
+            if now.saturating_sub(renewed_last) >= renew_every_ms {
+                renewed_last = now;
+                self.renew_and_reclaim(now).await;
+            }
+        }
+    }
+
+    /// Stops, on this node, keys it leases that another node stopped.
+    async fn push_revocations(&self, registry: &Registry, pushed: &mut HashSet<String>) {
+        let stopped = match self.store.stopped_leased_keys(&self.node_id).await {
+            Ok(stopped) => stopped,
+            Err(error) => {
+                tracing::warn!(%error, "looking for keys revoked elsewhere failed");
+                return;
+            }
+        };
+        if pushed.len() > PUSHED_MAX {
+            pushed.clear();
+        }
+        for key in stopped {
+            if !pushed.insert(key.lease_id.as_str().to_owned()) {
+                continue;
+            }
+            let status = if key.status == "superseded" {
+                BudgetStatus::Superseded
+            } else {
+                BudgetStatus::Revoked
+            };
+            registry.revoke(&key.key_id, status).await;
+            tracing::info!(key_id = %key.key_id, status = %key.status, "a key stopped through another node is refused here");
+        }
+    }
+
+    async fn renew_and_reclaim(&self, now: i64) {
+        match self.store.renew_leases(&self.node_id, now).await {
+            Ok(_) => self.renewed_at_ms.store(now, Ordering::Relaxed),
+            Err(error) => tracing::warn!(%error, "renewing this node's leases failed"),
+        }
+        match self
+            .store
+            .reclaim_leases(now.saturating_sub(self.settings.grace_ms))
+            .await
+        {
+            Ok(0) => {}
+            Ok(reclaimed) => tracing::info!(reclaimed, "took back leases of nodes gone silent"),
+            Err(error) => tracing::warn!(%error, "taking back silent nodes' leases failed"),
+        }
+    }
+}
