@@ -12,7 +12,7 @@ use ledger::store::Backend;
 use ledger::testing::TestDb;
 use ledger::time::now_ms;
 use ledger::{
-    AccountId, Amount, ApiKeyId, ChainId, KeyId, ProjectId, RequestId, SessionId, Store,
+    AccountId, Amount, ApiKeyId, ChainId, KeyId, LeaseId, ProjectId, RequestId, SessionId, Store,
     StoreError, WalletAddress,
 };
 
@@ -785,6 +785,201 @@ async fn concurrent_duplicate_charges_write_once(store: Store) {
     );
 }
 
+fn atomic(n: u64) -> Amount {
+    Amount::from_atomic(n).unwrap()
+}
+
+/// A charge of `amount` spent from `lease`.
+fn leased_charge(key: &KeyId, lease: &LeaseId, amount: u64) -> NewCharge {
+    NewCharge {
+        lease: Some(lease.clone()),
+        ..charge(key, atomic(amount))
+    }
+}
+
+/// `budget_used + leased ≤ limit`, and `budget_used` is the sum of charges.
+async fn assert_key_books(store: &Store, key: &KeyId) -> (u64, u64) {
+    let record = store.key(key).await.unwrap().unwrap();
+    let leased = store.key_leased(key).await.unwrap();
+    let charged: u64 = store
+        .charges_for_key(key)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.amount.atomic())
+        .sum();
+    assert_eq!(record.budget_used.atomic(), charged, "used = Σ charges");
+    assert!(
+        record.budget_used.atomic() + leased.atomic() <= record.budget_limit.atomic(),
+        "used {} + leased {} past the limit {}",
+        record.budget_used,
+        leased,
+        record.budget_limit
+    );
+    (record.budget_used.atomic(), leased.atomic())
+}
+
+async fn leases_take_spend_return_and_reclaim(store: Store) {
+    let key = funded_key(&store, wallet(31), 1_000).await.id;
+    let (a, b) = (LeaseId::generate(), LeaseId::generate());
+    let now = now_ms();
+    // A whole chunk, then only what is left, then nothing.
+    let grant = store
+        .take_lease(&a, &key, "node-a", atomic(600), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (grant.granted, grant.limit, grant.used),
+        (atomic(600), atomic(1_000), Amount::ZERO)
+    );
+    let grant = store
+        .take_lease(&b, &key, "node-b", atomic(600), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(grant.granted, atomic(400), "the rest, not a chunk");
+    let grant = store
+        .take_lease(&b, &key, "node-b", atomic(600), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(grant.granted, Amount::ZERO);
+    assert_eq!(assert_key_books(&store, &key).await, (0, 1_000));
+    // Unleased charges no longer fit: every unit is leased.
+    assert_eq!(
+        store
+            .record_charges(&[charge(&key, atomic(1))])
+            .await
+            .unwrap(),
+        vec![ChargeOutcome::OverBudget]
+    );
+    // Charges move their amount from leased to used, within their lease.
+    let spent = store
+        .record_charges(&[leased_charge(&key, &a, 100), leased_charge(&key, &b, 50)])
+        .await
+        .unwrap();
+    assert_eq!(spent, vec![ChargeOutcome::Recorded; 2]);
+    assert_eq!(assert_key_books(&store, &key).await, (150, 850));
+    // A charge past its lease's cover is refused (nothing unleased is left).
+    assert_eq!(
+        store
+            .record_charges(&[leased_charge(&key, &b, 351)])
+            .await
+            .unwrap(),
+        vec![ChargeOutcome::OverBudget]
+    );
+    // Node a returns what it did not spend; its lease then takes no more.
+    assert!(store
+        .return_lease(&a, &key, atomic(500), now)
+        .await
+        .unwrap());
+    assert!(
+        !store.return_lease(&a, &key, atomic(1), now).await.unwrap(),
+        "closed"
+    );
+    assert!(store
+        .take_lease(&a, &key, "node-a", atomic(10), now)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(assert_key_books(&store, &key).await, (150, 350));
+    // Node b goes silent: renewing a's node touches nothing of b's, and
+    // after the grace b's cover (350) comes back to the key.
+    assert_eq!(
+        store.renew_leases("node-a", now + 10).await.unwrap(),
+        1,
+        "a's returned lease is renewed while its node lives"
+    );
+    assert_eq!(
+        store.reclaim_leases(now - 1).await.unwrap(),
+        0,
+        "not stale yet"
+    );
+    assert_eq!(store.reclaim_leases(now + 1).await.unwrap(), 1);
+    assert_eq!(assert_key_books(&store, &key).await, (150, 0));
+    let leases = store.leases_for_key(&key).await.unwrap();
+    assert_eq!(leases.len(), 1, "a's lease, fully settled, is forgotten");
+    assert_eq!(
+        (leases[0].id.clone(), leases[0].state.as_str()),
+        (b.clone(), "reclaimed")
+    );
+    // A charge of the crashed node that lands late is taken from what no
+    // lease covers, when it fits.
+    assert_eq!(
+        store
+            .record_charges(&[leased_charge(&key, &b, 40)])
+            .await
+            .unwrap(),
+        vec![ChargeOutcome::Recorded]
+    );
+    assert_eq!(assert_key_books(&store, &key).await, (190, 0));
+    // A stopped key takes no lease; its open leases are reported.
+    let c = LeaseId::generate();
+    store
+        .take_lease(&c, &key, "node-c", atomic(10), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store
+        .stopped_leased_keys("node-c")
+        .await
+        .unwrap()
+        .is_empty());
+    store.revoke_key(&key, now_ms()).await.unwrap();
+    let stopped = store.stopped_leased_keys("node-c").await.unwrap();
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(
+        (stopped[0].lease_id.clone(), stopped[0].status.as_str()),
+        (c.clone(), "revoked")
+    );
+    assert!(store
+        .take_lease(&c, &key, "node-c", atomic(10), now)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn concurrent_lease_takes_never_pass_the_limit(store: Store) {
+    let key = funded_key(&store, wallet(32), 10_000).await.id;
+    let mut tasks = Vec::new();
+    for node in 0..8 {
+        let (store, key) = (store.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let lease = LeaseId::generate();
+            let node = format!("node-{node}");
+            let mut granted = 0;
+            for _ in 0..20 {
+                let grant = store
+                    .take_lease(&lease, &key, &node, atomic(97), now_ms())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                granted += grant.granted.atomic();
+                // Spend a part of each grant as charges.
+                if grant.granted.atomic() >= 7 {
+                    let outcome = store
+                        .record_charges(&[leased_charge(&key, &lease, 7)])
+                        .await
+                        .unwrap();
+                    assert_eq!(outcome, vec![ChargeOutcome::Recorded]);
+                }
+            }
+            granted
+        }));
+    }
+    let mut granted = 0;
+    for task in tasks {
+        granted += task.await.unwrap();
+    }
+    assert_eq!(
+        granted, 10_000,
+        "8 × 20 × 97 asked: exactly the limit granted"
+    );
+    let (used, leased) = assert_key_books(&store, &key).await;
+    assert_eq!(used + leased, 10_000);
+}
+
 async fn migrations_are_idempotent(store: Store) {
     store.migrate().await.unwrap();
     store.ping().await.unwrap();
@@ -821,5 +1016,7 @@ store_suite!(
     charge_batches_answer_each_charge,
     studio_keys_stay_within_their_account,
     concurrent_duplicate_charges_write_once,
+    leases_take_spend_return_and_reclaim,
+    concurrent_lease_takes_never_pass_the_limit,
     migrations_are_idempotent,
 );
