@@ -2,66 +2,11 @@
 //! empty folder, and start-up refusing bad settings by name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
-fn tollgate() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    // Only what the test sets: no TOLLGATE__ variable leaks in from outside.
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TOLLGATE__")) {
-        command.env_remove(key);
-    }
-    command.env("TOLLGATE__LOG__FILTER", "warn");
-    command
-}
-
-struct Child(std::process::Child);
-
-/// Starts `serve` in `dir` bound to `bind` (port 0: the binary picks a free
-/// one itself, so no other process can take it between choice and use),
-/// logging JSON at `debug` to `dir/LOG`; answers the port it listens on, read
-/// from its "tollgate serving" log line.
-fn spawn_serving(dir: &std::path::Path, bind: &str, log: &str) -> (Child, u16) {
-    let log_path = dir.join(log);
-    let file = std::fs::File::create(&log_path).unwrap();
-    let child = Child(
-        tollgate()
-            .args(["serve", "--bind", bind])
-            .env("TOLLGATE__LOG__FILTER", "debug")
-            .env("TOLLGATE__LOG__FORMAT", "json")
-            // A crashed node's budget leases come back after 3 s, not 60.
-            .env("TOLLGATE__LEASES__GRACE_MS", "3000")
-            .current_dir(dir)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let port = text
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .find(|line| line["fields"]["message"] == "tollgate serving")
-            .and_then(|line| line["fields"]["port"].as_u64());
-        if let Some(port) = port {
-            return (child, u16::try_from(port).unwrap());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve never said where it listens: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::process::{spawn_serving, tollgate, Child};
 
 #[test]
 fn serve_runs_on_embedded_defaults_from_an_empty_folder() {
@@ -145,12 +90,7 @@ fn bad_settings_stop_startup_naming_the_setting() {
 /// ready; answers the port.
 async fn start_serving(dir: &std::path::Path, bind: &str, log: &str) -> (Child, u16) {
     let (child, port) = spawn_serving(dir, bind, log);
-    let url = format!("http://127.0.0.1:{port}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(&url).await.ok().map(|r| r.status().as_u16()) != Some(200) {
-        assert!(Instant::now() < deadline, "server did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::process::wait_ready(&format!("http://127.0.0.1:{port}")).await;
     (child, port)
 }
 

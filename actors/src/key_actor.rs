@@ -3,9 +3,10 @@
 //!
 //! Every [`EXPIRY_SWEEP`] the actor releases holds past their deadline and
 //! counts them in a shared counter (a metric). It does no I/O: a leased
-//! budget's grants come in as [`Grant`] messages, and when the actor stops
-//! it hands what it did not spend to a channel ([`Unspent`]) for its owner
-//! to return to the store.
+//! budget's grants come in as [`Grant`] messages, and after every message
+//! the actor publishes what it could give back (its allowance no call holds)
+//! in a shared atomic, which the registry reads when it retires the actor —
+//! even when the actor's arbiter is already gone (shutdown).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,12 +15,12 @@ use std::time::Duration;
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId, LeaseId};
-use tokio::sync::mpsc;
 
 use crate::budget::{Budget, Committed, ReserveError, Reserved, SettleError};
 use crate::messages::{Commit, Extend, Grant, Release, Reserve, Revoke, Snapshot, Stop};
 
-/// What a stopped actor did not spend of its budget lease.
+/// What a retired actor did not spend of its budget lease (the registry
+/// reports it, see `Registry::unspent_leases`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unspent {
     pub key_id: KeyId,
@@ -36,8 +37,8 @@ pub struct KeyActor {
     key_id: KeyId,
     budget: Budget,
     expired_holds: Arc<AtomicU64>,
-    /// A leased budget's lease, and where its unspent part goes on stop.
-    lease: Option<(LeaseId, mpsc::UnboundedSender<Unspent>)>,
+    /// A leased budget's returnable allowance, published after each message.
+    unspent: Option<Arc<AtomicU64>>,
 }
 
 impl KeyActor {
@@ -47,15 +48,23 @@ impl KeyActor {
             key_id,
             budget,
             expired_holds,
-            lease: None,
+            unspent: None,
         }
     }
 
-    /// Spends from `lease` (the budget is [`Budget::leased`]); on stop, what
-    /// it did not spend is sent to `unspent`.
-    pub fn with_lease(mut self, lease: LeaseId, unspent: mpsc::UnboundedSender<Unspent>) -> Self {
-        self.lease = Some((lease, unspent));
+    /// Publishes the budget's returnable allowance (see
+    /// [`Budget::returnable`]) in `unspent` after every message: the budget
+    /// spends from a lease ([`Budget::leased`]).
+    pub fn with_unspent(mut self, unspent: Arc<AtomicU64>) -> Self {
+        unspent.store(self.budget.returnable().atomic(), Ordering::Release);
+        self.unspent = Some(unspent);
         self
+    }
+
+    fn publish(&self) {
+        if let Some(unspent) = &self.unspent {
+            unspent.store(self.budget.returnable().atomic(), Ordering::Release);
+        }
     }
 }
 
@@ -68,21 +77,9 @@ impl Actor for KeyActor {
             if expired > 0 {
                 actor.expired_holds.fetch_add(expired as u64, Ordering::Relaxed);
                 tracing::warn!(key_id = %actor.key_id, expired, "holds expired without commit or release");
+                actor.publish();
             }
         });
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if let Some((lease_id, unspent)) = self.lease.take() {
-            let amount = self.budget.returnable();
-            // The receiver is gone only when the process is ending: the
-            // lease then waits for `leases.grace_ms` (stricter, never looser).
-            let _ = unspent.send(Unspent {
-                key_id: self.key_id.clone(),
-                lease_id,
-                amount,
-            });
-        }
     }
 }
 
@@ -91,6 +88,7 @@ impl Handler<Grant> for KeyActor {
 
     fn handle(&mut self, msg: Grant, _ctx: &mut Self::Context) {
         self.budget.grant(msg.amount, msg.store_used);
+        self.publish();
     }
 }
 
@@ -107,6 +105,7 @@ impl Handler<Reserve> for KeyActor {
         let held =
             self.budget
                 .reserve(msg.request, msg.wanted, msg.minimum, now, msg.deadline_ms)?;
+        self.publish();
         let snapshot = self.budget.snapshot();
         let top_up = snapshot.remaining() < msg.low_water
             && self.budget.allowance_short(msg.low_water, now).is_some();
@@ -123,7 +122,9 @@ impl Handler<Commit> for KeyActor {
     type Result = Result<Committed, SettleError>;
 
     fn handle(&mut self, msg: Commit, _ctx: &mut Self::Context) -> Self::Result {
-        self.budget.commit(&msg.request, msg.final_amount)
+        let committed = self.budget.commit(&msg.request, msg.final_amount);
+        self.publish();
+        committed
     }
 }
 
@@ -139,7 +140,9 @@ impl Handler<Release> for KeyActor {
     type Result = Result<Amount, SettleError>;
 
     fn handle(&mut self, msg: Release, _ctx: &mut Self::Context) -> Self::Result {
-        self.budget.release(&msg.request)
+        let released = self.budget.release(&msg.request);
+        self.publish();
+        released
     }
 }
 

@@ -174,8 +174,9 @@ struct KeyEntry {
     revoked: AtomicBool,
     drain_reported: AtomicBool,
     drained: mpsc::UnboundedSender<KeyId>,
-    /// The budget lease the actor spends from, if any.
-    lease: Option<LeaseId>,
+    /// The budget lease the actor spends from, if any, and what of it the
+    /// actor could give back now (published by the actor after each message).
+    lease: Option<(LeaseId, Arc<AtomicU64>)>,
     /// One top-up of the lease at a time per key.
     top_up: Arc<tokio::sync::Mutex<()>>,
 }
@@ -308,7 +309,7 @@ impl Registry {
                         // Under the lock and with no lease out: safe to replace.
                         if let Some(entry) = shard.slots.remove(key).as_ref().and_then(|s| s.get())
                         {
-                            entry.addr.do_send(Stop);
+                            self.inner.retire(entry);
                         }
                         self.inner.loaded.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -398,8 +399,9 @@ impl Registry {
             .take()
     }
 
-    /// What stopped actors did not spend of their budget leases, for the
-    /// binary to return to the store. Taken once; later calls get `None`.
+    /// What retired actors (evicted idle, replaced, or stopped at shutdown)
+    /// did not spend of their budget leases, for the binary to return to the
+    /// store. Taken once; later calls get `None`.
     pub fn unspent_leases(&self) -> Option<mpsc::UnboundedReceiver<Unspent>> {
         self.inner
             .unspent_rx
@@ -408,8 +410,8 @@ impl Registry {
             .take()
     }
 
-    /// How many actors with a budget lease were started; each sends one
-    /// [`Unspent`] when it stops, so shutdown knows when all have.
+    /// How many actors with a budget lease were started; each is reported
+    /// once as [`Unspent`] when retired, so shutdown knows when all are.
     pub fn leased_actors_started(&self) -> u64 {
         self.inner.leased_started.load(Ordering::SeqCst)
     }
@@ -518,6 +520,26 @@ impl Registry {
 }
 
 impl Inner {
+    /// Stops a removed entry's actor and reports what it did not spend of
+    /// its lease. Called with nothing in flight on it (under its shard's
+    /// lock), so every commit and release has been answered and the
+    /// published figure is final — whether or not the actor's arbiter still
+    /// runs.
+    fn retire(&self, entry: &KeyEntry) {
+        entry.addr.do_send(Stop);
+        if let Some((lease_id, unspent)) = &entry.lease {
+            let amount =
+                Amount::from_atomic(unspent.load(Ordering::Acquire)).unwrap_or(Amount::ZERO);
+            // The receiver is gone only when the process is ending: the
+            // lease then waits for `leases.grace_ms` (stricter, never looser).
+            let _ = self.unspent_tx.send(Unspent {
+                key_id: entry.key.clone(),
+                lease_id: lease_id.clone(),
+                amount,
+            });
+        }
+    }
+
     fn shard(&self, key: &KeyId) -> MutexGuard<'_, Shard> {
         let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
         // A poisoned shard only means a panic elsewhere mid-lookup; the map
@@ -621,19 +643,23 @@ impl Inner {
             return true; // the map changed under us: look again
         }
         shard.slots.remove(&victim.key);
-        victim.addr.do_send(Stop);
+        self.retire(&victim);
         self.loaded.fetch_sub(1, Ordering::Relaxed);
         true
     }
 
     fn start_actor(&self, key: &KeyId, state: KeyState) -> KeyEntry {
-        let actor = match &state.lease {
-            Some(lease) => {
+        let leased = state
+            .lease
+            .clone()
+            .map(|lease| (lease, Arc::new(AtomicU64::new(0))));
+        let actor = match &leased {
+            Some((_, unspent)) => {
                 self.leased_started.fetch_add(1, Ordering::SeqCst);
                 let budget =
                     Budget::leased(state.limit, state.spent, state.status, state.expires_at_ms);
                 KeyActor::new(key.clone(), budget, self.expired_holds.clone())
-                    .with_lease(lease.clone(), self.unspent_tx.clone())
+                    .with_unspent(unspent.clone())
             }
             None => {
                 let budget =
@@ -661,7 +687,7 @@ impl Inner {
             revoked: AtomicBool::new(false),
             drain_reported: AtomicBool::new(false),
             drained: self.drained_tx.clone(),
-            lease: state.lease,
+            lease: leased,
             top_up: Arc::default(),
         }
     }
@@ -676,8 +702,8 @@ impl Inner {
                 if entry.in_flight.load(Ordering::Acquire) > 0 || idle < idle_ms {
                     return true;
                 }
-                // Not money: a lost Stop only leaves an unreachable actor.
-                entry.addr.do_send(Stop);
+                // A lost Stop only leaves an unreachable actor.
+                self.retire(entry);
                 evicted += 1;
                 false
             });
@@ -775,7 +801,7 @@ impl Lease {
 
     /// The budget lease the key's actor spends from, if it spends from one.
     pub fn budget_lease(&self) -> Option<&LeaseId> {
-        self.entry.lease.as_ref()
+        self.entry.lease.as_ref().map(|(lease, _)| lease)
     }
 
     /// Adds `amount` (taken from the store for [`Lease::budget_lease`]) to

@@ -68,6 +68,57 @@ fn registry(loader: &Arc<MemoryLoader>, limits: RegistryLimits) -> Registry {
 }
 
 #[tokio::test]
+async fn a_leased_actor_spends_its_grants_and_reports_the_rest_when_retired() {
+    let loader = Arc::new(MemoryLoader::default());
+    let key = loader.add(1_000, 100);
+    let lease_id = ledger::LeaseId::generate();
+    loader.keys.lock().unwrap().get_mut(&key).unwrap().lease = Some(lease_id.clone());
+    let registry = registry(&loader, limits(10));
+    let mut unspent = registry.unspent_leases().unwrap();
+    let lease = registry.acquire(&key).await.unwrap();
+    assert_eq!(lease.budget_lease(), Some(&lease_id));
+    // Nothing granted yet: the actor asks for the whole call.
+    let request = RequestId::generate();
+    let short = lease
+        .reserve_growing(
+            request.clone(),
+            amount(30),
+            amount(1),
+            now_ms() + 10_000,
+            amount(0),
+        )
+        .await;
+    assert_eq!(
+        short.unwrap_err(),
+        CallError::Reserve(ReserveError::AllowanceShort { short: amount(30) })
+    );
+    lease.grant(amount(100), amount(100)).await.unwrap();
+    let reserved = lease
+        .reserve_growing(
+            request.clone(),
+            amount(30),
+            amount(1),
+            now_ms() + 10_000,
+            amount(80),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reserved.held, amount(30));
+    assert!(reserved.top_up, "70 left is below the low-water mark of 80");
+    lease.commit(request, amount(25)).await.unwrap();
+    drop(lease);
+    assert_eq!(registry.evict_all_idle(), 1);
+    let reported = unspent
+        .try_recv()
+        .expect("a retired leased actor is reported");
+    assert_eq!(
+        (reported.key_id, reported.lease_id, reported.amount),
+        (key, lease_id, amount(75))
+    );
+    assert_eq!(registry.leased_actors_started(), 1);
+}
+
+#[tokio::test]
 async fn concurrent_first_calls_start_one_actor() {
     let loader = Arc::new(MemoryLoader::default());
     let key = loader.add(1_000, 0);

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod mock_upstream;
+pub mod process;
 
 use std::net::TcpListener;
 
@@ -184,6 +185,12 @@ impl TestApp {
             String::from_utf8_lossy(&output.stderr)
         );
         serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// A file of this app's own folder (its signing key: `signing.key`,
+    /// its Studio secrets key: `studio.key`).
+    pub fn file(&self, name: &str) -> std::path::PathBuf {
+        self._dir.0.join(name)
     }
 
     pub fn url(&self, path: &str) -> String {

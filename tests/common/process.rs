@@ -1,0 +1,92 @@
+//! The `tollgate` binary as a child process: `serve` in a folder of its own,
+//! its port read from its log, killed (SIGKILL: a crash) when dropped.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The binary, with no `TOLLGATE__` variable leaking in from outside.
+pub fn tollgate() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TOLLGATE__")) {
+        command.env_remove(key);
+    }
+    command.env("TOLLGATE__LOG__FILTER", "warn");
+    command
+}
+
+/// A running child, killed with SIGKILL (no graceful anything) on drop.
+pub struct Child(pub std::process::Child);
+
+impl Child {
+    /// SIGKILL, and wait until it is gone: a crash.
+    pub fn crash(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// Starts `serve` in `dir` bound to `bind` (port 0: the binary picks a free
+/// one itself, so no other process can take it between choice and use),
+/// logging JSON at `debug` to `dir/LOG`; answers the port it listens on, read
+/// from its "tollgate serving" log line. A crashed node's budget leases come
+/// back after 3 s (`leases.grace_ms`), not 60.
+pub fn spawn_serving(dir: &std::path::Path, bind: &str, log: &str) -> (Child, u16) {
+    spawn_serving_with(dir, bind, log, &[])
+}
+
+/// As [`spawn_serving`], with extra `TOLLGATE__…` settings.
+pub fn spawn_serving_with(
+    dir: &std::path::Path,
+    bind: &str,
+    log: &str,
+    env: &[(&str, &str)],
+) -> (Child, u16) {
+    let log_path = dir.join(log);
+    let file = std::fs::File::create(&log_path).unwrap();
+    let child = Child(
+        tollgate()
+            .args(["serve", "--bind", bind])
+            .env("TOLLGATE__LOG__FILTER", "debug")
+            .env("TOLLGATE__LOG__FORMAT", "json")
+            .env("TOLLGATE__LEASES__GRACE_MS", "3000")
+            .envs(env.iter().copied())
+            .current_dir(dir)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let port = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["fields"]["message"] == "tollgate serving")
+            .and_then(|line| line["fields"]["port"].as_u64());
+        if let Some(port) = port {
+            return (child, u16::try_from(port).unwrap());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve never said where it listens: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `GET {base}/readyz` answers 200.
+pub async fn wait_ready(base: &str) {
+    let url = format!("{base}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(&url).await.ok().map(|r| r.status().as_u16()) != Some(200) {
+        assert!(Instant::now() < deadline, "server did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
