@@ -20,6 +20,8 @@ CREATE TABLE budget_leases (
     charged_atomic  BIGINT NOT NULL DEFAULT 0 CHECK (charged_atomic >= 0),
     returned_atomic BIGINT NOT NULL DEFAULT 0 CHECK (returned_atomic >= 0),
     state           TEXT   NOT NULL CHECK (state IN ('open', 'returned', 'reclaimed')),
+    -- store updates that granted to this lease (a hot key's cost to the store)
+    takes           BIGINT NOT NULL DEFAULT 0,
     renewed_at_ms   BIGINT NOT NULL,
     created_at_ms   BIGINT NOT NULL,
     CHECK (charged_atomic + returned_atomic <= granted_atomic)

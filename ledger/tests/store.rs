@@ -901,6 +901,10 @@ async fn leases_take_spend_return_and_reclaim(store: Store) {
     let leases = store.leases_for_key(&key).await.unwrap();
     assert_eq!(leases.len(), 1, "a's lease, fully settled, is forgotten");
     assert_eq!(
+        leases[0].takes, 2,
+        "b took twice (the second granted nothing)"
+    );
+    assert_eq!(
         (leases[0].id.clone(), leases[0].state.as_str()),
         (b.clone(), "reclaimed")
     );

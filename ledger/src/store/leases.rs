@@ -61,6 +61,8 @@ pub struct LeaseRecord {
     pub returned: Amount,
     pub state: String,
     pub renewed_at_ms: i64,
+    /// Store updates that granted to it.
+    pub takes: u64,
 }
 
 impl LeaseRecord {
@@ -117,11 +119,12 @@ impl Store {
             },
         };
         let opened = sqlx::query(
-            "INSERT INTO budget_leases (id, key_id, node_id, granted_atomic, state,
+            "INSERT INTO budget_leases (id, key_id, node_id, granted_atomic, state, takes,
                                         renewed_at_ms, created_at_ms)
-             VALUES ($1, $2, $3, $4, 'open', $5, $5)
+             VALUES ($1, $2, $3, $4, 'open', 1, $5, $5)
              ON CONFLICT (id) DO UPDATE
                 SET granted_atomic = budget_leases.granted_atomic + excluded.granted_atomic,
+                    takes = budget_leases.takes + 1,
                     renewed_at_ms = excluded.renewed_at_ms
               WHERE budget_leases.state = 'open' AND budget_leases.key_id = excluded.key_id",
         )
@@ -305,7 +308,7 @@ impl Store {
     pub async fn leases_for_key(&self, key: &KeyId) -> Result<Vec<LeaseRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, key_id, node_id, granted_atomic, charged_atomic, returned_atomic,
-                    state, renewed_at_ms
+                    state, renewed_at_ms, takes
                FROM budget_leases WHERE key_id = $1 ORDER BY created_at_ms, id",
         )
         .bind(key.as_str())
@@ -381,5 +384,7 @@ fn lease_from_row(row: &AnyRow) -> Result<LeaseRecord, StoreError> {
         returned: get_amount(row, "returned_atomic")?,
         state: get_string(row, "state")?,
         renewed_at_ms: get_i64(row, "renewed_at_ms")?,
+        takes: u64::try_from(get_i64(row, "takes")?)
+            .map_err(|_| StoreError::Corrupt("budget_leases.takes is negative".to_owned()))?,
     })
 }
