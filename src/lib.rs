@@ -13,6 +13,7 @@
 //! * [`state`] — what handlers share.
 //! * [`http`] — routes, one file per resource, and the one error mapping.
 //! * [`gateway`] — the paid path: key actors, holds and charges, models.
+//! * [`pools`] — the queue mode's worker side: the ledger pools.
 //! * [`upstream`] — the `echo` model and OpenAI-compatible upstreams.
 //! * [`auth`] — Compose tokens, SIWE, Ethereum signatures, signing key.
 //! * [`studio`] — Studio API keys: secrets at rest, JWTs.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod cli;
 pub mod gateway;
 pub mod http;
+pub mod pools;
 pub mod settings;
 pub mod startup;
 pub mod state;

@@ -39,6 +39,7 @@ pub struct Settings {
     pub keys: KeySettings,
     pub gateway: GatewaySettings,
     pub leases: LeaseSettings,
+    pub workers: WorkerSettings,
     pub studio: StudioSettings,
     pub settlement: SettlementSettings,
     pub chains: BTreeMap<ChainKey, ChainSettings>,
@@ -86,6 +87,16 @@ pub struct StoreSettings {
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     pub url: QueueUrl,
+    /// The queue paid calls' `CallCompleted` events go to (with RabbitMQ;
+    /// its dead letters are `NAME.dead`).
+    pub calls_queue: String,
+    /// Messages one consumer holds unacknowledged.
+    pub prefetch: u16,
+    /// Deliveries before a message is dead-lettered.
+    pub delivery_limit: u32,
+    /// How long a paid call's publish waits for the broker (reconnecting
+    /// included) before the call fails with 503 and nothing charged.
+    pub publish_timeout_ms: u64,
 }
 
 /// Where completed calls are queued: in process, or a RabbitMQ broker.
@@ -160,6 +171,18 @@ pub struct GatewaySettings {
     pub hold_slack_ms: i64,
     /// Actor threads; 0 means one per core.
     pub actor_threads: usize,
+}
+
+/// The worker pools (DESIGN §6): with RabbitMQ, what records paid calls'
+/// charges from the queue.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// `serve` runs the ledger pools itself; `false` leaves them to
+    /// `tollgate worker` processes.
+    pub in_process: bool,
+    /// Ledger pools (consumers) per process.
+    pub ledger_pools: usize,
 }
 
 /// Budget leases (DESIGN §6): what each gateway node takes of a key's
@@ -388,11 +411,34 @@ impl StoreSettings {
 }
 
 impl QueueSettings {
+    /// The queue's options, as `workers::queue` takes them.
+    pub fn options(&self) -> workers::queue::QueueOptions {
+        workers::queue::QueueOptions {
+            prefetch: self.prefetch,
+            delivery_limit: self.delivery_limit,
+            publish_timeout: std::time::Duration::from_millis(self.publish_timeout_ms),
+        }
+    }
+
     fn validate(&self) -> Result<(), SettingsError> {
-        if self.url != QueueUrl::Memory {
+        within("queue.prefetch", self.prefetch, 1, 10_000)?;
+        within("queue.delivery_limit", self.delivery_limit, 1, 100)?;
+        within(
+            "queue.publish_timeout_ms",
+            self.publish_timeout_ms,
+            10,
+            600_000,
+        )?;
+        let name_ok = !self.calls_queue.is_empty()
+            && self.calls_queue.len() <= 200
+            && self
+                .calls_queue
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !name_ok {
             return Err(invalid(
-                "queue.url",
-                "amqp:// arrives with the workers; this build runs memory:// only",
+                "queue.calls_queue",
+                "must be 1 to 200 characters of A-Z a-z 0-9 . _ -",
             ));
         }
         Ok(())
@@ -591,6 +637,7 @@ impl Settings {
     }
 
     fn validate_gateway(&self) -> Result<(), SettingsError> {
+        within("workers.ledger_pools", self.workers.ledger_pools, 1, 64)?;
         let l = &self.leases;
         within("leases.grace_ms", l.grace_ms, 1_000, 86_400_000)?;
         within("leases.chunk_calls", l.chunk_calls, 1, 1_000_000)?;

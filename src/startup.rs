@@ -38,6 +38,8 @@ pub enum StartupError {
         url: String,
         source: ledger::StoreError,
     },
+    #[error("queue: {0}")]
+    Queue(workers::queue::QueueError),
     #[error(transparent)]
     SigningKey(#[from] signing_key::SigningKeyError),
     #[error(transparent)]
@@ -112,6 +114,15 @@ impl Application {
         let node_id = format!("node-{}", uuid::Uuid::now_v7().simple());
         tracing::info!(node_id, "gateway node");
         let store = open_store(&settings).await?.with_node_id(&node_id);
+        let queue = crate::pools::connect(&settings)
+            .await
+            .map_err(StartupError::Queue)?;
+        // Charges through the queue may reach the ledger after their call.
+        let store = if queue.is_some() {
+            store.with_charges_queued()
+        } else {
+            store
+        };
         let key = signing_key::load_or_create(
             settings.auth.signing_key.as_deref(),
             Path::new(&settings.auth.signing_key_file),
@@ -121,7 +132,13 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let (gateway, tasks) = Gateway::start(&settings, store.clone())?;
+        let (gateway, mut tasks) = Gateway::start(&settings, store.clone(), queue.clone())?;
+        if let (Some(queue), true) = (&queue, settings.workers.in_process) {
+            let (_, pools) = crate::pools::start_ledger_pools(&settings, store.clone(), queue)
+                .await
+                .map_err(StartupError::Queue)?;
+            tasks.extend(pools);
+        }
         let shutdown_timeout = Duration::from_millis(settings.http.shutdown_timeout_ms);
         let studio = StudioKeys {
             secrets: Arc::new(StudioSecrets::load_or_create(
@@ -248,7 +265,7 @@ impl Application {
 }
 
 /// SIGINT or SIGTERM.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -70,6 +70,7 @@ impl MemoryLoader {
                     expires_at_ms: now_ms() + 24 * 3_600_000,
                     token_sha256: format!("hash-of-{id}"),
                     lease: None,
+                    payer: None,
                 };
                 (id.clone(), state)
             })

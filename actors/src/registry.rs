@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use actix::prelude::{Actor, Addr, Arbiter, ArbiterHandle, MailboxError};
 use ledger::time::now_ms;
-use ledger::{Amount, KeyId, LeaseId, RequestId};
+use ledger::{Amount, ChainId, KeyId, LeaseId, RequestId, WalletAddress};
 use tokio::sync::{mpsc, OnceCell};
 
 use crate::arbiters::{ArbiterError, ArbiterPool};
@@ -70,6 +70,8 @@ pub struct KeyState {
     /// spend is reported on [`Registry::unspent_leases`]. `None`: the actor
     /// may spend all the key has left (one node alone; tests, benchmarks).
     pub lease: Option<LeaseId>,
+    /// The key's wallet and chain (the payer of its charges), when known.
+    pub payer: Option<(WalletAddress, ChainId)>,
 }
 
 impl KeyState {
@@ -179,6 +181,7 @@ struct KeyEntry {
     lease: Option<(LeaseId, Arc<AtomicU64>)>,
     /// One top-up of the lease at a time per key.
     top_up: Arc<tokio::sync::Mutex<()>>,
+    payer: Option<(WalletAddress, ChainId)>,
 }
 
 impl KeyEntry {
@@ -689,6 +692,7 @@ impl Inner {
             drained: self.drained_tx.clone(),
             lease: leased,
             top_up: Arc::default(),
+            payer: state.payer,
         }
     }
 
@@ -797,6 +801,11 @@ impl Lease {
         Lease {
             entry: self.entry.clone(),
         }
+    }
+
+    /// The key's wallet and chain, when its loader knew them.
+    pub fn payer(&self) -> Option<(WalletAddress, ChainId)> {
+        self.entry.payer
     }
 
     /// The budget lease the key's actor spends from, if it spends from one.

@@ -37,6 +37,7 @@ impl MemoryLoader {
                 expires_at_ms: now_ms() + 3_600_000,
                 token_sha256: format!("hash-of-{id}"),
                 lease: None,
+                payer: None,
             },
         );
         id

@@ -1,6 +1,6 @@
 //! The command line, one file per command: [`serve`] (and `migrate`),
-//! [`credit`], [`studio`] (`studio bootstrap`), [`siwe_sign`]. The workers'
-//! commands (`worker`, `settlements`, `reconcile`) join them as files here.
+//! [`credit`], [`studio`] (`studio bootstrap`), [`siwe_sign`], [`worker`]
+//! (the ledger pools alone). Settlement's commands join them as files here.
 //!
 //! Errors here are `anyhow`: this is the binary's edge.
 
@@ -16,6 +16,7 @@ mod credit;
 mod serve;
 mod siwe_sign;
 mod studio;
+mod worker;
 
 pub use siwe_sign::DEV_PRIVATE_KEY;
 pub use studio::StudioCommand;
@@ -42,6 +43,9 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         bind: Option<String>,
     },
+    /// Run the ledger pools alone: record paid calls' charges from RabbitMQ
+    /// (queue.url = amqp://…; with workers.in_process = false in serve).
+    Worker,
     /// Apply database migrations and exit.
     Migrate,
     /// Credit a wallet's prepaid balance (settlement mode "ledger").
@@ -88,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::telemetry::init(&settings.log);
     match cli.command {
         Command::Serve { bind } => serve::serve(settings, bind).await,
+        Command::Worker => worker::worker(settings).await,
         Command::Migrate => serve::migrate(&settings).await,
         Command::Credit {
             address,

@@ -25,7 +25,7 @@ use ledger::time::now_ms;
 use ledger::{Amount, KeyId, RequestId};
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use workers::sink::{ChargeSink, RecordFuture, SinkError};
+use workers::sink::{CallContext, ChargeSink, RecordFuture, SinkError};
 
 use super::error::{BudgetView, CallFailure};
 use super::leases::TopUpError;
@@ -167,6 +167,7 @@ pub struct PaidCall {
     pub ends_by: tokio::time::Instant,
     /// When the actor would release the hold on its own (ms since epoch).
     hold_deadline_ms: i64,
+    started_at_ms: i64,
 }
 
 /// A charge still being written this close to its hold's deadline gets the
@@ -302,6 +303,7 @@ impl PaidCall {
             max_tokens,
             ends_by,
             hold_deadline_ms: deadline_ms,
+            started_at_ms: now_ms(),
         })
     }
 
@@ -356,12 +358,22 @@ impl PaidCall {
             created_at_ms: now_ms(),
             lease: lease.budget_lease().cloned(),
         };
+        let call = CallContext {
+            hold: held,
+            started_at_ms: self.started_at_ms,
+            payer: lease.payer(),
+        };
         let sink = self.sink.clone();
         let request = self.request.clone();
         let hold_deadline_ms = self.hold_deadline_ms;
         let finishing = tokio::spawn(async move {
-            let written =
-                record_holding(sink.record(charge), &lease, &request, hold_deadline_ms).await;
+            let written = record_holding(
+                sink.record(charge, call),
+                &lease,
+                &request,
+                hold_deadline_ms,
+            )
+            .await;
             match written {
                 Ok(ChargeOutcome::Recorded) | Ok(ChargeOutcome::Duplicate) => {
                     match lease.commit(request, amount).await {

@@ -46,6 +46,7 @@ impl KeyLoader for StoreKeyLoader {
                 token_sha256: record.token_sha256,
                 // A fresh lease per actor: it spends only what it takes.
                 lease: Some(LeaseId::generate()),
+                payer: Some((record.wallet, record.chain_id)),
             }))
         })
     }

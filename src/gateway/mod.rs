@@ -22,6 +22,8 @@ use ledger::pricing::Price;
 use ledger::Store;
 use tokio::task::JoinHandle;
 use workers::ledger_writer::LedgerWriter;
+use workers::publisher::QueueSink;
+use workers::queue::Queue;
 use workers::sink::ChargeSink;
 
 use self::leases::LeaseKeeper;
@@ -87,9 +89,14 @@ pub enum GatewayError {
 impl Gateway {
     /// Starts the key actors, the ledger writer and the drain task (on the
     /// current runtime); the tasks are returned, named, for the caller to own.
+    ///
+    /// With `queue` (RabbitMQ), a paid call's charge is a confirmed
+    /// `CallCompleted` event; without, it is committed to `store` by the
+    /// ledger writer.
     pub fn start(
         settings: &Settings,
         store: Store,
+        queue: Option<Queue>,
     ) -> Result<(Gateway, Vec<NamedTask>), GatewayError> {
         let g = &settings.gateway;
         let threads = match g.actor_threads {
@@ -166,11 +173,17 @@ impl Gateway {
         if let Some(drain) = revocation::free_drained_keys(&registry, store.clone()) {
             tasks.push(("drained-key release", drain));
         }
-        let (writer, writing) = LedgerWriter::spawn(store);
-        tasks.push(("ledger writer", writing));
+        let sink: Arc<dyn ChargeSink> = match queue {
+            Some(queue) => Arc::new(QueueSink::new(queue, &settings.queue.calls_queue)),
+            None => {
+                let (writer, writing) = LedgerWriter::spawn(store);
+                tasks.push(("ledger writer", writing));
+                Arc::new(writer)
+            }
+        };
         let gateway = Gateway {
             registry,
-            sink: Arc::new(writer),
+            sink,
             models: Arc::new(models),
             timeouts,
             leases,

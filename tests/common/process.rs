@@ -90,3 +90,34 @@ pub async fn wait_ready(base: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Starts `tollgate worker` in `dir` with `env`, logging JSON to `dir/LOG`,
+/// and waits for its "tollgate worker running" line.
+pub fn spawn_worker(dir: &std::path::Path, log: &str, env: &[(&str, &str)]) -> Child {
+    let log_path = dir.join(log);
+    let file = std::fs::File::create(&log_path).unwrap();
+    let child = Child(
+        tollgate()
+            .arg("worker")
+            .env("TOLLGATE__LOG__FILTER", "info")
+            .env("TOLLGATE__LOG__FORMAT", "json")
+            .envs(env.iter().copied())
+            .current_dir(dir)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("tollgate worker running") {
+            return child;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never said it runs: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -7,6 +7,8 @@ use ledger::pricing::{Billed, Price};
 use ledger::{Amount, KeyId, LeaseId, RequestId};
 use serde::{Deserialize, Serialize};
 
+use crate::sink::CallContext;
+
 /// The event's shape; a pool refuses (dead-letters) others.
 pub const EVENT_VERSION: u32 = 1;
 
@@ -57,6 +59,30 @@ pub struct QuoteMismatch {
 }
 
 impl CallCompleted {
+    /// The event of a charge the gateway priced, for the queue.
+    pub fn of_charge(charge: &NewCharge, call: &CallContext) -> CallCompleted {
+        CallCompleted {
+            version: EVENT_VERSION,
+            request_id: charge.request_id.to_string(),
+            key_id: charge.key_id.to_string(),
+            wallet: call
+                .payer
+                .map(|(wallet, _)| wallet.to_lower_hex())
+                .unwrap_or_default(),
+            chain_id: call.payer.map_or(0, |(_, chain)| chain.0),
+            model: charge.model.clone(),
+            price_version: charge.price_version.clone(),
+            input_tokens: charge.input_tokens,
+            output_tokens: charge.output_tokens,
+            reported: charge.reported,
+            quoted_atomic: charge.amount.atomic(),
+            hold_atomic: call.hold.atomic(),
+            started_at_ms: call.started_at_ms,
+            completed_at_ms: charge.created_at_ms,
+            lease_id: charge.lease.as_ref().map(|lease| lease.to_string()),
+        }
+    }
+
     pub fn parse(body: &[u8]) -> Result<CallCompleted, EventError> {
         let event: CallCompleted =
             serde_json::from_slice(body).map_err(|e| EventError::Malformed(e.to_string()))?;

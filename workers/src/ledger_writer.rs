@@ -13,7 +13,7 @@ use ledger::model::{ChargeOutcome, NewCharge};
 use ledger::Store;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sink::{ChargeSink, RecordFuture, SinkError};
+use crate::sink::{CallContext, ChargeSink, RecordFuture, SinkError};
 
 /// The most charges one transaction carries: keeps a transaction short so
 /// readers and the next batch never wait long.
@@ -68,7 +68,7 @@ impl LedgerWriter {
 }
 
 impl ChargeSink for LedgerWriter {
-    fn record(&self, charge: NewCharge) -> RecordFuture {
+    fn record(&self, charge: NewCharge, _call: CallContext) -> RecordFuture {
         let writer = self.clone();
         Box::pin(async move {
             LedgerWriter::record(&writer, charge)

@@ -7,9 +7,12 @@
 //! * [`sink`] — [`sink::ChargeSink`]: where a finished call's charge goes. The
 //!   gateway writes every charge through one, and hears back only once it is
 //!   durable. Implementations: [`ledger_writer::LedgerWriter`] (embedded mode,
-//!   group commit to the store); the RabbitMQ publisher is the next.
+//!   group commit to the store) and [`publisher::QueueSink`] (RabbitMQ:
+//!   a confirmed `CallCompleted` event).
 //! * [`ledger_writer`] — [`ledger_writer::LedgerWriter`]: group commit of
 //!   charges for the embedded (in-process) mode; answers after the commit.
+//! * [`publisher`] — [`publisher::QueueSink`]: publishes charges as events
+//!   and answers once the broker confirmed them.
 //! * [`queue`] — [`queue::Queue`]: one queue API, RabbitMQ (`lapin`) or in
 //!   process, passing one shared test suite.
 //! * [`event`] — [`event::CallCompleted`]: a finished paid call as the
@@ -17,9 +20,9 @@
 //! * [`ledger_pool`] — [`ledger_pool::LedgerPool`]: consumes those events and
 //!   records each charge once, acking after the commit.
 //!
-//! The queue, the events and the pool are not wired into the paid path yet:
-//! that needs the budget leases of the worker-pool issue (13), without which
-//! an actor reloaded from a ledger that lags the queue could spend twice.
+//! With `queue.url = amqp://…` the gateway publishes through
+//! [`publisher::QueueSink`] and the pools record; the budget leases keep a
+//! key within its limit however far the ledger lags the queue.
 //!
 //! Pricing is money arithmetic every crate shares: it lives in
 //! `ledger::pricing`. Settlement arrives with its issue.
@@ -28,5 +31,6 @@
 pub mod event;
 pub mod ledger_pool;
 pub mod ledger_writer;
+pub mod publisher;
 pub mod queue;
 pub mod sink;

@@ -132,7 +132,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if drained {
-            release_funds(&mut tx, id, crate::time::now_ms(), self.node_id()).await?;
+            release_funds(&mut tx, id, crate::time::now_ms(), self.releasing_node()).await?;
         }
         let row = match row {
             Some(row) => row,
@@ -153,7 +153,7 @@ impl Store {
     /// nothing to an active key (its budget is committed while it lives).
     pub async fn release_key_funds(&self, id: &KeyId, now_ms: i64) -> Result<(), StoreError> {
         let mut conn = self.pool().acquire().await?;
-        release_funds(&mut conn, id, now_ms, self.node_id()).await
+        release_funds(&mut conn, id, now_ms, self.releasing_node()).await
     }
 }
 

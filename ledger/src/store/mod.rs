@@ -74,6 +74,9 @@ pub struct Store {
     hold_max_ms: i64,
     /// The gateway node this store handle serves (budget leases).
     node_id: std::sync::Arc<str>,
+    /// This node's charges reach the ledger through a queue: its own leases
+    /// may still cover charges on their way.
+    charges_queued: bool,
 }
 
 impl Store {
@@ -115,6 +118,7 @@ impl Store {
             backend,
             hold_max_ms: HOLD_MAX_MS_DEFAULT,
             node_id: std::sync::Arc::from(""),
+            charges_queued: false,
         })
     }
 
@@ -136,6 +140,25 @@ impl Store {
     /// See [`Store::with_node_id`] ("" when none was set).
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// This node's charges go through a queue (RabbitMQ): when it sees a
+    /// stopped key drained, charges it already reported may still be on
+    /// their way to the ledger, so the key is freed at once only when no
+    /// lease at all — its own included — covers anything.
+    pub fn with_charges_queued(mut self) -> Store {
+        self.charges_queued = true;
+        self
+    }
+
+    /// The node whose leases a drained key may be freed under (see
+    /// `keys::release_funds`): none when this node's charges are queued.
+    pub(crate) fn releasing_node(&self) -> &str {
+        if self.charges_queued {
+            ""
+        } else {
+            &self.node_id
+        }
     }
 
     /// See [`Store::with_hold_max_ms`].

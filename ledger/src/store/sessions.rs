@@ -130,7 +130,7 @@ impl Store {
         }
         // Fenced with nothing in flight: no call can charge them any more.
         for key in &session.drained_keys {
-            release_funds(&mut tx, key, now_ms, self.node_id()).await?;
+            release_funds(&mut tx, key, now_ms, self.releasing_node()).await?;
         }
 
         let row = sqlx::query(

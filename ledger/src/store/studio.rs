@@ -137,7 +137,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if drained.contains(previous) {
-                release_funds(&mut tx, previous, now, self.node_id()).await?;
+                release_funds(&mut tx, previous, now, self.releasing_node()).await?;
             }
         }
         lock_balance(

@@ -1,0 +1,41 @@
+//! `tollgate worker`: the ledger pools alone, in a process of their own
+//! (`workers.in_process = false` in `serve`; several workers may run at
+//! once — each message goes to one of them, and a duplicate records
+//! nothing). Runs until SIGINT/SIGTERM: what a pool holds unacknowledged
+//! goes back to the queue for the next worker.
+
+use anyhow::Context;
+use futures_util::StreamExt;
+
+use crate::settings::Settings;
+use crate::startup::{open_store, stop_signal};
+
+pub async fn worker(settings: Settings) -> anyhow::Result<()> {
+    let store = open_store(&settings).await?;
+    let queue = crate::pools::connect(&settings)
+        .await
+        .context("connecting to the queue")?
+        .context("tollgate worker records charges from RabbitMQ: set queue.url = \"amqp://…\"")?;
+    let (_, tasks) = crate::pools::start_ledger_pools(&settings, store.clone(), &queue)
+        .await
+        .context("starting the ledger pools")?;
+    tracing::info!(
+        queue = %settings.queue.calls_queue,
+        pools = tasks.len(),
+        store = %ledger::store::redact_url(&settings.store.url),
+        "tollgate worker running"
+    );
+    let mut running: futures_util::stream::FuturesUnordered<_> = tasks
+        .into_iter()
+        .map(|(name, task)| async move { (name, task.await) })
+        .collect();
+    let outcome = tokio::select! {
+        _ = stop_signal() => Ok(()),
+        Some((name, ended)) = running.next() => Err(anyhow::anyhow!("{name} stopped: {ended:?}")),
+    };
+    // Unacknowledged deliveries return to the queue when the connection
+    // closes with the process.
+    store.close().await;
+    tracing::info!("tollgate worker stopped");
+    outcome
+}

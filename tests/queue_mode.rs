@@ -1,0 +1,206 @@
+//! The queue mode end to end (DESIGN §6): `queue.url = amqp://…` on the real
+//! RabbitMQ and PostgreSQL. A paid call publishes its `CallCompleted` event
+//! and answers once the broker confirmed it; the ledger pools — inside
+//! `serve`, or in `tollgate worker` processes — record each charge once.
+//! Every reported final amount ends in the ledger exactly once, and
+//! `budget_used` equals the sum of the charges.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::process::spawn_worker;
+use common::{header_amount, spawn_paid_app_with, PaidKey, TempDir, TestApp};
+use ledger::store::Backend;
+use serde_json::json;
+
+/// The broker every machine here runs (or `TOLLGATE_TEST_AMQP_URL`).
+pub fn amqp_url() -> String {
+    std::env::var("TOLLGATE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// A calls queue of the test's own.
+pub fn queue_name() -> String {
+    format!("test-calls-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// 10 words in and at most 10 out: 30 per call.
+fn thirty() -> serde_json::Value {
+    let words: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
+    json!({"model": "echo", "max_tokens": 10,
+           "messages": [{"role": "user", "content": words.join(" ")}]})
+}
+
+/// Waits (10 s at most) until the key's `budget_used` and the sum of its
+/// charges are both `expected` (read while pools write, the two may be a
+/// commit apart; never past `expected`).
+async fn ledger_reaches(app: &TestApp, key: &PaidKey, expected: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (used, charged) = app.spent(&key.key_id).await;
+        if (used, charged) == (expected, expected) {
+            return;
+        }
+        assert!(
+            used <= expected && charged <= expected && Instant::now() < deadline,
+            "the ledger shows {used} (charges {charged}), the calls reported {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn delete_queue(name: &str) {
+    let queue = workers::queue::Queue::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let _ = queue.delete(name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_calls_are_recorded_once_through_rabbitmq() {
+    let (url, name) = (amqp_url(), queue_name());
+    let (app, _mock) = spawn_paid_app_with(
+        Backend::Postgres,
+        &[
+            ("TOLLGATE__QUEUE__URL", url.as_str()),
+            ("TOLLGATE__QUEUE__CALLS_QUEUE", name.as_str()),
+        ],
+    )
+    .await;
+    const BUDGET: u64 = 3_000;
+    let key = app.paid_key(BUDGET).await;
+    // Three times the budget, 16 at a time, streamed and not.
+    let mut workers = Vec::new();
+    for worker in 0..16 {
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url("/external/v1/chat/completions"),
+            key.token.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut reported = 0;
+            for call in 0..19 {
+                let mut body = thirty();
+                body["stream"] = json!((worker + call) % 3 == 0);
+                let response = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                match response.status().as_u16() {
+                    200 if body["stream"] == json!(true) => {
+                        let text = response.text().await.unwrap();
+                        let last = common::sse_events(&text)
+                            .into_iter()
+                            .rev()
+                            .find(|e| e.contains("finalAmountWei"))
+                            .expect("the last chunk has the charge");
+                        let event: serde_json::Value = serde_json::from_str(&last).unwrap();
+                        reported += event["compose"]["finalAmountWei"]
+                            .as_str()
+                            .unwrap()
+                            .parse::<u64>()
+                            .unwrap();
+                    }
+                    200 => reported += header_amount(&response, "x-compose-key-final-amount-wei"),
+                    402 => {}
+                    other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+                }
+            }
+            reported
+        }));
+    }
+    let mut reported = 0;
+    for worker in workers {
+        reported += worker.await.unwrap();
+    }
+    assert!(
+        reported <= BUDGET && reported + 2 * 30 >= BUDGET,
+        "reported {reported}"
+    );
+    ledger_reaches(&app, &key, reported).await;
+    delete_queue(&name).await;
+}
+
+/// `serve` with `workers.in_process = false` records nothing itself: its
+/// calls' events wait in RabbitMQ until a `tollgate worker` runs. A worker
+/// killed with SIGKILL mid-way and started again, beside a second one,
+/// leaves every charge recorded exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_record_what_serve_published_across_a_sigkill() {
+    let (url, name) = (amqp_url(), queue_name());
+    let queue_env = [
+        ("TOLLGATE__QUEUE__URL", url.as_str()),
+        ("TOLLGATE__QUEUE__CALLS_QUEUE", name.as_str()),
+    ];
+    let mut env = queue_env.to_vec();
+    env.push(("TOLLGATE__WORKERS__IN_PROCESS", "false"));
+    let (app, _mock) = spawn_paid_app_with(Backend::Postgres, &env).await;
+    const CALLS: u64 = 400;
+    let key = app.paid_key(CALLS * 30).await;
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url("/external/v1/chat/completions"),
+            key.token.clone(),
+        );
+        calls.push(tokio::spawn(async move {
+            let mut reported = 0;
+            for _ in 0..CALLS / 8 {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&thirty())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status().as_u16(), 200);
+                reported += header_amount(&response, "x-compose-key-final-amount-wei");
+            }
+            reported
+        }));
+    }
+    let mut reported = 0;
+    for call in calls {
+        reported += call.await.unwrap();
+    }
+    assert_eq!(reported, CALLS * 30);
+    // Every call answered, nothing recorded yet: the charges are in the queue.
+    assert_eq!(app.spent(&key.key_id).await, (0, 0));
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("tollgate-worker-{}", uuid::Uuid::now_v7().simple())),
+    );
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let mut worker_env = queue_env.to_vec();
+    worker_env.push(("TOLLGATE__STORE__URL", app.db.url.as_str()));
+    // Small batches in flight, so the kill lands mid-way.
+    worker_env.push(("TOLLGATE__QUEUE__PREFETCH", "20"));
+    worker_env.push(("TOLLGATE__WORKERS__LEDGER_POOLS", "1"));
+    let mut first = spawn_worker(&dir.0, "first.log", &worker_env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.spent(&key.key_id).await.0 == 0 {
+        assert!(Instant::now() < deadline, "the worker recorded nothing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.crash();
+    let midway = app.spent(&key.key_id).await.0;
+    let _second = spawn_worker(&dir.0, "second.log", &worker_env);
+    let _third = spawn_worker(&dir.0, "third.log", &worker_env);
+    ledger_reaches(&app, &key, reported).await;
+    let charges = app
+        .store
+        .charges_for_key(&ledger::KeyId::parse(&key.key_id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        charges.len() as u64,
+        CALLS,
+        "one charge per call (recorded {midway} before the kill)"
+    );
+    delete_queue(&name).await;
+}
