@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::spawn_worker;
+use common::process::{spawn_worker, tollgate};
 use common::{header_amount, spawn_paid_app_with, PaidKey, TempDir, TestApp};
 use ledger::store::Backend;
 use serde_json::json;
@@ -201,6 +201,159 @@ async fn worker_processes_record_what_serve_published_across_a_sigkill() {
         charges.len() as u64,
         CALLS,
         "one charge per call (recorded {midway} before the kill)"
+    );
+    delete_queue(&name).await;
+}
+
+/// Runs `tollgate dlq ARGS` against the app's store and queue: (success,
+/// stdout lines).
+fn dlq(app: &TestApp, queue: &str, args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
+    let output = tollgate()
+        .arg("dlq")
+        .args(args)
+        .env("TOLLGATE__STORE__URL", &app.db.url)
+        .env("TOLLGATE__QUEUE__URL", amqp_url())
+        .env("TOLLGATE__QUEUE__CALLS_QUEUE", queue)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    (output.status.success(), lines, stdout)
+}
+
+/// Poison messages reach the dead-letter queue with their reason; `dlq
+/// list` shows what the pool makes of each, and once the cause is fixed
+/// `dlq retry` records the event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_are_dead_lettered_and_retried_once_fixed() {
+    use ledger::model::{NewKey, Purpose};
+    let (url, name) = (amqp_url(), queue_name());
+    let (app, _mock) = spawn_paid_app_with(
+        Backend::Postgres,
+        &[
+            ("TOLLGATE__QUEUE__URL", url.as_str()),
+            ("TOLLGATE__QUEUE__CALLS_QUEUE", name.as_str()),
+        ],
+    )
+    .await;
+    let queue = workers::queue::Queue::connect(&url, Default::default())
+        .await
+        .unwrap();
+    // Junk, and a valid event for a key this store does not know (yet).
+    queue
+        .publish(&name, "junk", bytes::Bytes::from_static(b"{not json"))
+        .await
+        .unwrap();
+    let ghost = ledger::KeyId::generate();
+    let request = ledger::RequestId::generate();
+    let now = ledger::time::now_ms();
+    let event = workers::event::CallCompleted {
+        version: workers::event::EVENT_VERSION,
+        request_id: request.to_string(),
+        key_id: ghost.to_string(),
+        wallet: String::new(),
+        chain_id: common::CHAIN,
+        model: "echo".into(),
+        price_version: "2026-11-01".into(),
+        input_tokens: 10,
+        output_tokens: 10,
+        reported: Some((10, 10)),
+        quoted_atomic: 30,
+        hold_atomic: 30,
+        started_at_ms: now,
+        completed_at_ms: now,
+        lease_id: None,
+    };
+    queue
+        .publish(&name, request.as_str(), event.to_json().into())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let (ok, lines, _) = dlq(&app, &name, &["list"]);
+        assert!(ok);
+        if lines.len() == 2 {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "dead letters: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let find = |id: &str| {
+        listed
+            .iter()
+            .find(|l| l["messageId"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find("junk")["reason"], "rejected");
+    assert!(find("junk")["diagnosis"]
+        .as_str()
+        .unwrap()
+        .contains("not a CallCompleted"));
+    let ghost_letter = find(request.as_str());
+    assert_eq!(
+        ghost_letter["diagnosis"],
+        "the key does not exist in this store"
+    );
+    assert_eq!(ghost_letter["amountAtomic"], "30");
+    // The fix: the key exists now (say, its store was restored).
+    let wallet = ledger::WalletAddress::from_bytes([7; 20]);
+    let chain = ledger::ChainId(common::CHAIN);
+    app.store
+        .credit(
+            &wallet,
+            chain,
+            ledger::Amount::from_atomic(1_000).unwrap(),
+            "test",
+            now,
+        )
+        .await
+        .unwrap();
+    app.store
+        .create_key(
+            &NewKey {
+                token_sha256: format!("hash-of-{ghost}"),
+                id: ghost.clone(),
+                wallet,
+                chain_id: chain,
+                purpose: Purpose::Api,
+                session_id: None,
+                name: "restored".into(),
+                budget_limit: ledger::Amount::from_atomic(100).unwrap(),
+                created_at_ms: now,
+                expires_at_ms: now + 3_600_000,
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    let (ok, _, out) = dlq(&app, &name, &["retry", request.as_str()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("1 dead letter(s) put back"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (used, charged) = app.spent(ghost.as_str()).await;
+        if (used, charged) == (30, 30) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retried event was not recorded: {used}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Retried once more: it is no longer a dead letter.
+    let (ok, _, _) = dlq(&app, &name, &["retry", request.as_str()]);
+    assert!(!ok, "nothing left to retry under that id");
+    let (_, lines, _) = dlq(&app, &name, &["list"]);
+    assert_eq!(lines.len(), 1, "only the junk remains: {lines:?}");
+    assert_eq!(
+        app.spent(ghost.as_str()).await,
+        (30, 30),
+        "recorded exactly once"
     );
     delete_queue(&name).await;
 }

@@ -1,6 +1,7 @@
 //! The command line, one file per command: [`serve`] (and `migrate`),
 //! [`credit`], [`studio`] (`studio bootstrap`), [`siwe_sign`], [`worker`]
-//! (the ledger pools alone). Settlement's commands join them as files here.
+//! (the ledger pools alone), [`dlq`] (dead letters). Settlement's commands
+//! join them as files here.
 //!
 //! Errors here are `anyhow`: this is the binary's edge.
 
@@ -13,11 +14,13 @@ use ledger::ChainId;
 use crate::settings::Settings;
 
 mod credit;
+mod dlq;
 mod serve;
 mod siwe_sign;
 mod studio;
 mod worker;
 
+pub use dlq::DlqCommand;
 pub use siwe_sign::DEV_PRIVATE_KEY;
 pub use studio::StudioCommand;
 
@@ -46,6 +49,11 @@ pub enum Command {
     /// Run the ledger pools alone: record paid calls' charges from RabbitMQ
     /// (queue.url = amqp://…; with workers.in_process = false in serve).
     Worker,
+    /// The calls queue's dead letters: list them, or retry them once fixed.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Credit a wallet's prepaid balance (settlement mode "ledger").
@@ -93,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { bind } => serve::serve(settings, bind).await,
         Command::Worker => worker::worker(settings).await,
+        Command::Dlq { command } => dlq::dlq(&settings, command).await,
         Command::Migrate => serve::migrate(&settings).await,
         Command::Credit {
             address,

@@ -9,7 +9,7 @@
 //!   call's maximum cost — in one guarded store update, and a call that
 //!   leaves the allowance low starts one in the background;
 //! * returns what a stopped actor did not spend (idle eviction, shutdown);
-//! * renews this node's leases every quarter of `leases.grace_ms`, and takes
+//! * renews this node's leases every eighth of `leases.grace_ms`, and takes
 //!   back the leases of nodes that stopped renewing theirs for the grace;
 //! * looks every `leases.revocation_poll_ms` for keys it leases that another
 //!   node revoked or superseded, and pushes the stop to their actors;
@@ -32,6 +32,11 @@ use tokio::task::JoinHandle;
 
 use super::NamedTask;
 use crate::settings::LeaseSettings;
+
+/// Renewals per `leases.grace_ms`: a node refuses to spend after half the
+/// grace without one, so a few slow renewals (a busy store, a starved
+/// process) do not stop a healthy node.
+const RENEWALS_PER_GRACE: i64 = 8;
 
 /// Revoked leases remembered as already pushed to their actors.
 const PUSHED_MAX: usize = 10_000;
@@ -280,7 +285,7 @@ impl LeaseKeeper {
 
     async fn keep(self, registry: Registry) {
         let poll = Duration::from_millis(self.settings.revocation_poll_ms);
-        let renew_every_ms = (self.settings.grace_ms / 4).max(1);
+        let renew_every_ms = (self.settings.grace_ms / RENEWALS_PER_GRACE).max(1);
         let mut renewed_last = now_ms();
         let mut pushed = HashSet::new();
         let mut stopping = self.stopping.subscribe();

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::{Delivery, QueueError, QueueOptions, Settle};
+use super::{DeadLetter, Delivery, QueueError, QueueOptions, Settle};
 
 #[derive(Clone)]
 struct Message {
@@ -46,6 +46,50 @@ impl MemoryQueue {
 
     fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// See [`super::Queue::sweep_dead`].
+    pub fn sweep_dead(
+        &self,
+        name: &str,
+        max: usize,
+        requeue: &mut dyn FnMut(&DeadLetter) -> bool,
+    ) -> Result<Vec<(DeadLetter, bool)>, QueueError> {
+        let dead = super::Queue::dead_letters(name);
+        let taken: Vec<Message> = {
+            let mut lanes = self.lanes();
+            let lane = lanes
+                .queues
+                .get_mut(&dead)
+                .ok_or_else(|| QueueError::Undeclared(dead.clone()))?;
+            let n = lane.ready.len().min(max);
+            lane.ready.drain(..n).collect()
+        };
+        let mut swept = Vec::with_capacity(taken.len());
+        let mut kept = Vec::new();
+        for message in taken {
+            let letter = DeadLetter {
+                message_id: message.id.clone(),
+                body: message.body.clone(),
+                reason: if message.deliveries >= self.options.delivery_limit {
+                    "delivery_limit".to_owned()
+                } else {
+                    "rejected".to_owned()
+                },
+            };
+            let moved = requeue(&letter);
+            if moved {
+                self.publish(name, &message.id, message.body.clone())?;
+            } else {
+                kept.push(message);
+            }
+            swept.push((letter, moved));
+        }
+        // What stays goes back in front, in its order.
+        for message in kept.into_iter().rev() {
+            self.push(&dead, message, true)?;
+        }
+        Ok(swept)
     }
 
     pub fn declare(&self, name: &str) {

@@ -134,6 +134,36 @@ impl Queue {
     }
 }
 
+/// A message in a dead-letter queue, as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub body: Bytes,
+    /// Why the broker dead-lettered it: `rejected` (a consumer refused it as
+    /// poison) or `delivery_limit` (it failed that many times).
+    pub reason: String,
+}
+
+/// The most dead letters one sweep looks at.
+pub const SWEEP_MAX: usize = 10_000;
+
+impl Queue {
+    /// Looks at up to `max` dead letters of `name` and moves back to `name`
+    /// those `requeue` picks; answers each with whether it moved. The
+    /// others stay dead-lettered, in order.
+    pub async fn sweep_dead(
+        &self,
+        name: &str,
+        max: usize,
+        requeue: &mut dyn FnMut(&DeadLetter) -> bool,
+    ) -> Result<Vec<(DeadLetter, bool)>, QueueError> {
+        match self {
+            Queue::Memory(queue) => queue.sweep_dead(name, max, requeue),
+            Queue::Rabbit(queue) => queue.sweep_dead(name, max, requeue).await,
+        }
+    }
+}
+
 /// Takes messages from one queue.
 pub enum Consumer {
     Memory(memory::MemoryConsumer),

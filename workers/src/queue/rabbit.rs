@@ -16,14 +16,14 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use super::{Delivery, QueueError, QueueOptions, Settle};
+use super::{DeadLetter, Delivery, QueueError, QueueOptions, Settle};
 
 /// How long connecting may keep retrying before it gives up.
 const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
@@ -231,6 +231,54 @@ impl RabbitQueue {
 }
 
 impl RabbitQueue {
+    /// Takes up to `max` messages of `name`'s dead-letter queue on a
+    /// channel of its own, moves back to `name` those `requeue` picks (a
+    /// confirmed publish, then the dead copy's ack: at least once, never
+    /// lost), and leaves the others where they were (the channel closes
+    /// with them unacknowledged).
+    pub async fn sweep_dead(
+        &self,
+        name: &str,
+        max: usize,
+        requeue: &mut dyn FnMut(&DeadLetter) -> bool,
+    ) -> Result<Vec<(DeadLetter, bool)>, QueueError> {
+        let dead = super::Queue::dead_letters(name);
+        let channel = self.recovering(|| self.connection.create_channel()).await?;
+        let mut swept = Vec::new();
+        while swept.len() < max {
+            let got = channel
+                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(unavailable)?;
+            let Some(got) = got else { break };
+            let delivery = got.delivery;
+            let letter = DeadLetter {
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned())
+                    .unwrap_or_default(),
+                body: Bytes::copy_from_slice(&delivery.data),
+                reason: header_text(&delivery, "x-first-death-reason")
+                    .unwrap_or_else(|| "unknown".to_owned()),
+            };
+            let moved = requeue(&letter);
+            if moved {
+                self.publish(name, &letter.message_id, letter.body.clone())
+                    .await?;
+                ack(delivery).await?;
+            }
+            swept.push((letter, moved));
+        }
+        // Whatever was not moved goes back to the dead-letter queue.
+        channel
+            .close(200, "dead letters swept".into())
+            .await
+            .map_err(unavailable)?;
+        Ok(swept)
+    }
+
     /// Runs a channel operation, waiting out a connection recovery (at most
     /// `publish_timeout`) and trying again once the channel is back.
     async fn recovering<T, F, Fut>(&self, mut operation: F) -> Result<T, QueueError>
@@ -330,6 +378,15 @@ impl RabbitConsumer {
             deliveries: earlier.saturating_add(1),
             settle: Settle::Rabbit(Box::new(delivery)),
         }))
+    }
+}
+
+/// A text header of a delivery (RabbitMQ's `x-first-death-reason`, say).
+fn header_text(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
+    match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
+        _ => None,
     }
 }
 
