@@ -30,20 +30,30 @@ const POLL_MS: u64 = 50;
 struct NodeB {
     process: Child,
     base: String,
+    env: Vec<(String, String)>,
     _dir: TempDir,
 }
 
 /// Node A (in process) and node B (the binary), sharing one PostgreSQL;
 /// a lease top-up takes `chunk_calls` calls' worth.
 async fn two_nodes(chunk_calls: u64) -> (TestApp, common::mock_upstream::MockUpstream, NodeB) {
+    two_nodes_with(chunk_calls, &[]).await
+}
+
+/// As [`two_nodes`], with `extra` settings for both nodes.
+async fn two_nodes_with(
+    chunk_calls: u64,
+    extra: &[(&str, &str)],
+) -> (TestApp, common::mock_upstream::MockUpstream, NodeB) {
     let grace = GRACE_MS.to_string();
     let poll = POLL_MS.to_string();
     let chunk = chunk_calls.to_string();
-    let leases = [
+    let mut leases = vec![
         ("TOLLGATE__LEASES__GRACE_MS", grace.as_str()),
         ("TOLLGATE__LEASES__REVOCATION_POLL_MS", poll.as_str()),
         ("TOLLGATE__LEASES__CHUNK_CALLS", chunk.as_str()),
     ];
+    leases.extend_from_slice(extra);
     let (app, mock) = spawn_paid_app_with(Backend::Postgres, &leases).await;
     let dir = TempDir(
         std::env::temp_dir().join(format!("tollgate-node-b-{}", uuid::Uuid::now_v7().simple())),
@@ -61,15 +71,33 @@ async fn two_nodes(chunk_calls: u64) -> (TestApp, common::mock_upstream::MockUps
     let (process, port) = spawn_serving_with(&dir.0, "127.0.0.1:0", "node-b.log", &env);
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&base).await;
-    (
-        app,
-        mock,
-        NodeB {
-            process,
-            base,
-            _dir: dir,
-        },
-    )
+    let node_b = NodeB {
+        process,
+        base,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        _dir: dir,
+    };
+    (app, mock, node_b)
+}
+
+impl NodeB {
+    /// Starts node B again after a crash (a new process, a new port).
+    async fn restart(&mut self) {
+        self.process.crash();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (process, port) =
+            spawn_serving_with(&self._dir.0, "127.0.0.1:0", "node-b-again.log", &env);
+        self.process = process;
+        self.base = format!("http://127.0.0.1:{port}");
+        wait_ready(&self.base).await;
+    }
 }
 
 /// 10 words in and at most 10 out: 10 + 20 = 30 per call.
@@ -262,4 +290,129 @@ fn clone_key(key: &PaidKey) -> PaidKey {
         key_id: key.key_id.clone(),
         token: key.token.clone(),
     }
+}
+
+/// Queue mode on both nodes (RabbitMQ, pools in each): node B is killed
+/// with SIGKILL while 16 clients load it, and started again. Every call
+/// that reported a final amount has exactly that charge in the ledger —
+/// found by its `x-request-id` — and `budget_used` is the sum of charges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_under_load_loses_no_reported_charge() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, RwLock};
+    let amqp = std::env::var("TOLLGATE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let queue = format!("test-calls-{}", uuid::Uuid::now_v7().simple());
+    let (app, _mock, mut node_b) = two_nodes_with(
+        64,
+        &[
+            ("TOLLGATE__QUEUE__URL", amqp.as_str()),
+            ("TOLLGATE__QUEUE__CALLS_QUEUE", queue.as_str()),
+        ],
+    )
+    .await;
+    let key = app.paid_key(1_000_000).await;
+    let base = Arc::new(RwLock::new(node_b.base.clone()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (client, base, key, done) = (
+            app.client.clone(),
+            base.clone(),
+            clone_key(&key),
+            done.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut reported = HashMap::new();
+            let mut lost = 0;
+            for _ in 0..40 {
+                let url = format!("{}/external/v1/chat/completions", base.read().unwrap());
+                let sent = client
+                    .post(url)
+                    .bearer_auth(&key.token)
+                    .json(&thirty())
+                    .send()
+                    .await;
+                let Ok(response) = sent else {
+                    // Killed mid-call, or not up again yet.
+                    lost += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let status = response.status().as_u16();
+                if status != 200 {
+                    lost += 1;
+                    continue;
+                }
+                let id = response.headers()["x-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let amount = header_amount(&response, "x-compose-key-final-amount-wei");
+                // A body cut by the kill reported nothing the client saw.
+                if response.bytes().await.is_ok() {
+                    reported.insert(id, amount);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            (reported, lost)
+        }));
+    }
+    while done.load(Ordering::Relaxed) < 150 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    node_b.restart().await;
+    *base.write().unwrap() = node_b.base.clone();
+    let mut reported = HashMap::new();
+    let mut lost = 0;
+    for client in clients {
+        let (seen, failed) = client.await.unwrap();
+        reported.extend(seen);
+        lost += failed;
+    }
+    assert!(reported.len() > 150, "calls answered: {}", reported.len());
+    // The ledger catches up with every reported call, each charged once.
+    let id = KeyId::parse(&key.key_id).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let charges = app.store.charges_for_key(&id).await.unwrap();
+        let found: HashMap<String, u64> = charges
+            .iter()
+            .map(|c| (c.request_id.to_string(), c.amount.atomic()))
+            .collect();
+        let missing = reported
+            .iter()
+            .filter(|(id, amount)| found.get(*id) != Some(amount))
+            .count();
+        if missing == 0 {
+            assert_eq!(charges.len(), found.len(), "one charge per request id");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} reported calls have no charge ({} lost to the kill)",
+            lost
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Calls cut by the kill after their event was confirmed may still land:
+    // wait for the two sums to meet.
+    loop {
+        let (used, charged) = app.spent(&key.key_id).await;
+        if used == charged {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "budget_used {used} ≠ Σ charges {charged}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("answered {}, lost to the kill {lost}", reported.len());
+    let _ = workers::queue::Queue::connect(&amqp, Default::default())
+        .await
+        .unwrap()
+        .delete(&queue)
+        .await;
 }
