@@ -519,6 +519,14 @@ async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
         Amount::from_atomic(1_000_000 - 1_000).unwrap()
     );
     assert_eq!(funding.committed, Amount::ZERO);
+    // One charge by its request id; an unknown id has none.
+    let any = store.charges_for_key(&key.id).await.unwrap()[0].clone();
+    assert_eq!(store.charge(&any.request_id).await.unwrap(), Some(any));
+    assert_eq!(store.charge(&RequestId::generate()).await.unwrap(), None);
+    assert_eq!(
+        store.sum_of_charges(&key.id).await.unwrap(),
+        Amount::from_atomic(1_000).unwrap()
+    );
 }
 
 /// A batch (group commit) answers each charge on its own: new, duplicate

@@ -468,6 +468,23 @@ impl TestApp {
         }
     }
 
+    /// How many of `reported` (request id → final amount a client was
+    /// told) have no charge of exactly that amount in the ledger.
+    pub async fn charges_missing(
+        &self,
+        reported: &std::collections::HashMap<String, u64>,
+    ) -> usize {
+        let mut missing = 0;
+        for (id, amount) in reported {
+            let request = ledger::RequestId::parse(id).unwrap();
+            let charge = self.store.charge(&request).await.unwrap();
+            if charge.map(|c| c.amount.atomic()) != Some(*amount) {
+                missing += 1;
+            }
+        }
+        missing
+    }
+
     /// `POST /external/v1/chat/completions` with `token`.
     pub async fn chat(&self, token: &str, body: &Value) -> Response {
         self.client
@@ -483,11 +500,8 @@ impl TestApp {
     pub async fn spent(&self, key_id: &str) -> (u64, u64) {
         let id = ledger::KeyId::parse(key_id).unwrap();
         let key = self.store.key(&id).await.unwrap().unwrap();
-        let charges = self.store.charges_for_key(&id).await.unwrap();
-        (
-            key.budget_used.atomic(),
-            charges.iter().map(|c| c.amount.atomic()).sum(),
-        )
+        let charged = self.store.sum_of_charges(&id).await.unwrap();
+        (key.budget_used.atomic(), charged.atomic())
     }
 }
 

@@ -16,7 +16,13 @@ use super::{
     get_amount, get_i64, get_opt_string, get_opt_u32, get_parsed, get_string, get_u32, Store,
 };
 use crate::model::{ChargeOutcome, ChargeRecord, ChargeWrite, NewCharge};
-use crate::{KeyId, LeaseId, RequestId, StoreError};
+use crate::{Amount, KeyId, LeaseId, RequestId, StoreError};
+
+/// What a charge read selects, with its batch's transaction.
+const CHARGE_COLUMNS: &str = "c.request_id, c.key_id, c.model, c.price_version, c.input_tokens,
+        c.output_tokens, c.amount_atomic, c.status, c.batch_id, b.tx_hash, c.created_at_ms,
+        c.reported_input_tokens, c.reported_output_tokens
+   FROM charges c LEFT JOIN settlement_batches b ON b.id = c.batch_id";
 
 /// The most charges one listing returns, newest first.
 pub const LIST_CHARGES_MAX: i64 = 1_000;
@@ -70,17 +76,34 @@ impl Store {
         Ok(outcomes)
     }
 
+    /// The sum of a key's charges (invariant 3: it equals `budget_used`).
+    pub async fn sum_of_charges(&self, key: &KeyId) -> Result<Amount, StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(amount_atomic), 0) AS BIGINT) AS total
+               FROM charges WHERE key_id = $1",
+        )
+        .bind(key.as_str())
+        .fetch_one(self.pool())
+        .await?;
+        get_amount(&row, "total")
+    }
+
+    /// The charge of one paid call, by its request id.
+    pub async fn charge(&self, request: &RequestId) -> Result<Option<ChargeRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {CHARGE_COLUMNS} WHERE c.request_id = $1"))
+            .bind(request.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(charge_from_row).transpose()
+    }
+
     /// A key's charges, newest first, at most [`LIST_CHARGES_MAX`], with the
     /// settlement transaction of each when there is one.
     pub async fn charges_for_key(&self, key: &KeyId) -> Result<Vec<ChargeRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.request_id, c.key_id, c.model, c.price_version, c.input_tokens,
-                    c.output_tokens, c.amount_atomic, c.status, c.batch_id, b.tx_hash, c.created_at_ms,
-                    c.reported_input_tokens, c.reported_output_tokens
-               FROM charges c LEFT JOIN settlement_batches b ON b.id = c.batch_id
-              WHERE c.key_id = $1
-              ORDER BY c.created_at_ms DESC, c.request_id DESC LIMIT $2",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {CHARGE_COLUMNS} WHERE c.key_id = $1
+                  ORDER BY c.created_at_ms DESC, c.request_id DESC LIMIT $2"
+        ))
         .bind(key.as_str())
         .bind(LIST_CHARGES_MAX)
         .fetch_all(self.pool())

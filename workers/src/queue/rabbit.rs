@@ -37,6 +37,34 @@ pub struct RabbitQueue {
     options: QueueOptions,
     /// How the broker lists this connection (`rabbitmqctl list_connections`).
     name: String,
+    /// Where consumers connect (each on a connection of its own).
+    url: Arc<str>,
+}
+
+/// Connects to `url` as `name`, retrying with backoff for up to
+/// [`CONNECT_RETRY_MAX`]; `recover`: lapin recovers the connection and its
+/// channels on its own (the publisher's), else a lost connection ends it.
+async fn connect(url: &str, name: &str, recover: bool) -> Result<Connection, QueueError> {
+    let connect = || async {
+        let mut properties = ConnectionProperties::default().with_connection_name(name.into());
+        if recover {
+            properties = properties.enable_auto_recover();
+        }
+        Connection::connect(url, properties).await
+    };
+    connect
+        .retry(
+            ExponentialBuilder::default()
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(2))
+                .with_total_delay(Some(CONNECT_RETRY_MAX)),
+        )
+        .notify(|error, after| {
+            tracing::warn!(%error, ?after, "the broker is not answering; retrying");
+        })
+        .await
+        .map_err(unavailable)
 }
 
 fn unavailable(error: lapin::Error) -> QueueError {
@@ -48,25 +76,7 @@ impl RabbitQueue {
     /// publishing channel in confirm mode.
     pub async fn connect(url: &str, options: QueueOptions) -> Result<RabbitQueue, QueueError> {
         let name = format!("tollgate-{}", uuid::Uuid::now_v7().simple());
-        let connect = || async {
-            let properties = ConnectionProperties::default()
-                .enable_auto_recover()
-                .with_connection_name(name.as_str().into());
-            Connection::connect(url, properties).await
-        };
-        let connection = connect
-            .retry(
-                ExponentialBuilder::default()
-                    .with_jitter()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(2))
-                    .with_total_delay(Some(CONNECT_RETRY_MAX)),
-            )
-            .notify(|error, after| {
-                tracing::warn!(%error, ?after, "the broker is not answering; retrying");
-            })
-            .await
-            .map_err(unavailable)?;
+        let connection = connect(url, &name, true).await?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -77,6 +87,7 @@ impl RabbitQueue {
             publisher,
             options,
             name,
+            url: Arc::from(url),
         })
     }
 
@@ -193,24 +204,21 @@ impl RabbitQueue {
         Ok(confirm.await?.is_ack())
     }
 
-    /// A consumer on its own channel, with manual acks and the prefetch.
+    /// A consumer on a connection of its own, with manual acks and the
+    /// prefetch. When that connection is lost (a broker restart) the
+    /// consumer subscribes again on a new one: a recovered lapin channel did
+    /// not reliably resume its consumers, and deliveries of the lost
+    /// connection must not be acknowledged on another (the broker requeues
+    /// them by itself).
     pub async fn consume(&self, name: &str) -> Result<RabbitConsumer, QueueError> {
-        let channel = self.recovering(|| self.connection.create_channel()).await?;
-        channel
-            .basic_qos(self.options.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(unavailable)?;
-        let tag = format!("tollgate-{}", uuid::Uuid::now_v7().simple());
-        let consumer = channel
-            .basic_consume(
-                name.into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok(RabbitConsumer { channel, consumer })
+        let mut consumer = RabbitConsumer {
+            url: self.url.clone(),
+            queue: name.to_owned(),
+            options: self.options,
+            link: None,
+        };
+        consumer.link = Some(consumer.subscribe().await?);
+        Ok(consumer)
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), QueueError> {
@@ -319,38 +327,103 @@ fn long_string(text: &str) -> AMQPValue {
 }
 
 /// Takes messages from one RabbitMQ queue. Closing it — or dropping it, which
-/// closes its channel in the background — makes the broker redeliver what it
-/// had not acknowledged.
+/// closes its connection in the background — makes the broker redeliver what
+/// it had not acknowledged.
 pub struct RabbitConsumer {
-    channel: Channel,
+    url: Arc<str>,
+    queue: String,
+    options: QueueOptions,
+    /// `None` while the connection is lost: the next call subscribes again.
+    link: Option<ConsumerLink>,
+}
+
+/// One subscription: its connection, channel and lapin consumer.
+struct ConsumerLink {
+    connection: Connection,
     consumer: lapin::Consumer,
 }
 
-impl Drop for RabbitConsumer {
-    fn drop(&mut self) {
-        let channel = self.channel.clone();
+impl ConsumerLink {
+    /// Closes the connection in the background (its unacknowledged
+    /// deliveries go back to the queue).
+    fn close_soon(self) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = channel.close(200, "consumer dropped".into()).await;
+                let _ = self.connection.close(200, "consumer closed".into()).await;
             });
         }
     }
 }
 
+impl Drop for RabbitConsumer {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.close_soon();
+        }
+    }
+}
+
 impl RabbitConsumer {
-    /// Closes the consumer's channel and waits for the broker: its
-    /// unacknowledged messages go back to the queue.
-    pub async fn close(&self) -> Result<(), QueueError> {
-        self.channel
-            .close(200, "consumer closed".into())
+    /// A new connection, channel and subscription to the queue.
+    async fn subscribe(&self) -> Result<ConsumerLink, QueueError> {
+        let name = format!("tollgate-consumer-{}", uuid::Uuid::now_v7().simple());
+        let connection = connect(&self.url, &name, false).await?;
+        let channel = connection.create_channel().await.map_err(unavailable)?;
+        channel
+            .basic_qos(self.options.prefetch, BasicQosOptions::default())
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        let consumer = channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                name.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(ConsumerLink {
+            connection,
+            consumer,
+        })
     }
 
+    /// Closes the consumer's connection and waits for the broker: its
+    /// unacknowledged messages go back to the queue.
+    pub async fn close(mut self) -> Result<(), QueueError> {
+        match self.link.take() {
+            Some(link) => link
+                .connection
+                .close(200, "consumer closed".into())
+                .await
+                .map_err(unavailable),
+            None => Ok(()),
+        }
+    }
+
+    /// The next delivery; an error when the connection was lost (the call
+    /// after it subscribes again); `None` when the broker cancelled the
+    /// subscription (the queue was deleted).
     pub async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
-        let delivery = match self.consumer.next().await? {
-            Ok(delivery) => delivery,
-            Err(error) => return Some(Err(unavailable(error))),
+        if self.link.is_none() {
+            match self.subscribe().await {
+                Ok(link) => {
+                    tracing::info!(queue = %self.queue, "subscribed again after a lost connection");
+                    self.link = Some(link);
+                }
+                Err(error) => return Some(Err(error)),
+            }
+        }
+        let link = self.link.as_mut()?;
+        let delivery = match link.consumer.next().await {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => {
+                if let Some(link) = self.link.take() {
+                    link.close_soon();
+                }
+                return Some(Err(unavailable(error)));
+            }
+            None => return None,
         };
         // Quorum queues count earlier deliveries in `x-delivery-count`.
         let earlier = delivery
