@@ -38,6 +38,51 @@ pub struct LedgerPool {
     prices: Arc<PriceBook>,
     /// Events whose re-priced amount differed from their quote.
     pub mismatches: Arc<AtomicU64>,
+    /// From a call's completion to its charge's commit, per recorded charge.
+    pub lag: Arc<LagHistogram>,
+}
+
+/// Upper bounds (ms) of the lag histogram's buckets; the last is open.
+pub const LAG_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000];
+
+/// Counts of lags by bucket (lock-free; a metric, and the benchmark's).
+#[derive(Debug, Default)]
+pub struct LagHistogram {
+    counts: [AtomicU64; LAG_BUCKETS_MS.len() + 1],
+}
+
+impl LagHistogram {
+    pub fn record(&self, lag_ms: i64) {
+        let lag = u64::try_from(lag_ms).unwrap_or(0);
+        let bucket = LAG_BUCKETS_MS
+            .iter()
+            .position(|bound| lag <= *bound)
+            .unwrap_or(LAG_BUCKETS_MS.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many lags were recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The bucket bound (ms) at or under which a fraction `q` of the lags
+    /// fall; `None` past the last bound, or when nothing was recorded.
+    pub fn quantile_ms(&self, q: f64) -> Option<u64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let wanted = ((total as f64) * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            seen += count.load(Ordering::Relaxed);
+            if seen >= wanted {
+                return LAG_BUCKETS_MS.get(i).copied();
+            }
+        }
+        None
+    }
 }
 
 impl LedgerPool {
@@ -46,6 +91,7 @@ impl LedgerPool {
             store,
             prices: Arc::new(prices),
             mismatches: Arc::default(),
+            lag: Arc::default(),
         }
     }
 
@@ -94,6 +140,12 @@ impl LedgerPool {
         match self.store.record_charges(&charges).await {
             Ok(outcomes) => {
                 debug_assert_eq!(outcomes.len(), pending.len());
+                let committed_at = ledger::time::now_ms();
+                for (charge, outcome) in charges.iter().zip(&outcomes) {
+                    if *outcome == ChargeOutcome::Recorded {
+                        self.lag.record(committed_at.saturating_sub(charge.created_at_ms));
+                    }
+                }
                 // Rejects first, then one ack for the rest (`multiple` on
                 // RabbitMQ): every earlier delivery is settled by then.
                 let mut done = Vec::with_capacity(pending.len());
@@ -150,5 +202,27 @@ async fn gather(consumer: &mut Consumer) -> Option<Vec<Delivery>> {
 fn settle(result: Result<(), crate::queue::QueueError>) {
     if let Err(error) = result {
         tracing::warn!(%error, "settling a message failed; the broker will redeliver it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_quantiles_are_bucket_bounds() {
+        let lag = LagHistogram::default();
+        assert_eq!(lag.quantile_ms(0.5), None, "nothing recorded");
+        for ms in [0, 1, 3, 4, 8, 40, 40, 40, 90, 7_000] {
+            lag.record(ms);
+        }
+        assert_eq!(lag.count(), 10);
+        assert_eq!(lag.quantile_ms(0.2), Some(1));
+        assert_eq!(lag.quantile_ms(0.5), Some(10));
+        assert_eq!(lag.quantile_ms(0.8), Some(50));
+        assert_eq!(lag.quantile_ms(0.9), Some(100));
+        assert_eq!(lag.quantile_ms(1.0), None, "past the last bound");
+        lag.record(-5);
+        assert_eq!(lag.count(), 11, "a clock step back counts as no lag");
     }
 }
