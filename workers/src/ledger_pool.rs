@@ -143,7 +143,8 @@ impl LedgerPool {
                 let committed_at = ledger::time::now_ms();
                 for (charge, outcome) in charges.iter().zip(&outcomes) {
                     if *outcome == ChargeOutcome::Recorded {
-                        self.lag.record(committed_at.saturating_sub(charge.created_at_ms));
+                        self.lag
+                            .record(committed_at.saturating_sub(charge.created_at_ms));
                     }
                 }
                 // Rejects first, then one ack for the rest (`multiple` on
