@@ -878,12 +878,16 @@ async fn leases_take_spend_return_and_reclaim(store: Store) {
         vec![ChargeOutcome::OverBudget]
     );
     // Node a returns what it did not spend; its lease then takes no more.
-    assert!(store
-        .return_lease(&a, &key, atomic(500), now)
-        .await
-        .unwrap());
-    assert!(
-        !store.return_lease(&a, &key, atomic(1), now).await.unwrap(),
+    assert_eq!(
+        store
+            .return_lease(&a, &key, atomic(500), now)
+            .await
+            .unwrap(),
+        Some(atomic(500))
+    );
+    assert_eq!(
+        store.return_lease(&a, &key, atomic(1), now).await.unwrap(),
+        None,
         "closed"
     );
     assert!(store
@@ -926,6 +930,22 @@ async fn leases_take_spend_return_and_reclaim(store: Store) {
         vec![ChargeOutcome::Recorded]
     );
     assert_eq!(assert_key_books(&store, &key).await, (190, 0));
+    // A return larger than the lease still covers gives back what it covers.
+    let d = LeaseId::generate();
+    store
+        .take_lease(&d, &key, "node-d", atomic(20), now)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .record_charges(&[leased_charge(&key, &d, 15)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.return_lease(&d, &key, atomic(20), now).await.unwrap(),
+        Some(atomic(5))
+    );
+    assert_eq!(assert_key_books(&store, &key).await, (205, 0));
     // A stopped key takes no lease; its open leases are reported.
     let c = LeaseId::generate();
     store

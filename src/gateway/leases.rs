@@ -271,8 +271,11 @@ impl LeaseKeeper {
                 .return_lease(&lease_id, &key_id, amount, now_ms())
                 .await
             {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Some(returned)) if returned == amount => {}
+                Ok(Some(returned)) => {
+                    tracing::warn!(%key_id, %lease_id, %amount, %returned, "a lease covered less than its actor had unspent; returned what it covered")
+                }
+                Ok(None) => {
                     tracing::warn!(%key_id, %lease_id, %amount, "a lease was no longer open to return to")
                 }
                 Err(error) => {

@@ -147,42 +147,65 @@ impl Store {
 
     /// Gives back `amount` of `lease` (what its node did not spend) and
     /// closes it: it takes no more grants, and what it still covers is the
-    /// charges its node spent that have not landed yet. `false` when the
-    /// lease was not open or does not cover `amount` (nothing changes).
+    /// charges its node spent that have not landed yet. A return larger than
+    /// the lease still covers (its node reported a charge the ledger already
+    /// took from elsewhere) gives back what it covers. Answers what was
+    /// returned; `None` when the lease was not open (nothing changes).
     pub async fn return_lease(
         &self,
         lease: &LeaseId,
         key: &KeyId,
         amount: Amount,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Amount>, StoreError> {
         let mut tx = self.pool().begin().await?;
+        // The key's row first (the lock order), then the lease's, read under it.
+        sqlx::query(LOCK_KEY)
+            .bind(key.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let row = sqlx::query(
+            "SELECT granted_atomic, charged_atomic, returned_atomic FROM budget_leases
+              WHERE id = $1 AND key_id = $2 AND state = 'open'",
+        )
+        .bind(lease.as_str())
+        .bind(key.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let covered = get_amount(&row, "granted_atomic")?
+            .saturating_sub(get_amount(&row, "charged_atomic")?)
+            .saturating_sub(get_amount(&row, "returned_atomic")?);
+        let returned = amount.min(covered);
         let key_row = sqlx::query(
             "UPDATE keys SET leased_atomic = leased_atomic - $2
               WHERE id = $1 AND leased_atomic >= $2",
         )
         .bind(key.as_str())
-        .bind(amount.to_db())
+        .bind(returned.to_db())
         .execute(&mut *tx)
         .await?;
         let closed = sqlx::query(
             "UPDATE budget_leases
-                SET returned_atomic = returned_atomic + $3, state = 'returned', renewed_at_ms = $4
-              WHERE id = $1 AND key_id = $2 AND state = 'open'
-                AND charged_atomic + returned_atomic + $3 <= granted_atomic",
+                SET returned_atomic = returned_atomic + $2, state = 'returned', renewed_at_ms = $3
+              WHERE id = $1 AND state = 'open'",
         )
         .bind(lease.as_str())
-        .bind(key.as_str())
-        .bind(amount.to_db())
+        .bind(returned.to_db())
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
         if key_row.rows_affected() != 1 || closed.rows_affected() != 1 {
             tx.rollback().await?;
-            return Ok(false);
+            return Err(StoreError::Corrupt(format!(
+                "key {key}: leased_atomic is below its lease {lease}'s cover"
+            )));
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(returned))
     }
 
     /// Marks every unreclaimed lease of `node` as alive now (its heartbeat).
