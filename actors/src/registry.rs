@@ -758,15 +758,15 @@ impl Lease {
         minimum: Amount,
         deadline_ms: i64,
     ) -> Result<Reserved, CallError> {
-        let reserve = Reserve {
+        self.send_reserve(Reserve {
             request,
             wanted,
             minimum,
             deadline_ms,
             grow: false,
             low_water: Amount::ZERO,
-        };
-        Ok(self.entry.addr.send(reserve).await??)
+        })
+        .await
     }
 
     /// As [`Lease::reserve`], but a leased actor whose allowance is short of
@@ -781,14 +781,18 @@ impl Lease {
         deadline_ms: i64,
         low_water: Amount,
     ) -> Result<Reserved, CallError> {
-        let reserve = Reserve {
+        self.send_reserve(Reserve {
             request,
             wanted,
             minimum,
             deadline_ms,
             grow: true,
             low_water,
-        };
+        })
+        .await
+    }
+
+    async fn send_reserve(&self, reserve: Reserve) -> Result<Reserved, CallError> {
         Ok(self.entry.addr.send(reserve).await??)
     }
 

@@ -47,14 +47,34 @@ pub fn spawn_serving_with(
     log: &str,
     env: &[(&str, &str)],
 ) -> (Child, u16) {
+    let mut settings = vec![
+        ("TOLLGATE__LOG__FILTER", "debug"),
+        ("TOLLGATE__LEASES__GRACE_MS", "3000"),
+    ];
+    settings.extend_from_slice(env);
+    spawn_logging(dir, &["serve", "--bind", bind], log, &settings, |line| {
+        (line["fields"]["message"] == "tollgate serving")
+            .then(|| line["fields"]["port"].as_u64())
+            .flatten()
+            .map(|port| u16::try_from(port).unwrap())
+    })
+}
+
+/// Runs the binary with `args` in `dir`, logging JSON to `dir/LOG`, until
+/// `ready` finds what it waits for in a log line (30 s at most).
+fn spawn_logging<T>(
+    dir: &std::path::Path,
+    args: &[&str],
+    log: &str,
+    env: &[(&str, &str)],
+    ready: impl Fn(&serde_json::Value) -> Option<T>,
+) -> (Child, T) {
     let log_path = dir.join(log);
     let file = std::fs::File::create(&log_path).unwrap();
     let child = Child(
         tollgate()
-            .args(["serve", "--bind", bind])
-            .env("TOLLGATE__LOG__FILTER", "debug")
+            .args(args)
             .env("TOLLGATE__LOG__FORMAT", "json")
-            .env("TOLLGATE__LEASES__GRACE_MS", "3000")
             .envs(env.iter().copied())
             .current_dir(dir)
             .stdout(file.try_clone().unwrap())
@@ -65,17 +85,16 @@ pub fn spawn_serving_with(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let port = text
+        let found = text
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .find(|line| line["fields"]["message"] == "tollgate serving")
-            .and_then(|line| line["fields"]["port"].as_u64());
-        if let Some(port) = port {
-            return (child, u16::try_from(port).unwrap());
+            .find_map(|line| ready(&line));
+        if let Some(found) = found {
+            return (child, found);
         }
         assert!(
             Instant::now() < deadline,
-            "serve never said where it listens: {text}"
+            "{args:?} never became ready: {text}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -94,30 +113,10 @@ pub async fn wait_ready(base: &str) {
 /// Starts `tollgate worker` in `dir` with `env`, logging JSON to `dir/LOG`,
 /// and waits for its "tollgate worker running" line.
 pub fn spawn_worker(dir: &std::path::Path, log: &str, env: &[(&str, &str)]) -> Child {
-    let log_path = dir.join(log);
-    let file = std::fs::File::create(&log_path).unwrap();
-    let child = Child(
-        tollgate()
-            .arg("worker")
-            .env("TOLLGATE__LOG__FILTER", "info")
-            .env("TOLLGATE__LOG__FORMAT", "json")
-            .envs(env.iter().copied())
-            .current_dir(dir)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if text.contains("tollgate worker running") {
-            return child;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker never said it runs: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut settings = vec![("TOLLGATE__LOG__FILTER", "info")];
+    settings.extend_from_slice(env);
+    spawn_logging(dir, &["worker"], log, &settings, |line| {
+        (line["fields"]["message"] == "tollgate worker running").then_some(())
+    })
+    .0
 }

@@ -176,18 +176,8 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         };
-        let covered = get_amount(&row, "granted_atomic")?
-            .saturating_sub(get_amount(&row, "charged_atomic")?)
-            .saturating_sub(get_amount(&row, "returned_atomic")?);
-        let returned = amount.min(covered);
-        let key_row = sqlx::query(
-            "UPDATE keys SET leased_atomic = leased_atomic - $2
-              WHERE id = $1 AND leased_atomic >= $2",
-        )
-        .bind(key.as_str())
-        .bind(returned.to_db())
-        .execute(&mut *tx)
-        .await?;
+        let returned = amount.min(cover(&row)?);
+        let unleased = unlease(&mut tx, key, returned).await?;
         let closed = sqlx::query(
             "UPDATE budget_leases
                 SET returned_atomic = returned_atomic + $2, state = 'returned', renewed_at_ms = $3
@@ -198,11 +188,9 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        if key_row.rows_affected() != 1 || closed.rows_affected() != 1 {
+        if !unleased || closed.rows_affected() != 1 {
             tx.rollback().await?;
-            return Err(StoreError::Corrupt(format!(
-                "key {key}: leased_atomic is below its lease {lease}'s cover"
-            )));
+            return Err(below_cover(key, lease));
         }
         tx.commit().await?;
         Ok(Some(returned))
@@ -280,22 +268,10 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         };
-        let outstanding = get_amount(&row, "granted_atomic")?
-            .saturating_sub(get_amount(&row, "charged_atomic")?)
-            .saturating_sub(get_amount(&row, "returned_atomic")?);
-        let key_row = sqlx::query(
-            "UPDATE keys SET leased_atomic = leased_atomic - $2
-              WHERE id = $1 AND leased_atomic >= $2",
-        )
-        .bind(key.as_str())
-        .bind(outstanding.to_db())
-        .execute(&mut *tx)
-        .await?;
-        if key_row.rows_affected() != 1 {
+        let outstanding = cover(&row)?;
+        if !unlease(&mut tx, key, outstanding).await? {
             tx.rollback().await?;
-            return Err(StoreError::Corrupt(format!(
-                "key {key}: leased_atomic is below its lease {lease}'s cover"
-            )));
+            return Err(below_cover(key, lease));
         }
         tx.commit().await?;
         tracing::info!(key_id = %key, lease_id = %lease, %outstanding, "reclaimed a lease its node stopped renewing");
@@ -395,6 +371,38 @@ async fn take_what_is_left(
         limit,
         used,
     }))
+}
+
+/// What a lease row still covers: granted, not charged, not returned.
+fn cover(row: &AnyRow) -> Result<Amount, StoreError> {
+    Ok(get_amount(row, "granted_atomic")?
+        .saturating_sub(get_amount(row, "charged_atomic")?)
+        .saturating_sub(get_amount(row, "returned_atomic")?))
+}
+
+/// Takes `amount` off the key's `leased_atomic` (a lease gave it back);
+/// `false` when the key's figure is below it (nothing changes).
+async fn unlease(
+    conn: &mut AnyConnection,
+    key: &KeyId,
+    amount: Amount,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE keys SET leased_atomic = leased_atomic - $2
+          WHERE id = $1 AND leased_atomic >= $2",
+    )
+    .bind(key.as_str())
+    .bind(amount.to_db())
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The books of a key and one of its leases disagree.
+fn below_cover(key: &KeyId, lease: &LeaseId) -> StoreError {
+    StoreError::Corrupt(format!(
+        "key {key}: leased_atomic is below its lease {lease}'s cover"
+    ))
 }
 
 fn lease_from_row(row: &AnyRow) -> Result<LeaseRecord, StoreError> {
