@@ -9,9 +9,11 @@ ALTER TABLE keys ADD COLUMN leased_atomic BIGINT NOT NULL DEFAULT 0;
 
 -- One lease per key actor incarnation (a node starts a fresh one each time
 -- it loads the key). open: the node may take more; returned: the node gave
--- back what it did not spend and waits for the charges it did spend to land;
--- reclaimed: its node stopped renewing it for leases.grace_ms (a crash) and
--- the key took back what it still covered.
+-- back what it did not spend and waits for the charges it did spend to land
+-- (for leases.grace_ms at most); reclaimed: its node stopped renewing
+-- (lease_nodes) for leases.grace_ms — a crash — or it was returned that long
+-- ago, and the key took back what it still covered. renewed_at_ms: when it
+-- was last granted to or returned.
 CREATE TABLE budget_leases (
     id              TEXT   PRIMARY KEY,
     key_id          TEXT   NOT NULL REFERENCES keys (id),
@@ -29,6 +31,15 @@ CREATE TABLE budget_leases (
 CREATE INDEX budget_leases_by_node ON budget_leases (node_id, state);
 CREATE INDEX budget_leases_by_renewal ON budget_leases (state, renewed_at_ms);
 CREATE INDEX budget_leases_by_key ON budget_leases (key_id, state);
+
+-- Each gateway node's heartbeat: one row per node, renewed every
+-- leases.grace_ms / 8. A node's open leases live while its row is fresh; a
+-- lease row is never locked by a heartbeat (so renewing never waits on, or
+-- deadlocks with, the charge writers that lock key then lease rows).
+CREATE TABLE lease_nodes (
+    node_id       TEXT   PRIMARY KEY,
+    renewed_at_ms BIGINT NOT NULL
+);
 
 -- Which lease a charge was spent from (NULL: none — written by a path that
 -- holds no lease, checked against the key's unleased budget).

@@ -206,6 +206,7 @@ impl Application {
         let handle = server.handle();
         let mut serving = tokio::spawn(server);
         let (names, handles): (Vec<&'static str>, Vec<JoinHandle<()>>) = tasks.into_iter().unzip();
+        let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
         let mut watched: futures_util::stream::FuturesUnordered<_> = handles
             .into_iter()
             .zip(names)
@@ -253,7 +254,14 @@ impl Application {
             .leases
             .return_all(&gateway.registry, shutdown_timeout)
             .await;
-        // 4. Nothing more can reach the store.
+        // 4. The background tasks stop — the ledger pools first of all: a
+        //    pool left running against a closed store would fail every
+        //    batch (a batch cut here is not acked: the broker redelivers it,
+        //    and a charge committed twice is written once). Nothing more can
+        //    reach the store.
+        for abort in &aborts {
+            abort.abort();
+        }
         drop(watched);
         store.close().await;
         tracing::info!("stopped");

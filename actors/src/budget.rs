@@ -283,6 +283,44 @@ impl Budget {
         Ok(hold.amount)
     }
 
+    /// Ends `request`'s hold without knowing whether its charge was recorded
+    /// (a publish whose confirm never came may still land): the hold leaves
+    /// the allowance as if spent, but the key's reported spend does not grow.
+    /// Stricter, never looser: the lease still covers the amount, and a
+    /// charge that never lands comes back when the lease is reclaimed.
+    pub fn forfeit(&mut self, request: &RequestId) -> Result<Amount, SettleError> {
+        let hold = self.holds.remove(request).ok_or(SettleError::UnknownHold)?;
+        self.held = self.held.saturating_sub(hold.amount);
+        self.allowance = self.allowance.saturating_sub(hold.amount);
+        self.assert_invariants();
+        Ok(hold.amount)
+    }
+
+    /// Counts a charge the ledger recorded but no hold of this budget
+    /// committed (its hold had expired): it leaves the allowance and joins
+    /// the spend, so this node never spends that budget again.
+    pub fn absorb(&mut self, amount: Amount) {
+        let free = self.allowance.saturating_sub(self.held);
+        self.allowance = self.allowance.saturating_sub(amount.min(free));
+        self.spent = self
+            .spent
+            .checked_add(amount)
+            .unwrap_or(self.limit)
+            .min(self.limit);
+        // `spent + allowance ≤ limit` holds again: the ledger took the
+        // charge within the key's limit.
+        let ceiling = self.limit.saturating_sub(self.spent);
+        self.allowance = self.allowance.min(ceiling).max(self.held);
+        if self
+            .spent
+            .checked_add(self.allowance)
+            .is_none_or(|sum| sum > self.limit)
+        {
+            self.spent = self.limit.saturating_sub(self.allowance);
+        }
+        self.assert_invariants();
+    }
+
     /// Moves a hold's deadline later (never earlier): its call is still
     /// writing its charge, and the hold must not expire under it.
     pub fn extend(&mut self, request: &RequestId, deadline_ms: i64) -> Result<(), SettleError> {
@@ -482,6 +520,23 @@ mod tests {
         b.grant(amount(25), amount(55));
         assert_eq!(b.allowance_short(amount(90), 0), None);
         assert_eq!(b.returnable(), amount(45));
+    }
+
+    #[test]
+    fn forfeited_and_absorbed_amounts_are_never_spent_again() {
+        let mut b = Budget::leased(amount(100), Amount::ZERO, BudgetStatus::Active, 1_000);
+        b.grant(amount(100), Amount::ZERO);
+        let r = RequestId::generate();
+        b.reserve(r.clone(), amount(30), amount(1), 0, 500).unwrap();
+        assert_eq!(b.forfeit(&r), Ok(amount(30)));
+        assert_eq!(b.remaining(), amount(70), "the forfeited hold is gone");
+        assert_eq!(b.snapshot().spent, Amount::ZERO, "but not reported spent");
+        assert_eq!(b.returnable(), amount(70));
+        b.absorb(amount(20));
+        assert_eq!(
+            (b.remaining(), b.snapshot().spent),
+            (amount(50), amount(20))
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@ use ledger::time::now_ms;
 use ledger::{Amount, KeyId, LeaseId};
 
 use crate::budget::{Budget, Committed, ReserveError, Reserved, SettleError};
-use crate::messages::{Commit, Extend, Grant, Release, Reserve, Revoke, Snapshot, Stop};
+use crate::messages::{
+    Absorb, Commit, Extend, Forfeit, Grant, Release, Reserve, Revoke, Snapshot, Stop,
+};
 
 /// What a retired actor did not spend of its budget lease (the registry
 /// reports it, see `Registry::unspent_leases`).
@@ -143,6 +145,25 @@ impl Handler<Release> for KeyActor {
         let released = self.budget.release(&msg.request);
         self.publish();
         released
+    }
+}
+
+impl Handler<Forfeit> for KeyActor {
+    type Result = Result<Amount, SettleError>;
+
+    fn handle(&mut self, msg: Forfeit, _ctx: &mut Self::Context) -> Self::Result {
+        let forfeited = self.budget.forfeit(&msg.request);
+        self.publish();
+        forfeited
+    }
+}
+
+impl Handler<Absorb> for KeyActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Absorb, _ctx: &mut Self::Context) {
+        self.budget.absorb(msg.amount);
+        self.publish();
     }
 }
 

@@ -59,6 +59,22 @@ pub struct Release {
     pub request: RequestId,
 }
 
+/// End a call's hold whose charge may or may not have been recorded: it
+/// leaves the allowance (see `Budget::forfeit`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Amount, SettleError>")]
+pub struct Forfeit {
+    pub request: RequestId,
+}
+
+/// Count a charge the ledger recorded that no hold committed (see
+/// `Budget::absorb`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Absorb {
+    pub amount: Amount,
+}
+
 /// Refuse every later reservation on this key; `status` says why
 /// (`Revoked` or `Superseded`).
 #[derive(Debug, Message)]

@@ -50,7 +50,9 @@ use crate::budget::{
     Budget, BudgetSnapshot, BudgetStatus, Committed, ReserveError, Reserved, SettleError,
 };
 use crate::key_actor::{KeyActor, Unspent};
-use crate::messages::{Commit, Extend, Grant, Release, Reserve, Revoke, Snapshot, Stop};
+use crate::messages::{
+    Absorb, Commit, Extend, Forfeit, Grant, Release, Reserve, Revoke, Snapshot, Stop,
+};
 
 /// Shards of the key map: enough that two cores rarely meet on one lock.
 const SHARDS: usize = 64;
@@ -858,6 +860,18 @@ impl Lease {
                 deadline_ms,
             })
             .await??)
+    }
+
+    /// Ends `request`'s hold not knowing whether its charge was recorded:
+    /// the amount is never spent again on this actor (`Budget::forfeit`).
+    pub async fn forfeit(&self, request: RequestId) -> Result<Amount, CallError> {
+        Ok(self.entry.addr.send(Forfeit { request }).await??)
+    }
+
+    /// Counts a charge recorded without a hold to commit it
+    /// (`Budget::absorb`).
+    pub async fn absorb(&self, amount: Amount) -> Result<(), CallError> {
+        Ok(self.entry.addr.send(Absorb { amount }).await?)
     }
 
     pub async fn release(&self, request: RequestId) -> Result<Amount, CallError> {

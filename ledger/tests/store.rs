@@ -896,13 +896,9 @@ async fn leases_take_spend_return_and_reclaim(store: Store) {
         .unwrap()
         .is_none());
     assert_eq!(assert_key_books(&store, &key).await, (150, 350));
-    // Node b goes silent: renewing a's node touches nothing of b's, and
-    // after the grace b's cover (350) comes back to the key.
-    assert_eq!(
-        store.renew_leases("node-a", now + 10).await.unwrap(),
-        1,
-        "a's returned lease is renewed while its node lives"
-    );
+    // Node b goes silent (node a keeps its heartbeat): after the grace b's
+    // cover (350) comes back to the key.
+    store.renew_leases("node-a", now + 10).await.unwrap();
     assert_eq!(
         store.reclaim_leases(now - 1).await.unwrap(),
         0,
@@ -946,6 +942,45 @@ async fn leases_take_spend_return_and_reclaim(store: Store) {
         Some(atomic(5))
     );
     assert_eq!(assert_key_books(&store, &key).await, (205, 0));
+    // A live node's open lease stays however old its last grant; a
+    // returned lease whose cover no charge claims comes back a grace after
+    // its return, though its node lives.
+    let (e, f) = (LeaseId::generate(), LeaseId::generate());
+    store
+        .take_lease(&e, &key, "node-e", atomic(10), now)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .take_lease(&f, &key, "node-e", atomic(10), now)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .record_charges(&[leased_charge(&key, &f, 4)])
+        .await
+        .unwrap();
+    // f's node spent 6 more that never land (a publish that failed late).
+    assert_eq!(
+        store.return_lease(&f, &key, atomic(0), now).await.unwrap(),
+        Some(Amount::ZERO)
+    );
+    store.renew_leases("node-e", now + 1_000).await.unwrap();
+    assert_eq!(store.reclaim_leases(now + 500).await.unwrap(), 1, "f only");
+    let states: Vec<(LeaseId, String)> = store
+        .leases_for_key(&key)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.id, l.state))
+        .collect();
+    assert!(states.contains(&(e.clone(), "open".to_owned())));
+    assert!(states.contains(&(f.clone(), "reclaimed".to_owned())));
+    assert_eq!(assert_key_books(&store, &key).await, (209, 10));
+    assert_eq!(
+        store.return_lease(&e, &key, atomic(10), now).await.unwrap(),
+        Some(atomic(10))
+    );
     // A stopped key takes no lease; its open leases are reported.
     let c = LeaseId::generate();
     store

@@ -25,6 +25,7 @@ pub async fn worker(settings: Settings) -> anyhow::Result<()> {
         store = %ledger::store::redact_url(&settings.store.url),
         "tollgate worker running"
     );
+    let aborts: Vec<_> = tasks.iter().map(|(_, task)| task.abort_handle()).collect();
     let mut running: futures_util::stream::FuturesUnordered<_> = tasks
         .into_iter()
         .map(|(name, task)| async move { (name, task.await) })
@@ -33,8 +34,13 @@ pub async fn worker(settings: Settings) -> anyhow::Result<()> {
         _ = stop_signal() => Ok(()),
         Some((name, ended)) = running.next() => Err(anyhow::anyhow!("{name} stopped: {ended:?}")),
     };
-    // Unacknowledged deliveries return to the queue when the connection
-    // closes with the process.
+    // The pools stop before the store closes (a pool on a closed store would
+    // fail every batch); what they held unacknowledged returns to the queue
+    // when their connections close.
+    for abort in &aborts {
+        abort.abort();
+    }
+    drop(running);
     store.close().await;
     tracing::info!("tollgate worker stopped");
     outcome

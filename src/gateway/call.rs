@@ -14,6 +14,9 @@
 //!    goes away mid-finish cannot leave one done without the other.
 //! 4. A call dropped without finishing (upstream failure, a client gone
 //!    before a non-streamed answer) releases its hold: nothing is charged.
+//!    A charge the sink could not confirm forfeits its hold instead: the
+//!    call answers 503, and since the charge may still land, that budget is
+//!    never spent again on this actor (its lease gives it back later).
 
 use std::sync::Arc;
 
@@ -379,8 +382,11 @@ impl PaidCall {
                     match lease.commit(request, amount).await {
                         Ok(committed) => Ok(committed),
                         Err(error) => {
-                            // The ledger has the charge, the actor not: reload
-                            // the actor from the ledger before its next call.
+                            // The ledger has the charge, the actor not (its
+                            // hold had expired): the actor counts it as spent,
+                            // so its allowance never pays it twice, and is
+                            // reloaded before its next call.
+                            let _ = lease.absorb(amount).await;
                             lease.mark_stale();
                             Err(Unfinished::RecordedNotCommitted(error.to_string()))
                         }
@@ -396,7 +402,11 @@ impl PaidCall {
                     )))
                 }
                 Err(error) => {
-                    let _ = lease.release(request).await;
+                    // Whether the charge was recorded is unknown (a publish
+                    // whose confirm never came may still land, a commit that
+                    // errored may have committed): the hold is forfeited —
+                    // never spent again here — rather than released.
+                    let _ = lease.forfeit(request).await;
                     Err(Unfinished::NotRecorded(error.to_string()))
                 }
             }

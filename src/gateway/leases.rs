@@ -289,7 +289,9 @@ impl LeaseKeeper {
     async fn keep(self, registry: Registry) {
         let poll = Duration::from_millis(self.settings.revocation_poll_ms);
         let renew_every_ms = (self.settings.grace_ms / RENEWALS_PER_GRACE).max(1);
-        let mut renewed_last = now_ms();
+        // The first tick renews at once: this node's heartbeat exists from
+        // its start.
+        let mut renewed_last = 0;
         let mut pushed = HashSet::new();
         let mut stopping = self.stopping.subscribe();
         loop {
@@ -334,7 +336,7 @@ impl LeaseKeeper {
 
     async fn renew_and_reclaim(&self, now: i64) {
         match self.store.renew_leases(&self.node_id, now).await {
-            Ok(_) => self.renewed_at_ms.store(now, Ordering::Relaxed),
+            Ok(()) => self.renewed_at_ms.store(now, Ordering::Relaxed),
             Err(error) => tracing::warn!(%error, "renewing this node's leases failed"),
         }
         match self

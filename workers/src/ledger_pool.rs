@@ -7,8 +7,9 @@
 //! [`LINGER`] after the first) and written in one transaction
 //! (`Store::record_charges`). A message that is not a valid event, or whose
 //! key cannot take it, is rejected to the dead-letter queue with its reason
-//! in the log; a batch the store could not write goes back to the queue
-//! (and to the dead-letter queue after the delivery limit).
+//! in the log; a batch the store could not write is held and written again
+//! with backoff until the store answers (requeuing it would spend its
+//! messages' delivery limit on an outage and dead-letter reported charges).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,11 @@ use crate::queue::{ack_batch, Consumer, Delivery};
 
 /// The most messages one transaction carries (the store's own bound).
 pub const BATCH_MAX: usize = 256;
+
+/// The first and the longest wait before a batch the store failed to write
+/// is tried again.
+const STORE_RETRY_MIN: Duration = Duration::from_millis(200);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// How long a batch waits for more messages after its first.
 pub const LINGER: Duration = Duration::from_millis(5);
@@ -137,38 +143,41 @@ impl LedgerPool {
         if charges.is_empty() {
             return;
         }
-        match self.store.record_charges(&charges).await {
-            Ok(outcomes) => {
-                debug_assert_eq!(outcomes.len(), pending.len());
-                let committed_at = ledger::time::now_ms();
-                for (charge, outcome) in charges.iter().zip(&outcomes) {
-                    if *outcome == ChargeOutcome::Recorded {
-                        self.lag
-                            .record(committed_at.saturating_sub(charge.created_at_ms));
-                    }
+        // A store that fails (down, failing over, a deadlock) is waited out
+        // with the batch held: requeuing at once would spend the messages'
+        // delivery limit in seconds and dead-letter reported charges.
+        let mut backoff = STORE_RETRY_MIN;
+        let outcomes = loop {
+            match self.store.record_charges(&charges).await {
+                Ok(outcomes) => break outcomes,
+                Err(error) => {
+                    tracing::warn!(%error, charges = charges.len(), retry_in = ?backoff, "writing charges failed; the batch is held and tried again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(STORE_RETRY_MAX);
                 }
-                // Rejects first, then one ack for the rest (`multiple` on
-                // RabbitMQ): every earlier delivery is settled by then.
-                let mut done = Vec::with_capacity(pending.len());
-                for ((delivery, charge), outcome) in pending.into_iter().zip(&charges).zip(outcomes)
-                {
-                    match outcome {
-                        ChargeOutcome::Recorded | ChargeOutcome::Duplicate => done.push(delivery),
-                        ChargeOutcome::OverBudget | ChargeOutcome::UnknownKey => {
-                            tracing::error!(request_id = %charge.request_id, key_id = %charge.key_id, ?outcome, "dead-lettering a charge its key cannot take");
-                            settle(delivery.reject().await);
-                        }
-                    }
-                }
-                settle(ack_batch(done).await);
             }
-            Err(error) => {
-                tracing::warn!(%error, charges = charges.len(), "writing charges failed; they go back to the queue");
-                for delivery in pending {
-                    settle(delivery.retry().await);
+        };
+        debug_assert_eq!(outcomes.len(), pending.len());
+        let committed_at = ledger::time::now_ms();
+        for (charge, outcome) in charges.iter().zip(&outcomes) {
+            if *outcome == ChargeOutcome::Recorded {
+                self.lag
+                    .record(committed_at.saturating_sub(charge.created_at_ms));
+            }
+        }
+        // Rejects first, then one ack for the rest (`multiple` on
+        // RabbitMQ): every earlier delivery is settled by then.
+        let mut done = Vec::with_capacity(pending.len());
+        for ((delivery, charge), outcome) in pending.into_iter().zip(&charges).zip(outcomes) {
+            match outcome {
+                ChargeOutcome::Recorded | ChargeOutcome::Duplicate => done.push(delivery),
+                ChargeOutcome::OverBudget | ChargeOutcome::UnknownKey => {
+                    tracing::error!(request_id = %charge.request_id, key_id = %charge.key_id, ?outcome, "dead-lettering a charge its key cannot take");
+                    settle(delivery.reject().await);
                 }
             }
         }
+        settle(ack_batch(done).await);
     }
 }
 

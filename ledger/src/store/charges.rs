@@ -67,10 +67,14 @@ impl Store {
             return Ok(outcomes);
         }
         tx.rollback().await?;
+        // Charge by charge, in key order (the lock order of every writer),
+        // answered in the batch's order.
+        let mut order: Vec<usize> = (0..charges.len()).collect();
+        order.sort_by(|a, b| charges[*a].key_id.cmp(&charges[*b].key_id));
         let mut tx = self.pool().begin().await?;
-        let mut outcomes = Vec::with_capacity(charges.len());
-        for charge in charges {
-            outcomes.push(record_one(&mut tx, charge).await?);
+        let mut outcomes = vec![ChargeOutcome::Duplicate; charges.len()];
+        for index in order {
+            outcomes[index] = record_one(&mut tx, &charges[index]).await?;
         }
         tx.commit().await?;
         Ok(outcomes)

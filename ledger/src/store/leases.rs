@@ -11,9 +11,11 @@
 //! * several nodes serve one key, each within what it took;
 //! * a node that stops returns what it did not spend ([`Store::return_lease`]),
 //!   and what it did spend stays covered until its charges land;
-//! * a node that crashes stops renewing its leases; once none of them was
-//!   renewed for `leases.grace_ms`, any node takes their cover back
-//!   ([`Store::reclaim_leases`]). Until then the key is stricter, never looser.
+//! * a node that crashes stops renewing (its `lease_nodes` heartbeat); once
+//!   it was silent for `leases.grace_ms`, any node takes its open leases'
+//!   cover back ([`Store::reclaim_leases`]), as it does a returned lease's
+//!   cover that no charge claimed within the grace of its return. Until then
+//!   the key is stricter, never looser.
 //!
 //! Lock order, in every transaction that touches both: the key's row first,
 //! then the lease's, so two writers never wait on each other crosswise.
@@ -72,6 +74,19 @@ impl LeaseRecord {
             .saturating_sub(self.charged)
             .saturating_sub(self.returned)
     }
+}
+
+/// The condition on a lease `l` whose cover may be taken back at the cutoff
+/// in parameter `cutoff` (see [`Store::reclaim_leases`]): open, its node
+/// silent since then (or never heard from since the lease's last grant); or
+/// returned before then.
+fn stale(cutoff: &str) -> String {
+    format!(
+        "l.state <> 'reclaimed' AND l.renewed_at_ms < {cutoff}
+           AND (l.state = 'returned'
+                OR NOT EXISTS (SELECT 1 FROM lease_nodes n
+                                WHERE n.node_id = l.node_id AND n.renewed_at_ms >= {cutoff}))"
+    )
 }
 
 /// Takes `chunk` from the key, when that much is left and no lease covers it.
@@ -196,24 +211,26 @@ impl Store {
         Ok(Some(returned))
     }
 
-    /// Marks every unreclaimed lease of `node` as alive now (its heartbeat).
-    /// Returns how many it renewed.
-    pub async fn renew_leases(&self, node: &str, now_ms: i64) -> Result<u64, StoreError> {
-        let renewed = sqlx::query(
-            "UPDATE budget_leases SET renewed_at_ms = $2
-              WHERE node_id = $1 AND state <> 'reclaimed'",
+    /// `node`'s heartbeat: its open leases live while it is fresh. One row
+    /// per node; no lease row is touched (nor locked).
+    pub async fn renew_leases(&self, node: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO lease_nodes (node_id, renewed_at_ms) VALUES ($1, $2)
+             ON CONFLICT (node_id) DO UPDATE SET renewed_at_ms = excluded.renewed_at_ms",
         )
         .bind(node)
         .bind(now_ms)
         .execute(self.pool())
         .await?;
-        Ok(renewed.rows_affected())
+        Ok(())
     }
 
-    /// Takes back what leases not renewed since `stale_before_ms` still cover
-    /// (their node crashed, or lost the store for `leases.grace_ms`), at most
-    /// [`RECLAIM_BATCH_MAX`] per call, and forgets returned leases whose
-    /// charges have all landed. Returns how many leases it reclaimed.
+    /// Takes back, at most [`RECLAIM_BATCH_MAX`] per call, what leases still
+    /// cover when their node was silent since `stale_before_ms` (it crashed,
+    /// or lost the store for `leases.grace_ms`), or — returned leases — when
+    /// they were returned before it (a charge that never came); and forgets
+    /// returned leases whose charges have all landed. Returns how many
+    /// leases it reclaimed.
     pub async fn reclaim_leases(&self, stale_before_ms: i64) -> Result<u64, StoreError> {
         sqlx::query(
             "DELETE FROM budget_leases
@@ -221,11 +238,11 @@ impl Store {
         )
         .execute(self.pool())
         .await?;
-        let stale = sqlx::query(
-            "SELECT id, key_id FROM budget_leases
-              WHERE state <> 'reclaimed' AND renewed_at_ms < $1
-              ORDER BY renewed_at_ms LIMIT $2",
-        )
+        let stale = sqlx::query(&format!(
+            "SELECT l.id, l.key_id FROM budget_leases l
+              WHERE {} ORDER BY l.renewed_at_ms LIMIT $2",
+            stale("$1")
+        ))
         .bind(stale_before_ms)
         .bind(RECLAIM_BATCH_MAX)
         .fetch_all(self.pool())
@@ -255,11 +272,12 @@ impl Store {
             .await?;
         // Re-checked under the lock: a renewal or a charge that got there
         // first wins.
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "UPDATE budget_leases SET state = 'reclaimed'
-              WHERE id = $1 AND state <> 'reclaimed' AND renewed_at_ms < $2
+              WHERE id = $1 AND id IN (SELECT l.id FROM budget_leases l WHERE {})
               RETURNING granted_atomic, charged_atomic, returned_atomic",
-        )
+            stale("$2")
+        ))
         .bind(lease.as_str())
         .bind(stale_before_ms)
         .fetch_optional(&mut *tx)

@@ -253,6 +253,7 @@ impl RabbitQueue {
         let dead = super::Queue::dead_letters(name);
         let channel = self.recovering(|| self.connection.create_channel()).await?;
         let mut swept = Vec::new();
+        let mut moved_ids = std::collections::HashSet::new();
         while swept.len() < max {
             let got = channel
                 .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false })
@@ -271,8 +272,14 @@ impl RabbitQueue {
                 reason: header_text(&delivery, "x-first-death-reason")
                     .unwrap_or_else(|| "unknown".to_owned()),
             };
+            // A message moved back that failed again is back here: one
+            // sweep moves it once.
+            if moved_ids.contains(&letter.message_id) {
+                break;
+            }
             let moved = requeue(&letter);
             if moved {
+                moved_ids.insert(letter.message_id.clone());
                 self.publish(name, &letter.message_id, letter.body.clone())
                     .await?;
                 ack(delivery).await?;
