@@ -9,8 +9,9 @@
 //!   call's maximum cost — in one guarded store update, and a call that
 //!   leaves the allowance low starts one in the background;
 //! * returns what a stopped actor did not spend (idle eviction, shutdown);
-//! * renews this node's leases every eighth of `leases.grace_ms`, and takes
-//!   back the leases of nodes that stopped renewing theirs for the grace;
+//! * renews this node's heartbeat (its leases live while it is fresh) every
+//!   eighth of `leases.grace_ms`, and takes back the leases of nodes silent
+//!   for the grace, and returned leases' cover no charge claimed within it;
 //! * looks every `leases.revocation_poll_ms` for keys it leases that another
 //!   node revoked or superseded, and pushes the stop to their actors;
 //! * refuses to spend ([`LeaseKeeper::check_renewed`]) once its own leases
@@ -183,7 +184,8 @@ impl LeaseKeeper {
         self.takes.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = lease.grant(grant.granted, grant.used).await {
             // The grant is leased in the store but the actor is gone: it
-            // comes back with the lease's grace (stricter, never looser).
+            // comes back a grace after the lease is returned (stricter,
+            // never looser).
             tracing::warn!(key_id = %key, %error, "a lease grant could not reach its actor");
             return Ok(false);
         }
