@@ -118,6 +118,9 @@ pub struct Budget {
     allowance: Amount,
     /// Spends from budget leases: the allowance grows by grants.
     leased: bool,
+    /// Until then (ms since epoch) the store is known to have nothing to
+    /// grant (other nodes hold the rest): calls are not sent to ask again.
+    dry_until_ms: i64,
 }
 
 impl Budget {
@@ -135,6 +138,7 @@ impl Budget {
             expires_at_ms,
             allowance: limit.saturating_sub(spent),
             leased: false,
+            dry_until_ms: 0,
         };
         budget.assert_invariants();
         budget
@@ -171,8 +175,16 @@ impl Budget {
             .saturating_sub(self.spent)
             .saturating_sub(self.allowance);
         let can_spend = self.status == BudgetStatus::Active && now_ms < self.expires_at_ms;
-        (self.leased && can_spend && remaining < wanted && !unleased.is_zero())
+        let may_ask = now_ms >= self.dry_until_ms;
+        (self.leased && can_spend && may_ask && remaining < wanted && !unleased.is_zero())
             .then(|| wanted.saturating_sub(remaining))
+    }
+
+    /// The store granted nothing (other nodes' leases hold the rest): until
+    /// `until_ms`, calls hold what the allowance has rather than ask again —
+    /// a flood of refused calls must not become a flood of store writes.
+    pub fn mark_dry(&mut self, until_ms: i64) {
+        self.dry_until_ms = self.dry_until_ms.max(until_ms);
     }
 
     /// Adds `amount` of a lease to the allowance; `store_used` is the key's
@@ -537,6 +549,15 @@ mod tests {
             (b.remaining(), b.snapshot().spent),
             (amount(50), amount(20))
         );
+    }
+
+    #[test]
+    fn a_dry_store_is_not_asked_again_for_a_while() {
+        let mut b = Budget::leased(amount(100), Amount::ZERO, BudgetStatus::Active, 10_000);
+        assert!(b.allowance_short(amount(10), 0).is_some());
+        b.mark_dry(250);
+        assert_eq!(b.allowance_short(amount(10), 249), None);
+        assert!(b.allowance_short(amount(10), 250).is_some());
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Unspent {
 /// this much, which only ever makes a key stricter.
 pub const EXPIRY_SWEEP: Duration = Duration::from_millis(500);
 
+/// After the store granted nothing, how long calls hold what the allowance
+/// has instead of asking again.
+pub const DRY_MS: i64 = 250;
+
 /// One key's budget, owned by one actor.
 pub struct KeyActor {
     key_id: KeyId,
@@ -90,6 +94,9 @@ impl Handler<Grant> for KeyActor {
 
     fn handle(&mut self, msg: Grant, _ctx: &mut Self::Context) {
         self.budget.grant(msg.amount, msg.store_used);
+        if msg.amount.is_zero() {
+            self.budget.mark_dry(now_ms().saturating_add(DRY_MS));
+        }
         self.publish();
     }
 }
