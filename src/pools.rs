@@ -1,7 +1,7 @@
-//! The worker side of the queue mode (DESIGN §6): connecting to the queue
-//! the settings name, and running the ledger pools that record paid calls'
-//! charges from it — inside `serve` (`workers.in_process`) or alone in
-//! `tollgate worker` processes, as many as run.
+//! The worker side (DESIGN §6): connecting to the queue the settings name,
+//! running the ledger pools that record paid calls' charges from it, and the
+//! settler — inside `serve` (`workers.in_process`) or alone in `tollgate
+//! worker` processes, as many as run.
 
 use std::collections::HashMap;
 
@@ -11,7 +11,9 @@ use workers::ledger_pool::{LedgerPool, PriceBook};
 use workers::queue::{Queue, QueueError};
 
 use crate::gateway::NamedTask;
-use crate::settings::{QueueUrl, Settings};
+use workers::settlement::LedgerSettler;
+
+use crate::settings::{QueueUrl, Settings, SettlementMode};
 
 /// The RabbitMQ broker of `queue.url` with the calls queue declared;
 /// `None` in the embedded mode (`memory://`), whose charges are committed
@@ -42,6 +44,20 @@ pub fn price_book(settings: &Settings) -> PriceBook {
             ((name.clone(), model.price_version.clone()), price)
         })
         .collect::<HashMap<_, _>>()
+}
+
+/// The `ledger` mode's settler, when that is the mode (one task).
+pub fn start_settler(settings: &Settings, store: Store) -> Option<NamedTask> {
+    if settings.settlement.mode != SettlementMode::Ledger {
+        return None;
+    }
+    let settler = LedgerSettler::new(
+        store,
+        settings.chain_ids(),
+        std::time::Duration::from_millis(settings.settlement.interval_ms),
+        settings.settlement.batch_max_charges,
+    );
+    Some(("ledger settler", tokio::spawn(settler.run())))
 }
 
 /// Starts `workers.ledger_pools` pools on the calls queue; each ends only

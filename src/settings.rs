@@ -237,6 +237,11 @@ pub struct StudioSettings {
 #[serde(deny_unknown_fields)]
 pub struct SettlementSettings {
     pub mode: SettlementMode,
+    /// How often recorded charges are settled (each pass settles all of
+    /// them, in batches).
+    pub interval_ms: u64,
+    /// The most charges one batch (one store transaction) settles.
+    pub batch_max_charges: i64,
 }
 
 /// How charges settle (DESIGN §8).
@@ -509,6 +514,13 @@ impl StudioSettings {
 
 impl SettlementSettings {
     fn validate(&self) -> Result<(), SettingsError> {
+        within("settlement.interval_ms", self.interval_ms, 10, 3_600_000)?;
+        within(
+            "settlement.batch_max_charges",
+            self.batch_max_charges,
+            1,
+            ledger::store::settlement::LEDGER_BATCH_MAX,
+        )?;
         if self.mode != SettlementMode::Ledger {
             return Err(invalid(
                 "settlement.mode",

@@ -133,11 +133,14 @@ impl Application {
             n => n,
         };
         let (gateway, mut tasks) = Gateway::start(&settings, store.clone(), queue.clone())?;
-        if let (Some(queue), true) = (&queue, settings.workers.in_process) {
-            let (_, pools) = crate::pools::start_ledger_pools(&settings, store.clone(), queue)
-                .await
-                .map_err(StartupError::Queue)?;
-            tasks.extend(pools);
+        if settings.workers.in_process {
+            if let Some(queue) = &queue {
+                let (_, pools) = crate::pools::start_ledger_pools(&settings, store.clone(), queue)
+                    .await
+                    .map_err(StartupError::Queue)?;
+                tasks.extend(pools);
+            }
+            tasks.extend(crate::pools::start_settler(&settings, store.clone()));
         }
         let shutdown_timeout = Duration::from_millis(settings.http.shutdown_timeout_ms);
         let studio = StudioKeys {

@@ -1047,6 +1047,82 @@ async fn concurrent_lease_takes_never_pass_the_limit(store: Store) {
     assert_eq!(used + leased, 10_000);
 }
 
+async fn ledger_batches_debit_each_charge_once(store: Store) {
+    let owner = wallet(41);
+    let key = funded_key(&store, owner, 10_000).await.id;
+    let other = funded_key(&store, wallet(42), 10_000).await.id;
+    let before = store.funding(&owner, CHAIN, now_ms()).await.unwrap();
+    let mut charges = Vec::new();
+    for i in 0..30u64 {
+        let on = if i % 3 == 0 { &other } else { &key };
+        charges.push(charge(on, atomic(10 + i)));
+    }
+    store.record_charges(&charges).await.unwrap();
+    let recorded_total: u64 = charges
+        .iter()
+        .filter(|c| c.key_id == key)
+        .map(|c| c.amount.atomic())
+        .sum();
+    // Recording moves funds from available to unsettled; settling moves them
+    // from unsettled to debited: `available` stays put.
+    let recorded = store.funding(&owner, CHAIN, now_ms()).await.unwrap();
+    assert_eq!(
+        recorded.available.atomic(),
+        before.available.atomic() - recorded_total
+    );
+    // Two settlers at once, batches of 7: every charge settles exactly once.
+    let mut settlers = Vec::new();
+    for s in 0..2 {
+        let store = store.clone();
+        settlers.push(tokio::spawn(async move {
+            let mut batches = Vec::new();
+            let mut n = 0;
+            while let Some(batch) = store
+                .settle_ledger_batch(&format!("batch-{s}-{n}"), CHAIN, 7, now_ms(), now_ms())
+                .await
+                .unwrap()
+            {
+                n += 1;
+                batches.push(batch);
+            }
+            batches
+        }));
+    }
+    let mut settled_charges = 0;
+    let mut settled_total = 0;
+    for settler in settlers {
+        for batch in settler.await.unwrap() {
+            assert!(batch.charges <= 7 && batch.held_back == 0);
+            settled_charges += batch.charges;
+            settled_total += batch.total.atomic();
+        }
+    }
+    assert_eq!(settled_charges, 30);
+    let all: u64 = charges.iter().map(|c| c.amount.atomic()).sum();
+    assert_eq!(settled_total, all, "debited exactly the charges, once");
+    assert_eq!(
+        store.balance(&owner, CHAIN).await.unwrap().debited.atomic(),
+        recorded_total
+    );
+    let after = store.funding(&owner, CHAIN, now_ms()).await.unwrap();
+    assert_eq!(
+        after.available, recorded.available,
+        "settling leaves available as it was"
+    );
+    for record in store.charges_for_key(&key).await.unwrap() {
+        assert_eq!(record.status, "settled");
+        assert!(record.batch_id.is_some());
+    }
+    assert_eq!(
+        store
+            .settle_ledger_batch("batch-none", CHAIN, 7, now_ms(), now_ms())
+            .await
+            .unwrap(),
+        None,
+        "nothing left to settle"
+    );
+}
+
 async fn migrations_are_idempotent(store: Store) {
     store.migrate().await.unwrap();
     store.ping().await.unwrap();
@@ -1085,5 +1161,6 @@ store_suite!(
     concurrent_duplicate_charges_write_once,
     leases_take_spend_return_and_reclaim,
     concurrent_lease_takes_never_pass_the_limit,
+    ledger_batches_debit_each_charge_once,
     migrations_are_idempotent,
 );

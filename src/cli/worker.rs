@@ -16,9 +16,10 @@ pub async fn worker(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("connecting to the queue")?
         .context("tollgate worker records charges from RabbitMQ: set queue.url = \"amqp://…\"")?;
-    let (_, tasks) = crate::pools::start_ledger_pools(&settings, store.clone(), &queue)
+    let (_, mut tasks) = crate::pools::start_ledger_pools(&settings, store.clone(), &queue)
         .await
         .context("starting the ledger pools")?;
+    tasks.extend(crate::pools::start_settler(&settings, store.clone()));
     tracing::info!(
         queue = %settings.queue.calls_queue,
         pools = tasks.len(),

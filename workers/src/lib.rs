@@ -24,8 +24,11 @@
 //! [`publisher::QueueSink`] and the pools record; the budget leases keep a
 //! key within its limit however far the ledger lags the queue.
 //!
+//! * [`settlement`] — [`settlement::LedgerSettler`]: the `ledger` mode's
+//!   settlement, batches of charges debited from prepaid balances.
+//!
 //! Pricing is money arithmetic every crate shares: it lives in
-//! `ledger::pricing`. Settlement arrives with its issue.
+//! `ledger::pricing`. On-chain settlement arrives with its issue.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod event;
@@ -33,4 +36,5 @@ pub mod ledger_pool;
 pub mod ledger_writer;
 pub mod publisher;
 pub mod queue;
+pub mod settlement;
 pub mod sink;

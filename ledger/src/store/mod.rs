@@ -13,6 +13,8 @@
 //! * [`sessions`] — SIWE nonces and sessions.
 //! * [`charges`] — the charges written once per paid call.
 //! * [`leases`] — budget leases: what each gateway node may spend of a key.
+//! * [`settlement`] — the `ledger` mode's settlement: batches of charges
+//!   debited from prepaid balances.
 //! * [`studio`] — Studio accounts, projects and API keys.
 
 use std::str::FromStr;
@@ -28,6 +30,7 @@ pub mod charges;
 pub mod keys;
 pub mod leases;
 pub mod sessions;
+pub mod settlement;
 pub mod studio;
 
 /// The migrations in `migrations/`, embedded in the binary.

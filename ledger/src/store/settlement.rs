@@ -1,0 +1,150 @@
+//! Settlement in the `ledger` mode (DESIGN §8): recorded charges become
+//! debits of their payers' prepaid balances, one store transaction per batch.
+//!
+//! [`Store::settle_ledger_batch`] claims a batch of `pending` charges of one
+//! chain in one statement (`… SET status = 'settled' WHERE status =
+//! 'pending'`, so two settlers can never claim the same charge: on
+//! PostgreSQL the second waits on the row and then finds it settled), sums
+//! them per payer, and debits each payer's balance within what it was
+//! credited, in the same transaction. A payer whose balance cannot take its
+//! sum is held back: its charges return to `pending` and wait. So each charge
+//! is debited at most once (invariant 4), and a wallet's `available` (credited
+//! − debited − unsettled) is the same before and after.
+
+use std::collections::BTreeMap;
+
+use super::{chain_to_db, get_amount, get_i64, get_string, Store};
+use crate::{Amount, ChainId, StoreError};
+
+/// The most charges one ledger batch settles.
+pub const LEDGER_BATCH_MAX: i64 = 10_000;
+
+/// What one ledger batch settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerBatch {
+    pub batch_id: String,
+    pub charges: u64,
+    pub payers: u64,
+    pub total: Amount,
+    /// Payers whose balance could not take their sum (their charges wait).
+    pub held_back: u64,
+}
+
+impl Store {
+    /// Settles up to `max_charges` (at most [`LEDGER_BATCH_MAX`]) pending
+    /// charges of `chain` recorded at or before `recorded_before_ms`, oldest
+    /// first, as batch `batch_id`: debits each payer's prepaid balance by
+    /// the sum of its charges and marks them `settled`, in one transaction.
+    /// `None` when nothing was pending.
+    pub async fn settle_ledger_batch(
+        &self,
+        batch_id: &str,
+        chain: ChainId,
+        max_charges: i64,
+        recorded_before_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<LedgerBatch>, StoreError> {
+        let chain_db = chain_to_db(chain)?;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO settlement_batches (id, chain_id, status, created_at_ms, updated_at_ms)
+             VALUES ($1, $2, 'sending', $3, $3)",
+        )
+        .bind(batch_id)
+        .bind(chain_db)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        // The claim: only charges still pending move, each exactly once.
+        let claimed = sqlx::query(
+            "UPDATE charges SET status = 'settled', batch_id = $1
+              WHERE status = 'pending' AND request_id IN (
+                    SELECT request_id FROM charges
+                     WHERE status = 'pending' AND chain_id = $2 AND created_at_ms <= $3
+                     ORDER BY created_at_ms, request_id LIMIT $4)
+             RETURNING wallet, amount_atomic",
+        )
+        .bind(batch_id)
+        .bind(chain_db)
+        .bind(recorded_before_ms)
+        .bind(max_charges.clamp(1, LEDGER_BATCH_MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        if claimed.is_empty() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let mut per_payer: BTreeMap<String, Amount> = BTreeMap::new();
+        for row in &claimed {
+            let sum = per_payer.entry(get_string(row, "wallet")?).or_default();
+            *sum = sum
+                .checked_add(get_amount(row, "amount_atomic")?)
+                .ok_or(StoreError::AmountOverflow)?;
+        }
+        let (mut total, mut payers, mut held_back) = (Amount::ZERO, 0u64, 0u64);
+        // Payers in a fixed order: concurrent writers lock balances alike.
+        for (wallet, sum) in &per_payer {
+            let debited = sqlx::query(
+                "UPDATE balances SET debited_atomic = debited_atomic + $3, updated_at_ms = $4
+                  WHERE wallet = $1 AND chain_id = $2 AND debited_atomic + $3 <= credited_atomic",
+            )
+            .bind(wallet)
+            .bind(chain_db)
+            .bind(sum.to_db())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            if debited.rows_affected() == 1 {
+                total = total.checked_add(*sum).ok_or(StoreError::AmountOverflow)?;
+                payers += 1;
+                continue;
+            }
+            // Cannot pay now (the funding check should make this rare): its
+            // charges wait for the next batch.
+            held_back += 1;
+            sqlx::query(
+                "UPDATE charges SET status = 'pending', batch_id = NULL
+                  WHERE batch_id = $1 AND wallet = $2",
+            )
+            .bind(batch_id)
+            .bind(wallet)
+            .execute(&mut *tx)
+            .await?;
+            tracing::warn!(%wallet, %sum, "a payer's balance cannot take its charges; they wait");
+        }
+        let charges = if held_back == 0 {
+            u64::try_from(claimed.len()).unwrap_or(u64::MAX)
+        } else {
+            let settled = sqlx::query(
+                "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM charges WHERE batch_id = $1",
+            )
+            .bind(batch_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            u64::try_from(get_i64(&settled, "n")?).unwrap_or(0)
+        };
+        if payers == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        sqlx::query(
+            "UPDATE settlement_batches
+                SET status = 'settled', total_atomic = $2, payer_count = $3, updated_at_ms = $4
+              WHERE id = $1",
+        )
+        .bind(batch_id)
+        .bind(total.to_db())
+        .bind(i64::try_from(payers).unwrap_or(i64::MAX))
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(LedgerBatch {
+            batch_id: batch_id.to_owned(),
+            charges,
+            payers,
+            total,
+            held_back,
+        }))
+    }
+}

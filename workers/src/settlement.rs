@@ -1,0 +1,79 @@
+//! [`LedgerSettler`]: settlement in the `ledger` mode (DESIGN §6, §8). Every
+//! `settlement.interval_ms` it settles, chain by chain, every charge recorded
+//! since the last pass — batches of at most `settlement.batch_max_charges`,
+//! one store transaction each ([`ledger::Store::settle_ledger_batch`]): the
+//! payers' prepaid balances are debited and the charges marked `settled`.
+//!
+//! Several settlers may run (every `serve` with in-process workers and every
+//! `tollgate worker`): a batch claims its charges in one statement, so each
+//! charge is debited once whichever settler takes it. The `evm` settler of
+//! the settlement issue is the second implementation behind this shape.
+
+use std::time::Duration;
+
+use ledger::time::now_ms;
+use ledger::{ChainId, Store};
+
+/// Settles recorded charges against prepaid balances. Cheap to clone.
+#[derive(Clone)]
+pub struct LedgerSettler {
+    store: Store,
+    chains: Vec<ChainId>,
+    every: Duration,
+    batch_max_charges: i64,
+}
+
+impl LedgerSettler {
+    pub fn new(
+        store: Store,
+        chains: Vec<ChainId>,
+        every: Duration,
+        batch_max_charges: i64,
+    ) -> LedgerSettler {
+        LedgerSettler {
+            store,
+            chains,
+            every,
+            batch_max_charges,
+        }
+    }
+
+    /// Settles until the process stops. A failed pass is logged and tried
+    /// again at the next interval (nothing is half-settled: each batch is
+    /// one transaction).
+    pub async fn run(self) {
+        loop {
+            tokio::time::sleep(self.every).await;
+            if let Err(error) = self.settle_all().await {
+                tracing::warn!(%error, "settling charges failed; trying again next interval");
+            }
+        }
+    }
+
+    /// One pass: every chain's charges recorded until now, batch by batch.
+    /// Returns how many charges settled.
+    pub async fn settle_all(&self) -> Result<u64, ledger::StoreError> {
+        let until = now_ms();
+        let mut settled = 0;
+        for chain in &self.chains {
+            loop {
+                let batch_id = format!("ledger-{}", uuid::Uuid::now_v7().simple());
+                let batch = self
+                    .store
+                    .settle_ledger_batch(&batch_id, *chain, self.batch_max_charges, until, now_ms())
+                    .await?;
+                let Some(batch) = batch else { break };
+                tracing::info!(
+                    batch_id = %batch.batch_id, chain = %chain, charges = batch.charges,
+                    payers = batch.payers, total = %batch.total, held_back = batch.held_back,
+                    "settled a ledger batch"
+                );
+                settled += batch.charges;
+                if batch.charges < u64::try_from(self.batch_max_charges).unwrap_or(0) {
+                    break;
+                }
+            }
+        }
+        Ok(settled)
+    }
+}
