@@ -77,7 +77,33 @@ async fn paid_charges_settle_against_the_prepaid_balance(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let later = app.store.balance(&key.wallet.address, chain).await.unwrap();
     assert_eq!(later.debited, after.debited);
-    let _ = charges;
+    // What operators see: `settlements list` and `show`, through the binary.
+    let cli = |args: &[&str]| {
+        let output = common::process::tollgate()
+            .args(args)
+            .env("TOLLGATE__STORE__URL", &app.db.url)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let listed = cli(&["settlements", "list", "--status", "settled", "--json"]);
+    assert_eq!(listed["charges"]["settled"], 6, "{listed}");
+    let batch = charges[0]["batchId"]
+        .as_str()
+        .expect("a settled charge names its batch");
+    let batches = listed["batches"].as_array().unwrap();
+    assert!(batches.iter().any(|b| b["id"] == batch), "{listed}");
+    let shown = cli(&["settlements", "show", batch, "--json"]);
+    assert_eq!(
+        (shown["id"].as_str(), shown["status"].as_str()),
+        (Some(batch), Some("settled"))
+    );
+    assert!(shown["chargeCount"].as_i64().unwrap() >= 1);
 }
 
 both_stores!(paid_charges_settle_against_the_prepaid_balance);

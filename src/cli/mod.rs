@@ -1,7 +1,6 @@
 //! The command line, one file per command: [`serve`] (and `migrate`),
 //! [`credit`], [`studio`] (`studio bootstrap`), [`siwe_sign`], [`worker`]
-//! (the ledger pools alone), [`dlq`] (dead letters). Settlement's commands
-//! join them as files here.
+//! (the ledger pools alone), [`dlq`] (dead letters), [`settlements`].
 //!
 //! Errors here are `anyhow`: this is the binary's edge.
 
@@ -16,11 +15,13 @@ use crate::settings::Settings;
 mod credit;
 mod dlq;
 mod serve;
+mod settlements;
 mod siwe_sign;
 mod studio;
 mod worker;
 
 pub use dlq::DlqCommand;
+pub use settlements::SettlementsCommand;
 pub use siwe_sign::DEV_PRIVATE_KEY;
 pub use studio::StudioCommand;
 
@@ -53,6 +54,11 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// What has settled: charges by status, batches, one batch.
+    Settlements {
+        #[command(subcommand)]
+        command: SettlementsCommand,
     },
     /// Apply database migrations and exit.
     Migrate,
@@ -102,6 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { bind } => serve::serve(settings, bind).await,
         Command::Worker => worker::worker(settings).await,
         Command::Dlq { command } => dlq::dlq(&settings, command).await,
+        Command::Settlements { command } => settlements::settlements(&settings, command).await,
         Command::Migrate => serve::migrate(&settings).await,
         Command::Credit {
             address,

@@ -1,4 +1,4 @@
-//! `tollgate worker`: the ledger pools alone, in a process of their own
+//! `tollgate worker`: the ledger pools (and the settler), in a process of their own
 //! (`workers.in_process = false` in `serve`; several workers may run at
 //! once — each message goes to one of them, and a duplicate records
 //! nothing). Runs until SIGINT/SIGTERM: what a pool holds unacknowledged
@@ -19,10 +19,12 @@ pub async fn worker(settings: Settings) -> anyhow::Result<()> {
     let (_, mut tasks) = crate::pools::start_ledger_pools(&settings, store.clone(), &queue)
         .await
         .context("starting the ledger pools")?;
+    let pools = tasks.len();
     tasks.extend(crate::pools::start_settler(&settings, store.clone()));
     tracing::info!(
         queue = %settings.queue.calls_queue,
-        pools = tasks.len(),
+        pools,
+        settlement = ?settings.settlement.mode,
         store = %ledger::store::redact_url(&settings.store.url),
         "tollgate worker running"
     );

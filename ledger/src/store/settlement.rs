@@ -19,6 +19,26 @@ use crate::{Amount, ChainId, StoreError};
 /// The most charges one ledger batch settles.
 pub const LEDGER_BATCH_MAX: i64 = 10_000;
 
+/// The most batches one listing returns, newest first.
+pub const LIST_BATCHES_MAX: i64 = 100;
+
+/// A settlement batch as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchRecord {
+    pub id: String,
+    pub chain_id: i64,
+    /// `open`, `sending`, `settled` or `failed`.
+    pub status: String,
+    pub total: Amount,
+    pub payer_count: i64,
+    pub charge_count: i64,
+    pub tx_hash: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 /// What one ledger batch settled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerBatch {
@@ -30,7 +50,51 @@ pub struct LedgerBatch {
     pub held_back: u64,
 }
 
+const BATCH_COLUMNS: &str = "b.id, b.chain_id, b.status, b.total_atomic, b.payer_count,
+    b.tx_hash, b.last_error, b.created_at_ms, b.updated_at_ms,
+    (SELECT CAST(COUNT(*) AS BIGINT) FROM charges c WHERE c.batch_id = b.id) AS charge_count
+    FROM settlement_batches b";
+
 impl Store {
+    /// How many charges are in each status (`pending`, `batched`,
+    /// `settled`, `failed`), for operators.
+    pub async fn charge_status_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM charges GROUP BY status ORDER BY status",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok((get_string(row, "status")?, get_i64(row, "n")?)))
+            .collect()
+    }
+
+    /// The newest batches (at most [`LIST_BATCHES_MAX`]), those in `status`
+    /// when given.
+    pub async fn settlement_batches(
+        &self,
+        status: Option<&str>,
+    ) -> Result<Vec<BatchRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} WHERE ($1 IS NULL OR b.status = $1)
+              ORDER BY b.created_at_ms DESC, b.id DESC LIMIT $2"
+        ))
+        .bind(status)
+        .bind(LIST_BATCHES_MAX)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(batch_from_row).collect()
+    }
+
+    /// One batch, by id.
+    pub async fn settlement_batch(&self, id: &str) -> Result<Option<BatchRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {BATCH_COLUMNS} WHERE b.id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(batch_from_row).transpose()
+    }
+
     /// Settles up to `max_charges` (at most [`LEDGER_BATCH_MAX`]) pending
     /// charges of `chain` recorded at or before `recorded_before_ms`, oldest
     /// first, as batch `batch_id`: debits each payer's prepaid balance by
@@ -147,4 +211,19 @@ impl Store {
             held_back,
         }))
     }
+}
+
+fn batch_from_row(row: &sqlx::any::AnyRow) -> Result<BatchRecord, StoreError> {
+    Ok(BatchRecord {
+        id: get_string(row, "id")?,
+        chain_id: get_i64(row, "chain_id")?,
+        status: get_string(row, "status")?,
+        total: get_amount(row, "total_atomic")?,
+        payer_count: get_i64(row, "payer_count")?,
+        charge_count: get_i64(row, "charge_count")?,
+        tx_hash: super::get_opt_string(row, "tx_hash")?,
+        last_error: super::get_opt_string(row, "last_error")?,
+        created_at_ms: get_i64(row, "created_at_ms")?,
+        updated_at_ms: get_i64(row, "updated_at_ms")?,
+    })
 }
