@@ -140,6 +140,10 @@ impl Application {
                     .map_err(StartupError::Queue)?;
                 tasks.extend(pools);
             }
+        }
+        // Without a queue there is no `tollgate worker` to settle: `serve`
+        // always does.
+        if settings.workers.in_process || queue.is_none() {
             tasks.extend(crate::pools::start_settler(&settings, store.clone()));
         }
         let shutdown_timeout = Duration::from_millis(settings.http.shutdown_timeout_ms);

@@ -1078,7 +1078,7 @@ async fn ledger_batches_debit_each_charge_once(store: Store) {
             let mut batches = Vec::new();
             let mut n = 0;
             while let Some(batch) = store
-                .settle_ledger_batch(&format!("batch-{s}-{n}"), CHAIN, 7, now_ms(), now_ms())
+                .settle_ledger_batch(&format!("batch-{s}-{n}"), CHAIN, 7, now_ms(), &[], now_ms())
                 .await
                 .unwrap()
             {
@@ -1092,7 +1092,7 @@ async fn ledger_batches_debit_each_charge_once(store: Store) {
     let mut settled_total = 0;
     for settler in settlers {
         for batch in settler.await.unwrap() {
-            assert!(batch.charges <= 7 && batch.held_back == 0);
+            assert!(batch.charges <= 7 && batch.held_back.is_empty());
             settled_charges += batch.charges;
             settled_total += batch.total.atomic();
         }
@@ -1115,12 +1115,62 @@ async fn ledger_batches_debit_each_charge_once(store: Store) {
     }
     assert_eq!(
         store
-            .settle_ledger_batch("batch-none", CHAIN, 7, now_ms(), now_ms())
+            .settle_ledger_batch("batch-none", CHAIN, 7, now_ms(), &[], now_ms())
             .await
             .unwrap(),
         None,
         "nothing left to settle"
     );
+}
+
+async fn a_payer_that_cannot_pay_waits_without_blocking_others(store: Store) {
+    let (poor, rich) = (wallet(43), wallet(44));
+    let poor_key = funded_key(&store, poor, 1_000).await.id;
+    let rich_key = funded_key(&store, rich, 1_000).await.id;
+    // The poor payer's charges are the oldest; then its credit is cut below
+    // them (as only a broken funding check could leave it).
+    let mut old = charge(&poor_key, atomic(50));
+    old.created_at_ms -= 1_000;
+    store.record_charges(&[old]).await.unwrap();
+    store
+        .record_charges(&[charge(&rich_key, atomic(30)), charge(&rich_key, atomic(20))])
+        .await
+        .unwrap();
+    ledger::testing::set_credited(&store, &poor, CHAIN, atomic(10)).await;
+    let settler = |skip: Vec<String>| {
+        let store = store.clone();
+        async move {
+            store
+                .settle_ledger_batch(
+                    &format!("b-{}", RequestId::generate()),
+                    CHAIN,
+                    1,
+                    now_ms(),
+                    &skip,
+                    now_ms(),
+                )
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let first = settler(Vec::new()).await;
+    assert_eq!(
+        (first.charges, first.held_back.clone()),
+        (0, vec![poor.to_lower_hex()])
+    );
+    let second = settler(first.held_back.clone()).await;
+    assert_eq!(
+        (second.charges, second.total),
+        (1, atomic(30)),
+        "the next payer settles"
+    );
+    assert_eq!(
+        store.balance(&poor, CHAIN).await.unwrap().debited,
+        Amount::ZERO
+    );
+    let poor_charges = store.charges_for_key(&poor_key).await.unwrap();
+    assert_eq!(poor_charges[0].status, "pending", "held back, not failed");
 }
 
 async fn migrations_are_idempotent(store: Store) {
@@ -1162,5 +1212,6 @@ store_suite!(
     leases_take_spend_return_and_reclaim,
     concurrent_lease_takes_never_pass_the_limit,
     ledger_batches_debit_each_charge_once,
+    a_payer_that_cannot_pay_waits_without_blocking_others,
     migrations_are_idempotent,
 );

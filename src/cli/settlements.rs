@@ -1,6 +1,6 @@
 //! `tollgate settlements list [--status S] [--json]` and `tollgate
 //! settlements show BATCH [--json]`: what has settled, for operators — the
-//! charges by status, the newest batches, and one batch with its charges.
+//! charges by status, the newest batches, and one batch.
 
 use anyhow::bail;
 use serde_json::json;
@@ -20,7 +20,7 @@ pub enum SettlementsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One batch: its totals and its charges.
+    /// One batch: its status, totals, payers, charges and transaction.
     Show {
         /// The batch id (see `settlements list`).
         batch: String,

@@ -14,6 +14,10 @@ use std::time::Duration;
 use ledger::time::now_ms;
 use ledger::{ChainId, Store};
 
+/// Payers held back in one pass before it stops (a bound on the claim's
+/// `NOT IN` list).
+const SKIP_MAX: usize = 1_000;
+
 /// Settles recorded charges against prepaid balances. Cheap to clone.
 #[derive(Clone)]
 pub struct LedgerSettler {
@@ -56,20 +60,35 @@ impl LedgerSettler {
         let until = now_ms();
         let mut settled = 0;
         for chain in &self.chains {
+            // Payers held back in this pass are left out of its later batches:
+            // one payer that cannot pay must not stop everyone behind it.
+            let mut skip: Vec<String> = Vec::new();
             loop {
                 let batch_id = format!("ledger-{}", uuid::Uuid::now_v7().simple());
                 let batch = self
                     .store
-                    .settle_ledger_batch(&batch_id, *chain, self.batch_max_charges, until, now_ms())
+                    .settle_ledger_batch(
+                        &batch_id,
+                        *chain,
+                        self.batch_max_charges,
+                        until,
+                        &skip,
+                        now_ms(),
+                    )
                     .await?;
                 let Some(batch) = batch else { break };
-                tracing::info!(
-                    batch_id = %batch.batch_id, chain = %chain, charges = batch.charges,
-                    payers = batch.payers, total = %batch.total, held_back = batch.held_back,
-                    "settled a ledger batch"
-                );
+                if batch.charges > 0 {
+                    tracing::info!(
+                        batch_id = %batch.batch_id, chain = %chain, charges = batch.charges,
+                        payers = batch.payers, total = %batch.total,
+                        held_back = batch.held_back.len(), "settled a ledger batch"
+                    );
+                }
                 settled += batch.charges;
-                if batch.charges < u64::try_from(self.batch_max_charges).unwrap_or(0) {
+                let full = batch.charges >= u64::try_from(self.batch_max_charges).unwrap_or(0);
+                let held = !batch.held_back.is_empty();
+                skip.extend(batch.held_back);
+                if (!full && !held) || skip.len() > SKIP_MAX {
                     break;
                 }
             }

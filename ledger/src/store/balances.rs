@@ -155,34 +155,33 @@ pub(crate) async fn read_funding(
     chain: ChainId,
     now_ms: i64,
 ) -> Result<Funding, StoreError> {
-    let balance = read_balance(conn, wallet, chain).await?;
-    let chain_db = chain_to_db(chain)?;
-    let unsettled = sqlx::query(
-        "SELECT CAST(COALESCE(SUM(amount_atomic), 0) AS BIGINT) AS total
-           FROM charges WHERE wallet = $1 AND chain_id = $2 AND status <> 'settled'",
+    // One statement, so one snapshot: a settlement committing between two
+    // reads would move an amount from "unsettled" to "debited" unseen.
+    let wallet_hex = wallet.to_lower_hex();
+    let row = sqlx::query(
+        "SELECT
+            CAST(COALESCE((SELECT credited_atomic FROM balances
+                            WHERE wallet = $1 AND chain_id = $2), 0) AS BIGINT) AS credited,
+            CAST(COALESCE((SELECT debited_atomic FROM balances
+                            WHERE wallet = $1 AND chain_id = $2), 0) AS BIGINT) AS debited,
+            CAST(COALESCE((SELECT SUM(amount_atomic) FROM charges
+                            WHERE wallet = $1 AND chain_id = $2 AND status <> 'settled'), 0)
+                 AS BIGINT) AS unsettled,
+            CAST(COALESCE((SELECT SUM(budget_limit_atomic - budget_used_atomic) FROM keys
+                            WHERE wallet = $1 AND chain_id = $2 AND committed_until_ms > $3), 0)
+                 AS BIGINT) AS committed",
     )
-    .bind(wallet.to_lower_hex())
-    .bind(chain_db)
-    .fetch_one(&mut *conn)
-    .await?;
-    let committed = sqlx::query(
-        "SELECT CAST(COALESCE(SUM(budget_limit_atomic - budget_used_atomic), 0) AS BIGINT) AS total
-           FROM keys
-          WHERE wallet = $1 AND chain_id = $2 AND committed_until_ms > $3",
-    )
-    .bind(wallet.to_lower_hex())
-    .bind(chain_db)
+    .bind(wallet_hex)
+    .bind(chain_to_db(chain)?)
     .bind(now_ms)
     .fetch_one(&mut *conn)
     .await?;
-    let unsettled = get_amount(&unsettled, "total")?;
-    let available = balance
-        .credited
-        .saturating_sub(balance.debited)
-        .saturating_sub(unsettled);
+    let available = get_amount(&row, "credited")?
+        .saturating_sub(get_amount(&row, "debited")?)
+        .saturating_sub(get_amount(&row, "unsettled")?);
     Ok(Funding {
         available,
-        committed: get_amount(&committed, "total")?,
+        committed: get_amount(&row, "committed")?,
     })
 }
 

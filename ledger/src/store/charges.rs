@@ -67,14 +67,23 @@ impl Store {
             return Ok(outcomes);
         }
         tx.rollback().await?;
-        // Charge by charge, in key order (the lock order of every writer),
-        // answered in the batch's order.
+        // Charge by charge, answered in the batch's order: every insert
+        // first (an insert may wait on a settler holding that charge's row,
+        // so it must wait holding no key row), then the keys' growth in key
+        // order (the lock order of every writer).
         let mut order: Vec<usize> = (0..charges.len()).collect();
         order.sort_by(|a, b| charges[*a].key_id.cmp(&charges[*b].key_id));
         let mut tx = self.pool().begin().await?;
         let mut outcomes = vec![ChargeOutcome::Duplicate; charges.len()];
+        let mut inserted = Vec::with_capacity(charges.len());
         for index in order {
-            outcomes[index] = record_one(&mut tx, &charges[index]).await?;
+            match insert_one(&mut tx, &charges[index]).await? {
+                None => inserted.push(index),
+                Some(outcome) => outcomes[index] = outcome,
+            }
+        }
+        for index in inserted {
+            outcomes[index] = grow_one(&mut tx, &charges[index]).await?;
         }
         tx.commit().await?;
         Ok(outcomes)
@@ -226,13 +235,12 @@ async fn existing_outcome(
     })
 }
 
-/// One charge inside the batch's transaction: the insert decides whether it
-/// is new (the request id is the primary key), then the key's `budget_used`
-/// grows under the limit or the insert is undone.
-async fn record_one(
+/// Inserts one charge inside the batch's transaction (the request id is the
+/// primary key): `None` when it is new, else why it was not inserted.
+async fn insert_one(
     conn: &mut AnyConnection,
     charge: &NewCharge,
-) -> Result<ChargeOutcome, StoreError> {
+) -> Result<Option<ChargeOutcome>, StoreError> {
     let insert = sqlx::query(
         "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
                               input_tokens, output_tokens, amount_atomic, status, created_at_ms,
@@ -243,8 +251,17 @@ async fn record_one(
     );
     let inserted = bind_charge(insert, charge).execute(&mut *conn).await?;
     if inserted.rows_affected() == 0 {
-        return existing_outcome(conn, &charge.request_id).await;
+        return Ok(Some(existing_outcome(conn, &charge.request_id).await?));
     }
+    Ok(None)
+}
+
+/// Grows the key's `budget_used` by a charge just inserted, or undoes the
+/// insert when the key cannot take it.
+async fn grow_one(
+    conn: &mut AnyConnection,
+    charge: &NewCharge,
+) -> Result<ChargeOutcome, StoreError> {
     let key = charge.key_id.as_str();
     let amount = charge.amount.to_db();
     let now_ms = crate::time::now_ms();

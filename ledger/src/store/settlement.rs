@@ -47,7 +47,7 @@ pub struct LedgerBatch {
     pub payers: u64,
     pub total: Amount,
     /// Payers whose balance could not take their sum (their charges wait).
-    pub held_back: u64,
+    pub held_back: Vec<String>,
 }
 
 const BATCH_COLUMNS: &str = "b.id, b.chain_id, b.status, b.total_atomic, b.payer_count,
@@ -97,15 +97,17 @@ impl Store {
 
     /// Settles up to `max_charges` (at most [`LEDGER_BATCH_MAX`]) pending
     /// charges of `chain` recorded at or before `recorded_before_ms`, oldest
-    /// first, as batch `batch_id`: debits each payer's prepaid balance by
-    /// the sum of its charges and marks them `settled`, in one transaction.
-    /// `None` when nothing was pending.
+    /// first and leaving out the payers in `skip` (held back earlier in the
+    /// same pass), as batch `batch_id`: debits each payer's prepaid balance
+    /// by the sum of its charges and marks them `settled`, in one
+    /// transaction. `None` when nothing was pending.
     pub async fn settle_ledger_batch(
         &self,
         batch_id: &str,
         chain: ChainId,
         max_charges: i64,
         recorded_before_ms: i64,
+        skip: &[String],
         now_ms: i64,
     ) -> Result<Option<LedgerBatch>, StoreError> {
         let chain_db = chain_to_db(chain)?;
@@ -120,20 +122,29 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         // The claim: only charges still pending move, each exactly once.
-        let claimed = sqlx::query(
+        let skipped = if skip.is_empty() {
+            String::new()
+        } else {
+            let params: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 5)).collect();
+            format!("AND wallet NOT IN ({})", params.join(", "))
+        };
+        let claim = format!(
             "UPDATE charges SET status = 'settled', batch_id = $1
               WHERE status = 'pending' AND request_id IN (
                     SELECT request_id FROM charges
-                     WHERE status = 'pending' AND chain_id = $2 AND created_at_ms <= $3
+                     WHERE status = 'pending' AND chain_id = $2 AND created_at_ms <= $3 {skipped}
                      ORDER BY created_at_ms, request_id LIMIT $4)
-             RETURNING wallet, amount_atomic",
-        )
-        .bind(batch_id)
-        .bind(chain_db)
-        .bind(recorded_before_ms)
-        .bind(max_charges.clamp(1, LEDGER_BATCH_MAX))
-        .fetch_all(&mut *tx)
-        .await?;
+             RETURNING wallet, amount_atomic"
+        );
+        let mut query = sqlx::query(&claim)
+            .bind(batch_id)
+            .bind(chain_db)
+            .bind(recorded_before_ms)
+            .bind(max_charges.clamp(1, LEDGER_BATCH_MAX));
+        for wallet in skip {
+            query = query.bind(wallet.as_str());
+        }
+        let claimed = query.fetch_all(&mut *tx).await?;
         if claimed.is_empty() {
             tx.rollback().await?;
             return Ok(None);
@@ -145,7 +156,8 @@ impl Store {
                 .checked_add(get_amount(row, "amount_atomic")?)
                 .ok_or(StoreError::AmountOverflow)?;
         }
-        let (mut total, mut payers, mut held_back) = (Amount::ZERO, 0u64, 0u64);
+        let (mut total, mut payers) = (Amount::ZERO, 0u64);
+        let mut held_back = Vec::new();
         // Payers in a fixed order: concurrent writers lock balances alike.
         for (wallet, sum) in &per_payer {
             let debited = sqlx::query(
@@ -164,8 +176,8 @@ impl Store {
                 continue;
             }
             // Cannot pay now (the funding check should make this rare): its
-            // charges wait for the next batch.
-            held_back += 1;
+            // charges wait for the next pass.
+            held_back.push(wallet.clone());
             sqlx::query(
                 "UPDATE charges SET status = 'pending', batch_id = NULL
                   WHERE batch_id = $1 AND wallet = $2",
@@ -176,7 +188,7 @@ impl Store {
             .await?;
             tracing::warn!(%wallet, %sum, "a payer's balance cannot take its charges; they wait");
         }
-        let charges = if held_back == 0 {
+        let charges = if held_back.is_empty() {
             u64::try_from(claimed.len()).unwrap_or(u64::MAX)
         } else {
             let settled = sqlx::query(
@@ -188,8 +200,16 @@ impl Store {
             u64::try_from(get_i64(&settled, "n")?).unwrap_or(0)
         };
         if payers == 0 {
+            // Everyone held back: nothing settles, but the caller learns whom
+            // to leave out of its next batch.
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(Some(LedgerBatch {
+                batch_id: batch_id.to_owned(),
+                charges: 0,
+                payers: 0,
+                total: Amount::ZERO,
+                held_back,
+            }));
         }
         sqlx::query(
             "UPDATE settlement_batches
