@@ -14,6 +14,9 @@ use std::time::Duration;
 use ledger::time::now_ms;
 use ledger::{ChainId, Store};
 
+/// The pause between two batches of one pass.
+const BETWEEN_BATCHES: Duration = Duration::from_millis(5);
+
 /// Payers held back in one pass before it stops (a bound on the claim's
 /// `NOT IN` list).
 const SKIP_MAX: usize = 1_000;
@@ -91,6 +94,10 @@ impl LedgerSettler {
                 if (!full && !held) || skip.len() > SKIP_MAX {
                     break;
                 }
+                // Between batches, let the charge writers in (SQLite has one
+                // writer: a long pass must not hold them back for its whole
+                // length).
+                tokio::time::sleep(BETWEEN_BATCHES).await;
             }
         }
         Ok(settled)
