@@ -123,7 +123,70 @@ async fn paid_calls_are_recorded_once_through_rabbitmq() {
         "reported {reported}"
     );
     ledger_reaches(&app, &key, reported).await;
+    // Every event delivered again (a publisher's retry, a redelivery): the
+    // ledger does not change.
+    let id = ledger::KeyId::parse(&key.key_id).unwrap();
+    let charges = app.store.charges_for_key(&id).await.unwrap();
+    let queue = workers::queue::Queue::connect(&url, Default::default())
+        .await
+        .unwrap();
+    for charge in &charges {
+        let again = workers::event::CallCompleted {
+            version: workers::event::EVENT_VERSION,
+            request_id: charge.request_id.to_string(),
+            key_id: charge.key_id.to_string(),
+            wallet: key.wallet.address.to_lower_hex(),
+            chain_id: common::CHAIN,
+            model: charge.model.clone(),
+            price_version: charge.price_version.clone(),
+            input_tokens: charge.input_tokens,
+            output_tokens: charge.output_tokens,
+            reported: charge.reported,
+            quoted_atomic: charge.amount.atomic(),
+            hold_atomic: charge.amount.atomic(),
+            started_at_ms: charge.created_at_ms,
+            completed_at_ms: charge.created_at_ms,
+            lease_id: None,
+        };
+        queue
+            .publish(&name, charge.request_id.as_str(), again.to_json().into())
+            .await
+            .unwrap();
+    }
+    // Published after the first copies were recorded: once the queue is
+    // drained, nothing changed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !queue_drained(&name).await {
+        assert!(
+            Instant::now() < deadline,
+            "the duplicates were not consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.spent(&key.key_id).await, (reported, reported));
+    assert_eq!(
+        app.store.charges_for_key(&id).await.unwrap().len(),
+        charges.len()
+    );
     delete_queue(&name).await;
+}
+
+/// Whether `name` holds no message, ready or unacknowledged, and its
+/// dead-letter queue none either (`rabbitmqctl`).
+async fn queue_drained(name: &str) -> bool {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "name", "messages"])
+        .output()
+        .expect("rabbitmqctl lists the broker's queues");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let dead = format!("{name}.dead");
+    let counts: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .filter(|(queue, _)| *queue == name || *queue == dead)
+        .map(|(_, messages)| messages.trim())
+        .collect();
+    counts.len() == 2 && counts.iter().all(|messages| *messages == "0")
 }
 
 /// `serve` with `workers.in_process = false` records nothing itself: its
