@@ -98,6 +98,36 @@ async fn paid_charges_settle_against_the_prepaid_balance(backend: Backend) {
         .expect("a settled charge names its batch");
     let batches = listed["batches"].as_array().unwrap();
     assert!(batches.iter().any(|b| b["id"] == batch), "{listed}");
+    // The books agree with themselves; a tampered balance is found.
+    let reconciled = cli(&["reconcile", "--json"]);
+    assert_eq!(reconciled["differences"], json!([]), "{reconciled}");
+    {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&app.db.url).await.unwrap();
+        sqlx::query("UPDATE balances SET debited_atomic = debited_atomic + 1 WHERE wallet = $1")
+            .bind(key.wallet.address.to_lower_hex())
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let output = common::process::tollgate()
+        .args(["reconcile", "--json"])
+        .env("TOLLGATE__STORE__URL", &app.db.url)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a difference exits non-zero");
+    let found: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let differences = found["differences"].as_array().unwrap();
+    assert_eq!(differences.len(), 1, "{found}");
+    assert!(differences[0]["check"]
+        .as_str()
+        .unwrap()
+        .contains("debited"));
+    assert_eq!(
+        differences[0]["found"].as_i64().unwrap() - differences[0]["expected"].as_i64().unwrap(),
+        1
+    );
     let shown = cli(&["settlements", "show", batch, "--json"]);
     assert_eq!(
         (shown["id"].as_str(), shown["status"].as_str()),

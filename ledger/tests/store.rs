@@ -1045,6 +1045,11 @@ async fn concurrent_lease_takes_never_pass_the_limit(store: Store) {
     );
     let (used, leased) = assert_key_books(&store, &key).await;
     assert_eq!(used + leased, 10_000);
+    assert_eq!(
+        store.reconcile_ledger(None).await.unwrap(),
+        vec![],
+        "the books agree"
+    );
 }
 
 async fn ledger_batches_debit_each_charge_once(store: Store) {
@@ -1120,6 +1125,11 @@ async fn ledger_batches_debit_each_charge_once(store: Store) {
             .unwrap(),
         None,
         "nothing left to settle"
+    );
+    assert_eq!(
+        store.reconcile_ledger(Some(CHAIN)).await.unwrap(),
+        vec![],
+        "the books agree"
     );
 }
 

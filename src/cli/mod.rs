@@ -1,6 +1,7 @@
 //! The command line, one file per command: [`serve`] (and `migrate`),
 //! [`credit`], [`studio`] (`studio bootstrap`), [`siwe_sign`], [`worker`]
-//! (the ledger pools alone), [`dlq`] (dead letters), [`settlements`].
+//! (the ledger pools alone), [`dlq`] (dead letters), [`settlements`],
+//! [`reconcile`].
 //!
 //! Errors here are `anyhow`: this is the binary's edge.
 
@@ -14,6 +15,7 @@ use crate::settings::Settings;
 
 mod credit;
 mod dlq;
+mod reconcile;
 mod serve;
 mod settlements;
 mod siwe_sign;
@@ -59,6 +61,15 @@ pub enum Command {
     Settlements {
         #[command(subcommand)]
         command: SettlementsCommand,
+    },
+    /// Check the ledger's books against themselves; exits non-zero on any difference.
+    Reconcile {
+        /// Only this chain.
+        #[arg(long)]
+        chain: Option<u64>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Apply database migrations and exit.
     Migrate,
@@ -109,6 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker => worker::worker(settings).await,
         Command::Dlq { command } => dlq::dlq(&settings, command).await,
         Command::Settlements { command } => settlements::settlements(&settings, command).await,
+        Command::Reconcile { chain, json } => reconcile::reconcile(&settings, chain, json).await,
         Command::Migrate => serve::migrate(&settings).await,
         Command::Credit {
             address,

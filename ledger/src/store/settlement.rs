@@ -247,3 +247,92 @@ fn batch_from_row(row: &sqlx::any::AnyRow) -> Result<BatchRecord, StoreError> {
         updated_at_ms: get_i64(row, "updated_at_ms")?,
     })
 }
+
+/// One difference `reconcile` found between two figures that must agree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Difference {
+    /// What disagrees, e.g. `balance.debited ≠ Σ settled charges`.
+    pub check: &'static str,
+    /// The wallet (and chain) or key concerned.
+    pub subject: String,
+    pub expected: i64,
+    pub found: i64,
+}
+
+/// The ledger's own consistency checks: each a query returning the rows
+/// that break it as (subject, expected, found).
+const CHECKS: [(&str, &str); 4] = [
+    (
+        "balance.debited ≠ Σ settled charges (invariant 4)",
+        "SELECT b.wallet || ' on chain ' || CAST(b.chain_id AS TEXT) AS subject,
+                CAST(COALESCE(s.total, 0) AS BIGINT) AS expected,
+                CAST(b.debited_atomic AS BIGINT) AS found
+           FROM balances b LEFT JOIN (
+                SELECT wallet, chain_id, SUM(amount_atomic) AS total FROM charges
+                 WHERE status = 'settled' GROUP BY wallet, chain_id) s
+             ON s.wallet = b.wallet AND s.chain_id = b.chain_id
+          WHERE ($1 IS NULL OR b.chain_id = $1)
+            AND b.debited_atomic <> CAST(COALESCE(s.total, 0) AS BIGINT)",
+    ),
+    (
+        "key.budget_used ≠ Σ its charges (invariant 3)",
+        "SELECT 'key ' || k.id AS subject,
+                CAST(COALESCE(c.total, 0) AS BIGINT) AS expected,
+                CAST(k.budget_used_atomic AS BIGINT) AS found
+           FROM keys k LEFT JOIN (
+                SELECT key_id, SUM(amount_atomic) AS total FROM charges GROUP BY key_id) c
+             ON c.key_id = k.id
+          WHERE ($1 IS NULL OR k.chain_id = $1)
+            AND k.budget_used_atomic <> CAST(COALESCE(c.total, 0) AS BIGINT)",
+    ),
+    (
+        "key.leased ≠ Σ its leases' cover",
+        "SELECT 'key ' || k.id AS subject,
+                CAST(COALESCE(l.cover, 0) AS BIGINT) AS expected,
+                CAST(k.leased_atomic AS BIGINT) AS found
+           FROM keys k LEFT JOIN (
+                SELECT key_id, SUM(granted_atomic - charged_atomic - returned_atomic) AS cover
+                  FROM budget_leases WHERE state <> 'reclaimed' GROUP BY key_id) l
+             ON l.key_id = k.id
+          WHERE ($1 IS NULL OR k.chain_id = $1)
+            AND k.leased_atomic <> CAST(COALESCE(l.cover, 0) AS BIGINT)",
+    ),
+    (
+        "key.budget_used + leased > limit (invariant 1)",
+        "SELECT 'key ' || k.id AS subject,
+                CAST(k.budget_limit_atomic AS BIGINT) AS expected,
+                CAST(k.budget_used_atomic + k.leased_atomic AS BIGINT) AS found
+           FROM keys k
+          WHERE ($1 IS NULL OR k.chain_id = $1)
+            AND k.budget_used_atomic + k.leased_atomic > k.budget_limit_atomic",
+    ),
+];
+
+impl Store {
+    /// Every difference between figures the ledger keeps twice (balances
+    /// against settled charges, keys against their charges and leases, and
+    /// the limit), on `chain` or every chain. Empty when the books agree.
+    pub async fn reconcile_ledger(
+        &self,
+        chain: Option<ChainId>,
+    ) -> Result<Vec<Difference>, StoreError> {
+        let chain_db = chain.map(chain_to_db).transpose()?;
+        let mut differences = Vec::new();
+        for (check, sql) in CHECKS {
+            let rows = sqlx::query(sql)
+                .bind(chain_db)
+                .fetch_all(self.pool())
+                .await?;
+            for row in &rows {
+                differences.push(Difference {
+                    check,
+                    subject: get_string(row, "subject")?,
+                    expected: get_i64(row, "expected")?,
+                    found: get_i64(row, "found")?,
+                });
+            }
+        }
+        Ok(differences)
+    }
+}
