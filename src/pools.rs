@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 
-use ledger::pricing::Price;
 use ledger::Store;
 use workers::ledger_pool::{LedgerPool, PriceBook};
 use workers::queue::{Queue, QueueError};
@@ -33,16 +32,7 @@ pub fn price_book(settings: &Settings) -> PriceBook {
     settings
         .models
         .iter()
-        .map(|(name, model)| {
-            let price = Price {
-                version: model.price_version.clone(),
-                input_atomic_per_million: model.input_atomic_per_million,
-                output_atomic_per_million: model.output_atomic_per_million,
-                request_fee_atomic: model.request_fee_atomic,
-                min_charge_atomic: model.min_charge_atomic,
-            };
-            ((name.clone(), model.price_version.clone()), price)
-        })
+        .map(|(name, model)| ((name.clone(), model.price_version.clone()), model.price()))
         .collect::<HashMap<_, _>>()
 }
 

@@ -303,6 +303,19 @@ pub struct ModelSettings {
     pub require_usage: bool,
 }
 
+impl ModelSettings {
+    /// The model's price, as the gateway quotes and the pools re-price.
+    pub fn price(&self) -> ledger::pricing::Price {
+        ledger::pricing::Price {
+            version: self.price_version.clone(),
+            input_atomic_per_million: self.input_atomic_per_million,
+            output_atomic_per_million: self.output_atomic_per_million,
+            request_fee_atomic: self.request_fee_atomic,
+            min_charge_atomic: self.min_charge_atomic,
+        }
+    }
+}
+
 /// A model's upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]

@@ -153,13 +153,7 @@ impl Gateway {
                 };
                 let model = Model {
                     name: name.clone(),
-                    price: Price {
-                        version: m.price_version.clone(),
-                        input_atomic_per_million: m.input_atomic_per_million,
-                        output_atomic_per_million: m.output_atomic_per_million,
-                        request_fee_atomic: m.request_fee_atomic,
-                        min_charge_atomic: m.min_charge_atomic,
-                    },
+                    price: m.price(),
                     upstream,
                     max_output_tokens: m.max_output_tokens,
                     forward_fields: m.forward_fields.clone(),
