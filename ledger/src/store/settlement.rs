@@ -149,17 +149,19 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
-        let mut per_payer: BTreeMap<String, Amount> = BTreeMap::new();
+        // Per payer: the sum of its charges and how many there are.
+        let mut per_payer: BTreeMap<String, (Amount, u64)> = BTreeMap::new();
         for row in &claimed {
-            let sum = per_payer.entry(get_string(row, "wallet")?).or_default();
+            let (sum, count) = per_payer.entry(get_string(row, "wallet")?).or_default();
             *sum = sum
                 .checked_add(get_amount(row, "amount_atomic")?)
                 .ok_or(StoreError::AmountOverflow)?;
+            *count += 1;
         }
-        let (mut total, mut payers) = (Amount::ZERO, 0u64);
+        let (mut total, mut payers, mut charges) = (Amount::ZERO, 0u64, 0u64);
         let mut held_back = Vec::new();
         // Payers in a fixed order: concurrent writers lock balances alike.
-        for (wallet, sum) in &per_payer {
+        for (wallet, (sum, count)) in &per_payer {
             let debited = sqlx::query(
                 "UPDATE balances SET debited_atomic = debited_atomic + $3, updated_at_ms = $4
                   WHERE wallet = $1 AND chain_id = $2 AND debited_atomic + $3 <= credited_atomic",
@@ -173,6 +175,7 @@ impl Store {
             if debited.rows_affected() == 1 {
                 total = total.checked_add(*sum).ok_or(StoreError::AmountOverflow)?;
                 payers += 1;
+                charges += count;
                 continue;
             }
             // Cannot pay now (the funding check should make this rare): its
@@ -188,17 +191,6 @@ impl Store {
             .await?;
             tracing::warn!(%wallet, %sum, "a payer's balance cannot take its charges; they wait");
         }
-        let charges = if held_back.is_empty() {
-            u64::try_from(claimed.len()).unwrap_or(u64::MAX)
-        } else {
-            let settled = sqlx::query(
-                "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM charges WHERE batch_id = $1",
-            )
-            .bind(batch_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            u64::try_from(get_i64(&settled, "n")?).unwrap_or(0)
-        };
         if payers == 0 {
             // Everyone held back: nothing settles, but the caller learns whom
             // to leave out of its next batch.
