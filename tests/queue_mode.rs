@@ -292,7 +292,6 @@ fn dlq(app: &TestApp, queue: &str, args: &[&str]) -> (bool, Vec<serde_json::Valu
 /// `dlq retry` records the event exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_events_are_dead_lettered_and_retried_once_fixed() {
-    use ledger::model::{NewKey, Purpose};
     let (url, name) = (amqp_url(), queue_name());
     let (app, _mock) = spawn_paid_app_with(
         Backend::Postgres,
@@ -363,36 +362,14 @@ async fn poison_events_are_dead_lettered_and_retried_once_fixed() {
     );
     assert_eq!(ghost_letter["amountAtomic"], "30");
     // The fix: the key exists now (say, its store was restored).
-    let wallet = ledger::WalletAddress::from_bytes([7; 20]);
-    let chain = ledger::ChainId(common::CHAIN);
-    app.store
-        .credit(
-            &wallet,
-            chain,
-            ledger::Amount::from_atomic(1_000).unwrap(),
-            "test",
-            now,
-        )
-        .await
-        .unwrap();
-    app.store
-        .create_key(
-            &NewKey {
-                token_sha256: format!("hash-of-{ghost}"),
-                id: ghost.clone(),
-                wallet,
-                chain_id: chain,
-                purpose: Purpose::Api,
-                session_id: None,
-                name: "restored".into(),
-                budget_limit: ledger::Amount::from_atomic(100).unwrap(),
-                created_at_ms: now,
-                expires_at_ms: now + 3_600_000,
-            },
-            10,
-        )
-        .await
-        .unwrap();
+    ledger::testing::create_funded_key(
+        &app.store,
+        &ghost,
+        ledger::WalletAddress::from_bytes([7; 20]),
+        ledger::ChainId(common::CHAIN),
+        ledger::Amount::from_atomic(100).unwrap(),
+    )
+    .await;
     let (ok, _, out) = dlq(&app, &name, &["retry", request.as_str()]);
     assert!(ok, "{out}");
     assert!(out.contains("1 dead letter(s) put back"), "{out}");

@@ -97,6 +97,41 @@ pub async fn set_credited(
     .expect("set credited balance");
 }
 
+/// Creates `api` key `id` with `budget` for `owner` on `chain` (an hour to
+/// live, its token hash derived from its id), crediting the wallet `budget`
+/// first so the funding check passes.
+pub async fn create_funded_key(
+    store: &Store,
+    id: &crate::KeyId,
+    owner: crate::WalletAddress,
+    chain: crate::ChainId,
+    budget: crate::Amount,
+) -> crate::model::KeyRecord {
+    let now = crate::time::now_ms();
+    store
+        .credit(&owner, chain, budget, "test", now)
+        .await
+        .expect("credit the key's wallet");
+    store
+        .create_key(
+            &crate::model::NewKey {
+                token_sha256: format!("hash-of-{id}"),
+                id: id.clone(),
+                wallet: owner,
+                chain_id: chain,
+                purpose: crate::model::Purpose::Api,
+                session_id: None,
+                name: "test".into(),
+                budget_limit: budget,
+                created_at_ms: now,
+                expires_at_ms: now + 3_600_000,
+            },
+            1_000,
+        )
+        .await
+        .expect("create a funded key")
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         match &self.cleanup {

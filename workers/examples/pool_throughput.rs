@@ -17,10 +17,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ledger::model::{NewKey, Purpose};
 use ledger::pricing::Price;
 use ledger::store::Backend;
-use ledger::testing::{set_credited, TestDb};
+use ledger::testing::{create_funded_key, TestDb};
 use ledger::time::now_ms;
 use ledger::{Amount, ChainId, KeyId, RequestId, WalletAddress};
 use workers::event::{CallCompleted, EVENT_VERSION};
@@ -42,32 +41,15 @@ async fn main() {
     let mut keys = Vec::new();
     for i in 0..KEYS {
         let owner = WalletAddress::from_bytes([u8::try_from(i % 250).unwrap() + 1; 20]);
-        set_credited(
+        let id = KeyId::generate();
+        create_funded_key(
             &store,
-            &owner,
+            &id,
+            owner,
             chain,
-            Amount::from_atomic(1_000_000_000).unwrap(),
+            Amount::from_atomic(1_000_000).unwrap(),
         )
         .await;
-        let id = KeyId::generate();
-        store
-            .create_key(
-                &NewKey {
-                    token_sha256: format!("hash-of-{id}"),
-                    id: id.clone(),
-                    wallet: owner,
-                    chain_id: chain,
-                    purpose: Purpose::Api,
-                    session_id: None,
-                    name: "bench".into(),
-                    budget_limit: Amount::from_atomic(1_000_000).unwrap(),
-                    created_at_ms: now_ms(),
-                    expires_at_ms: now_ms() + 3_600_000,
-                },
-                KEYS as u32,
-            )
-            .await
-            .unwrap();
         keys.push(id);
     }
     let url = std::env::var("TOLLGATE_TEST_AMQP_URL")

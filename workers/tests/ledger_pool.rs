@@ -8,10 +8,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ledger::model::{NewKey, Purpose};
 use ledger::pricing::Price;
 use ledger::store::Backend;
-use ledger::testing::{set_credited, TestDb};
+use ledger::testing::{create_funded_key, TestDb};
 use ledger::time::now_ms;
 use ledger::{Amount, ChainId, KeyId, RequestId, Store, WalletAddress};
 use workers::event::{CallCompleted, EVENT_VERSION};
@@ -52,33 +51,16 @@ fn event(key: &KeyId, request: &RequestId) -> CallCompleted {
 }
 
 async fn funded_key(store: &Store) -> KeyId {
+    let id = KeyId::generate();
     let owner = WalletAddress::from_bytes([7; 20]);
-    set_credited(
+    create_funded_key(
         store,
-        &owner,
+        &id,
+        owner,
         CHAIN,
-        Amount::from_atomic(1_000_000).unwrap(),
+        Amount::from_atomic(100_000).unwrap(),
     )
     .await;
-    let id = KeyId::generate();
-    store
-        .create_key(
-            &NewKey {
-                token_sha256: format!("hash-of-{id}"),
-                id: id.clone(),
-                wallet: owner,
-                chain_id: CHAIN,
-                purpose: Purpose::Api,
-                session_id: None,
-                name: "pool".into(),
-                budget_limit: Amount::from_atomic(100_000).unwrap(),
-                created_at_ms: now_ms(),
-                expires_at_ms: now_ms() + 3_600_000,
-            },
-            10,
-        )
-        .await
-        .unwrap();
     id
 }
 

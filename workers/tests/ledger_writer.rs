@@ -3,9 +3,9 @@
 //! to the sum of the charges.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ledger::model::{ChargeOutcome, NewCharge, NewKey, Purpose};
+use ledger::model::{ChargeOutcome, NewCharge};
 use ledger::store::Backend;
-use ledger::testing::{set_credited, TestDb};
+use ledger::testing::{create_funded_key, TestDb};
 use ledger::time::now_ms;
 use ledger::{Amount, ChainId, KeyId, RequestId, WalletAddress};
 use workers::ledger_writer::LedgerWriter;
@@ -16,32 +16,14 @@ async fn concurrent_callers_write_each_charge_once(backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = db.store().await;
     let owner = WalletAddress::from_bytes([7; 20]);
-    set_credited(
+    let key = create_funded_key(
         &store,
-        &owner,
+        &KeyId::generate(),
+        owner,
         CHAIN,
-        Amount::from_atomic(1_000_000).unwrap(),
+        Amount::from_atomic(10_000).unwrap(),
     )
     .await;
-    let id = KeyId::generate();
-    let key = store
-        .create_key(
-            &NewKey {
-                token_sha256: format!("hash-of-{id}"),
-                id,
-                wallet: owner,
-                chain_id: CHAIN,
-                purpose: Purpose::Api,
-                session_id: None,
-                name: "writer".into(),
-                budget_limit: Amount::from_atomic(10_000).unwrap(),
-                created_at_ms: now_ms(),
-                expires_at_ms: now_ms() + 60_000,
-            },
-            10,
-        )
-        .await
-        .unwrap();
     let writer = LedgerWriter::start(store.clone());
     // 300 distinct calls of 10 each (3,000), every one sent twice at once.
     let mut tasks = Vec::new();
