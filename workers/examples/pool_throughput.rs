@@ -82,13 +82,7 @@ async fn main() {
     // Phase 2: the pools drain the queue into PostgreSQL.
     let pool = LedgerPool::new(store.clone(), pool_prices());
     let started = Instant::now();
-    let mut runners = Vec::new();
-    for _ in 0..pools {
-        let own = Queue::connect(&url, options).await.unwrap();
-        let consumer = own.consume(&name).await.unwrap();
-        let pool = pool.clone();
-        runners.push(tokio::spawn(async move { pool.run(consumer).await }));
-    }
+    let runners = start_pools(&pool, &queue, &name, pools).await;
     loop {
         let mut recorded = 0;
         for key in &keys {
@@ -113,13 +107,7 @@ async fn main() {
     // pools: the confirmed publish's latency, and the lag from completion
     // to the committed charge.
     let pool = LedgerPool::new(store.clone(), pool_prices());
-    let mut runners = Vec::new();
-    for _ in 0..pools {
-        let own = Queue::connect(&url, options).await.unwrap();
-        let consumer = own.consume(&name).await.unwrap();
-        let pool = pool.clone();
-        runners.push(tokio::spawn(async move { pool.run(consumer).await }));
-    }
+    let runners = start_pools(&pool, &queue, &name, pools).await;
     let ticks = rate_secs * 100;
     let per_tick = rate / 100;
     let mut confirms_us = Vec::with_capacity(ticks * per_tick);
@@ -163,6 +151,23 @@ async fn main() {
         runner.abort();
     }
     let _ = queue.delete(&name).await;
+}
+
+/// `pools` consumers of `name` running `pool` (each consumer on a
+/// connection of its own).
+async fn start_pools(
+    pool: &LedgerPool,
+    queue: &Queue,
+    name: &str,
+    pools: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut runners = Vec::new();
+    for _ in 0..pools {
+        let consumer = queue.consume(name).await.unwrap();
+        let pool = pool.clone();
+        runners.push(tokio::spawn(async move { pool.run(consumer).await }));
+    }
+    runners
 }
 
 /// A `CallCompleted` of 10 atomic units on `key`, completed now.
