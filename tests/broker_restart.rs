@@ -43,9 +43,7 @@ impl Drop for BrokerBack {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paid_calls_survive_the_broker_stopping_and_starting() {
-    let amqp = std::env::var("TOLLGATE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    let queue = format!("test-calls-{}", uuid::Uuid::now_v7().simple());
+    let (amqp, queue) = (common::amqp_url(), common::queue_name());
     let (app, _mock) = spawn_paid_app_with(
         Backend::Postgres,
         &[
@@ -127,9 +125,5 @@ async fn paid_calls_survive_the_broker_stopping_and_starting() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = workers::queue::Queue::connect(&amqp, Default::default())
-        .await
-        .unwrap()
-        .delete(&queue)
-        .await;
+    common::delete_queue(&queue).await;
 }

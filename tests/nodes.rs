@@ -320,9 +320,7 @@ async fn a_gateway_killed_under_load_loses_no_reported_charge() {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, RwLock};
-    let amqp = std::env::var("TOLLGATE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    let queue = format!("test-calls-{}", uuid::Uuid::now_v7().simple());
+    let (amqp, queue) = (common::amqp_url(), common::queue_name());
     let (app, _mock, mut node_b) = two_nodes_with(
         64,
         &[
@@ -419,9 +417,5 @@ async fn a_gateway_killed_under_load_loses_no_reported_charge() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("answered {}, lost to the kill {lost}", reported.len());
-    let _ = workers::queue::Queue::connect(&amqp, Default::default())
-        .await
-        .unwrap()
-        .delete(&queue)
-        .await;
+    common::delete_queue(&queue).await;
 }

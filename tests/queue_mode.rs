@@ -11,20 +11,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::{spawn_worker, tollgate};
-use common::{header_amount, spawn_paid_app_with, PaidKey, TempDir, TestApp};
+use common::{
+    amqp_url, delete_queue, header_amount, queue_name, spawn_paid_app_with, PaidKey, TempDir,
+    TestApp,
+};
 use ledger::store::Backend;
 use serde_json::json;
-
-/// The broker every machine here runs (or `TOLLGATE_TEST_AMQP_URL`).
-pub fn amqp_url() -> String {
-    std::env::var("TOLLGATE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
-/// A calls queue of the test's own.
-pub fn queue_name() -> String {
-    format!("test-calls-{}", uuid::Uuid::now_v7().simple())
-}
 
 /// 10 words in and at most 10 out: 30 per call.
 fn thirty() -> serde_json::Value {
@@ -49,13 +41,6 @@ async fn ledger_reaches(app: &TestApp, key: &PaidKey, expected: u64) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn delete_queue(name: &str) {
-    let queue = workers::queue::Queue::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let _ = queue.delete(name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

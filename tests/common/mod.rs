@@ -21,6 +21,25 @@ use tollgate::startup::Application;
 
 pub const CHAIN: u64 = 43113;
 
+/// The RabbitMQ broker every machine here runs (or `TOLLGATE_TEST_AMQP_URL`).
+pub fn amqp_url() -> String {
+    std::env::var("TOLLGATE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// A calls queue of the test's own, so tests run in parallel.
+pub fn queue_name() -> String {
+    format!("test-calls-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Removes a test's calls queue (best effort: its name is unique anyway).
+pub async fn delete_queue(name: &str) {
+    let queue = workers::queue::Queue::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let _ = queue.delete(name).await;
+}
+
 pub struct TestApp {
     pub address: String,
     pub port: u16,
