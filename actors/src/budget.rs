@@ -203,7 +203,7 @@ impl Budget {
             self.allowance,
             ceiling
         );
-        self.allowance = self.allowance.min(ceiling).max(self.held);
+        self.fit_within_limit();
         self.assert_invariants();
     }
 
@@ -319,8 +319,16 @@ impl Budget {
             .checked_add(amount)
             .unwrap_or(self.limit)
             .min(self.limit);
-        // `spent + allowance ≤ limit` holds again: the ledger took the
-        // charge within the key's limit.
+        // The ledger took the charge within the key's limit.
+        self.fit_within_limit();
+        self.assert_invariants();
+    }
+
+    /// Restores `spent + allowance ≤ limit` after the view of `spent` moved:
+    /// the allowance shrinks to what the limit leaves (never below what
+    /// calls hold), and should the holds alone pass it, the reported spend
+    /// gives way — stricter, never looser.
+    fn fit_within_limit(&mut self) {
         let ceiling = self.limit.saturating_sub(self.spent);
         self.allowance = self.allowance.min(ceiling).max(self.held);
         if self
@@ -330,7 +338,6 @@ impl Budget {
         {
             self.spent = self.limit.saturating_sub(self.allowance);
         }
-        self.assert_invariants();
     }
 
     /// Moves a hold's deadline later (never earlier): its call is still
