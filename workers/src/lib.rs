@@ -32,6 +32,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod event;
+pub mod evm;
 pub mod ledger_pool;
 pub mod ledger_writer;
 pub mod publisher;

@@ -11,6 +11,7 @@
 //! * [`balances`] — prepaid balances, credits, the funding check.
 //! * [`keys`] — Compose keys.
 //! * [`sessions`] — SIWE nonces and sessions.
+//! * [`chain`] — settlement on an EVM chain: nonces, the outbox, batches.
 //! * [`charges`] — the charges written once per paid call.
 //! * [`leases`] — budget leases: what each gateway node may spend of a key.
 //! * [`settlement`] — the `ledger` mode's settlement: batches of charges
@@ -26,6 +27,7 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::{Amount, ChainId, StoreError, WalletAddress};
 
 pub mod balances;
+pub mod chain;
 pub mod charges;
 pub mod keys;
 pub mod leases;

@@ -1,0 +1,712 @@
+//! The store's side of settlement on an EVM chain (DESIGN §6, §7): per
+//! chain, the operator's next nonce and batch number, the single active
+//! settler, a pause with its reason; batches of pending charges claimed per
+//! payer; the outbox of signed transactions; and each payer's proven
+//! outcome.
+//!
+//! A batch moves `open` (charges claimed as `batched`, no live transaction)
+//! → `sending` (a signed transaction persisted; maybe broadcast, maybe
+//! replaced) → `settled` (a receipt proved each payer paid or failed), or
+//! back to `open` when its transaction can no longer be mined (reverted, or
+//! its nonce consumed by another), or `failed` when an operator must look.
+//! Only a receipt moves a charge to `settled`; a charge is `failed` only
+//! when the chain proves its payer did not pay, so replaying it can never
+//! pay twice.
+
+use super::{chain_to_db, get_amount, get_i64, get_opt_i64, get_opt_string, get_string, Store};
+use crate::{Amount, ChainId, StoreError};
+
+/// The most payers one on-chain batch names (the contract's own bound).
+pub const EVM_BATCH_PAYERS_MAX: usize = 1_000;
+
+/// One chain's settlement account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainAccount {
+    pub chain_id: i64,
+    pub operator: String,
+    /// The operator's next nonce as far as the store knows (the settler
+    /// takes the larger of this and the chain's count).
+    pub next_nonce: i64,
+    pub next_batch_no: i64,
+    /// Why settlement on this chain is paused; `None` while it runs.
+    pub paused_reason: Option<String>,
+}
+
+/// A payer with pending charges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPayer {
+    pub wallet: String,
+    pub sum: Amount,
+    pub charges: i64,
+    pub oldest_ms: i64,
+}
+
+/// An on-chain batch: its number on chain and each payer's sum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvmBatch {
+    pub id: String,
+    pub chain_id: i64,
+    pub batch_no: i64,
+    /// `open` or `sending` while in flight.
+    pub status: String,
+    pub payers: Vec<(String, Amount)>,
+    pub created_at_ms: i64,
+}
+
+/// A signed transaction as persisted (before broadcast).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainTx {
+    pub hash: String,
+    pub nonce: i64,
+    /// The signed bytes, hex with `0x`.
+    pub raw: String,
+    pub gas_limit: i64,
+    pub max_fee_per_gas: i64,
+    pub max_priority_fee_per_gas: i64,
+    pub created_at_ms: i64,
+    pub broadcast_at_ms: Option<i64>,
+}
+
+/// A payer's line in a batch, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchPayer {
+    pub payer: String,
+    pub amount: Amount,
+    pub charge_count: i64,
+    pub outcome: String,
+}
+
+/// One attempt to settle a batch, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchAttempt {
+    pub attempt: i64,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub outcome: Option<String>,
+    pub tx_hash: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Store {
+    /// The chain's account, created for `operator` (nonce 0, batch 1) when
+    /// missing.
+    pub async fn chain_account(
+        &self,
+        chain: ChainId,
+        operator: &str,
+        now_ms: i64,
+    ) -> Result<ChainAccount, StoreError> {
+        let chain_db = chain_to_db(chain)?;
+        sqlx::query(
+            "INSERT INTO chain_accounts (chain_id, operator, next_nonce, next_batch_no, updated_at_ms)
+             VALUES ($1, $2, 0, 1, $3) ON CONFLICT (chain_id) DO NOTHING",
+        )
+        .bind(chain_db)
+        .bind(operator)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        let row = sqlx::query(
+            "SELECT chain_id, operator, next_nonce, next_batch_no, paused_reason
+               FROM chain_accounts WHERE chain_id = $1",
+        )
+        .bind(chain_db)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(ChainAccount {
+            chain_id: get_i64(&row, "chain_id")?,
+            operator: get_string(&row, "operator")?,
+            next_nonce: get_i64(&row, "next_nonce")?,
+            next_batch_no: get_i64(&row, "next_batch_no")?,
+            paused_reason: get_opt_string(&row, "paused_reason")?,
+        })
+    }
+
+    /// Every chain account (for `settlements list`: paused chains say why).
+    pub async fn chain_accounts(&self) -> Result<Vec<ChainAccount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT chain_id, operator, next_nonce, next_batch_no, paused_reason
+               FROM chain_accounts ORDER BY chain_id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ChainAccount {
+                    chain_id: get_i64(row, "chain_id")?,
+                    operator: get_string(row, "operator")?,
+                    next_nonce: get_i64(row, "next_nonce")?,
+                    next_batch_no: get_i64(row, "next_batch_no")?,
+                    paused_reason: get_opt_string(row, "paused_reason")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes `settler` the chain's active settler until `until_ms`, unless
+    /// another holds it past `now_ms`. True when `settler` holds it.
+    pub async fn claim_settler(
+        &self,
+        chain: ChainId,
+        settler: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let claimed = sqlx::query(
+            "UPDATE chain_accounts SET settler_id = $2, settler_until_ms = $3
+              WHERE chain_id = $1
+                AND (settler_id IS NULL OR settler_id = $2 OR settler_until_ms < $4)",
+        )
+        .bind(chain_to_db(chain)?)
+        .bind(settler)
+        .bind(until_ms)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
+    /// Pauses settlement on `chain` with `reason`, or resumes it (`None`).
+    /// True when that changed anything.
+    pub async fn set_chain_paused(
+        &self,
+        chain: ChainId,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE chain_accounts SET paused_reason = $2, updated_at_ms = $3
+              WHERE chain_id = $1 AND COALESCE(paused_reason, '') <> COALESCE($2, '')",
+        )
+        .bind(chain_to_db(chain)?)
+        .bind(reason)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(changed.rows_affected() == 1)
+    }
+
+    /// Payers with charges `pending` on `chain` recorded at or before
+    /// `recorded_before_ms`, oldest first, at most `limit`.
+    pub async fn pending_payers(
+        &self,
+        chain: ChainId,
+        recorded_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingPayer>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT wallet, CAST(SUM(amount_atomic) AS BIGINT) AS total,
+                    CAST(COUNT(*) AS BIGINT) AS n, MIN(created_at_ms) AS oldest
+               FROM charges
+              WHERE status = 'pending' AND chain_id = $1 AND created_at_ms <= $2
+              GROUP BY wallet ORDER BY MIN(created_at_ms), wallet LIMIT $3",
+        )
+        .bind(chain_to_db(chain)?)
+        .bind(recorded_before_ms)
+        .bind(i64::try_from(limit.min(EVM_BATCH_PAYERS_MAX * 10)).unwrap_or(1))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PendingPayer {
+                    wallet: get_string(row, "wallet")?,
+                    sum: get_amount(row, "total")?,
+                    charges: get_i64(row, "n")?,
+                    oldest_ms: get_i64(row, "oldest")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Opens batch `batch_id` on `chain` for `wallets` (each with pending
+    /// charges recorded at or before `recorded_before_ms`): takes the next
+    /// batch number, claims those charges as `batched`, and records each
+    /// payer's sum — one transaction. `None` when nothing was left to claim.
+    pub async fn open_evm_batch(
+        &self,
+        batch_id: &str,
+        chain: ChainId,
+        wallets: &[String],
+        recorded_before_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<EvmBatch>, StoreError> {
+        if wallets.is_empty() || wallets.len() > EVM_BATCH_PAYERS_MAX {
+            return Ok(None);
+        }
+        let chain_db = chain_to_db(chain)?;
+        let mut tx = self.pool().begin().await?;
+        // The account row first: it serializes batch numbers (and SQLite
+        // takes its write lock before anything is read).
+        let row = sqlx::query(
+            "UPDATE chain_accounts SET next_batch_no = next_batch_no + 1, updated_at_ms = $2
+              WHERE chain_id = $1 RETURNING next_batch_no",
+        )
+        .bind(chain_db)
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let batch_no = get_i64(&row, "next_batch_no")? - 1;
+        sqlx::query(
+            "INSERT INTO settlement_batches
+                    (id, chain_id, status, chain_batch_no, created_at_ms, updated_at_ms)
+             VALUES ($1, $2, 'open', $3, $4, $4)",
+        )
+        .bind(batch_id)
+        .bind(chain_db)
+        .bind(batch_no)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let params: Vec<String> = (0..wallets.len()).map(|i| format!("${}", i + 4)).collect();
+        let claim = format!(
+            "UPDATE charges SET status = 'batched', batch_id = $1
+              WHERE status = 'pending' AND chain_id = $2 AND created_at_ms <= $3
+                AND wallet IN ({})
+             RETURNING wallet, amount_atomic",
+            params.join(", ")
+        );
+        let mut query = sqlx::query(&claim)
+            .bind(batch_id)
+            .bind(chain_db)
+            .bind(recorded_before_ms);
+        for wallet in wallets {
+            query = query.bind(wallet.as_str());
+        }
+        let claimed = query.fetch_all(&mut *tx).await?;
+        let mut per_payer: std::collections::BTreeMap<String, (Amount, i64)> =
+            std::collections::BTreeMap::new();
+        for row in &claimed {
+            let (sum, count) = per_payer.entry(get_string(row, "wallet")?).or_default();
+            *sum = sum
+                .checked_add(get_amount(row, "amount_atomic")?)
+                .ok_or(StoreError::AmountOverflow)?;
+            *count += 1;
+        }
+        // Zero-amount charges need no transfer: they settle with the batch.
+        per_payer.retain(|_, (sum, _)| !sum.is_zero());
+        if per_payer.is_empty() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let mut total = Amount::ZERO;
+        for (payer, (sum, count)) in &per_payer {
+            total = total.checked_add(*sum).ok_or(StoreError::AmountOverflow)?;
+            sqlx::query(
+                "INSERT INTO settlement_payers (batch_id, payer, amount_atomic, charge_count, outcome)
+                 VALUES ($1, $2, $3, $4, 'pending')",
+            )
+            .bind(batch_id)
+            .bind(payer.as_str())
+            .bind(sum.to_db())
+            .bind(*count)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE settlement_batches SET total_atomic = $2, payer_count = $3 WHERE id = $1",
+        )
+        .bind(batch_id)
+        .bind(total.to_db())
+        .bind(i64::try_from(per_payer.len()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(EvmBatch {
+            id: batch_id.to_owned(),
+            chain_id: chain_db,
+            batch_no,
+            status: "open".to_owned(),
+            payers: per_payer
+                .into_iter()
+                .map(|(payer, (sum, _))| (payer, sum))
+                .collect(),
+            created_at_ms: now_ms,
+        }))
+    }
+
+    /// The chain's batch in flight (`open` or `sending`), oldest first.
+    pub async fn in_flight_batch(&self, chain: ChainId) -> Result<Option<EvmBatch>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, chain_id, chain_batch_no, status, created_at_ms FROM settlement_batches
+              WHERE chain_id = $1 AND status IN ('open', 'sending') AND chain_batch_no IS NOT NULL
+              ORDER BY chain_batch_no LIMIT 1",
+        )
+        .bind(chain_to_db(chain)?)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id = get_string(&row, "id")?;
+        let payers = self
+            .batch_payers(&id)
+            .await?
+            .into_iter()
+            .map(|p| (p.payer, p.amount))
+            .collect();
+        Ok(Some(EvmBatch {
+            id,
+            chain_id: get_i64(&row, "chain_id")?,
+            batch_no: get_i64(&row, "chain_batch_no")?,
+            status: get_string(&row, "status")?,
+            payers,
+            created_at_ms: get_i64(&row, "created_at_ms")?,
+        }))
+    }
+
+    /// A batch's payers and their outcomes.
+    pub async fn batch_payers(&self, batch_id: &str) -> Result<Vec<BatchPayer>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT payer, amount_atomic, charge_count, outcome FROM settlement_payers
+              WHERE batch_id = $1 ORDER BY payer",
+        )
+        .bind(batch_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(BatchPayer {
+                    payer: get_string(row, "payer")?,
+                    amount: get_amount(row, "amount_atomic")?,
+                    charge_count: get_i64(row, "charge_count")?,
+                    outcome: get_string(row, "outcome")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A batch's attempts, first first.
+    pub async fn batch_attempts(&self, batch_id: &str) -> Result<Vec<BatchAttempt>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT attempt, started_at_ms, finished_at_ms, outcome, tx_hash, error
+               FROM settlement_attempts WHERE batch_id = $1 ORDER BY attempt",
+        )
+        .bind(batch_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(BatchAttempt {
+                    attempt: get_i64(row, "attempt")?,
+                    started_at_ms: get_i64(row, "started_at_ms")?,
+                    finished_at_ms: get_opt_i64(row, "finished_at_ms")?,
+                    outcome: get_opt_string(row, "outcome")?,
+                    tx_hash: get_opt_string(row, "tx_hash")?,
+                    error: get_opt_string(row, "error")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Persists a signed transaction of `batch_id` before it is broadcast:
+    /// the outbox row, the operator's next nonce past it, the batch
+    /// `sending` with this hash, and an attempt — one transaction.
+    pub async fn record_signed_tx(
+        &self,
+        batch_id: &str,
+        chain: ChainId,
+        signed: &ChainTx,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let chain_db = chain_to_db(chain)?;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "UPDATE chain_accounts
+                SET next_nonce = CASE WHEN next_nonce > $2 THEN next_nonce ELSE $2 END,
+                    updated_at_ms = $3
+              WHERE chain_id = $1",
+        )
+        .bind(chain_db)
+        .bind(signed.nonce + 1)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO chain_txs (tx_hash, chain_id, batch_id, nonce, raw_tx, gas_limit,
+                                    max_fee_per_gas, max_priority_fee_per_gas, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(signed.hash.as_str())
+        .bind(chain_db)
+        .bind(batch_id)
+        .bind(signed.nonce)
+        .bind(signed.raw.as_str())
+        .bind(signed.gas_limit)
+        .bind(signed.max_fee_per_gas)
+        .bind(signed.max_priority_fee_per_gas)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE settlement_batches SET status = 'sending', tx_hash = $2, updated_at_ms = $3
+              WHERE id = $1 AND status IN ('open', 'sending')",
+        )
+        .bind(batch_id)
+        .bind(signed.hash.as_str())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO settlement_attempts (batch_id, attempt, started_at_ms, tx_hash)
+             SELECT $1, COALESCE(MAX(attempt), 0) + 1, $2, $3
+               FROM settlement_attempts WHERE batch_id = $1",
+        )
+        .bind(batch_id)
+        .bind(now_ms)
+        .bind(signed.hash.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Notes that a transaction reached a node.
+    pub async fn mark_broadcast(&self, hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE chain_txs SET broadcast_at_ms = $2 WHERE tx_hash = $1 AND broadcast_at_ms IS NULL",
+        )
+        .bind(hash)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Every transaction signed for a batch, newest first.
+    pub async fn batch_txs(&self, batch_id: &str) -> Result<Vec<ChainTx>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tx_hash, nonce, raw_tx, gas_limit, max_fee_per_gas, max_priority_fee_per_gas,
+                    created_at_ms, broadcast_at_ms
+               FROM chain_txs WHERE batch_id = $1 ORDER BY created_at_ms DESC, nonce DESC",
+        )
+        .bind(batch_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ChainTx {
+                    hash: get_string(row, "tx_hash")?,
+                    nonce: get_i64(row, "nonce")?,
+                    raw: get_string(row, "raw_tx")?,
+                    gas_limit: get_i64(row, "gas_limit")?,
+                    max_fee_per_gas: get_i64(row, "max_fee_per_gas")?,
+                    max_priority_fee_per_gas: get_i64(row, "max_priority_fee_per_gas")?,
+                    created_at_ms: get_i64(row, "created_at_ms")?,
+                    broadcast_at_ms: get_opt_i64(row, "broadcast_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a mined, successful settlement of `batch_id` by `tx_hash`:
+    /// the charges of `paid` payers `settled`, of `failed` payers `failed`,
+    /// each payer's outcome, the attempt and the batch — one transaction.
+    /// Only charges still `batched` in this batch move, so finishing twice
+    /// changes nothing.
+    pub async fn finish_evm_batch(
+        &self,
+        batch_id: &str,
+        tx_hash: &str,
+        paid: &[String],
+        failed: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let finished = sqlx::query(
+            "UPDATE settlement_batches SET status = 'settled', tx_hash = $2, last_error = NULL,
+                    updated_at_ms = $3
+              WHERE id = $1 AND status IN ('open', 'sending')",
+        )
+        .bind(batch_id)
+        .bind(tx_hash)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if finished.rows_affected() == 0 {
+            // Already finished (or failed by an operator): nothing moves.
+            tx.rollback().await?;
+            return Ok(());
+        }
+        for (payers, outcome) in [(paid, "settled"), (failed, "failed")] {
+            for payer in payers {
+                sqlx::query(
+                    "UPDATE settlement_payers SET outcome = $3 WHERE batch_id = $1 AND payer = $2",
+                )
+                .bind(batch_id)
+                .bind(payer.as_str())
+                .bind(outcome)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE charges SET status = $3
+                      WHERE batch_id = $1 AND wallet = $2 AND status = 'batched'",
+                )
+                .bind(batch_id)
+                .bind(payer.as_str())
+                .bind(outcome)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        // Zero-amount charges had no transfer to prove: they settle here.
+        sqlx::query(
+            "UPDATE charges SET status = 'settled'
+              WHERE batch_id = $1 AND status = 'batched' AND amount_atomic = 0",
+        )
+        .bind(batch_id)
+        .execute(&mut *tx)
+        .await?;
+        let left = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM charges WHERE batch_id = $1 AND status = 'batched'",
+        )
+        .bind(batch_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if get_i64(&left, "n")? != 0 {
+            // Every payer of the batch must have an outcome: the receipt
+            // proves one for each, or the caller must not finish.
+            return Err(StoreError::Corrupt(format!(
+                "batch {batch_id}: charges left without an outcome"
+            )));
+        }
+        finish_attempt(&mut tx, batch_id, tx_hash, "settled", None, now_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Puts an in-flight batch back to `open` (its transactions can no
+    /// longer be mined: reverted, or their nonce taken), noting why.
+    pub async fn reopen_batch(
+        &self,
+        batch_id: &str,
+        tx_hash: Option<&str>,
+        outcome: &str,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "UPDATE settlement_batches SET status = 'open', last_error = $2, updated_at_ms = $3
+              WHERE id = $1 AND status IN ('open', 'sending')",
+        )
+        .bind(batch_id)
+        .bind(error)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(hash) = tx_hash {
+            finish_attempt(&mut tx, batch_id, hash, outcome, Some(error), now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Notes an in-flight batch's last error without changing its state.
+    pub async fn note_batch_error(
+        &self,
+        batch_id: &str,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE settlement_batches SET last_error = $2, updated_at_ms = $3 WHERE id = $1",
+        )
+        .bind(batch_id)
+        .bind(error)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Gives up on an `open` batch (no transaction of it can still be
+    /// mined, and the contract says it did not settle): its charges and
+    /// payers become `failed`, for an operator's replay.
+    pub async fn fail_batch(
+        &self,
+        batch_id: &str,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let failed = sqlx::query(
+            "UPDATE settlement_batches SET status = 'failed', last_error = $2, updated_at_ms = $3
+              WHERE id = $1 AND status = 'open'",
+        )
+        .bind(batch_id)
+        .bind(error)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if failed.rows_affected() == 1 {
+            sqlx::query(
+                "UPDATE settlement_payers SET outcome = 'failed' WHERE batch_id = $1 AND outcome = 'pending'",
+            )
+            .bind(batch_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE charges SET status = 'failed' WHERE batch_id = $1 AND status = 'batched'",
+            )
+            .bind(batch_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replay: the `failed` charges of `batch_id` (or of every batch)
+    /// return to `pending`, to be settled in a new batch. A failed charge
+    /// never moved money (its payer's failure is proven), so this can never
+    /// settle a charge twice. Returns how many charges return.
+    pub async fn replay_failed(&self, batch_id: Option<&str>) -> Result<u64, StoreError> {
+        let replayed = sqlx::query(
+            "UPDATE charges SET status = 'pending', batch_id = NULL
+              WHERE status = 'failed' AND ($1 IS NULL OR batch_id = $1)",
+        )
+        .bind(batch_id)
+        .execute(self.pool())
+        .await?;
+        Ok(replayed.rows_affected())
+    }
+
+    /// The key's latest settlement transaction, once one settled any of its
+    /// charges.
+    pub async fn key_latest_tx_hash(&self, key_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT b.tx_hash FROM settlement_batches b
+              WHERE b.status = 'settled' AND b.tx_hash IS NOT NULL AND b.chain_batch_no IS NOT NULL
+                AND EXISTS (SELECT 1 FROM charges c
+                             WHERE c.batch_id = b.id AND c.key_id = $1 AND c.status = 'settled')
+              ORDER BY b.chain_batch_no DESC LIMIT 1",
+        )
+        .bind(key_id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|row| get_string(&row, "tx_hash")).transpose()
+    }
+}
+
+async fn finish_attempt(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batch_id: &str,
+    tx_hash: &str,
+    outcome: &str,
+    error: Option<&str>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE settlement_attempts SET finished_at_ms = $3, outcome = $4, error = $5
+          WHERE batch_id = $1 AND tx_hash = $2 AND finished_at_ms IS NULL",
+    )
+    .bind(batch_id)
+    .bind(tx_hash)
+    .bind(now_ms)
+    .bind(outcome)
+    .bind(error)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

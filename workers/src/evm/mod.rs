@@ -1,0 +1,11 @@
+//! Settlement on an EVM chain (DESIGN §6, §7): the contracts' bindings, the
+//! chain client the settler and the funding check use, the `evm` settler,
+//! and the local devnet (Anvil with mock USDC) that tests and `tollgate
+//! devnet` run.
+
+pub mod chain;
+pub mod contracts;
+pub mod devnet;
+pub mod settler;
+
+pub use chain::{ChainClient, ChainConfig, ChainError, Funds};

@@ -1,0 +1,556 @@
+//! [`EvmSettler`]: settlement in the `evm` mode (DESIGN §6, §7). One per
+//! chain is active at a time (a lease in the store, `claim_settler`), so a
+//! chain's batches and nonces have one writer; any number may run.
+//!
+//! Each pass drives the chain's batch in flight, or closes a new one:
+//!
+//! 1. **Close** by `batch_max_payers` or `batch_max_age_ms`: pending charges
+//!    summed per payer; balances and allowances read in one call
+//!    (`fundsOf`); payers who cannot pay now are held back (their charges
+//!    wait, never fail); the rest are claimed into a batch with the next
+//!    batch number.
+//! 2. **Send**: simulate (`eth_call`), estimate gas, check the set-up
+//!    (operator, treasury, gas money, token not paused), sign at the store's
+//!    nonce (or the chain's, when an outside transaction took ours), persist
+//!    the signed bytes, then broadcast.
+//! 3. **Watch**: a receipt of any hash of the batch settles it once it has
+//!    `confirmations`; each payer is `settled` only when the receipt holds
+//!    the token's `Transfer(payer, treasury, amount)`, `failed` only when it
+//!    holds the contract's `PayerFailed` for it. Not mined in
+//!    `replace_after_ms`: replaced at the same nonce with both fees raised
+//!    by at least 12.5 %. Its nonce taken by another transaction: the batch
+//!    is signed again at a new nonce. Before anything is signed again, the
+//!    contract is asked whether the batch settled (and the settling
+//!    transaction found by its log), so a batch is never paid twice — and
+//!    the contract refuses a reused batch number anyway.
+//!
+//! Transient RPC failures are retried (in [`ChainClient`]) and otherwise
+//! wait for the next pass. A systemic one (contract misconfigured, operator
+//! out of gas, token paused) pauses the chain: the reason is logged once
+//! and shown by `tollgate settlements list`, nothing fails, and the next
+//! pass that gets through resumes on its own.
+
+use std::time::Duration;
+
+use alloy::primitives::{Address, Bytes, FixedBytes, B256, U256};
+use alloy::rpc::types::TransactionReceipt;
+use ledger::store::chain::{ChainTx, EvmBatch};
+use ledger::time::now_ms;
+use ledger::{Amount, ChainId, Store, StoreError};
+
+use super::chain::{Broadcast, ChainClient, ChainError, PayerOutcome};
+use super::contracts::pack_entry;
+
+alloy::sol! {
+    /// USDC's (and most fiat tokens') pause flag.
+    #[sol(rpc)]
+    interface IPausable {
+        function paused() external view returns (bool);
+    }
+}
+
+/// A reverted settlement is sent again at most this many times before its
+/// batch becomes `failed` (for an operator's replay).
+const REVERTS_MAX: usize = 3;
+
+/// How an `evm` settler behaves (from `[settlement]` and `[chains.ID]`).
+#[derive(Debug, Clone)]
+pub struct EvmSettlerConfig {
+    /// This settler's id (for the chain's settler lease).
+    pub settler_id: String,
+    /// Time between passes.
+    pub every: Duration,
+    pub batch_max_payers: usize,
+    pub batch_max_age_ms: i64,
+    /// A transaction not mined in this long is replaced with higher fees.
+    pub replace_after_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Another settler is active on the chain.
+    NotActive,
+    /// Nothing to settle now.
+    Idle,
+    /// A transaction is on its way (sent, replaced, or awaiting a receipt).
+    Waiting,
+    /// A batch settled.
+    Settled,
+    /// The chain is paused (systemic failure).
+    Paused,
+}
+
+/// Settles one chain's charges on chain. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EvmSettler {
+    store: Store,
+    chain: ChainClient,
+    config: EvmSettlerConfig,
+}
+
+impl EvmSettler {
+    pub fn new(store: Store, chain: ChainClient, config: EvmSettlerConfig) -> EvmSettler {
+        EvmSettler {
+            store,
+            chain,
+            config,
+        }
+    }
+
+    fn chain_id(&self) -> ChainId {
+        ChainId(self.chain.chain_id())
+    }
+
+    /// Settles until the process stops; a failed pass is logged and tried
+    /// again at the next interval.
+    pub async fn run(self) {
+        loop {
+            match self.pass().await {
+                Ok(Pass::Settled) => continue,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(chain = self.chain.chain_id(), %error,
+                        "settlement pass failed; trying again next interval");
+                }
+            }
+            tokio::time::sleep(self.config.every).await;
+        }
+    }
+
+    /// One pass: drives the batch in flight or closes a new one.
+    pub async fn pass(&self) -> Result<Pass, SettleError> {
+        let now = now_ms();
+        let operator = format!("{:#x}", self.chain.operator());
+        let account = self
+            .store
+            .chain_account(self.chain_id(), &operator, now)
+            .await?;
+        let lease_ms = i64::try_from(self.config.every.as_millis())
+            .unwrap_or(i64::MAX)
+            .saturating_mul(5)
+            .saturating_add(10_000);
+        if !self
+            .store
+            .claim_settler(
+                self.chain_id(),
+                &self.config.settler_id,
+                now + lease_ms,
+                now,
+            )
+            .await?
+        {
+            return Ok(Pass::NotActive);
+        }
+        match self.step(account.next_nonce).await {
+            Ok(pass) => {
+                if account.paused_reason.is_some()
+                    && self
+                        .store
+                        .set_chain_paused(self.chain_id(), None, now_ms())
+                        .await?
+                {
+                    tracing::info!(chain = self.chain.chain_id(), "settlement resumed");
+                }
+                Ok(pass)
+            }
+            Err(SettleError::Chain(error @ ChainError::Systemic { .. })) => {
+                let reason = error.to_string();
+                if self
+                    .store
+                    .set_chain_paused(self.chain_id(), Some(&reason), now_ms())
+                    .await?
+                {
+                    tracing::error!(chain = self.chain.chain_id(), %reason,
+                        "settlement paused until this is fixed; nothing fails meanwhile");
+                }
+                Ok(Pass::Paused)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn step(&self, store_nonce: i64) -> Result<Pass, SettleError> {
+        let batch = match self.store.in_flight_batch(self.chain_id()).await? {
+            Some(batch) => batch,
+            None => match self.close_batch().await? {
+                Some(batch) => batch,
+                None => return Ok(Pass::Idle),
+            },
+        };
+        self.drive(&batch, store_nonce).await
+    }
+
+    /// Closes a batch when one is due: by size or by age, of payers who can
+    /// pay now.
+    async fn close_batch(&self) -> Result<Option<EvmBatch>, SettleError> {
+        let now = now_ms();
+        let max = self.config.batch_max_payers.max(1);
+        // Payers who cannot pay stay at the head (oldest first): read past
+        // them, within a bound.
+        let pending = self
+            .store
+            .pending_payers(self.chain_id(), now, max.saturating_mul(4))
+            .await?;
+        let Some(oldest) = pending.iter().map(|p| p.oldest_ms).min() else {
+            return Ok(None);
+        };
+        if pending.len() < max && now.saturating_sub(oldest) < self.config.batch_max_age_ms {
+            return Ok(None);
+        }
+        let mut addresses = Vec::with_capacity(pending.len());
+        for payer in &pending {
+            addresses.push(parse_address(&payer.wallet)?);
+        }
+        let funds = self.chain.funds(&addresses).await?;
+        let mut wallets = Vec::new();
+        let mut held_back = 0usize;
+        for (payer, funds) in pending.iter().zip(&funds) {
+            if funds.spendable() >= U256::from(payer.sum.atomic()) {
+                if wallets.len() < max {
+                    wallets.push(payer.wallet.clone());
+                }
+            } else {
+                held_back += 1;
+                tracing::debug!(chain = self.chain.chain_id(), wallet = %payer.wallet,
+                    owed = %payer.sum, balance = %funds.balance, allowance = %funds.allowance,
+                    "payer cannot pay now; its charges wait");
+            }
+        }
+        if held_back > 0 {
+            tracing::info!(
+                chain = self.chain.chain_id(),
+                held_back,
+                "payers held back: balance or allowance short"
+            );
+        }
+        if wallets.is_empty() {
+            return Ok(None);
+        }
+        let id = format!("evm-{}", uuid::Uuid::now_v7().simple());
+        let batch = self
+            .store
+            .open_evm_batch(&id, self.chain_id(), &wallets, now, now_ms())
+            .await?;
+        if let Some(batch) = &batch {
+            tracing::info!(chain = self.chain.chain_id(), batch_id = %batch.id,
+                batch_no = batch.batch_no, payers = batch.payers.len(), "closed a settlement batch");
+        }
+        Ok(batch)
+    }
+
+    /// Moves a batch in flight one step on.
+    async fn drive(&self, batch: &EvmBatch, store_nonce: i64) -> Result<Pass, SettleError> {
+        let batch_no = u64::try_from(batch.batch_no).unwrap_or(0);
+        let txs = self.store.batch_txs(&batch.id).await?;
+        // 1. Any of our transactions mined?
+        if let Some(pass) = self.mined(batch, &txs).await? {
+            return Ok(pass);
+        }
+        // 2. Settled by a transaction whose outcome we lost?
+        if self.chain.is_settled(batch_no).await? {
+            let Some(hash) = self.chain.find_settlement(batch_no).await? else {
+                return Err(systemic(
+                    &self.chain,
+                    format!(
+                        "batch {} is settled on chain but its transaction was not found",
+                        batch.id
+                    ),
+                ));
+            };
+            let Some(receipt) = self.chain.receipt(hash).await? else {
+                return Ok(Pass::Waiting);
+            };
+            return self.on_receipt(batch, hash, &receipt).await;
+        }
+        // 3. Nothing mined, not settled.
+        let Some(latest) = txs.first() else {
+            return self.send_new(batch, store_nonce).await;
+        };
+        if batch.status == "open" {
+            return self.send_new(batch, store_nonce).await;
+        }
+        let mined_nonce = self.chain.mined_nonce().await?;
+        if mined_nonce > u64::try_from(latest.nonce).unwrap_or(0) {
+            // The nonce is used. Ours, mined between our look and now? Look
+            // again before deciding another transaction took it.
+            if let Some(pass) = self.mined(batch, &txs).await? {
+                return Ok(pass);
+            }
+            let error = format!(
+                "nonce {} was used by another transaction; signing again",
+                latest.nonce
+            );
+            tracing::warn!(chain = self.chain.chain_id(), batch_id = %batch.id, %error);
+            self.store
+                .reopen_batch(&batch.id, Some(&latest.hash), "unknown", &error, now_ms())
+                .await?;
+            return self.send_new(batch, store_nonce).await;
+        }
+        let raw = parse_raw(&latest.raw)?;
+        if latest.broadcast_at_ms.is_none() {
+            // Signed, persisted, never sent (a crash in between): the same bytes.
+            self.chain.broadcast(&raw).await?;
+            self.store.mark_broadcast(&latest.hash, now_ms()).await?;
+            return Ok(Pass::Waiting);
+        }
+        if now_ms().saturating_sub(latest.created_at_ms) > self.config.replace_after_ms {
+            return self.replace(batch, latest).await;
+        }
+        // Still waiting: make sure the node has it (a restarted node may not).
+        self.chain.broadcast(&raw).await?;
+        Ok(Pass::Waiting)
+    }
+
+    /// The pass after a receipt of any of `txs`, if one exists.
+    async fn mined(&self, batch: &EvmBatch, txs: &[ChainTx]) -> Result<Option<Pass>, SettleError> {
+        for tx in txs {
+            let hash = parse_hash(&tx.hash)?;
+            if let Some(receipt) = self.chain.receipt(hash).await? {
+                return self.on_receipt(batch, hash, &receipt).await.map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn on_receipt(
+        &self,
+        batch: &EvmBatch,
+        hash: B256,
+        receipt: &TransactionReceipt,
+    ) -> Result<Pass, SettleError> {
+        if !self.chain.confirmed(receipt).await? {
+            return Ok(Pass::Waiting);
+        }
+        let hash_hex = format!("{hash:#x}");
+        let batch_no = u64::try_from(batch.batch_no).unwrap_or(0);
+        if !receipt.status() {
+            // Reverted: nothing moved; its nonce is spent.
+            let attempts = self.store.batch_attempts(&batch.id).await?;
+            let reverts = 1 + attempts
+                .iter()
+                .filter(|a| a.outcome.as_deref() == Some("reverted"))
+                .count();
+            let error = format!("transaction {hash_hex} reverted");
+            tracing::warn!(chain = self.chain.chain_id(), batch_id = %batch.id, %error, reverts);
+            self.store
+                .reopen_batch(&batch.id, Some(&hash_hex), "reverted", &error, now_ms())
+                .await?;
+            if reverts >= REVERTS_MAX && !self.chain.is_settled(batch_no).await? {
+                self.store
+                    .fail_batch(&batch.id, &format!("{error} {reverts} times"), now_ms())
+                    .await?;
+                tracing::error!(chain = self.chain.chain_id(), batch_id = %batch.id,
+                    "batch failed; `tollgate settlements replay` sends its charges again");
+            }
+            return Ok(Pass::Waiting);
+        }
+        let payers = self.payer_amounts(batch)?;
+        let outcomes = self.chain.outcomes(receipt, batch_no, &payers);
+        let (mut paid, mut failed) = (Vec::new(), Vec::new());
+        for ((wallet, _), outcome) in batch.payers.iter().zip(&outcomes) {
+            match outcome {
+                Some(PayerOutcome::Paid) => paid.push(wallet.clone()),
+                Some(PayerOutcome::Failed) => failed.push(wallet.clone()),
+                None => {
+                    return Err(systemic(
+                        &self.chain,
+                        format!(
+                            "receipt {hash_hex} of batch {} proves neither payment nor failure for {wallet}",
+                            batch.id
+                        ),
+                    ))
+                }
+            }
+        }
+        debug_assert_eq!(paid.len() + failed.len(), batch.payers.len());
+        self.store
+            .finish_evm_batch(&batch.id, &hash_hex, &paid, &failed, now_ms())
+            .await?;
+        tracing::info!(chain = self.chain.chain_id(), batch_id = %batch.id, batch_no,
+            tx_hash = %hash_hex, paid = paid.len(), failed = failed.len(), "batch settled on chain");
+        Ok(Pass::Settled)
+    }
+
+    fn payer_amounts(&self, batch: &EvmBatch) -> Result<Vec<(Address, U256)>, SettleError> {
+        batch
+            .payers
+            .iter()
+            .map(|(wallet, amount)| Ok((parse_address(wallet)?, U256::from(amount.atomic()))))
+            .collect()
+    }
+
+    fn entries(&self, batch: &EvmBatch) -> Result<Vec<FixedBytes<32>>, SettleError> {
+        batch
+            .payers
+            .iter()
+            .map(|(wallet, amount)| {
+                pack_entry(parse_address(wallet)?, u128::from(amount.atomic())).ok_or_else(|| {
+                    SettleError::Chain(ChainError::Config {
+                        chain: self.chain.chain_id(),
+                        reason: format!("amount {amount} does not fit a batch entry"),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Signs the batch at a fresh nonce, persists it, broadcasts it.
+    async fn send_new(&self, batch: &EvmBatch, store_nonce: i64) -> Result<Pass, SettleError> {
+        let batch_no = u64::try_from(batch.batch_no).unwrap_or(0);
+        let entries = self.entries(batch)?;
+        self.check_token_running().await?;
+        let (would_pay, _) = match self.chain.simulate(batch_no, &entries).await {
+            Ok(answer) => answer,
+            Err(ChainError::Reverted { reason, .. }) => {
+                return Err(systemic(
+                    &self.chain,
+                    format!("settle() would revert: {reason}"),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if would_pay < entries.len() as u64 {
+            tracing::info!(chain = self.chain.chain_id(), batch_id = %batch.id,
+                failing = entries.len() as u64 - would_pay,
+                "some payers would fail (blacklisted, or funds moved); they fail alone");
+        }
+        let gas_limit = self.chain.estimate_gas(batch_no, &entries).await?;
+        let fees = self.chain.fees().await?;
+        let gas_money = U256::from(gas_limit).saturating_mul(U256::from(fees.0));
+        self.chain.check_setup(gas_money).await?;
+        let chain_nonce = self.chain.mined_nonce().await?;
+        let nonce = chain_nonce.max(u64::try_from(store_nonce).unwrap_or(0));
+        let signed = self
+            .chain
+            .sign_settle(batch_no, &entries, nonce, gas_limit, fees)
+            .await?;
+        self.persist_and_send(batch, signed).await
+    }
+
+    /// Replaces the batch's newest transaction at the same nonce with both
+    /// fee fields raised by at least 12.5 % (and at least the market's).
+    async fn replace(&self, batch: &EvmBatch, latest: &ChainTx) -> Result<Pass, SettleError> {
+        let batch_no = u64::try_from(batch.batch_no).unwrap_or(0);
+        let entries = self.entries(batch)?;
+        let (market_fee, market_tip) = self.chain.fees().await?;
+        let old_fee = u128::try_from(latest.max_fee_per_gas).unwrap_or(0);
+        let old_tip = u128::try_from(latest.max_priority_fee_per_gas).unwrap_or(0);
+        let tip = bump(old_tip).max(market_tip);
+        let fee = bump(old_fee).max(market_fee).max(tip);
+        debug_assert!(fee >= old_fee + old_fee / 8 && tip >= old_tip + old_tip / 8);
+        let nonce = u64::try_from(latest.nonce).unwrap_or(0);
+        let gas_limit = u64::try_from(latest.gas_limit).unwrap_or(0);
+        tracing::warn!(chain = self.chain.chain_id(), batch_id = %batch.id, nonce,
+            old_tx = %latest.hash, max_fee = fee, tip, "not mined in time; replacing with higher fees");
+        let signed = self
+            .chain
+            .sign_settle(batch_no, &entries, nonce, gas_limit, (fee, tip))
+            .await?;
+        self.persist_and_send(batch, signed).await
+    }
+
+    async fn persist_and_send(
+        &self,
+        batch: &EvmBatch,
+        signed: super::chain::SignedTx,
+    ) -> Result<Pass, SettleError> {
+        let hash = format!("{:#x}", signed.hash);
+        let record = ChainTx {
+            hash: hash.clone(),
+            nonce: to_db(u128::from(signed.nonce))?,
+            raw: format!("{}", signed.raw),
+            gas_limit: to_db(u128::from(signed.gas_limit))?,
+            max_fee_per_gas: to_db(signed.max_fee_per_gas)?,
+            max_priority_fee_per_gas: to_db(signed.max_priority_fee_per_gas)?,
+            created_at_ms: now_ms(),
+            broadcast_at_ms: None,
+        };
+        // The outbox first: after a crash, these bytes are what is sent.
+        self.store
+            .record_signed_tx(&batch.id, self.chain_id(), &record, now_ms())
+            .await?;
+        crash_point("after_sign");
+        match self.chain.broadcast(&signed.raw).await {
+            Ok(Broadcast::Accepted) | Ok(Broadcast::AlreadyKnown) => {
+                self.store.mark_broadcast(&hash, now_ms()).await?;
+                crash_point("after_broadcast");
+                tracing::info!(chain = self.chain.chain_id(), batch_id = %batch.id,
+                    tx_hash = %hash, nonce = signed.nonce, "settlement transaction sent");
+                Ok(Pass::Waiting)
+            }
+            Err(error) => {
+                self.store
+                    .note_batch_error(&batch.id, &error.to_string(), now_ms())
+                    .await?;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// A paused token fails every transfer: that is the chain's problem,
+    /// not the payers'. (A token without `paused()` is taken as running.)
+    async fn check_token_running(&self) -> Result<(), SettleError> {
+        let token = IPausable::new(self.chain.config().usdc, self.chain.provider().clone());
+        if let Ok(true) = token.paused().call().await {
+            return Err(systemic(&self.chain, "the token is paused".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// Raises a fee by 12.5 %, rounded up, and by at least 1 wei.
+fn bump(fee: u128) -> u128 {
+    fee.saturating_add(fee.div_ceil(8))
+        .max(fee.saturating_add(1))
+}
+
+fn systemic(chain: &ChainClient, reason: String) -> SettleError {
+    SettleError::Chain(ChainError::Systemic {
+        chain: chain.chain_id(),
+        reason,
+    })
+}
+
+fn corrupt(what: &str, value: &str) -> SettleError {
+    SettleError::Store(StoreError::Corrupt(format!("{what}: {value:?}")))
+}
+
+fn parse_address(wallet: &str) -> Result<Address, SettleError> {
+    wallet.parse().map_err(|_| corrupt("wallet", wallet))
+}
+
+fn parse_hash(hash: &str) -> Result<B256, SettleError> {
+    hash.parse().map_err(|_| corrupt("transaction hash", hash))
+}
+
+fn parse_raw(raw: &str) -> Result<Bytes, SettleError> {
+    raw.parse().map_err(|_| corrupt("raw transaction", raw))
+}
+
+fn to_db(value: u128) -> Result<i64, SettleError> {
+    i64::try_from(value).map_err(|_| SettleError::Store(StoreError::AmountOverflow))
+}
+
+/// Test hook: with `TOLLGATE_TEST_CRASH_AT=<point>` the process dies at that
+/// point (`after_sign`: persisted, not broadcast; `after_broadcast`: sent,
+/// receipt not seen), as a power cut would. Never set in production.
+fn crash_point(point: &str) {
+    if std::env::var("TOLLGATE_TEST_CRASH_AT").is_ok_and(|at| at == point) {
+        tracing::error!(point, "TOLLGATE_TEST_CRASH_AT: exiting as a crash would");
+        std::process::exit(86);
+    }
+}
+
+/// A store amount as the chain's integer.
+pub fn amount_u256(amount: Amount) -> U256 {
+    U256::from(amount.atomic())
+}
