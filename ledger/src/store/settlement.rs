@@ -256,13 +256,15 @@ pub struct Difference {
 /// that break it as (subject, expected, found).
 const CHECKS: [(&str, &str); 4] = [
     (
-        "balance.debited ≠ Σ settled charges (invariant 4)",
+        "balance.debited ≠ Σ charges settled from it (invariant 4)",
         "SELECT b.wallet || ' on chain ' || CAST(b.chain_id AS TEXT) AS subject,
                 CAST(COALESCE(s.total, 0) AS BIGINT) AS expected,
                 CAST(b.debited_atomic AS BIGINT) AS found
            FROM balances b LEFT JOIN (
-                SELECT wallet, chain_id, SUM(amount_atomic) AS total FROM charges
-                 WHERE status = 'settled' GROUP BY wallet, chain_id) s
+                SELECT c.wallet, c.chain_id, SUM(c.amount_atomic) AS total
+                  FROM charges c JOIN settlement_batches sb ON sb.id = c.batch_id
+                 WHERE c.status = 'settled' AND sb.chain_batch_no IS NULL
+                 GROUP BY c.wallet, c.chain_id) s
              ON s.wallet = b.wallet AND s.chain_id = b.chain_id
           WHERE ($1 IS NULL OR b.chain_id = $1)
             AND b.debited_atomic <> CAST(COALESCE(s.total, 0) AS BIGINT)",

@@ -1,0 +1,443 @@
+//! The `evm` settler against a real chain (Anvil, started per test) and the
+//! real store: batches settle each payer exactly once and the chain agrees
+//! with the ledger; a blacklisted payer fails alone and `replay` settles it
+//! once; a payer without allowance waits; an unmined transaction is
+//! replaced at a higher fee; a nonce taken by an outside transaction is
+//! healed; a paused token pauses the chain until it is unpaused; the
+//! contract refuses a reused batch number. Needs `npm ci` (Anvil) and
+//! PostgreSQL: fails, never skips, without them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::Provider;
+use ledger::model::NewCharge;
+use ledger::store::Backend;
+use ledger::testing::{create_funded_key, TestDb};
+use ledger::time::now_ms;
+use ledger::{Amount, ChainId, KeyId, RequestId, Store, WalletAddress};
+use workers::evm::chain::{ChainClient, ChainConfig};
+use workers::evm::contracts::{pack_entry, TollgateSettlement};
+use workers::evm::devnet::{deploy, Anvil, AnvilOptions, DevChain, DEVNET_CHAIN_ID};
+use workers::evm::settler::{EvmSettler, EvmSettlerConfig, Pass};
+
+const CHAIN: ChainId = ChainId(DEVNET_CHAIN_ID);
+
+struct Rig {
+    _anvil: Anvil,
+    dev: DevChain,
+    store: Store,
+    _db: TestDb,
+    client: ChainClient,
+}
+
+async fn rig(backend: Backend) -> Rig {
+    let anvil = Anvil::start(&AnvilOptions::default())
+        .await
+        .expect("Anvil (npm ci installs it)");
+    let deployment = deploy(&anvil.rpc_url).await.expect("deploy the contracts");
+    let db = TestDb::create(backend).await;
+    let store = db.store().await;
+    let client = ChainClient::new(ChainConfig {
+        chain_id: DEVNET_CHAIN_ID,
+        rpc_url: anvil.rpc_url.clone(),
+        usdc: deployment.usdc,
+        settlement_contract: deployment.settlement_contract,
+        treasury: deployment.treasury,
+        operator_key: deployment.operator_key.clone(),
+        confirmations: 1,
+        rpc_timeout: Duration::from_secs(5),
+        from_block: 0,
+    })
+    .unwrap();
+    Rig {
+        dev: DevChain::new(deployment).unwrap(),
+        _anvil: anvil,
+        store,
+        _db: db,
+        client,
+    }
+}
+
+impl Rig {
+    fn settler(&self, replace_after_ms: i64) -> EvmSettler {
+        EvmSettler::new(
+            self.store.clone(),
+            self.client.clone(),
+            EvmSettlerConfig {
+                settler_id: "test-settler".into(),
+                every: Duration::from_millis(20),
+                batch_max_payers: 10,
+                batch_max_age_ms: 0,
+                replace_after_ms,
+            },
+        )
+    }
+
+    /// A key for `payer` and `amounts` recorded as its charges.
+    async fn charge(&self, payer: Address, amounts: &[u64]) -> KeyId {
+        let key = KeyId::generate();
+        let wallet = WalletAddress::from_bytes(payer.0 .0);
+        create_funded_key(
+            &self.store,
+            &key,
+            wallet,
+            CHAIN,
+            Amount::from_atomic(1_000_000).unwrap(),
+        )
+        .await;
+        for amount in amounts {
+            self.store
+                .record_charge(&NewCharge {
+                    request_id: RequestId::generate(),
+                    key_id: key.clone(),
+                    model: "echo".into(),
+                    price_version: "v1".into(),
+                    input_tokens: 1,
+                    output_tokens: 1,
+                    amount: Amount::from_atomic(*amount).unwrap(),
+                    reported: Some((1, 1)),
+                    created_at_ms: now_ms() - 1,
+                    lease: None,
+                })
+                .await
+                .unwrap();
+        }
+        key
+    }
+
+    async fn balance(&self, wallet: Address) -> U256 {
+        self.dev.usdc_balance(wallet).await.unwrap()
+    }
+
+    /// Passes until one answers `until` (at most `max`).
+    async fn settle_until(&self, settler: &EvmSettler, until: Pass, max: usize) -> Vec<Pass> {
+        let mut seen = Vec::new();
+        for _ in 0..max {
+            let pass = settler.pass().await.expect("a settlement pass");
+            seen.push(pass);
+            if pass == until {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("never reached {until:?}: {seen:?}");
+    }
+
+    async fn statuses(&self, key: &KeyId) -> Vec<String> {
+        let mut statuses: Vec<String> = self
+            .store
+            .charges_for_key(key)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.status)
+            .collect();
+        statuses.sort();
+        statuses.dedup();
+        statuses
+    }
+}
+
+fn account(rig: &Rig, i: usize) -> Address {
+    rig.dev.deployment.accounts[i]
+}
+
+#[tokio::test]
+async fn batches_settle_each_payer_once_and_the_chain_agrees() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let rig = rig(backend).await;
+        let payers = [account(&rig, 1), account(&rig, 2), account(&rig, 3)];
+        let charges: [&[u64]; 3] = [&[100, 200, 300], &[5_000], &[1, 2, 3, 4]];
+        let mut keys = Vec::new();
+        for (payer, amounts) in payers.iter().zip(charges) {
+            rig.dev.approve(*payer, 1_000_000).await.unwrap();
+            keys.push(rig.charge(*payer, amounts).await);
+        }
+        let treasury = rig.dev.deployment.treasury;
+        let before: Vec<U256> =
+            futures_util::future::join_all(payers.iter().map(|p| rig.balance(*p))).await;
+        let treasury_before = rig.balance(treasury).await;
+
+        let settler = rig.settler(60_000);
+        rig.settle_until(&settler, Pass::Settled, 20).await;
+        assert_eq!(
+            settler.pass().await.unwrap(),
+            Pass::Idle,
+            "{backend:?}: nothing left"
+        );
+
+        let total: u64 = charges.iter().flat_map(|c| c.iter()).sum();
+        for ((payer, amounts), before) in payers.iter().zip(charges).zip(&before) {
+            let paid = before - rig.balance(*payer).await;
+            assert_eq!(
+                paid,
+                U256::from(amounts.iter().sum::<u64>()),
+                "{backend:?}: {payer}"
+            );
+        }
+        assert_eq!(
+            rig.balance(treasury).await - treasury_before,
+            U256::from(total)
+        );
+        for key in &keys {
+            assert_eq!(rig.statuses(key).await, ["settled"], "{backend:?}");
+            assert!(rig
+                .store
+                .key_latest_tx_hash(key.as_str())
+                .await
+                .unwrap()
+                .is_some());
+        }
+        let batches = rig.store.settlement_batches(Some("settled")).await.unwrap();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].total, Amount::from_atomic(total).unwrap());
+        assert!(rig.client.is_settled(1).await.unwrap());
+        // The ledger's own books agree too.
+        assert!(rig
+            .store
+            .reconcile_ledger(Some(CHAIN))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_blacklisted_payer_fails_alone_and_replay_settles_it_once() {
+    let rig = rig(Backend::Postgres).await;
+    let (good, listed, unapproved) = (account(&rig, 1), account(&rig, 2), account(&rig, 3));
+    rig.dev.approve(good, 1_000_000).await.unwrap();
+    rig.dev.approve(listed, 1_000_000).await.unwrap();
+    let good_key = rig.charge(good, &[700]).await;
+    let listed_key = rig.charge(listed, &[400, 500]).await;
+    let unapproved_key = rig.charge(unapproved, &[60]).await;
+    rig.dev.blacklist(listed, true).await.unwrap();
+    let listed_before = rig.balance(listed).await;
+    let unapproved_before = rig.balance(unapproved).await;
+
+    let settler = rig.settler(60_000);
+    rig.settle_until(&settler, Pass::Settled, 20).await;
+    assert_eq!(rig.statuses(&good_key).await, ["settled"]);
+    assert_eq!(rig.statuses(&listed_key).await, ["failed"]);
+    // No allowance: held back, not failed.
+    assert_eq!(rig.statuses(&unapproved_key).await, ["pending"]);
+    assert_eq!(settler.pass().await.unwrap(), Pass::Idle);
+    assert_eq!(rig.balance(listed).await, listed_before);
+
+    // Unblacklisted and replayed: settles exactly once.
+    rig.dev.blacklist(listed, false).await.unwrap();
+    let failed_batch = rig.store.settlement_batches(Some("settled")).await.unwrap()[0]
+        .id
+        .clone();
+    assert_eq!(
+        rig.store.replay_failed(Some(&failed_batch)).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        rig.store.replay_failed(Some(&failed_batch)).await.unwrap(),
+        0
+    );
+    rig.settle_until(&settler, Pass::Settled, 20).await;
+    assert_eq!(rig.statuses(&listed_key).await, ["settled"]);
+    assert_eq!(listed_before - rig.balance(listed).await, U256::from(900));
+
+    // Approving releases the held-back payer.
+    rig.dev.approve(unapproved, 1_000).await.unwrap();
+    rig.settle_until(&settler, Pass::Settled, 20).await;
+    assert_eq!(rig.statuses(&unapproved_key).await, ["settled"]);
+    assert_eq!(
+        unapproved_before - rig.balance(unapproved).await,
+        U256::from(60)
+    );
+    assert_eq!(settler.pass().await.unwrap(), Pass::Idle);
+    assert_eq!(rig.store.replay_failed(None).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn an_unmined_transaction_is_replaced_at_a_higher_fee_and_settles_once() {
+    let rig = rig(Backend::Sqlite).await;
+    let payer = account(&rig, 4);
+    rig.dev.approve(payer, 1_000_000).await.unwrap();
+    let key = rig.charge(payer, &[1_234]).await;
+    let before = rig.balance(payer).await;
+    rig.dev.automine(false).await.unwrap();
+
+    let settler = rig.settler(200);
+    assert_eq!(
+        settler.pass().await.unwrap(),
+        Pass::Waiting,
+        "sent, not mined"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(settler.pass().await.unwrap(), Pass::Waiting, "replaced");
+    let batch = rig.store.in_flight_batch(CHAIN).await.unwrap().unwrap();
+    let txs = rig.store.batch_txs(&batch.id).await.unwrap();
+    assert_eq!(txs.len(), 2, "both hashes of the nonce are tracked");
+    assert_eq!(txs[0].nonce, txs[1].nonce);
+    assert!(
+        txs[0].max_fee_per_gas * 8 >= txs[1].max_fee_per_gas * 9,
+        "≥ 12.5 % more"
+    );
+    assert!(txs[0].max_priority_fee_per_gas * 8 >= txs[1].max_priority_fee_per_gas * 9);
+
+    rig.dev.mine().await.unwrap();
+    rig.dev.automine(true).await.unwrap();
+    rig.settle_until(&settler, Pass::Settled, 20).await;
+    assert_eq!(rig.statuses(&key).await, ["settled"]);
+    assert_eq!(
+        before - rig.balance(payer).await,
+        U256::from(1_234),
+        "paid once"
+    );
+    let settled = rig
+        .store
+        .settlement_batch(&batch.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        settled.tx_hash.as_deref(),
+        Some(txs[0].hash.as_str()),
+        "the replacement mined"
+    );
+}
+
+#[tokio::test]
+async fn a_nonce_taken_by_an_outside_transaction_is_healed() {
+    let rig = rig(Backend::Sqlite).await;
+    let payer = account(&rig, 5);
+    rig.dev.approve(payer, 1_000_000).await.unwrap();
+    let key = rig.charge(payer, &[777]).await;
+    let before = rig.balance(payer).await;
+    rig.dev.automine(false).await.unwrap();
+    let settler = rig.settler(60_000);
+    assert_eq!(settler.pass().await.unwrap(), Pass::Waiting);
+    let batch = rig.store.in_flight_batch(CHAIN).await.unwrap().unwrap();
+    let ours = rig.store.batch_txs(&batch.id).await.unwrap()[0].clone();
+
+    // Someone else (the operator's key used elsewhere) takes that nonce with
+    // a higher fee: our transaction can never be mined.
+    rig.dev
+        .raw("anvil_dropTransaction", (ours.hash.clone(),))
+        .await
+        .unwrap();
+    let operator = rig.client.operator();
+    rig.dev
+        .raw("anvil_impersonateAccount", (operator,))
+        .await
+        .unwrap();
+    let request = alloy::rpc::types::TransactionRequest::default()
+        .from(operator)
+        .to(operator)
+        .nonce(u64::try_from(ours.nonce).unwrap())
+        .gas_limit(21_000)
+        .max_fee_per_gas(u128::try_from(ours.max_fee_per_gas).unwrap() * 2)
+        .max_priority_fee_per_gas(u128::try_from(ours.max_priority_fee_per_gas).unwrap() * 2);
+    let _pending = rig.dev.provider().send_transaction(request).await.unwrap();
+    rig.dev.mine().await.unwrap();
+    rig.dev.automine(true).await.unwrap();
+
+    rig.settle_until(&settler, Pass::Settled, 20).await;
+    assert_eq!(rig.statuses(&key).await, ["settled"]);
+    assert_eq!(
+        before - rig.balance(payer).await,
+        U256::from(777),
+        "paid once"
+    );
+    let txs = rig.store.batch_txs(&batch.id).await.unwrap();
+    assert_eq!(txs.len(), 2);
+    assert_eq!(
+        txs[0].nonce,
+        ours.nonce + 1,
+        "signed again at the next nonce"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_token_pauses_the_chain_until_it_runs_again() {
+    let rig = rig(Backend::Sqlite).await;
+    let payer = account(&rig, 6);
+    rig.dev.approve(payer, 1_000_000).await.unwrap();
+    let key = rig.charge(payer, &[50]).await;
+    rig.dev.pause_token(true).await.unwrap();
+    let settler = rig.settler(60_000);
+    assert_eq!(settler.pass().await.unwrap(), Pass::Paused);
+    let accounts = rig.store.chain_accounts().await.unwrap();
+    assert!(
+        accounts[0]
+            .paused_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("paused"),
+        "{accounts:?}"
+    );
+    assert_eq!(rig.statuses(&key).await, ["batched"], "nothing failed");
+
+    rig.dev.pause_token(false).await.unwrap();
+    rig.settle_until(&settler, Pass::Settled, 20).await;
+    assert_eq!(rig.statuses(&key).await, ["settled"]);
+    assert_eq!(
+        rig.store.chain_accounts().await.unwrap()[0].paused_reason,
+        None,
+        "resumed"
+    );
+}
+
+#[tokio::test]
+async fn the_contract_refuses_a_reused_batch_number_and_anyone_but_the_operator() {
+    let rig = rig(Backend::Sqlite).await;
+    let payer = account(&rig, 7);
+    rig.dev.approve(payer, 1_000_000).await.unwrap();
+    let entries = vec![pack_entry(payer, 10).unwrap()];
+    let usdc = rig.dev.deployment.usdc;
+    let contract = TollgateSettlement::new(
+        rig.dev.deployment.settlement_contract,
+        rig.dev.provider().clone(),
+    );
+    let operator = rig.client.operator();
+    rig.dev
+        .raw("anvil_impersonateAccount", (operator,))
+        .await
+        .unwrap();
+    let first = contract
+        .settle(U256::from(9), usdc, entries.clone())
+        .from(operator)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(first.status());
+    let again = contract
+        .settle(U256::from(9), usdc, entries.clone())
+        .from(operator)
+        .call()
+        .await;
+    let error = again.expect_err("a reused batch number reverts");
+    assert!(format!("{error:?}").contains("0x"), "{error:?}");
+    let reason = error
+        .as_decoded_interface_error::<TollgateSettlement::TollgateSettlementErrors>()
+        .expect("a contract error");
+    assert!(matches!(
+        reason,
+        TollgateSettlement::TollgateSettlementErrors::BatchAlreadySettled(_)
+    ));
+    let stranger = contract
+        .settle(U256::from(10), usdc, entries)
+        .from(payer)
+        .call()
+        .await;
+    let reason = stranger
+        .expect_err("only the operator settles")
+        .as_decoded_interface_error::<TollgateSettlement::TollgateSettlementErrors>()
+        .expect("a contract error");
+    assert!(matches!(
+        reason,
+        TollgateSettlement::TollgateSettlementErrors::NotOperator(_)
+    ));
+    assert!(rig.client.is_settled(9).await.unwrap());
+    assert!(!rig.client.is_settled(10).await.unwrap());
+}
