@@ -26,6 +26,7 @@ pub mod gateway;
 pub mod http;
 pub mod pools;
 pub mod settings;
+pub mod settled_txs;
 pub mod startup;
 pub mod state;
 pub mod studio;

@@ -12,7 +12,10 @@ use workers::queue::{Queue, QueueError};
 use crate::gateway::NamedTask;
 use workers::settlement::LedgerSettler;
 
-use crate::settings::{QueueUrl, Settings, SettlementMode};
+use crate::settings::{ChainKey, QueueUrl, Settings, SettlementMode};
+use ledger::ChainId;
+use workers::evm::settler::{EvmSettler, EvmSettlerConfig};
+use workers::evm::ChainClient;
 
 /// The RabbitMQ broker of `queue.url` with the calls queue declared;
 /// `None` in the embedded mode (`memory://`), whose charges are committed
@@ -36,18 +39,61 @@ pub fn price_book(settings: &Settings) -> PriceBook {
         .collect::<HashMap<_, _>>()
 }
 
-/// The `ledger` mode's settler, when that is the mode (one task).
-pub fn start_settler(settings: &Settings, store: Store) -> Option<NamedTask> {
-    if settings.settlement.mode != SettlementMode::Ledger {
-        return None;
+/// Each chain's client in the `evm` mode (none in `ledger`).
+pub fn chain_clients(
+    settings: &Settings,
+) -> Result<HashMap<ChainId, ChainClient>, crate::settings::SettingsError> {
+    let mut clients = HashMap::new();
+    for config in settings.evm_chains()? {
+        let id = ChainId(config.chain_id);
+        let client =
+            ChainClient::new(config).map_err(|e| crate::settings::SettingsError::Invalid {
+                setting: format!("chains.{}", id.0),
+                reason: e.to_string(),
+            })?;
+        clients.insert(id, client);
     }
-    let settler = LedgerSettler::new(
-        store,
-        settings.chain_ids(),
-        std::time::Duration::from_millis(settings.settlement.interval_ms),
-        settings.settlement.batch_max_charges,
-    );
-    Some(("ledger settler", tokio::spawn(settler.run())))
+    Ok(clients)
+}
+
+/// The settlers of the configured mode: one `ledger` settler for every
+/// chain, or one `evm` settler per chain (only one per chain is active
+/// across all processes; the others stand by).
+pub fn start_settler(
+    settings: &Settings,
+    store: Store,
+    clients: &HashMap<ChainId, ChainClient>,
+) -> Vec<NamedTask> {
+    let every = std::time::Duration::from_millis(settings.settlement.interval_ms);
+    match settings.settlement.mode {
+        SettlementMode::Ledger => {
+            let settler = LedgerSettler::new(
+                store,
+                settings.chain_ids(),
+                every,
+                settings.settlement.batch_max_charges,
+            );
+            vec![("ledger settler", tokio::spawn(settler.run()))]
+        }
+        SettlementMode::Evm => clients
+            .iter()
+            .filter_map(|(id, client)| {
+                let chain = settings.chains.get(&ChainKey(*id))?;
+                let settler = EvmSettler::new(
+                    store.clone(),
+                    client.clone(),
+                    EvmSettlerConfig {
+                        settler_id: format!("{}-{}", store.node_id(), id.0),
+                        every,
+                        batch_max_payers: chain.batch_max_payers,
+                        batch_max_age_ms: chain.batch_max_age_ms,
+                        replace_after_ms: chain.replace_after_ms,
+                    },
+                );
+                Some(("evm settler", tokio::spawn(settler.run())))
+            })
+            .collect(),
+    }
 }
 
 /// Starts `workers.ledger_pools` pools on the calls queue; each ends only

@@ -254,10 +254,162 @@ pub enum SettlementMode {
     Evm,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One `[chains.ID]` table. The `evm` mode needs everything but `name`
+/// set for each chain (`tollgate devnet` writes such a table).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChainSettings {
     pub name: String,
+    /// The chain's JSON-RPC endpoint (http/https).
+    #[serde(default)]
+    pub rpc_url: Option<String>,
+    /// The USDC token's address.
+    #[serde(default)]
+    pub usdc: Option<String>,
+    /// The settlement contract (`workers/contracts/TollgateSettlement.sol`).
+    #[serde(default)]
+    pub settlement_contract: Option<String>,
+    /// Where settled USDC goes; must equal the contract's `treasury`.
+    #[serde(default)]
+    pub treasury: Option<String>,
+    /// The operator's private key (hex): only from the environment or a
+    /// private file; or `operator_key_file` naming a file that holds it.
+    #[serde(default)]
+    pub operator_key: Option<String>,
+    #[serde(default)]
+    pub operator_key_file: Option<String>,
+    /// Blocks a receipt needs (its own included) before a batch counts as
+    /// settled.
+    #[serde(default = "one_u64")]
+    pub confirmations: u64,
+    /// A batch closes with this many payers …
+    #[serde(default = "batch_max_payers_default")]
+    pub batch_max_payers: usize,
+    /// … or when its oldest charge is this old.
+    #[serde(default = "batch_max_age_ms_default")]
+    pub batch_max_age_ms: i64,
+    /// A settlement transaction not mined in this long is replaced at the
+    /// same nonce with higher fees.
+    #[serde(default = "replace_after_ms_default")]
+    pub replace_after_ms: i64,
+    /// Every RPC call is bounded by this.
+    #[serde(default = "rpc_timeout_ms_default")]
+    pub rpc_timeout_ms: u64,
+    /// The block settlement logs are searched from (the contract's
+    /// deployment block).
+    #[serde(default)]
+    pub from_block: u64,
+}
+
+impl std::fmt::Debug for ChainSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainSettings")
+            .field("name", &self.name)
+            .field("rpc_url", &self.rpc_url)
+            .field("usdc", &self.usdc)
+            .field("settlement_contract", &self.settlement_contract)
+            .field("treasury", &self.treasury)
+            .field(
+                "operator_key",
+                &self.operator_key.as_ref().map(|_| "<secret>"),
+            )
+            .field("operator_key_file", &self.operator_key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+fn one_u64() -> u64 {
+    1
+}
+fn batch_max_payers_default() -> usize {
+    100
+}
+fn batch_max_age_ms_default() -> i64 {
+    10_000
+}
+fn replace_after_ms_default() -> i64 {
+    30_000
+}
+fn rpc_timeout_ms_default() -> u64 {
+    10_000
+}
+
+impl ChainSettings {
+    /// The chain client's set-up for chain `id` in the `evm` mode; an error
+    /// names the first missing or bad setting.
+    pub fn evm_config(&self, id: ChainId) -> Result<workers::evm::ChainConfig, SettingsError> {
+        let setting = |name: &str| format!("chains.{}.{name}", id.0);
+        let required = |value: &Option<String>, name: &str| {
+            value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| invalid(setting(name), "must be set in the \"evm\" settlement mode"))
+        };
+        let address = |value: &Option<String>, name: &str| {
+            let text = required(value, name)?;
+            text.parse::<workers::evm::Address>()
+                .map_err(|_| invalid(setting(name), format!("is not an address: {text:?}")))
+        };
+        let rpc_url = required(&self.rpc_url, "rpc_url")?;
+        if !(rpc_url.starts_with("http://") || rpc_url.starts_with("https://")) {
+            return Err(invalid(setting("rpc_url"), "must be an http(s):// URL"));
+        }
+        let operator_key = match (&self.operator_key, &self.operator_key_file) {
+            (Some(key), _) if !key.trim().is_empty() => key.trim().to_owned(),
+            (_, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| invalid(setting("operator_key_file"), format!("{file}: {e}")))?
+                .trim()
+                .to_owned(),
+            _ => {
+                return Err(invalid(
+                    setting("operator_key"),
+                    "must be set in the \"evm\" mode (or operator_key_file)",
+                ))
+            }
+        };
+        within(&setting("confirmations"), self.confirmations, 1, 1_000)?;
+        within(
+            &setting("batch_max_payers"),
+            self.batch_max_payers,
+            1,
+            ledger::store::chain::EVM_BATCH_PAYERS_MAX,
+        )?;
+        within(
+            &setting("batch_max_age_ms"),
+            self.batch_max_age_ms,
+            0,
+            86_400_000,
+        )?;
+        within(
+            &setting("replace_after_ms"),
+            self.replace_after_ms,
+            100,
+            3_600_000,
+        )?;
+        within(
+            &setting("rpc_timeout_ms"),
+            self.rpc_timeout_ms,
+            100,
+            300_000,
+        )?;
+        let config = workers::evm::ChainConfig {
+            chain_id: id.0,
+            rpc_url,
+            usdc: address(&self.usdc, "usdc")?,
+            settlement_contract: address(&self.settlement_contract, "settlement_contract")?,
+            treasury: address(&self.treasury, "treasury")?,
+            operator_key,
+            confirmations: self.confirmations,
+            rpc_timeout: std::time::Duration::from_millis(self.rpc_timeout_ms),
+            from_block: self.from_block,
+        };
+        // The key must be a key (checked here, so a typo stops start-up).
+        workers::evm::ChainClient::new(config.clone())
+            .map_err(|e| invalid(setting("operator_key"), e.to_string()))?;
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -534,12 +686,6 @@ impl SettlementSettings {
             1,
             ledger::store::settlement::LEDGER_BATCH_MAX,
         )?;
-        if self.mode != SettlementMode::Ledger {
-            return Err(invalid(
-                "settlement.mode",
-                "\"evm\" arrives with settlement; this build runs \"ledger\" only",
-            ));
-        }
         Ok(())
     }
 }
@@ -614,6 +760,9 @@ impl Settings {
         self.settlement.validate()?;
         if self.chains.is_empty() {
             return Err(invalid("chains", "must configure at least one chain"));
+        }
+        if self.settlement.mode == SettlementMode::Evm {
+            self.evm_chains()?;
         }
         Ok(())
     }
@@ -750,6 +899,17 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Each chain's client set-up, in the `evm` mode (empty in `ledger`).
+    pub fn evm_chains(&self) -> Result<Vec<workers::evm::ChainConfig>, SettingsError> {
+        if self.settlement.mode != SettlementMode::Evm {
+            return Ok(Vec::new());
+        }
+        self.chains
+            .iter()
+            .map(|(id, chain)| chain.evm_config(id.0))
+            .collect()
     }
 
     /// The configured chain ids.

@@ -143,8 +143,21 @@ impl Application {
         }
         // Without a queue there is no `tollgate worker` to settle: `serve`
         // always does.
+        let chain_clients = crate::pools::chain_clients(&settings)?;
+        let settled_txs = crate::settled_txs::SettledTxs::default();
+        if !chain_clients.is_empty() {
+            let every = Duration::from_millis(settings.settlement.interval_ms);
+            tasks.push((
+                "settled transactions",
+                tokio::spawn(settled_txs.clone().run(store.clone(), every)),
+            ));
+        }
         if settings.workers.in_process || queue.is_none() {
-            tasks.extend(crate::pools::start_settler(&settings, store.clone()));
+            tasks.extend(crate::pools::start_settler(
+                &settings,
+                store.clone(),
+                &chain_clients,
+            ));
         }
         let shutdown_timeout = Duration::from_millis(settings.http.shutdown_timeout_ms);
         let studio = StudioKeys {
@@ -154,13 +167,16 @@ impl Application {
             )?),
             jwt: JwtSigner::new(key.clone()),
         };
-        let state = web::Data::new(AppState::new(
-            store.clone(),
-            TokenSigner::new(key),
-            settings,
-            gateway.clone(),
-            studio,
-        ));
+        let state = web::Data::new(
+            AppState::new(
+                store.clone(),
+                TokenSigner::new(key),
+                settings,
+                gateway.clone(),
+                studio,
+            )
+            .with_chain_clients(chain_clients, settled_txs),
+        );
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(tracing_actix_web::TracingLogger::default())

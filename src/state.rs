@@ -1,9 +1,14 @@
 //! [`AppState`]: what every HTTP handler shares.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use ledger::{ChainId, Store};
+use ledger::model::Funds;
+use ledger::{Amount, ChainId, Store, WalletAddress};
+use workers::evm::{ChainClient, U256};
+
+use crate::http::error::ApiError;
+use crate::settled_txs::SettledTxs;
 
 use crate::auth::rate_limit::RateLimiter;
 use crate::auth::token::TokenSigner;
@@ -26,6 +31,11 @@ pub struct AppState {
     pub studio: StudioKeys,
     /// Nonce requests and sign-ins, per client address.
     pub sign_in_limiter: Arc<RateLimiter>,
+    /// `evm` mode: each chain's client (the funding check reads balances
+    /// and allowances through it). Empty in the `ledger` mode.
+    pub chain_clients: Arc<HashMap<ChainId, ChainClient>>,
+    /// Each key's latest settlement transaction (`x-compose-key-tx-hash`).
+    pub settled_txs: SettledTxs,
 }
 
 /// What the Studio surface needs beyond the store.
@@ -56,6 +66,56 @@ impl AppState {
             gateway,
             studio,
             sign_in_limiter,
+            chain_clients: Arc::new(HashMap::new()),
+            settled_txs: SettledTxs::default(),
         }
+    }
+
+    /// With the `evm` mode's chain clients and the settled transactions
+    /// they produce.
+    pub fn with_chain_clients(
+        mut self,
+        clients: HashMap<ChainId, ChainClient>,
+        settled_txs: SettledTxs,
+    ) -> AppState {
+        self.chain_clients = Arc::new(clients);
+        self.settled_txs = settled_txs;
+        self
+    }
+
+    /// What funds `wallet` on `chain` for a new key: its prepaid balance
+    /// (`ledger`), or its token balance and allowance read from the chain
+    /// now (`evm`; 503 when the chain cannot be read).
+    pub async fn funds_for(
+        &self,
+        wallet: &WalletAddress,
+        chain: ChainId,
+    ) -> Result<Funds, ApiError> {
+        let Some(client) = self.chain_clients.get(&chain) else {
+            return Ok(Funds::Prepaid);
+        };
+        let address = workers::evm::Address::from(*wallet.as_bytes());
+        let funds = client.funds(&[address]).await.map_err(|error| {
+            tracing::warn!(%chain, %error, "could not read a wallet's funds on chain");
+            ApiError::new(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "chain_unavailable",
+                "the chain could not be read to check the wallet's funds; try again",
+            )
+        })?;
+        let funds = funds.first().copied().unwrap_or(workers::evm::Funds {
+            balance: U256::ZERO,
+            allowance: U256::ZERO,
+        });
+        let clamp = |v: U256| {
+            u64::try_from(v)
+                .ok()
+                .and_then(Amount::from_atomic)
+                .unwrap_or(Amount::MAX)
+        };
+        Ok(Funds::OnChain {
+            balance: clamp(funds.balance),
+            allowance: clamp(funds.allowance),
+        })
     }
 }

@@ -27,6 +27,8 @@ pub enum StoreError {
         required: Amount,
         available: Amount,
         committed: Amount,
+        /// `evm` mode: the wallet's token balance and allowance on chain.
+        on_chain: Option<(Amount, Amount)>,
     },
     #[error("the wallet already has {max} active keys on this chain")]
     TooManyKeys { max: u32 },

@@ -110,6 +110,21 @@ pub struct NewKey {
     pub budget_limit: Amount,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
+    /// What funds the wallet: its prepaid balance, or its token balance
+    /// and allowance read from the chain just before.
+    pub funds: Funds,
+}
+
+/// What a key's budget is checked against when it is created (invariant 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Funds {
+    /// `ledger` mode: the wallet's prepaid balance in the store.
+    #[default]
+    Prepaid,
+    /// `evm` mode: the wallet's token balance and its allowance to the
+    /// settlement contract, as read from the chain (clamped to
+    /// [`Amount::MAX`]).
+    OnChain { balance: Amount, allowance: Amount },
 }
 
 /// One SIWE session.
@@ -147,6 +162,8 @@ pub struct Funding {
     pub available: Amount,
     /// What the wallet's active keys may still spend.
     pub committed: Amount,
+    /// Charges recorded and not yet settled (owed, not yet paid).
+    pub unsettled: Amount,
 }
 
 impl Funding {

@@ -125,6 +125,7 @@ pub async fn create_funded_key(
                 budget_limit: budget,
                 created_at_ms: now,
                 expires_at_ms: now + 3_600_000,
+                funds: crate::model::Funds::Prepaid,
             },
             1_000,
         )

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use ledger::model::{
-    AccountRecord, ApiKeyRecord, ApiKeyType, ApiKeyUpdate, ChargeOutcome, ChargeWrite, KeyRecord,
-    KeyStatus, NewCharge, NewKey, NewSession, ProjectRecord, Purpose, Role,
+    AccountRecord, ApiKeyRecord, ApiKeyType, ApiKeyUpdate, ChargeOutcome, ChargeWrite, Funds,
+    KeyRecord, KeyStatus, NewCharge, NewKey, NewSession, ProjectRecord, Purpose, Role,
 };
 use ledger::store::Backend;
 use ledger::testing::TestDb;
@@ -40,6 +40,7 @@ fn new_key(owner: WalletAddress, budget: Amount) -> NewKey {
         budget_limit: budget,
         created_at_ms: now_ms(),
         expires_at_ms: now_ms() + DAY_MS,
+        funds: Funds::Prepaid,
     }
 }
 
@@ -104,6 +105,7 @@ async fn credit_and_key_lifecycle(store: Store) {
             required,
             available,
             committed,
+            on_chain: None,
         }) => {
             assert_eq!(
                 (required, available, committed),

@@ -1,7 +1,7 @@
 //! The command line, one file per command: [`serve`] (and `migrate`),
 //! [`credit`], [`studio`] (`studio bootstrap`), [`siwe_sign`], [`worker`]
 //! (the ledger pools alone), [`dlq`] (dead letters), [`settlements`],
-//! [`reconcile`].
+//! [`reconcile`], [`devnet`] (a local chain for the `evm` mode).
 //!
 //! Errors here are `anyhow`: this is the binary's edge.
 
@@ -14,6 +14,7 @@ use ledger::ChainId;
 use crate::settings::Settings;
 
 mod credit;
+mod devnet;
 mod dlq;
 mod reconcile;
 mod serve;
@@ -62,7 +63,8 @@ pub enum Command {
         #[command(subcommand)]
         command: SettlementsCommand,
     },
-    /// Check the ledger's books against themselves; exits non-zero on any difference.
+    /// Check the ledger's books against themselves (and, in the evm mode, against
+    /// each chain); exits non-zero on any difference.
     Reconcile {
         /// Only this chain.
         #[arg(long)]
@@ -70,6 +72,16 @@ pub enum Command {
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Start a local chain (Anvil, chain 43113) with mock USDC and the
+    /// settlement contract, and write a config file that settles on it.
+    Devnet {
+        /// Anvil's port.
+        #[arg(long, default_value_t = 8545)]
+        port: u16,
+        /// Where to write the config file.
+        #[arg(long, default_value = "devnet.toml")]
+        out: PathBuf,
     },
     /// Apply database migrations and exit.
     Migrate,
@@ -121,6 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq { command } => dlq::dlq(&settings, command).await,
         Command::Settlements { command } => settlements::settlements(&settings, command).await,
         Command::Reconcile { chain, json } => reconcile::reconcile(&settings, chain, json).await,
+        Command::Devnet { port, out } => devnet::devnet(port, &out).await,
         Command::Migrate => serve::migrate(&settings).await,
         Command::Credit {
             address,

@@ -3,8 +3,10 @@
 //! charges (invariant 4), each key's `budget_used` against its charges
 //! (invariant 3) and its `leased` against its leases, and no key past its
 //! limit (invariant 1). Prints every difference and exits non-zero on any.
-//! (In the `evm` mode the settlement issue adds the chain's side: the
-//! contract's events and the token's balances.)
+//! In the `evm` mode it also checks the chain's side (each chain, or the one
+//! named): every settled batch against the contract and its receipt, each
+//! payer's USDC moved against its settled charges, and no settlement on
+//! chain the ledger does not know (`workers::evm::reconcile`).
 
 use anyhow::bail;
 
@@ -17,7 +19,7 @@ pub async fn reconcile(settings: &Settings, chain: Option<u64>, json: bool) -> a
         None => None,
     };
     let store = open_store(settings).await?;
-    let differences = store.reconcile_ledger(chain).await;
+    let differences = books(settings, &store, chain).await;
     store.close().await;
     let differences = differences?;
     if json {
@@ -36,4 +38,20 @@ pub async fn reconcile(settings: &Settings, chain: Option<u64>, json: bool) -> a
         bail!("{} difference(s) in the ledger", differences.len());
     }
     Ok(())
+}
+
+/// The ledger's own checks, then each chain's (in the `evm` mode).
+async fn books(
+    settings: &Settings,
+    store: &ledger::Store,
+    chain: Option<ledger::ChainId>,
+) -> anyhow::Result<Vec<ledger::store::settlement::Difference>> {
+    let mut differences = store.reconcile_ledger(chain).await?;
+    for (id, client) in crate::pools::chain_clients(settings)? {
+        if chain.is_some_and(|c| c != id) {
+            continue;
+        }
+        differences.extend(workers::evm::reconcile::reconcile_chain(store, &client).await?);
+    }
+    Ok(differences)
 }

@@ -1,6 +1,8 @@
-//! `tollgate settlements list [--status S] [--json]` and `tollgate
-//! settlements show BATCH [--json]`: what has settled, for operators — the
-//! charges by status, the newest batches, and one batch.
+//! `tollgate settlements list [--status S] [--json]`, `tollgate settlements
+//! show BATCH [--json]` and `tollgate settlements replay BATCH | --all-failed`:
+//! what has settled, for operators — the charges by status, paused chains
+//! and why, the newest batches, one batch (payers, attempts, transactions),
+//! and sending failed charges again.
 
 use anyhow::bail;
 use serde_json::json;
@@ -20,10 +22,23 @@ pub enum SettlementsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One batch: its status, totals, payers, charges and transaction.
+    /// One batch: its status, totals, payers, attempts and transactions.
     Show {
         /// The batch id (see `settlements list`).
         batch: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send failed charges again (e.g. after a payer restored its allowance
+    /// or was unblacklisted): they return to pending and settle in a new
+    /// batch. A failed charge never moved money, so none settles twice.
+    Replay {
+        /// The batch whose failed charges to replay.
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        batch: Option<String>,
+        /// Every failed charge of every batch.
+        #[arg(long)]
+        all_failed: bool,
         #[arg(long)]
         json: bool,
     },
@@ -41,11 +56,27 @@ async fn run(store: &ledger::Store, command: SettlementsCommand) -> anyhow::Resu
         SettlementsCommand::List { status, json } => {
             let counts = store.charge_status_counts().await?;
             let batches = store.settlement_batches(status.as_deref()).await?;
+            let paused: Vec<(i64, String)> = store
+                .chain_accounts()
+                .await?
+                .into_iter()
+                .filter_map(|a| Some((a.chain_id, a.paused_reason?)))
+                .collect();
             if json {
                 let counts: serde_json::Map<String, serde_json::Value> =
                     counts.into_iter().map(|(s, n)| (s, n.into())).collect();
-                println!("{}", json!({ "charges": counts, "batches": batches }));
+                let paused: Vec<_> = paused
+                    .iter()
+                    .map(|(chain, reason)| json!({ "chainId": chain, "reason": reason }))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({ "charges": counts, "pausedChains": paused, "batches": batches })
+                );
                 return Ok(());
+            }
+            for (chain, reason) in &paused {
+                println!("chain {chain}: settlement PAUSED: {reason}");
             }
             let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
             println!(
@@ -76,8 +107,13 @@ async fn run(store: &ledger::Store, command: SettlementsCommand) -> anyhow::Resu
             let Some(record) = store.settlement_batch(&batch).await? else {
                 bail!("no settlement batch {batch:?} (`tollgate settlements list` shows them)");
             };
+            let payers = store.batch_payers(&batch).await?;
+            let attempts = store.batch_attempts(&batch).await?;
             if json {
-                println!("{}", serde_json::to_string(&record)?);
+                let mut view = serde_json::to_value(&record)?;
+                view["payers"] = serde_json::to_value(&payers)?;
+                view["attempts"] = serde_json::to_value(&attempts)?;
+                println!("{view}");
             } else {
                 println!(
                     "{}: chain {}, {}, {} charges from {} payers, total {}, tx {}",
@@ -87,7 +123,47 @@ async fn run(store: &ledger::Store, command: SettlementsCommand) -> anyhow::Resu
                     record.charge_count,
                     record.payer_count,
                     record.total,
-                    record.tx_hash.as_deref().unwrap_or("none (ledger)")
+                    record.tx_hash.as_deref().unwrap_or("none")
+                );
+                if let Some(error) = &record.last_error {
+                    println!("  last error: {error}");
+                }
+                for p in &payers {
+                    println!(
+                        "  payer {}  {}  {} charges  {}",
+                        p.payer, p.amount, p.charge_count, p.outcome
+                    );
+                }
+                for a in &attempts {
+                    println!(
+                        "  attempt {}  tx {}  {}{}",
+                        a.attempt,
+                        a.tx_hash.as_deref().unwrap_or("-"),
+                        a.outcome.as_deref().unwrap_or("in flight"),
+                        a.error
+                            .as_deref()
+                            .map(|e| format!("  {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        SettlementsCommand::Replay {
+            batch,
+            all_failed: _,
+            json,
+        } => {
+            if let Some(id) = &batch {
+                if store.settlement_batch(id).await?.is_none() {
+                    bail!("no settlement batch {id:?} (`tollgate settlements list` shows them)");
+                }
+            }
+            let replayed = store.replay_failed(batch.as_deref()).await?;
+            if json {
+                println!("{}", json!({ "replayed": replayed, "batch": batch }));
+            } else {
+                println!(
+                    "{replayed} failed charge(s) back to pending; the settler batches them again"
                 );
             }
         }

@@ -20,7 +20,12 @@ pub async fn worker(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("starting the ledger pools")?;
     let pools = tasks.len();
-    tasks.extend(crate::pools::start_settler(&settings, store.clone()));
+    let chain_clients = crate::pools::chain_clients(&settings)?;
+    tasks.extend(crate::pools::start_settler(
+        &settings,
+        store.clone(),
+        &chain_clients,
+    ));
     tracing::info!(
         queue = %settings.queue.calls_queue,
         pools,

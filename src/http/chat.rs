@@ -77,12 +77,14 @@ pub async fn completions(
         let answer = run::complete(gateway, model, call, upstream_request).await?;
         let mut response = HttpResponse::Ok();
         apply_budget(&mut response, &answer.receipt.budget);
+        tx_hash_header(&state, &mut response, &key_id);
         response.insert_header(("x-request-id", answer.request_id));
         return Ok(response.json(Value::Object(answer.body)));
     }
     let started = run::stream(gateway, model, call, upstream_request, chat.wants_usage).await?;
     let mut response = HttpResponse::Ok();
     apply_budget(&mut response, &started.opening);
+    tx_hash_header(&state, &mut response, &key_id);
     response
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
@@ -134,4 +136,16 @@ fn sse(json: &[u8]) -> Bytes {
 
 fn stalled_client() -> actix_web::Error {
     actix_web::error::ErrorRequestTimeout("the client stopped reading the stream")
+}
+
+/// `x-compose-key-tx-hash`: the paying key's latest settlement transaction,
+/// once it has one (its charge for this call settles later).
+fn tx_hash_header(
+    state: &AppState,
+    response: &mut actix_web::HttpResponseBuilder,
+    key: &ledger::KeyId,
+) {
+    if let Some(hash) = state.settled_txs.get(key.as_str()) {
+        response.insert_header(("x-compose-key-tx-hash", hash.as_ref()));
+    }
 }

@@ -166,20 +166,41 @@ impl ResponseError for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
-            StoreError::InsufficientFunds { required, available, committed } => ApiError::new(
-                StatusCode::PAYMENT_REQUIRED,
-                "insufficient_funds",
-                format!(
-                    "the wallet's available funds ({available}) cannot cover this budget ({required}) \
-                     on top of what its keys may still spend ({committed}, calls still running on stopped keys included)"
-                ),
-            )
-            .with_details(json!({
-                "required": required,
-                "available": available,
-                "committed": committed,
-                "shortfall": committed.checked_add(required).map(|r| r.saturating_sub(available)),
-            })),
+            StoreError::InsufficientFunds {
+                required,
+                available,
+                committed,
+                on_chain,
+            } => {
+                let mut details = json!({
+                    "required": required,
+                    "available": available,
+                    "committed": committed,
+                    "shortfall": committed.checked_add(required).map(|r| r.saturating_sub(available)),
+                });
+                let message = match on_chain {
+                    None => format!(
+                        "the wallet's available funds ({available}) cannot cover this budget ({required}) \
+                         on top of what its keys may still spend ({committed}, calls still running on stopped keys included)"
+                    ),
+                    Some((balance, allowance)) => {
+                        // Which one is short: what the settlement contract
+                        // may take is the lesser of the two.
+                        let short = if allowance < balance { "allowance" } else { "balance" };
+                        details["balance"] = json!(balance);
+                        details["allowance"] = json!(allowance);
+                        details["short"] = json!(short);
+                        format!(
+                            "the wallet's USDC {short} cannot cover this budget ({required}) on top of \
+                             what its keys may still spend and it still owes ({committed} committed; \
+                             balance {balance}, allowance to the settlement contract {allowance}, \
+                             available {available})"
+                        )
+                    }
+                };
+                ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_funds", message)
+                    .with_details(details)
+            }
             StoreError::TooManyKeys { max } => ApiError::new(
                 StatusCode::CONFLICT,
                 "too_many_keys",

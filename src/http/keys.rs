@@ -85,6 +85,7 @@ pub async fn create(
         }
     };
     let name = name_field(&state, &body)?;
+    let funds = state.funds_for(&wallet, chain).await?;
     let (new_key, token) = state.signer.mint(NewKey {
         id: KeyId::generate(),
         token_sha256: String::new(),
@@ -96,6 +97,7 @@ pub async fn create(
         budget_limit: budget,
         created_at_ms: now,
         expires_at_ms,
+        funds,
     });
     // Checked again in the inserting transaction: a sign-in that supersedes
     // the caller's session meanwhile wins, and this creation is refused.

@@ -100,6 +100,7 @@ pub async fn set(
         budget_limit: budget,
         created_at_ms: now,
         expires_at_ms: now.saturating_add(state.settings.keys.max_ttl_ms),
+        funds: state.funds_for(&wallet, chain).await?,
     };
     // The budget being replaced stops taking calls; its unspent part stays
     // committed against the wallet until no call can charge it (invariant 7),

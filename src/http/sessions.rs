@@ -109,6 +109,7 @@ pub async fn sign_in(
         expires_at_ms = expires_at_ms.min(at);
     }
     let session_id = SessionId::generate();
+    let funds = state.funds_for(&siwe.address, siwe.chain_id).await?;
     let (key, token) = state.signer.mint(NewKey {
         id: KeyId::generate(),
         token_sha256: String::new(),
@@ -124,6 +125,7 @@ pub async fn sign_in(
         budget_limit: budget,
         created_at_ms: now,
         expires_at_ms,
+        funds,
     });
     // The replaced session's keys stop on their next call, not after a TTL;
     // those with no call in flight free their budget for this sign-in.

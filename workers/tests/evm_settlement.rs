@@ -183,13 +183,13 @@ async fn batches_settle_each_payer_once_and_the_chain_agrees() {
         );
         for key in &keys {
             assert_eq!(rig.statuses(key).await, ["settled"], "{backend:?}");
-            assert!(rig
-                .store
-                .key_latest_tx_hash(key.as_str())
-                .await
-                .unwrap()
-                .is_some());
         }
+        let settled = rig.store.settled_txs_since(0, 100).await.unwrap();
+        assert_eq!(
+            settled.len(),
+            keys.len(),
+            "each key has its settlement transaction"
+        );
         let batches = rig.store.settlement_batches(Some("settled")).await.unwrap();
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].total, Amount::from_atomic(total).unwrap());

@@ -176,12 +176,14 @@ pub(crate) async fn read_funding(
     .bind(now_ms)
     .fetch_one(&mut *conn)
     .await?;
+    let unsettled = get_amount(&row, "unsettled")?;
     let available = get_amount(&row, "credited")?
         .saturating_sub(get_amount(&row, "debited")?)
-        .saturating_sub(get_amount(&row, "unsettled")?);
+        .saturating_sub(unsettled);
     Ok(Funding {
         available,
         committed: get_amount(&row, "committed")?,
+        unsettled,
     })
 }
 

@@ -67,6 +67,14 @@ pub struct ChainTx {
     pub broadcast_at_ms: Option<i64>,
 }
 
+/// A key's charges settled by an on-chain transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettledTx {
+    pub key_id: String,
+    pub tx_hash: String,
+    pub settled_at_ms: i64,
+}
+
 /// A payer's line in a batch, for operators.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -672,20 +680,84 @@ impl Store {
         Ok(replayed.rows_affected())
     }
 
-    /// The key's latest settlement transaction, once one settled any of its
-    /// charges.
-    pub async fn key_latest_tx_hash(&self, key_id: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query(
-            "SELECT b.tx_hash FROM settlement_batches b
-              WHERE b.status = 'settled' AND b.tx_hash IS NOT NULL AND b.chain_batch_no IS NOT NULL
-                AND EXISTS (SELECT 1 FROM charges c
-                             WHERE c.batch_id = b.id AND c.key_id = $1 AND c.status = 'settled')
-              ORDER BY b.chain_batch_no DESC LIMIT 1",
+    /// Keys whose charges on-chain batches settled at or after `since_ms`,
+    /// with the batch's transaction, oldest batch first (a later row for the
+    /// same key is its newer settlement), at most `limit` rows.
+    pub async fn settled_txs_since(
+        &self,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<SettledTx>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT c.key_id, b.tx_hash, b.chain_batch_no, b.updated_at_ms
+               FROM settlement_batches b JOIN charges c ON c.batch_id = b.id
+              WHERE b.status = 'settled' AND b.chain_batch_no IS NOT NULL
+                AND b.tx_hash IS NOT NULL AND b.updated_at_ms >= $1 AND c.status = 'settled'
+              ORDER BY b.updated_at_ms, b.chain_batch_no LIMIT $2",
         )
-        .bind(key_id)
-        .fetch_optional(self.pool())
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(self.pool())
         .await?;
-        row.map(|row| get_string(&row, "tx_hash")).transpose()
+        rows.iter()
+            .map(|row| {
+                Ok(SettledTx {
+                    key_id: get_string(row, "key_id")?,
+                    tx_hash: get_string(row, "tx_hash")?,
+                    settled_at_ms: get_i64(row, "updated_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The chain's on-chain batches in `status`, by batch number (for
+    /// `reconcile`: every one, paged by the caller with `after_no`).
+    pub async fn evm_batches(
+        &self,
+        chain: ChainId,
+        status: &str,
+        after_no: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, Option<String>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, chain_batch_no, tx_hash FROM settlement_batches
+              WHERE chain_id = $1 AND status = $2 AND chain_batch_no > $3
+              ORDER BY chain_batch_no LIMIT $4",
+        )
+        .bind(chain_to_db(chain)?)
+        .bind(status)
+        .bind(after_no)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    get_string(row, "id")?,
+                    get_i64(row, "chain_batch_no")?,
+                    get_opt_string(row, "tx_hash")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Per payer, the sum of its charges that on-chain batches settled.
+    pub async fn evm_settled_by_payer(
+        &self,
+        chain: ChainId,
+    ) -> Result<Vec<(String, Amount)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.wallet, CAST(SUM(c.amount_atomic) AS BIGINT) AS total
+               FROM charges c JOIN settlement_batches b ON b.id = c.batch_id
+              WHERE c.chain_id = $1 AND c.status = 'settled' AND b.chain_batch_no IS NOT NULL
+              GROUP BY c.wallet ORDER BY c.wallet",
+        )
+        .bind(chain_to_db(chain)?)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok((get_string(row, "wallet")?, get_amount(row, "total")?)))
+            .collect()
     }
 }
 

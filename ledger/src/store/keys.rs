@@ -8,7 +8,7 @@ use super::{
     chain_to_db, get_amount, get_chain, get_i64, get_opt_i64, get_opt_parsed, get_parsed,
     get_string, get_wallet, Store,
 };
-use crate::model::{KeyRecord, KeyStatus, NewKey, Purpose};
+use crate::model::{Funds, KeyRecord, KeyStatus, NewKey, Purpose};
 use crate::{ChainId, KeyId, SessionId, StoreError, WalletAddress};
 
 /// The most keys one listing returns, newest first.
@@ -205,7 +205,13 @@ pub(crate) async fn insert_funded_key(
             max: max_active_keys,
         });
     }
-    let funding = read_funding(conn, &key.wallet, key.chain_id, now_ms).await?;
+    let mut funding = read_funding(conn, &key.wallet, key.chain_id, now_ms).await?;
+    if let Funds::OnChain { balance, allowance } = key.funds {
+        // On chain, what the contract can take (the lesser of balance and
+        // allowance) less what the wallet already owes (charges not yet
+        // settled on chain; settled ones already left the balance).
+        funding.available = balance.min(allowance).saturating_sub(funding.unsettled);
+    }
     let required = funding
         .committed
         .checked_add(key.budget_limit)
@@ -215,6 +221,10 @@ pub(crate) async fn insert_funded_key(
             required: key.budget_limit,
             available: funding.available,
             committed: funding.committed,
+            on_chain: match key.funds {
+                Funds::Prepaid => None,
+                Funds::OnChain { balance, allowance } => Some((balance, allowance)),
+            },
         });
     }
     let row = sqlx::query(&format!(

@@ -469,6 +469,19 @@ impl ChainClient {
         .await
     }
 
+    /// The operator's next nonce counting transactions the node holds
+    /// unmined.
+    pub async fn pending_nonce(&self) -> Result<u64, ChainError> {
+        self.rpc("eth_getTransactionCount pending", || async {
+            self.provider
+                .get_transaction_count(self.operator)
+                .pending()
+                .await
+                .map_err(|e| self.rpc_error(e))
+        })
+        .await
+    }
+
     pub async fn block_number(&self) -> Result<u64, ChainError> {
         self.rpc("eth_blockNumber", || async {
             self.provider

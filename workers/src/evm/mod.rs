@@ -6,6 +6,8 @@
 pub mod chain;
 pub mod contracts;
 pub mod devnet;
+pub mod reconcile;
 pub mod settler;
 
+pub use alloy::primitives::{Address, U256};
 pub use chain::{ChainClient, ChainConfig, ChainError, Funds};

@@ -427,13 +427,28 @@ impl EvmSettler {
         let fees = self.chain.fees().await?;
         let gas_money = U256::from(gas_limit).saturating_mul(U256::from(fees.0));
         self.chain.check_setup(gas_money).await?;
-        let chain_nonce = self.chain.mined_nonce().await?;
-        let nonce = chain_nonce.max(u64::try_from(store_nonce).unwrap_or(0));
+        let nonce = self.next_nonce(store_nonce).await?;
         let signed = self
             .chain
             .sign_settle(batch_no, &entries, nonce, gas_limit, fees)
             .await?;
         self.persist_and_send(batch, signed).await
+    }
+
+    /// The nonce a new transaction takes: the store's, or the chain's when
+    /// another transaction took ours (healing forward). A store ahead of
+    /// everything the node knows (the chain was reset, or our unmined
+    /// transactions were dropped) would leave a gap nothing fills: the
+    /// chain's count wins then.
+    async fn next_nonce(&self, store_nonce: i64) -> Result<u64, SettleError> {
+        let store_nonce = u64::try_from(store_nonce).unwrap_or(0);
+        let mined = self.chain.mined_nonce().await?;
+        if store_nonce > mined && store_nonce > self.chain.pending_nonce().await? {
+            tracing::warn!(chain = self.chain.chain_id(), store_nonce, chain_nonce = mined,
+                "the store's nonce is ahead of the chain (reset, or dropped transactions); using the chain's");
+            return Ok(mined);
+        }
+        Ok(mined.max(store_nonce))
     }
 
     /// Replaces the batch's newest transaction at the same nonce with both

@@ -1,0 +1,415 @@
+//! Settlement on chain, end to end (DESIGN §6, §7; issue "Settlement"): a
+//! server in the `evm` mode on a real local chain (Anvil with mock USDC and
+//! the settlement contract, started per test) and PostgreSQL.
+//!
+//! * Key creation answers 402 with balance and allowance details for a wallet
+//!   without allowance and for one without balance.
+//! * Paid calls through `/external/v1` settle in batches: the USDC moved from
+//!   each payer equals the sum of its settled charges and its `budgetUsed`,
+//!   the treasury received their total, each charge lists its `txHash`,
+//!   later calls carry `x-compose-key-tx-hash`, and `tollgate reconcile`
+//!   exits 0 — and non-zero once the ledger and the chain disagree.
+//! * The settler killed between signing and broadcast, and between
+//!   broadcast and receipt: on restart each batch settles exactly once, with
+//!   the same signed bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::{spawn_serving_with, tollgate};
+use common::*;
+use ledger::model::NewCharge;
+use ledger::store::Backend;
+use ledger::testing::create_funded_key;
+use ledger::time::now_ms;
+use ledger::{Amount, ChainId, KeyId, RequestId};
+use reqwest::StatusCode;
+use serde_json::json;
+use workers::evm::devnet::{deploy, Anvil, AnvilOptions, DevChain};
+use workers::evm::Address;
+
+struct Chain {
+    _anvil: Anvil,
+    dev: DevChain,
+}
+
+async fn chain() -> Chain {
+    let anvil = Anvil::start(&AnvilOptions::default())
+        .await
+        .expect("Anvil (npm ci installs it)");
+    let deployment = deploy(&anvil.rpc_url).await.expect("deploy the contracts");
+    Chain {
+        dev: DevChain::new(deployment).unwrap(),
+        _anvil: anvil,
+    }
+}
+
+impl Chain {
+    /// The `evm` mode's settings for this chain.
+    fn env(&self) -> Vec<(String, String)> {
+        let d = &self.dev.deployment;
+        let chain = |field: &str| format!("TOLLGATE__CHAINS__{CHAIN}__{field}");
+        vec![
+            ("TOLLGATE__SETTLEMENT__MODE".into(), "evm".into()),
+            ("TOLLGATE__SETTLEMENT__INTERVAL_MS".into(), "100".into()),
+            (chain("RPC_URL"), d.rpc_url.clone()),
+            (chain("USDC"), format!("{:#x}", d.usdc)),
+            (
+                chain("SETTLEMENT_CONTRACT"),
+                format!("{:#x}", d.settlement_contract),
+            ),
+            (chain("TREASURY"), format!("{:#x}", d.treasury)),
+            (chain("OPERATOR_KEY"), d.operator_key.clone()),
+            (chain("BATCH_MAX_AGE_MS"), "0".into()),
+            (chain("BATCH_MAX_PAYERS"), "10".into()),
+        ]
+    }
+
+    async fn usdc(&self, wallet: Address) -> u64 {
+        u64::try_from(self.dev.usdc_balance(wallet).await.unwrap()).unwrap()
+    }
+}
+
+fn address(wallet: &Wallet) -> Address {
+    Address::from(*wallet.address.as_bytes())
+}
+
+fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+#[tokio::test]
+async fn paid_calls_settle_on_chain_and_the_books_agree() {
+    let chain = chain().await;
+    let env = chain.env();
+    let (app, _mock) = spawn_paid_app_with(Backend::Postgres, &borrowed(&env)).await;
+    let treasury = chain.dev.deployment.treasury;
+    let chain_id = CHAIN.to_string();
+
+    // Funding check against the chain: no allowance, then no balance.
+    let (alice, bob, carol) = (Wallet::random(), Wallet::random(), Wallet::random());
+    chain.dev.mint(address(&alice), 10_000_000).await.unwrap();
+    chain.dev.mint(address(&bob), 10_000_000).await.unwrap();
+    let alice_session = app.sign_in(&alice).await;
+    let (status, body) = app
+        .create_key(
+            &alice_session,
+            &alice.hex(),
+            &chain_id,
+            &json!({ "budgetLimit": 1_000_000 }),
+        )
+        .await;
+    assert_error(&(status, body.clone()), 402, "insufficient_funds");
+    let details = &body["error"]["details"];
+    assert_eq!(details["short"], "allowance", "{body}");
+    assert_eq!(details["balance"], "10000000", "{body}");
+    assert_eq!(details["allowance"], "0", "{body}");
+    let carol_session = app.sign_in(&carol).await;
+    chain.dev.approve(address(&carol), 5_000_000).await.unwrap();
+    let (status, body) = app
+        .create_key(
+            &carol_session,
+            &carol.hex(),
+            &chain_id,
+            &json!({ "budgetLimit": 1_000_000 }),
+        )
+        .await;
+    assert_error(&(status, body.clone()), 402, "insufficient_funds");
+    assert_eq!(body["error"]["details"]["short"], "balance", "{body}");
+
+    // With allowance: budgets fit min(balance, allowance) together.
+    chain.dev.approve(address(&alice), 5_000_000).await.unwrap();
+    let mut keys = Vec::new();
+    for (wallet, session) in [(&alice, &alice_session), (&bob, &app.sign_in(&bob).await)] {
+        if wallet.address == bob.address {
+            chain.dev.approve(address(&bob), 5_000_000).await.unwrap();
+        }
+        let (status, body) = app
+            .create_key(
+                session,
+                &wallet.hex(),
+                &chain_id,
+                &json!({ "budgetLimit": 2_000_000 }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        keys.push((
+            address(wallet),
+            body["keyId"].as_str().unwrap().to_owned(),
+            body["token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (status, body) = app
+        .create_key(
+            &alice_session,
+            &alice.hex(),
+            &chain_id,
+            &json!({ "budgetLimit": 3_500_000 }),
+        )
+        .await;
+    assert_error(&(status, body), 402, "insufficient_funds");
+
+    let before: Vec<u64> =
+        futures_util::future::join_all(keys.iter().map(|k| chain.usdc(k.0))).await;
+    let treasury_before = chain.usdc(treasury).await;
+    let mut reported = std::collections::HashMap::new();
+    for round in 0..6 {
+        for (_, _, token) in &keys {
+            let response = app
+                .chat(token, &json!({ "model": "echo", "messages": [
+                    { "role": "user", "content": format!("round {round} of settling on chain") }] }))
+                .await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let amount = header_amount(&response, "x-compose-key-final-amount-wei");
+            let id = response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            reported.insert(id, amount);
+        }
+    }
+    assert_eq!(app.charges_missing(&reported).await, 0);
+
+    // Every charge settles on chain.
+    let settled = eventually(Duration::from_secs(30), || async {
+        app.store
+            .charge_status_counts()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(status, _)| status == "settled")
+    })
+    .await;
+    assert!(
+        settled,
+        "{:?}",
+        app.store.charge_status_counts().await.unwrap()
+    );
+
+    let mut total = 0;
+    for ((payer, key_id, _), before) in keys.iter().zip(&before) {
+        let (used, charged) = app.spent(key_id).await;
+        assert_eq!(used, charged, "budgetUsed = Σ charges");
+        assert_eq!(
+            before - chain.usdc(*payer).await,
+            charged,
+            "USDC moved = Σ settled charges"
+        );
+        total += charged;
+        let (status, body) = json_of(
+            app.client
+                .get(app.url(&format!("/api/keys/{key_id}/charges")))
+                .bearer_auth(if *payer == address(&alice) {
+                    &alice_session
+                } else {
+                    ""
+                })
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if *payer == address(&alice) {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            for charge in body["charges"].as_array().unwrap() {
+                assert_eq!(charge["status"], "settled", "{charge}");
+                assert!(
+                    charge["txHash"]
+                        .as_str()
+                        .is_some_and(|h| h.starts_with("0x")),
+                    "{charge}"
+                );
+            }
+        }
+    }
+    assert_eq!(chain.usdc(treasury).await - treasury_before, total);
+
+    // Later calls name the key's latest settlement transaction.
+    let hashed = eventually(Duration::from_secs(5), || async {
+        let response = app
+            .chat(
+                &keys[0].2,
+                &json!({ "model": "echo", "messages": [{ "role": "user", "content": "hash" }] }),
+            )
+            .await;
+        response
+            .headers()
+            .get("x-compose-key-tx-hash")
+            .is_some_and(|h| h.to_str().unwrap().starts_with("0x") && h.len() == 66)
+    })
+    .await;
+    assert!(hashed, "x-compose-key-tx-hash never appeared");
+    eventually(Duration::from_secs(30), || async {
+        app.store
+            .charge_status_counts()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(s, _)| s == "settled")
+    })
+    .await;
+
+    // The operator's view: the books agree with the chain …
+    let reconcile = |extra: &[(String, String)]| {
+        let mut command = tollgate();
+        command
+            .args(["reconcile", "--json"])
+            .env("TOLLGATE__STORE__URL", &app.db.url)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command.output().unwrap()
+    };
+    let clean = reconcile(&[]);
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    // … and not once the ledger says a payer paid less than the chain moved.
+    let batch = app.store.settlement_batches(Some("settled")).await.unwrap()[0]
+        .id
+        .clone();
+    let charge = app
+        .store
+        .charges_for_key(&KeyId::parse(&keys[0].1).unwrap())
+        .await
+        .unwrap()[0]
+        .clone();
+    sqlx::query("UPDATE charges SET status = 'failed' WHERE request_id = $1")
+        .bind(charge.request_id.to_string())
+        .execute(&sqlx::PgPool::connect(&app.db.url).await.unwrap())
+        .await
+        .unwrap();
+    let dirty = reconcile(&[]);
+    assert!(!dirty.status.success());
+    let out = String::from_utf8_lossy(&dirty.stdout);
+    assert!(out.contains("invariant 4"), "{out}");
+    let _ = batch;
+}
+
+/// Charges of three payers recorded straight into the store the binary uses.
+async fn pending_charges(store: &ledger::Store, chain: &Chain, payers: &[Address]) -> u64 {
+    let mut total = 0;
+    for (i, payer) in payers.iter().enumerate() {
+        chain.dev.approve(*payer, 1_000_000).await.unwrap();
+        let key = KeyId::generate();
+        let wallet = ledger::WalletAddress::from_bytes(payer.0 .0);
+        create_funded_key(
+            store,
+            &key,
+            wallet,
+            ChainId(CHAIN),
+            Amount::from_atomic(1_000_000).unwrap(),
+        )
+        .await;
+        let amount = 100 * (i as u64 + 1);
+        total += amount;
+        store
+            .record_charge(&NewCharge {
+                request_id: RequestId::generate(),
+                key_id: key,
+                model: "echo".into(),
+                price_version: "v1".into(),
+                input_tokens: 1,
+                output_tokens: 1,
+                amount: Amount::from_atomic(amount).unwrap(),
+                reported: Some((1, 1)),
+                created_at_ms: now_ms() - 1,
+                lease: None,
+            })
+            .await
+            .unwrap();
+    }
+    total
+}
+
+/// Runs `serve` on the store until every charge settled; `crash_at` makes
+/// its settler die at that point first (the process exits there).
+#[tokio::test]
+async fn a_settler_killed_mid_batch_settles_it_exactly_once_on_restart() {
+    for crash_at in ["after_sign", "after_broadcast"] {
+        let chain = chain().await;
+        let db = ledger::testing::TestDb::create(Backend::Postgres).await;
+        let store = db.store().await;
+        let payers: Vec<Address> = chain.dev.deployment.accounts[1..4].to_vec();
+        let before: Vec<u64> =
+            futures_util::future::join_all(payers.iter().map(|p| chain.usdc(*p))).await;
+        let total = pending_charges(&store, &chain, &payers).await;
+        let treasury_before = chain.usdc(chain.dev.deployment.treasury).await;
+
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("tollgate-evm-{}", uuid::Uuid::now_v7().simple())),
+        );
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let mut env = chain.env();
+        env.push(("TOLLGATE__STORE__URL".into(), db.url.clone()));
+        let mut crashing = env.clone();
+        crashing.push(("TOLLGATE_TEST_CRASH_AT".into(), crash_at.into()));
+        let (mut first, _) =
+            spawn_serving_with(&dir.0, "127.0.0.1:0", "first.log", &borrowed(&crashing));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let code = loop {
+            if let Some(status) = first.0.try_wait().unwrap() {
+                break status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{crash_at}: never reached"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            code,
+            Some(86),
+            "{crash_at}: the settler died at its crash point"
+        );
+        let batch = store.settlement_batches(None).await.unwrap()[0].clone();
+        assert_eq!(batch.status, "sending", "{crash_at}");
+        let signed = store.batch_txs(&batch.id).await.unwrap();
+        assert_eq!(signed.len(), 1);
+        assert_eq!(
+            signed[0].broadcast_at_ms.is_some(),
+            crash_at == "after_broadcast"
+        );
+
+        let (_second, _) = spawn_serving_with(&dir.0, "127.0.0.1:0", "second.log", &borrowed(&env));
+        let settled = eventually(Duration::from_secs(20), || async {
+            store
+                .settlement_batch(&batch.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+                == "settled"
+        })
+        .await;
+        assert!(
+            settled,
+            "{crash_at}: the batch never settled after the restart"
+        );
+        let record = store.settlement_batch(&batch.id).await.unwrap().unwrap();
+        assert_eq!(
+            record.tx_hash.as_deref(),
+            Some(signed[0].hash.as_str()),
+            "{crash_at}: the same bytes"
+        );
+        assert_eq!(
+            store.batch_txs(&batch.id).await.unwrap().len(),
+            1,
+            "{crash_at}: nothing signed again"
+        );
+        for ((payer, before), i) in payers.iter().zip(&before).zip(1u64..) {
+            assert_eq!(
+                before - chain.usdc(*payer).await,
+                100 * i,
+                "{crash_at}: {payer} paid once"
+            );
+        }
+        assert_eq!(
+            chain.usdc(chain.dev.deployment.treasury).await - treasury_before,
+            total
+        );
+    }
+}

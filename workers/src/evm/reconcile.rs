@@ -1,0 +1,163 @@
+//! `reconcile`'s chain side (`evm` mode): the ledger against the contract's
+//! events and the token's transfers. For every batch the ledger calls
+//! settled, the contract must say so too, its receipt must have succeeded
+//! and prove exactly the outcome the ledger recorded for each payer; per
+//! payer, the USDC the receipts moved to the treasury must equal the charges
+//! the ledger settled (invariant 4); and every `BatchSettled` the contract
+//! logged must be a batch the ledger knows settled.
+
+use std::collections::{BTreeMap, HashSet};
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::Provider;
+use alloy::rpc::types::Filter;
+use alloy::sol_types::SolEvent;
+use ledger::store::settlement::Difference;
+use ledger::{ChainId, Store};
+
+use super::chain::{ChainClient, PayerOutcome};
+use super::contracts::TollgateSettlement;
+use super::settler::SettleError;
+
+/// Batches read per page.
+const PAGE: i64 = 500;
+
+fn difference(check: &'static str, subject: String, expected: i64, found: i64) -> Difference {
+    Difference {
+        check,
+        subject,
+        expected,
+        found,
+    }
+}
+
+fn to_i64(value: U256) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Every difference between the ledger and chain `client`.
+pub async fn reconcile_chain(
+    store: &Store,
+    client: &ChainClient,
+) -> Result<Vec<Difference>, SettleError> {
+    let chain = ChainId(client.chain_id());
+    let mut differences = Vec::new();
+    let mut moved: BTreeMap<Address, U256> = BTreeMap::new();
+    let mut known: HashSet<u64> = HashSet::new();
+    let mut after = 0;
+    loop {
+        let batches = store.evm_batches(chain, "settled", after, PAGE).await?;
+        let Some(last) = batches.last() else { break };
+        after = last.1;
+        for (id, batch_no, tx_hash) in &batches {
+            let no = u64::try_from(*batch_no).unwrap_or(0);
+            known.insert(no);
+            if !client.is_settled(no).await? {
+                differences.push(difference(
+                    "batch settled in the ledger, not on chain",
+                    format!("batch {id} (#{no})"),
+                    1,
+                    0,
+                ));
+                continue;
+            }
+            let receipt = match tx_hash.as_deref().and_then(|h| h.parse().ok()) {
+                Some(hash) => client.receipt(hash).await?,
+                None => None,
+            };
+            let Some(receipt) = receipt.filter(|r| r.status()) else {
+                differences.push(difference(
+                    "settled batch without a successful receipt",
+                    format!("batch {id} tx {}", tx_hash.as_deref().unwrap_or("none")),
+                    1,
+                    0,
+                ));
+                continue;
+            };
+            let payers = store.batch_payers(id).await?;
+            let mut lines = Vec::with_capacity(payers.len());
+            for payer in &payers {
+                let address: Address = payer.payer.parse().map_err(|_| {
+                    ledger::StoreError::Corrupt(format!("wallet {:?}", payer.payer))
+                })?;
+                lines.push((address, U256::from(payer.amount.atomic())));
+            }
+            let outcomes = client.outcomes(&receipt, no, &lines);
+            for ((payer, (address, amount)), outcome) in payers.iter().zip(&lines).zip(outcomes) {
+                let proven = match outcome {
+                    Some(PayerOutcome::Paid) => {
+                        *moved.entry(*address).or_default() += *amount;
+                        "settled"
+                    }
+                    Some(PayerOutcome::Failed) => "failed",
+                    None => "unproven",
+                };
+                if proven != payer.outcome {
+                    differences.push(difference(
+                        "payer outcome in the ledger ≠ what the receipt proves",
+                        format!(
+                            "batch {id} payer {} (ledger {}, chain {proven})",
+                            payer.payer, payer.outcome
+                        ),
+                        to_i64(*amount),
+                        if proven == "settled" {
+                            to_i64(*amount)
+                        } else {
+                            0
+                        },
+                    ));
+                }
+            }
+        }
+        if (batches.len() as i64) < PAGE {
+            break;
+        }
+    }
+    // Invariant 4, per payer: USDC moved = charges settled.
+    let ledger: BTreeMap<Address, U256> = store
+        .evm_settled_by_payer(chain)
+        .await?
+        .into_iter()
+        .filter_map(|(wallet, sum)| Some((wallet.parse().ok()?, U256::from(sum.atomic()))))
+        .collect();
+    for address in ledger.keys().chain(moved.keys()).collect::<HashSet<_>>() {
+        let expected = ledger.get(address).copied().unwrap_or_default();
+        let found = moved.get(address).copied().unwrap_or_default();
+        if expected != found {
+            differences.push(difference(
+                "USDC moved from a payer ≠ Σ its settled charges (invariant 4)",
+                format!("{address:#x} on chain {}", chain.0),
+                to_i64(expected),
+                to_i64(found),
+            ));
+        }
+    }
+    // Settlements the ledger does not know.
+    let filter = Filter::new()
+        .address(client.config().settlement_contract)
+        .event_signature(TollgateSettlement::BatchSettled::SIGNATURE_HASH)
+        .from_block(client.config().from_block);
+    let logs =
+        client
+            .provider()
+            .get_logs(&filter)
+            .await
+            .map_err(|e| super::ChainError::Unavailable {
+                chain: chain.0,
+                reason: e.to_string(),
+            })?;
+    for log in logs {
+        if let Ok(event) = TollgateSettlement::BatchSettled::decode_log(&log.inner) {
+            let no = u64::try_from(event.batchId).unwrap_or(u64::MAX);
+            if !known.contains(&no) {
+                differences.push(difference(
+                    "batch settled on chain, not in the ledger",
+                    format!("batch #{no} tx {:?}", log.transaction_hash),
+                    0,
+                    to_i64(event.total),
+                ));
+            }
+        }
+    }
+    Ok(differences)
+}
