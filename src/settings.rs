@@ -1026,9 +1026,60 @@ mod tests {
             s.models["echo"].upstream,
             UpstreamSetting::OpenAi("https://api.example.com/v1".into())
         );
+        // The evm mode needs each chain's settings, and names the first
+        // missing or malformed one.
         let err = load(&[("TOLLGATE__SETTLEMENT__MODE", "evm")])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("settlement.mode"), "{err}");
+        assert!(err.contains("chains.43113.rpc_url"), "{err}");
+        let evm = |extra: &[(&'static str, &'static str)]| {
+            let mut env = vec![
+                ("TOLLGATE__SETTLEMENT__MODE", "evm"),
+                ("TOLLGATE__CHAINS__43113__RPC_URL", "http://127.0.0.1:8545"),
+                (
+                    "TOLLGATE__CHAINS__43113__USDC",
+                    "0x5fbdb2315678afecb367f032d93f642f64180aa3",
+                ),
+                (
+                    "TOLLGATE__CHAINS__43113__SETTLEMENT_CONTRACT",
+                    "0xe7f1725e7734ce288f8367e1bb143e90bb3f0512",
+                ),
+                (
+                    "TOLLGATE__CHAINS__43113__TREASURY",
+                    "0xa0ee7a142d267c1f36714e4a8f75612f20a79720",
+                ),
+                (
+                    "TOLLGATE__CHAINS__43113__OPERATOR_KEY",
+                    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+                ),
+            ];
+            env.extend_from_slice(extra);
+            load(&env)
+        };
+        let s = evm(&[]).unwrap();
+        assert_eq!(s.evm_chains().unwrap().len(), 1);
+        for (key, value, named) in [
+            ("TOLLGATE__CHAINS__43113__USDC", "0x12", "chains.43113.usdc"),
+            (
+                "TOLLGATE__CHAINS__43113__RPC_URL",
+                "ws://x",
+                "chains.43113.rpc_url",
+            ),
+            (
+                "TOLLGATE__CHAINS__43113__OPERATOR_KEY",
+                "nope",
+                "chains.43113.operator_key",
+            ),
+            (
+                "TOLLGATE__CHAINS__43113__BATCH_MAX_PAYERS",
+                "5000",
+                "chains.43113.batch_max_payers",
+            ),
+        ] {
+            let err = evm(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(named), "{key}={value}: {err}");
+            // A bad key is named, never printed.
+            assert!(!err.contains("ac0974bec39a17e3"), "{err}");
+        }
     }
 }

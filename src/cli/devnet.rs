@@ -54,7 +54,8 @@ fn config_toml(d: &workers::evm::devnet::Deployment) -> String {
 # the key comes from TOLLGATE__CHAINS__<ID>__OPERATOR_KEY or operator_key_file.
 
 [store]
-# The devnet's own ledger: its chain starts empty on every `tollgate devnet`.
+# The devnet's own ledger, apart from the embedded default's. Each `tollgate
+# devnet` starts a fresh chain: delete this file for a fresh ledger too.
 url = "sqlite://data/devnet.db"
 
 [settlement]

@@ -25,7 +25,11 @@ pub async fn reconcile(settings: &Settings, chain: Option<u64>, json: bool) -> a
     if json {
         println!("{}", serde_json::json!({ "differences": differences }));
     } else if differences.is_empty() {
-        println!("the ledger agrees with itself: no differences");
+        if settings.settlement.mode == crate::settings::SettlementMode::Evm {
+            println!("the ledger agrees with itself and with the chain: no differences");
+        } else {
+            println!("the ledger agrees with itself: no differences");
+        }
     } else {
         for d in &differences {
             println!(

@@ -4,7 +4,8 @@
 //! once; a payer without allowance waits; an unmined transaction is
 //! replaced at a higher fee; a nonce taken by an outside transaction is
 //! healed; a paused token pauses the chain until it is unpaused; the
-//! contract refuses a reused batch number. Needs `npm ci` (Anvil) and
+//! contract refuses a reused batch number; Anvil stopped mid-batch and
+//! restarted from its saved state; an RPC whose connections keep failing. Needs `npm ci` (Anvil) and
 //! PostgreSQL: fails, never skips, without them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -25,7 +26,7 @@ use workers::evm::settler::{EvmSettler, EvmSettlerConfig, Pass};
 const CHAIN: ChainId = ChainId(DEVNET_CHAIN_ID);
 
 struct Rig {
-    _anvil: Anvil,
+    anvil: Anvil,
     dev: DevChain,
     store: Store,
     _db: TestDb,
@@ -36,12 +37,18 @@ async fn rig(backend: Backend) -> Rig {
     let anvil = Anvil::start(&AnvilOptions::default())
         .await
         .expect("Anvil (npm ci installs it)");
+    rig_on(anvil, backend, None).await
+}
+
+/// A rig on a running Anvil; the settler's client talks to `rpc_url` when
+/// given (a proxy in front of Anvil).
+async fn rig_on(anvil: Anvil, backend: Backend, rpc_url: Option<String>) -> Rig {
     let deployment = deploy(&anvil.rpc_url).await.expect("deploy the contracts");
     let db = TestDb::create(backend).await;
     let store = db.store().await;
     let client = ChainClient::new(ChainConfig {
         chain_id: DEVNET_CHAIN_ID,
-        rpc_url: anvil.rpc_url.clone(),
+        rpc_url: rpc_url.unwrap_or_else(|| anvil.rpc_url.clone()),
         usdc: deployment.usdc,
         settlement_contract: deployment.settlement_contract,
         treasury: deployment.treasury,
@@ -53,7 +60,7 @@ async fn rig(backend: Backend) -> Rig {
     .unwrap();
     Rig {
         dev: DevChain::new(deployment).unwrap(),
-        _anvil: anvil,
+        anvil,
         store,
         _db: db,
         client,
@@ -440,4 +447,154 @@ async fn the_contract_refuses_a_reused_batch_number_and_anyone_but_the_operator(
     ));
     assert!(rig.client.is_settled(9).await.unwrap());
     assert!(!rig.client.is_settled(10).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_chain_restarted_mid_batch_gets_the_same_transaction_again() {
+    let dir =
+        std::env::temp_dir().join(format!("tollgate-anvil-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state.json");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = AnvilOptions {
+        port,
+        state: Some(state.clone()),
+    };
+    let anvil = Anvil::start(&options).await.unwrap();
+    let mut rig = rig_on(anvil, Backend::Sqlite, None).await;
+    let payer = account(&rig, 8);
+    rig.dev.approve(payer, 1_000_000).await.unwrap();
+    let key = rig.charge(payer, &[4_321]).await;
+    let before = rig.balance(payer).await;
+    rig.dev.automine(false).await.unwrap();
+    let settler = rig.settler(60_000);
+    assert_eq!(
+        settler.pass().await.unwrap(),
+        Pass::Waiting,
+        "sent, not mined"
+    );
+    let batch = rig.store.in_flight_batch(CHAIN).await.unwrap().unwrap();
+    let signed = rig.store.batch_txs(&batch.id).await.unwrap();
+
+    // The chain goes down with the transaction unmined (SIGTERM: Anvil saves
+    // its state), and the settler finds nobody home meanwhile.
+    let anvil = std::mem::replace(
+        &mut rig.anvil,
+        Anvil::start(&AnvilOptions::default()).await.unwrap(),
+    );
+    anvil.stop();
+    assert!(
+        settler.pass().await.is_err(),
+        "the chain is down: the pass fails, nothing changes"
+    );
+    assert_eq!(rig.statuses(&key).await, ["batched"]);
+    rig.anvil = Anvil::start(&options).await.unwrap();
+
+    rig.settle_until(&settler, Pass::Settled, 50).await;
+    assert_eq!(rig.statuses(&key).await, ["settled"]);
+    assert_eq!(
+        before - rig.balance(payer).await,
+        U256::from(4_321),
+        "paid once"
+    );
+    let txs = rig.store.batch_txs(&batch.id).await.unwrap();
+    assert_eq!(txs.len(), 1, "no second signature");
+    let settled = rig
+        .store
+        .settlement_batch(&batch.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(settled.tx_hash.as_deref(), Some(signed[0].hash.as_str()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TCP proxy in front of `upstream` that refuses every third connection
+/// and cuts every connection it serves after `life`: an RPC endpoint whose
+/// connections keep failing. Answers its URL and how many it broke.
+async fn flaky_proxy(
+    upstream: u16,
+    life: Duration,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let broken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = broken.clone();
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok((mut client, _)) = listener.accept().await {
+            n += 1;
+            if n % 3 == 0 {
+                counter.fetch_add(1, Ordering::Relaxed);
+                drop(client);
+                continue;
+            }
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                if tokio::time::timeout(life, copy).await.is_err() {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (url, broken)
+}
+
+#[tokio::test]
+async fn an_rpc_that_keeps_failing_still_settles_each_payer_once() {
+    let anvil = Anvil::start(&AnvilOptions::default()).await.unwrap();
+    let (proxy, broken) = flaky_proxy(anvil.port, Duration::from_millis(30)).await;
+    let rig = rig_on(anvil, Backend::Sqlite, Some(proxy)).await;
+    let payers = [account(&rig, 1), account(&rig, 2)];
+    let mut keys = Vec::new();
+    let mut before = Vec::new();
+    for (i, payer) in payers.iter().enumerate() {
+        rig.dev.approve(*payer, 1_000_000).await.unwrap();
+        before.push(rig.balance(*payer).await);
+        keys.push(rig.charge(*payer, &[10 * (i as u64 + 1); 3]).await);
+    }
+    let settler = rig.settler(60_000);
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        assert!(passes < 200, "never settled through the flaky RPC");
+        if let Ok(Pass::Settled) = settler.pass().await {
+            if rig.store.in_flight_batch(CHAIN).await.unwrap().is_none()
+                && settler.pass().await.ok() == Some(Pass::Idle)
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        broken.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the proxy broke nothing"
+    );
+    for ((payer, key), (before, i)) in payers.iter().zip(&keys).zip(before.iter().zip(1u64..)) {
+        assert_eq!(rig.statuses(key).await, ["settled"]);
+        assert_eq!(
+            *before - rig.balance(*payer).await,
+            U256::from(30 * i),
+            "paid once"
+        );
+    }
+    assert_eq!(
+        rig.store
+            .settlement_batches(Some("settled"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
