@@ -529,7 +529,7 @@ async fn flaky_proxy(
         let mut n = 0usize;
         while let Ok((mut client, _)) = listener.accept().await {
             n += 1;
-            if n % 3 == 0 {
+            if n.is_multiple_of(3) {
                 counter.fetch_add(1, Ordering::Relaxed);
                 drop(client);
                 continue;
