@@ -307,8 +307,19 @@ impl DevChain {
     /// `wallet` approves the settlement contract for `amount` (replacing any
     /// earlier allowance).
     pub async fn approve(&self, wallet: Address, amount: u64) -> Result<(), DevnetError> {
+        self.approve_spender(wallet, self.deployment.settlement_contract, amount)
+            .await
+    }
+
+    /// `wallet` approves `spender` for `amount`.
+    pub async fn approve_spender(
+        &self,
+        wallet: Address,
+        spender: Address,
+        amount: u64,
+    ) -> Result<(), DevnetError> {
         let call = MockUSDC::approveCall {
-            spender: self.deployment.settlement_contract,
+            spender,
             value: U256::from(amount),
         };
         self.send_as(wallet, self.deployment.usdc, call.abi_encode())
