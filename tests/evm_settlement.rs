@@ -413,3 +413,144 @@ async fn a_settler_killed_mid_batch_settles_it_exactly_once_on_restart() {
         );
     }
 }
+
+/// A wallet with `usdc` minted and approved, signed in, with a key of
+/// `budget`: (wallet, session, key id, token).
+async fn wallet_with_key(
+    app: &TestApp,
+    chain: &Chain,
+    usdc: u64,
+    budget: u64,
+) -> (Wallet, String, String, String) {
+    let wallet = Wallet::random();
+    chain.dev.mint(address(&wallet), usdc).await.unwrap();
+    chain.dev.approve(address(&wallet), usdc).await.unwrap();
+    let session = app.sign_in(&wallet).await;
+    let (status, body) = app
+        .create_key(
+            &session,
+            &wallet.hex(),
+            &CHAIN.to_string(),
+            &json!({ "budgetLimit": budget }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let key_id = body["keyId"].as_str().unwrap().to_owned();
+    let token = body["token"].as_str().unwrap().to_owned();
+    (wallet, session, key_id, token)
+}
+
+#[tokio::test]
+async fn a_blacklisted_payer_fails_alone_and_the_cli_replays_it_once() {
+    let chain = chain().await;
+    let env = chain.env();
+    let (app, _mock) = spawn_paid_app_with(Backend::Sqlite, &borrowed(&env)).await;
+    let (good, _, good_key, good_token) = wallet_with_key(&app, &chain, 5_000_000, 1_000_000).await;
+    let (bad, _, bad_key, bad_token) = wallet_with_key(&app, &chain, 5_000_000, 1_000_000).await;
+    chain.dev.blacklist(address(&bad), true).await.unwrap();
+    let before = (
+        chain.usdc(address(&good)).await,
+        chain.usdc(address(&bad)).await,
+    );
+    for token in [&good_token, &bad_token, &bad_token] {
+        let response = app
+            .chat(token, &json!({ "model": "echo", "messages": [{ "role": "user", "content": "one two three" }] }))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let cli = |args: &[&str]| {
+        let output = tollgate()
+            .args(args)
+            .env("TOLLGATE__STORE__URL", &app.db.url)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let status_of = |key: String| {
+        let store = app.store.clone();
+        async move {
+            let id = KeyId::parse(&key).unwrap();
+            let mut statuses: Vec<String> = store
+                .charges_for_key(&id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.status)
+                .collect();
+            statuses.dedup();
+            statuses
+        }
+    };
+    let outcome = eventually(Duration::from_secs(20), || async {
+        status_of(good_key.clone()).await == ["settled"]
+            && status_of(bad_key.clone()).await == ["failed"]
+    })
+    .await;
+    assert!(
+        outcome,
+        "good {:?}, bad {:?}",
+        status_of(good_key.clone()).await,
+        status_of(bad_key.clone()).await
+    );
+    assert_eq!(
+        chain.usdc(address(&bad)).await,
+        before.1,
+        "the blacklisted payer paid nothing"
+    );
+    let (good_used, _) = app.spent(&good_key).await;
+    assert_eq!(
+        before.0 - chain.usdc(address(&good)).await,
+        good_used,
+        "the rest of its batch settled"
+    );
+
+    // The operator sees why, fixes it, and replays.
+    let (ok, out) = cli(&["settlements", "list", "--status", "settled", "--json"]);
+    assert!(ok, "{out}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let batch = listed["batches"][0]["id"].as_str().unwrap().to_owned();
+    let (ok, out) = cli(&["settlements", "show", &batch, "--json"]);
+    assert!(ok, "{out}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let outcomes: Vec<&str> = shown["payers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "failed").count(),
+        1,
+        "{shown}"
+    );
+    assert!(shown["attempts"][0]["txHash"].as_str().is_some(), "{shown}");
+    chain.dev.blacklist(address(&bad), false).await.unwrap();
+    let (ok, out) = cli(&["settlements", "replay", "--all-failed", "--json"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["replayed"],
+        2,
+        "{out}"
+    );
+    let replayed = eventually(Duration::from_secs(20), || async {
+        status_of(bad_key.clone()).await == ["settled"]
+    })
+    .await;
+    assert!(replayed, "{:?}", status_of(bad_key.clone()).await);
+    let (bad_used, bad_charged) = app.spent(&bad_key).await;
+    assert_eq!(bad_used, bad_charged);
+    assert_eq!(
+        before.1 - chain.usdc(address(&bad)).await,
+        bad_charged,
+        "paid exactly once"
+    );
+    let (ok, out) = cli(&["settlements", "replay", "--all-failed", "--json"]);
+    assert!(ok && out.contains("\"replayed\":0"), "{out}");
+    let (ok, out) = cli(&["reconcile"]);
+    assert!(ok, "{out}");
+    let _ = good;
+}

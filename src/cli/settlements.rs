@@ -15,8 +15,9 @@ use crate::startup::open_store;
 pub enum SettlementsCommand {
     /// Charges by status and the newest batches (100 at most).
     List {
-        /// Only batches in this status: open, sending, settled or failed.
-        #[arg(long, value_parser = ["open", "sending", "settled", "failed"])]
+        /// Only batches in this status: batched (in flight: open or sending),
+        /// open, sending, settled or failed.
+        #[arg(long, value_parser = ["batched", "open", "sending", "settled", "failed"])]
         status: Option<String>,
         /// One JSON object instead of text.
         #[arg(long)]

@@ -58,7 +58,9 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
-    let anvil = Anvil::start(&AnvilOptions::default()).await.expect("Anvil: npm ci");
+    let anvil = Anvil::start(&AnvilOptions::default())
+        .await
+        .expect("Anvil: npm ci");
     let deployment = deploy(&anvil.rpc_url).await.unwrap();
     let dev = DevChain::new(deployment.clone()).unwrap();
     let client = ChainClient::new(ChainConfig {
@@ -80,23 +82,33 @@ async fn main() {
         dev.mint(p, 1_000_000_000).await.unwrap();
         dev.approve(p, 1_000_000_000).await.unwrap();
         if i < 100 {
-            dev.approve_spender(p, operator, 1_000_000_000).await.unwrap();
+            dev.approve_spender(p, operator, 1_000_000_000)
+                .await
+                .unwrap();
         }
     }
-    eprintln!("set-up: {PAYERS} payers funded and approved in {:?}", started.elapsed());
+    eprintln!(
+        "set-up: {PAYERS} payers funded and approved in {:?}",
+        started.elapsed()
+    );
 
     let mut batch_no = 0u64;
     let mut nonce = client.mined_nonce().await.unwrap();
     let fees = client.fees().await.unwrap();
     let mut settle = |n: usize| {
         batch_no += 1;
-        let entries: Vec<_> = (0..n).map(|i| pack_entry(payer(i), AMOUNT).unwrap()).collect();
+        let entries: Vec<_> = (0..n)
+            .map(|i| pack_entry(payer(i), AMOUNT).unwrap())
+            .collect();
         (batch_no, entries)
     };
     // Warm-up: the bitmap word of batches 1–255 is written once.
     let (no, entries) = settle(1);
     let gas = client.estimate_gas(no, &entries).await.unwrap();
-    let signed = client.sign_settle(no, &entries, nonce, gas, fees).await.unwrap();
+    let signed = client
+        .sign_settle(no, &entries, nonce, gas, fees)
+        .await
+        .unwrap();
     let first = mined_gas(&client, &signed).await;
     nonce += 1;
     println!("gas: first batch of a bitmap word (1 payer): {first}");
@@ -105,7 +117,10 @@ async fn main() {
     for n in [1usize, 10, 100, 500] {
         let (no, entries) = settle(n);
         let gas = client.estimate_gas(no, &entries).await.unwrap();
-        let signed = client.sign_settle(no, &entries, nonce, gas, fees).await.unwrap();
+        let signed = client
+            .sign_settle(no, &entries, nonce, gas, fees)
+            .await
+            .unwrap();
         let used = mined_gas(&client, &signed).await;
         nonce += 1;
         measured.push((n, used));
@@ -135,7 +150,9 @@ async fn main() {
             .from(operator)
             .to(deployment.usdc)
             .input(call.abi_encode().into());
-        dev.raw("anvil_impersonateAccount", (operator,)).await.unwrap();
+        dev.raw("anvil_impersonateAccount", (operator,))
+            .await
+            .unwrap();
         use alloy::providers::Provider;
         let receipt = provider
             .send_transaction(request)
@@ -147,7 +164,10 @@ async fn main() {
         assert!(receipt.status());
         plain += receipt.gas_used;
     }
-    println!("gas: one plain transferFrom transaction per payer: {} per payer (100 payers)", plain / 100);
+    println!(
+        "gas: one plain transferFrom transaction per payer: {} per payer (100 payers)",
+        plain / 100
+    );
     println!(
         "gas: targets — ≤ 18,000 per payer at 100 payers: {} ({}); ≤ 50,000 fixed per batch: {} ({}); ≤ 1,800 per charge at 10 charges/payer (100 payers): {} ({})",
         g100 / 100,
@@ -166,7 +186,14 @@ async fn main() {
     for i in 0..PAYERS {
         let key = KeyId::generate();
         let wallet = WalletAddress::from_bytes(payer(i).0 .0);
-        create_funded_key(&store, &key, wallet, chain, Amount::from_atomic(1_000_000_000).unwrap()).await;
+        create_funded_key(
+            &store,
+            &key,
+            wallet,
+            chain,
+            Amount::from_atomic(1_000_000_000).unwrap(),
+        )
+        .await;
         keys.push(key);
     }
     let mut batch = Vec::new();
@@ -213,7 +240,11 @@ async fn main() {
     }
     let elapsed = started.elapsed();
     let counts = store.charge_status_counts().await.unwrap();
-    assert_eq!(counts, vec![("settled".to_owned(), charges as i64)], "{counts:?}");
+    assert_eq!(
+        counts,
+        vec![("settled".to_owned(), charges as i64)],
+        "{counts:?}"
+    );
     println!(
         "throughput: {charges} charges of {PAYERS} payers settled in {batches} batches in {:.2} s: {:.0} charges/s",
         elapsed.as_secs_f64(),

@@ -598,3 +598,74 @@ async fn an_rpc_that_keeps_failing_still_settles_each_payer_once() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_misconfigured_contract_or_an_operator_out_of_gas_pauses_the_chain() {
+    let rig = rig(Backend::Sqlite).await;
+    let payer = account(&rig, 3);
+    rig.dev.approve(payer, 1_000_000).await.unwrap();
+    let key = rig.charge(payer, &[42]).await;
+    let contract = TollgateSettlement::new(
+        rig.dev.deployment.settlement_contract,
+        rig.dev.provider().clone(),
+    );
+    let owner = rig.client.operator();
+    rig.dev
+        .raw("anvil_impersonateAccount", (owner,))
+        .await
+        .unwrap();
+    let set_operator = |to: Address| {
+        let contract = contract.clone();
+        async move {
+            let receipt = contract
+                .setOperator(to)
+                .from(owner)
+                .send()
+                .await
+                .unwrap()
+                .get_receipt()
+                .await
+                .unwrap();
+            assert!(receipt.status());
+        }
+    };
+    let settler = rig.settler(60_000);
+    let paused = |needle: &'static str| {
+        let store = rig.store.clone();
+        async move {
+            let reason = store.chain_accounts().await.unwrap()[0]
+                .paused_reason
+                .clone()
+                .unwrap_or_default();
+            assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
+        }
+    };
+
+    // The contract names another operator: paused, nothing fails.
+    set_operator(account(&rig, 5)).await;
+    assert_eq!(settler.pass().await.unwrap(), Pass::Paused);
+    paused("operator").await;
+    assert_eq!(rig.statuses(&key).await, ["batched"]);
+
+    // Ours again, but no gas money: still paused, for that reason now.
+    set_operator(owner).await;
+    let money = rig.dev.provider().get_balance(owner).await.unwrap();
+    rig.dev
+        .raw("anvil_setBalance", (owner, U256::from(1)))
+        .await
+        .unwrap();
+    assert_eq!(settler.pass().await.unwrap(), Pass::Paused);
+    paused("gas").await;
+
+    // Cleared: settles on its own, once.
+    rig.dev
+        .raw("anvil_setBalance", (owner, money))
+        .await
+        .unwrap();
+    rig.settle_until(&settler, Pass::Settled, 20).await;
+    assert_eq!(rig.statuses(&key).await, ["settled"]);
+    assert_eq!(
+        rig.store.chain_accounts().await.unwrap()[0].paused_reason,
+        None
+    );
+}

@@ -123,13 +123,7 @@ impl Store {
         .bind(chain_db)
         .fetch_one(self.pool())
         .await?;
-        Ok(ChainAccount {
-            chain_id: get_i64(&row, "chain_id")?,
-            operator: get_string(&row, "operator")?,
-            next_nonce: get_i64(&row, "next_nonce")?,
-            next_batch_no: get_i64(&row, "next_batch_no")?,
-            paused_reason: get_opt_string(&row, "paused_reason")?,
-        })
+        account_from_row(&row)
     }
 
     /// Every chain account (for `settlements list`: paused chains say why).
@@ -140,17 +134,7 @@ impl Store {
         )
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ChainAccount {
-                    chain_id: get_i64(row, "chain_id")?,
-                    operator: get_string(row, "operator")?,
-                    next_nonce: get_i64(row, "next_nonce")?,
-                    next_batch_no: get_i64(row, "next_batch_no")?,
-                    paused_reason: get_opt_string(row, "paused_reason")?,
-                })
-            })
-            .collect()
+        rows.iter().map(account_from_row).collect()
     }
 
     /// Makes `settler` the chain's active settler until `until_ms`, unless
@@ -759,6 +743,16 @@ impl Store {
             .map(|row| Ok((get_string(row, "wallet")?, get_amount(row, "total")?)))
             .collect()
     }
+}
+
+fn account_from_row(row: &sqlx::any::AnyRow) -> Result<ChainAccount, StoreError> {
+    Ok(ChainAccount {
+        chain_id: get_i64(row, "chain_id")?,
+        operator: get_string(row, "operator")?,
+        next_nonce: get_i64(row, "next_nonce")?,
+        next_batch_no: get_i64(row, "next_batch_no")?,
+        paused_reason: get_opt_string(row, "paused_reason")?,
+    })
 }
 
 async fn finish_attempt(

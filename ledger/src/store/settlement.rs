@@ -70,13 +70,15 @@ impl Store {
     }
 
     /// The newest batches (at most [`LIST_BATCHES_MAX`]), those in `status`
-    /// when given.
+    /// when given (`batched`: in flight, `open` or `sending`).
     pub async fn settlement_batches(
         &self,
         status: Option<&str>,
     ) -> Result<Vec<BatchRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {BATCH_COLUMNS} WHERE ($1 IS NULL OR b.status = $1)
+            "SELECT {BATCH_COLUMNS}
+              WHERE ($1 IS NULL OR b.status = $1
+                     OR ($1 = 'batched' AND b.status IN ('open', 'sending')))
               ORDER BY b.created_at_ms DESC, b.id DESC LIMIT $2"
         ))
         .bind(status)

@@ -332,9 +332,9 @@ impl ChainClient {
         .await
     }
 
-    /// Checks the contract is set up for us: our operator, the configured
-    /// treasury, and gas money for the operator. A mismatch is systemic.
-    pub async fn check_setup(&self, gas_needed_wei: U256) -> Result<(), ChainError> {
+    /// Checks the contract is set up for us: our operator and the
+    /// configured treasury. A mismatch is systemic.
+    pub async fn check_roles(&self) -> Result<(), ChainError> {
         let chain = self.chain_id();
         let operator = self
             .rpc("operator", || async {
@@ -372,6 +372,12 @@ impl ChainClient {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Checks the operator can pay `gas_needed_wei` (systemic when not).
+    pub async fn check_gas_money(&self, gas_needed_wei: U256) -> Result<(), ChainError> {
+        let chain = self.chain_id();
         let gas_money = self
             .rpc("eth_getBalance", || async {
                 self.provider

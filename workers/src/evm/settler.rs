@@ -408,6 +408,7 @@ impl EvmSettler {
         let batch_no = u64::try_from(batch.batch_no).unwrap_or(0);
         let entries = self.entries(batch)?;
         self.check_token_running().await?;
+        self.chain.check_roles().await?;
         let (would_pay, _) = match self.chain.simulate(batch_no, &entries).await {
             Ok(answer) => answer,
             Err(ChainError::Reverted { reason, .. }) => {
@@ -426,7 +427,7 @@ impl EvmSettler {
         let gas_limit = self.chain.estimate_gas(batch_no, &entries).await?;
         let fees = self.chain.fees().await?;
         let gas_money = U256::from(gas_limit).saturating_mul(U256::from(fees.0));
-        self.chain.check_setup(gas_money).await?;
+        self.chain.check_gas_money(gas_money).await?;
         let nonce = self.next_nonce(store_nonce).await?;
         let signed = self
             .chain
