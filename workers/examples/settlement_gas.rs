@@ -82,9 +82,9 @@ async fn main() {
         dev.mint(p, 1_000_000_000).await.unwrap();
         dev.approve(p, 1_000_000_000).await.unwrap();
         if i < 100 {
-            dev.approve_spender(p, operator, 1_000_000_000)
-                .await
-                .unwrap();
+            if let Err(e) = dev.approve_spender(p, operator, 1_000_000_000).await {
+                panic!("payer {i} {p}: {e}");
+            }
         }
     }
     eprintln!(

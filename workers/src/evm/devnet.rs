@@ -261,13 +261,21 @@ impl DevChain {
         self.raw("anvil_setBalance", (from, U256::from(10u128.pow(20))))
             .await?;
         self.raw("anvil_impersonateAccount", (from,)).await?;
-        let gas_price = self.provider.get_gas_price().await.map_err(chain_error)?;
+        // The network's own estimate, never a multiple of it: Anvil's gas
+        // price follows what recent transactions paid, so bidding twice it
+        // each time would double it transaction after transaction.
+        let fees = self
+            .provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(chain_error)?;
         let request = TransactionRequest::default()
             .with_from(from)
             .with_to(to)
             .with_input(input)
             .with_gas_limit(500_000)
-            .with_gas_price(gas_price.saturating_mul(2));
+            .with_max_fee_per_gas(fees.max_fee_per_gas)
+            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
         let receipt = self
             .provider
             .send_transaction(request)
