@@ -10,7 +10,7 @@ use workers::ledger_pool::{LedgerPool, PriceBook};
 use workers::queue::{Queue, QueueError};
 
 use crate::gateway::NamedTask;
-use workers::settlement::LedgerSettler;
+use workers::settlement::{LedgerSettler, Settler};
 
 use crate::settings::{ChainKey, QueueUrl, Settings, SettlementMode};
 use ledger::ChainId;
@@ -73,7 +73,7 @@ pub fn start_settler(
                 every,
                 settings.settlement.batch_max_charges,
             );
-            vec![("ledger settler", tokio::spawn(settler.run()))]
+            vec![spawn_settler("ledger settler", settler)]
         }
         SettlementMode::Evm => clients
             .iter()
@@ -90,10 +90,14 @@ pub fn start_settler(
                         replace_after_ms: chain.replace_after_ms,
                     },
                 );
-                Some(("evm settler", tokio::spawn(settler.run())))
+                Some(spawn_settler("evm settler", settler))
             })
             .collect(),
     }
+}
+
+fn spawn_settler(name: &'static str, settler: impl Settler) -> NamedTask {
+    (name, tokio::spawn(Settler::run(settler)))
 }
 
 /// Starts `workers.ledger_pools` pools on the calls queue; each ends only

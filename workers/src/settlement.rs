@@ -6,8 +6,8 @@
 //!
 //! Several settlers may run (every `serve` with in-process workers and every
 //! `tollgate worker`): a batch claims its charges in one statement, so each
-//! charge is debited once whichever settler takes it. The `evm` settler of
-//! the settlement issue is the second implementation behind this shape.
+//! charge is debited once whichever settler takes it. The `evm` mode's
+//! [`crate::evm::settler::EvmSettler`] is the other [`Settler`].
 
 use std::time::Duration;
 
@@ -20,6 +20,22 @@ const BETWEEN_BATCHES: Duration = Duration::from_millis(5);
 /// Payers held back in one pass before it stops (a bound on the claim's
 /// `NOT IN` list).
 const SKIP_MAX: usize = 1_000;
+
+/// What `serve` and `tollgate worker` run to settle recorded charges: the
+/// `ledger` mode's [`LedgerSettler`] or the `evm` mode's `EvmSettler` (one
+/// per chain). Either may run in several processes at once without settling
+/// a charge twice.
+pub trait Settler: Send + 'static {
+    /// Settles until the process stops; a failed pass is logged and tried
+    /// again at the next interval.
+    fn run(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Settler for LedgerSettler {
+    fn run(self) -> impl std::future::Future<Output = ()> + Send {
+        LedgerSettler::run(self)
+    }
+}
 
 /// Settles recorded charges against prepaid balances. Cheap to clone.
 #[derive(Clone)]

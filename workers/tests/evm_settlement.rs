@@ -669,3 +669,66 @@ async fn a_misconfigured_contract_or_an_operator_out_of_gas_pauses_the_chain() {
         None
     );
 }
+
+#[tokio::test]
+async fn a_fresh_ledger_numbers_its_batches_after_those_the_contract_settled() {
+    let rig = rig(Backend::Sqlite).await;
+    let payer = account(&rig, 2);
+    rig.dev.approve(payer, 1_000_000).await.unwrap();
+    rig.charge(payer, &[11]).await;
+    rig.settle_until(&rig.settler(60_000), Pass::Settled, 20)
+        .await;
+
+    // Another ledger (a reset store) on the same contract.
+    let db = TestDb::create(Backend::Sqlite).await;
+    let store = db.store().await;
+    let key = KeyId::generate();
+    create_funded_key(
+        &store,
+        &key,
+        WalletAddress::from_bytes(payer.0 .0),
+        CHAIN,
+        Amount::from_atomic(1_000).unwrap(),
+    )
+    .await;
+    store
+        .record_charge(&NewCharge {
+            request_id: RequestId::generate(),
+            key_id: key.clone(),
+            model: "echo".into(),
+            price_version: "v1".into(),
+            input_tokens: 1,
+            output_tokens: 1,
+            amount: Amount::from_atomic(13).unwrap(),
+            reported: Some((1, 1)),
+            created_at_ms: now_ms() - 1,
+            lease: None,
+        })
+        .await
+        .unwrap();
+    let before = rig.balance(payer).await;
+    let fresh = EvmSettler::new(
+        store.clone(),
+        rig.client.clone(),
+        EvmSettlerConfig {
+            settler_id: "fresh".into(),
+            every: Duration::from_millis(20),
+            batch_max_payers: 10,
+            batch_max_age_ms: 0,
+            replace_after_ms: 60_000,
+        },
+    );
+    let mut passes = Vec::new();
+    for _ in 0..20 {
+        let pass = fresh.pass().await.unwrap();
+        passes.push(pass);
+        if pass == Pass::Settled {
+            break;
+        }
+    }
+    assert_eq!(passes.last(), Some(&Pass::Settled), "{passes:?}");
+    assert_eq!(before - rig.balance(payer).await, U256::from(13));
+    let batch = &store.settlement_batches(Some("settled")).await.unwrap()[0];
+    assert_eq!(batch.total, Amount::from_atomic(13).unwrap());
+    assert!(rig.client.is_settled(2).await.unwrap(), "numbered after #1");
+}

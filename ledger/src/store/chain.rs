@@ -126,6 +126,28 @@ impl Store {
         account_from_row(&row)
     }
 
+    /// Raises the chain's next batch number to at least `at_least` (a store
+    /// meeting a contract that already settled batches).
+    pub async fn raise_next_batch_no(
+        &self,
+        chain: ChainId,
+        at_least: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE chain_accounts
+                SET next_batch_no = CASE WHEN next_batch_no > $2 THEN next_batch_no ELSE $2 END,
+                    updated_at_ms = $3
+              WHERE chain_id = $1",
+        )
+        .bind(chain_to_db(chain)?)
+        .bind(at_least)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Every chain account (for `settlements list`: paused chains say why).
     pub async fn chain_accounts(&self) -> Result<Vec<ChainAccount>, StoreError> {
         let rows = sqlx::query(

@@ -578,6 +578,28 @@ impl ChainClient {
         Ok(logs.iter().find_map(|log| log.transaction_hash))
     }
 
+    /// The highest batch number the contract logged as settled (0: none).
+    pub async fn last_settled_batch_no(&self) -> Result<u64, ChainError> {
+        let filter = Filter::new()
+            .address(self.config.settlement_contract)
+            .event_signature(TollgateSettlement::BatchSettled::SIGNATURE_HASH)
+            .from_block(self.config.from_block);
+        let logs = self
+            .rpc("eth_getLogs", || async {
+                self.provider
+                    .get_logs(&filter)
+                    .await
+                    .map_err(|e| self.rpc_error(e))
+            })
+            .await?;
+        Ok(logs
+            .iter()
+            .filter_map(|log| log.topics().get(1))
+            .map(|topic| u64::try_from(U256::from_be_bytes(topic.0)).unwrap_or(u64::MAX))
+            .max()
+            .unwrap_or(0))
+    }
+
     /// Whether `receipt` has `confirmations` blocks (its own included).
     pub async fn confirmed(&self, receipt: &TransactionReceipt) -> Result<bool, ChainError> {
         let Some(mined_in) = receipt.block_number else {

@@ -150,6 +150,20 @@ impl EvmSettler {
         {
             return Ok(Pass::NotActive);
         }
+        if account.next_batch_no == 1 && account.next_nonce == 0 {
+            // A ledger that never settled on this chain: start past the
+            // batch numbers the contract already used (another ledger, or
+            // this one before a reset), or every batch would collide.
+            let last = self.chain.last_settled_batch_no().await?;
+            if last > 0 {
+                tracing::warn!(chain = self.chain.chain_id(), last,
+                    "the contract already settled batches this ledger does not know; numbering after them");
+                let next = i64::try_from(last).unwrap_or(i64::MAX).saturating_add(1);
+                self.store
+                    .raise_next_batch_no(self.chain_id(), next, now_ms())
+                    .await?;
+            }
+        }
         match self.step(account.next_nonce).await {
             Ok(pass) => {
                 if account.paused_reason.is_some()
@@ -364,7 +378,9 @@ impl EvmSettler {
                     return Err(systemic(
                         &self.chain,
                         format!(
-                            "receipt {hash_hex} of batch {} proves neither payment nor failure for {wallet}",
+                            "receipt {hash_hex} of batch {} (#{batch_no}) proves neither payment nor \
+                             failure for {wallet}: was #{batch_no} settled by another ledger on this \
+                             contract?",
                             batch.id
                         ),
                     ))
@@ -520,6 +536,12 @@ impl EvmSettler {
             return Err(systemic(&self.chain, "the token is paused".to_owned()));
         }
         Ok(())
+    }
+}
+
+impl crate::settlement::Settler for EvmSettler {
+    fn run(self) -> impl std::future::Future<Output = ()> + Send {
+        EvmSettler::run(self)
     }
 }
 
