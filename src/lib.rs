@@ -24,6 +24,7 @@ pub mod auth;
 pub mod cli;
 pub mod gateway;
 pub mod http;
+pub mod metrics;
 pub mod pools;
 pub mod settings;
 pub mod settled_txs;

@@ -14,7 +14,7 @@ async fn main() -> std::process::ExitCode {
     match tollgate::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("tollgate: {error:#}");
+            eprintln!("tollgate: {}", tollgate::cli::error_chain(&error));
             std::process::ExitCode::FAILURE
         }
     }

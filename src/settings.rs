@@ -731,6 +731,12 @@ impl Settings {
                     format!("file {} does not exist", path.display()),
                 ));
             }
+            if path.is_dir() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} is a folder; name a TOML file", path.display()),
+                ));
+            }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         let env: config::Map<String, String> = env
@@ -1081,5 +1087,32 @@ mod tests {
             // A bad key is named, never printed.
             assert!(!err.contains("ac0974bec39a17e3"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_production_example_loads() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
+        let env = [
+            (
+                "TOLLGATE__CHAINS__43113__OPERATOR_KEY",
+                "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+            ),
+            ("TOLLGATE__AUTH__SIGNING_KEY_FILE", "/tmp/unused.key"),
+        ];
+        let s = Settings::load_with_env(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        assert_eq!(s.settlement.mode, SettlementMode::Evm);
+        assert_eq!(s.evm_chains().unwrap().len(), 1);
+        assert!(matches!(s.queue.url, QueueUrl::Amqp(_)));
+        assert!(!s.workers.in_process);
+        // A folder is not a file.
+        let err = Settings::load_with_env(path.parent(), std::iter::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a folder"), "{err}");
     }
 }

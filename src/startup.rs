@@ -143,6 +143,9 @@ impl Application {
         }
         // Without a queue there is no `tollgate worker` to settle: `serve`
         // always does.
+        if crate::metrics::handle().is_some() {
+            tasks.push(("metrics upkeep", tokio::spawn(crate::metrics::upkeep())));
+        }
         let chain_clients = crate::pools::chain_clients(&settings)?;
         let settled_txs = crate::settled_txs::SettledTxs::default();
         if !chain_clients.is_empty() {
@@ -175,11 +178,31 @@ impl Application {
                 gateway.clone(),
                 studio,
             )
-            .with_chain_clients(chain_clients, settled_txs),
+            .with_chain_clients(chain_clients, settled_txs)
+            .with_queue(queue.clone()),
         );
         let server = HttpServer::new(move || {
             App::new()
-                .wrap(tracing_actix_web::TracingLogger::default())
+                .wrap(tracing_actix_web::TracingLogger::<crate::telemetry::RequestSpans>::new())
+                .wrap_fn(|request, service| {
+                    use actix_web::dev::Service;
+                    // The route's pattern, never the path: ids in paths
+                    // would make one series per key.
+                    let route = request
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    let started = std::time::Instant::now();
+                    let response = service.call(request);
+                    async move {
+                        let response = response.await?;
+                        let status = response.status().as_u16().to_string();
+                        metrics::histogram!("tollgate_http_request_duration_seconds", "route" => route.clone())
+                            .record(started.elapsed().as_secs_f64());
+                        metrics::counter!("tollgate_http_requests_total", "route" => route, "status" => status)
+                            .increment(1);
+                        Ok(response)
+                    }
+                })
                 .app_data(state.clone())
                 .configure(http::routes)
         })

@@ -36,6 +36,8 @@ pub struct AppState {
     pub chain_clients: Arc<HashMap<ChainId, ChainClient>>,
     /// Each key's latest settlement transaction (`x-compose-key-tx-hash`).
     pub settled_txs: SettledTxs,
+    /// The broker, in the queue mode (`/readyz` checks it).
+    pub queue: Option<workers::queue::Queue>,
 }
 
 /// What the Studio surface needs beyond the store.
@@ -68,6 +70,7 @@ impl AppState {
             sign_in_limiter,
             chain_clients: Arc::new(HashMap::new()),
             settled_txs: SettledTxs::default(),
+            queue: None,
         }
     }
 
@@ -80,6 +83,12 @@ impl AppState {
     ) -> AppState {
         self.chain_clients = Arc::new(clients);
         self.settled_txs = settled_txs;
+        self
+    }
+
+    /// With the queue mode's broker.
+    pub fn with_queue(mut self, queue: Option<workers::queue::Queue>) -> AppState {
+        self.queue = queue;
         self
     }
 

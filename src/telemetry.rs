@@ -1,14 +1,32 @@
 //! Logging through `tracing`: text for people, JSON for pipelines. Request
 //! spans carry a request id; no handler logs a token or a secret.
+//!
+//! [`RequestSpans`] decides what a finished request logs: a 5xx is a fault
+//! (one ERROR line with its cause); a 4xx is the client's mistake, at most one
+//! concise DEBUG line — a burst of refused calls must not flood the log, and
+//! no error is ever dumped with its `Debug` form (which could carry request
+//! material).
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use tracing::Span;
+use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 use tracing_subscriber::EnvFilter;
 
 use crate::settings::LogSettings;
 
-/// Installs the global subscriber. `RUST_LOG` overrides `log.filter`.
+/// Installs the global subscriber. `RUST_LOG` overrides `log.filter`. A
+/// filter that does not parse is said once (after the subscriber is up,
+/// with `info` in its place), never silently ignored.
 pub fn init(settings: &LogSettings) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    let (source, text) = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => ("RUST_LOG", text),
+        _ => ("log.filter", settings.filter.clone()),
+    };
+    let (filter, bad) = match EnvFilter::try_new(&text) {
+        Ok(filter) => (filter, None),
+        Err(error) => (EnvFilter::new("info"), Some(error)),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -17,4 +35,44 @@ pub fn init(settings: &LogSettings) {
     } else {
         builder.try_init()
     };
+    if let Some(error) = bad {
+        tracing::warn!(%source, filter = %text, %error, "the log filter does not parse; logging at info");
+    }
+}
+
+/// The request spans of the HTTP server (see the module's doc).
+pub struct RequestSpans;
+
+impl RootSpanBuilder for RequestSpans {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        tracing_actix_web::root_span!(level = tracing::Level::INFO, request)
+    }
+
+    fn on_request_end<B: MessageBody>(
+        span: Span,
+        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+        let (status, error) = match outcome {
+            Ok(response) => (
+                response.status(),
+                response.response().error().map(|e| e.to_string()),
+            ),
+            Err(error) => (
+                error.as_response_error().status_code(),
+                Some(error.to_string()),
+            ),
+        };
+        let _entered = span.enter();
+        match error {
+            Some(error) if status.is_server_error() => {
+                tracing::error!(status = status.as_u16(), %error, "request failed");
+            }
+            Some(error) => {
+                tracing::debug!(status = status.as_u16(), %error, "request refused");
+            }
+            None => {}
+        }
+        drop(_entered);
+        DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
 }

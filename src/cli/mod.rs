@@ -111,14 +111,15 @@ pub enum Command {
         /// Hex private key; defaults to Anvil's first, publicly known, dev account.
         #[arg(long, env = "TOLLGATE_DEV_PRIVATE_KEY", hide_env_values = true)]
         private_key: Option<String>,
-        /// The server's domain (one of `auth.siwe_domains`), e.g. 127.0.0.1:8080.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        domain: String,
+        /// The server's domain (one of `auth.siwe_domains`), e.g. 127.0.0.1:8080;
+        /// defaults to the first of `auth.siwe_domains`, else `http.bind`.
+        #[arg(long, value_parser = siwe_sign::parse_domain)]
+        domain: Option<String>,
         /// Chain id; defaults to the lowest configured chain.
         #[arg(long)]
         chain: Option<u64>,
         /// The session key's budget, in USDC atomic units.
-        #[arg(long, default_value = "0")]
+        #[arg(long, default_value = "0", value_parser = siwe_sign::parse_budget)]
         budget: String,
     },
 }
@@ -127,8 +128,9 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     crate::telemetry::init(&settings.log);
+    warn_about_settings(&settings);
     match cli.command {
-        Command::Serve { bind } => serve::serve(settings, bind).await,
+        Command::Serve { bind } => serve::serve(settings, bind, cli.config.as_deref()).await,
         Command::Worker => worker::worker(settings).await,
         Command::Dlq { command } => dlq::dlq(&settings, command).await,
         Command::Settlements { command } => settlements::settlements(&settings, command).await,
@@ -152,11 +154,105 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// An error and its causes on one line, outermost first and the root cause
+/// last, each said once: a cause whose text its parent already shows (many
+/// errors here format their source into their own message) is skipped.
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|last| last.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
+/// `TOLLGATE_…` variables that are not settings (`TOLLGATE__SECTION__KEY`)
+/// nor one of the few the binary reads itself: most likely a setting typed
+/// with one underscore, which would be ignored in silence.
+pub fn misnamed_env_vars(vars: impl IntoIterator<Item = String>) -> Vec<String> {
+    const OWN: [&str; 4] = [
+        "TOLLGATE_DEV_PRIVATE_KEY",
+        "TOLLGATE_ANVIL",
+        "TOLLGATE_TEST_POSTGRES_URL",
+        "TOLLGATE_TEST_AMQP_URL",
+    ];
+    let mut misnamed: Vec<String> = vars
+        .into_iter()
+        .filter(|name| name.starts_with("TOLLGATE_") && !name.starts_with("TOLLGATE__"))
+        .filter(|name| !OWN.contains(&name.as_str()) && !name.starts_with("TOLLGATE_TEST_"))
+        .collect();
+    misnamed.sort();
+    misnamed
+}
+
+/// Warnings about the configuration an operator should see at start-up:
+/// misnamed variables, and upstreams without an API key.
+fn warn_about_settings(settings: &Settings) {
+    for name in misnamed_env_vars(std::env::vars().map(|(name, _)| name)) {
+        tracing::warn!(variable = %name,
+            "ignored: settings are TOLLGATE__SECTION__KEY (two underscores), e.g. TOLLGATE__STORE__URL");
+    }
+    for (name, model) in &settings.models {
+        if let crate::settings::UpstreamSetting::OpenAi(url) = &model.upstream {
+            if model.api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+                tracing::warn!(model = %name, upstream = %url,
+                    "no API key for this upstream (TOLLGATE__MODELS__{}__API_KEY); it may refuse every call",
+                    name.to_uppercase());
+            }
+        }
+    }
+}
+
 /// The chain a command names, or the lowest configured one.
 fn pick_chain(settings: &Settings, chain: Option<u64>) -> anyhow::Result<ChainId> {
     match chain {
         Some(id) if settings.chain_ids().contains(&ChainId(id)) => Ok(ChainId(id)),
         Some(id) => bail!("chain {id} is not configured (see [chains] in the configuration)"),
         None => settings.default_chain().context("no chain configured"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("store (sqlite://x): {0}")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection refused")]
+    struct Inner;
+
+    #[test]
+    fn each_cause_is_said_once_with_the_root_last() {
+        // The outer error formats its source into its message: said once.
+        let error = anyhow::Error::new(Outer(Inner)).context("starting the server");
+        assert_eq!(
+            error_chain(&error),
+            "starting the server: store (sqlite://x): connection refused"
+        );
+        let plain = anyhow::anyhow!("root").context("outer");
+        assert_eq!(error_chain(&plain), "outer: root");
+    }
+
+    #[test]
+    fn single_underscore_variables_are_named() {
+        let vars = [
+            "TOLLGATE__STORE__URL",
+            "TOLLGATE_STORE__URL",
+            "TOLLGATE_STORE_URL",
+            "TOLLGATE_DEV_PRIVATE_KEY",
+            "TOLLGATE_TEST_POSTGRES_URL",
+            "PATH",
+        ]
+        .map(String::from);
+        assert_eq!(
+            misnamed_env_vars(vars),
+            ["TOLLGATE_STORE_URL", "TOLLGATE_STORE__URL"]
+        );
     }
 }

@@ -15,10 +15,21 @@ pub fn siwe_sign(
     settings: &Settings,
     nonce: String,
     private_key: Option<String>,
-    domain: String,
+    domain: Option<String>,
     chain: Option<u64>,
     budget: String,
 ) -> anyhow::Result<()> {
+    // The server's own domain: the first of `auth.siwe_domains`, else the
+    // address `serve` binds (what it accepts when none are configured).
+    let domain = match domain {
+        Some(domain) => domain,
+        None => settings
+            .auth
+            .siwe_domains
+            .first()
+            .cloned()
+            .unwrap_or_else(|| settings.http.bind.clone()),
+    };
     let key_hex = private_key.unwrap_or_else(|| DEV_PRIVATE_KEY.to_owned());
     let key =
         eth::signing_key_from_hex(&key_hex).context("--private-key must be 32 bytes of hex")?;
@@ -43,6 +54,30 @@ pub fn siwe_sign(
         serde_json::json!({ "message": message, "signature": signature, "budgetLimit": budget })
     );
     Ok(())
+}
+
+/// `--domain`: a `host[:port]`, as a SIWE message names it (no scheme, path
+/// or spaces).
+pub fn parse_domain(text: &str) -> Result<String, String> {
+    if text.contains("://") {
+        return Err("a domain has no scheme: give host[:port], e.g. 127.0.0.1:8080".to_owned());
+    }
+    if text.is_empty() || text.contains(['/', '@', '?', '#']) || text.contains(char::is_whitespace)
+    {
+        return Err("a domain is host[:port], with no path or spaces".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+/// `--budget`: USDC atomic units, a whole number.
+pub fn parse_budget(text: &str) -> Result<String, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) || text.parse::<u64>().is_err()
+    {
+        return Err(
+            "the budget is a whole number of USDC atomic units (1000000 = 1 USDC)".to_owned(),
+        );
+    }
+    Ok(text.to_owned())
 }
 
 pub fn parse_nonce(text: &str) -> Result<String, String> {

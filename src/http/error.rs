@@ -148,6 +148,9 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        if self.status == StatusCode::PAYMENT_REQUIRED {
+            metrics::counter!("tollgate_payment_required_total", "code" => self.code).increment(1);
+        }
         let mut error = json!({ "code": self.code, "message": self.message, "type": self.kind() });
         if let Some(param) = &self.param {
             error["param"] = json!(param);

@@ -61,6 +61,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(health::metrics))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(error::not_found_route())
     }));

@@ -136,6 +136,8 @@ impl LedgerPool {
                 }
                 Err(error) => {
                     tracing::error!(message_id = %delivery.message_id, %error, "dead-lettering a message that is not a valid event");
+                    metrics::counter!("tollgate_queue_dead_lettered_total", "reason" => "invalid_event")
+                        .increment(1);
                     settle(delivery.reject().await);
                 }
             }
@@ -161,10 +163,13 @@ impl LedgerPool {
         let committed_at = ledger::time::now_ms();
         for (charge, outcome) in charges.iter().zip(&outcomes) {
             if *outcome == ChargeOutcome::Recorded {
-                self.lag
-                    .record(committed_at.saturating_sub(charge.created_at_ms));
+                let lag_ms = committed_at.saturating_sub(charge.created_at_ms);
+                self.lag.record(lag_ms);
+                metrics::histogram!("tollgate_queue_consumer_lag_seconds")
+                    .record(lag_ms as f64 / 1000.0);
             }
         }
+        metrics::counter!("tollgate_queue_consumed_total").increment(outcomes.len() as u64);
         // Rejects first, then one ack for the rest (`multiple` on
         // RabbitMQ): every earlier delivery is settled by then.
         let mut done = Vec::with_capacity(pending.len());
@@ -173,6 +178,8 @@ impl LedgerPool {
                 ChargeOutcome::Recorded | ChargeOutcome::Duplicate => done.push(delivery),
                 ChargeOutcome::OverBudget | ChargeOutcome::UnknownKey => {
                     tracing::error!(request_id = %charge.request_id, key_id = %charge.key_id, ?outcome, "dead-lettering a charge its key cannot take");
+                    metrics::counter!("tollgate_queue_dead_lettered_total", "reason" => "charge_refused")
+                        .increment(1);
                     settle(delivery.reject().await);
                 }
             }

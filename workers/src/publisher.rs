@@ -35,10 +35,16 @@ impl ChargeSink for QueueSink {
         let (queue, name) = (self.queue.clone(), self.name.clone());
         Box::pin(async move {
             let event = CallCompleted::of_charge(&charge, &call);
-            queue
+            let published = queue
                 .publish(&name, charge.request_id.as_str(), event.to_json().into())
-                .await
-                .map_err(|error| SinkError::Failed(error.to_string()))?;
+                .await;
+            let outcome = if published.is_ok() {
+                "confirmed"
+            } else {
+                "failed"
+            };
+            metrics::counter!("tollgate_queue_publishes_total", "outcome" => outcome).increment(1);
+            published.map_err(|error| SinkError::Failed(error.to_string()))?;
             // Confirmed: durable. The pool writes it (a duplicate is a no-op).
             Ok(ChargeOutcome::Recorded)
         })

@@ -97,6 +97,26 @@ impl Store {
             Backend::Postgres => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url)?;
+        if backend == Backend::Postgres {
+            // One plain connection first: an unreachable server is said as
+            // the OS says it ("Connection refused"), at once, rather than as
+            // the pool's "timed out" after its acquire timeout.
+            use sqlx::Connection;
+            let first = sqlx::AnyConnection::connect_with(&options);
+            match tokio::time::timeout(POOL_ACQUIRE_TIMEOUT, first).await {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                }
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_) => {
+                    return Err(StoreError::Setup(format!(
+                        "no answer from {} within {} s",
+                        redact_url(&url),
+                        POOL_ACQUIRE_TIMEOUT.as_secs()
+                    )))
+                }
+            }
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(POOL_ACQUIRE_TIMEOUT)

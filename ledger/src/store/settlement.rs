@@ -69,6 +69,19 @@ impl Store {
             .collect()
     }
 
+    /// How many batches are in each status.
+    pub async fn batch_status_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM settlement_batches
+              GROUP BY status ORDER BY status",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok((get_string(row, "status")?, get_i64(row, "n")?)))
+            .collect()
+    }
+
     /// The newest batches (at most [`LIST_BATCHES_MAX`]), those in `status`
     /// when given (`batched`: in flight, `open` or `sending`).
     pub async fn settlement_batches(

@@ -247,6 +247,8 @@ impl ChainClient {
             )
             .when(|e| matches!(e, ChainError::Unavailable { .. }))
             .notify(|e, after| {
+                metrics::counter!("tollgate_chain_rpc_retries_total", "chain" => chain.to_string())
+                    .increment(1);
                 tracing::debug!(chain, call = what, error = %e, ?after, "RPC failed; retrying");
             })
             .await

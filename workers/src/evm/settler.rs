@@ -391,6 +391,15 @@ impl EvmSettler {
         self.store
             .finish_evm_batch(&batch.id, &hash_hex, &paid, &failed, now_ms())
             .await?;
+        let chain = self.chain.chain_id().to_string();
+        metrics::counter!("tollgate_settlement_batches_settled_total", "chain" => chain.clone())
+            .increment(1);
+        metrics::counter!("tollgate_settlement_gas_used_total", "chain" => chain.clone())
+            .increment(receipt.gas_used);
+        metrics::counter!("tollgate_settlement_payers_total", "chain" => chain.clone(), "outcome" => "settled")
+            .increment(paid.len() as u64);
+        metrics::counter!("tollgate_settlement_payers_total", "chain" => chain, "outcome" => "failed")
+            .increment(failed.len() as u64);
         tracing::info!(chain = self.chain.chain_id(), batch_id = %batch.id, batch_no,
             tx_hash = %hash_hex, paid = paid.len(), failed = failed.len(), "batch settled on chain");
         Ok(Pass::Settled)

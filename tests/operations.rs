@@ -1,0 +1,248 @@
+//! Operating Tollgate (issue "Operations"): `/metrics`, `/readyz` naming
+//! what is not ready, refused calls that do not flood the log, the start-up
+//! summary and its warnings, and errors said once with their root cause.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::process::{spawn_serving_with, tollgate};
+use common::*;
+use ledger::store::Backend;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_402s_and_ledger_state() {
+    let (app, _mock) = spawn_paid_app(Backend::Sqlite).await;
+    let paid = app.paid_key(1_000).await;
+    let response = app
+        .chat(
+            &paid.token,
+            &json!({ "model": "echo", "messages": [{ "role": "user", "content": "count me" }] }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let (status, _) = app
+        .create_key(
+            &paid.session,
+            &paid.wallet.hex(),
+            &CHAIN.to_string(),
+            &json!({ "budgetLimit": 999_000_000_000u64 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let (status, _) = app.get_key(&paid.session, &paid.key_id).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"tollgate_http_requests_total{route="/external/v1/chat/completions",status="200"}"#,
+        r#"tollgate_http_requests_total{route="/api/keys/{key_id}",status="200"}"#,
+        r#"tollgate_http_request_duration_seconds_bucket{route="/external/v1/chat/completions""#,
+        r#"tollgate_payment_required_total{code="insufficient_funds"}"#,
+        "tollgate_key_actors_live",
+        r#"tollgate_charges{status="#,
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    // Routes are patterns: no key id makes a series of its own.
+    assert!(!text.contains(&paid.key_id), "a key id leaked into a label");
+}
+
+#[tokio::test]
+async fn readyz_names_what_is_not_ready() {
+    let (app, _mock) = spawn_paid_app(Backend::Sqlite).await;
+    let (status, body) = json_of(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "status": "ready", "store": "ok" }));
+
+    // The evm mode with a chain nobody answers for.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rpc = format!("http://127.0.0.1:{closed}");
+    let chain = |field: &str| format!("TOLLGATE__CHAINS__{CHAIN}__{field}");
+    let env = [
+        ("TOLLGATE__SETTLEMENT__MODE".to_owned(), "evm".to_owned()),
+        (chain("RPC_URL"), rpc),
+        (
+            chain("USDC"),
+            "0x5fbdb2315678afecb367f032d93f642f64180aa3".into(),
+        ),
+        (
+            chain("SETTLEMENT_CONTRACT"),
+            "0xe7f1725e7734ce288f8367e1bb143e90bb3f0512".into(),
+        ),
+        (
+            chain("TREASURY"),
+            "0xa0ee7a142d267c1f36714e4a8f75612f20a79720".into(),
+        ),
+        (
+            chain("OPERATOR_KEY"),
+            workers::evm::devnet::ANVIL_KEY_0.into(),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let app = spawn_app_with(Backend::Sqlite, &env).await;
+    let started = Instant::now();
+    let (status, body) = json_of(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["store"], "ok");
+    assert_ne!(body["chains"][CHAIN.to_string()], "ok", "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "each check is bounded"
+    );
+}
+
+/// The JSON log lines of `path` at WARN or above.
+fn loud_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| matches!(line["level"].as_str(), Some("WARN" | "ERROR")))
+        .collect()
+}
+
+#[tokio::test]
+async fn refused_calls_do_not_flood_the_log_and_start_up_says_what_it_runs() {
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("tollgate-ops-{}", uuid::Uuid::now_v7().simple())),
+    );
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let (_server, port) = spawn_serving_with(
+        &dir.0,
+        "127.0.0.1:0",
+        "serve.log",
+        &[
+            ("TOLLGATE__LOG__FILTER", "info"),
+            ("TOLLGATE_STORE_URL", "sqlite://typo.db"),
+        ],
+    );
+    let log = dir.0.join("serve.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "tollgate serving")
+        .expect("a start-up summary");
+    let store = serving["fields"]["store"].as_str().unwrap();
+    assert!(store.starts_with("sqlite:///"), "an absolute path: {store}");
+    assert_eq!(serving["fields"]["settlement"], "Ledger");
+    assert!(serving["fields"]["models"]
+        .as_str()
+        .unwrap()
+        .contains("echo"));
+    assert!(serving["fields"]["queue"]
+        .as_str()
+        .unwrap()
+        .starts_with("memory://"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "WARN" && l["fields"]["variable"] == "TOLLGATE_STORE_URL"),
+        "a single-underscore variable is named: {text}"
+    );
+
+    let before = loud_lines(&log).len();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let secret = "compose-not-a-real-token-but-secretish-0123456789";
+    for _ in 0..25 {
+        let paid = client
+            .post(format!("{base}/external/v1/chat/completions"))
+            .bearer_auth(secret)
+            .json(&json!({ "model": "echo", "messages": [{ "role": "user", "content": "x" }] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(paid.status(), StatusCode::UNAUTHORIZED);
+        let keys = client
+            .get(format!("{base}/api/keys/nope"))
+            .bearer_auth(secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(keys.status(), StatusCode::UNAUTHORIZED);
+        let missing = client
+            .get(format!("{base}/no/such/route"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = loud_lines(&log);
+    assert_eq!(
+        after.len(),
+        before,
+        "refused calls logged at WARN/ERROR: {:?}",
+        &after[before..]
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(secret), "a token reached the log");
+}
+
+#[test]
+fn errors_are_said_once_with_their_root_cause() {
+    // --config naming a folder.
+    let output = tollgate()
+        .args(["--config", "/tmp", "migrate"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/tmp is a folder"), "{stderr}");
+    assert_eq!(stderr.matches("is a folder").count(), 1, "{stderr}");
+
+    // A PostgreSQL nobody listens for: said promptly, with the OS's cause, once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let output = tollgate()
+        .arg("migrate")
+        .env(
+            "TOLLGATE__STORE__URL",
+            format!("postgres://postgres@127.0.0.1:{closed}/test"),
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let said = stderr
+        .lines()
+        .filter(|l| l.starts_with("tollgate:"))
+        .collect::<Vec<_>>();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(said[0].to_lowercase().contains("refused"), "{stderr}");
+    assert_eq!(
+        said[0].matches("refused").count(),
+        1,
+        "the cause said once: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+}
