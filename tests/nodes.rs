@@ -419,3 +419,88 @@ async fn a_gateway_killed_under_load_loses_no_reported_charge() {
     eprintln!("answered {}, lost to the kill {lost}", reported.len());
     common::delete_queue(&queue).await;
 }
+
+/// SIGTERM under load (issue "Operations", graceful shutdown): node B stops
+/// accepting, answers what it took, writes every charge it reported, returns
+/// its leases and exits 0 — no reported call without its charge, no budget
+/// left stranded in a lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_by_sigterm_under_load_charges_every_answer_and_returns_its_lease() {
+    let (app, _mock, mut node_b) = two_nodes(8).await;
+    let key = app.paid_key(1_000_000).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for _ in 0..16 {
+        let (client, base, key, stop) = (
+            app.client.clone(),
+            node_b.base.clone(),
+            clone_key(&key),
+            stop.clone(),
+        );
+        loops.push(tokio::spawn(async move {
+            let mut reported = std::collections::HashMap::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = client
+                    .post(format!("{base}/external/v1/chat/completions"))
+                    .bearer_auth(&key.token)
+                    .json(&thirty())
+                    .send()
+                    .await;
+                let Ok(response) = sent else { break };
+                if response.status() != 200 {
+                    continue;
+                }
+                let amount = header_amount(&response, "x-compose-key-final-amount-wei");
+                let id = response.headers()["x-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                if response.bytes().await.is_ok() {
+                    reported.insert(id, amount);
+                }
+            }
+            reported
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let pid = node_b.process.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = std::time::Instant::now();
+    let exit = loop {
+        if let Some(status) = node_b.process.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node B never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
+    let mut reported = std::collections::HashMap::new();
+    for task in loops {
+        reported.extend(task.await.unwrap());
+    }
+    assert!(
+        reported.len() > 16,
+        "the load ran: {} answers",
+        reported.len()
+    );
+    assert_eq!(
+        app.charges_missing(&reported).await,
+        0,
+        "every answer has its charge"
+    );
+    let (used, leased) = books(&app, &key).await;
+    assert_eq!(
+        used,
+        reported.values().sum::<u64>(),
+        "nothing charged beyond the answers"
+    );
+    assert_eq!(leased, 0, "node B returned what it did not spend");
+}
