@@ -426,6 +426,16 @@ async fn a_gateway_killed_under_load_loses_no_reported_charge() {
 /// left stranded in a lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_by_sigterm_under_load_charges_every_answer_and_returns_its_lease() {
+    stop_under_load("-TERM").await;
+}
+
+/// Ctrl-C (SIGINT) drains exactly as SIGTERM does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_by_ctrl_c_under_load_drains_the_same_way() {
+    stop_under_load("-INT").await;
+}
+
+async fn stop_under_load(signal: &str) {
     let (app, _mock, mut node_b) = two_nodes(8).await;
     let key = app.paid_key(1_000_000).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -465,7 +475,7 @@ async fn a_node_stopped_by_sigterm_under_load_charges_every_answer_and_returns_i
     tokio::time::sleep(Duration::from_millis(700)).await;
     let pid = node_b.process.0.id().to_string();
     assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([signal, &pid])
         .status()
         .unwrap()
         .success());
@@ -481,7 +491,7 @@ async fn a_node_stopped_by_sigterm_under_load_charges_every_answer_and_returns_i
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
+    assert!(exit.success(), "{signal} is a clean stop: {exit:?}");
     let mut reported = std::collections::HashMap::new();
     for task in loops {
         reported.extend(task.await.unwrap());

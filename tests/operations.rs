@@ -246,3 +246,62 @@ fn errors_are_said_once_with_their_root_cause() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn studio_bootstrap_refuses_an_account_name_that_exists() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.bootstrap_studio("acme");
+    let output = tollgate()
+        .args([
+            "studio",
+            "bootstrap",
+            "--account",
+            "acme",
+            "--project",
+            "second",
+        ])
+        .env("TOLLGATE__STORE__URL", &app.db.url)
+        .env("TOLLGATE__STUDIO__SECRETS_KEY_FILE", app.file("studio.key"))
+        .env("TOLLGATE__AUTH__SIGNING_KEY_FILE", app.file("signing.key"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("\"acme\" exists already").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "no key printed");
+    // A different name still works.
+    app.bootstrap_studio("acme-two");
+}
+
+#[test]
+fn a_corrupt_sqlite_file_is_said_once() {
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-corrupt-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ledger.db");
+    std::fs::write(&file, vec![0x5a; 8192]).unwrap();
+    let output = tollgate()
+        .arg("migrate")
+        .env(
+            "TOLLGATE__STORE__URL",
+            format!("sqlite://{}", file.display()),
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("tollgate:"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(said[0].contains("not a database"), "{stderr}");
+    assert_eq!(said[0].matches("not a database").count(), 1, "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

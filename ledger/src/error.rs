@@ -42,4 +42,6 @@ pub enum StoreError {
     AmountOverflow,
     #[error("charge would take the key past its budget limit")]
     OverBudget,
+    #[error("a Studio account named {0:?} exists already")]
+    AccountNameTaken(String),
 }

@@ -97,24 +97,28 @@ impl Store {
             Backend::Postgres => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url)?;
-        if backend == Backend::Postgres {
-            // One plain connection first: an unreachable server is said as
-            // the OS says it ("Connection refused"), at once, rather than as
-            // the pool's "timed out" after its acquire timeout.
+        // One plain connection first: an unreachable server or a file that
+        // is not a database is said once, as the OS or SQLite says it
+        // ("Connection refused", "file is not a database"), at once — not
+        // as the pool's "timed out" after its acquire timeout, nor logged
+        // again on each of its retries.
+        let first = async {
             use sqlx::Connection;
-            let first = sqlx::AnyConnection::connect_with(&options);
-            match tokio::time::timeout(POOL_ACQUIRE_TIMEOUT, first).await {
-                Ok(Ok(conn)) => {
-                    let _ = conn.close().await;
-                }
-                Ok(Err(error)) => return Err(error.into()),
-                Err(_) => {
-                    return Err(StoreError::Setup(format!(
-                        "no answer from {} within {} s",
-                        redact_url(&url),
-                        POOL_ACQUIRE_TIMEOUT.as_secs()
-                    )))
-                }
+            let mut conn = sqlx::AnyConnection::connect_with(&options).await?;
+            if backend == Backend::Sqlite {
+                conn.execute("PRAGMA schema_version").await?;
+            }
+            conn.close().await
+        };
+        match tokio::time::timeout(POOL_ACQUIRE_TIMEOUT, first).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => {
+                return Err(StoreError::Setup(format!(
+                    "no answer from {} within {} s",
+                    redact_url(&url),
+                    POOL_ACQUIRE_TIMEOUT.as_secs()
+                )))
             }
         }
         let pool = AnyPoolOptions::new()

@@ -35,6 +35,15 @@ impl Store {
     ) -> Result<ApiKeyRecord, StoreError> {
         debug_assert_eq!(project.account_id, account.id);
         let mut tx = self.pool().begin().await?;
+        // Names are how operators tell accounts apart. Checked here, not by
+        // a unique index: stores from before this check may hold duplicates.
+        let taken = sqlx::query("SELECT id FROM studio_accounts WHERE name = $1 LIMIT 1")
+            .bind(account.name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::AccountNameTaken(account.name.clone()));
+        }
         let (wallet, chain) = match &account.funding {
             Some((wallet, chain)) => (Some(wallet.to_lower_hex()), Some(chain_to_db(*chain)?)),
             None => (None, None),
