@@ -305,3 +305,47 @@ fn a_corrupt_sqlite_file_is_said_once() {
     assert_eq!(said[0].matches("not a database").count(), 1, "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn siwe_sign_takes_its_domain_from_the_settings_and_checks_its_arguments() {
+    let sign = |args: &[&str], env: &[(&str, &str)]| {
+        tollgate()
+            .args(["siwe-sign", "--nonce", "abcdefgh12"])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    for (args, needle) in [
+        (["--domain", "http://127.0.0.1:8080"], "no scheme"),
+        (["--budget", "1.5"], "whole number"),
+        (["--budget", "lots"], "whole number"),
+    ] {
+        let output = sign(&args, &[]);
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let output = sign(&[], &[("TOLLGATE__AUTH__SIWE_DOMAINS", "app.example.com")]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let body: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("app.example.com wants you to sign in"),
+        "{message}"
+    );
+    assert!(message.contains("URI: http://app.example.com"), "{message}");
+    let output = sign(&[], &[("TOLLGATE__HTTP__BIND", "127.0.0.1:9999")]);
+    let body: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:9999 wants"),
+        "{body}"
+    );
+}
