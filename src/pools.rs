@@ -63,7 +63,16 @@ pub fn start_settler(
     settings: &Settings,
     store: Store,
     clients: &HashMap<ChainId, ChainClient>,
-) -> Vec<NamedTask> {
+) -> Result<Vec<NamedTask>, crate::settings::SettingsError> {
+    // A process that settles must hold each chain's operator key.
+    if let Some((id, _)) = clients.iter().find(|(_, client)| !client.can_sign()) {
+        return Err(crate::settings::SettingsError::Invalid {
+            setting: format!("chains.{}.operator_key", id.0),
+            reason: "must be set where charges are settled (`tollgate worker`, or `serve` with \
+                     workers.in_process or no queue); only gateways that do not settle run without it"
+                .to_owned(),
+        });
+    }
     let every = std::time::Duration::from_millis(settings.settlement.interval_ms);
     match settings.settlement.mode {
         SettlementMode::Ledger => {
@@ -73,9 +82,9 @@ pub fn start_settler(
                 every,
                 settings.settlement.batch_max_charges,
             );
-            vec![spawn_settler("ledger settler", settler)]
+            Ok(vec![spawn_settler("ledger settler", settler)])
         }
-        SettlementMode::Evm => clients
+        SettlementMode::Evm => Ok(clients
             .iter()
             .filter_map(|(id, client)| {
                 let chain = settings.chains.get(&ChainKey(*id))?;
@@ -83,7 +92,13 @@ pub fn start_settler(
                     store.clone(),
                     client.clone(),
                     EvmSettlerConfig {
-                        settler_id: format!("{}-{}", store.node_id(), id.0),
+                        // Unique per process: two settlers sharing an id
+                        // would both think they hold the chain's lease.
+                        settler_id: format!(
+                            "settler-{}-chain-{}",
+                            uuid::Uuid::now_v7().simple(),
+                            id.0
+                        ),
                         every,
                         batch_max_payers: chain.batch_max_payers,
                         batch_max_age_ms: chain.batch_max_age_ms,
@@ -92,7 +107,7 @@ pub fn start_settler(
                 );
                 Some(spawn_settler("evm settler", settler))
             })
-            .collect(),
+            .collect::<Vec<_>>()),
     }
 }
 

@@ -356,18 +356,17 @@ impl ChainSettings {
         if !(rpc_url.starts_with("http://") || rpc_url.starts_with("https://")) {
             return Err(invalid(setting("rpc_url"), "must be an http(s):// URL"));
         }
+        // Only processes that settle need the key (checked where settlers
+        // start); a gateway reads balances and allowances without it.
         let operator_key = match (&self.operator_key, &self.operator_key_file) {
-            (Some(key), _) if !key.trim().is_empty() => key.trim().to_owned(),
-            (_, Some(file)) => std::fs::read_to_string(file)
-                .map_err(|e| invalid(setting("operator_key_file"), format!("{file}: {e}")))?
-                .trim()
-                .to_owned(),
-            _ => {
-                return Err(invalid(
-                    setting("operator_key"),
-                    "must be set in the \"evm\" mode (or operator_key_file)",
-                ))
-            }
+            (Some(key), _) if !key.trim().is_empty() => Some(key.trim().to_owned()),
+            (_, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| invalid(setting("operator_key_file"), format!("{file}: {e}")))?
+                    .trim()
+                    .to_owned(),
+            ),
+            _ => None,
         };
         within(&setting("confirmations"), self.confirmations, 1, 1_000)?;
         within(

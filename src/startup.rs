@@ -160,7 +160,7 @@ impl Application {
                 &settings,
                 store.clone(),
                 &chain_clients,
-            ));
+            )?);
         }
         let shutdown_timeout = Duration::from_millis(settings.http.shutdown_timeout_ms);
         let studio = StudioKeys {

@@ -349,3 +349,48 @@ fn siwe_sign_takes_its_domain_from_the_settings_and_checks_its_arguments() {
         "{body}"
     );
 }
+
+#[test]
+fn only_a_process_that_settles_needs_the_operator_key() {
+    let chain = |field: &str| format!("TOLLGATE__CHAINS__{CHAIN}__{field}");
+    let evm = [
+        ("TOLLGATE__SETTLEMENT__MODE".to_owned(), "evm".to_owned()),
+        (chain("RPC_URL"), "http://127.0.0.1:1".to_owned()),
+        (
+            chain("USDC"),
+            "0x5fbdb2315678afecb367f032d93f642f64180aa3".to_owned(),
+        ),
+        (
+            chain("SETTLEMENT_CONTRACT"),
+            "0xe7f1725e7734ce288f8367e1bb143e90bb3f0512".to_owned(),
+        ),
+        (
+            chain("TREASURY"),
+            "0xa0ee7a142d267c1f36714e4a8f75612f20a79720".to_owned(),
+        ),
+    ];
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-keyless-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Embedded `serve` settles itself: without the key it refuses to start,
+    // naming the setting.
+    let output = tollgate()
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .current_dir(&dir)
+        .envs(evm.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("chains.43113.operator_key"), "{stderr}");
+    // A read-only use of the chain settings (reconcile's ledger side runs
+    // first, then each chain) loads them without a key.
+    let settings = tollgate::settings::Settings::load_with_env(None, evm.iter().cloned()).unwrap();
+    let chains = settings.evm_chains().unwrap();
+    assert_eq!(chains[0].operator_key, None);
+    let client = workers::evm::ChainClient::new(chains[0].clone()).unwrap();
+    assert!(!client.can_sign());
+    let _ = std::fs::remove_dir_all(&dir);
+}

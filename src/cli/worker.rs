@@ -25,7 +25,7 @@ pub async fn worker(settings: Settings) -> anyhow::Result<()> {
         &settings,
         store.clone(),
         &chain_clients,
-    ));
+    )?);
     tracing::info!(
         queue = %settings.queue.calls_queue,
         pools,

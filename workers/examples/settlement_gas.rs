@@ -69,7 +69,7 @@ async fn main() {
         usdc: deployment.usdc,
         settlement_contract: deployment.settlement_contract,
         treasury: deployment.treasury,
-        operator_key: deployment.operator_key.clone(),
+        operator_key: Some(deployment.operator_key.clone()),
         confirmations: 1,
         rpc_timeout: Duration::from_secs(10),
         from_block: 0,

@@ -52,7 +52,7 @@ async fn rig_on(anvil: Anvil, backend: Backend, rpc_url: Option<String>) -> Rig 
         usdc: deployment.usdc,
         settlement_contract: deployment.settlement_contract,
         treasury: deployment.treasury,
-        operator_key: deployment.operator_key.clone(),
+        operator_key: Some(deployment.operator_key.clone()),
         confirmations: 1,
         rpc_timeout: Duration::from_secs(5),
         from_block: 0,
@@ -69,11 +69,15 @@ async fn rig_on(anvil: Anvil, backend: Backend, rpc_url: Option<String>) -> Rig 
 
 impl Rig {
     fn settler(&self, replace_after_ms: i64) -> EvmSettler {
+        self.settler_named("test-settler", replace_after_ms)
+    }
+
+    fn settler_named(&self, id: &str, replace_after_ms: i64) -> EvmSettler {
         EvmSettler::new(
             self.store.clone(),
             self.client.clone(),
             EvmSettlerConfig {
-                settler_id: "test-settler".into(),
+                settler_id: id.into(),
                 every: Duration::from_millis(20),
                 batch_max_payers: 10,
                 batch_max_age_ms: 0,
@@ -731,4 +735,28 @@ async fn a_fresh_ledger_numbers_its_batches_after_those_the_contract_settled() {
     let batch = &store.settlement_batches(Some("settled")).await.unwrap()[0];
     assert_eq!(batch.total, Amount::from_atomic(13).unwrap());
     assert!(rig.client.is_settled(2).await.unwrap(), "numbered after #1");
+}
+
+#[tokio::test]
+async fn one_settler_per_chain_is_active_the_others_stand_by() {
+    let rig = rig(Backend::Postgres).await;
+    let payer = account(&rig, 1);
+    rig.dev.approve(payer, 1_000_000).await.unwrap();
+    let key = rig.charge(payer, &[5]).await;
+    let (a, b) = (
+        rig.settler_named("a", 60_000),
+        rig.settler_named("b", 60_000),
+    );
+    let (first, second) = tokio::join!(a.pass(), b.pass());
+    let passes = [first.unwrap(), second.unwrap()];
+    assert_eq!(
+        passes.iter().filter(|p| **p == Pass::NotActive).count(),
+        1,
+        "exactly one stands by: {passes:?}"
+    );
+    let active = if passes[0] == Pass::NotActive { &b } else { &a };
+    rig.settle_until(active, Pass::Settled, 20).await;
+    assert_eq!(rig.statuses(&key).await, ["settled"]);
+    let standby = if passes[0] == Pass::NotActive { &a } else { &b };
+    assert_eq!(standby.pass().await.unwrap(), Pass::NotActive);
 }

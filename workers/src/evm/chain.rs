@@ -51,8 +51,9 @@ pub struct ChainConfig {
     pub usdc: Address,
     pub settlement_contract: Address,
     pub treasury: Address,
-    /// The operator's private key (hex). Never logged.
-    pub operator_key: String,
+    /// The operator's private key (hex). Never logged. `None`: this process
+    /// only reads the chain (a gateway's funding check); it cannot settle.
+    pub operator_key: Option<String>,
     /// Blocks on top of a receipt's own before it counts (1: the receipt's
     /// block is enough).
     pub confirmations: u64,
@@ -156,7 +157,9 @@ pub enum PayerOutcome {
 pub struct ChainClient {
     config: ChainConfig,
     provider: RootProvider,
-    wallet: EthereumWallet,
+    /// `None` when the process has no operator key (reads only).
+    wallet: Option<EthereumWallet>,
+    /// The operator's address; the zero address without a key.
     operator: Address,
 }
 
@@ -176,19 +179,19 @@ impl ChainClient {
             chain,
             reason: format!("rpc_url is not a URL: {:?}", config.rpc_url),
         })?;
-        let signer: PrivateKeySigner =
-            config
-                .operator_key
-                .trim()
-                .parse()
-                .map_err(|_| ChainError::Config {
-                    chain,
-                    reason: "operator_key is not a 32-byte hex private key".to_owned(),
-                })?;
-        let operator = signer.address();
+        let signer: Option<PrivateKeySigner> = match config.operator_key.as_deref() {
+            None => None,
+            Some(key) => Some(key.trim().parse().map_err(|_| ChainError::Config {
+                chain,
+                reason: "operator_key is not a 32-byte hex private key".to_owned(),
+            })?),
+        };
+        let operator = signer
+            .as_ref()
+            .map_or(Address::ZERO, PrivateKeySigner::address);
         Ok(ChainClient {
             provider: RootProvider::new_http(url),
-            wallet: EthereumWallet::from(signer),
+            wallet: signer.map(EthereumWallet::from),
             operator,
             config,
         })
@@ -202,9 +205,15 @@ impl ChainClient {
         self.config.chain_id
     }
 
-    /// The operator's address (the settlement contract's `operator`).
+    /// The operator's address (the settlement contract's `operator`; the
+    /// zero address in a client without a key).
     pub fn operator(&self) -> Address {
         self.operator
+    }
+
+    /// Whether this client holds the operator's key (can settle).
+    pub fn can_sign(&self) -> bool {
+        self.wallet.is_some()
     }
 
     pub fn provider(&self) -> &RootProvider {
@@ -517,8 +526,12 @@ impl ChainClient {
             .with_gas_limit(gas_limit)
             .with_max_fee_per_gas(max_fee_per_gas)
             .with_max_priority_fee_per_gas(max_priority_fee_per_gas);
+        let wallet = self.wallet.as_ref().ok_or_else(|| ChainError::Config {
+            chain: self.chain_id(),
+            reason: "no operator key in this process: it cannot sign".to_owned(),
+        })?;
         let envelope = request
-            .build(&self.wallet)
+            .build(wallet)
             .await
             .map_err(|e| ChainError::Config {
                 chain: self.chain_id(),

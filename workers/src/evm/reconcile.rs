@@ -132,6 +132,13 @@ pub async fn reconcile_chain(
             ));
         }
     }
+    // Batches in flight are known too: one may be mined and not yet
+    // recorded (the settler's next pass records it).
+    for status in ["open", "sending"] {
+        for (_, no, _) in store.evm_batches(chain, status, 0, PAGE).await? {
+            known.insert(u64::try_from(no).unwrap_or(0));
+        }
+    }
     // Settlements the ledger does not know.
     let filter = Filter::new()
         .address(client.config().settlement_contract)
