@@ -45,7 +45,20 @@ pub struct RequestSpans;
 
 impl RootSpanBuilder for RequestSpans {
     fn on_request_start(request: &ServiceRequest) -> Span {
-        tracing_actix_web::root_span!(level = tracing::Level::INFO, request)
+        // A caller's own request id, when well-formed, rides on every line
+        // of its request (beside the id generated here), so a client's
+        // report can be found in the log.
+        let client_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| well_formed_request_id(id))
+            .unwrap_or("");
+        tracing_actix_web::root_span!(
+            level = tracing::Level::INFO,
+            request,
+            client_request_id = client_id
+        )
     }
 
     fn on_request_end<B: MessageBody>(
@@ -74,5 +87,30 @@ impl RootSpanBuilder for RequestSpans {
         }
         drop(_entered);
         DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
+/// A request id a client may hand us: 1 to 64 characters of letters, digits
+/// and `-_.:` — nothing that could forge a log line or carry a secret's
+/// worth of text.
+pub fn well_formed_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::well_formed_request_id;
+
+    #[test]
+    fn client_request_ids_are_short_and_plain() {
+        assert!(well_formed_request_id("req-2026_11.29:1"));
+        assert!(!well_formed_request_id(""));
+        assert!(!well_formed_request_id(&"a".repeat(65)));
+        assert!(!well_formed_request_id("two words"));
+        assert!(!well_formed_request_id("line\nbreak"));
+        assert!(!well_formed_request_id("{\"level\":\"ERROR\"}"));
     }
 }

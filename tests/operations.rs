@@ -129,7 +129,7 @@ async fn refused_calls_do_not_flood_the_log_and_start_up_says_what_it_runs() {
         "127.0.0.1:0",
         "serve.log",
         &[
-            ("TOLLGATE__LOG__FILTER", "info"),
+            ("TOLLGATE__LOG__FILTER", "info,tollgate::telemetry=debug"),
             ("TOLLGATE_STORE_URL", "sqlite://typo.db"),
         ],
     );
@@ -188,7 +188,22 @@ async fn refused_calls_do_not_flood_the_log_and_start_up_says_what_it_runs() {
             .unwrap();
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     }
+    // A caller's well-formed request id rides on its request's log lines.
+    let tagged = client
+        .get(format!("{base}/api/keys/nope"))
+        .header("x-request-id", "client-req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tagged.status(), StatusCode::UNAUTHORIZED);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| l["span"]["client_request_id"] == "client-req-42"),
+        "no line carries the client's request id: {text}"
+    );
     let after = loud_lines(&log);
     assert_eq!(
         after.len(),
