@@ -143,6 +143,15 @@ pub enum Broadcast {
     AlreadyKnown,
 }
 
+/// A batch the contract logged as settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettledBatch {
+    pub batch_no: u64,
+    /// What its payers paid together.
+    pub total: U256,
+    pub tx_hash: Option<B256>,
+}
+
 /// A payer's outcome in a mined settlement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayerOutcome {
@@ -573,32 +582,19 @@ impl ChainClient {
         .await
     }
 
-    /// The transaction that settled `batch_no`, found by its
-    /// `BatchSettled` log (for when none of our own hashes has a receipt:
-    /// the outcome was lost).
-    pub async fn find_settlement(&self, batch_no: u64) -> Result<Option<B256>, ChainError> {
-        let filter = Filter::new()
-            .address(self.config.settlement_contract)
-            .event_signature(TollgateSettlement::BatchSettled::SIGNATURE_HASH)
-            .topic1(B256::from(U256::from(batch_no)))
-            .from_block(self.config.from_block);
-        let logs = self
-            .rpc("eth_getLogs", || async {
-                self.provider
-                    .get_logs(&filter)
-                    .await
-                    .map_err(|e| self.rpc_error(e))
-            })
-            .await?;
-        Ok(logs.iter().find_map(|log| log.transaction_hash))
-    }
-
-    /// The highest batch number the contract logged as settled (0: none).
-    pub async fn last_settled_batch_no(&self) -> Result<u64, ChainError> {
-        let filter = Filter::new()
+    /// The contract's `BatchSettled` logs since `from_block`: every batch's,
+    /// or only `batch_no`'s. One `eth_getLogs`, retried like every RPC.
+    pub async fn settled_batches(
+        &self,
+        batch_no: Option<u64>,
+    ) -> Result<Vec<SettledBatch>, ChainError> {
+        let mut filter = Filter::new()
             .address(self.config.settlement_contract)
             .event_signature(TollgateSettlement::BatchSettled::SIGNATURE_HASH)
             .from_block(self.config.from_block);
+        if let Some(no) = batch_no {
+            filter = filter.topic1(B256::from(U256::from(no)));
+        }
         let logs = self
             .rpc("eth_getLogs", || async {
                 self.provider
@@ -609,8 +605,31 @@ impl ChainClient {
             .await?;
         Ok(logs
             .iter()
-            .filter_map(|log| log.topics().get(1))
-            .map(|topic| u64::try_from(U256::from_be_bytes(topic.0)).unwrap_or(u64::MAX))
+            .filter_map(|log| {
+                let event = TollgateSettlement::BatchSettled::decode_log(&log.inner).ok()?;
+                Some(SettledBatch {
+                    batch_no: u64::try_from(event.batchId).unwrap_or(u64::MAX),
+                    total: event.total,
+                    tx_hash: log.transaction_hash,
+                })
+            })
+            .collect())
+    }
+
+    /// The transaction that settled `batch_no`, found by its
+    /// `BatchSettled` log (for when none of our own hashes has a receipt:
+    /// the outcome was lost).
+    pub async fn find_settlement(&self, batch_no: u64) -> Result<Option<B256>, ChainError> {
+        let settled = self.settled_batches(Some(batch_no)).await?;
+        Ok(settled.iter().find_map(|batch| batch.tx_hash))
+    }
+
+    /// The highest batch number the contract logged as settled (0: none).
+    pub async fn last_settled_batch_no(&self) -> Result<u64, ChainError> {
+        let settled = self.settled_batches(None).await?;
+        Ok(settled
+            .iter()
+            .map(|batch| batch.batch_no)
             .max()
             .unwrap_or(0))
     }

@@ -9,14 +9,10 @@
 use std::collections::{BTreeMap, HashSet};
 
 use alloy::primitives::{Address, U256};
-use alloy::providers::Provider;
-use alloy::rpc::types::Filter;
-use alloy::sol_types::SolEvent;
 use ledger::store::settlement::Difference;
 use ledger::{ChainId, Store};
 
 use super::chain::{ChainClient, PayerOutcome};
-use super::contracts::TollgateSettlement;
 use super::settler::SettleError;
 
 /// Batches read per page.
@@ -140,30 +136,14 @@ pub async fn reconcile_chain(
         }
     }
     // Settlements the ledger does not know.
-    let filter = Filter::new()
-        .address(client.config().settlement_contract)
-        .event_signature(TollgateSettlement::BatchSettled::SIGNATURE_HASH)
-        .from_block(client.config().from_block);
-    let logs =
-        client
-            .provider()
-            .get_logs(&filter)
-            .await
-            .map_err(|e| super::ChainError::Unavailable {
-                chain: chain.0,
-                reason: e.to_string(),
-            })?;
-    for log in logs {
-        if let Ok(event) = TollgateSettlement::BatchSettled::decode_log(&log.inner) {
-            let no = u64::try_from(event.batchId).unwrap_or(u64::MAX);
-            if !known.contains(&no) {
-                differences.push(difference(
-                    "batch settled on chain, not in the ledger",
-                    format!("batch #{no} tx {:?}", log.transaction_hash),
-                    0,
-                    to_i64(event.total),
-                ));
-            }
+    for settled in client.settled_batches(None).await? {
+        if !known.contains(&settled.batch_no) {
+            differences.push(difference(
+                "batch settled on chain, not in the ledger",
+                format!("batch #{} tx {:?}", settled.batch_no, settled.tx_hash),
+                0,
+                to_i64(settled.total),
+            ));
         }
     }
     Ok(differences)

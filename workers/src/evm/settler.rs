@@ -150,21 +150,10 @@ impl EvmSettler {
         {
             return Ok(Pass::NotActive);
         }
-        if account.next_batch_no == 1 && account.next_nonce == 0 {
-            // A ledger that never settled on this chain: start past the
-            // batch numbers the contract already used (another ledger, or
-            // this one before a reset), or every batch would collide.
-            let last = self.chain.last_settled_batch_no().await?;
-            if last > 0 {
-                tracing::warn!(chain = self.chain.chain_id(), last,
-                    "the contract already settled batches this ledger does not know; numbering after them");
-                let next = i64::try_from(last).unwrap_or(i64::MAX).saturating_add(1);
-                self.store
-                    .raise_next_batch_no(self.chain_id(), next, now_ms())
-                    .await?;
-            }
-        }
-        match self.step(account.next_nonce).await {
+        // A ledger that never settled on this chain (checked only when it
+        // is about to open its first batch, not on every idle pass).
+        let fresh = account.next_batch_no == 1 && account.next_nonce == 0;
+        match self.step(account.next_nonce, fresh).await {
             Ok(pass) => {
                 if account.paused_reason.is_some()
                     && self
@@ -192,10 +181,10 @@ impl EvmSettler {
         }
     }
 
-    async fn step(&self, store_nonce: i64) -> Result<Pass, SettleError> {
+    async fn step(&self, store_nonce: i64, fresh: bool) -> Result<Pass, SettleError> {
         let batch = match self.store.in_flight_batch(self.chain_id()).await? {
             Some(batch) => batch,
-            None => match self.close_batch().await? {
+            None => match self.close_batch(fresh).await? {
                 Some(batch) => batch,
                 None => return Ok(Pass::Idle),
             },
@@ -205,7 +194,7 @@ impl EvmSettler {
 
     /// Closes a batch when one is due: by size or by age, of payers who can
     /// pay now.
-    async fn close_batch(&self) -> Result<Option<EvmBatch>, SettleError> {
+    async fn close_batch(&self, fresh: bool) -> Result<Option<EvmBatch>, SettleError> {
         let now = now_ms();
         let max = self.config.batch_max_payers.max(1);
         // Payers who cannot pay stay at the head (oldest first): read past
@@ -249,6 +238,9 @@ impl EvmSettler {
         if wallets.is_empty() {
             return Ok(None);
         }
+        if fresh {
+            self.number_after_the_contracts_batches().await?;
+        }
         let id = format!("evm-{}", uuid::Uuid::now_v7().simple());
         let batch = self
             .store
@@ -259,6 +251,22 @@ impl EvmSettler {
                 batch_no = batch.batch_no, payers = batch.payers.len(), "closed a settlement batch");
         }
         Ok(batch)
+    }
+
+    /// A ledger that never settled on this chain starts past the batch
+    /// numbers the contract already used (another ledger, or this one before
+    /// a reset), or every batch it opens would collide.
+    async fn number_after_the_contracts_batches(&self) -> Result<(), SettleError> {
+        let last = self.chain.last_settled_batch_no().await?;
+        if last > 0 {
+            tracing::warn!(chain = self.chain.chain_id(), last,
+                "the contract already settled batches this ledger does not know; numbering after them");
+            let next = i64::try_from(last).unwrap_or(i64::MAX).saturating_add(1);
+            self.store
+                .raise_next_batch_no(self.chain_id(), next, now_ms())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Moves a batch in flight one step on.
