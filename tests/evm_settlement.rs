@@ -20,11 +20,9 @@ use std::time::Duration;
 
 use common::process::{spawn_serving_with, tollgate};
 use common::*;
-use ledger::model::NewCharge;
 use ledger::store::Backend;
-use ledger::testing::create_funded_key;
-use ledger::time::now_ms;
-use ledger::{Amount, ChainId, KeyId, RequestId};
+use ledger::testing::{create_funded_key, test_charge};
+use ledger::{Amount, ChainId, KeyId};
 use reqwest::StatusCode;
 use serde_json::json;
 use workers::evm::devnet::{deploy, Anvil, AnvilOptions, DevChain};
@@ -307,18 +305,7 @@ async fn pending_charges(store: &ledger::Store, chain: &Chain, payers: &[Address
         let amount = 100 * (i as u64 + 1);
         total += amount;
         store
-            .record_charge(&NewCharge {
-                request_id: RequestId::generate(),
-                key_id: key,
-                model: "echo".into(),
-                price_version: "v1".into(),
-                input_tokens: 1,
-                output_tokens: 1,
-                amount: Amount::from_atomic(amount).unwrap(),
-                reported: Some((1, 1)),
-                created_at_ms: now_ms() - 1,
-                lease: None,
-            })
+            .record_charge(&test_charge(&key, Amount::from_atomic(amount).unwrap()))
             .await
             .unwrap();
     }

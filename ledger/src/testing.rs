@@ -133,6 +133,23 @@ pub async fn create_funded_key(
         .expect("create a funded key")
 }
 
+/// A charge of `amount` on `key` with a fresh request id, recorded a
+/// millisecond ago (so a settlement pass that starts now includes it).
+pub fn test_charge(key: &crate::KeyId, amount: crate::Amount) -> crate::model::NewCharge {
+    crate::model::NewCharge {
+        request_id: crate::RequestId::generate(),
+        key_id: key.clone(),
+        model: "echo".into(),
+        price_version: "v1".into(),
+        input_tokens: 1,
+        output_tokens: 1,
+        amount,
+        reported: Some((1, 1)),
+        created_at_ms: crate::time::now_ms() - 1,
+        lease: None,
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         match &self.cleanup {

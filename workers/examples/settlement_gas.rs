@@ -21,11 +21,9 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, U256};
 use alloy::sol_types::SolCall;
-use ledger::model::NewCharge;
 use ledger::store::Backend;
-use ledger::testing::{create_funded_key, TestDb};
-use ledger::time::now_ms;
-use ledger::{Amount, ChainId, KeyId, RequestId, WalletAddress};
+use ledger::testing::{create_funded_key, test_charge, TestDb};
+use ledger::{Amount, ChainId, KeyId, WalletAddress};
 use workers::evm::chain::{ChainClient, ChainConfig};
 use workers::evm::contracts::{pack_entry, MockUSDC};
 use workers::evm::devnet::{deploy, Anvil, AnvilOptions, DevChain, DEVNET_CHAIN_ID};
@@ -198,18 +196,10 @@ async fn main() {
     }
     let mut batch = Vec::new();
     for c in 0..charges {
-        batch.push(NewCharge {
-            request_id: RequestId::generate(),
-            key_id: keys[c % PAYERS].clone(),
-            model: "echo".into(),
-            price_version: "v1".into(),
-            input_tokens: 1,
-            output_tokens: 1,
-            amount: Amount::from_atomic(3).unwrap(),
-            reported: Some((1, 1)),
-            created_at_ms: now_ms() - 1,
-            lease: None,
-        });
+        batch.push(test_charge(
+            &keys[c % PAYERS],
+            Amount::from_atomic(3).unwrap(),
+        ));
         if batch.len() == 256 {
             store.record_charges(&batch).await.unwrap();
             batch.clear();

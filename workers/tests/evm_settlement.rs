@@ -13,11 +13,9 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
-use ledger::model::NewCharge;
 use ledger::store::Backend;
-use ledger::testing::{create_funded_key, TestDb};
-use ledger::time::now_ms;
-use ledger::{Amount, ChainId, KeyId, RequestId, Store, WalletAddress};
+use ledger::testing::{create_funded_key, test_charge, TestDb};
+use ledger::{Amount, ChainId, KeyId, Store, WalletAddress};
 use workers::evm::chain::{ChainClient, ChainConfig};
 use workers::evm::contracts::{pack_entry, TollgateSettlement};
 use workers::evm::devnet::{deploy, Anvil, AnvilOptions, DevChain, DEVNET_CHAIN_ID};
@@ -100,18 +98,7 @@ impl Rig {
         .await;
         for amount in amounts {
             self.store
-                .record_charge(&NewCharge {
-                    request_id: RequestId::generate(),
-                    key_id: key.clone(),
-                    model: "echo".into(),
-                    price_version: "v1".into(),
-                    input_tokens: 1,
-                    output_tokens: 1,
-                    amount: Amount::from_atomic(*amount).unwrap(),
-                    reported: Some((1, 1)),
-                    created_at_ms: now_ms() - 1,
-                    lease: None,
-                })
+                .record_charge(&test_charge(&key, Amount::from_atomic(*amount).unwrap()))
                 .await
                 .unwrap();
         }
@@ -696,18 +683,7 @@ async fn a_fresh_ledger_numbers_its_batches_after_those_the_contract_settled() {
     )
     .await;
     store
-        .record_charge(&NewCharge {
-            request_id: RequestId::generate(),
-            key_id: key.clone(),
-            model: "echo".into(),
-            price_version: "v1".into(),
-            input_tokens: 1,
-            output_tokens: 1,
-            amount: Amount::from_atomic(13).unwrap(),
-            reported: Some((1, 1)),
-            created_at_ms: now_ms() - 1,
-            lease: None,
-        })
+        .record_charge(&test_charge(&key, Amount::from_atomic(13).unwrap()))
         .await
         .unwrap();
     let before = rig.balance(payer).await;

@@ -59,22 +59,20 @@ impl Store {
     /// How many charges are in each status (`pending`, `batched`,
     /// `settled`, `failed`), for operators.
     pub async fn charge_status_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM charges GROUP BY status ORDER BY status",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| Ok((get_string(row, "status")?, get_i64(row, "n")?)))
-            .collect()
+        self.status_counts("charges").await
     }
 
     /// How many batches are in each status.
     pub async fn batch_status_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM settlement_batches
-              GROUP BY status ORDER BY status",
-        )
+        self.status_counts("settlement_batches").await
+    }
+
+    /// Rows of `table` (a name from this file, never from input) by status.
+    async fn status_counts(&self, table: &'static str) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM {table}
+              GROUP BY status ORDER BY status"
+        ))
         .fetch_all(self.pool())
         .await?;
         rows.iter()
