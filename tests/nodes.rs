@@ -14,14 +14,21 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use actors::registry::{Registry, RegistryLimits};
 use common::process::{spawn_serving_with, wait_ready, Child};
 use common::{header_amount, spawn_paid_app_with, PaidKey, TempDir, TestApp};
+use ledger::model::{ChargeOutcome, NewCharge};
 use ledger::store::Backend;
-use ledger::KeyId;
+use ledger::time::now_ms;
+use ledger::{Amount, KeyId, LeaseId, RequestId};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tollgate::gateway::leases::LeaseKeeper;
+use tollgate::gateway::loader::StoreKeyLoader;
+use tollgate::settings::LeaseSettings;
 
 const GRACE_MS: u64 = 2_000;
 const POLL_MS: u64 = 50;
@@ -513,4 +520,140 @@ async fn stop_under_load(signal: &str) {
         "nothing charged beyond the answers"
     );
     assert_eq!(leased, 0, "node B returned what it did not spend");
+}
+
+/// A node of this test's own on `app`'s store, driven step by step: its key
+/// actors (one arbiter) and its lease keeper, chunks of 4 calls.
+fn own_node(app: &TestApp, node_id: &str) -> (Registry, LeaseKeeper) {
+    let store = app.store.clone();
+    let registry = Registry::start(
+        Arc::new(StoreKeyLoader::new(store.clone())),
+        RegistryLimits {
+            in_flight_per_key_max: 64,
+            loaded_keys_max: 16,
+            idle_ms: 600_000,
+            idle_sweep_ms: 600_000,
+        },
+        1,
+    )
+    .unwrap();
+    let keeper = LeaseKeeper::new(
+        store,
+        node_id,
+        LeaseSettings {
+            grace_ms: 600_000,
+            chunk_calls: 4,
+            revocation_poll_ms: 1_000,
+        },
+    );
+    (registry, keeper)
+}
+
+/// A charge of `amount` for `request`, spent from `lease`.
+fn leased_charge(key: &KeyId, lease: &LeaseId, request: &RequestId, amount: Amount) -> NewCharge {
+    NewCharge {
+        request_id: request.clone(),
+        lease: Some(lease.clone()),
+        ..ledger::testing::test_charge(key, amount)
+    }
+}
+
+/// The interleaving behind a rare failure of
+/// `two_nodes_share_one_key_within_its_limit` (the actor's "a grant past
+/// the limit" assertion, then a 503). A call writes its charge to the store
+/// first and commits it in its actor second; a top-up whose take runs in
+/// between reads a `budget_used` that already holds this node's charge
+/// while the actor's allowance still holds the call's hold. The grant must
+/// count that charge once: not in the store's figure *and* again at the
+/// commit — which fired the assertion when the key was nearly all leased,
+/// and (release builds) clamped the allowance below what the lease covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_up_taken_between_a_charge_and_its_commit_counts_the_charge_once() {
+    let (app, _mock) = spawn_paid_app_with(Backend::Postgres, &[]).await;
+    const BUDGET: u64 = 360; // 12 calls of 30, 3 chunks of 4 calls
+    let key = app.paid_key(BUDGET).await;
+    let key_id = KeyId::parse(&key.key_id).unwrap();
+    let store = app.store.clone();
+    let thirty = Amount::from_atomic(30).unwrap();
+    let chunk = Amount::from_atomic(120).unwrap();
+    let (registry, keeper) = own_node(&app, "node-x");
+    store.renew_leases("node-x", now_ms()).await.unwrap();
+    let lease = registry.acquire(&key_id).await.unwrap();
+    let lease_id = lease.budget_lease().unwrap().clone();
+    assert!(keeper.top_up(&lease, &key_id, chunk).await.unwrap());
+    // Another node takes a chunk and spends all of it.
+    let other = LeaseId::generate();
+    store
+        .take_lease(&other, &key_id, "node-y", chunk, now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    let theirs: Vec<NewCharge> = (0..4)
+        .map(|_| leased_charge(&key_id, &other, &RequestId::generate(), thirty))
+        .collect();
+    assert!(store
+        .record_charges(&theirs)
+        .await
+        .unwrap()
+        .iter()
+        .all(|outcome| *outcome == ChargeOutcome::Recorded));
+    // This node runs four calls; their charges land in the store (store
+    // first) …
+    let deadline_ms = now_ms() + 60_000;
+    let mut requests = Vec::new();
+    for _ in 0..4 {
+        let request = RequestId::generate();
+        let reserved = lease
+            .reserve(request.clone(), thirty, thirty, deadline_ms)
+            .await
+            .unwrap();
+        assert_eq!(reserved.held, thirty);
+        requests.push(request);
+    }
+    let ours: Vec<NewCharge> = requests
+        .iter()
+        .map(|request| leased_charge(&key_id, &lease_id, request, thirty))
+        .collect();
+    assert!(store
+        .record_charges(&ours)
+        .await
+        .unwrap()
+        .iter()
+        .all(|outcome| *outcome == ChargeOutcome::Recorded));
+    // … and before the actor commits them, a top-up takes the key's last
+    // chunk: the store's `budget_used` (240) already holds them.
+    assert!(
+        keeper.top_up(&lease, &key_id, chunk).await.unwrap(),
+        "the key's last chunk reaches the actor"
+    );
+    for request in requests {
+        let committed = lease.commit(request, thirty).await.unwrap();
+        assert_eq!(committed.charged, thirty);
+    }
+    let snapshot = lease.snapshot().await.unwrap();
+    assert_eq!(
+        (snapshot.spent.atomic(), snapshot.remaining().atomic()),
+        (240, 120),
+        "each charge counted once, the last chunk spendable"
+    );
+    // The last chunk is spent to the unit, and the books close.
+    for _ in 0..4 {
+        let request = RequestId::generate();
+        lease
+            .reserve(request.clone(), thirty, thirty, deadline_ms)
+            .await
+            .unwrap();
+        let charge = leased_charge(&key_id, &lease_id, &request, thirty);
+        assert_eq!(
+            store.record_charges(&[charge]).await.unwrap(),
+            vec![ChargeOutcome::Recorded]
+        );
+        lease.commit(request, thirty).await.unwrap();
+    }
+    let snapshot = lease.snapshot().await.unwrap();
+    assert_eq!(
+        (snapshot.spent.atomic(), snapshot.allowance.atomic()),
+        (BUDGET, 0)
+    );
+    assert_eq!(books(&app, &key).await, (BUDGET, 0));
 }

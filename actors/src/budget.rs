@@ -7,7 +7,10 @@
 //! spends from budget leases ([`Budget::leased`], DESIGN §6) — what the
 //! node's lease covers and it has not spent, grown by [`Budget::grant`]. At
 //! every moment `held ≤ allowance`, `spent + allowance ≤ limit` (so
-//! `spent + held ≤ limit`) and `held` is the sum of the open holds. The state machine knows nothing of actors, clocks or I/O:
+//! `spent + held ≤ limit`), `held` is the sum of the open holds, and what
+//! this budget's own calls spent plus its allowance never exceeds what it
+//! was given (its grants, or for an unleased budget its starting
+//! allowance). The state machine knows nothing of actors, clocks or I/O:
 //! callers pass `now_ms`, so tests (and the property test) drive it exactly.
 
 use std::collections::HashMap;
@@ -121,6 +124,15 @@ pub struct Budget {
     /// Until then (ms since epoch) the store is known to have nothing to
     /// grant (other nodes hold the rest): calls are not sent to ask again.
     dry_until_ms: i64,
+    /// All the allowance this budget was ever given: its starting allowance
+    /// plus every grant. `allowance + spent_here ≤ granted`.
+    granted: Amount,
+    /// What this budget's own calls spent out of its allowance (commits,
+    /// and the absorbed charges as far as they left it).
+    spent_here: Amount,
+    /// The most the key had spent, as this budget last heard, that its own
+    /// calls did not spend (its spend at load, then each grant's figure).
+    used_elsewhere: Amount,
 }
 
 impl Budget {
@@ -139,6 +151,9 @@ impl Budget {
             allowance: limit.saturating_sub(spent),
             leased: false,
             dry_until_ms: 0,
+            granted: limit.saturating_sub(spent),
+            spent_here: Amount::ZERO,
+            used_elsewhere: spent,
         };
         budget.assert_invariants();
         budget
@@ -154,6 +169,7 @@ impl Budget {
     ) -> Budget {
         let mut budget = Budget::new(limit, spent, status, expires_at_ms);
         budget.allowance = Amount::ZERO;
+        budget.granted = Amount::ZERO;
         budget.leased = true;
         budget.assert_invariants();
         budget
@@ -187,22 +203,51 @@ impl Budget {
         self.dry_until_ms = self.dry_until_ms.max(until_ms);
     }
 
-    /// Adds `amount` of a lease to the allowance; `store_used` is the key's
-    /// `budget_used` as the store answered the take (other nodes' spending
-    /// included), which the key's reported spend catches up to.
-    pub fn grant(&mut self, amount: Amount, store_used: Amount) {
+    /// Adds `amount` of a lease to the allowance. `used_elsewhere` is what
+    /// the key had spent that this budget's calls did not, as the store
+    /// answered the take: its `budget_used` less what this budget's lease
+    /// had been charged, read together (`LeaseGrant::used_elsewhere`). The
+    /// key's reported spend catches up to it plus this budget's own spend.
+    ///
+    /// Not `budget_used` itself: a call writes its charge to the store
+    /// before it commits here, so a take in between reads a `budget_used`
+    /// that holds the charge while the call's hold is still in the
+    /// allowance — counted from the store and again at the commit, the
+    /// charge would count twice, and the allowance look past the limit.
+    pub fn grant(&mut self, amount: Amount, used_elsewhere: Amount) {
         debug_assert!(self.leased, "only a leased budget takes grants");
-        self.spent = self.spent.max(store_used);
+        self.granted = self.granted.checked_add(amount).unwrap_or(Amount::MAX);
         self.allowance = self.allowance.checked_add(amount).unwrap_or(self.limit);
-        // The store granted within `limit − used − leased`, which this
-        // node's view never passes; if it ever did, stricter wins.
-        let ceiling = self.limit.saturating_sub(self.spent);
+        // Spend from elsewhere only grows (the store's `budget_used` grows
+        // by every charge, this lease's `charged` only by its own).
+        self.used_elsewhere = self.used_elsewhere.max(used_elsewhere);
+        // The store grants within `limit − used − leased`, and this lease's
+        // cover (all it was granted less its charges) is part of `leased`:
+        // everything it was granted fits beside what others spent.
+        debug_assert!(
+            self.used_elsewhere
+                .checked_add(self.granted)
+                .is_some_and(|sum| sum <= self.limit),
+            "the store granted past the limit: {} granted here, {} spent elsewhere, limit {}",
+            self.granted,
+            self.used_elsewhere,
+            self.limit
+        );
+        // So with `allowance + spent_here ≤ granted`, the key's spend as
+        // this budget knows it — each charge once — leaves the allowance
+        // within the limit.
+        let known = self
+            .used_elsewhere
+            .checked_add(self.spent_here)
+            .unwrap_or(self.limit);
+        let ceiling = self.limit.saturating_sub(known);
         debug_assert!(
             self.allowance <= ceiling,
             "a grant past the limit: allowance {} > {}",
             self.allowance,
             ceiling
         );
+        self.spent = self.spent.max(known).min(self.limit);
         self.fit_within_limit();
         self.assert_invariants();
     }
@@ -269,6 +314,7 @@ impl Budget {
         self.held = self.held.saturating_sub(hold.amount);
         // `charged <= hold.amount` and the hold was within the allowance.
         self.allowance = self.allowance.saturating_sub(charged);
+        self.spent_here = self.spent_here.checked_add(charged).unwrap_or(self.limit);
         self.spent = self
             .spent
             .checked_add(charged)
@@ -314,6 +360,12 @@ impl Budget {
     pub fn absorb(&mut self, amount: Amount) {
         let free = self.allowance.saturating_sub(self.held);
         self.allowance = self.allowance.saturating_sub(amount.min(free));
+        // Only what left the allowance is this budget's own spend: the rest
+        // (other calls hold it) was never counted here.
+        self.spent_here = self
+            .spent_here
+            .checked_add(amount.min(free))
+            .unwrap_or(self.limit);
         self.spent = self
             .spent
             .checked_add(amount)
@@ -413,6 +465,15 @@ impl Budget {
                 .values()
                 .try_fold(Amount::ZERO, |sum, h| sum.checked_add(h.amount)),
             "held must equal the sum of open holds"
+        );
+        debug_assert!(
+            self.allowance
+                .checked_add(self.spent_here)
+                .is_some_and(|sum| sum <= self.granted),
+            "the allowance and this budget's own spend must stay within what it was given: {} + {} > {}",
+            self.allowance,
+            self.spent_here,
+            self.granted
         );
         debug_assert!(self.holds.len() <= HOLDS_MAX);
     }
@@ -530,13 +591,14 @@ mod tests {
         );
         let c = b.commit(&r, amount(25)).unwrap();
         assert_eq!((c.spent, c.remaining), (amount(35), amount(15)));
-        // Another node spent 20: the store says so at the next grant.
-        b.grant(amount(5), amount(55));
+        // Another node spent 20: the store says so at the next grant (10
+        // before this budget's lease, 20 since, none of it on the lease).
+        b.grant(amount(5), amount(30));
         assert_eq!(b.snapshot().spent, amount(55));
         assert_eq!(b.returnable(), amount(20));
         // Once everything unleased is granted, a short call is clamped, not
         // sent for more.
-        b.grant(amount(25), amount(55));
+        b.grant(amount(25), amount(30));
         assert_eq!(b.allowance_short(amount(90), 0), None);
         assert_eq!(b.returnable(), amount(45));
     }
@@ -556,6 +618,56 @@ mod tests {
             (b.remaining(), b.snapshot().spent),
             (amount(50), amount(20))
         );
+    }
+
+    #[test]
+    fn a_grant_taken_between_a_charge_and_its_commit_counts_the_charge_once() {
+        // Two nodes share a key of 360 in chunks of 120 (4 calls of 30).
+        let mut b = Budget::leased(amount(360), Amount::ZERO, BudgetStatus::Active, 1_000);
+        b.grant(amount(120), Amount::ZERO);
+        // The other node takes 120 and spends it: the store's used is 120.
+        let calls: Vec<RequestId> = (0..4).map(|_| RequestId::generate()).collect();
+        for r in &calls {
+            b.reserve(r.clone(), amount(30), amount(30), 0, 500)
+                .unwrap();
+        }
+        // Store first: this node's four charges land (used 240, this
+        // lease charged 120), then a top-up takes the last 120 — and its
+        // grant reaches the actor before the four commits do.
+        let (used, lease_charged) = (amount(240), amount(120));
+        b.grant(amount(120), used.saturating_sub(lease_charged));
+        assert_eq!(b.snapshot().spent, amount(120), "the four not counted yet");
+        for r in &calls {
+            b.commit(r, amount(30)).unwrap();
+        }
+        let s = b.snapshot();
+        assert_eq!(
+            (s.spent, s.remaining()),
+            (amount(240), amount(120)),
+            "each charge counted once, the last chunk spendable"
+        );
+        // The same take answered after the commits (or, in queue mode, a
+        // charge committed before it lands) counts the same.
+        let mut b = Budget::leased(amount(360), Amount::ZERO, BudgetStatus::Active, 1_000);
+        b.grant(amount(120), Amount::ZERO);
+        for r in &calls {
+            b.reserve(r.clone(), amount(30), amount(30), 0, 500)
+                .unwrap();
+            b.commit(r, amount(30)).unwrap();
+        }
+        b.grant(amount(120), used.saturating_sub(lease_charged));
+        let s = b.snapshot();
+        assert_eq!((s.spent, s.remaining()), (amount(240), amount(120)));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "the store granted past the limit")]
+    fn a_grant_past_what_others_left_is_caught() {
+        let mut b = Budget::leased(amount(360), Amount::ZERO, BudgetStatus::Active, 1_000);
+        b.grant(amount(120), Amount::ZERO);
+        // Others spent 240 and 120 is leased here: nothing was left to grant.
+        b.grant(amount(120), amount(240));
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl Handler<Grant> for KeyActor {
     type Result = ();
 
     fn handle(&mut self, msg: Grant, _ctx: &mut Self::Context) {
-        self.budget.grant(msg.amount, msg.store_used);
+        self.budget.grant(msg.amount, msg.used_elsewhere);
         if msg.amount.is_zero() {
             self.budget.mark_dry(now_ms().saturating_add(DRY_MS));
         }

@@ -31,8 +31,10 @@ pub struct Reserve {
 #[rtype(result = "()")]
 pub struct Grant {
     pub amount: Amount,
-    /// The key's `budget_used` as the store answered the take.
-    pub store_used: Amount,
+    /// The key's spend that this actor's calls did not make, as the store
+    /// answered the take: its `budget_used` less what this actor's lease
+    /// had been charged (see `Budget::grant`).
+    pub used_elsewhere: Amount,
 }
 
 /// Charge a finished call its final amount (capped at its hold).

@@ -820,10 +820,18 @@ impl Lease {
     }
 
     /// Adds `amount` (taken from the store for [`Lease::budget_lease`]) to
-    /// the actor's allowance; `store_used` is the key's spend as the store
-    /// answered.
-    pub async fn grant(&self, amount: Amount, store_used: Amount) -> Result<(), CallError> {
-        Ok(self.entry.addr.send(Grant { amount, store_used }).await?)
+    /// the actor's allowance; `used_elsewhere` is the key's spend as the
+    /// store answered, less what [`Lease::budget_lease`] had been charged
+    /// (see `Budget::grant`).
+    pub async fn grant(&self, amount: Amount, used_elsewhere: Amount) -> Result<(), CallError> {
+        Ok(self
+            .entry
+            .addr
+            .send(Grant {
+                amount,
+                used_elsewhere,
+            })
+            .await?)
     }
 
     /// Serializes top-ups of the key's lease on this node: a call that

@@ -182,7 +182,9 @@ impl LeaseKeeper {
             return Ok(false);
         };
         self.takes.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = lease.grant(grant.granted, grant.used).await {
+        // Not `grant.used`: it may hold charges of this actor's calls that
+        // the actor has not committed yet (store first, actor second).
+        if let Err(error) = lease.grant(grant.granted, grant.used_elsewhere()).await {
             // The grant is leased in the store but the actor is gone: it
             // comes back a grace after the lease is returned (stricter,
             // never looser).

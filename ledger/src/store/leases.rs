@@ -40,6 +40,22 @@ pub struct LeaseGrant {
     /// The key's `budget_used` as the store has it (charges still on their
     /// way through the queue are not in it yet).
     pub used: Amount,
+    /// What the lease had been charged (`charged_atomic`), read in the same
+    /// transaction as `used`, of which it is a part: charges its node wrote
+    /// that its actor may not have committed yet (a call writes its charge
+    /// first and commits it second).
+    pub lease_charged: Amount,
+}
+
+impl LeaseGrant {
+    /// `used` less this lease's own charges: what the key spent that its
+    /// actor could not have counted. With every charge the actor committed
+    /// it is the key's spend, each charge once — and `used_elsewhere +
+    /// granted ≤ limit` for everything the lease was ever granted (the
+    /// lease's cover is part of `leased`).
+    pub fn used_elsewhere(&self) -> Amount {
+        self.used.saturating_sub(self.lease_charged)
+    }
 }
 
 /// A key whose lease is still open on a node but which can no longer spend
@@ -127,12 +143,16 @@ impl Store {
                 granted: chunk,
                 limit: get_amount(&row, "budget_limit_atomic")?,
                 used: get_amount(&row, "budget_used_atomic")?,
+                lease_charged: Amount::ZERO,
             },
             None => match take_what_is_left(&mut tx, key, chunk, now_ms).await? {
                 Some(grant) => grant,
                 None => return Ok(None),
             },
         };
+        // Its `charged_atomic` is read under the key's row lock, like `used`:
+        // a charge locks the key's row before its lease's, so none lands
+        // between the two reads.
         let opened = sqlx::query(
             "INSERT INTO budget_leases (id, key_id, node_id, granted_atomic, state, takes,
                                         renewed_at_ms, created_at_ms)
@@ -141,22 +161,28 @@ impl Store {
                 SET granted_atomic = budget_leases.granted_atomic + excluded.granted_atomic,
                     takes = budget_leases.takes + 1,
                     renewed_at_ms = excluded.renewed_at_ms
-              WHERE budget_leases.state = 'open' AND budget_leases.key_id = excluded.key_id",
+              WHERE budget_leases.state = 'open' AND budget_leases.key_id = excluded.key_id
+             RETURNING charged_atomic",
         )
         .bind(lease.as_str())
         .bind(key.as_str())
         .bind(node)
         .bind(grant.granted.to_db())
         .bind(now_ms)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if opened.rows_affected() != 1 {
+        let Some(opened) = opened else {
             // Returned or reclaimed already: its actor must not grow it.
             tx.rollback().await?;
             return Ok(None);
-        }
+        };
+        let grant = LeaseGrant {
+            lease_charged: get_amount(&opened, "charged_atomic")?,
+            ..grant
+        };
         tx.commit().await?;
         debug_assert!(grant.granted <= chunk);
+        debug_assert!(grant.lease_charged <= grant.used);
         Ok(Some(grant))
     }
 
@@ -388,6 +414,7 @@ async fn take_what_is_left(
         granted,
         limit,
         used,
+        lease_charged: Amount::ZERO,
     }))
 }
 
