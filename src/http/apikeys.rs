@@ -35,6 +35,11 @@ use serde_json::{json, Map, Value};
 use super::caller::{apikey_not_found, authenticate_studio, own_project, StudioCaller};
 use super::error::ApiError;
 use super::extract;
+#[allow(unused_imports)] // named by the #[utoipa::path] attributes
+use super::openapi::{
+    ApiKeyView, CreateApiKeyRequest, Deleted, ErrorBody, Jwks, PublicKeyView, TokenView,
+    UpdateApiKeyRequest,
+};
 use crate::state::AppState;
 use crate::studio::issue::{mint, KeySpec};
 use crate::studio::jwt::JwtClaims;
@@ -153,6 +158,19 @@ async fn issue(
 }
 
 /// `GET /api/v1/apikeys`: the caller's project's keys, masked.
+#[utoipa::path(
+    get,
+    path = "/api/v1/apikeys",
+    operation_id = "listApiKeys",
+    tag = "studio",
+    security(("studio_key" = [])),
+    responses(
+        (status = 200, description = "The project's keys, masked", body = Vec<ApiKeyView>),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The caller's role is too low", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let caller = authenticate_studio(&state, &req).await?;
     caller.require(Role::Reader)?;
@@ -165,6 +183,26 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
 
 /// `POST /api/v1/apikeys` `{name, type, role, expires_at}` → 201 with the
 /// key and, this once, its value.
+#[utoipa::path(
+    post,
+    path = "/api/v1/apikeys",
+    operation_id = "createApiKey",
+    tag = "studio",
+    security(("studio_key" = [])),
+    request_body(content = CreateApiKeyRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The key, with its value", body = ApiKeyView),
+        (status = 400, description = "Malformed JSON or a bad field", body = ErrorBody),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The caller's role is too low for this key", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The project holds too many keys", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not application/json", body = ErrorBody),
+        (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -201,6 +239,25 @@ pub struct GetQuery {
 }
 
 /// `GET /api/v1/apikeys/{id}[?withValue=true]`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/apikeys/{id}",
+    operation_id = "getApiKey",
+    tag = "studio",
+    security(("studio_key" = [])),
+    params(
+        ("id" = String, Path, description = "A Studio API key id"),
+        ("withValue" = Option<String>, Query, description = "true to include a secret key's value"),
+    ),
+    responses(
+        (status = 200, description = "The key (its value with withValue=true)", body = ApiKeyView),
+        (status = 400, description = "A malformed query", body = ErrorBody),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The caller's role is too low", body = ErrorBody),
+        (status = 404, description = "No such key in the caller's project", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -239,6 +296,29 @@ pub async fn get(
 }
 
 /// `PUT /api/v1/apikeys/{id}` `{name, role, enabled, expires_at}`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/apikeys/{id}",
+    operation_id = "updateApiKey",
+    tag = "studio",
+    security(("studio_key" = [])),
+    params(
+        ("id" = String, Path, description = "A Studio API key id"),
+    ),
+    request_body(content = UpdateApiKeyRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The key, updated", body = ApiKeyView),
+        (status = 400, description = "Malformed JSON or a bad field", body = ErrorBody),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The caller's role is too low for this change", body = ErrorBody),
+        (status = 404, description = "No such key in the caller's project", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not application/json", body = ErrorBody),
+        (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn update(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -288,6 +368,23 @@ pub async fn update(
 }
 
 /// `DELETE /api/v1/apikeys/{id}` → `{"acknowledged": true, "deletedCount": 1}`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/apikeys/{id}",
+    operation_id = "deleteApiKey",
+    tag = "studio",
+    security(("studio_key" = [])),
+    params(
+        ("id" = String, Path, description = "A Studio API key id"),
+    ),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "Only an admin deletes", body = ErrorBody),
+        (status = 404, description = "No such key in the caller's project", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -306,6 +403,23 @@ pub async fn delete(
 
 /// `GET /api/v1/apikeys/{id}/token` → `{"token"}`: a JWT for the key, signed
 /// with the server's Ed25519 key, verifiable with `/.well-known/jwks.json`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/apikeys/{id}/token",
+    operation_id = "apiKeyToken",
+    tag = "studio",
+    security(("studio_key" = [])),
+    params(
+        ("id" = String, Path, description = "A Studio API key id"),
+    ),
+    responses(
+        (status = 200, description = "A short-lived JWT for the key", body = TokenView),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The caller's role is too low", body = ErrorBody),
+        (status = 404, description = "No such key in the caller's project", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn token(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -355,6 +469,28 @@ pub struct PkQuery {
 
 /// `GET /api/v1/apikeys/pk?name&projectId&ttl` → `{"value", "expires_at"}`:
 /// a short-lived public key (an executor) for the caller's project.
+#[utoipa::path(
+    get,
+    path = "/api/v1/apikeys/pk",
+    operation_id = "createPublicKey",
+    tag = "studio",
+    security(("studio_key" = [])),
+    params(
+        ("name" = Option<String>, Query, description = "The key's name"),
+        ("projectId" = Option<String>, Query, description = "The caller's own project"),
+        ("ttl" = Option<String>, Query, description = "Lifetime in whole seconds"),
+    ),
+    responses(
+        (status = 200, description = "A short-lived public key", body = PublicKeyView),
+        (status = 400, description = "A malformed query", body = ErrorBody),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The caller's role is too low", body = ErrorBody),
+        (status = 404, description = "No such project", body = ErrorBody),
+        (status = 409, description = "The project holds too many keys", body = ErrorBody),
+        (status = 422, description = "A bad name", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn public_key(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -406,6 +542,15 @@ pub async fn public_key(
 }
 
 /// `GET /.well-known/jwks.json`: the public key that verifies our JWTs.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    operation_id = "jwks",
+    tag = "studio",
+    responses(
+        (status = 200, description = "The key that verifies Tollgate's JWTs", body = Jwks),
+    ),
+)]
 pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.studio.jwt.jwks())
 }

@@ -100,7 +100,7 @@ fn token_error(error: TokenError) -> ApiError {
 
 pub fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
     let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::unauthorized("missing_token", "send Authorization: Bearer <compose key>")
+        ApiError::unauthorized("missing_token", "send Authorization: Bearer <key>")
     })?;
     let text = value.to_str().map_err(|_| {
         ApiError::unauthorized("invalid_token", "the Authorization header is not text")

@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 use super::caller::{no_budget, payer};
 use super::error::{apply_budget, ApiError};
 use super::extract::json_object;
+#[allow(unused_imports)] // named by the #[utoipa::path] attributes
+use super::openapi::{ChatCompletion, ChatCompletionRequest, ErrorBody};
 use crate::gateway::call::PaidCall;
 use crate::gateway::error::CallFailure;
 use crate::gateway::request::ChatRequest;
@@ -27,6 +29,29 @@ use crate::gateway::run::{self, StreamEvent};
 use crate::state::AppState;
 use crate::upstream::UpstreamRequest;
 
+#[utoipa::path(
+    post,
+    path = "/external/v1/chat/completions",
+    operation_id = "createChatCompletion",
+    tag = "paid",
+    security(("compose_key" = []), ("studio_key" = [])),
+    request_body(content = ChatCompletionRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The completion (JSON), or a stream of server-sent events when stream is true", body = ChatCompletion, headers(("x-compose-key-budget-limit" = String, description = "The key's budget (atomic units)"), ("x-compose-key-budget-used" = String, description = "Spent so far, this call included"), ("x-compose-key-budget-remaining" = String, description = "What is left"))),
+        (status = 400, description = "Malformed JSON, a bad or an unsupported parameter", body = ErrorBody),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 402, description = "The key's budget cannot cover the call's maximum cost", body = ErrorBody),
+        (status = 403, description = "The key may not pay (role, project)", body = ErrorBody),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "Too many calls in flight on this key", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not application/json", body = ErrorBody),
+        (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
+        (status = 429, description = "Too many calls in flight", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn completions(
     state: web::Data<AppState>,
     req: HttpRequest,

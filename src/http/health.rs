@@ -3,6 +3,8 @@
 //! `evm` mode each chain's RPC answers; each within a second, checked at
 //! once. 503 names what failed.
 
+#[allow(unused_imports)] // named by the #[utoipa::path] attributes
+use super::openapi::{ErrorBody, Health, Readiness};
 use std::future::Future;
 use std::time::Duration;
 
@@ -15,6 +17,15 @@ use crate::state::AppState;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The process is up", body = Health),
+    ),
+)]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
@@ -38,6 +49,16 @@ async fn check<E: std::fmt::Display>(
 }
 
 /// The process can serve (see the module's doc).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Store, queue and chains answer", body = Readiness),
+        (status = 503, description = "A dependency does not answer; the body names it", body = Readiness),
+    ),
+)]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store = check("store", state.store.ping());
     let queue = async {
@@ -80,6 +101,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `GET /metrics`: Prometheus exposition (see `crate::metrics`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus exposition", body = String, content_type = "text/plain"),
+        (status = 503, description = "No metrics recorder in this process", body = ErrorBody),
+    ),
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     match crate::metrics::render(&state).await {
         Some(text) => HttpResponse::Ok()

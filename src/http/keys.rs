@@ -12,12 +12,40 @@ use super::caller::{authenticate, require_same_wallet, Caller};
 use super::error::ApiError;
 use super::extract::{self, chain_header, wallet_header};
 use super::extract::{budget_within_max, expiry_field, name_field};
+#[allow(unused_imports)] // named by the #[utoipa::path] attributes
+use super::openapi::{ChargeList, CreateKeyRequest, CreatedKey, ErrorBody, KeyList, KeyView};
 use super::views::{charge_json, created_key_json, key_json};
 use crate::gateway::revocation::stop_keys;
 use crate::state::AppState;
 
 /// `POST /api/keys`: a session key of the wallet creates a key after the
 /// funding check.
+#[utoipa::path(
+    post,
+    path = "/api/keys",
+    operation_id = "createKey",
+    tag = "compose",
+    security(("compose_key" = [])),
+    params(
+        ("x-session-user-address" = String, Header, description = "The wallet the bearer key belongs to"),
+        ("x-chain-id" = u64, Header, description = "An EVM chain id configured here"),
+    ),
+    request_body(content = CreateKeyRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The key, with its token (shown this once)", body = CreatedKey),
+        (status = 400, description = "Malformed JSON or a bad field", body = ErrorBody),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 402, description = "The wallet's funds cannot cover the budget", body = ErrorBody),
+        (status = 403, description = "Another wallet's or chain's key, or not a session key", body = ErrorBody),
+        (status = 404, description = "No such chain here", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The wallet holds too many active keys", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not application/json", body = ErrorBody),
+        (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -114,6 +142,25 @@ pub async fn create(
 }
 
 /// `GET /api/keys`: the wallet's keys (filtered by `x-chain-id` when sent).
+#[utoipa::path(
+    get,
+    path = "/api/keys",
+    operation_id = "listKeys",
+    tag = "compose",
+    security(("compose_key" = [])),
+    params(
+        ("x-session-user-address" = String, Header, description = "The wallet the bearer key belongs to"),
+        ("x-chain-id" = Option<u64>, Header, description = "An EVM chain id configured here"),
+    ),
+    responses(
+        (status = 200, description = "The wallet's keys", body = KeyList),
+        (status = 400, description = "A missing or malformed header", body = ErrorBody),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "Another wallet's key", body = ErrorBody),
+        (status = 404, description = "No such chain here", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&state, &req).await?;
     let wallet = wallet_header(&req)?;
@@ -138,6 +185,23 @@ async fn owned_key(state: &AppState, caller: &Caller, key_id: &str) -> Result<Ke
 }
 
 /// `GET /api/keys/{keyId}`.
+#[utoipa::path(
+    get,
+    path = "/api/keys/{key_id}",
+    operation_id = "getKey",
+    tag = "compose",
+    security(("compose_key" = [])),
+    params(
+        ("key_id" = String, Path, description = "A Compose key id"),
+    ),
+    responses(
+        (status = 200, description = "The key", body = KeyView),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "Another wallet's key", body = ErrorBody),
+        (status = 404, description = "No such key", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -150,6 +214,23 @@ pub async fn get(
 
 /// `DELETE /api/keys/{keyId}`: revokes. Allowed to the wallet's session key,
 /// or to the key itself; ownership comes from the signed token, not a header.
+#[utoipa::path(
+    delete,
+    path = "/api/keys/{key_id}",
+    operation_id = "revokeKey",
+    tag = "compose",
+    security(("compose_key" = [])),
+    params(
+        ("key_id" = String, Path, description = "A Compose key id"),
+    ),
+    responses(
+        (status = 200, description = "The key, revoked", body = KeyView),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "Another wallet's key, or an api key revoking another", body = ErrorBody),
+        (status = 404, description = "No such key", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn revoke(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -186,6 +267,23 @@ pub async fn revoke(
 }
 
 /// `GET /api/keys/{keyId}/charges`.
+#[utoipa::path(
+    get,
+    path = "/api/keys/{key_id}/charges",
+    operation_id = "keyCharges",
+    tag = "compose",
+    security(("compose_key" = [])),
+    params(
+        ("key_id" = String, Path, description = "A Compose key id"),
+    ),
+    responses(
+        (status = 200, description = "The key's charges, oldest first", body = ChargeList),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "Another wallet's key", body = ErrorBody),
+        (status = 404, description = "No such key", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn charges(
     state: web::Data<AppState>,
     req: HttpRequest,

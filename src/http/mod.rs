@@ -6,7 +6,8 @@
 //! * [`projects`] — `/api/v1/projects/{id}/budget`: a Studio project's budget.
 //! * [`chat`] — `POST /external/v1/chat/completions`, the paid call.
 //! * [`models`] — `GET /external/v1/models`.
-//! * [`health`] — `/healthz`, `/readyz`.
+//! * [`health`] — `/healthz`, `/readyz`, `/metrics`.
+//! * [`openapi`] — `GET /openapi.json`, generated from the handlers.
 //! * [`caller`] — who is calling (Compose key, Studio key or JWT), the budget
 //!   a paid call spends from, the project a Studio key acts on. No handler
 //!   file imports another.
@@ -14,7 +15,8 @@
 //! * [`views`] — the JSON views of Compose keys and charges.
 //! * [`error`] — [`error::ApiError`], the one mapping of errors to responses.
 
-use actix_web::web;
+use actix_web::http::Method;
+use actix_web::{web, FromRequest, Handler, Responder};
 
 pub mod apikeys;
 pub mod caller;
@@ -24,45 +26,70 @@ pub mod extract;
 pub mod health;
 pub mod keys;
 pub mod models;
+pub mod openapi;
 pub mod projects;
 pub mod sessions;
 pub mod views;
 
-/// Registers every route.
+/// One route: a method, the full path (actix's `{name}` segments, which are
+/// OpenAPI's too) and its handler.
+pub struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    route: actix_web::Route,
+}
+
+fn at<F, Args>(method: Method, path: &'static str, handler: F) -> Endpoint
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    Endpoint {
+        route: web::method(method.clone()).to(handler),
+        method,
+        path,
+    }
+}
+
+/// Every route, in matching order: the paid call first (the hot path matches
+/// it at the first try), `/apikeys/pk` before `/apikeys/{id}` (which would
+/// take "pk" as an id). `openapi::tests` checks that the document has each.
+pub fn endpoints() -> Vec<Endpoint> {
+    use Method as M;
+    vec![
+        at(M::POST, "/external/v1/chat/completions", chat::completions),
+        at(M::GET, "/external/v1/models", models::list),
+        at(M::GET, "/api/sessions/nonce", sessions::nonce),
+        at(M::POST, "/api/sessions", sessions::sign_in),
+        at(M::POST, "/api/keys", keys::create),
+        at(M::GET, "/api/keys", keys::list),
+        at(M::GET, "/api/keys/{key_id}", keys::get),
+        at(M::DELETE, "/api/keys/{key_id}", keys::revoke),
+        at(M::GET, "/api/keys/{key_id}/charges", keys::charges),
+        at(M::GET, "/api/v1/apikeys", apikeys::list),
+        at(M::POST, "/api/v1/apikeys", apikeys::create),
+        at(M::GET, "/api/v1/apikeys/pk", apikeys::public_key),
+        at(M::GET, "/api/v1/apikeys/{id}", apikeys::get),
+        at(M::PUT, "/api/v1/apikeys/{id}", apikeys::update),
+        at(M::DELETE, "/api/v1/apikeys/{id}", apikeys::delete),
+        at(M::GET, "/api/v1/apikeys/{id}/token", apikeys::token),
+        at(M::GET, "/api/v1/projects/{id}/budget", projects::get),
+        at(M::PUT, "/api/v1/projects/{id}/budget", projects::set),
+        at(M::GET, "/.well-known/jwks.json", apikeys::jwks),
+        at(M::GET, "/healthz", health::healthz),
+        at(M::GET, "/readyz", health::readyz),
+        at(M::GET, "/metrics", health::metrics),
+        at(M::GET, "/openapi.json", openapi::document),
+    ]
+}
+
+/// Registers every route of [`endpoints`]; anything else is a JSON 404.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/api/v1")
-            .route("/apikeys", web::get().to(apikeys::list))
-            .route("/apikeys", web::post().to(apikeys::create))
-            // Before `/apikeys/{id}`, which would take "pk" as an id.
-            .route("/apikeys/pk", web::get().to(apikeys::public_key))
-            .route("/apikeys/{id}", web::get().to(apikeys::get))
-            .route("/apikeys/{id}", web::put().to(apikeys::update))
-            .route("/apikeys/{id}", web::delete().to(apikeys::delete))
-            .route("/apikeys/{id}/token", web::get().to(apikeys::token))
-            .route("/projects/{id}/budget", web::get().to(projects::get))
-            .route("/projects/{id}/budget", web::put().to(projects::set)),
-    )
-    .route("/.well-known/jwks.json", web::get().to(apikeys::jwks))
-    .service(
-        web::scope("/api")
-            .route("/sessions/nonce", web::get().to(sessions::nonce))
-            .route("/sessions", web::post().to(sessions::sign_in))
-            .route("/keys", web::post().to(keys::create))
-            .route("/keys", web::get().to(keys::list))
-            .route("/keys/{key_id}", web::get().to(keys::get))
-            .route("/keys/{key_id}", web::delete().to(keys::revoke))
-            .route("/keys/{key_id}/charges", web::get().to(keys::charges)),
-    )
-    .service(
-        web::scope("/external/v1")
-            .route("/chat/completions", web::post().to(chat::completions))
-            .route("/models", web::get().to(models::list)),
-    )
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(health::metrics))
-    .default_service(web::to(|| async {
+    for endpoint in endpoints() {
+        cfg.route(endpoint.path, endpoint.route);
+    }
+    cfg.default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(error::not_found_route())
     }));
 }

@@ -6,11 +6,26 @@ use serde_json::json;
 
 use super::caller::{authenticate, authenticate_studio, bearer_token};
 use super::error::ApiError;
+#[allow(unused_imports)] // named by the #[utoipa::path] attributes
+use super::openapi::{ErrorBody, ModelList};
 use crate::state::AppState;
 use ledger::model::Role;
 
 /// Any key that may make paid calls: an active Compose key, or a Studio key
 /// of role `executor` and above.
+#[utoipa::path(
+    get,
+    path = "/external/v1/models",
+    operation_id = "listModels",
+    tag = "paid",
+    security(("compose_key" = []), ("studio_key" = [])),
+    responses(
+        (status = 200, description = "The models and their prices", body = ModelList),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The caller's role is too low", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if bearer_token(&req)?.starts_with("compose-") {
         authenticate(&state, &req).await?;

@@ -20,6 +20,8 @@ use super::caller::{authenticate_studio, own_project};
 use super::error::ApiError;
 use super::extract;
 use super::extract::budget_within_max;
+#[allow(unused_imports)] // named by the #[utoipa::path] attributes
+use super::openapi::{ErrorBody, ProjectBudget, SetBudgetRequest};
 use crate::auth::token::token_sha256;
 use crate::gateway::revocation::stop_keys;
 use crate::state::AppState;
@@ -38,6 +40,23 @@ fn budget_json(project: &ProjectRecord, key: &KeyRecord) -> serde_json::Value {
 }
 
 /// `GET /api/v1/projects/{id}/budget` (reader and above).
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{id}/budget",
+    operation_id = "getProjectBudget",
+    tag = "studio",
+    security(("studio_key" = [])),
+    params(
+        ("id" = String, Path, description = "A Studio project id"),
+    ),
+    responses(
+        (status = 200, description = "The project's budget", body = ProjectBudget),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 403, description = "The caller's role is too low", body = ErrorBody),
+        (status = 404, description = "No such project, or it has no budget", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -53,6 +72,31 @@ pub async fn get(
 }
 
 /// `PUT /api/v1/projects/{id}/budget` `{"budgetLimit"}` (admin only).
+#[utoipa::path(
+    put,
+    path = "/api/v1/projects/{id}/budget",
+    operation_id = "setProjectBudget",
+    tag = "studio",
+    security(("studio_key" = [])),
+    params(
+        ("id" = String, Path, description = "A Studio project id"),
+    ),
+    request_body(content = SetBudgetRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The project's budget, set", body = ProjectBudget),
+        (status = 400, description = "Malformed JSON or a bad field", body = ErrorBody),
+        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
+        (status = 402, description = "The wallet's funds cannot cover the budget", body = ErrorBody),
+        (status = 403, description = "Only an admin sets a budget", body = ErrorBody),
+        (status = 404, description = "No such project", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The project's budget changed meanwhile", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not application/json", body = ErrorBody),
+        (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn set(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -12,6 +12,8 @@ use serde_json::json;
 use super::error::ApiError;
 use super::extract;
 use super::extract::{budget_within_max, name_field};
+#[allow(unused_imports)] // named by the #[utoipa::path] attributes
+use super::openapi::{ErrorBody, NonceView, SessionView, SignInRequest};
 use super::views::created_key_json;
 use crate::auth::siwe::{self, SiweError, SiweExpectations};
 use crate::gateway::revocation::stop_keys;
@@ -37,6 +39,17 @@ fn within_rate(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// `GET /api/sessions/nonce`: a fresh single-use nonce.
+#[utoipa::path(
+    get,
+    path = "/api/sessions/nonce",
+    operation_id = "sessionNonce",
+    tag = "compose",
+    responses(
+        (status = 200, description = "A single-use nonce for a SIWE message", body = NonceView),
+        (status = 429, description = "Too many sign-in requests from this address", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn nonce(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     within_rate(&state, &req)?;
     let nonce = Alphanumeric.sample_string(&mut rand::rngs::OsRng, NONCE_CHARS);
@@ -63,6 +76,26 @@ fn siwe_error(error: SiweError) -> ApiError {
 /// `POST /api/sessions {message, signature, budgetLimit?, expiresAt?, name?}`:
 /// verifies the SIWE signature and issues a `session`-purpose key, which
 /// supersedes the wallet+chain's previous session.
+#[utoipa::path(
+    post,
+    path = "/api/sessions",
+    operation_id = "signIn",
+    tag = "compose",
+    request_body(content = SignInRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Signed in: the session key, with its token", body = SessionView),
+        (status = 400, description = "Malformed JSON or a bad field", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not application/json", body = ErrorBody),
+        (status = 401, description = "The message's domain, uri, chain, time, nonce or signer is refused", body = ErrorBody),
+        (status = 402, description = "The wallet's funds cannot cover the budget", body = ErrorBody),
+        (status = 409, description = "The wallet holds too many active keys", body = ErrorBody),
+        (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
+        (status = 429, description = "Too many sign-in requests from this address", body = ErrorBody),
+        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+    ),
+)]
 pub async fn sign_in(
     state: web::Data<AppState>,
     req: HttpRequest,
