@@ -9,6 +9,8 @@
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::HttpMessage;
+use ledger::RequestId;
 use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 use tracing_subscriber::EnvFilter;
@@ -45,20 +47,33 @@ pub struct RequestSpans;
 
 impl RootSpanBuilder for RequestSpans {
     fn on_request_start(request: &ServiceRequest) -> Span {
+        // One id per request, ours (time-ordered, never the caller's: a paid
+        // call's charge is keyed by it). A paid call takes it from the
+        // request's extensions, so its log lines, its `x-request-id`, its
+        // charge and its queue event all carry the same id.
+        let request_id = RequestId::generate();
         // A caller's own request id, when well-formed, rides on every line
-        // of its request (beside the id generated here), so a client's
-        // report can be found in the log.
-        let client_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|value| value.to_str().ok())
-            .filter(|id| well_formed_request_id(id))
-            .unwrap_or("");
-        tracing_actix_web::root_span!(
-            level = tracing::Level::INFO,
-            request,
-            client_request_id = client_id
-        )
+        // of its request beside ours, so a client's report can be found in
+        // the log (and it travels with a paid call's event).
+        let client_id = client_request_id(request.headers()).unwrap_or("");
+        let route = request.match_pattern();
+        let peer = request.peer_addr().map(|addr| addr.ip());
+        let span = tracing::info_span!(
+            "HTTP request",
+            http.method = %request.method(),
+            http.route = route.as_deref().unwrap_or("default"),
+            http.target = %request.uri().path(),
+            // The TCP peer, not a forwarded header a client could spoof.
+            http.client_ip = peer.map(tracing::field::display),
+            http.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            exception.message = tracing::field::Empty,
+            exception.details = tracing::field::Empty,
+            request_id = %request_id,
+            client_request_id = client_id,
+        );
+        request.extensions_mut().insert(request_id);
+        span
     }
 
     fn on_request_end<B: MessageBody>(
@@ -83,21 +98,25 @@ impl RootSpanBuilder for RequestSpans {
             Some(error) => {
                 tracing::debug!(status = status.as_u16(), %error, "request refused");
             }
-            None => {}
+            // An access line, at DEBUG: free when not enabled.
+            None => tracing::debug!(status = status.as_u16(), "request served"),
         }
         drop(_entered);
         DefaultRootSpanBuilder::on_request_end(span, outcome);
     }
 }
 
-/// A request id a client may hand us: 1 to 64 characters of letters, digits
-/// and `-_.:` — nothing that could forge a log line or carry a secret's
-/// worth of text.
+/// The caller's `x-request-id`, when it is well-formed.
+pub fn client_request_id(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| well_formed_request_id(id))
+}
+
+/// A request id a client may hand us (see [`ledger::ids::is_client_request_id`]).
 pub fn well_formed_request_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    ledger::ids::is_client_request_id(id)
 }
 
 #[cfg(test)]

@@ -554,6 +554,7 @@ fn leased_charge(key: &KeyId, lease: &LeaseId, request: &RequestId, amount: Amou
     NewCharge {
         request_id: request.clone(),
         lease: Some(lease.clone()),
+        client_request_id: None,
         ..ledger::testing::test_charge(key, amount)
     }
 }

@@ -409,3 +409,109 @@ fn only_a_process_that_settles_needs_the_operator_key() {
     assert!(!client.can_sign());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A paid call's id follows it: its answer's `x-request-id` is the
+/// `request_id` of its log lines (which also carry the caller's own
+/// `x-request-id` as `client_request_id`), and both travel with its queue
+/// event into its charge and on to the charge's settlement batch. A spoofed
+/// id (a line break, too long) is not carried anywhere.
+#[tokio::test]
+async fn a_request_id_follows_a_paid_call_from_its_log_through_the_queue_to_its_batch() {
+    let (url, name) = (amqp_url(), queue_name());
+    let queue_env = [
+        ("TOLLGATE__QUEUE__URL", url.as_str()),
+        ("TOLLGATE__QUEUE__CALLS_QUEUE", name.as_str()),
+        ("TOLLGATE__SETTLEMENT__INTERVAL_MS", "200"),
+    ];
+    // This app's in-process workers record and settle what the gateway
+    // below publishes.
+    let (app, _mock) = spawn_paid_app_with(Backend::Postgres, &queue_env).await;
+    let key = app.paid_key(1_000_000).await;
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("tollgate-trace-{}", uuid::Uuid::now_v7().simple())),
+    );
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let (signing_key, studio_key) = (
+        app.file("signing.key").display().to_string(),
+        app.file("studio.key").display().to_string(),
+    );
+    let mut env = vec![
+        ("TOLLGATE__STORE__URL", app.db.url.as_str()),
+        ("TOLLGATE__AUTH__SIGNING_KEY_FILE", signing_key.as_str()),
+        ("TOLLGATE__STUDIO__SECRETS_KEY_FILE", studio_key.as_str()),
+        ("TOLLGATE__WORKERS__IN_PROCESS", "false"),
+    ];
+    env.extend_from_slice(&queue_env[..2]);
+    let (_gateway, port) = spawn_serving_with(&dir.0, "127.0.0.1:0", "gateway.log", &env);
+    let client = reqwest::Client::new();
+    let call = |client_id: &'static str| {
+        client
+            .post(format!("http://127.0.0.1:{port}/external/v1/chat/completions"))
+            .bearer_auth(&key.token)
+            .header("x-request-id", client_id)
+            .json(&json!({ "model": "echo", "messages": [{ "role": "user", "content": "trace me" }] }))
+            .send()
+    };
+    let traced = call("client-7f3a:retry.2").await.unwrap();
+    assert_eq!(traced.status(), StatusCode::OK);
+    let ours = traced.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let spoofed = call("forged id {\"level\":\"ERROR\"}").await.unwrap();
+    assert_eq!(spoofed.status(), StatusCode::OK);
+    let spoofed_ours = spoofed.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    // Through the queue into the charges, then into a settlement batch.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let charges = loop {
+        let response = app
+            .client
+            .get(app.url(&format!("/api/keys/{}/charges", key.key_id)))
+            .bearer_auth(&key.session)
+            .send()
+            .await
+            .unwrap();
+        let (_, body) = json_of(response).await;
+        let charges = body["charges"].as_array().cloned().unwrap_or_default();
+        if charges.len() == 2 && charges.iter().all(|c| c["status"] == "settled") {
+            break charges;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not recorded and settled: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let by_id = |id: &str| {
+        charges
+            .iter()
+            .find(|c| c["requestId"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let charge = by_id(&ours);
+    assert_eq!(charge["clientRequestId"], "client-7f3a:retry.2");
+    assert!(
+        charge["batchId"].as_str().is_some_and(|b| !b.is_empty()),
+        "{charge}"
+    );
+    assert_eq!(by_id(&spoofed_ours)["clientRequestId"], Value::Null);
+
+    // The gateway's log lines of the call carry both ids.
+    let log = std::fs::read_to_string(dir.0.join("gateway.log")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|line: &Value| line["span"]["request_id"] == ours.as_str())
+        .collect();
+    assert!(!lines.is_empty(), "no log line carries {ours}:\n{log}");
+    assert!(lines
+        .iter()
+        .all(|line| line["span"]["client_request_id"] == "client-7f3a:retry.2"));
+    assert!(!log.contains("forged"), "a spoofed id reached the log");
+    delete_queue(&name).await;
+}

@@ -132,6 +132,7 @@ async fn paid_calls_are_recorded_once_through_rabbitmq() {
             started_at_ms: charge.created_at_ms,
             completed_at_ms: charge.created_at_ms,
             lease_id: None,
+            client_request_id: None,
         };
         queue
             .publish(&name, charge.request_id.as_str(), again.to_json().into())
@@ -313,6 +314,7 @@ async fn poison_events_are_dead_lettered_and_retried_once_fixed() {
         started_at_ms: now,
         completed_at_ms: now,
         lease_id: None,
+        client_request_id: None,
     };
     queue
         .publish(&name, request.as_str(), event.to_json().into())

@@ -46,6 +46,16 @@ macro_rules! opaque_id {
     };
 }
 
+/// A caller's own request id (`x-request-id`) we carry as a label: 1 to 64
+/// characters of letters, digits and `-_.:` — nothing that could forge a
+/// log line or carry a secret's worth of text.
+pub fn is_client_request_id(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
 opaque_id!(
     /// Identifies one Compose key.
     KeyId

@@ -209,6 +209,9 @@ pub struct NewCharge {
     /// The budget lease the call was spent from (`None`: no lease; the
     /// charge must then fit what no lease of the key covers).
     pub lease: Option<LeaseId>,
+    /// The caller's own `x-request-id`, when well-formed (a label that
+    /// travels with the charge; never its identity).
+    pub client_request_id: Option<String>,
 }
 
 /// What writing a charge did.
@@ -250,6 +253,7 @@ pub struct ChargeRecord {
     pub batch_id: Option<String>,
     pub tx_hash: Option<String>,
     pub created_at_ms: i64,
+    pub client_request_id: Option<String>,
 }
 
 /// A Studio key's type (Composable Studio `ApiKeyTypes`).

@@ -147,6 +147,7 @@ pub fn test_charge(key: &crate::KeyId, amount: crate::Amount) -> crate::model::N
         reported: Some((1, 1)),
         created_at_ms: crate::time::now_ms() - 1,
         lease: None,
+        client_request_id: None,
     }
 }
 

@@ -56,6 +56,7 @@ fn charge(key: &KeyId, amount: Amount) -> NewCharge {
         reported: Some((3, 5)),
         created_at_ms: now_ms(),
         lease: None,
+        client_request_id: None,
     }
 }
 
@@ -803,6 +804,7 @@ fn atomic(n: u64) -> Amount {
 fn leased_charge(key: &KeyId, lease: &LeaseId, amount: u64) -> NewCharge {
     NewCharge {
         lease: Some(lease.clone()),
+        client_request_id: None,
         ..charge(key, atomic(amount))
     }
 }

@@ -157,6 +157,7 @@ pub struct PaidCall {
     /// `None` once finished or released.
     lease: Option<Lease>,
     pub request: RequestId,
+    client_request_id: Option<String>,
     key_id: KeyId,
     model: String,
     price: Price,
@@ -229,6 +230,18 @@ impl Receipt {
     }
 }
 
+/// What a paid call asks for: its id, the model, and the most it can cost.
+pub struct CallAsk<'a> {
+    /// The HTTP request's id (its log lines carry it): the charge's id too.
+    pub request: RequestId,
+    /// The caller's own well-formed `x-request-id`, carried to its charge.
+    pub client_request_id: Option<String>,
+    pub model: &'a Model,
+    pub prompt_tokens_max: u64,
+    pub requested_max_tokens: u64,
+    pub stream: bool,
+}
+
 impl PaidCall {
     /// Leases `key_id`'s actor, checks `token` against the key's stored hash
     /// (`None`: the caller was authenticated otherwise — a Studio key paying
@@ -237,11 +250,16 @@ impl PaidCall {
         gateway: &Gateway,
         key_id: &KeyId,
         token: Option<&str>,
-        model: &Model,
-        prompt_tokens_max: u64,
-        requested_max_tokens: u64,
-        stream: bool,
+        ask: CallAsk<'_>,
     ) -> Result<PaidCall, CallFailure> {
+        let CallAsk {
+            request,
+            client_request_id,
+            model,
+            prompt_tokens_max,
+            requested_max_tokens,
+            stream,
+        } = ask;
         let lease = match gateway.registry.acquire(key_id).await {
             Ok(lease) => lease,
             Err(AcquireError::CannotSpend(state)) => {
@@ -270,7 +288,6 @@ impl PaidCall {
         let deadline_ms = now_ms()
             .saturating_add(i64::try_from(longest.as_millis()).unwrap_or(i64::MAX / 2))
             .saturating_add(gateway.timeouts.hold_slack_ms);
-        let request = RequestId::generate();
         let hold = Hold {
             wanted,
             minimum,
@@ -297,6 +314,7 @@ impl PaidCall {
         Ok(PaidCall {
             lease: Some(lease),
             request,
+            client_request_id,
             key_id: key_id.clone(),
             model: model.name.clone(),
             price: model.price.clone(),
@@ -360,6 +378,7 @@ impl PaidCall {
             }),
             created_at_ms: now_ms(),
             lease: lease.budget_lease().cloned(),
+            client_request_id: self.client_request_id.clone(),
         };
         let call = CallContext {
             hold: held,

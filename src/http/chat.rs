@@ -13,8 +13,9 @@
 //! The call itself runs below HTTP (`gateway::run`); this file frames its
 //! answer as JSON, or its stream's events as Server-Sent Events.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
+use ledger::RequestId;
 use serde_json::{json, Value};
 
 use super::caller::{no_budget, payer};
@@ -22,11 +23,12 @@ use super::error::{apply_budget, ApiError};
 use super::extract::json_object;
 #[allow(unused_imports)] // named by the #[utoipa::path] attributes
 use super::openapi::{ChatCompletion, ChatCompletionRequest, ErrorBody};
-use crate::gateway::call::PaidCall;
+use crate::gateway::call::{CallAsk, PaidCall};
 use crate::gateway::error::CallFailure;
 use crate::gateway::request::ChatRequest;
 use crate::gateway::run::{self, StreamEvent};
 use crate::state::AppState;
+use crate::telemetry::client_request_id;
 use crate::upstream::UpstreamRequest;
 
 #[utoipa::path(
@@ -70,29 +72,36 @@ pub async fn completions(
         .unwrap_or(model.max_output_tokens)
         .min(model.max_output_tokens);
     let prompt_tokens_max = model.upstream.prompt_tokens_max(&chat.body);
-    let call = PaidCall::open(
-        gateway,
-        &key_id,
-        token,
+    // The request's own id (see `telemetry::RequestSpans`): its log lines,
+    // its `x-request-id`, its charge and its queue event share it.
+    let request = req
+        .extensions()
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::generate);
+    let ask = CallAsk {
+        request,
+        client_request_id: client_request_id(req.headers()).map(str::to_owned),
         model,
         prompt_tokens_max,
-        requested,
-        chat.stream,
-    )
-    .await
-    .map_err(|failure| match (token, failure) {
-        // A Studio key pays from its project's budget key: that key being
-        // revoked or expired means the project has no budget, not that the
-        // caller's own credential failed.
-        (
-            None,
-            CallFailure::KeyRevoked
-            | CallFailure::SessionSuperseded
-            | CallFailure::KeyExpired
-            | CallFailure::InvalidToken,
-        ) => no_budget(),
-        (_, failure) => ApiError::from(failure),
-    })?;
+        requested_max_tokens: requested,
+        stream: chat.stream,
+    };
+    let call = PaidCall::open(gateway, &key_id, token, ask)
+        .await
+        .map_err(|failure| match (token, failure) {
+            // A Studio key pays from its project's budget key: that key being
+            // revoked or expired means the project has no budget, not that the
+            // caller's own credential failed.
+            (
+                None,
+                CallFailure::KeyRevoked
+                | CallFailure::SessionSuperseded
+                | CallFailure::KeyExpired
+                | CallFailure::InvalidToken,
+            ) => no_budget(),
+            (_, failure) => ApiError::from(failure),
+        })?;
     let upstream_request = UpstreamRequest {
         body: chat.body,
         max_tokens: call.max_tokens,

@@ -204,6 +204,9 @@ pub struct ChargeView {
     tx_hash: Option<String>,
     #[serde(rename = "createdAt")]
     created_at: i64,
+    /// The caller's own `x-request-id` of the call, when it sent one.
+    #[serde(rename = "clientRequestId")]
+    client_request_id: Option<String>,
 }
 
 /// `GET /api/keys/{key_id}/charges`.

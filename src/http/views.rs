@@ -47,5 +47,6 @@ pub fn charge_json(charge: &ChargeRecord) -> Value {
         "batchId": charge.batch_id,
         "txHash": charge.tx_hash,
         "createdAt": charge.created_at_ms,
+        "clientRequestId": charge.client_request_id,
     })
 }

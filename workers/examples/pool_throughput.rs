@@ -189,6 +189,7 @@ fn event(key: &KeyId) -> (String, Bytes) {
         started_at_ms: now_ms(),
         completed_at_ms: now_ms(),
         lease_id: None,
+        client_request_id: None,
     };
     (request.to_string(), Bytes::from(event.to_json()))
 }

@@ -37,6 +37,10 @@ pub struct CallCompleted {
     /// The budget lease the call was spent from (absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_id: Option<String>,
+    /// The caller's own `x-request-id` (absent: it sent none, or an older
+    /// gateway published the event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
 }
 
 /// Why an event cannot become a charge (it goes to the dead-letter queue).
@@ -80,6 +84,7 @@ impl CallCompleted {
             started_at_ms: call.started_at_ms,
             completed_at_ms: charge.created_at_ms,
             lease_id: charge.lease.as_ref().map(|lease| lease.to_string()),
+            client_request_id: charge.client_request_id.clone(),
         }
     }
 
@@ -111,6 +116,12 @@ impl CallCompleted {
             Some(lease) => Some(LeaseId::parse(lease).ok_or(EventError::Invalid("lease_id"))?),
             None => None,
         };
+        let client_request_id = match &self.client_request_id {
+            Some(id) if !ledger::ids::is_client_request_id(id) => {
+                return Err(EventError::Invalid("client_request_id"))
+            }
+            id => id.clone(),
+        };
         let quoted =
             Amount::from_atomic(self.quoted_atomic).ok_or(EventError::Invalid("quoted"))?;
         let hold = Amount::from_atomic(self.hold_atomic).ok_or(EventError::Invalid("hold"))?;
@@ -139,6 +150,7 @@ impl CallCompleted {
             reported: self.reported,
             created_at_ms: self.completed_at_ms,
             lease,
+            client_request_id,
         };
         Ok((charge, mismatch))
     }

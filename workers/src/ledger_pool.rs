@@ -168,6 +168,14 @@ impl LedgerPool {
                 metrics::histogram!("tollgate_queue_consumer_lag_seconds")
                     .record(lag_ms as f64 / 1000.0);
             }
+            // The call's ids, as its gateway logged them: a client's
+            // `x-request-id` finds its charge here (DEBUG: one line a call).
+            tracing::debug!(
+                request_id = %charge.request_id,
+                client_request_id = charge.client_request_id.as_deref().unwrap_or(""),
+                key_id = %charge.key_id, amount = %charge.amount, ?outcome,
+                "charge written"
+            );
         }
         metrics::counter!("tollgate_queue_consumed_total").increment(outcomes.len() as u64);
         // Rejects first, then one ack for the rest (`multiple` on

@@ -47,6 +47,7 @@ fn event(key: &KeyId, request: &RequestId) -> CallCompleted {
         started_at_ms: now_ms(),
         completed_at_ms: now_ms(),
         lease_id: None,
+        client_request_id: None,
     }
 }
 

@@ -39,6 +39,7 @@ async fn concurrent_callers_write_each_charge_once(backend: Backend) {
             reported: (i % 2 == 0).then_some((i, 1)),
             created_at_ms: now_ms(),
             lease: None,
+            client_request_id: None,
         };
         for _ in 0..2 {
             let (writer, charge) = (writer.clone(), charge.clone());

@@ -21,13 +21,13 @@ use crate::{Amount, KeyId, LeaseId, RequestId, StoreError};
 /// What a charge read selects, with its batch's transaction.
 const CHARGE_COLUMNS: &str = "c.request_id, c.key_id, c.model, c.price_version, c.input_tokens,
         c.output_tokens, c.amount_atomic, c.status, c.batch_id, b.tx_hash, c.created_at_ms,
-        c.reported_input_tokens, c.reported_output_tokens
+        c.reported_input_tokens, c.reported_output_tokens, c.client_request_id
    FROM charges c LEFT JOIN settlement_batches b ON b.id = c.batch_id";
 
 /// The most charges one listing returns, newest first.
 pub const LIST_CHARGES_MAX: i64 = 1_000;
 
-/// The most charges one [`Store::record_charges`] call takes: 8 bound values
+/// The most charges one [`Store::record_charges`] call takes: 12 bound values
 /// each stays far below SQLite's limit of 32,766 per statement.
 pub const RECORD_BATCH_MAX: usize = 1_024;
 
@@ -133,7 +133,7 @@ async fn record_batch(
     conn: &mut AnyConnection,
     charges: &[NewCharge],
 ) -> Result<Option<Vec<ChargeOutcome>>, StoreError> {
-    const COLUMNS: usize = 11;
+    const COLUMNS: usize = 12;
     let rows: Vec<String> = (0..charges.len())
         .map(|i| {
             let params: Vec<String> = (1..=COLUMNS)
@@ -146,9 +146,11 @@ async fn record_batch(
     let sql = format!(
         "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
                               input_tokens, output_tokens, amount_atomic, status, created_at_ms,
-                              reported_input_tokens, reported_output_tokens, lease_id)
+                              reported_input_tokens, reported_output_tokens, lease_id,
+                              client_request_id)
          SELECT v.column1, k.id, k.wallet, k.chain_id, v.column3, v.column4, v.column5,
-                v.column6, v.column7, 'pending', v.column8, v.column9, v.column10, v.column11
+                v.column6, v.column7, 'pending', v.column8, v.column9, v.column10, v.column11,
+                v.column12
            FROM (VALUES {}) AS v JOIN keys k ON k.id = v.column2
           WHERE true
          ON CONFLICT (request_id) DO NOTHING
@@ -218,6 +220,7 @@ fn bind_charge<'q>(
         .bind(charge.reported.map(|(input, _)| i64::from(input)))
         .bind(charge.reported.map(|(_, output)| i64::from(output)))
         .bind(charge.lease.as_ref().map(LeaseId::as_str))
+        .bind(charge.client_request_id.as_deref())
 }
 
 /// Why a charge was not inserted: it exists already, or its key does not.
@@ -244,8 +247,9 @@ async fn insert_one(
     let insert = sqlx::query(
         "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
                               input_tokens, output_tokens, amount_atomic, status, created_at_ms,
-                              reported_input_tokens, reported_output_tokens, lease_id)
-         SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11
+                              reported_input_tokens, reported_output_tokens, lease_id,
+                              client_request_id)
+         SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12
            FROM keys WHERE id = $2
          ON CONFLICT (request_id) DO NOTHING",
     );
@@ -391,5 +395,6 @@ fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {
         batch_id: get_opt_string(row, "batch_id")?,
         tx_hash: get_opt_string(row, "tx_hash")?,
         created_at_ms: get_i64(row, "created_at_ms")?,
+        client_request_id: get_opt_string(row, "client_request_id")?,
     })
 }
