@@ -83,7 +83,12 @@ fn describe() {
 /// Sets the gauges read at scrape time, then renders everything.
 pub async fn render(state: &crate::state::AppState) -> Option<String> {
     let handle = handle()?;
-    metrics::gauge!("tollgate_key_actors_live").set(state.gateway.registry.loaded() as f64);
+    let gateway = &state.gateway;
+    metrics::gauge!("tollgate_key_actors_live").set(gateway.registry.loaded() as f64);
+    metrics::counter!("tollgate_holds_expired_total").absolute(gateway.registry.expired_holds());
+    let (taken, returned) = gateway.leases.counts();
+    metrics::counter!("tollgate_leases_taken_total").absolute(taken);
+    metrics::counter!("tollgate_leases_returned_total").absolute(returned);
     if let Ok(counts) = state.store.charge_status_counts().await {
         for (status, n) in counts {
             metrics::gauge!("tollgate_charges", "status" => status).set(n as f64);

@@ -80,15 +80,19 @@ impl RootSpanBuilder for RequestSpans {
         span: Span,
         outcome: &Result<ServiceResponse<B>, actix_web::Error>,
     ) {
+        // An error whose cause its maker logged already is said once.
+        let unsaid = |error: &actix_web::Error| {
+            error
+                .as_error::<crate::http::error::ApiError>()
+                .is_none_or(|api| !api.cause_logged)
+                .then(|| error.to_string())
+        };
         let (status, error) = match outcome {
             Ok(response) => (
                 response.status(),
-                response.response().error().map(|e| e.to_string()),
+                response.response().error().and_then(unsaid),
             ),
-            Err(error) => (
-                error.as_response_error().status_code(),
-                Some(error.to_string()),
-            ),
+            Err(error) => (error.as_response_error().status_code(), unsaid(error)),
         };
         let _entered = span.enter();
         match error {

@@ -52,9 +52,20 @@ async fn metrics_count_requests_by_route_402s_and_ledger_state() {
         r#"tollgate_payment_required_total{code="insufficient_funds"}"#,
         "tollgate_key_actors_live",
         r#"tollgate_charges{status="#,
+        "tollgate_holds_expired_total",
+        "tollgate_leases_taken_total",
+        "tollgate_leases_returned_total",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+    // The paid call opened a hold and committed it.
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+    };
+    assert!(value("tollgate_holds_opened_total ") >= 1.0);
+    assert!(value(r#"tollgate_holds_closed_total{how="committed"} "#) >= 1.0);
     // Routes are patterns: no key id makes a series of its own.
     assert!(!text.contains(&paid.key_id), "a key id leaked into a label");
 }
@@ -263,9 +274,9 @@ fn errors_are_said_once_with_their_root_cause() {
 }
 
 #[tokio::test]
-async fn studio_bootstrap_refuses_an_account_name_that_exists() {
+async fn studio_bootstrap_refuses_an_account_name_that_exists_or_adds_a_project_when_asked() {
     let app = spawn_app(Backend::Sqlite).await;
-    app.bootstrap_studio("acme");
+    let first = app.bootstrap_studio("acme");
     let output = tollgate()
         .args([
             "studio",
@@ -290,6 +301,65 @@ async fn studio_bootstrap_refuses_an_account_name_that_exists() {
     assert!(output.stdout.is_empty(), "no key printed");
     // A different name still works.
     app.bootstrap_studio("acme-two");
+
+    // Asked, it adds a project (and its first admin key) to the account.
+    let second =
+        app.bootstrap_studio_with(&["--account", "acme", "--existing", "--project", "second"]);
+    assert_eq!(second["account"]["id"], first["account"]["id"]);
+    assert_eq!(second["project"]["name"], "second");
+    assert_ne!(second["project"]["id"], first["project"]["id"]);
+    // Each admin key sees its own project's keys only.
+    for (boot, other) in [(&second, &first), (&first, &second)] {
+        let response = app
+            .client
+            .get(app.url("/api/v1/apikeys"))
+            .bearer_auth(boot["apikey"]["value"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let (status, keys) = json_of(response).await;
+        assert_eq!(status, StatusCode::OK, "{keys}");
+        let ids: Vec<&Value> = keys.as_array().unwrap().iter().map(|k| &k["id"]).collect();
+        assert_eq!(ids, [&boot["apikey"]["id"]]);
+        assert!(!ids.contains(&&other["apikey"]["id"]));
+    }
+    // Refused, each said once: a project name the account has, an account
+    // that does not exist, a wallet for an account that has its own.
+    for (args, said) in [
+        (
+            vec!["--account", "acme", "--existing", "--project", "second"],
+            "already has a project named \"second\"",
+        ),
+        (
+            vec!["--account", "nobody", "--existing", "--project", "p"],
+            "no Studio account is named \"nobody\"",
+        ),
+        (
+            vec![
+                "--account",
+                "acme",
+                "--existing",
+                "--project",
+                "p",
+                "--wallet",
+                "0x0000000000000000000000000000000000000001",
+            ],
+            "cannot be used with",
+        ),
+    ] {
+        let output = tollgate()
+            .args(["studio", "bootstrap"])
+            .args(&args)
+            .env("TOLLGATE__STORE__URL", &app.db.url)
+            .env("TOLLGATE__STUDIO__SECRETS_KEY_FILE", app.file("studio.key"))
+            .env("TOLLGATE__AUTH__SIGNING_KEY_FILE", app.file("signing.key"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert_eq!(stderr.matches(said).count(), 1, "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "no key printed");
+    }
 }
 
 #[test]
@@ -427,22 +497,14 @@ async fn a_request_id_follows_a_paid_call_from_its_log_through_the_queue_to_its_
     // below publishes.
     let (app, _mock) = spawn_paid_app_with(Backend::Postgres, &queue_env).await;
     let key = app.paid_key(1_000_000).await;
-    let dir = TempDir(
-        std::env::temp_dir().join(format!("tollgate-trace-{}", uuid::Uuid::now_v7().simple())),
+    let (_gateway, port, dir) = gateway_beside(
+        &app,
+        &[
+            ("TOLLGATE__WORKERS__IN_PROCESS", "false"),
+            queue_env[0],
+            queue_env[1],
+        ],
     );
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let (signing_key, studio_key) = (
-        app.file("signing.key").display().to_string(),
-        app.file("studio.key").display().to_string(),
-    );
-    let mut env = vec![
-        ("TOLLGATE__STORE__URL", app.db.url.as_str()),
-        ("TOLLGATE__AUTH__SIGNING_KEY_FILE", signing_key.as_str()),
-        ("TOLLGATE__STUDIO__SECRETS_KEY_FILE", studio_key.as_str()),
-        ("TOLLGATE__WORKERS__IN_PROCESS", "false"),
-    ];
-    env.extend_from_slice(&queue_env[..2]);
-    let (_gateway, port) = spawn_serving_with(&dir.0, "127.0.0.1:0", "gateway.log", &env);
     let client = reqwest::Client::new();
     let call = |client_id: &'static str| {
         client
@@ -514,4 +576,100 @@ async fn a_request_id_follows_a_paid_call_from_its_log_through_the_queue_to_its_
         .all(|line| line["span"]["client_request_id"] == "client-7f3a:retry.2"));
     assert!(!log.contains("forged"), "a spoofed id reached the log");
     delete_queue(&name).await;
+}
+
+/// The binary, serving on `app`'s store and keys with `env` (JSON logs at
+/// DEBUG in its folder's `gateway.log`).
+fn gateway_beside(app: &TestApp, env: &[(&str, &str)]) -> (common::process::Child, u16, TempDir) {
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "tollgate-gateway-{}",
+        uuid::Uuid::now_v7().simple()
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let (signing_key, studio_key) = (
+        app.file("signing.key").display().to_string(),
+        app.file("studio.key").display().to_string(),
+    );
+    let mut all = vec![
+        ("TOLLGATE__STORE__URL", app.db.url.as_str()),
+        ("TOLLGATE__AUTH__SIGNING_KEY_FILE", signing_key.as_str()),
+        ("TOLLGATE__STUDIO__SECRETS_KEY_FILE", studio_key.as_str()),
+    ];
+    all.extend_from_slice(env);
+    let (child, port) = spawn_serving_with(&dir.0, "127.0.0.1:0", "gateway.log", &all);
+    (child, port, dir)
+}
+
+/// An upstream that cannot be reached answers 502 and charges nothing; the
+/// log says which model, which host and the OS's cause, once, at ERROR —
+/// and never the upstream's API key or the caller's token.
+#[tokio::test]
+async fn an_unreachable_upstream_is_logged_with_its_model_host_and_os_cause() {
+    let app = spawn_app(Backend::Postgres).await;
+    let (wallet, session) = app.funded_wallet(2_000_000).await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let upstream = format!("http://127.0.0.1:{port}/v1");
+    let model = |field: &str| format!("TOLLGATE__MODELS__DOWNSTAIRS__{field}");
+    let settings = [
+        (model("UPSTREAM"), upstream.clone()),
+        (model("UPSTREAM_MODEL"), "gpt-downstairs".to_owned()),
+        (model("API_KEY"), UPSTREAM_KEY.to_owned()),
+        (model("PRICE_VERSION"), "test-1".to_owned()),
+        (model("INPUT_ATOMIC_PER_MILLION"), "1000000".to_owned()),
+        (model("OUTPUT_ATOMIC_PER_MILLION"), "1000000".to_owned()),
+        (model("MAX_OUTPUT_TOKENS"), "100".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (_gateway, gateway_port, dir) = gateway_beside(&app, &env);
+    let (status, key) = app
+        .create_key(
+            &session,
+            &wallet.hex(),
+            &CHAIN.to_string(),
+            &json!({ "budgetLimit": 1_000_000 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let token = key["token"].as_str().unwrap();
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{gateway_port}/external/v1/chat/completions"
+        ))
+        .bearer_auth(token)
+        .json(
+            &json!({ "model": "downstairs", "messages": [{ "role": "user", "content": "hello" }] }),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(response).await;
+    assert_error(&(status, body), 502, "upstream_error");
+    let key_id = key["keyId"].as_str().unwrap();
+    assert_eq!(app.spent(key_id).await, (0, 0), "nothing charged");
+
+    let log = std::fs::read_to_string(dir.0.join("gateway.log")).unwrap();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("\"ERROR\""))
+        .collect();
+    assert_eq!(errors.len(), 1, "one ERROR line:\n{log}");
+    let line = errors[0];
+    assert!(
+        line.contains(&format!("model gpt-downstairs at 127.0.0.1:{port}")),
+        "{line}"
+    );
+    assert!(
+        line.contains("Connection refused"),
+        "the OS's cause: {line}"
+    );
+    assert!(
+        !log.contains(UPSTREAM_KEY) && !log.contains(token),
+        "a secret reached the log"
+    );
 }

@@ -768,7 +768,9 @@ async fn streamed_calls_on_a_kept_alive_connection_do_not_stall(backend: Backend
             "{model}: median {median:?} per call on a kept-alive connection"
         );
         assert!(
-            total < std::time::Duration::from_millis(260),
+            // Well under the stall's 780 ms, with room for a loaded machine
+            // (296 ms seen with a compile beside the whole suite).
+            total < std::time::Duration::from_millis(500),
             "{model}: 20 calls took {total:?} (stalled: ≥ 780 ms)"
         );
     }

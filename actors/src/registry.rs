@@ -503,6 +503,11 @@ impl Registry {
     }
 
     /// Actors alive now.
+    /// Holds released by their deadline so far (never committed or released).
+    pub fn expired_holds(&self) -> u64 {
+        self.inner.expired_holds.load(Ordering::Relaxed)
+    }
+
     pub fn loaded(&self) -> usize {
         self.inner.loaded.load(Ordering::Relaxed)
     }

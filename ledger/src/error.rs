@@ -44,4 +44,10 @@ pub enum StoreError {
     OverBudget,
     #[error("a Studio account named {0:?} exists already")]
     AccountNameTaken(String),
+    #[error("no Studio account is named {0:?}")]
+    NoSuchAccount(String),
+    #[error("{1} Studio accounts are named {0:?}; name one by a unique name")]
+    AccountNameAmbiguous(String, usize),
+    #[error("the account already has a project named {0:?}")]
+    ProjectNameTaken(String),
 }

@@ -1,5 +1,6 @@
 //! `tollgate studio bootstrap`: a Studio account, its first project and the
-//! project's first `admin` secret key (printed once).
+//! project's first `admin` secret key (printed once); with `--existing`, a
+//! new project (and its first admin key) of an account that exists.
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -18,10 +19,16 @@ use crate::studio::view::{view, with_value};
 pub enum StudioCommand {
     /// Create an account and its first project, and print the project's first
     /// `admin` secret key (its value is shown here; `withValue` shows it again).
+    /// An account name that exists is refused, unless `--existing` asks to
+    /// add the project to it.
     Bootstrap {
         /// The account's name.
         #[arg(long)]
         account: String,
+        /// Add the project to the existing account named `--account` (its
+        /// funding wallet stays as it is).
+        #[arg(long, conflicts_with_all = ["wallet", "chain"])]
+        existing: bool,
         /// The first project's name.
         #[arg(long)]
         project: String,
@@ -38,6 +45,7 @@ pub enum StudioCommand {
 pub async fn studio(settings: &Settings, command: StudioCommand) -> anyhow::Result<()> {
     let StudioCommand::Bootstrap {
         account,
+        existing,
         project,
         wallet,
         chain,
@@ -62,11 +70,15 @@ pub async fn studio(settings: &Settings, command: StudioCommand) -> anyhow::Resu
         std::path::Path::new(&settings.studio.secrets_key_file),
     )?;
     let now = now_ms();
-    let account = AccountRecord {
-        id: AccountId::generate(),
-        name: account,
-        funding,
-        created_at_ms: now,
+    let account = if existing {
+        store.account_named(&account).await?
+    } else {
+        AccountRecord {
+            id: AccountId::generate(),
+            name: account,
+            funding,
+            created_at_ms: now,
+        }
     };
     let project = ProjectRecord {
         id: ProjectId::generate(),
@@ -89,7 +101,11 @@ pub async fn studio(settings: &Settings, command: StudioCommand) -> anyhow::Resu
             now_ms: now,
         },
     )?;
-    let key = store.bootstrap_studio(&account, &project, &key).await?;
+    let key = if existing {
+        store.add_studio_project(&project, &key).await?
+    } else {
+        store.bootstrap_studio(&account, &project, &key).await?
+    };
     println!(
         "{}",
         serde_json::json!({

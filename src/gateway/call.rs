@@ -294,7 +294,10 @@ impl PaidCall {
             deadline_ms,
         };
         let reserved = match reserve_from_lease(gateway, &lease, key_id, &request, hold).await {
-            Ok(reserved) => reserved,
+            Ok(reserved) => {
+                metrics::counter!("tollgate_holds_opened_total").increment(1);
+                reserved
+            }
             Err(Refused::Call(error)) => return Err(reserve_error(&lease, error, minimum).await),
             Err(Refused::TopUp(error)) => {
                 return Err(CallFailure::LedgerUnavailable {
@@ -399,7 +402,10 @@ impl PaidCall {
             match written {
                 Ok(ChargeOutcome::Recorded) | Ok(ChargeOutcome::Duplicate) => {
                     match lease.commit(request, amount).await {
-                        Ok(committed) => Ok(committed),
+                        Ok(committed) => {
+                            hold_closed("committed");
+                            Ok(committed)
+                        }
                         Err(error) => {
                             // The ledger has the charge, the actor not (its
                             // hold had expired): the actor counts it as spent,
@@ -416,6 +422,7 @@ impl PaidCall {
                     // spent (the ledger's guard refused): reload the actor.
                     lease.mark_stale();
                     let _ = lease.release(request).await;
+                    hold_closed("released");
                     Err(Unfinished::NotRecorded(format!(
                         "the ledger refused the charge: {other:?}"
                     )))
@@ -426,6 +433,7 @@ impl PaidCall {
                     // errored may have committed): the hold is forfeited —
                     // never spent again here — rather than released.
                     let _ = lease.forfeit(request).await;
+                    hold_closed("forfeited");
                     Err(Unfinished::NotRecorded(error.to_string()))
                 }
             }
@@ -473,11 +481,18 @@ impl PaidCall {
     }
 }
 
+/// Counts a hold's end (`tollgate_holds_closed_total`; holds that expire in
+/// their actor are `tollgate_holds_expired_total`).
+fn hold_closed(how: &'static str) {
+    metrics::counter!("tollgate_holds_closed_total", "how" => how).increment(1);
+}
+
 impl PaidCall {
     /// Frees the hold without charging (the upstream failed), and waits
     /// until the actor has done so.
     pub async fn release(mut self) {
         if let Some(lease) = self.lease.take() {
+            hold_closed("released");
             if let Err(error) = lease.release(self.request.clone()).await {
                 tracing::warn!(%error, "releasing a hold failed; it expires on its deadline");
             }
@@ -494,6 +509,7 @@ impl Drop for PaidCall {
         // non-streamed answer. Nothing is charged; the lease (and so the
         // key's in-flight slot) lives until the release is done.
         let request = self.request.clone();
+        hold_closed("released");
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 if let Err(error) = lease.release(request).await {

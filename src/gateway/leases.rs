@@ -290,6 +290,14 @@ impl LeaseKeeper {
         }
     }
 
+    /// Leases taken (or grown) and returned by this node so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.takes.load(Ordering::Relaxed),
+            self.returns_done.load(Ordering::Relaxed),
+        )
+    }
+
     async fn keep(self, registry: Registry) {
         let poll = Duration::from_millis(self.settings.revocation_poll_ms);
         let renew_every_ms = (self.settings.grace_ms / RENEWALS_PER_GRACE).max(1);

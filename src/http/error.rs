@@ -39,6 +39,9 @@ pub struct ApiError {
     pub details: Option<Value>,
     /// Boxed: most errors carry none, and `Result<_, ApiError>` stays small.
     pub budget: Option<Box<BudgetView>>,
+    /// Its cause was logged where it was known (`logged`, `internal`): the
+    /// request's end adds no second line for it.
+    pub cause_logged: bool,
 }
 
 impl ApiError {
@@ -50,6 +53,7 @@ impl ApiError {
             param: None,
             details: None,
             budget: None,
+            cause_logged: false,
         }
     }
 
@@ -62,8 +66,9 @@ impl ApiError {
     }
 
     /// Logs the cause of an answer that does not show it to the client.
-    pub fn logged(self, cause: &dyn std::fmt::Display) -> ApiError {
+    pub fn logged(mut self, cause: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(error = %cause, code = self.code, "request failed");
+        self.cause_logged = true;
         self
     }
 
@@ -117,11 +122,14 @@ impl ApiError {
     /// A failure that is ours, not the caller's: logged in full, answered opaquely.
     pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(error = %cause, "internal error");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal error; see the server log",
-        )
+        ApiError {
+            cause_logged: true,
+            ..ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error; see the server log",
+            )
+        }
     }
 
     pub fn with_details(mut self, details: Value) -> ApiError {

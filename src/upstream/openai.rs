@@ -109,7 +109,7 @@ impl OpenAiUpstream {
         let response = tokio::time::timeout(self.timeout, call.send())
             .await
             .map_err(|_| UpstreamError::Timeout)?
-            .map_err(transport)?;
+            .map_err(|error| self.unreachable(error))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -289,7 +289,49 @@ fn transport(error: reqwest::Error) -> UpstreamError {
     if error.is_timeout() {
         UpstreamError::Timeout
     } else {
-        // Without the URL: it may carry credentials in some deployments.
-        UpstreamError::Transport(error.without_url().to_string())
+        UpstreamError::Transport(with_causes(error))
+    }
+}
+
+/// The error and each cause its text does not already hold, down to the
+/// OS's ("… tcp connect error: Connection refused (os error 111)"). Without
+/// the URL: it may carry credentials in some deployments.
+fn with_causes(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl OpenAiUpstream {
+    /// A request that never got an answer: which model, which host (never
+    /// the URL's path, query or credentials) and the OS's cause.
+    fn unreachable(&self, error: reqwest::Error) -> UpstreamError {
+        if error.is_timeout() {
+            return UpstreamError::Timeout;
+        }
+        let host = reqwest::Url::parse(&self.base_url)
+            .ok()
+            .and_then(|url| {
+                Some(format!(
+                    "{}:{}",
+                    url.host_str()?,
+                    url.port_or_known_default()?
+                ))
+            })
+            .unwrap_or_else(|| "?".to_owned());
+        UpstreamError::Transport(format!(
+            "model {} at {host}: {}",
+            self.upstream_model,
+            with_causes(error)
+        ))
     }
 }

@@ -65,6 +65,53 @@ impl Store {
         Ok(record)
     }
 
+    /// The one account named `name` (`studio bootstrap --existing`).
+    pub async fn account_named(&self, name: &str) -> Result<AccountRecord, StoreError> {
+        let rows = sqlx::query("SELECT id FROM studio_accounts WHERE name = $1 LIMIT 2")
+            .bind(name)
+            .fetch_all(self.pool())
+            .await?;
+        let id = match rows.as_slice() {
+            [] => return Err(StoreError::NoSuchAccount(name.to_owned())),
+            [row] => get_parsed(row, "id", AccountId::parse)?,
+            _ => {
+                let count: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM studio_accounts WHERE name = $1")
+                        .bind(name)
+                        .fetch_one(self.pool())
+                        .await?;
+                let count = usize::try_from(count).unwrap_or(usize::MAX);
+                return Err(StoreError::AccountNameAmbiguous(name.to_owned(), count));
+            }
+        };
+        self.account(&id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Adds a project, with its first key, to an existing account; refuses a
+    /// project name the account already has.
+    pub async fn add_studio_project(
+        &self,
+        project: &ProjectRecord,
+        key: &ApiKeyRecord,
+    ) -> Result<ApiKeyRecord, StoreError> {
+        debug_assert_eq!(key.project_id, project.id);
+        let mut tx = self.pool().begin().await?;
+        let taken = sqlx::query(
+            "SELECT id FROM studio_projects WHERE account_id = $1 AND name = $2 LIMIT 1",
+        )
+        .bind(project.account_id.as_str())
+        .bind(project.name.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if taken.is_some() {
+            return Err(StoreError::ProjectNameTaken(project.name.clone()));
+        }
+        insert_project(&mut tx, project).await?;
+        let record = insert_apikey(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
     /// One account.
     pub async fn account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
         let row = sqlx::query(
