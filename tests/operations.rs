@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{spawn_serving_with, tollgate};
+use common::process::{spawn_serving_with, spawn_serving_with_config, tollgate};
 use common::*;
 use ledger::store::Backend;
 use reqwest::StatusCode;
@@ -672,4 +672,94 @@ async fn an_unreachable_upstream_is_logged_with_its_model_host_and_os_cause() {
         !log.contains(UPSTREAM_KEY) && !log.contains(token),
         "a secret reached the log"
     );
+}
+
+/// Settings layer as documented: the built-in defaults, then a real
+/// `--config` file, then `TOLLGATE__…` variables — each layer adds what it
+/// names and overrides only that, seen through the running binary.
+#[tokio::test]
+async fn a_config_file_sits_between_the_defaults_and_the_environment() {
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("tollgate-layers-{}", uuid::Uuid::now_v7().simple())),
+    );
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("tollgate.toml");
+    std::fs::write(
+        &file,
+        r#"
+[store]
+url = "sqlite://from-file.db"
+
+[models.filemodel]
+upstream = "echo"
+price_version = "from-file"
+input_atomic_per_million = 1000000
+output_atomic_per_million = 1000000
+max_output_tokens = 77
+"#,
+    )
+    .unwrap();
+    let env = [
+        ("TOLLGATE__STORE__URL", "sqlite://from-env.db"),
+        ("TOLLGATE__MODELS__FILEMODEL__PRICE_VERSION", "from-env"),
+        ("TOLLGATE__LOG__FILTER", "info"),
+    ];
+    let (_server, port) = spawn_serving_with_config(&dir.0, &file, "serve.log", &env);
+    let base = format!("http://127.0.0.1:{port}");
+    common::process::wait_ready(&base).await;
+    // The start-up summary names the file and what the layers made.
+    let log = std::fs::read_to_string(dir.0.join("serve.log")).unwrap();
+    let summary: Value = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "tollgate serving")
+        .unwrap();
+    let fields = &summary["fields"];
+    assert_eq!(fields["config"], file.display().to_string());
+    assert!(
+        fields["store"].as_str().unwrap().ends_with("from-env.db"),
+        "{fields}"
+    );
+    assert_eq!(fields["models"], "echo,filemodel");
+    assert!(dir.0.join("from-env.db").exists());
+    assert!(
+        !dir.0.join("from-file.db").exists(),
+        "the environment's store wins"
+    );
+
+    // The models as a client sees them: the default's echo untouched, the
+    // file's model with the file's bound and the environment's price version.
+    let boot = tollgate()
+        .args(["--config", file.to_str().unwrap(), "studio", "bootstrap"])
+        .args(["--account", "layers", "--project", "p"])
+        .envs(env)
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        boot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&boot.stderr)
+    );
+    let boot: Value = serde_json::from_slice(&boot.stdout).unwrap();
+    let response = reqwest::Client::new()
+        .get(format!("{base}/external/v1/models"))
+        .bearer_auth(boot["apikey"]["value"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let (status, models) = json_of(response).await;
+    assert_eq!(status, StatusCode::OK, "{models}");
+    let model = |id: &str| {
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} missing: {models}"))
+    };
+    assert_eq!(model("filemodel")["pricing"]["version"], "from-env");
+    assert_eq!(model("filemodel")["maxOutputTokens"], 77);
+    assert_eq!(model("echo")["pricing"]["version"], "2026-11-01");
 }

@@ -60,6 +60,30 @@ pub fn spawn_serving_with(
     })
 }
 
+/// `serve` with `--config FILE`, on a free port, in `dir`, logging JSON to
+/// `dir/LOG`; the settings' own log filter.
+pub fn spawn_serving_with_config(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    log: &str,
+    env: &[(&str, &str)],
+) -> (Child, u16) {
+    let config = config.display().to_string();
+    let args = [
+        "--config",
+        config.as_str(),
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+    ];
+    spawn_logging(dir, &args, log, env, |line| {
+        (line["fields"]["message"] == "tollgate serving")
+            .then(|| line["fields"]["port"].as_u64())
+            .flatten()
+            .map(|port| u16::try_from(port).unwrap())
+    })
+}
+
 /// Runs the binary with `args` in `dir`, logging JSON to `dir/LOG`, until
 /// `ready` finds what it waits for in a log line (30 s at most).
 fn spawn_logging<T>(
