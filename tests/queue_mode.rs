@@ -180,7 +180,7 @@ async fn queue_drained(name: &str) -> bool {
 /// killed with SIGKILL mid-way and started again, beside a second one,
 /// leaves every charge recorded exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_processes_record_what_serve_published_across_a_sigkill() {
+async fn worker_processes_record_what_serve_published_across_a_sigkill_and_a_sigterm() {
     let (url, name) = (amqp_url(), queue_name());
     let queue_env = [
         ("TOLLGATE__QUEUE__URL", url.as_str()),
@@ -238,7 +238,39 @@ async fn worker_processes_record_what_serve_published_across_a_sigkill() {
     }
     first.crash();
     let midway = app.spent(&key.key_id).await.0;
-    let _second = spawn_worker(&dir.0, "second.log", &worker_env);
+    // A second worker is stopped the way an operator stops one (SIGTERM)
+    // once it has written something: it exits 0 at once, and what it held
+    // unacknowledged goes back to the queue for the third.
+    let mut second = spawn_worker(&dir.0, "second.log", &worker_env);
+    while midway < reported && app.spent(&key.key_id).await.0 == midway {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "the second worker recorded nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let pid = second.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let stopping = Instant::now();
+    let exit = loop {
+        if let Some(status) = second.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "the worker did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        exit.success(),
+        "a worker stopped by SIGTERM exits 0: {exit:?}"
+    );
+    let stopped_at = app.spent(&key.key_id).await.0;
     let _third = spawn_worker(&dir.0, "third.log", &worker_env);
     ledger_reaches(&app, &key, reported).await;
     let charges = app
@@ -249,7 +281,7 @@ async fn worker_processes_record_what_serve_published_across_a_sigkill() {
     assert_eq!(
         charges.len() as u64,
         CALLS,
-        "one charge per call (recorded {midway} before the kill)"
+        "one charge per call (recorded {midway} before the kill, {stopped_at} at the SIGTERM)"
     );
     delete_queue(&name).await;
 }
