@@ -208,30 +208,83 @@ async fn two_nodes_share_one_key_within_its_limit() {
     assert_eq!(used + leased, BUDGET);
 }
 
+/// A key smaller than a chunk, called round-robin through two gateways (a
+/// load balancer's way): the calls the budget covers are served on both
+/// nodes — the first node's take is a share of the key, not all of it — and
+/// the key is spent to within a call per node, never past its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_key_called_round_robin_through_two_gateways_is_served_on_both() {
+    // The default chunk: 64 calls, far more than this key.
+    let (app, _mock, node_b) = two_nodes(64).await;
+    const BUDGET: u64 = 10 * 30;
+    let key = app.paid_key(BUDGET).await;
+    let client = reqwest::Client::new();
+    let (mut served, mut full, mut refused_in_a_row) = ([0u64; 2], 0, 0);
+    let mut i = 0;
+    while refused_in_a_row < 2 {
+        let node = i % 2;
+        i += 1;
+        let base = [&app.address, &node_b.base][node];
+        match call(&client, base, &key).await {
+            (200, amount, _) => {
+                served[node] += 1;
+                refused_in_a_row = 0;
+                // Clamped only at the tail, where the rest is split
+                // between the two nodes' leases.
+                if amount == 30 {
+                    full += 1;
+                }
+            }
+            (402, _, code) => {
+                assert_eq!(code, "insufficient_budget");
+                refused_in_a_row += 1;
+            }
+            other => panic!("call {i}: {other:?}"),
+        }
+        assert!(i < 40, "never refused");
+    }
+    assert!(full >= 8, "{full} full calls of 10 (served {served:?})");
+    assert!(
+        served[0] >= 4 && served[1] >= 4,
+        "both nodes served: {served:?}"
+    );
+    let (used, leased) = books(&app, &key).await;
+    assert!(used + 2 * 12 >= BUDGET, "used {used} of {BUDGET}");
+    assert_eq!(used + leased, BUDGET);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_node_keeps_its_lease_until_the_grace_then_the_key_is_whole() {
     let (app, _mock, mut node_b) = two_nodes(64).await;
     const BUDGET: u64 = 300; // 10 calls of 30
     let key = app.paid_key(BUDGET).await;
-    // Node B's first call leases the whole key (a chunk is 64 calls).
+    // Node B's first call leases a share of the key (not all of it: a
+    // chunk is 64 calls) and spends 30 of it.
     assert_eq!(call(&app.client, &node_b.base, &key).await.0, 200);
-    assert_eq!(books(&app, &key).await, (30, 270));
+    tokio::time::sleep(Duration::from_millis(200)).await; // its background top-up
+    let (used, b_cover) = books(&app, &key).await;
+    assert_eq!(used, 30);
+    assert!(b_cover > 0);
     node_b.process.crash();
-    // Node A finds nothing left to lease: stricter, never looser.
-    let (status, _, code) = call(&app.client, &app.address, &key).await;
-    assert_eq!((status, code.as_str()), (402, "insufficient_budget"));
+    // Node A spends what B's lease does not cover, then finds nothing left
+    // to lease: B's cover is not spent twice (stricter, never looser).
+    // (A call that finds less than its full cost is clamped to what is
+    // left, at least one token's worth: 12.)
+    let unleased = BUDGET - 30 - b_cover;
+    let before_grace = spend_on(&app, &key, unleased).await;
+    assert!(before_grace + 12 > unleased, "{before_grace} of {unleased}");
     // Past the grace (and one renewal period), node A takes B's lease back.
     tokio::time::sleep(Duration::from_millis(GRACE_MS + GRACE_MS / 4 + 500)).await;
-    let mut ok = 0;
-    for _ in 0..12 {
-        match call(&app.client, &app.address, &key).await {
-            (200, 30, _) => ok += 1,
-            (402, _, _) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert_eq!(ok, 9, "the rest of the key, exactly");
-    assert_eq!(books(&app, &key).await.0, BUDGET);
+    let after_grace = spend_on(&app, &key, BUDGET - 30 - before_grace).await;
+    assert!(
+        after_grace >= b_cover.saturating_sub(12),
+        "B's cover came back"
+    );
+    let (used, _) = books(&app, &key).await;
+    assert!(
+        used <= BUDGET && used + 12 > BUDGET,
+        "used {used} of {BUDGET}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,31 +324,14 @@ async fn a_node_that_shuts_down_returns_what_it_did_not_spend() {
     let (mut app, _mock, node_b) = two_nodes(64).await;
     const BUDGET: u64 = 300;
     let key = app.paid_key(BUDGET).await;
-    // Node A leases the whole key, spends 30 and shuts down gracefully.
+    // Node A leases a share of the key, spends 30 of it and shuts down
+    // gracefully: what it did not spend comes back at once.
     assert_eq!(call(&app.client, &app.address, &key).await.0, 200);
-    assert_eq!(call(&app.client, &node_b.base, &key).await.0, 402);
-    // A flood of refused calls on node B is not a flood of store writes:
-    // after the store granted nothing, B does not ask again for 250 ms.
-    for _ in 0..30 {
-        assert_eq!(call(&app.client, &node_b.base, &key).await.0, 402);
-    }
-    let id = KeyId::parse(&key.key_id).unwrap();
-    let b_takes: u64 = app
-        .store
-        .leases_for_key(&id)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|lease| lease.granted.is_zero())
-        .map(|lease| lease.takes)
-        .sum();
-    assert!(b_takes <= 3, "node B asked the store {b_takes} times");
+    tokio::time::sleep(Duration::from_millis(200)).await; // its background top-up
+    assert!(books(&app, &key).await.1 > 0, "A holds a lease");
     app.shut_down().await.unwrap();
     assert_eq!(books(&app, &key).await, (30, 0), "the lease came back");
-    // No grace to wait for: node B spends the rest as soon as its own
-    // "the store had nothing" pause (actors::key_actor::DRY_MS, 250 ms, from
-    // its 402 above) is over.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No grace to wait for: node B spends the rest, exactly.
     let mut ok = 0;
     for _ in 0..12 {
         if call(&app.client, &node_b.base, &key).await.0 == 200 {
@@ -303,7 +339,43 @@ async fn a_node_that_shuts_down_returns_what_it_did_not_spend() {
         }
     }
     assert_eq!(ok, 9);
+    // A flood of refused calls on node B is not a flood of store writes:
+    // after the store granted nothing, B does not ask again for 250 ms
+    // (actors::key_actor::DRY_MS).
+    let id = KeyId::parse(&key.key_id).unwrap();
+    let takes = || async {
+        app.store
+            .leases_for_key(&id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|lease| lease.takes)
+            .sum::<u64>()
+    };
+    let before = takes().await;
+    for _ in 0..30 {
+        assert_eq!(call(&app.client, &node_b.base, &key).await.0, 402);
+    }
+    let asked = takes().await - before;
+    assert!(asked <= 3, "node B asked the store {asked} times");
     assert_eq!(books(&app, &key).await.0, BUDGET);
+}
+
+/// Calls node A until it refuses (402); answers what it charged, which
+/// never passes `budget_left`.
+async fn spend_on(app: &TestApp, key: &PaidKey, budget_left: u64) -> u64 {
+    let mut spent = 0;
+    loop {
+        match call(&app.client, &app.address, key).await {
+            (200, amount, _) => spent += amount,
+            (402, _, code) => {
+                assert_eq!(code, "insufficient_budget");
+                return spent;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(spent <= budget_left, "spent {spent} of {budget_left}");
+    }
 }
 
 fn clone_key(key: &PaidKey) -> PaidKey {
@@ -581,11 +653,11 @@ async fn a_top_up_taken_between_a_charge_and_its_commit_counts_the_charge_once()
     store.renew_leases("node-x", now_ms()).await.unwrap();
     let lease = registry.acquire(&key_id).await.unwrap();
     let lease_id = lease.budget_lease().unwrap().clone();
-    assert!(keeper.top_up(&lease, &key_id, chunk).await.unwrap());
+    assert!(keeper.top_up(&lease, &key_id, chunk, chunk).await.unwrap());
     // Another node takes a chunk and spends all of it.
     let other = LeaseId::generate();
     store
-        .take_lease(&other, &key_id, "node-y", chunk, now_ms())
+        .take_lease(&other, &key_id, "node-y", chunk, chunk, now_ms())
         .await
         .unwrap()
         .unwrap();
@@ -624,7 +696,7 @@ async fn a_top_up_taken_between_a_charge_and_its_commit_counts_the_charge_once()
     // … and before the actor commits them, a top-up takes the key's last
     // chunk: the store's `budget_used` (240) already holds them.
     assert!(
-        keeper.top_up(&lease, &key_id, chunk).await.unwrap(),
+        keeper.top_up(&lease, &key_id, chunk, chunk).await.unwrap(),
         "the key's last chunk reaches the actor"
     );
     for request in requests {

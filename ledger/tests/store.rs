@@ -831,13 +831,58 @@ async fn assert_key_books(store: &Store, key: &KeyId) -> (u64, u64) {
     (record.budget_used.atomic(), leased.atomic())
 }
 
+/// A key smaller than a few chunks is shared: a take grants a quarter of
+/// what no lease covers (at least what the asking call needs), so a second
+/// node finds budget left instead of a key leased whole by the first.
+async fn a_take_shares_a_small_key_instead_of_leasing_it_whole(store: Store) {
+    let key = funded_key(&store, wallet(32), 1_000).await.id;
+    let (a, b) = (LeaseId::generate(), LeaseId::generate());
+    let now = now_ms();
+    let take = |lease: LeaseId, node: &'static str, need: u64| {
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            store
+                .take_lease(&lease, &key, node, atomic(600), atomic(need), now)
+                .await
+                .unwrap()
+                .unwrap()
+                .granted
+        }
+    };
+    // A background top-up (needs nothing): ⌈1000 ÷ 4⌉, not the chunk.
+    assert_eq!(take(a.clone(), "node-a", 0).await, atomic(250));
+    // The other node: a quarter of the 750 left (rounded up).
+    assert_eq!(take(b.clone(), "node-b", 0).await, atomic(188));
+    // A call short of 300 gets 300 (a quarter of 562 would not do).
+    assert_eq!(take(b.clone(), "node-b", 300).await, atomic(300));
+    // Never past what is left, nor past the chunk.
+    assert_eq!(take(a.clone(), "node-a", 900).await, atomic(262));
+    assert_eq!(take(a, "node-a", 0).await, Amount::ZERO);
+    assert_eq!(assert_key_books(&store, &key).await, (0, 1_000));
+    // A key of many chunks still gives a whole chunk in one statement.
+    let big = funded_key(&store, wallet(33), 10_000).await.id;
+    let granted = store
+        .take_lease(&b, &big, "node-b", atomic(600), Amount::ZERO, now)
+        .await
+        .unwrap();
+    assert!(granted.is_none(), "b is a lease of another key");
+    let c = LeaseId::generate();
+    let granted = store
+        .take_lease(&c, &big, "node-c", atomic(600), Amount::ZERO, now)
+        .await
+        .unwrap()
+        .unwrap()
+        .granted;
+    assert_eq!(granted, atomic(600));
+}
+
 async fn leases_take_spend_return_and_reclaim(store: Store) {
     let key = funded_key(&store, wallet(31), 1_000).await.id;
     let (a, b) = (LeaseId::generate(), LeaseId::generate());
     let now = now_ms();
     // A whole chunk, then only what is left, then nothing.
     let grant = store
-        .take_lease(&a, &key, "node-a", atomic(600), now)
+        .take_lease(&a, &key, "node-a", atomic(600), atomic(600), now)
         .await
         .unwrap()
         .unwrap();
@@ -846,13 +891,13 @@ async fn leases_take_spend_return_and_reclaim(store: Store) {
         (atomic(600), atomic(1_000), Amount::ZERO)
     );
     let grant = store
-        .take_lease(&b, &key, "node-b", atomic(600), now)
+        .take_lease(&b, &key, "node-b", atomic(600), atomic(600), now)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(grant.granted, atomic(400), "the rest, not a chunk");
     let grant = store
-        .take_lease(&b, &key, "node-b", atomic(600), now)
+        .take_lease(&b, &key, "node-b", atomic(600), atomic(600), now)
         .await
         .unwrap()
         .unwrap();
@@ -895,7 +940,7 @@ async fn leases_take_spend_return_and_reclaim(store: Store) {
         "closed"
     );
     assert!(store
-        .take_lease(&a, &key, "node-a", atomic(10), now)
+        .take_lease(&a, &key, "node-a", atomic(10), atomic(10), now)
         .await
         .unwrap()
         .is_none());
@@ -933,7 +978,7 @@ async fn leases_take_spend_return_and_reclaim(store: Store) {
     // A return larger than the lease still covers gives back what it covers.
     let d = LeaseId::generate();
     store
-        .take_lease(&d, &key, "node-d", atomic(20), now)
+        .take_lease(&d, &key, "node-d", atomic(20), atomic(20), now)
         .await
         .unwrap()
         .unwrap();
@@ -951,12 +996,12 @@ async fn leases_take_spend_return_and_reclaim(store: Store) {
     // its return, though its node lives.
     let (e, f) = (LeaseId::generate(), LeaseId::generate());
     store
-        .take_lease(&e, &key, "node-e", atomic(10), now)
+        .take_lease(&e, &key, "node-e", atomic(10), atomic(10), now)
         .await
         .unwrap()
         .unwrap();
     store
-        .take_lease(&f, &key, "node-e", atomic(10), now)
+        .take_lease(&f, &key, "node-e", atomic(10), atomic(10), now)
         .await
         .unwrap()
         .unwrap();
@@ -988,7 +1033,7 @@ async fn leases_take_spend_return_and_reclaim(store: Store) {
     // A stopped key takes no lease; its open leases are reported.
     let c = LeaseId::generate();
     store
-        .take_lease(&c, &key, "node-c", atomic(10), now)
+        .take_lease(&c, &key, "node-c", atomic(10), atomic(10), now)
         .await
         .unwrap()
         .unwrap();
@@ -1005,7 +1050,7 @@ async fn leases_take_spend_return_and_reclaim(store: Store) {
         (c.clone(), "revoked")
     );
     assert!(store
-        .take_lease(&c, &key, "node-c", atomic(10), now)
+        .take_lease(&c, &key, "node-c", atomic(10), atomic(10), now)
         .await
         .unwrap()
         .is_none());
@@ -1022,7 +1067,7 @@ async fn concurrent_lease_takes_never_pass_the_limit(store: Store) {
             let mut granted = 0;
             for _ in 0..20 {
                 let grant = store
-                    .take_lease(&lease, &key, &node, atomic(97), now_ms())
+                    .take_lease(&lease, &key, &node, atomic(97), atomic(97), now_ms())
                     .await
                     .unwrap()
                     .unwrap();
@@ -1224,6 +1269,7 @@ store_suite!(
     studio_keys_stay_within_their_account,
     concurrent_duplicate_charges_write_once,
     leases_take_spend_return_and_reclaim,
+    a_take_shares_a_small_key_instead_of_leasing_it_whole,
     concurrent_lease_takes_never_pass_the_limit,
     ledger_batches_debit_each_charge_once,
     a_payer_that_cannot_pay_waits_without_blocking_others,

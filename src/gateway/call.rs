@@ -140,6 +140,7 @@ async fn reserve_from_lease(
             lease,
             key_id,
             leases.chunk_for(wanted, short),
+            short,
             topping_up,
             TOP_UP_WAIT_MAX,
         )

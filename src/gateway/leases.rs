@@ -123,14 +123,17 @@ impl LeaseKeeper {
         Ok(())
     }
 
-    /// Takes up to `chunk` for `lease`'s budget lease and grants it to the
-    /// key's actor. `false` when the store had nothing for it (the key is
-    /// stopped, or the lease closed: the actor is then reloaded).
+    /// Takes up to `chunk` for `lease`'s budget lease — at least `need`
+    /// when the key has it, else a share of what is left (`Store::take_lease`)
+    /// — and grants it to the key's actor. `false` when the store had nothing
+    /// for it (the key is stopped, or the lease closed: the actor is then
+    /// reloaded).
     pub async fn top_up(
         &self,
         lease: &Lease,
         key: &KeyId,
         chunk: Amount,
+        need: Amount,
     ) -> Result<bool, TopUpError> {
         self.check_renewed()?;
         let Some(lease_id) = lease.budget_lease() else {
@@ -138,7 +141,7 @@ impl LeaseKeeper {
         };
         let taken = self
             .store
-            .take_lease(lease_id, key, &self.node_id, chunk, now_ms())
+            .take_lease(lease_id, key, &self.node_id, chunk, need, now_ms())
             .await?;
         self.grant(lease, key, taken).await
     }
@@ -153,13 +156,14 @@ impl LeaseKeeper {
         lease: &Lease,
         key: &KeyId,
         chunk: Amount,
+        need: Amount,
         running: tokio::sync::OwnedMutexGuard<()>,
         wait: Duration,
     ) -> Result<bool, TopUpError> {
         let (keeper, key, shared) = (self.clone(), key.clone(), lease.share());
         let topping_up = tokio::spawn(async move {
             let _running = running;
-            keeper.top_up(&shared, &key, chunk).await
+            keeper.top_up(&shared, &key, chunk, need).await
         });
         match tokio::time::timeout(wait, topping_up).await {
             Ok(Ok(topped_up)) => topped_up,
@@ -206,7 +210,7 @@ impl LeaseKeeper {
             let Some(_running) = lease.try_top_up_lock() else {
                 return;
             };
-            if let Err(error) = keeper.top_up(&lease, &key, chunk).await {
+            if let Err(error) = keeper.top_up(&lease, &key, chunk, Amount::ZERO).await {
                 tracing::warn!(key_id = %key, %error, "a background lease top-up failed");
             }
         });

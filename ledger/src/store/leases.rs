@@ -105,10 +105,17 @@ fn stale(cutoff: &str) -> String {
     )
 }
 
-/// Takes `chunk` from the key, when that much is left and no lease covers it.
+/// A take grants at most this share (1/N) of what no lease covers, unless
+/// the call that asks needs more: a small key's budget is shared by the
+/// nodes that serve it instead of sitting whole in the first one's lease.
+pub const TAKE_SHARE_DIVISOR: i64 = 4;
+
+/// Takes `chunk` ($2) from the key, when no lease covers at least
+/// [`TAKE_SHARE_DIVISOR`] times it ($4): the common case of a key much larger
+/// than a chunk, one guarded statement.
 const TAKE_CHUNK: &str = "UPDATE keys SET leased_atomic = leased_atomic + $2
      WHERE id = $1 AND status = 'active' AND expires_at_ms > $3
-       AND budget_limit_atomic - budget_used_atomic - leased_atomic >= $2
+       AND budget_limit_atomic - budget_used_atomic - leased_atomic >= $4
      RETURNING budget_limit_atomic, budget_used_atomic";
 
 /// Locks the key's row (a no-op write) and reads it: the slow path of a take
@@ -120,22 +127,27 @@ const LOCK_KEY: &str = "UPDATE keys SET leased_atomic = leased_atomic
 impl Store {
     /// Adds up to `chunk` of `key`'s budget to lease `lease` of `node`
     /// (opening the lease on its first take): the whole chunk in one guarded
-    /// update when the key has that much unleased, else whatever is left.
-    /// `None` when the key cannot spend (unknown, stopped, expired), or when
-    /// `lease` is no longer open.
+    /// update when the key has [`TAKE_SHARE_DIVISOR`] chunks unleased, else
+    /// `max(need, ⌈unleased ÷ TAKE_SHARE_DIVISOR⌉)`, within the chunk and
+    /// what is left (`need`: what the asking call is short of; zero for a
+    /// background top-up). `None` when the key cannot spend (unknown,
+    /// stopped, expired), or when `lease` is no longer open.
     pub async fn take_lease(
         &self,
         lease: &LeaseId,
         key: &KeyId,
         node: &str,
         chunk: Amount,
+        need: Amount,
         now_ms: i64,
     ) -> Result<Option<LeaseGrant>, StoreError> {
         let mut tx = self.pool().begin().await?;
+        let shares = chunk.to_db().saturating_mul(TAKE_SHARE_DIVISOR);
         let fast = sqlx::query(TAKE_CHUNK)
             .bind(key.as_str())
             .bind(chunk.to_db())
             .bind(now_ms)
+            .bind(shares)
             .fetch_optional(&mut *tx)
             .await?;
         let grant = match fast {
@@ -145,7 +157,7 @@ impl Store {
                 used: get_amount(&row, "budget_used_atomic")?,
                 lease_charged: Amount::ZERO,
             },
-            None => match take_what_is_left(&mut tx, key, chunk, now_ms).await? {
+            None => match take_a_share(&mut tx, key, chunk, need, now_ms).await? {
                 Some(grant) => grant,
                 None => return Ok(None),
             },
@@ -371,13 +383,15 @@ impl Store {
     }
 }
 
-/// The slow path of a take: the key has less than a chunk unleased. Locks
-/// its row and grants what is left (possibly nothing). `None` when the key
-/// cannot spend.
-async fn take_what_is_left(
+/// The slow path of a take: the key has less than
+/// [`TAKE_SHARE_DIVISOR`] chunks unleased. Locks its row and grants a share
+/// of what is left — at least `need` when there is that much, possibly
+/// nothing. `None` when the key cannot spend.
+async fn take_a_share(
     conn: &mut AnyConnection,
     key: &KeyId,
     chunk: Amount,
+    need: Amount,
     now_ms: i64,
 ) -> Result<Option<LeaseGrant>, StoreError> {
     let Some(row) = sqlx::query(LOCK_KEY)
@@ -394,7 +408,14 @@ async fn take_what_is_left(
     let used = get_amount(&row, "budget_used_atomic")?;
     let leased = get_amount(&row, "leased_atomic")?;
     let left = limit.saturating_sub(used).saturating_sub(leased);
-    let granted = left.min(chunk);
+    let share =
+        Amount::from_atomic(left.atomic().div_ceil(TAKE_SHARE_DIVISOR as u64)).unwrap_or(left);
+    let granted = share.max(need).min(chunk).min(left);
+    debug_assert!(granted <= left && granted <= chunk);
+    debug_assert!(
+        left.is_zero() || !granted.is_zero(),
+        "a take with budget left grants some"
+    );
     if !granted.is_zero() {
         let grown = sqlx::query(
             "UPDATE keys SET leased_atomic = leased_atomic + $2
