@@ -660,12 +660,14 @@ async fn a_stalled_store_cannot_free_the_hold_under_its_charge() {
     )
     .await;
     let key = app.paid_key(40).await;
-    // A first small call takes the node's budget lease (the whole key)
-    // before the store stalls: what stalls below is the charge itself.
+    // A first small call that asks for far more than the key takes the
+    // node's budget lease — the whole key: a take gives at least what the
+    // call is short of — before the store stalls: what stalls below is the
+    // charge itself. It is charged for its one word in and one out.
     let warm_up = app
         .chat(
             &key.token,
-            &json!({"model": "echo", "max_tokens": 1,
+            &json!({"model": "echo", "max_tokens": 1000,
                     "messages": [{"role": "user", "content": "hi"}]}),
         )
         .await;

@@ -221,27 +221,37 @@ async fn paid_calls_survive_a_crash_and_restart_within_budget() {
 
     let view = budget_used().await;
     assert_eq!(view, "120", "every reported charge survived the crash");
-    // The dead node's budget lease still covers the rest of the key: until
-    // its grace (3 s) passes, the key is stricter, never looser.
-    let (status, _) = call().await;
-    assert_eq!(status, 402, "the crashed node's lease is not spent twice");
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
-    // Taken back: the restarted node spends from the ledger's figure, and
-    // exactly 6 more calls fit.
-    let (mut ok, mut refused) = (0, 0);
-    for _ in 0..10 {
-        match call().await {
-            (200, amount) => {
-                ok += 1;
-                charged += amount;
+    // The dead node's budget lease still covers part of the key (its takes
+    // were shares of it): until its grace (3 s) passes, the restarted node
+    // spends only what no lease covers, then is refused — stricter, never
+    // looser.
+    let spend = || async {
+        let mut spent = 0;
+        loop {
+            match call().await {
+                (200, amount) => spent += amount,
+                (402, _) => return spent,
+                (status, _) => panic!("unexpected {status}"),
             }
-            (402, _) => refused += 1,
-            (status, _) => panic!("unexpected {status}"),
         }
-    }
-    assert_eq!((ok, refused, charged), (6, 4, BUDGET));
+    };
+    let before_grace = spend().await;
+    assert!(
+        before_grace < BUDGET - 120,
+        "the crashed node's lease is not spent twice ({before_grace} spent of {})",
+        BUDGET - 120
+    );
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    // Taken back: the restarted node spends the rest from the ledger's
+    // figure (within one smallest call: the tail may be clamped).
+    let after_grace = spend().await;
+    charged += before_grace + after_grace;
+    assert!(
+        charged <= BUDGET && charged + 12 > BUDGET,
+        "charged {charged} of {BUDGET}"
+    );
     let view = budget_used().await;
-    assert_eq!(view, BUDGET.to_string());
+    assert_eq!(view, charged.to_string());
     drop(server);
     // No secret reaches the logs, even at debug: not the keys' tokens (nor
     // their signatures), not the signing key.

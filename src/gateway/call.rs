@@ -71,6 +71,9 @@ async fn record_holding(
 /// store): past it the call answers 503 and the top-up finishes on its own.
 const TOP_UP_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The most top-ups one call takes part in before it holds what there is.
+const TOP_UP_ROUNDS_MAX: u32 = 4;
+
 /// What a call asks its key's actor to hold.
 #[derive(Debug, Clone, Copy)]
 struct Hold {
@@ -127,25 +130,33 @@ async fn reserve_from_lease(
         Err(CallError::Reserve(ReserveError::AllowanceShort { .. })) => {}
         Err(error) => return Err(Refused::Call(error)),
     }
-    let topping_up = tokio::time::timeout(TOP_UP_WAIT_MAX, lease.top_up_lock())
-        .await
-        .map_err(|_| Refused::TopUp(TopUpError::Slow))?;
-    // Another call may have topped up while this one waited.
-    let short = match reserve().await {
-        Err(CallError::Reserve(ReserveError::AllowanceShort { short })) => short,
-        done => return done.map_err(Refused::Call),
-    };
-    leases
-        .top_up_within(
-            lease,
-            key_id,
-            leases.chunk_for(wanted, short),
-            short,
-            topping_up,
-            TOP_UP_WAIT_MAX,
-        )
-        .await
-        .map_err(Refused::TopUp)?;
+    for round in 1..=TOP_UP_ROUNDS_MAX {
+        let topping_up = tokio::time::timeout(TOP_UP_WAIT_MAX, lease.top_up_lock())
+            .await
+            .map_err(|_| Refused::TopUp(TopUpError::Slow))?;
+        // Another call may have topped up while this one waited.
+        let short = match reserve().await {
+            Err(CallError::Reserve(ReserveError::AllowanceShort { short })) => short,
+            done => return done.map_err(Refused::Call),
+        };
+        let granted = leases
+            .top_up_within(
+                lease,
+                key_id,
+                leases.chunk_for(wanted, short),
+                short,
+                topping_up,
+                TOP_UP_WAIT_MAX,
+            )
+            .await
+            .map_err(Refused::TopUp)?;
+        // A grant goes to the actor, not to this call: calls arriving
+        // meanwhile may hold it first (a small key's takes are small). Ask
+        // again, a bounded number of times, while the store still gives.
+        if !granted || round == TOP_UP_ROUNDS_MAX {
+            break;
+        }
+    }
     // Whatever the store had is granted now: hold what there is.
     lease
         .reserve(request.clone(), wanted, minimum, deadline_ms)
