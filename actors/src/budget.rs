@@ -15,6 +15,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use ledger::{Amount, RequestId};
 
 /// The most holds one key may have open: a bound on memory per key that no
@@ -115,7 +117,7 @@ pub struct Budget {
     limit: Amount,
     spent: Amount,
     held: Amount,
-    holds: HashMap<RequestId, Hold>,
+    holds: HashMap<RequestId, Hold, RandomState>,
     status: BudgetStatus,
     expires_at_ms: i64,
     allowance: Amount,
@@ -145,7 +147,7 @@ impl Budget {
             limit,
             spent,
             held: Amount::ZERO,
-            holds: HashMap::new(),
+            holds: HashMap::default(),
             status,
             expires_at_ms,
             allowance: limit.saturating_sub(spent),

@@ -33,6 +33,8 @@
 //! free its budget then.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::pin::Pin;
@@ -200,12 +202,12 @@ type FenceLock = Arc<tokio::sync::Mutex<()>>;
 /// fenced (no new leases) while a revocation is being decided.
 #[derive(Default)]
 struct Shard {
-    slots: HashMap<KeyId, Slot>,
-    fences: HashMap<KeyId, FenceLock>,
+    slots: HashMap<KeyId, Slot, RandomState>,
+    fences: HashMap<KeyId, FenceLock, RandomState>,
     /// Keys whose load said they cannot spend. That is final — a key's limit
     /// never changes, its spend only grows, revocation and expiry are for
     /// good — so they are answered from here, with no store read again.
-    refused: HashMap<KeyId, KeyState>,
+    refused: HashMap<KeyId, KeyState, RandomState>,
 }
 
 /// Shards searched for an idle actor to evict at capacity (approximate LRU).
@@ -216,7 +218,9 @@ const REFUSED_PER_SHARD_MAX: usize = 2_048;
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
-    hasher: std::collections::hash_map::RandomState,
+    /// Picks a key's shard. Seeded, fast: key ids are ours (UUIDv7), and a
+    /// caller reaches the map only with a token that names a real key.
+    hasher: RandomState,
     loaded: AtomicUsize,
     /// Round-robin over the arbiter pool for new actors.
     next_arbiter: AtomicUsize,
