@@ -569,6 +569,44 @@ async fn charge_batches_answer_each_charge(store: Store) {
     assert_eq!(store.charges_for_key(&key.id).await.unwrap().len(), 2);
 }
 
+/// A batch larger than one insert statement (SQLite writes 8 rows a
+/// statement): a duplicate in a later statement than its first is still a
+/// duplicate, and every key grows by exactly its new charges.
+async fn a_batch_over_several_inserts_answers_each_charge_once(store: Store) {
+    let (a, b) = (
+        funded_key(&store, wallet(40), 10_000).await.id,
+        funded_key(&store, wallet(41), 10_000).await.id,
+    );
+    let mut batch: Vec<NewCharge> = (0..37)
+        .map(|i| {
+            charge(
+                if i % 3 == 0 { &a } else { &b },
+                Amount::from_atomic(10 + i).unwrap(),
+            )
+        })
+        .collect();
+    let repeated = batch[2].clone();
+    batch.insert(30, repeated);
+    let outcomes = store.record_charges(&batch).await.unwrap();
+    assert_eq!(outcomes.len(), 38);
+    assert_eq!(outcomes[30], ChargeOutcome::Duplicate);
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == ChargeOutcome::Recorded)
+            .count(),
+        37
+    );
+    for key in [&a, &b] {
+        let used = store.key(key).await.unwrap().unwrap().budget_used;
+        assert_eq!(used, store.sum_of_charges(key).await.unwrap());
+    }
+    let total: u64 = (0..37).map(|i| 10 + i).sum();
+    let used_a = store.key(&a).await.unwrap().unwrap().budget_used.atomic();
+    let used_b = store.key(&b).await.unwrap().unwrap().budget_used.atomic();
+    assert_eq!(used_a + used_b, total);
+}
+
 fn studio_key(account: &AccountId, project: &ProjectId, role: Role, hash: &str) -> ApiKeyRecord {
     ApiKeyRecord {
         id: ApiKeyId::generate(),
@@ -1266,6 +1304,7 @@ store_suite!(
     charges_are_written_once_and_sum_to_budget_used,
     freed_keys_take_no_charge,
     charge_batches_answer_each_charge,
+    a_batch_over_several_inserts_answers_each_charge_once,
     studio_keys_stay_within_their_account,
     concurrent_duplicate_charges_write_once,
     leases_take_spend_return_and_reclaim,
