@@ -569,9 +569,9 @@ async fn charge_batches_answer_each_charge(store: Store) {
     assert_eq!(store.charges_for_key(&key.id).await.unwrap().len(), 2);
 }
 
-/// A batch larger than one insert statement (SQLite writes 8 rows a
-/// statement): a duplicate in a later statement than its first is still a
-/// duplicate, and every key grows by exactly its new charges.
+/// A batch of many rows (one statement, its parameters anonymous on SQLite):
+/// a duplicate far from its first is still a duplicate, and every key grows
+/// by exactly its new charges.
 async fn a_batch_over_several_inserts_answers_each_charge_once(store: Store) {
     let (a, b) = (
         funded_key(&store, wallet(40), 10_000).await.id,

@@ -28,13 +28,6 @@ const CHARGE_COLUMNS: &str = "c.request_id, c.key_id, c.model, c.price_version, 
 /// The most charges one listing returns, newest first.
 pub const LIST_CHARGES_MAX: i64 = 1_000;
 
-/// Rows per insert statement on SQLite. SQLite finds each bound parameter's
-/// index by its name (`$N`) with a linear search, so binding one statement
-/// costs the square of its parameters: 12 per row, a batch of 64 charges made
-/// `sqlite3_bind_parameter_name` ~5 % of the gateway's CPU (BENCHMARKS (h)).
-/// PostgreSQL binds by position: one statement for the whole batch.
-const SQLITE_ROWS_PER_INSERT: usize = 8;
-
 /// The most charges one [`Store::record_charges`] call takes: 12 bound values
 /// each stays far below SQLite's limit of 32,766 per statement.
 pub const RECORD_BATCH_MAX: usize = 1_024;
@@ -69,12 +62,8 @@ impl Store {
         // Fast path: one multi-row insert and one update per key. Anything
         // unusual (a key past its limit) rolls back and takes the slow path,
         // which decides charge by charge.
-        let rows_per_insert = match self.backend() {
-            Backend::Sqlite => SQLITE_ROWS_PER_INSERT,
-            Backend::Postgres => RECORD_BATCH_MAX,
-        };
         let mut tx = self.pool().begin().await?;
-        if let Some(outcomes) = record_batch(&mut tx, charges, rows_per_insert).await? {
+        if let Some(outcomes) = record_batch(&mut tx, charges, self.backend()).await? {
             tx.commit().await?;
             return Ok(outcomes);
         }
@@ -144,25 +133,35 @@ impl Store {
 async fn record_batch(
     conn: &mut AnyConnection,
     charges: &[NewCharge],
-    rows_per_insert: usize,
+    backend: Backend,
 ) -> Result<Option<Vec<ChargeOutcome>>, StoreError> {
-    let mut inserted: HashSet<String> = HashSet::with_capacity(charges.len());
-    for rows in charges.chunks(rows_per_insert.max(1)) {
-        inserted.extend(insert_rows(conn, rows).await?);
-    }
+    let inserted: HashSet<String> = insert_rows(conn, charges, backend)
+        .await?
+        .into_iter()
+        .collect();
     grow_keys(conn, charges, &inserted).await
 }
 
 /// One multi-row insert of `charges`; answers the request ids it inserted.
+///
+/// Its parameters are anonymous (`?`) on SQLite: SQLite finds a named
+/// parameter's (`$N`) index with a linear search over the statement's
+/// names, so binding 12 per row by name cost the square of the batch — at
+/// c=64, `sqlite3_bind_parameter_name` was ~5 % of the gateway's CPU
+/// (BENCHMARKS (h)). PostgreSQL wants `$N` and binds by position.
 async fn insert_rows(
     conn: &mut AnyConnection,
     charges: &[NewCharge],
+    backend: Backend,
 ) -> Result<Vec<String>, StoreError> {
     const COLUMNS: usize = 12;
     let rows: Vec<String> = (0..charges.len())
         .map(|i| {
             let params: Vec<String> = (1..=COLUMNS)
-                .map(|c| format!("${}", i * COLUMNS + c))
+                .map(|c| match backend {
+                    Backend::Sqlite => "?".to_owned(),
+                    Backend::Postgres => format!("${}", i * COLUMNS + c),
+                })
                 .collect();
             format!("({})", params.join(", "))
         })
