@@ -653,7 +653,10 @@ async fn a_top_up_taken_between_a_charge_and_its_commit_counts_the_charge_once()
     store.renew_leases("node-x", now_ms()).await.unwrap();
     let lease = registry.acquire(&key_id).await.unwrap();
     let lease_id = lease.budget_lease().unwrap().clone();
-    assert!(keeper.top_up(&lease, &key_id, chunk, chunk).await.unwrap());
+    assert_eq!(
+        keeper.top_up(&lease, &key_id, chunk, chunk).await.unwrap(),
+        chunk
+    );
     // Another node takes a chunk and spends all of it.
     let other = LeaseId::generate();
     store
@@ -696,7 +699,11 @@ async fn a_top_up_taken_between_a_charge_and_its_commit_counts_the_charge_once()
     // … and before the actor commits them, a top-up takes the key's last
     // chunk: the store's `budget_used` (240) already holds them.
     assert!(
-        keeper.top_up(&lease, &key_id, chunk, chunk).await.unwrap(),
+        !keeper
+            .top_up(&lease, &key_id, chunk, chunk)
+            .await
+            .unwrap()
+            .is_zero(),
         "the key's last chunk reaches the actor"
     );
     for request in requests {

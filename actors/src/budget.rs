@@ -135,6 +135,9 @@ pub struct Budget {
     /// The most the key had spent, as this budget last heard, that its own
     /// calls did not spend (its spend at load, then each grant's figure).
     used_elsewhere: Amount,
+    /// Holds forfeited (their charge may or may not have landed): counted
+    /// as spent until the key is loaded again — stricter, never looser.
+    forfeited: Amount,
 }
 
 impl Budget {
@@ -156,6 +159,7 @@ impl Budget {
             granted: limit.saturating_sub(spent),
             spent_here: Amount::ZERO,
             used_elsewhere: spent,
+            forfeited: Amount::ZERO,
         };
         budget.assert_invariants();
         budget
@@ -241,6 +245,7 @@ impl Budget {
         let known = self
             .used_elsewhere
             .checked_add(self.spent_here)
+            .and_then(|sum| sum.checked_add(self.forfeited))
             .unwrap_or(self.limit);
         let ceiling = self.limit.saturating_sub(known);
         debug_assert!(
@@ -352,6 +357,10 @@ impl Budget {
         let hold = self.holds.remove(request).ok_or(SettleError::UnknownHold)?;
         self.held = self.held.saturating_sub(hold.amount);
         self.allowance = self.allowance.saturating_sub(hold.amount);
+        self.forfeited = self
+            .forfeited
+            .checked_add(hold.amount)
+            .unwrap_or(self.limit);
         self.assert_invariants();
         Ok(hold.amount)
     }
@@ -471,10 +480,12 @@ impl Budget {
         debug_assert!(
             self.allowance
                 .checked_add(self.spent_here)
+                .and_then(|sum| sum.checked_add(self.forfeited))
                 .is_some_and(|sum| sum <= self.granted),
-            "the allowance and this budget's own spend must stay within what it was given: {} + {} > {}",
+            "the allowance, this budget's own spend and its forfeits must stay within what it was given: {} + {} + {} > {}",
             self.allowance,
             self.spent_here,
+            self.forfeited,
             self.granted
         );
         debug_assert!(self.holds.len() <= HOLDS_MAX);
@@ -660,6 +671,23 @@ mod tests {
         b.grant(amount(120), used.saturating_sub(lease_charged));
         let s = b.snapshot();
         assert_eq!((s.spent, s.remaining()), (amount(240), amount(120)));
+    }
+
+    /// A forfeited hold (its charge may have landed: the lease's `charged`
+    /// then holds it, so the store's figure leaves it out) counts as spent
+    /// at the next grant — stricter, never looser — not as nothing.
+    #[test]
+    fn a_forfeited_hold_counts_as_spent_at_the_next_grant() {
+        let mut b = Budget::leased(amount(100), Amount::ZERO, BudgetStatus::Active, 1_000);
+        b.grant(amount(50), Amount::ZERO);
+        let r = RequestId::generate();
+        b.reserve(r.clone(), amount(30), amount(30), 0, 500)
+            .unwrap();
+        b.forfeit(&r).unwrap();
+        // The charge landed: used 30, all of it on this lease.
+        b.grant(amount(10), amount(30).saturating_sub(amount(30)));
+        let s = b.snapshot();
+        assert_eq!((s.spent, s.remaining()), (amount(30), amount(30)));
     }
 
     #[test]

@@ -506,12 +506,12 @@ impl Registry {
             .sum()
     }
 
-    /// Actors alive now.
     /// Holds released by their deadline so far (never committed or released).
     pub fn expired_holds(&self) -> u64 {
         self.inner.expired_holds.load(Ordering::Relaxed)
     }
 
+    /// Actors alive now.
     pub fn loaded(&self) -> usize {
         self.inner.loaded.load(Ordering::Relaxed)
     }

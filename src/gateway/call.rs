@@ -131,15 +131,18 @@ async fn reserve_from_lease(
         Err(error) => return Err(Refused::Call(error)),
     }
     for round in 1..=TOP_UP_ROUNDS_MAX {
-        let topping_up = tokio::time::timeout(TOP_UP_WAIT_MAX, lease.top_up_lock())
-            .await
-            .map_err(|_| Refused::TopUp(TopUpError::Slow))?;
+        let topping_up = match tokio::time::timeout(TOP_UP_WAIT_MAX, lease.top_up_lock()).await {
+            Ok(guard) => guard,
+            Err(_) if round == 1 => return Err(Refused::TopUp(TopUpError::Slow)),
+            // It was granted something already: hold what there is.
+            Err(_) => break,
+        };
         // Another call may have topped up while this one waited.
         let short = match reserve().await {
             Err(CallError::Reserve(ReserveError::AllowanceShort { short })) => short,
             done => return done.map_err(Refused::Call),
         };
-        let granted = leases
+        let granted_amount = leases
             .top_up_within(
                 lease,
                 key_id,
@@ -152,8 +155,9 @@ async fn reserve_from_lease(
             .map_err(Refused::TopUp)?;
         // A grant goes to the actor, not to this call: calls arriving
         // meanwhile may hold it first (a small key's takes are small). Ask
-        // again, a bounded number of times, while the store still gives.
-        if !granted || round == TOP_UP_ROUNDS_MAX {
+        // again, a bounded number of times, while the store still gives —
+        // a grant short of the shortfall means it gave all it had.
+        if granted_amount < short || round == TOP_UP_ROUNDS_MAX {
             break;
         }
     }

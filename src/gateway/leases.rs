@@ -125,19 +125,19 @@ impl LeaseKeeper {
 
     /// Takes up to `chunk` for `lease`'s budget lease — at least `need`
     /// when the key has it, else a share of what is left (`Store::take_lease`)
-    /// — and grants it to the key's actor. `false` when the store had nothing
-    /// for it (the key is stopped, or the lease closed: the actor is then
-    /// reloaded).
+    /// — and grants it to the key's actor. Answers what was granted: zero
+    /// when the store had nothing for it (the key is stopped, or the lease
+    /// closed: the actor is then reloaded).
     pub async fn top_up(
         &self,
         lease: &Lease,
         key: &KeyId,
         chunk: Amount,
         need: Amount,
-    ) -> Result<bool, TopUpError> {
+    ) -> Result<Amount, TopUpError> {
         self.check_renewed()?;
         let Some(lease_id) = lease.budget_lease() else {
-            return Ok(false);
+            return Ok(Amount::ZERO);
         };
         let taken = self
             .store
@@ -159,7 +159,7 @@ impl LeaseKeeper {
         need: Amount,
         running: tokio::sync::OwnedMutexGuard<()>,
         wait: Duration,
-    ) -> Result<bool, TopUpError> {
+    ) -> Result<Amount, TopUpError> {
         let (keeper, key, shared) = (self.clone(), key.clone(), lease.share());
         let topping_up = tokio::spawn(async move {
             let _running = running;
@@ -178,12 +178,12 @@ impl LeaseKeeper {
         lease: &Lease,
         key: &KeyId,
         taken: Option<ledger::store::leases::LeaseGrant>,
-    ) -> Result<bool, TopUpError> {
+    ) -> Result<Amount, TopUpError> {
         let Some(grant) = taken else {
             // Closed under the actor (reclaimed after a long store outage),
             // or the key stopped: a fresh load settles which.
             lease.mark_stale();
-            return Ok(false);
+            return Ok(Amount::ZERO);
         };
         self.takes.fetch_add(1, Ordering::Relaxed);
         // Not `grant.used`: it may hold charges of this actor's calls that
@@ -193,9 +193,9 @@ impl LeaseKeeper {
             // comes back a grace after the lease is returned (stricter,
             // never looser).
             tracing::warn!(key_id = %key, %error, "a lease grant could not reach its actor");
-            return Ok(false);
+            return Ok(Amount::ZERO);
         }
-        Ok(!grant.granted.is_zero())
+        Ok(grant.granted)
     }
 
     /// Tops up `key`'s lease in the background, when no top-up of it runs

@@ -116,9 +116,13 @@ impl CallCompleted {
             Some(lease) => Some(LeaseId::parse(lease).ok_or(EventError::Invalid("lease_id"))?),
             None => None,
         };
+        // A label, never worth a charge: one this worker would not have
+        // accepted (a newer gateway's rule, a hand-made event) is dropped,
+        // not dead-lettered with the charge.
         let client_request_id = match &self.client_request_id {
             Some(id) if !ledger::ids::is_client_request_id(id) => {
-                return Err(EventError::Invalid("client_request_id"))
+                tracing::warn!(request_id = %self.request_id, "an event's client_request_id is not well-formed; recorded without it");
+                None
             }
             id => id.clone(),
         };

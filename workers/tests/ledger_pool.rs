@@ -185,3 +185,24 @@ async fn sqlite_with_the_in_process_queue() {
 async fn postgres_with_rabbitmq() {
     every_event_is_charged_once(Backend::Postgres).await;
 }
+
+/// A caller's request id is a label: carried when well-formed, dropped (the
+/// charge kept) when not — never a reason to dead-letter a charge.
+#[test]
+fn a_bad_client_request_id_is_dropped_not_the_charge() {
+    let (key, request) = (KeyId::generate(), RequestId::generate());
+    let mut labelled = event(&key, &request);
+    labelled.client_request_id = Some("client-7f3a:retry.2".into());
+    let (charge, _) = labelled.charge(Some(&price())).unwrap();
+    assert_eq!(
+        charge.client_request_id.as_deref(),
+        Some("client-7f3a:retry.2")
+    );
+    for bad in ["two words", "line\nbreak", &"a".repeat(65), ""] {
+        let mut forged = event(&key, &request);
+        forged.client_request_id = Some(bad.to_owned());
+        let (charge, _) = forged.charge(Some(&price())).unwrap();
+        assert_eq!(charge.client_request_id, None, "{bad:?}");
+        assert_eq!(charge.amount.atomic(), 10);
+    }
+}
