@@ -35,15 +35,6 @@ impl Store {
     ) -> Result<ApiKeyRecord, StoreError> {
         debug_assert_eq!(project.account_id, account.id);
         let mut tx = self.pool().begin().await?;
-        // Names are how operators tell accounts apart. Checked here, not by
-        // a unique index: stores from before this check may hold duplicates.
-        let taken = sqlx::query("SELECT id FROM studio_accounts WHERE name = $1 LIMIT 1")
-            .bind(account.name.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if taken.is_some() {
-            return Err(StoreError::AccountNameTaken(account.name.clone()));
-        }
         let (wallet, chain) = match &account.funding {
             Some((wallet, chain)) => (Some(wallet.to_lower_hex()), Some(chain_to_db(*chain)?)),
             None => (None, None),
@@ -59,6 +50,22 @@ impl Store {
         .bind(account.created_at_ms)
         .execute(&mut *tx)
         .await?;
+        // Names are how operators tell accounts apart. Checked here, not by
+        // a unique index: stores from before this check may hold duplicates.
+        // Written first, read second: on SQLite a transaction that reads and
+        // then writes fails at once (SQLITE_BUSY_SNAPSHOT, no busy wait) when
+        // another connection wrote in between; one that writes first waits
+        // for the lock.
+        let taken =
+            sqlx::query("SELECT id FROM studio_accounts WHERE name = $1 AND id <> $2 LIMIT 1")
+                .bind(account.name.as_str())
+                .bind(account.id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if taken.is_some() {
+            tx.rollback().await?;
+            return Err(StoreError::AccountNameTaken(account.name.clone()));
+        }
         insert_project(&mut tx, project).await?;
         let record = insert_apikey(&mut tx, key).await?;
         tx.commit().await?;
@@ -96,17 +103,20 @@ impl Store {
     ) -> Result<ApiKeyRecord, StoreError> {
         debug_assert_eq!(key.project_id, project.id);
         let mut tx = self.pool().begin().await?;
+        // Written first, read second (see `bootstrap_studio`).
+        insert_project(&mut tx, project).await?;
         let taken = sqlx::query(
-            "SELECT id FROM studio_projects WHERE account_id = $1 AND name = $2 LIMIT 1",
+            "SELECT id FROM studio_projects WHERE account_id = $1 AND name = $2 AND id <> $3 LIMIT 1",
         )
         .bind(project.account_id.as_str())
         .bind(project.name.as_str())
+        .bind(project.id.as_str())
         .fetch_optional(&mut *tx)
         .await?;
         if taken.is_some() {
+            tx.rollback().await?;
             return Err(StoreError::ProjectNameTaken(project.name.clone()));
         }
-        insert_project(&mut tx, project).await?;
         let record = insert_apikey(&mut tx, key).await?;
         tx.commit().await?;
         Ok(record)
