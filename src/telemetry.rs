@@ -115,25 +115,5 @@ pub fn client_request_id(headers: &actix_web::http::header::HeaderMap) -> Option
     headers
         .get("x-request-id")
         .and_then(|value| value.to_str().ok())
-        .filter(|id| well_formed_request_id(id))
-}
-
-/// A request id a client may hand us (see [`ledger::ids::is_client_request_id`]).
-pub fn well_formed_request_id(id: &str) -> bool {
-    ledger::ids::is_client_request_id(id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::well_formed_request_id;
-
-    #[test]
-    fn client_request_ids_are_short_and_plain() {
-        assert!(well_formed_request_id("req-2026_11.29:1"));
-        assert!(!well_formed_request_id(""));
-        assert!(!well_formed_request_id(&"a".repeat(65)));
-        assert!(!well_formed_request_id("two words"));
-        assert!(!well_formed_request_id("line\nbreak"));
-        assert!(!well_formed_request_id("{\"level\":\"ERROR\"}"));
-    }
+        .filter(|id| ledger::ids::is_client_request_id(id))
 }

@@ -66,14 +66,9 @@ async fn two_nodes_with(
         std::env::temp_dir().join(format!("tollgate-node-b-{}", uuid::Uuid::now_v7().simple())),
     );
     std::fs::create_dir_all(&dir.0).unwrap();
-    let signing_key = app.file("signing.key").display().to_string();
-    let studio_key = app.file("studio.key").display().to_string();
-    let mut env = vec![
-        ("TOLLGATE__STORE__URL", app.db.url.as_str()),
-        ("TOLLGATE__AUTH__SIGNING_KEY_FILE", signing_key.as_str()),
-        ("TOLLGATE__STUDIO__SECRETS_KEY_FILE", studio_key.as_str()),
-        ("TOLLGATE__LOG__FILTER", "info"),
-    ];
+    let shared = app.shared_env();
+    let mut env: Vec<(&str, &str)> = shared.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("TOLLGATE__LOG__FILTER", "info"));
     env.extend(leases);
     let (process, port) = spawn_serving_with(&dir.0, "127.0.0.1:0", "node-b.log", &env);
     let base = format!("http://127.0.0.1:{port}");

@@ -286,9 +286,7 @@ async fn studio_bootstrap_refuses_an_account_name_that_exists_or_adds_a_project_
             "--project",
             "second",
         ])
-        .env("TOLLGATE__STORE__URL", &app.db.url)
-        .env("TOLLGATE__STUDIO__SECRETS_KEY_FILE", app.file("studio.key"))
-        .env("TOLLGATE__AUTH__SIGNING_KEY_FILE", app.file("signing.key"))
+        .envs(app.shared_env())
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -350,9 +348,7 @@ async fn studio_bootstrap_refuses_an_account_name_that_exists_or_adds_a_project_
         let output = tollgate()
             .args(["studio", "bootstrap"])
             .args(&args)
-            .env("TOLLGATE__STORE__URL", &app.db.url)
-            .env("TOLLGATE__STUDIO__SECRETS_KEY_FILE", app.file("studio.key"))
-            .env("TOLLGATE__AUTH__SIGNING_KEY_FILE", app.file("signing.key"))
+            .envs(app.shared_env())
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -586,15 +582,8 @@ fn gateway_beside(app: &TestApp, env: &[(&str, &str)]) -> (common::process::Chil
         uuid::Uuid::now_v7().simple()
     )));
     std::fs::create_dir_all(&dir.0).unwrap();
-    let (signing_key, studio_key) = (
-        app.file("signing.key").display().to_string(),
-        app.file("studio.key").display().to_string(),
-    );
-    let mut all = vec![
-        ("TOLLGATE__STORE__URL", app.db.url.as_str()),
-        ("TOLLGATE__AUTH__SIGNING_KEY_FILE", signing_key.as_str()),
-        ("TOLLGATE__STUDIO__SECRETS_KEY_FILE", studio_key.as_str()),
-    ];
+    let shared = app.shared_env();
+    let mut all: Vec<(&str, &str)> = shared.iter().map(|(k, v)| (*k, v.as_str())).collect();
     all.extend_from_slice(env);
     let (child, port) = spawn_serving_with(&dir.0, "127.0.0.1:0", "gateway.log", &all);
     (child, port, dir)

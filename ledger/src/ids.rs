@@ -195,6 +195,16 @@ impl Serialize for WalletAddress {
 mod tests {
     use super::*;
 
+    #[test]
+    fn client_request_ids_are_short_and_plain() {
+        assert!(is_client_request_id("req-2026_11.29:1"));
+        assert!(!is_client_request_id(""));
+        assert!(!is_client_request_id(&"a".repeat(65)));
+        assert!(!is_client_request_id("two words"));
+        assert!(!is_client_request_id("line\nbreak"));
+        assert!(!is_client_request_id("{\"level\":\"ERROR\"}"));
+    }
+
     // From EIP-55's own test vectors.
     const CHECKSUMMED: [&str; 4] = [
         "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",

@@ -181,20 +181,23 @@ impl TestApp {
         self.bootstrap_studio_with(&["--account", account, "--project", "main"])
     }
 
+    /// The settings a process of the binary needs to run beside this app:
+    /// its store, its token signing key and its Studio secrets key.
+    pub fn shared_env(&self) -> Vec<(&'static str, String)> {
+        let file = |name: &str| self.file(name).display().to_string();
+        vec![
+            ("TOLLGATE__STORE__URL", self.db.url.clone()),
+            ("TOLLGATE__AUTH__SIGNING_KEY_FILE", file("signing.key")),
+            ("TOLLGATE__STUDIO__SECRETS_KEY_FILE", file("studio.key")),
+        ]
+    }
+
     /// `tollgate studio bootstrap` with these arguments.
     pub fn bootstrap_studio_with(&self, args: &[&str]) -> Value {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(["studio", "bootstrap"])
             .args(args)
-            .env("TOLLGATE__STORE__URL", &self.db.url)
-            .env(
-                "TOLLGATE__STUDIO__SECRETS_KEY_FILE",
-                self._dir.0.join("studio.key"),
-            )
-            .env(
-                "TOLLGATE__AUTH__SIGNING_KEY_FILE",
-                self._dir.0.join("signing.key"),
-            )
+            .envs(self.shared_env())
             .env("TOLLGATE__LOG__FILTER", "warn")
             .output()
             .unwrap();

@@ -52,12 +52,21 @@ pub fn spawn_serving_with(
         ("TOLLGATE__LEASES__GRACE_MS", "3000"),
     ];
     settings.extend_from_slice(env);
-    spawn_logging(dir, &["serve", "--bind", bind], log, &settings, |line| {
-        (line["fields"]["message"] == "tollgate serving")
-            .then(|| line["fields"]["port"].as_u64())
-            .flatten()
-            .map(|port| u16::try_from(port).unwrap())
-    })
+    spawn_logging(
+        dir,
+        &["serve", "--bind", bind],
+        log,
+        &settings,
+        serving_port,
+    )
+}
+
+/// The port of a "tollgate serving" log line.
+fn serving_port(line: &serde_json::Value) -> Option<u16> {
+    (line["fields"]["message"] == "tollgate serving")
+        .then(|| line["fields"]["port"].as_u64())
+        .flatten()
+        .map(|port| u16::try_from(port).unwrap())
 }
 
 /// `serve` with `--config FILE`, on a free port, in `dir`, logging JSON to
@@ -76,12 +85,7 @@ pub fn spawn_serving_with_config(
         "--bind",
         "127.0.0.1:0",
     ];
-    spawn_logging(dir, &args, log, env, |line| {
-        (line["fields"]["message"] == "tollgate serving")
-            .then(|| line["fields"]["port"].as_u64())
-            .flatten()
-            .map(|port| u16::try_from(port).unwrap())
-    })
+    spawn_logging(dir, &args, log, env, serving_port)
 }
 
 /// Runs the binary with `args` in `dir`, logging JSON to `dir/LOG`, until

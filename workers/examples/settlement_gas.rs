@@ -148,9 +148,7 @@ async fn main() {
             .from(operator)
             .to(deployment.usdc)
             .input(call.abi_encode().into());
-        dev.raw("anvil_impersonateAccount", (operator,))
-            .await
-            .unwrap();
+        dev.impersonate(operator).await.unwrap();
         use alloy::providers::Provider;
         let receipt = provider
             .send_transaction(request)

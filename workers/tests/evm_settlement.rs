@@ -322,10 +322,7 @@ async fn a_nonce_taken_by_an_outside_transaction_is_healed() {
         .await
         .unwrap();
     let operator = rig.client.operator();
-    rig.dev
-        .raw("anvil_impersonateAccount", (operator,))
-        .await
-        .unwrap();
+    rig.dev.impersonate(operator).await.unwrap();
     let request = alloy::rpc::types::TransactionRequest::default()
         .from(operator)
         .to(operator)
@@ -390,15 +387,9 @@ async fn the_contract_refuses_a_reused_batch_number_and_anyone_but_the_operator(
     rig.dev.approve(payer, 1_000_000).await.unwrap();
     let entries = vec![pack_entry(payer, 10).unwrap()];
     let usdc = rig.dev.deployment.usdc;
-    let contract = TollgateSettlement::new(
-        rig.dev.deployment.settlement_contract,
-        rig.dev.provider().clone(),
-    );
+    let contract = rig.dev.settlement();
     let operator = rig.client.operator();
-    rig.dev
-        .raw("anvil_impersonateAccount", (operator,))
-        .await
-        .unwrap();
+    rig.dev.impersonate(operator).await.unwrap();
     let first = contract
         .settle(U256::from(9), usdc, entries.clone())
         .from(operator)
@@ -596,15 +587,9 @@ async fn a_misconfigured_contract_or_an_operator_out_of_gas_pauses_the_chain() {
     let payer = account(&rig, 3);
     rig.dev.approve(payer, 1_000_000).await.unwrap();
     let key = rig.charge(payer, &[42]).await;
-    let contract = TollgateSettlement::new(
-        rig.dev.deployment.settlement_contract,
-        rig.dev.provider().clone(),
-    );
+    let contract = rig.dev.settlement();
     let owner = rig.client.operator();
-    rig.dev
-        .raw("anvil_impersonateAccount", (owner,))
-        .await
-        .unwrap();
+    rig.dev.impersonate(owner).await.unwrap();
     let set_operator = |to: Address| {
         let contract = contract.clone();
         async move {

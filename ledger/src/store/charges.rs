@@ -135,10 +135,7 @@ async fn record_batch(
     charges: &[NewCharge],
     backend: Backend,
 ) -> Result<Option<Vec<ChargeOutcome>>, StoreError> {
-    let inserted: HashSet<String> = insert_rows(conn, charges, backend)
-        .await?
-        .into_iter()
-        .collect();
+    let inserted = insert_rows(conn, charges, backend).await?;
     grow_keys(conn, charges, &inserted).await
 }
 
@@ -153,7 +150,7 @@ async fn insert_rows(
     conn: &mut AnyConnection,
     charges: &[NewCharge],
     backend: Backend,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<HashSet<String>, StoreError> {
     const COLUMNS: usize = 12;
     let rows: Vec<String> = (0..charges.len())
         .map(|i| {

@@ -255,12 +255,23 @@ impl DevChain {
         &self.provider
     }
 
+    /// The settlement contract, called through this chain's provider (send
+    /// `.from(…)` an address [`DevChain::impersonate`] made usable).
+    pub fn settlement(&self) -> TollgateSettlement::TollgateSettlementInstance<RootProvider> {
+        TollgateSettlement::new(self.deployment.settlement_contract, self.provider.clone())
+    }
+
+    /// Lets transactions `from` this address through without its key.
+    pub async fn impersonate(&self, who: Address) -> Result<(), DevnetError> {
+        self.raw("anvil_impersonateAccount", (who,)).await.map(drop)
+    }
+
     /// Sends a transaction as `from` (impersonated; given gas money first)
     /// and waits for its receipt. Errors when it reverts.
     async fn send_as(&self, from: Address, to: Address, input: Vec<u8>) -> Result<(), DevnetError> {
         self.raw("anvil_setBalance", (from, U256::from(10u128.pow(20))))
             .await?;
-        self.raw("anvil_impersonateAccount", (from,)).await?;
+        self.impersonate(from).await?;
         // The network's own estimate, never a multiple of it: Anvil's gas
         // price follows what recent transactions paid, so bidding twice it
         // each time would double it transaction after transaction.
