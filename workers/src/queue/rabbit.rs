@@ -67,6 +67,16 @@ async fn connect(url: &str, name: &str, recover: bool) -> Result<Connection, Que
         .map_err(unavailable)
 }
 
+/// The broker answered 404: the queue does not exist.
+fn not_found(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
+}
+
 fn unavailable(error: lapin::Error) -> QueueError {
     QueueError::Unavailable(error.to_string())
 }
@@ -388,7 +398,13 @@ impl RabbitConsumer {
                 FieldTable::default(),
             )
             .await
-            .map_err(unavailable)?;
+            .map_err(|error| {
+                if not_found(&error) {
+                    QueueError::Undeclared(self.queue.clone())
+                } else {
+                    unavailable(error)
+                }
+            })?;
         Ok(ConsumerLink {
             connection,
             consumer,
@@ -409,8 +425,14 @@ impl RabbitConsumer {
     }
 
     /// The next delivery; an error when the connection was lost (the call
-    /// after it subscribes again); `None` when the broker cancelled the
-    /// subscription (the queue was deleted).
+    /// after it subscribes again); `None` when the queue is gone (deleted).
+    ///
+    /// A subscription the broker ended is subscribed again, not taken for
+    /// the end: a broker that stops (`rabbitmqctl stop_app`, a restart)
+    /// closes its connections gracefully, and lapin then ends the consumer's
+    /// stream as if cancelled. Taken for the end, a pool stopped consuming
+    /// for good after a restart (a `tests/broker_restart.rs` run found its
+    /// queue still holding 10 messages).
     pub async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
         if self.link.is_none() {
             match self.subscribe().await {
@@ -418,6 +440,7 @@ impl RabbitConsumer {
                     tracing::info!(queue = %self.queue, "subscribed again after a lost connection");
                     self.link = Some(link);
                 }
+                Err(QueueError::Undeclared(_)) => return None,
                 Err(error) => return Some(Err(error)),
             }
         }
@@ -430,7 +453,14 @@ impl RabbitConsumer {
                 }
                 return Some(Err(unavailable(error)));
             }
-            None => return None,
+            None => {
+                if let Some(link) = self.link.take() {
+                    link.close_soon();
+                }
+                return Some(Err(QueueError::Unavailable(
+                    "the broker ended the subscription".to_owned(),
+                )));
+            }
         };
         // Quorum queues count earlier deliveries in `x-delivery-count`.
         let earlier = delivery
