@@ -29,8 +29,11 @@ pub fn init(settings: &LogSettings) {
         Ok(filter) => (filter, None),
         Err(error) => (EnvFilter::new("info"), Some(error)),
     };
+    // Colours only for a terminal: a log file or collector gets plain text
+    // (and a request span's fields are formatted without escape codes).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if settings.format == crate::settings::LogFormat::Json {
         builder.json().try_init()

@@ -10,6 +10,10 @@ use crate::Amount;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From the group-commit writer's own SQLite connection
+    /// ([`crate::store::charge_connection`]).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported store url (expected sqlite:// or postgres://): {0}")]

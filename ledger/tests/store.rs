@@ -1275,6 +1275,89 @@ async fn migrations_are_idempotent(store: Store) {
     store.ping().await.unwrap();
 }
 
+/// The group-commit writer's own SQLite connection writes a batch whole when
+/// every charge is new and fits, and otherwise writes nothing at all (the
+/// pool's `record_charges` then decides charge by charge). PostgreSQL has
+/// no such connection.
+async fn the_charge_connection_writes_a_batch_whole_or_not_at_all(store: Store) {
+    let Some(mut connection) = store.charge_connection().unwrap() else {
+        assert_eq!(store.backend(), Backend::Postgres);
+        return;
+    };
+    let key = funded_key(&store, wallet(41), 1_000).await.id;
+    let lease = LeaseId::generate();
+    store
+        .take_lease(&lease, &key, "node-a", atomic(600), atomic(600), now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    let first = charge(&key, atomic(100));
+    let batch = [first.clone(), leased_charge(&key, &lease, 50)];
+    assert_eq!(
+        connection.record_new_charges(&batch).unwrap(),
+        Some(vec![ChargeOutcome::Recorded; 2])
+    );
+    assert_eq!(assert_key_books(&store, &key).await, (150, 550));
+    let written = store.charge(&first.request_id).await.unwrap().unwrap();
+    let expected = (
+        &first.key_id,
+        first.model.as_str(),
+        first.price_version.as_str(),
+        (first.input_tokens, first.output_tokens),
+        first.amount,
+        first.reported,
+        first.created_at_ms,
+        "pending",
+    );
+    let stored = (
+        &written.key_id,
+        written.model.as_str(),
+        written.price_version.as_str(),
+        (written.input_tokens, written.output_tokens),
+        written.amount,
+        written.reported,
+        written.created_at_ms,
+        written.status.as_str(),
+    );
+    assert_eq!(stored, expected);
+
+    // Each batch below holds one charge that cannot be written as new, after
+    // one that could: the whole batch is left undecided, nothing written.
+    let unknown = KeyId::generate();
+    let undecided = [
+        ("a request id seen before", first.clone()),
+        ("an unknown key", charge(&unknown, atomic(1))),
+        ("past what no lease covers (300)", charge(&key, atomic(301))),
+        (
+            "past the lease's cover (550)",
+            leased_charge(&key, &lease, 551),
+        ),
+        (
+            "a lease the key does not have",
+            leased_charge(&key, &LeaseId::generate(), 1),
+        ),
+    ];
+    for (why, refused) in undecided {
+        let fine = charge(&key, atomic(1));
+        let outcome = connection
+            .record_new_charges(&[fine.clone(), refused])
+            .unwrap();
+        assert_eq!(outcome, None, "{why}");
+        assert_eq!(store.charge(&fine.request_id).await.unwrap(), None, "{why}");
+        assert_eq!(assert_key_books(&store, &key).await, (150, 550), "{why}");
+    }
+    // What the pool makes of such a batch: the fine charge, and the other refused.
+    let fine = charge(&key, atomic(1));
+    assert_eq!(
+        store
+            .record_charges(&[fine, charge(&key, atomic(301))])
+            .await
+            .unwrap(),
+        vec![ChargeOutcome::Recorded, ChargeOutcome::OverBudget]
+    );
+    assert_eq!(assert_key_books(&store, &key).await, (151, 550));
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         store_suite!(@on sqlite, Sqlite, $($case),*);
@@ -1313,4 +1396,5 @@ store_suite!(
     ledger_batches_debit_each_charge_once,
     a_payer_that_cannot_pay_waits_without_blocking_others,
     migrations_are_idempotent,
+    the_charge_connection_writes_a_batch_whole_or_not_at_all,
 );

@@ -1,15 +1,23 @@
 //! [`LedgerWriter`]: the in-process ledger writer of the embedded mode —
 //! group commit of charges.
 //!
-//! Callers hand it a priced charge and wait for its answer; one task drains
-//! the queue and writes whatever has gathered (at most [`BATCH_MAX`] charges)
-//! in one transaction through [`Store::record_charges`], then answers each
-//! caller. A caller hears "recorded" only after the transaction committed,
-//! so a call that reports a final amount has its charge on disk even if the
-//! process dies the next instant (invariant 2). Under load, one transaction
-//! carries many calls: the cost of a commit is shared, not paid per call.
+//! Callers hand it a priced charge and wait for its answer; one writer
+//! drains the queue and writes whatever has gathered (at most [`BATCH_MAX`]
+//! charges) in one transaction, then answers each caller. A caller hears
+//! "recorded" only after the transaction committed, so a call that reports
+//! a final amount has its charge on disk even if the process dies the next
+//! instant (invariant 2). Under load, one transaction carries many calls:
+//! the cost of a commit is shared, not paid per call.
+//!
+//! On SQLite the writer is a thread of its own with a connection of its own
+//! ([`ledger::store::charge_connection`]): a batch is written in place, with
+//! no hop to sqlx's worker thread per statement. A batch that connection
+//! leaves undecided (a duplicate, a key past its limit), or a failure of
+//! it, goes through [`Store::record_charges`] on the pool, as every batch
+//! does on PostgreSQL (a task).
 
 use ledger::model::{ChargeOutcome, NewCharge};
+use ledger::store::charge_connection::ChargeConnection;
 use ledger::Store;
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,6 +42,7 @@ pub enum WriteError {
 }
 
 type Reply = oneshot::Sender<Result<ChargeOutcome, WriteError>>;
+type Queued = mpsc::Receiver<(NewCharge, Reply)>;
 
 /// A handle to the writer task. Cheap to clone; the task ends when every
 /// handle is dropped, after writing what was queued.
@@ -48,11 +57,19 @@ impl LedgerWriter {
         LedgerWriter::spawn(store).0
     }
 
-    /// As [`LedgerWriter::start`], with the writer task's handle for its
-    /// owner to watch: it ends only when every handle to it is dropped.
+    /// As [`LedgerWriter::start`], with a handle for its owner to watch: it
+    /// ends only when every handle to the writer is dropped and what was
+    /// queued is written.
     pub fn spawn(store: Store) -> (LedgerWriter, tokio::task::JoinHandle<()>) {
         let (queue, receiver) = mpsc::channel(QUEUE_MAX);
-        let task = tokio::spawn(run(store, receiver));
+        let task = match store.charge_connection() {
+            Ok(Some(connection)) => spawn_thread(store, connection, receiver),
+            Ok(None) => tokio::spawn(run(store, receiver)),
+            Err(error) => {
+                tracing::warn!(%error, "no SQLite connection of the ledger writer's own; it writes through the pool");
+                tokio::spawn(run(store, receiver))
+            }
+        };
         (LedgerWriter { queue }, task)
     }
 
@@ -107,26 +124,101 @@ async fn record_with_retries(
 /// How often a batch is tried before its callers hear it failed.
 const ATTEMPTS: u32 = 3;
 
-async fn run(store: Store, mut receiver: mpsc::Receiver<(NewCharge, Reply)>) {
+async fn run(store: Store, mut receiver: Queued) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     // `recv_many` waits for the first charge, then takes whatever else is
     // already queued: under load batches grow, idle they are single charges.
     while receiver.recv_many(&mut batch, BATCH_MAX).await > 0 {
         let (charges, replies): (Vec<NewCharge>, Vec<Reply>) = batch.drain(..).unzip();
-        match record_with_retries(&store, &charges).await {
-            Ok(outcomes) => {
-                debug_assert_eq!(outcomes.len(), replies.len());
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    // A caller that gave up still has its charge written.
-                    let _ = reply.send(Ok(outcome));
-                }
+        let written = record_with_retries(&store, &charges).await;
+        answer(replies, charges.len(), written);
+    }
+}
+
+/// Starts [`run_on_thread`] on a thread named `ledger-writer`; the task it
+/// answers ends when the thread does. When no thread can start, a task
+/// writes through the pool instead.
+fn spawn_thread(
+    store: Store,
+    connection: ChargeConnection,
+    receiver: Queued,
+) -> tokio::task::JoinHandle<()> {
+    let runtime = tokio::runtime::Handle::current();
+    let (done, finished) = oneshot::channel::<()>();
+    // The connection and the queue are handed over once the thread runs, so
+    // a thread that cannot start leaves them here.
+    let (hand_over, handed) = std::sync::mpsc::sync_channel::<(ChargeConnection, Queued)>(1);
+    let thread_store = store.clone();
+    let started = std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || {
+            if let Ok((connection, mut receiver)) = handed.recv() {
+                run_on_thread(&thread_store, connection, &mut receiver, &runtime);
+                let _ = done.send(());
             }
+        });
+    let receiver = match started {
+        Ok(_) => match hand_over.send((connection, receiver)) {
+            Ok(()) => {
+                return tokio::spawn(async move {
+                    // Ends when the thread is done (or gone: a panic).
+                    let _ = finished.await;
+                });
+            }
+            Err(std::sync::mpsc::SendError((_, receiver))) => receiver,
+        },
+        Err(error) => {
+            tracing::error!(%error, "the ledger writer's thread could not start; it writes through the pool");
+            receiver
+        }
+    };
+    tokio::spawn(run(store, receiver))
+}
+
+/// The thread's loop: each batch through its own connection, and through
+/// the pool (on `runtime`) when that connection leaves it undecided or
+/// fails.
+fn run_on_thread(
+    store: &Store,
+    mut connection: ChargeConnection,
+    receiver: &mut Queued,
+    runtime: &tokio::runtime::Handle,
+) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while receiver.blocking_recv_many(&mut batch, BATCH_MAX) > 0 {
+        let (charges, replies): (Vec<NewCharge>, Vec<Reply>) = batch.drain(..).unzip();
+        let written = match connection.record_new_charges(&charges) {
+            Ok(Some(outcomes)) => Ok(outcomes),
+            Ok(None) => runtime.block_on(record_with_retries(store, &charges)),
             Err(error) => {
-                tracing::error!(%error, charges = charges.len(), "writing charges failed");
-                let error = WriteError::Store(error.to_string());
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
+                tracing::warn!(%error, charges = charges.len(), "the ledger writer's connection failed; writing through the pool");
+                runtime.block_on(record_with_retries(store, &charges))
+            }
+        };
+        answer(replies, charges.len(), written);
+    }
+}
+
+/// Answers each caller of a batch with its charge's outcome, or the
+/// batch's failure.
+fn answer(
+    replies: Vec<Reply>,
+    charges: usize,
+    written: Result<Vec<ChargeOutcome>, ledger::StoreError>,
+) {
+    match written {
+        Ok(outcomes) => {
+            debug_assert_eq!(outcomes.len(), replies.len());
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A caller that gave up still has its charge written.
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, charges, "writing charges failed");
+            let error = WriteError::Store(error.to_string());
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
             }
         }
     }

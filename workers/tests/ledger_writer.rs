@@ -1,6 +1,8 @@
 //! The group-commit writer on both stores: many concurrent callers, replays
 //! among them, and every charge lands exactly once with `budget_used` equal
-//! to the sum of the charges.
+//! to the sum of the charges. On SQLite the writer is a thread with its own
+//! connection, and a batch it cannot write whole (a replay, a key past its
+//! limit, an unknown key) goes through the pool: these cases mix both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ledger::model::{ChargeOutcome, NewCharge};
@@ -69,6 +71,80 @@ async fn concurrent_callers_write_each_charge_once(backend: Backend) {
         sum,
         "budget_used equals the sum of the charges"
     );
+}
+
+fn charge_of(key: &KeyId, amount: u64) -> NewCharge {
+    NewCharge {
+        request_id: RequestId::generate(),
+        key_id: key.clone(),
+        model: "echo".into(),
+        price_version: "v1".into(),
+        input_tokens: 1,
+        output_tokens: 1,
+        amount: Amount::from_atomic(amount).unwrap(),
+        reported: None,
+        created_at_ms: now_ms(),
+        lease: None,
+        client_request_id: None,
+    }
+}
+
+/// 40 concurrent charges of 10 on a key of 250, and some on a key that does
+/// not exist: exactly 25 fit, the rest are refused one by one, and nothing
+/// else is lost — each caller hears its own charge's outcome.
+async fn refusals_are_answered_charge_by_charge(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let store = db.store().await;
+    let owner = WalletAddress::from_bytes([8; 20]);
+    let key = create_funded_key(
+        &store,
+        &KeyId::generate(),
+        owner,
+        CHAIN,
+        Amount::from_atomic(250).unwrap(),
+    )
+    .await;
+    let (writer, writing) = LedgerWriter::spawn(store.clone());
+    let unknown = KeyId::generate();
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let charge = if i % 6 == 5 {
+            charge_of(&unknown, 10)
+        } else {
+            charge_of(&key.id, 10)
+        };
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move { writer.record(charge).await }));
+    }
+    let (mut recorded, mut over, mut unknown_key) = (0, 0, 0);
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            ChargeOutcome::Recorded => recorded += 1,
+            ChargeOutcome::OverBudget => over += 1,
+            ChargeOutcome::UnknownKey => unknown_key += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((recorded, over, unknown_key), (25, 15, 8));
+    let record = store.key(&key.id).await.unwrap().unwrap();
+    assert_eq!(record.budget_used.atomic(), 250);
+    assert_eq!(store.charges_for_key(&key.id).await.unwrap().len(), 25);
+    // The writer ends once its last handle is gone.
+    drop(writer);
+    tokio::time::timeout(std::time::Duration::from_secs(10), writing)
+        .await
+        .expect("the writer ends when its handles are dropped")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refusals_are_answered_charge_by_charge() {
+    refusals_are_answered_charge_by_charge(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refusals_are_answered_charge_by_charge() {
+    refusals_are_answered_charge_by_charge(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

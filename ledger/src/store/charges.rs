@@ -200,16 +200,11 @@ async fn grow_keys(
     // What each key grows by: the charges the inserts wrote.
     let mut outcomes = Vec::with_capacity(charges.len());
     let mut counted: HashSet<&str> = HashSet::new();
-    // By key, then by lease (`None`: spent from no lease).
-    let mut growth: BTreeMap<(&str, Option<&str>), i64> = BTreeMap::new();
+    let mut growth = Growth::new();
     for charge in charges {
         let id = charge.request_id.as_str();
         if inserted.contains(id) && counted.insert(id) {
-            let lease = charge.lease.as_ref().map(LeaseId::as_str);
-            let sum = growth.entry((charge.key_id.as_str(), lease)).or_insert(0);
-            *sum = sum
-                .checked_add(charge.amount.to_db())
-                .ok_or(StoreError::AmountOverflow)?;
+            grow_by(&mut growth, charge)?;
             outcomes.push(ChargeOutcome::Recorded);
         } else if counted.contains(id) {
             outcomes.push(ChargeOutcome::Duplicate);
@@ -229,6 +224,24 @@ async fn grow_keys(
         }
     }
     Ok(Some(outcomes))
+}
+
+/// What a batch's charges grow each key by: by key, then by lease (`None`:
+/// spent from no lease). Its order is the order keys are updated in, the
+/// lock order of every writer.
+pub(super) type Growth<'a> = BTreeMap<(&'a str, Option<&'a str>), i64>;
+
+/// Adds `charge` to what its key (and lease) grows by.
+pub(super) fn grow_by<'a>(
+    growth: &mut Growth<'a>,
+    charge: &'a NewCharge,
+) -> Result<(), StoreError> {
+    let lease = charge.lease.as_ref().map(LeaseId::as_str);
+    let sum = growth.entry((charge.key_id.as_str(), lease)).or_insert(0);
+    *sum = sum
+        .checked_add(charge.amount.to_db())
+        .ok_or(StoreError::AmountOverflow)?;
+    Ok(())
 }
 
 /// Binds a charge's twelve values in the order both inserts use: request
@@ -268,22 +281,25 @@ async fn existing_outcome(
     })
 }
 
+/// One charge's insert, joined to its key (an unknown key inserts nothing);
+/// a request id that exists inserts nothing either. Its values, `$1`–`$12`,
+/// are [`bind_charge`]'s.
+pub(super) const INSERT_ONE: &str = "INSERT INTO charges (request_id, key_id, wallet, chain_id,
+        model, price_version, input_tokens, output_tokens, amount_atomic, status, created_at_ms,
+        reported_input_tokens, reported_output_tokens, lease_id, client_request_id)
+     SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12
+       FROM keys WHERE id = $2
+     ON CONFLICT (request_id) DO NOTHING";
+
 /// Inserts one charge inside the batch's transaction (the request id is the
 /// primary key): `None` when it is new, else why it was not inserted.
 async fn insert_one(
     conn: &mut AnyConnection,
     charge: &NewCharge,
 ) -> Result<Option<ChargeOutcome>, StoreError> {
-    let insert = sqlx::query(
-        "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
-                              input_tokens, output_tokens, amount_atomic, status, created_at_ms,
-                              reported_input_tokens, reported_output_tokens, lease_id,
-                              client_request_id)
-         SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12
-           FROM keys WHERE id = $2
-         ON CONFLICT (request_id) DO NOTHING",
-    );
-    let inserted = bind_charge(insert, charge).execute(&mut *conn).await?;
+    let inserted = bind_charge(sqlx::query(INSERT_ONE), charge)
+        .execute(&mut *conn)
+        .await?;
     if inserted.rows_affected() == 0 {
         return Ok(Some(existing_outcome(conn, &charge.request_id).await?));
     }
@@ -324,20 +340,22 @@ async fn grow_one(
 /// frees a key only once no call can charge it).
 ///
 /// This is the charge spent from no lease: it must fit what no lease covers.
-const GROW_UNLEASED: &str = "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
+pub(super) const GROW_UNLEASED: &str =
+    "UPDATE keys SET budget_used_atomic = budget_used_atomic + $2
      WHERE id = $1 AND budget_used_atomic + leased_atomic <= budget_limit_atomic - $2
        AND (status = 'active' OR committed_until_ms > $3)";
 
 /// A charge spent from a lease moves its amount from the key's `leased` to
 /// its `used` (the sum stays, so the limit holds) …
-const GROW_FROM_LEASE: &str = "UPDATE keys
+pub(super) const GROW_FROM_LEASE: &str = "UPDATE keys
         SET budget_used_atomic = budget_used_atomic + $2, leased_atomic = leased_atomic - $2
       WHERE id = $1 AND leased_atomic >= $2
         AND (status = 'active' OR committed_until_ms > $3)";
 
 /// … and from the lease's cover to its `charged`, while the lease still
 /// covers it (not reclaimed, not over what it was granted).
-const CHARGE_LEASE: &str = "UPDATE budget_leases SET charged_atomic = charged_atomic + $3
+pub(super) const CHARGE_LEASE: &str =
+    "UPDATE budget_leases SET charged_atomic = charged_atomic + $3
       WHERE id = $1 AND key_id = $2 AND state <> 'reclaimed'
         AND charged_atomic + returned_atomic + $3 <= granted_atomic";
 

@@ -13,6 +13,9 @@
 //! * [`sessions`] — SIWE nonces and sessions.
 //! * [`chain`] — settlement on an EVM chain: nonces, the outbox, batches.
 //! * [`charges`] — the charges written once per paid call.
+//! * [`charge_connection`] — the same charges' common case, written by a
+//!   thread through a SQLite connection of its own (the embedded mode's
+//!   group commit).
 //! * [`leases`] — budget leases: what each gateway node may spend of a key.
 //! * [`settlement`] — the `ledger` mode's settlement: batches of charges
 //!   debited from prepaid balances.
@@ -28,6 +31,7 @@ use crate::{Amount, ChainId, StoreError, WalletAddress};
 
 pub mod balances;
 pub mod chain;
+pub mod charge_connection;
 pub mod charges;
 pub mod keys;
 pub mod leases;
@@ -82,6 +86,9 @@ pub struct Store {
     /// This node's charges reach the ledger through a queue: its own leases
     /// may still cover charges on their way.
     charges_queued: bool,
+    /// The SQLite file, for connections of its own outside the pool
+    /// ([`Store::charge_connection`]); `None` on PostgreSQL.
+    sqlite_path: Option<std::sync::Arc<std::path::Path>>,
 }
 
 impl Store {
@@ -92,9 +99,12 @@ impl Store {
         sqlx::any::install_default_drivers();
         let backend =
             Backend::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl(redact_url(url)))?;
-        let url = match backend {
-            Backend::Sqlite => prepare_sqlite_url(url)?,
-            Backend::Postgres => url.to_owned(),
+        let (url, sqlite_path) = match backend {
+            Backend::Sqlite => {
+                let (url, path) = prepare_sqlite_url(url)?;
+                (url, Some(std::sync::Arc::from(path)))
+            }
+            Backend::Postgres => (url.to_owned(), None),
         };
         let options = AnyConnectOptions::from_str(&url)?;
         // One plain connection first: an unreachable server or a file that
@@ -148,6 +158,7 @@ impl Store {
             hold_max_ms: HOLD_MAX_MS_DEFAULT,
             node_id: std::sync::Arc::from(""),
             charges_queued: false,
+            sqlite_path,
         })
     }
 
@@ -229,8 +240,8 @@ impl Store {
 }
 
 /// Makes sure the SQLite file's folder exists and asks for the file to be
-/// created when missing (`mode=rwc`).
-fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
+/// created when missing (`mode=rwc`); answers the URL and the file's path.
+fn prepare_sqlite_url(url: &str) -> Result<(String, std::path::PathBuf), StoreError> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let path = rest.split('?').next().unwrap_or(rest);
     if path.is_empty() || path == ":memory:" {
@@ -246,13 +257,14 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
         }
     }
     private_file(std::path::Path::new(path))?;
-    Ok(if rest.contains("mode=") {
+    let url = if rest.contains("mode=") {
         format!("sqlite://{rest}")
     } else if rest.contains('?') {
         format!("sqlite://{rest}&mode=rwc")
     } else {
         format!("sqlite://{rest}?mode=rwc")
-    })
+    };
+    Ok((url, std::path::PathBuf::from(path)))
 }
 
 /// The ledger is private: its file is created 0600 before SQLite opens it
