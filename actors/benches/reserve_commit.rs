@@ -18,7 +18,10 @@
 //!   `AtomicU64`, compare-exchange to reserve against the limit, `fetch_sub` /
 //!   `fetch_add` to commit) driven from two threads.
 //!
-//! The machine is shared and noisy: compare ratios within one run.
+//! The machine is shared and noisy: compare ratios within one run. The run
+//! ends by printing each registry case's pairs/s as a ratio to bare actix's
+//! (issue 16's target: at least 0.6×), from criterion's estimates of this
+//! run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -32,7 +35,7 @@ use actix::prelude::{Actor, Addr, ArbiterHandle, Context, Handler, Message};
 use actors::arbiters::ArbiterPool;
 use actors::budget::BudgetStatus;
 use actors::registry::{KeyLoader, KeyState, LoadFuture, Registry, RegistryLimits};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId, RequestId};
 
@@ -321,4 +324,29 @@ criterion_group! {
         .measurement_time(Duration::from_secs(3));
     targets = registry_benches, bare_actix_benches, atomic_counter_bench
 }
-criterion_main!(benches);
+/// Criterion's mean time per pair of bench `id` in its latest run, in ns.
+fn mean_ns(id: &str) -> Option<f64> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        std::path::PathBuf::from,
+    );
+    let path = target.join("criterion").join(id).join("new/estimates.json");
+    let estimates: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    estimates["mean"]["point_estimate"].as_f64()
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    let Some(bare) = mean_ns("bare_actix/hot_actor") else {
+        return;
+    };
+    println!("issue 16: pairs/s ÷ bare actix's, this run (target ≥ 0.6×)");
+    for case in ["registry/10k_keys", "registry/hot_key"] {
+        if let Some(ns) = mean_ns(case) {
+            let ratio = bare / ns;
+            let verdict = if ratio >= 0.6 { "MET" } else { "MISSED" };
+            println!("  {case}: {ratio:.2}× {verdict}");
+        }
+    }
+}

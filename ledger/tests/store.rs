@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use ledger::model::{
-    AccountRecord, ApiKeyRecord, ApiKeyType, ApiKeyUpdate, ChargeOutcome, ChargeWrite, Funds,
-    KeyRecord, KeyStatus, NewCharge, NewKey, NewSession, ProjectRecord, Purpose, Role,
+    AccountRecord, ApiKeyRecord, ApiKeyType, ApiKeyUpdate, ChargeOutcome, ChargeRecord,
+    ChargeWrite, Funds, KeyRecord, KeyStatus, NewCharge, NewKey, NewSession, ProjectRecord,
+    Purpose, Role,
 };
 use ledger::store::Backend;
 use ledger::testing::TestDb;
@@ -1299,27 +1300,22 @@ async fn the_charge_connection_writes_a_batch_whole_or_not_at_all(store: Store) 
     );
     assert_eq!(assert_key_books(&store, &key).await, (150, 550));
     let written = store.charge(&first.request_id).await.unwrap().unwrap();
-    let expected = (
-        &first.key_id,
-        first.model.as_str(),
-        first.price_version.as_str(),
-        (first.input_tokens, first.output_tokens),
-        first.amount,
-        first.reported,
-        first.created_at_ms,
-        "pending",
-    );
-    let stored = (
-        &written.key_id,
-        written.model.as_str(),
-        written.price_version.as_str(),
-        (written.input_tokens, written.output_tokens),
-        written.amount,
-        written.reported,
-        written.created_at_ms,
-        written.status.as_str(),
-    );
-    assert_eq!(stored, expected);
+    let expected = ChargeRecord {
+        request_id: first.request_id.clone(),
+        key_id: first.key_id.clone(),
+        model: first.model.clone(),
+        price_version: first.price_version.clone(),
+        input_tokens: first.input_tokens,
+        output_tokens: first.output_tokens,
+        amount: first.amount,
+        reported: first.reported,
+        status: "pending".into(),
+        batch_id: None,
+        tx_hash: None,
+        created_at_ms: first.created_at_ms,
+        client_request_id: None,
+    };
+    assert_eq!(written, expected);
 
     // Each batch below holds one charge that cannot be written as new, after
     // one that could: the whole batch is left undecided, nothing written.

@@ -9,70 +9,27 @@ use ledger::model::{ChargeOutcome, NewCharge};
 use ledger::store::Backend;
 use ledger::testing::{create_funded_key, TestDb};
 use ledger::time::now_ms;
-use ledger::{Amount, ChainId, KeyId, RequestId, WalletAddress};
+use ledger::{Amount, ChainId, KeyId, RequestId, Store, WalletAddress};
 use workers::ledger_writer::LedgerWriter;
 
 const CHAIN: ChainId = ChainId(43113);
 
-async fn concurrent_callers_write_each_charge_once(backend: Backend) {
+/// A fresh store of `backend` and a funded key of `budget_atomic` on it.
+async fn store_with_key(backend: Backend, owner: u8, budget_atomic: u64) -> (TestDb, Store, KeyId) {
     let db = TestDb::create(backend).await;
     let store = db.store().await;
-    let owner = WalletAddress::from_bytes([7; 20]);
     let key = create_funded_key(
         &store,
         &KeyId::generate(),
-        owner,
+        WalletAddress::from_bytes([owner; 20]),
         CHAIN,
-        Amount::from_atomic(10_000).unwrap(),
+        Amount::from_atomic(budget_atomic).unwrap(),
     )
     .await;
-    let writer = LedgerWriter::start(store.clone());
-    // 300 distinct calls of 10 each (3,000), every one sent twice at once.
-    let mut tasks = Vec::new();
-    for i in 0..300u32 {
-        let charge = NewCharge {
-            request_id: RequestId::generate(),
-            key_id: key.id.clone(),
-            model: "echo".into(),
-            price_version: "v1".into(),
-            input_tokens: i,
-            output_tokens: 1,
-            amount: Amount::from_atomic(10).unwrap(),
-            reported: (i % 2 == 0).then_some((i, 1)),
-            created_at_ms: now_ms(),
-            lease: None,
-            client_request_id: None,
-        };
-        for _ in 0..2 {
-            let (writer, charge) = (writer.clone(), charge.clone());
-            tasks.push(tokio::spawn(async move { writer.record(charge).await }));
-        }
-    }
-    let (mut recorded, mut duplicate) = (0, 0);
-    for task in tasks {
-        match task.await.unwrap().unwrap() {
-            ChargeOutcome::Recorded => recorded += 1,
-            ChargeOutcome::Duplicate => duplicate += 1,
-            other => panic!("{other:?}"),
-        }
-    }
-    assert_eq!((recorded, duplicate), (300, 300));
-    let charges = store.charges_for_key(&key.id).await.unwrap();
-    let sum: u64 = charges.iter().map(|c| c.amount.atomic()).sum();
-    assert_eq!((charges.len(), sum), (300, 3_000));
-    assert_eq!(
-        store
-            .key(&key.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .budget_used
-            .atomic(),
-        sum,
-        "budget_used equals the sum of the charges"
-    );
+    (db, store, key.id)
 }
 
+/// A charge of `amount` on `key`, with its own request id.
 fn charge_of(key: &KeyId, amount: u64) -> NewCharge {
     NewCharge {
         request_id: RequestId::generate(),
@@ -89,21 +46,46 @@ fn charge_of(key: &KeyId, amount: u64) -> NewCharge {
     }
 }
 
-/// 40 concurrent charges of 10 on a key of 250, and some on a key that does
+async fn concurrent_callers_write_each_charge_once(backend: Backend) {
+    let (_db, store, key) = store_with_key(backend, 7, 10_000).await;
+    let writer = LedgerWriter::start(store.clone());
+    // 300 distinct calls of 10 each (3,000), every one sent twice at once.
+    let mut tasks = Vec::new();
+    for i in 0..300u32 {
+        let charge = NewCharge {
+            input_tokens: i,
+            reported: (i % 2 == 0).then_some((i, 1)),
+            ..charge_of(&key, 10)
+        };
+        for _ in 0..2 {
+            let (writer, charge) = (writer.clone(), charge.clone());
+            tasks.push(tokio::spawn(async move { writer.record(charge).await }));
+        }
+    }
+    let (mut recorded, mut duplicate) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            ChargeOutcome::Recorded => recorded += 1,
+            ChargeOutcome::Duplicate => duplicate += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((recorded, duplicate), (300, 300));
+    let charges = store.charges_for_key(&key).await.unwrap();
+    let sum: u64 = charges.iter().map(|c| c.amount.atomic()).sum();
+    assert_eq!((charges.len(), sum), (300, 3_000));
+    assert_eq!(
+        store.key(&key).await.unwrap().unwrap().budget_used.atomic(),
+        sum,
+        "budget_used equals the sum of the charges"
+    );
+}
+
+/// 40 concurrent charges of 10 on a key of 250, and 8 on a key that does
 /// not exist: exactly 25 fit, the rest are refused one by one, and nothing
 /// else is lost — each caller hears its own charge's outcome.
 async fn refusals_are_answered_charge_by_charge(backend: Backend) {
-    let db = TestDb::create(backend).await;
-    let store = db.store().await;
-    let owner = WalletAddress::from_bytes([8; 20]);
-    let key = create_funded_key(
-        &store,
-        &KeyId::generate(),
-        owner,
-        CHAIN,
-        Amount::from_atomic(250).unwrap(),
-    )
-    .await;
+    let (_db, store, key) = store_with_key(backend, 8, 250).await;
     let (writer, writing) = LedgerWriter::spawn(store.clone());
     let unknown = KeyId::generate();
     let mut tasks = Vec::new();
@@ -111,7 +93,7 @@ async fn refusals_are_answered_charge_by_charge(backend: Backend) {
         let charge = if i % 6 == 5 {
             charge_of(&unknown, 10)
         } else {
-            charge_of(&key.id, 10)
+            charge_of(&key, 10)
         };
         let writer = writer.clone();
         tasks.push(tokio::spawn(async move { writer.record(charge).await }));
@@ -126,9 +108,9 @@ async fn refusals_are_answered_charge_by_charge(backend: Backend) {
         }
     }
     assert_eq!((recorded, over, unknown_key), (25, 15, 8));
-    let record = store.key(&key.id).await.unwrap().unwrap();
+    let record = store.key(&key).await.unwrap().unwrap();
     assert_eq!(record.budget_used.atomic(), 250);
-    assert_eq!(store.charges_for_key(&key.id).await.unwrap().len(), 25);
+    assert_eq!(store.charges_for_key(&key).await.unwrap().len(), 25);
     // The writer ends once its last handle is gone.
     drop(writer);
     tokio::time::timeout(std::time::Duration::from_secs(10), writing)
