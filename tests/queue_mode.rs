@@ -208,7 +208,10 @@ async fn worker_processes_record_what_serve_published_across_a_sigkill_and_a_sig
                     .send()
                     .await
                     .unwrap();
-                assert_eq!(response.status().as_u16(), 200);
+                if response.status().as_u16() != 200 {
+                    let status = response.status();
+                    panic!("{status}: {}", response.text().await.unwrap_or_default());
+                }
                 reported += header_amount(&response, "x-compose-key-final-amount-wei");
             }
             reported

@@ -71,7 +71,9 @@ async fn record_holding(
 /// store): past it the call answers 503 and the top-up finishes on its own.
 const TOP_UP_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The most top-ups one call takes part in before it holds what there is.
+/// The top-ups one call takes part in before it holds what there is (when
+/// that is at least its minimum; else it goes on while the store gives, for
+/// [`TOP_UP_WAIT_MAX`] at most).
 const TOP_UP_ROUNDS_MAX: u32 = 4;
 
 /// What a call asks its key's actor to hold.
@@ -130,7 +132,10 @@ async fn reserve_from_lease(
         Err(CallError::Reserve(ReserveError::AllowanceShort { .. })) => {}
         Err(error) => return Err(Refused::Call(error)),
     }
-    for round in 1..=TOP_UP_ROUNDS_MAX {
+    let asking_since = tokio::time::Instant::now();
+    let mut round = 0;
+    loop {
+        round += 1;
         let topping_up = match tokio::time::timeout(TOP_UP_WAIT_MAX, lease.top_up_lock()).await {
             Ok(guard) => guard,
             Err(_) if round == 1 => return Err(Refused::TopUp(TopUpError::Slow)),
@@ -153,12 +158,25 @@ async fn reserve_from_lease(
             )
             .await
             .map_err(Refused::TopUp)?;
-        // A grant goes to the actor, not to this call: calls arriving
-        // meanwhile may hold it first (a small key's takes are small). Ask
-        // again, a bounded number of times, while the store still gives —
-        // a grant short of the shortfall means it gave all it had.
-        if granted_amount < short || round == TOP_UP_ROUNDS_MAX {
+        // A grant short of the shortfall: the store gave all it had.
+        if granted_amount < short {
             break;
+        }
+        // A grant goes to the actor, not to this call: calls arriving
+        // meanwhile may hold it first (a small key's takes are small). After
+        // a few rounds the call settles for what there is — unless that is
+        // not even its minimum while the store still gives: then refusing
+        // would be a 402 on a key with budget left, so it asks again, for
+        // as long as a call waits on a top-up at most.
+        if round >= TOP_UP_ROUNDS_MAX {
+            match lease
+                .reserve(request.clone(), wanted, minimum, deadline_ms)
+                .await
+            {
+                Err(CallError::Reserve(ReserveError::InsufficientBudget { .. }))
+                    if asking_since.elapsed() < TOP_UP_WAIT_MAX => {}
+                done => return done.map_err(Refused::Call),
+            }
         }
     }
     // Whatever the store had is granted now: hold what there is.
