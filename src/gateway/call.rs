@@ -121,11 +121,7 @@ async fn reserve_from_lease(
     match reserve().await {
         Ok(reserved) => {
             if reserved.top_up {
-                leases.top_up_soon(
-                    &gateway.registry,
-                    key_id,
-                    leases.chunk_for(wanted, Amount::ZERO),
-                );
+                leases.top_up_soon(lease, key_id, leases.chunk_for(wanted, Amount::ZERO));
             }
             return Ok(reserved);
         }

@@ -199,17 +199,23 @@ impl LeaseKeeper {
     }
 
     /// Tops up `key`'s lease in the background, when no top-up of it runs
-    /// already: a call left its allowance below the low-water mark.
-    pub fn top_up_soon(&self, registry: &Registry, key: &KeyId, chunk: Amount) {
-        let (keeper, registry, key) = (self.clone(), registry.clone(), key.clone());
+    /// already: a call (holding `lease`) left its allowance below the
+    /// low-water mark.
+    ///
+    /// The task works on a share of the call's own lease, taken before it
+    /// is spawned: the actor it grants to is the call's, and it counts as a
+    /// call in flight until done, so a shutdown waits for it before the
+    /// actors return their leases. (It used to acquire the key afresh when
+    /// it ran: scheduled after a shutdown had retired the actor, that
+    /// started a new one whose grant nobody returned — a lease stranded
+    /// until its grace, seen in `tests/nodes.rs` under load.)
+    pub fn top_up_soon(&self, lease: &Lease, key: &KeyId, chunk: Amount) {
+        let Some(running) = lease.try_top_up_lock() else {
+            return;
+        };
+        let (keeper, lease, key) = (self.clone(), lease.share(), key.clone());
         tokio::spawn(async move {
-            // Its own lease on the actor: the actor stays while it runs.
-            let Ok(lease) = registry.acquire(&key).await else {
-                return;
-            };
-            let Some(_running) = lease.try_top_up_lock() else {
-                return;
-            };
+            let _running = running;
             if let Err(error) = keeper.top_up(&lease, &key, chunk, Amount::ZERO).await {
                 tracing::warn!(key_id = %key, %error, "a background lease top-up failed");
             }
