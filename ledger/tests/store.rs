@@ -1354,6 +1354,37 @@ async fn the_charge_connection_writes_a_batch_whole_or_not_at_all(store: Store) 
     assert_eq!(assert_key_books(&store, &key).await, (151, 550));
 }
 
+/// The writer's own connection waits out another connection's write lock
+/// (its busy handler retries every 250 µs) instead of giving the batch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charge_connection_waits_out_another_writer() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let store = db.store().await;
+    let key = funded_key(&store, wallet(42), 1_000).await.id;
+    let mut connection = store.charge_connection().unwrap().unwrap();
+    let path = db.url.trim_start_matches("sqlite://").to_owned();
+    let (locked, lock_taken) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let mut other = rusqlite::Connection::open(path).unwrap();
+        let transaction = other
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        locked.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        transaction.commit().unwrap();
+    });
+    lock_taken.recv().unwrap();
+    let started = std::time::Instant::now();
+    let written = connection.record_new_charges(&[charge(&key, atomic(10))]);
+    assert_eq!(written.unwrap(), Some(vec![ChargeOutcome::Recorded]));
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(200),
+        "it waited for the other writer"
+    );
+    holder.join().unwrap();
+    assert_eq!(assert_key_books(&store, &key).await, (10, 0));
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         store_suite!(@on sqlite, Sqlite, $($case),*);

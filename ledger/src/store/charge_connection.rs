@@ -55,7 +55,11 @@ impl ChargeConnection {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        connection.busy_timeout(Duration::from_millis(u64::from(SQLITE_BUSY_TIMEOUT_MS)))?;
+        // Waiting on the write lock (the settlement's batch, a lease take):
+        // SQLite's own busy handler sleeps 1, 2, 5, 10 … 100 ms between
+        // tries, which every caller of a batch waits out; this one tries
+        // every 250 µs, for as long as the pool's busy timeout.
+        connection.busy_handler(Some(wait_for_the_write_lock))?;
         // The pool's settings (`Store::connect`); WAL is the file's own.
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
@@ -105,6 +109,19 @@ impl ChargeConnection {
         transaction.commit()?;
         Ok(Some(vec![ChargeOutcome::Recorded; charges.len()]))
     }
+}
+
+/// SQLite's busy handler for [`ChargeConnection`]: another try after 250
+/// µs, for [`SQLITE_BUSY_TIMEOUT_MS`] in all (`false` gives up: the batch
+/// then goes through the pool, which waits its own busy timeout).
+fn wait_for_the_write_lock(tries: i32) -> bool {
+    const PAUSE_US: u64 = 250;
+    let waited_us = u64::try_from(tries).unwrap_or(0).saturating_mul(PAUSE_US);
+    if waited_us >= u64::from(SQLITE_BUSY_TIMEOUT_MS) * 1_000 {
+        return false;
+    }
+    std::thread::sleep(Duration::from_micros(PAUSE_US));
+    true
 }
 
 /// Runs [`INSERT_ONE`] for `charge` (the values `bind_charge` binds).
