@@ -107,11 +107,9 @@ async fn reserve_from_lease(
         minimum,
         deadline_ms,
     } = hold;
+    let hold_what_there_is = || lease.reserve(request.clone(), wanted, minimum, deadline_ms);
     if lease.budget_lease().is_none() {
-        return lease
-            .reserve(request.clone(), wanted, minimum, deadline_ms)
-            .await
-            .map_err(Refused::Call);
+        return hold_what_there_is().await.map_err(Refused::Call);
     }
     let leases = &gateway.leases;
     leases.check_renewed().map_err(Refused::TopUp)?;
@@ -165,10 +163,7 @@ async fn reserve_from_lease(
         // would be a 402 on a key with budget left, so it asks again, for
         // as long as a call waits on a top-up at most.
         if round >= TOP_UP_ROUNDS_MAX {
-            match lease
-                .reserve(request.clone(), wanted, minimum, deadline_ms)
-                .await
-            {
+            match hold_what_there_is().await {
                 Err(CallError::Reserve(ReserveError::InsufficientBudget { .. }))
                     if asking_since.elapsed() < TOP_UP_WAIT_MAX => {}
                 done => return done.map_err(Refused::Call),
@@ -176,10 +171,7 @@ async fn reserve_from_lease(
         }
     }
     // Whatever the store had is granted now: hold what there is.
-    lease
-        .reserve(request.clone(), wanted, minimum, deadline_ms)
-        .await
-        .map_err(Refused::Call)
+    hold_what_there_is().await.map_err(Refused::Call)
 }
 
 /// A call holding budget on its key.

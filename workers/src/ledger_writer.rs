@@ -131,7 +131,7 @@ async fn run(store: Store, mut receiver: Queued) {
     while receiver.recv_many(&mut batch, BATCH_MAX).await > 0 {
         let (charges, replies): (Vec<NewCharge>, Vec<Reply>) = batch.drain(..).unzip();
         let written = record_with_retries(&store, &charges).await;
-        answer(replies, charges.len(), written);
+        answer(replies, written);
     }
 }
 
@@ -195,17 +195,13 @@ fn run_on_thread(
                 runtime.block_on(record_with_retries(store, &charges))
             }
         };
-        answer(replies, charges.len(), written);
+        answer(replies, written);
     }
 }
 
 /// Answers each caller of a batch with its charge's outcome, or the
 /// batch's failure.
-fn answer(
-    replies: Vec<Reply>,
-    charges: usize,
-    written: Result<Vec<ChargeOutcome>, ledger::StoreError>,
-) {
+fn answer(replies: Vec<Reply>, written: Result<Vec<ChargeOutcome>, ledger::StoreError>) {
     match written {
         Ok(outcomes) => {
             debug_assert_eq!(outcomes.len(), replies.len());
@@ -215,7 +211,7 @@ fn answer(
             }
         }
         Err(error) => {
-            tracing::error!(%error, charges, "writing charges failed");
+            tracing::error!(%error, charges = replies.len(), "writing charges failed");
             let error = WriteError::Store(error.to_string());
             for reply in replies {
                 let _ = reply.send(Err(error.clone()));
