@@ -88,7 +88,7 @@ pub struct StoreSettings {
 pub struct QueueSettings {
     pub url: QueueUrl,
     /// The queue paid calls' `CallCompleted` events go to (with RabbitMQ;
-    /// its dead letters are `NAME.dead`).
+    /// its dead letters are the stream `NAME.dead-letters`).
     pub calls_queue: String,
     /// Messages one consumer holds unacknowledged.
     pub prefetch: u16,

@@ -165,7 +165,7 @@ async fn queue_drained(name: &str) -> bool {
         .output()
         .expect("rabbitmqctl lists the broker's queues");
     let text = String::from_utf8_lossy(&output.stdout);
-    let dead = format!("{name}.dead");
+    let dead = format!("{name}.dead-letters");
     let counts: Vec<&str> = text
         .lines()
         .filter_map(|line| line.split_once('\t'))

@@ -250,6 +250,234 @@ async fn rabbit_publishes_survive_a_lost_connection() {
     cleanup(&queue, &name, vec![consumer]).await;
 }
 
+/// `rabbitmqctl ARGS` (RabbitMQ's own CLI, on this machine with the
+/// broker); asserts it succeeded.
+fn rabbitmqctl(args: &[&str]) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl (RabbitMQ's own CLI) must be installed with the broker");
+    assert!(status.success(), "rabbitmqctl {args:?}");
+}
+
+/// A broker policy, cleared when dropped (a failed test clears it too).
+struct Policy(String);
+
+impl Policy {
+    fn set(name: &str, pattern: &str, definition: &str) -> Policy {
+        rabbitmqctl(&[
+            "set_policy",
+            "--apply-to",
+            "queues",
+            name,
+            pattern,
+            definition,
+        ]);
+        Policy(name.to_owned())
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        rabbitmqctl(&["clear_policy", &self.0]);
+    }
+}
+
+/// Dead letters of `name`, listed (nothing moved): their message ids, sorted.
+async fn listed(queue: &Queue, name: &str) -> Vec<String> {
+    let mut ids: Vec<String> = queue
+        .sweep_dead(name, 1_000, &mut |_| false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(letter, moved)| {
+            assert!(!moved);
+            assert_eq!(letter.reason, "rejected");
+            letter.message_id
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Listing dead letters never spends them: with a delivery limit of 2 on
+/// the dead-letter queue (a policy, as an operator may set one), 10 dead
+/// letters listed 22 times are still the same 10; retried, each is
+/// delivered on the calls queue once and is a dead letter no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbit_listing_dead_letters_many_times_keeps_them() {
+    let (queue, name) = queue(Kind::Rabbit).await;
+    let _policy = Policy::set(
+        &format!("{name}-dead-limit"),
+        &format!("^{name}\\.dead"),
+        r#"{"delivery-limit":2}"#,
+    );
+    let ids: Vec<String> = (0..10).map(|i| format!("letter-{i:02}")).collect();
+    for id in &ids {
+        queue
+            .publish(&name, id, Bytes::from(id.clone()))
+            .await
+            .unwrap();
+    }
+    let mut consumer = queue.consume(&name).await.unwrap();
+    for _ in &ids {
+        next(&mut consumer).await.reject().await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listed(&queue, &name).await.len() < ids.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead-lettered in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for listing in 0..22 {
+        assert_eq!(listed(&queue, &name).await, ids, "listing {listing}");
+    }
+    let swept = queue.sweep_dead(&name, 1_000, &mut |_| true).await.unwrap();
+    assert_eq!(swept.iter().filter(|(_, moved)| *moved).count(), ids.len());
+    let mut back = Vec::new();
+    for _ in &ids {
+        let delivery = next(&mut consumer).await;
+        back.push(delivery.message_id.clone());
+        delivery.ack().await.unwrap();
+    }
+    back.sort();
+    assert_eq!(back, ids, "each retried letter is delivered again");
+    quiet(&mut consumer).await;
+    assert!(
+        listed(&queue, &name).await.is_empty(),
+        "retried: dead no more"
+    );
+    let again = queue.sweep_dead(&name, 1_000, &mut |_| true).await.unwrap();
+    assert!(again.is_empty(), "a second retry moves nothing");
+    quiet(&mut consumer).await;
+    cleanup(&queue, &name, vec![consumer]).await;
+}
+
+/// A deployment of an earlier version has the quorum queue `NAME.dead`
+/// bound to `NAME.dlx` (a queue's type cannot change on redeclare): the
+/// first declare moves its letters, reasons and all, into the stream and
+/// deletes it; later dead letters go to the stream alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbit_adopts_the_dead_letters_of_an_earlier_version() {
+    use lapin::options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+    let url = std::env::var("TOLLGATE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let name = format!("test-{}", uuid::Uuid::now_v7().simple());
+    let (legacy, dlx) = (format!("{name}.dead"), format!("{name}.dlx"));
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            dlx.as_str().into(),
+            lapin::ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(legacy.as_str().into(), durable, quorum)
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            legacy.as_str().into(),
+            dlx.as_str().into(),
+            name.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let ids = ["old-0", "old-1", "old-2"];
+    for id in ids {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-first-death-reason".into(),
+            AMQPValue::LongString("rejected".into()),
+        );
+        let properties = lapin::BasicProperties::default()
+            .with_message_id(id.into())
+            .with_headers(headers);
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                legacy.as_str().into(),
+                BasicPublishOptions::default(),
+                id.as_bytes(),
+                properties,
+            )
+            .await
+            .unwrap();
+        assert!(confirm.await.unwrap().is_ack());
+    }
+    let queue = Queue::connect(&url, options()).await.unwrap();
+    queue.declare(&name).await.unwrap();
+    queue.declare(&name).await.unwrap();
+    assert_eq!(
+        listed(&queue, &name).await,
+        ids,
+        "the old letters are adopted"
+    );
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let gone = connection.create_channel().await.unwrap();
+    assert!(
+        gone.queue_declare(legacy.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_err(),
+        "the old dead-letter queue is deleted"
+    );
+    queue
+        .publish(&name, "new", Bytes::from_static(b"new"))
+        .await
+        .unwrap();
+    let mut consumer = queue.consume(&name).await.unwrap();
+    next(&mut consumer).await.reject().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listed(&queue, &name).await.len() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead-lettered in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        listed(&queue, &name).await,
+        ["new", "old-0", "old-1", "old-2"]
+    );
+    let _ = connection.close(200, "done".into()).await;
+    cleanup(&queue, &name, vec![consumer]).await;
+}
+
 macro_rules! both_queues {
     ($($case:ident),* $(,)?) => {
         mod memory {

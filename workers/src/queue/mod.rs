@@ -12,12 +12,18 @@
 //!   to another.
 //! * A message delivered [`QueueOptions::delivery_limit`] times without an
 //!   ack, or [`Delivery::reject`]ed, goes to the queue's dead-letter queue
-//!   (`NAME.dead`), where an operator finds it with its reason.
+//!   (`NAME.dead-letters`), where an operator finds it with its reason.
+//!   Reading the dead letters ([`Queue::sweep_dead`]) takes nothing from
+//!   there and counts no delivery: however often an operator lists them,
+//!   they stay until retried.
 //!
 //! Topology (declared idempotently by [`Queue::declare`]): a durable quorum
 //! queue `NAME` with `x-delivery-limit`, `x-overflow = reject-publish` and
 //! at-least-once dead-lettering through the exchange `NAME.dlx` into the
-//! quorum queue `NAME.dead`.
+//! stream `NAME.dead-letters` (a stream has no delivery limit and is read
+//! from an offset, not consumed; a retried letter is marked there by a
+//! tombstone). The quorum queue `NAME.dead` of earlier versions is adopted
+//! by the first declare: its letters move into the stream.
 
 use std::time::Duration;
 
@@ -116,9 +122,9 @@ impl Queue {
         }
     }
 
-    /// The name of `name`'s dead-letter queue.
+    /// The name of `name`'s dead-letter queue (on RabbitMQ, a stream).
     pub fn dead_letters(name: &str) -> String {
-        format!("{name}.dead")
+        format!("{name}.dead-letters")
     }
 
     /// Deletes `name` and its dead-letter queue and exchange (tests, and an
@@ -150,7 +156,7 @@ pub const SWEEP_MAX: usize = 10_000;
 impl Queue {
     /// Looks at up to `max` dead letters of `name` and moves back to `name`
     /// those `requeue` picks; answers each with whether it moved. The
-    /// others stay dead-lettered, in order.
+    /// others stay dead-lettered, in order; looking spends no delivery.
     pub async fn sweep_dead(
         &self,
         name: &str,

@@ -1,7 +1,8 @@
 //! RabbitMQ through `lapin`: quorum queues, persistent messages, publisher
 //! confirms awaited per message but many in flight on one channel (each
 //! publish is its own future), manual acks, prefetch, and dead-lettering
-//! after the delivery limit.
+//! after the delivery limit into a stream that listing reads without
+//! consuming.
 //!
 //! Connecting retries with exponential backoff and jitter (`backon`), and
 //! the connection recovers on its own (`lapin`'s auto-recovery replays the
@@ -107,6 +108,8 @@ impl RabbitQueue {
     }
 
     /// Declares the topology of `name` (see the module doc). Idempotent.
+    /// A quorum dead-letter queue `NAME.dead` of an earlier version is
+    /// adopted: unbound, its letters moved into the stream, then deleted.
     pub async fn declare(&self, name: &str) -> Result<(), QueueError> {
         let channel = &self.publisher;
         let dlx = format!("{name}.dlx");
@@ -127,8 +130,10 @@ impl RabbitQueue {
             )
             .await
             .map_err(unavailable)?;
+        let mut stream = FieldTable::default();
+        stream.insert("x-queue-type".into(), long_string("stream"));
         channel
-            .queue_declare(dead.as_str().into(), durable, quorum())
+            .queue_declare(dead.as_str().into(), durable, stream)
             .await
             .map_err(unavailable)?;
         channel
@@ -141,6 +146,7 @@ impl RabbitQueue {
             )
             .await
             .map_err(unavailable)?;
+        self.adopt_legacy_dead(name).await?;
         let mut arguments = quorum();
         arguments.insert("x-dead-letter-exchange".into(), long_string(&dlx));
         arguments.insert("x-dead-letter-routing-key".into(), long_string(name));
@@ -174,10 +180,23 @@ impl RabbitQueue {
         message_id: &str,
         body: Bytes,
     ) -> Result<(), QueueError> {
+        let properties = BasicProperties::default().with_message_id(ShortString::from(message_id));
+        self.publish_with(name, properties, &body).await
+    }
+
+    /// [`RabbitQueue::publish`] with the message's properties given (made
+    /// persistent here).
+    async fn publish_with(
+        &self,
+        name: &str,
+        properties: BasicProperties,
+        body: &[u8],
+    ) -> Result<(), QueueError> {
+        let properties = properties.with_delivery_mode(2);
         let deadline = tokio::time::Instant::now() + self.options.publish_timeout;
         let late = || QueueError::Unavailable("no confirm in time".into());
         loop {
-            let attempt = self.publish_once(name, message_id, &body);
+            let attempt = publish_once(&self.publisher, name, properties.clone(), body);
             match tokio::time::timeout_at(deadline, attempt).await {
                 Err(_) => return Err(late()),
                 Ok(Ok(true)) => return Ok(()),
@@ -194,24 +213,6 @@ impl RabbitQueue {
                 }
             }
         }
-    }
-
-    /// One publish: whether the broker acked it.
-    async fn publish_once(&self, name: &str, message_id: &str, body: &[u8]) -> lapin::Result<bool> {
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(message_id));
-        let confirm = self
-            .publisher
-            .basic_publish(
-                "".into(),
-                name.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await?;
-        Ok(confirm.await?.is_ack())
     }
 
     /// A consumer on a connection of its own, with manual acks and the
@@ -248,12 +249,89 @@ impl RabbitQueue {
     }
 }
 
+/// The header that marks what the operator's tools wrote into a
+/// dead-letter stream: [`RETRIED`] (a tombstone: the letter with this
+/// message id was put back) or [`END_OF_READ`] (where one reading stops).
+const DEAD_LOG_HEADER: &str = "tollgate-dead-log";
+const RETRIED: &str = "retried";
+const END_OF_READ: &str = "end-of-read";
+
+/// One publish on `channel` (in confirm mode): whether the broker acked it.
+async fn publish_once(
+    channel: &Channel,
+    name: &str,
+    properties: BasicProperties,
+    body: &[u8],
+) -> lapin::Result<bool> {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            name.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await?;
+    Ok(confirm.await?.is_ack())
+}
+
+/// A stream message of ours: `kind` in [`DEAD_LOG_HEADER`], `message_id`.
+fn dead_log_entry(kind: &str, message_id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(DEAD_LOG_HEADER.into(), long_string(kind));
+    BasicProperties::default()
+        .with_message_id(ShortString::from(message_id))
+        .with_headers(headers)
+}
+
+/// The dead letters a stream's log leaves, oldest first: a letter counts
+/// once by message id (at-least-once dead-lettering may write it twice)
+/// until a tombstone after it removes it; one dead-lettered again after
+/// its tombstone counts again.
+#[derive(Default)]
+struct DeadLog {
+    letters: Vec<Option<DeadLetter>>,
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl DeadLog {
+    fn letter(&mut self, letter: DeadLetter) {
+        if !self.index.contains_key(&letter.message_id) {
+            self.index
+                .insert(letter.message_id.clone(), self.letters.len());
+            self.letters.push(Some(letter));
+        }
+    }
+
+    fn retried(&mut self, message_id: &str) {
+        if let Some(slot) = self.index.remove(message_id) {
+            self.letters[slot] = None;
+        }
+    }
+
+    fn live(self) -> impl Iterator<Item = DeadLetter> {
+        self.letters.into_iter().flatten()
+    }
+}
+
+fn message_id(delivery: &lapin::message::Delivery) -> String {
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default()
+}
+
 impl RabbitQueue {
-    /// Takes up to `max` messages of `name`'s dead-letter queue on a
-    /// channel of its own, moves back to `name` those `requeue` picks (a
-    /// confirmed publish, then the dead copy's ack: at least once, never
-    /// lost), and leaves the others where they were (the channel closes
-    /// with them unacknowledged).
+    /// Reads up to `max` dead letters of `name` (oldest first) and moves
+    /// back to `name` those `requeue` picks: a confirmed publish to `name`,
+    /// then a confirmed tombstone in the dead-letter stream. Reading a
+    /// stream takes nothing from it and counts no delivery, so listing is
+    /// harmless however often it runs; a letter moved back is never read
+    /// again (a crash between the two publishes leaves it listed, and a
+    /// second retry publishes it twice — the ledger records a request id
+    /// once). Letters dead-lettered while this runs wait for the next one.
     pub async fn sweep_dead(
         &self,
         name: &str,
@@ -261,47 +339,97 @@ impl RabbitQueue {
         requeue: &mut dyn FnMut(&DeadLetter) -> bool,
     ) -> Result<Vec<(DeadLetter, bool)>, QueueError> {
         let dead = super::Queue::dead_letters(name);
-        let channel = self.recovering(|| self.connection.create_channel()).await?;
+        let letters = self.read_dead(&dead).await?;
         let mut swept = Vec::new();
-        let mut moved_ids = std::collections::HashSet::new();
-        while swept.len() < max {
-            let got = channel
-                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false })
-                .await
-                .map_err(unavailable)?;
-            let Some(got) = got else { break };
-            let delivery = got.delivery;
-            let letter = DeadLetter {
-                message_id: delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.as_str().to_owned())
-                    .unwrap_or_default(),
-                body: Bytes::copy_from_slice(&delivery.data),
-                reason: header_text(&delivery, "x-first-death-reason")
-                    .unwrap_or_else(|| "unknown".to_owned()),
-            };
-            // A message moved back that failed again is back here: one
-            // sweep moves it once.
-            if moved_ids.contains(&letter.message_id) {
-                break;
-            }
+        for letter in letters.live().take(max) {
             let moved = requeue(&letter);
             if moved {
-                moved_ids.insert(letter.message_id.clone());
                 self.publish(name, &letter.message_id, letter.body.clone())
                     .await?;
-                ack(delivery).await?;
+                let tombstone = dead_log_entry(RETRIED, &letter.message_id);
+                self.publish_with(&dead, tombstone, &[]).await?;
             }
             swept.push((letter, moved));
         }
-        // Whatever was not moved goes back to the dead-letter queue.
+        Ok(swept)
+    }
+
+    /// Reads the dead-letter stream `dead` from its first offset up to an
+    /// end mark this reading writes first (so it knows where the stream
+    /// ended when it began), on a channel of its own.
+    async fn read_dead(&self, dead: &str) -> Result<DeadLog, QueueError> {
+        let end = uuid::Uuid::now_v7().simple().to_string();
+        self.publish_with(dead, dead_log_entry(END_OF_READ, &end), &[])
+            .await?;
+        let channel = self.recovering(|| self.connection.create_channel()).await?;
+        let read = read_stream_until(&channel, dead, &end, self.options.publish_timeout).await;
+        let _ = channel.close(200, "dead letters read".into()).await;
+        read
+    }
+    /// Adopts the quorum dead-letter queue `NAME.dead` that versions before
+    /// the stream declared (a queue's type cannot change on redeclare):
+    /// unbinds it from `NAME.dlx`, moves each of its letters, headers and
+    /// all, into the stream (confirmed, then acked: a crash in between
+    /// writes a letter twice, which the stream's reading counts once), and
+    /// deletes it once empty (a reader on it keeps it for the next
+    /// declare). Nothing when there is none.
+    async fn adopt_legacy_dead(&self, name: &str) -> Result<(), QueueError> {
+        let legacy = format!("{name}.dead");
+        let channel = self.recovering(|| self.connection.create_channel()).await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel
+            .queue_declare(legacy.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            // The broker closed that channel: nothing to adopt.
+            Err(error) if not_found(&error) => return Ok(()),
+            Err(error) => return Err(unavailable(error)),
+            Ok(_) => {}
+        }
+        let dlx = format!("{name}.dlx");
         channel
-            .close(200, "dead letters swept".into())
+            .queue_unbind(
+                legacy.as_str().into(),
+                dlx.as_str().into(),
+                name.into(),
+                FieldTable::default(),
+            )
             .await
             .map_err(unavailable)?;
-        Ok(swept)
+        let dead = super::Queue::dead_letters(name);
+        let mut moved = 0_usize;
+        while let Some(got) = channel
+            .basic_get(legacy.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(unavailable)?
+        {
+            let delivery = got.delivery;
+            self.publish_with(&dead, delivery.properties.clone(), &delivery.data)
+                .await?;
+            ack(delivery).await?;
+            moved += 1;
+        }
+        // Quorum queues refuse `if_empty` on delete: look, then delete.
+        let left = channel
+            .queue_declare(legacy.as_str().into(), passive, FieldTable::default())
+            .await
+            .map_err(unavailable)?;
+        if left.message_count() > 0 || left.consumer_count() > 0 {
+            tracing::warn!(queue = %legacy, "the old dead-letter queue is still in use; kept");
+            return Ok(());
+        }
+        channel
+            .queue_delete(legacy.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let _ = channel
+            .close(200, "legacy dead letters adopted".into())
+            .await;
+        tracing::info!(queue = %legacy, into = %dead, moved, "adopted the old dead-letter queue");
+        Ok(())
     }
 
     /// Runs a channel operation, waiting out a connection recovery (at most
@@ -330,6 +458,65 @@ impl RabbitQueue {
                 Ok(Ok(())) => {}
             }
         }
+    }
+}
+
+/// Reads the stream `dead` on `channel` from its first offset until the
+/// end mark `end`, folding what it reads into a [`DeadLog`]. Acks are a
+/// stream's flow control only: nothing leaves the stream. Each message must
+/// arrive within `wait`.
+async fn read_stream_until(
+    channel: &Channel,
+    dead: &str,
+    end: &str,
+    wait: Duration,
+) -> Result<DeadLog, QueueError> {
+    // A stream consumer needs a prefetch.
+    channel
+        .basic_qos(500, BasicQosOptions::default())
+        .await
+        .map_err(unavailable)?;
+    let mut from_first = FieldTable::default();
+    from_first.insert("x-stream-offset".into(), long_string("first"));
+    let tag = format!("tollgate-dead-reader-{end}");
+    let mut consumer = channel
+        .basic_consume(
+            dead.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            from_first,
+        )
+        .await
+        .map_err(|error| {
+            if not_found(&error) {
+                QueueError::Undeclared(dead.to_owned())
+            } else {
+                unavailable(error)
+            }
+        })?;
+    let mut log = DeadLog::default();
+    loop {
+        let delivery = match tokio::time::timeout(wait, consumer.next()).await {
+            Err(_) | Ok(None) => {
+                return Err(QueueError::Unavailable(format!(
+                    "the dead-letter stream {dead} stopped before its end"
+                )))
+            }
+            Ok(Some(delivery)) => delivery.map_err(unavailable)?,
+        };
+        let id = message_id(&delivery);
+        match header_text(&delivery, DEAD_LOG_HEADER).as_deref() {
+            Some(END_OF_READ) if id == end => return Ok(log),
+            Some(END_OF_READ) => {}
+            Some(RETRIED) => log.retried(&id),
+            _ => log.letter(DeadLetter {
+                message_id: id,
+                body: Bytes::copy_from_slice(&delivery.data),
+                reason: header_text(&delivery, "x-first-death-reason")
+                    .unwrap_or_else(|| "unknown".to_owned()),
+            }),
+        }
+        ack(delivery).await?;
     }
 }
 
