@@ -58,6 +58,8 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
+    /// `http.admin_bind`'s server (operations routes) and its port.
+    admin: Option<(Server, u16)>,
     store: Store,
     gateway: Gateway,
     tasks: Vec<NamedTask>,
@@ -143,8 +145,12 @@ impl Application {
         }
         // Without a queue there is no `tollgate worker` to settle: `serve`
         // always does.
+        let store_gauges = crate::metrics::StoreGaugeCache::default();
         if crate::metrics::handle().is_some() {
             tasks.push(("metrics upkeep", tokio::spawn(crate::metrics::upkeep())));
+            let every = Duration::from_millis(settings.http.metrics_refresh_ms);
+            let refresh = store_gauges.clone().run(store.clone(), every);
+            tasks.push(("store gauges", tokio::spawn(refresh)));
         }
         let chain_clients = crate::pools::chain_clients(&settings)?;
         let settled_txs = crate::settled_txs::SettledTxs::default();
@@ -179,8 +185,10 @@ impl Application {
                 studio,
             )
             .with_chain_clients(chain_clients, settled_txs)
-            .with_queue(queue.clone()),
+            .with_queue(queue.clone())
+            .with_store_gauges(store_gauges),
         );
+        let admin = admin_server(&state)?;
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(tracing_actix_web::TracingLogger::<crate::telemetry::RequestSpans>::new())
@@ -217,6 +225,7 @@ impl Application {
         Ok(Application {
             port,
             server,
+            admin,
             store,
             gateway,
             tasks,
@@ -226,6 +235,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `http.admin_bind`'s listener, when there is one.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin.as_ref().map(|(_, port)| *port)
     }
 
     /// Serves until the process is asked to stop (SIGINT/SIGTERM), then
@@ -243,6 +257,7 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         let Application {
             server,
+            admin,
             store,
             gateway,
             tasks,
@@ -251,6 +266,7 @@ impl Application {
         } = self;
         let handle = server.handle();
         let mut serving = tokio::spawn(server);
+        let admin = admin.map(|(server, _)| (server.handle(), tokio::spawn(server)));
         let (names, handles): (Vec<&'static str>, Vec<JoinHandle<()>>) = tasks.into_iter().unzip();
         let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
         let mut watched: futures_util::stream::FuturesUnordered<_> = handles
@@ -281,6 +297,10 @@ impl Application {
         //    shutdown timeout, set from the same setting).
         handle.stop(true).await;
         let _ = serving.await;
+        if let Some((handle, serving)) = admin {
+            handle.stop(true).await;
+            let _ = serving.await;
+        }
         // 2. Calls still running outside a request write their charges
         //    under their leases: wait until none is out.
         let deadline = tokio::time::Instant::now() + shutdown_timeout;
@@ -316,6 +336,38 @@ impl Application {
             Some(why) => Err(StartupError::Stopped(why)),
         }
     }
+}
+
+/// The server of `http.admin_bind` (none when it is empty): `/metrics`,
+/// `/healthz` and `/readyz` on a listener of its own, one worker, so a
+/// scraper need not reach the paid path's listener (where `/metrics` then
+/// answers 404).
+fn admin_server(state: &web::Data<AppState>) -> Result<Option<(Server, u16)>, StartupError> {
+    let addr = state.settings.http.admin_bind.clone();
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+    let port = listener.local_addr().map_err(StartupError::Server)?.port();
+    tracing::info!(admin_bind = %addr, port, "operations routes on their own listener");
+    let state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(http::health::AdminListener)
+            .route("/metrics", web::get().to(http::health::metrics))
+            .route("/healthz", web::get().to(http::health::healthz))
+            .route("/readyz", web::get().to(http::health::readyz))
+    })
+    .disable_signals()
+    .workers(1)
+    .listen(listener)
+    .map_err(StartupError::Server)?
+    .run();
+    Ok(Some((server, port)))
 }
 
 /// SIGINT or SIGTERM.

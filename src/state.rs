@@ -38,6 +38,8 @@ pub struct AppState {
     pub settled_txs: SettledTxs,
     /// The broker, in the queue mode (`/readyz` checks it).
     pub queue: Option<workers::queue::Queue>,
+    /// The store's gauges, read in the background for `/metrics`.
+    pub store_gauges: crate::metrics::StoreGaugeCache,
 }
 
 /// What the Studio surface needs beyond the store.
@@ -71,6 +73,7 @@ impl AppState {
             chain_clients: Arc::new(HashMap::new()),
             settled_txs: SettledTxs::default(),
             queue: None,
+            store_gauges: crate::metrics::StoreGaugeCache::default(),
         }
     }
 
@@ -83,6 +86,12 @@ impl AppState {
     ) -> AppState {
         self.chain_clients = Arc::new(clients);
         self.settled_txs = settled_txs;
+        self
+    }
+
+    /// With the cache its `/metrics` serves the store's gauges from.
+    pub fn with_store_gauges(mut self, cache: crate::metrics::StoreGaugeCache) -> AppState {
+        self.store_gauges = cache;
         self
     }
 

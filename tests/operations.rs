@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_402s_and_ledger_state() {
-    let (app, _mock) = spawn_paid_app(Backend::Sqlite).await;
+    let refresh = [("TOLLGATE__HTTP__METRICS_REFRESH_MS", "100")];
+    let (app, _mock) = spawn_paid_app_with(Backend::Sqlite, &refresh).await;
     let paid = app.paid_key(1_000).await;
     let response = app
         .chat(
@@ -35,6 +36,8 @@ async fn metrics_count_requests_by_route_402s_and_ledger_state() {
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     let (status, _) = app.get_key(&paid.session, &paid.key_id).await;
     assert_eq!(status, StatusCode::OK);
+    // The store's gauges are read every 100 ms in the background.
+    tokio::time::sleep(Duration::from_millis(400)).await;
 
     let text = app
         .client
@@ -68,6 +71,140 @@ async fn metrics_count_requests_by_route_402s_and_ledger_state() {
     assert!(value(r#"tollgate_holds_closed_total{how="committed"} "#) >= 1.0);
     // Routes are patterns: no key id makes a series of its own.
     assert!(!text.contains(&paid.key_id), "a key id leaked into a label");
+}
+
+/// A series' value in a Prometheus text.
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// `/metrics` behind `http.metrics_token`: 401 (JSON error) without it or
+/// with another, and a scrape never reads the store — the store's gauges
+/// are read once per `http.metrics_refresh_ms` in the background, so 64
+/// concurrent scrapes (with readiness probes among them, all ready) add at
+/// most the reads that interval allows, and the gauges still follow the
+/// store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_from_a_background_read_behind_a_token() {
+    const TOKEN: &str = "metrics-token-0123456789";
+    let (app, _mock) = spawn_paid_app_with(
+        Backend::Postgres,
+        &[
+            ("TOLLGATE__HTTP__METRICS_TOKEN", TOKEN),
+            ("TOLLGATE__HTTP__METRICS_REFRESH_MS", "500"),
+        ],
+    )
+    .await;
+    let scrape = |token: Option<&'static str>| {
+        let mut request = app.client.get(app.url("/metrics"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    for token in [None, Some("metrics-token-0123456780"), Some("")] {
+        let (status, text) = scrape(token).await;
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_error(&(status, body), 401, "invalid_metrics_token");
+        assert!(!text.contains(TOKEN), "the token is never shown");
+    }
+    let reads = |text: &str| series_value(text, "tollgate_store_gauge_reads_total ");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let (status, text) = scrape(Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::OK);
+        match reads(&text) {
+            Some(n) if n >= 3.0 => break n,
+            _ => assert!(Instant::now() < deadline, "the gauges are read: {text}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let started = Instant::now();
+    let scrapes = (0..64).map(|_| scrape(Some(TOKEN)));
+    let probes = (0..16).map(|_| {
+        let request = app.client.get(app.url("/readyz"));
+        async move { request.send().await.unwrap().status() }
+    });
+    let (scraped, probed) = tokio::join!(
+        futures_util::future::join_all(scrapes),
+        futures_util::future::join_all(probes)
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        probed.iter().all(|status| *status == StatusCode::OK),
+        "{probed:?}"
+    );
+    let after = scraped
+        .iter()
+        .map(|(status, text)| {
+            assert_eq!(*status, StatusCode::OK);
+            reads(text).unwrap()
+        })
+        .fold(before, f64::max);
+    assert!(
+        after - before <= 2.0 + elapsed / 0.5,
+        "64 scrapes in {elapsed:.2} s read the store {} times",
+        after - before
+    );
+    // The gauges follow the store on the interval.
+    let paid = app.paid_key(1_000).await;
+    let response = app
+        .chat(
+            &paid.token,
+            &json!({ "model": "echo", "messages": [{ "role": "user", "content": "count me" }] }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text) = scrape(Some(TOKEN)).await;
+        if series_value(&text, r#"tollgate_charges{status="pending"} "#).is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the charge reaches the gauge: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `http.admin_bind`: `/metrics` moves to a listener of its own (with
+/// `/readyz` and `/healthz`) and is no route on the paid path's listener.
+#[tokio::test]
+async fn metrics_can_live_on_an_admin_listener_of_their_own() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[("TOLLGATE__HTTP__ADMIN_BIND", "127.0.0.1:0")],
+    )
+    .await;
+    let (status, body) = json_of(app.client.get(app.url("/metrics")).send().await.unwrap()).await;
+    assert_error(&(status, body), 404, "route_not_found");
+    let admin = format!(
+        "http://127.0.0.1:{}",
+        app.admin_port.expect("an admin listener")
+    );
+    let response = app
+        .client
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.text().await.unwrap().contains("tollgate_"));
+    for path in ["/readyz", "/healthz"] {
+        let response = app
+            .client
+            .get(format!("{admin}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
 }
 
 #[tokio::test]

@@ -1,16 +1,20 @@
 //! Liveness and readiness. `/healthz`: the process is up. `/readyz`: it can
 //! serve — the store answers, the broker (queue mode) answers, and in the
 //! `evm` mode each chain's RPC answers; each within a second, checked at
-//! once. 503 names what failed.
+//! once. 503 names what failed. `/metrics`: the Prometheus text, behind
+//! `http.metrics_token` when set, and only on `http.admin_bind`'s listener
+//! when that is set.
 
 #[allow(unused_imports)] // named by the #[utoipa::path] attributes
 use super::openapi::{ErrorBody, Health, Readiness};
 use std::future::Future;
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
 
+use super::error::ApiError;
 use crate::state::AppState;
 
 /// How long each readiness check may take.
@@ -108,11 +112,33 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     tag = "operations",
     responses(
         (status = 200, description = "Prometheus exposition", body = String, content_type = "text/plain"),
+        (status = 401, description = "http.metrics_token is set and the bearer token is not it", body = ErrorBody),
+        (status = 404, description = "Served on http.admin_bind's listener only", body = ErrorBody),
         (status = 503, description = "No metrics recorder in this process", body = ErrorBody),
     ),
 )]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    match crate::metrics::render(&state).await {
+pub async fn metrics(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let settings = &state.settings.http;
+    if !settings.admin_bind.is_empty() && request.app_data::<AdminListener>().is_none() {
+        // As if there were no such route here.
+        return super::error::not_found_route().error_response();
+    }
+    if let Some(token) = &settings.metrics_token {
+        if !bearer_matches(&request, &token.0) {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_metrics_token",
+                "/metrics needs the bearer token of http.metrics_token",
+            )
+            .error_response();
+            response.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    match crate::metrics::render(&state) {
         Some(text) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4")
             .body(text),
@@ -120,4 +146,25 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             "error": { "code": "metrics_unavailable", "message": "no metrics recorder in this process" }
         })),
     }
+}
+
+/// Marks the app of the `http.admin_bind` listener.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminListener;
+
+/// Whether the request's `Authorization: Bearer …` is `expected`: the
+/// SHA-256 of both compared in constant time (so neither the value nor its
+/// length shows in the time taken).
+fn bearer_matches(request: &HttpRequest, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let presented = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let presented: [u8; 32] = Sha256::digest(presented).into();
+    let expected: [u8; 32] = Sha256::digest(expected).into();
+    bool::from(presented.ct_eq(&expected))
 }

@@ -43,6 +43,8 @@ pub async fn delete_queue(name: &str) {
 pub struct TestApp {
     pub address: String,
     pub port: u16,
+    /// `http.admin_bind`'s port, when the test set one.
+    pub admin_port: Option<u16>,
     pub client: reqwest::Client,
     pub store: Store,
     pub db: TestDb,
@@ -131,6 +133,7 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
         .await
         .expect("build app");
     let port = app.port();
+    let admin_port = app.admin_port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
@@ -139,6 +142,7 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
+        admin_port,
         client: reqwest::Client::new(),
         store,
         db,
