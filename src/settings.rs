@@ -175,6 +175,11 @@ pub struct KeySettings {
     pub budget_max_atomic: u64,
     pub max_active_per_wallet: u32,
     pub name_max_chars: usize,
+    /// Key creations (`POST /api/keys`) per client address and, apart, per
+    /// wallet: a burst, then a sustained rate (429 past it, before the
+    /// funding check reads the chain).
+    pub create_burst: u32,
+    pub create_per_s: u32,
 }
 
 /// The paid `/external/v1` path: key actors, upstream calls, bodies.
@@ -686,6 +691,8 @@ impl KeySettings {
                 "is beyond the largest storable amount",
             ));
         }
+        within("keys.create_burst", self.create_burst, 1, 1_000_000)?;
+        within("keys.create_per_s", self.create_per_s, 1, 1_000_000)?;
         within(
             "keys.max_active_per_wallet",
             self.max_active_per_wallet,

@@ -31,6 +31,10 @@ pub struct AppState {
     pub studio: StudioKeys,
     /// Nonce requests and sign-ins, per client address.
     pub sign_in_limiter: Arc<RateLimiter>,
+    /// Key creations, per client address and per wallet.
+    pub key_creation_limiters: Arc<(RateLimiter, RateLimiter<WalletAddress>)>,
+    /// `/readyz`'s latest answer, reused for a second.
+    pub readiness: crate::http::health::ReadinessCache,
     /// `evm` mode: each chain's client (the funding check reads balances
     /// and allowances through it). Empty in the `ledger` mode.
     pub chain_clients: Arc<HashMap<ChainId, ChainClient>>,
@@ -62,6 +66,11 @@ impl AppState {
             settings.auth.sign_in_burst,
             settings.auth.sign_in_per_s,
         ));
+        let keys = &settings.keys;
+        let key_creation_limiters = Arc::new((
+            RateLimiter::new(keys.create_burst, keys.create_per_s),
+            RateLimiter::new(keys.create_burst, keys.create_per_s),
+        ));
         AppState {
             store,
             signer,
@@ -70,6 +79,8 @@ impl AppState {
             gateway,
             studio,
             sign_in_limiter,
+            key_creation_limiters,
+            readiness: Default::default(),
             chain_clients: Arc::new(HashMap::new()),
             settled_txs: SettledTxs::default(),
             queue: None,
@@ -99,6 +110,32 @@ impl AppState {
     pub fn with_queue(mut self, queue: Option<workers::queue::Queue>) -> AppState {
         self.queue = queue;
         self
+    }
+
+    /// Refuses a key creation past `keys.create_burst` / `create_per_s`
+    /// from this client address (`peer`) or for this wallet: 429 with the
+    /// wait, before anything reads the chain.
+    pub fn limit_key_creation(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        wallet: &WalletAddress,
+    ) -> Result<(), ApiError> {
+        let (by_address, by_wallet) = &*self.key_creation_limiters;
+        let refused = match peer.map(|ip| by_address.check(ip)) {
+            Some(Err(limited)) => Some((limited, "this address")),
+            _ => by_wallet.take(*wallet).err().map(|l| (l, "this wallet")),
+        };
+        match refused {
+            None => Ok(()),
+            Some((limited, whose)) => Err(ApiError::new(
+                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!("too many key creations from {whose}; retry shortly"),
+            )
+            .with_details(
+                serde_json::json!({ "retryAfterMs": limited.retry_after.as_millis() as u64 }),
+            )),
+        }
     }
 
     /// What funds `wallet` on `chain` for a new key: its prepaid balance

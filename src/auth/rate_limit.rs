@@ -1,6 +1,7 @@
 //! [`RateLimiter`]: a token bucket per client address, for the routes anyone
 //! may call for free (SIWE nonces and sign-ins), so a flood from one address
-//! can neither fill the store nor crowd out other clients.
+//! can neither fill the store nor crowd out other clients; and per any other
+//! key (a wallet, for key creation, whose funding check reads the chain).
 //!
 //! The address is the TCP peer's: forwarded headers are not trusted (anyone
 //! can send them). IPv6 clients are grouped by /64, the block one subscriber
@@ -8,6 +9,7 @@
 //! that have refilled are dropped, and if none has, new addresses wait.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,11 +23,12 @@ struct Bucket {
     at: Instant,
 }
 
-/// Up to `burst` requests at once per client, refilled at `per_s` a second.
-pub struct RateLimiter {
+/// Up to `burst` requests at once per client (a client address unless
+/// said otherwise), refilled at `per_s` a second.
+pub struct RateLimiter<K = IpAddr> {
     burst: f64,
     per_s: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
 /// Refused: try again after this long.
@@ -34,8 +37,20 @@ pub struct Limited {
     pub retry_after: Duration,
 }
 
-impl RateLimiter {
-    pub fn new(burst: u32, per_s: u32) -> RateLimiter {
+impl RateLimiter<IpAddr> {
+    /// Takes one token for `client` (IPv6 by its /64), or says how long
+    /// until one is there.
+    pub fn check(&self, client: IpAddr) -> Result<(), Limited> {
+        self.check_at(client, Instant::now())
+    }
+
+    fn check_at(&self, client: IpAddr, now: Instant) -> Result<(), Limited> {
+        self.take_at(group(client), now)
+    }
+}
+
+impl<K: Hash + Eq> RateLimiter<K> {
+    pub fn new(burst: u32, per_s: u32) -> RateLimiter<K> {
         RateLimiter {
             burst: f64::from(burst.max(1)),
             per_s: f64::from(per_s.max(1)),
@@ -43,13 +58,12 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `client`, or says how long until one is there.
-    pub fn check(&self, client: IpAddr) -> Result<(), Limited> {
-        self.check_at(client, Instant::now())
+    /// Takes one token for `key`, or says how long until one is there.
+    pub fn take(&self, key: K) -> Result<(), Limited> {
+        self.take_at(key, Instant::now())
     }
 
-    fn check_at(&self, client: IpAddr, now: Instant) -> Result<(), Limited> {
-        let client = group(client);
+    fn take_at(&self, client: K, now: Instant) -> Result<(), Limited> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= CLIENTS_MAX && !buckets.contains_key(&client) {
             let (burst, per_s) = (self.burst, self.per_s);

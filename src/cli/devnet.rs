@@ -11,7 +11,11 @@ use anyhow::Context;
 use workers::evm::devnet::{deploy, Anvil, AnvilOptions, DEVNET_CHAIN_ID};
 
 pub async fn devnet(port: u16, out: &Path) -> anyhow::Result<()> {
-    let anvil = Anvil::start(&AnvilOptions { port, state: None }).await?;
+    let anvil = Anvil::start(&AnvilOptions {
+        port,
+        ..AnvilOptions::default()
+    })
+    .await?;
     let deployment = match deploy(&anvil.rpc_url).await {
         Ok(deployment) => deployment,
         Err(error) => {

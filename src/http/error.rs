@@ -7,7 +7,7 @@
 //! opaque and the cause is logged. Paid-path errors also carry the key's
 //! budget headers when the key is known.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 use ledger::StoreError;
 use serde_json::{json, Value};
@@ -169,6 +169,15 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if let Some(budget) = &self.budget {
             apply_budget(&mut response, budget);
+        }
+        // A 429 that says how long to wait says it in `Retry-After` too
+        // (whole seconds, rounded up).
+        let retry_after_ms = self
+            .details
+            .as_ref()
+            .and_then(|d| d["retryAfterMs"].as_u64());
+        if let (StatusCode::TOO_MANY_REQUESTS, Some(ms)) = (self.status, retry_after_ms) {
+            response.insert_header((header::RETRY_AFTER, ms.div_ceil(1000).max(1).to_string()));
         }
         response.json(json!({ "error": error }))
     }

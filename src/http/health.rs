@@ -1,14 +1,15 @@
 //! Liveness and readiness. `/healthz`: the process is up. `/readyz`: it can
 //! serve — the store answers, the broker (queue mode) answers, and in the
 //! `evm` mode each chain's RPC answers; each within a second, checked at
-//! once. 503 names what failed. `/metrics`: the Prometheus text, behind
+//! once, and the answer reused for a second. 503 names what failed. `/metrics`: the Prometheus text, behind
 //! `http.metrics_token` when set, and only on `http.admin_bind`'s listener
 //! when that is set.
 
 #[allow(unused_imports)] // named by the #[utoipa::path] attributes
 use super::openapi::{ErrorBody, Health, Readiness};
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -64,6 +65,37 @@ async fn check<E: std::fmt::Display>(
     ),
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let mut cached = state.readiness.0.lock().await;
+    let (ready, body) = match &*cached {
+        Some((at, ready, body)) if at.elapsed() < READY_FOR => (*ready, body.clone()),
+        _ => {
+            let (ready, body) = readiness(&state).await;
+            *cached = Some((Instant::now(), ready, body.clone()));
+            (ready, body)
+        }
+    };
+    drop(cached);
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// How long one readiness answer is reused. A probe is anyone's to send,
+/// and each check is a store query, a broker round trip and an RPC call to
+/// each chain (the operator's paid endpoint): however many probe, each
+/// runs at most once this often (200 probes made 199 `eth_blockNumber`).
+const READY_FOR: Duration = Duration::from_secs(1);
+
+/// `/readyz`'s latest answer: when, whether ready, the body. A probe that
+/// finds none fresh checks while holding it, so concurrent probes wait for
+/// that one check.
+#[derive(Clone, Default)]
+pub struct ReadinessCache(Arc<tokio::sync::Mutex<Option<(Instant, bool, Map<String, Value>)>>>);
+
+/// Checks the store, the broker and each chain at once.
+async fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
     let store = check("store", state.store.ping());
     let queue = async {
         match &state.queue {
@@ -97,11 +129,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "status".into(),
         if ready { "ready" } else { "not_ready" }.into(),
     );
-    if ready {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
+    (ready, body)
 }
 
 /// `GET /metrics`: Prometheus exposition (see `crate::metrics`).

@@ -43,6 +43,7 @@ use crate::state::AppState;
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 415, description = "The body is not application/json", body = ErrorBody),
         (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
+        (status = 429, description = "Too many key creations from this address or for this wallet (Retry-After says when)", body = ErrorBody),
         (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
     ),
 )]
@@ -52,6 +53,7 @@ pub async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&state, &req).await?;
+    state.limit_key_creation(req.peer_addr().map(|p| p.ip()), &caller.key.wallet)?;
     let wallet = wallet_header(&req)?;
     let chain = chain_header(&state, &req)?.ok_or_else(|| {
         ApiError::bad_request(

@@ -445,6 +445,7 @@ async fn a_chain_restarted_mid_batch_gets_the_same_transaction_again() {
     let options = AnvilOptions {
         port,
         state: Some(state.clone()),
+        ..AnvilOptions::default()
     };
     let anvil = Anvil::start(&options).await.unwrap();
     let mut rig = rig_on(anvil, Backend::Sqlite, None).await;

@@ -87,6 +87,8 @@ pub struct AnvilOptions {
     /// Load the chain from this file at start and save it there on exit
     /// (`--state`): a restart continues the same chain.
     pub state: Option<PathBuf>,
+    /// The chain id Anvil answers with; `None`: [`DEVNET_CHAIN_ID`].
+    pub chain_id: Option<u64>,
 }
 
 /// A running Anvil; killed when dropped.
@@ -112,7 +114,10 @@ impl Anvil {
         let mut command = std::process::Command::new(&binary);
         command
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--chain-id", &DEVNET_CHAIN_ID.to_string()])
+            .args([
+                "--chain-id",
+                &options.chain_id.unwrap_or(DEVNET_CHAIN_ID).to_string(),
+            ])
             .args(["--accounts", "10", "--silent"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
