@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use ledger::store::chain::SettledCursor;
 use ledger::Store;
 
 /// Rows one refresh reads per query (it pages until it has caught up).
@@ -25,35 +26,39 @@ impl SettledTxs {
         self.latest.read().ok()?.get(key_id).cloned()
     }
 
-    /// Reads what settled at or after `since_ms`; answers the new watermark.
-    pub async fn refresh(&self, store: &Store, since_ms: i64) -> Result<i64, ledger::StoreError> {
-        let mut since = since_ms;
+    /// Reads what settled after `after`, page by page until it has caught
+    /// up; answers where the next refresh resumes. The cursor is (settled
+    /// at, batch id, key id): paged by the time alone, a batch naming more
+    /// keys than a page was read again forever and nothing after it ever.
+    pub async fn refresh(
+        &self,
+        store: &Store,
+        after: SettledCursor,
+    ) -> Result<SettledCursor, ledger::StoreError> {
+        let mut after = after;
         loop {
-            let rows = store.settled_txs_since(since, PAGE).await?;
-            let full = rows.len() as i64 >= PAGE;
+            let rows = store.settled_txs_after(&after, PAGE).await?;
             if let Ok(mut latest) = self.latest.write() {
                 for row in &rows {
                     latest.insert(row.key_id.clone(), Arc::from(row.tx_hash.as_str()));
                 }
             }
             let Some(last) = rows.last() else {
-                return Ok(since);
+                return Ok(after);
             };
-            // Ties at the watermark are read again next time (inserting them
-            // twice changes nothing).
-            if !full || last.settled_at_ms == since {
-                return Ok(last.settled_at_ms);
+            after = last.cursor();
+            if (rows.len() as i64) < PAGE {
+                return Ok(after);
             }
-            since = last.settled_at_ms;
         }
     }
 
     /// Refreshes every `every` until the process stops.
     pub async fn run(self, store: Store, every: Duration) {
-        let mut since = 0;
+        let mut after = SettledCursor::default();
         loop {
-            match self.refresh(&store, since).await {
-                Ok(next) => since = next,
+            match self.refresh(&store, after.clone()).await {
+                Ok(next) => after = next,
                 Err(error) => tracing::warn!(%error, "reading settled transactions failed"),
             }
             tokio::time::sleep(every).await;

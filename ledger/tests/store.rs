@@ -1385,6 +1385,57 @@ async fn the_charge_connection_waits_out_another_writer() {
     assert_eq!(assert_key_books(&store, &key).await, (10, 0));
 }
 
+/// One settled batch names more keys than a page holds, and a second batch
+/// settles at the same instant: read page by page from each page's last
+/// row (the cursor is settled at, batch id, key id), every key of both is
+/// reached with its own transaction, in as many pages as the rows need —
+/// paged by the time alone, the first page was read again forever.
+async fn settled_transactions_page_past_a_batch_larger_than_a_page(store: Store) {
+    use ledger::store::chain::SettledCursor;
+    let at = now_ms();
+    store.chain_account(CHAIN, "0xoperator", at).await.unwrap();
+    let mut expected = std::collections::BTreeMap::new();
+    for (owner, keys, batch, hash) in [(61, 7, "batch-a", "0xaa"), (62, 2, "batch-b", "0xbb")] {
+        for _ in 0..keys {
+            let key = funded_key(&store, wallet(owner), 1_000).await;
+            let one = [charge(&key.id, Amount::from_atomic(10).unwrap())];
+            store.record_charges(&one).await.unwrap();
+            expected.insert(key.id.to_string(), hash.to_owned());
+        }
+        let payers: Vec<String> = store
+            .pending_payers(CHAIN, now_ms(), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|payer| payer.wallet)
+            .collect();
+        assert_eq!(payers.len(), 1);
+        let opened = store
+            .open_evm_batch(batch, CHAIN, &payers, now_ms(), at)
+            .await
+            .unwrap();
+        assert!(opened.is_some(), "{batch} opened");
+        store
+            .finish_evm_batch(batch, hash, &payers, &[], at)
+            .await
+            .unwrap();
+    }
+    let (mut after, mut seen, mut pages) = (SettledCursor::default(), Default::default(), 0);
+    loop {
+        let rows = store.settled_txs_after(&after, 3).await.unwrap();
+        let Some(last) = rows.last() else { break };
+        pages += 1;
+        assert!(pages <= 3, "each page reads past the one before");
+        after = last.cursor();
+        for row in rows {
+            assert_eq!(row.settled_at_ms, at);
+            std::collections::BTreeMap::insert(&mut seen, row.key_id, row.tx_hash);
+        }
+    }
+    assert_eq!(seen, expected, "every key, with its batch's transaction");
+    assert_eq!(pages, 3);
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         store_suite!(@on sqlite, Sqlite, $($case),*);
@@ -1424,4 +1475,5 @@ store_suite!(
     a_payer_that_cannot_pay_waits_without_blocking_others,
     migrations_are_idempotent,
     the_charge_connection_writes_a_batch_whole_or_not_at_all,
+    settled_transactions_page_past_a_batch_larger_than_a_page,
 );

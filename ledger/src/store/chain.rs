@@ -73,6 +73,30 @@ pub struct SettledTx {
     pub key_id: String,
     pub tx_hash: String,
     pub settled_at_ms: i64,
+    /// The settlement batch's id.
+    pub batch_id: String,
+}
+
+impl SettledTx {
+    /// The cursor just past this row.
+    pub fn cursor(&self) -> SettledCursor {
+        SettledCursor {
+            settled_at_ms: self.settled_at_ms,
+            batch_id: self.batch_id.clone(),
+            key_id: self.key_id.clone(),
+        }
+    }
+}
+
+/// Where a reading of settled transactions resumes: past the row of this
+/// (settled at, batch id, key id), in that order. The default reads from
+/// the start. All three, since one batch settles at one instant for many
+/// keys (more than a page), and batches of several chains may share one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettledCursor {
+    pub settled_at_ms: i64,
+    pub batch_id: String,
+    pub key_id: String,
 }
 
 /// A payer's line in a batch, for operators.
@@ -687,21 +711,42 @@ impl Store {
     }
 
     /// Keys whose charges on-chain batches settled at or after `since_ms`,
-    /// with the batch's transaction, oldest batch first (a later row for the
-    /// same key is its newer settlement), at most `limit` rows.
+    /// at most `limit` rows (see [`Store::settled_txs_after`]).
     pub async fn settled_txs_since(
         &self,
         since_ms: i64,
         limit: i64,
     ) -> Result<Vec<SettledTx>, StoreError> {
+        let from = SettledCursor {
+            settled_at_ms: since_ms,
+            ..SettledCursor::default()
+        };
+        self.settled_txs_after(&from, limit).await
+    }
+
+    /// Keys whose charges on-chain batches settled, with the batch's
+    /// transaction, in (settled at, batch id, key id) order strictly after
+    /// `after`, at most `limit` rows: the last row's [`SettledTx::cursor`]
+    /// reads the next page, however many keys one batch names (paged by
+    /// the time alone, a batch of more keys than a page was read again
+    /// forever). A later row for the same key is its newer settlement.
+    pub async fn settled_txs_after(
+        &self,
+        after: &SettledCursor,
+        limit: i64,
+    ) -> Result<Vec<SettledTx>, StoreError> {
         let rows = sqlx::query(
-            "SELECT DISTINCT c.key_id, b.tx_hash, b.chain_batch_no, b.updated_at_ms
+            "SELECT DISTINCT c.key_id, b.tx_hash, b.id AS batch_id, b.updated_at_ms
                FROM settlement_batches b JOIN charges c ON c.batch_id = b.id
               WHERE b.status = 'settled' AND b.chain_batch_no IS NOT NULL
-                AND b.tx_hash IS NOT NULL AND b.updated_at_ms >= $1 AND c.status = 'settled'
-              ORDER BY b.updated_at_ms, b.chain_batch_no LIMIT $2",
+                AND b.tx_hash IS NOT NULL AND c.status = 'settled'
+                AND (b.updated_at_ms > $1
+                     OR (b.updated_at_ms = $1 AND (b.id > $2 OR (b.id = $2 AND c.key_id > $3))))
+              ORDER BY b.updated_at_ms, b.id, c.key_id LIMIT $4",
         )
-        .bind(since_ms)
+        .bind(after.settled_at_ms)
+        .bind(&after.batch_id)
+        .bind(&after.key_id)
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
@@ -711,6 +756,7 @@ impl Store {
                     key_id: get_string(row, "key_id")?,
                     tx_hash: get_string(row, "tx_hash")?,
                     settled_at_ms: get_i64(row, "updated_at_ms")?,
+                    batch_id: get_string(row, "batch_id")?,
                 })
             })
             .collect()
