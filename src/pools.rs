@@ -56,6 +56,37 @@ pub fn chain_clients(
     Ok(clients)
 }
 
+/// Refuses chains whose RPC endpoint answers with another chain id than
+/// configured, naming `chains.ID.rpc_url`. An endpoint that does not answer
+/// in time is let be (logged): `/readyz` and the settler check it again.
+pub async fn verify_chain_ids(
+    clients: &HashMap<ChainId, ChainClient>,
+) -> Result<(), crate::settings::SettingsError> {
+    for (id, client) in clients {
+        let timeout = client.config().rpc_timeout;
+        match tokio::time::timeout(timeout, client.answered_chain_id()).await {
+            Ok(Ok(answered)) => {
+                client.chain_id_is(answered).map_err(|_| {
+                    crate::settings::SettingsError::Invalid {
+                        setting: format!("chains.{}.rpc_url", id.0),
+                        reason: format!("answers for chain {answered}, not {}", id.0),
+                    }
+                })?;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(chain = id.0, %error, "the chain id could not be checked at start-up");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    chain = id.0,
+                    "the chain id could not be checked at start-up: no answer in time"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The settlers of the configured mode: one `ledger` settler for every
 /// chain, or one `evm` settler per chain (only one per chain is active
 /// across all processes; the others stand by).

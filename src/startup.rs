@@ -153,6 +153,7 @@ impl Application {
             tasks.push(("store gauges", tokio::spawn(refresh)));
         }
         let chain_clients = crate::pools::chain_clients(&settings)?;
+        crate::pools::verify_chain_ids(&chain_clients).await?;
         let settled_txs = crate::settled_txs::SettledTxs::default();
         if !chain_clients.is_empty() {
             let every = Duration::from_millis(settings.settlement.interval_ms);

@@ -10,13 +10,14 @@ mod common;
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use common::*;
 use ledger::store::Backend;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tollgate::settings::Settings;
 use workers::evm::devnet::{deploy, Anvil, AnvilOptions, DevChain};
 
 /// JSON-RPC calls seen by method.
@@ -33,9 +34,13 @@ impl Calls {
     }
 }
 
+/// Where the proxy forwards to; switched by the tests.
+type Upstream = Arc<Mutex<String>>;
+
 /// An HTTP JSON-RPC proxy in front of `upstream` that counts every call
-/// (each element of a batch). Answers its URL.
-fn counting_proxy(upstream: String) -> (String, Arc<Calls>) {
+/// (each element of a batch); 502 while the upstream does not answer.
+/// Answers its URL.
+fn counting_proxy(upstream: Upstream) -> (String, Arc<Calls>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let calls = Arc::new(Calls::default());
@@ -54,7 +59,7 @@ fn counting_proxy(upstream: String) -> (String, Arc<Calls>) {
 }
 
 async fn forward(
-    data: web::Data<(Arc<Calls>, String, reqwest::Client)>,
+    data: web::Data<(Arc<Calls>, Upstream, reqwest::Client)>,
     body: web::Bytes,
 ) -> HttpResponse {
     let (calls, upstream, client) = &**data;
@@ -69,17 +74,21 @@ async fn forward(
             *seen.entry(method).or_default() += 1;
         }
     }
-    let answer = client
+    let upstream = upstream.lock().unwrap().clone();
+    let sent = client
         .post(upstream)
         .header("content-type", "application/json")
         .body(body)
         .send()
-        .await
-        .unwrap();
+        .await;
+    let Ok(answer) = sent else {
+        return HttpResponse::BadGateway().finish();
+    };
     let status = answer.status().as_u16();
+    let body = answer.bytes().await.unwrap_or_default();
     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
         .content_type("application/json")
-        .body(answer.bytes().await.unwrap())
+        .body(body)
 }
 
 /// Anvil (answering for `chain_id`) with the contracts deployed.
@@ -125,7 +134,7 @@ fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_and_refused_key_creations_cost_the_rpc_a_bounded_number_of_calls() {
     let (anvil, dev) = chain(None).await;
-    let (proxy, calls) = counting_proxy(anvil.rpc_url.clone());
+    let (proxy, calls) = counting_proxy(Arc::new(Mutex::new(anvil.rpc_url.clone())));
     let mut env = evm_env(&dev, &proxy);
     env.push(("TOLLGATE__KEYS__CREATE_BURST".into(), "5".into()));
     env.push(("TOLLGATE__KEYS__CREATE_PER_S".into(), "1".into()));
@@ -181,4 +190,89 @@ async fn probes_and_refused_key_creations_cost_the_rpc_a_bounded_number_of_calls
         "{refused_for_funds} creations refused for funds in {seconds:.1} s made {created} RPC calls"
     );
     assert_eq!(calls.of("eth_sendRawTransaction"), 0);
+}
+
+/// Settings of an app on a fresh SQLite store, with `extra` (for building
+/// the application by hand).
+fn settings_with(db: &ledger::testing::TestDb, extra: &[(String, String)]) -> Settings {
+    let dir =
+        std::env::temp_dir().join(format!("tollgate-chain-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str| dir.join(name).display().to_string();
+    let mut env: Vec<(String, String)> = vec![
+        ("TOLLGATE__STORE__URL".into(), db.url.clone()),
+        (
+            "TOLLGATE__AUTH__SIGNING_KEY_FILE".into(),
+            file("signing.key"),
+        ),
+        (
+            "TOLLGATE__STUDIO__SECRETS_KEY_FILE".into(),
+            file("studio.key"),
+        ),
+        ("TOLLGATE__LOG__FILTER".into(), "warn".into()),
+    ];
+    env.extend(extra.iter().cloned());
+    Settings::load_with_env(None, env).unwrap()
+}
+
+/// An RPC endpoint answering for chain 1 where chain `CHAIN` is configured:
+/// start-up refuses, naming `chains.CHAIN.rpc_url`. When it only turns
+/// out so later (the endpoint did not answer at start-up, then answers for
+/// chain 1), `/readyz` says `wrong_chain` (503) and the settler pauses the
+/// chain with the reason (the funding check refuses to read funds there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_endpoint_of_another_chain_is_refused_not_ready_and_pauses_settlement() {
+    let (anvil, dev) = chain(Some(1)).await;
+    let db = ledger::testing::TestDb::create(Backend::Sqlite).await;
+    let settings = settings_with(&db, &evm_env(&dev, &anvil.rpc_url));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = tollgate::startup::Application::build_on(settings, listener).await;
+    let error = refused
+        .err()
+        .expect("start-up refuses another chain's RPC")
+        .to_string();
+    let setting = format!("chains.{CHAIN}.rpc_url");
+    assert!(
+        error.contains(&setting) && error.contains("chain 1"),
+        "{error}"
+    );
+
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let upstream: Upstream = Arc::new(Mutex::new(format!("http://{closed}")));
+    let (proxy, _) = counting_proxy(upstream.clone());
+    let mut env = evm_env(&dev, &proxy);
+    env.push(("TOLLGATE__SETTLEMENT__INTERVAL_MS".into(), "100".into()));
+    env.push((
+        format!("TOLLGATE__CHAINS__{CHAIN}__RPC_TIMEOUT_MS"),
+        "300".into(),
+    ));
+    let app = spawn_app_with(Backend::Sqlite, &borrowed(&env)).await;
+    *upstream.lock().unwrap() = anvil.rpc_url.clone();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = json_of(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+        if got.1["chains"][CHAIN.to_string()] == "wrong_chain" {
+            assert_eq!(got.0, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(got.1["status"], "not_ready");
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness: {got:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let paused = loop {
+        let accounts = app.store.chain_accounts().await.unwrap();
+        if let Some(reason) = accounts.iter().find_map(|a| a.paused_reason.clone()) {
+            break reason;
+        }
+        assert!(Instant::now() < deadline, "the settler pauses the chain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        paused.contains(&setting) && paused.contains("answers for chain 1"),
+        "{paused}"
+    );
 }

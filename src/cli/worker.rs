@@ -21,6 +21,7 @@ pub async fn worker(settings: Settings) -> anyhow::Result<()> {
         .context("starting the ledger pools")?;
     let pools = tasks.len();
     let chain_clients = crate::pools::chain_clients(&settings)?;
+    crate::pools::verify_chain_ids(&chain_clients).await?;
     tasks.extend(crate::pools::start_settler(
         &settings,
         store.clone(),

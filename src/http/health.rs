@@ -1,7 +1,8 @@
 //! Liveness and readiness. `/healthz`: the process is up. `/readyz`: it can
 //! serve — the store answers, the broker (queue mode) answers, and in the
-//! `evm` mode each chain's RPC answers; each within a second, checked at
-//! once, and the answer reused for a second. 503 names what failed. `/metrics`: the Prometheus text, behind
+//! `evm` mode each chain's RPC answers for the configured chain id; each
+//! within a second, checked at once, and the answer reused for a second.
+//! 503 names what failed. `/metrics`: the Prometheus text, behind
 //! `http.metrics_token` when set, and only on `http.admin_bind`'s listener
 //! when that is set.
 
@@ -53,6 +54,24 @@ async fn check<E: std::fmt::Display>(
     }
 }
 
+/// A chain's RPC endpoint answers, within the bound, for the configured
+/// chain id: `ok`, `wrong_chain`, or as [`check`] says.
+async fn chain_status(client: &workers::evm::ChainClient) -> &'static str {
+    let mut wrong = false;
+    let status = check("chain", async {
+        let answered = client.answered_chain_id().await?;
+        let matches = client.chain_id_is(answered);
+        wrong = matches.is_err();
+        matches
+    })
+    .await;
+    if wrong {
+        "wrong_chain"
+    } else {
+        status
+    }
+}
+
 /// The process can serve (see the module's doc).
 #[utoipa::path(
     get,
@@ -85,7 +104,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// How long one readiness answer is reused. A probe is anyone's to send,
 /// and each check is a store query, a broker round trip and an RPC call to
 /// each chain (the operator's paid endpoint): however many probe, each
-/// runs at most once this often (200 probes made 199 `eth_blockNumber`).
+/// runs at most once this often.
 const READY_FOR: Duration = Duration::from_secs(1);
 
 /// `/readyz`'s latest answer: when, whether ready, the body. A probe that
@@ -107,8 +126,7 @@ async fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
     };
     let chains =
         futures_util::future::join_all(state.chain_clients.iter().map(|(id, client)| async move {
-            let status = check("chain", async { client.block_number().await.map(|_| ()) }).await;
-            (id.0.to_string(), Value::from(status))
+            (id.0.to_string(), Value::from(chain_status(client).await))
         }));
     let (store, queue, chains) = tokio::join!(store, queue, chains);
     let mut body = Map::new();

@@ -15,6 +15,8 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::eips::Encodable2718;
@@ -170,6 +172,9 @@ pub struct ChainClient {
     wallet: Option<EthereumWallet>,
     /// The operator's address; the zero address without a key.
     operator: Address,
+    /// The RPC endpoint answered with the configured chain id once
+    /// ([`ChainClient::verify_chain_id`]).
+    chain_verified: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for ChainClient {
@@ -203,6 +208,47 @@ impl ChainClient {
             wallet: signer.map(EthereumWallet::from),
             operator,
             config,
+            chain_verified: Arc::default(),
+        })
+    }
+
+    /// The chain id the RPC endpoint answers with now (`eth_chainId`).
+    pub async fn answered_chain_id(&self) -> Result<u64, ChainError> {
+        self.rpc("eth_chainId", || async {
+            self.provider
+                .get_chain_id()
+                .await
+                .map_err(|e| self.rpc_error(e))
+        })
+        .await
+    }
+
+    /// The RPC endpoint answers for the configured chain: checked live
+    /// until it first does, then remembered. Another chain id is
+    /// [`ChainError::Systemic`], naming `chains.ID.rpc_url`: funds read
+    /// there are another chain's, and nothing sent there settles here.
+    pub async fn verify_chain_id(&self) -> Result<(), ChainError> {
+        if self.chain_verified.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let answered = self.answered_chain_id().await?;
+        self.chain_id_is(answered)?;
+        self.chain_verified.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// `answered` is the configured chain id, else why not.
+    pub fn chain_id_is(&self, answered: u64) -> Result<(), ChainError> {
+        let chain = self.chain_id();
+        if answered == chain {
+            return Ok(());
+        }
+        Err(ChainError::Systemic {
+            chain,
+            reason: format!(
+                "the RPC endpoint (chains.{chain}.rpc_url) answers for chain {answered}, \
+                 not {chain}"
+            ),
         })
     }
 
@@ -313,6 +359,7 @@ impl ChainClient {
     /// Each wallet's balance and allowance to the settlement contract, in
     /// `FUNDS_CHUNK`-sized `eth_call`s, in order.
     pub async fn funds(&self, wallets: &[Address]) -> Result<Vec<Funds>, ChainError> {
+        self.verify_chain_id().await?;
         let mut funds = Vec::with_capacity(wallets.len());
         for chunk in wallets.chunks(FUNDS_CHUNK) {
             let answer = self

@@ -182,6 +182,8 @@ impl EvmSettler {
     }
 
     async fn step(&self, store_nonce: i64, fresh: bool) -> Result<Pass, SettleError> {
+        // An RPC endpoint of another chain is systemic: the pass pauses.
+        self.chain.verify_chain_id().await?;
         let batch = match self.store.in_flight_batch(self.chain_id()).await? {
             Some(batch) => batch,
             None => match self.close_batch(fresh).await? {
