@@ -111,7 +111,10 @@ const READY_FOR: Duration = Duration::from_secs(1);
 /// finds none fresh checks while holding it, so concurrent probes wait for
 /// that one check.
 #[derive(Clone, Default)]
-pub struct ReadinessCache(Arc<tokio::sync::Mutex<Option<(Instant, bool, Map<String, Value>)>>>);
+pub struct ReadinessCache(Arc<tokio::sync::Mutex<Option<CheckedReadiness>>>);
+
+/// One readiness answer: when it was checked, whether ready, the body.
+type CheckedReadiness = (Instant, bool, Map<String, Value>);
 
 /// Checks the store, the broker and each chain at once.
 async fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
