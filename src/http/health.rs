@@ -159,6 +159,7 @@ async fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
     path = "/metrics",
     operation_id = "metrics",
     tag = "operations",
+    security((), ("metrics_token" = [])),
     responses(
         (status = 200, description = "Prometheus exposition", body = String, content_type = "text/plain"),
         (status = 401, description = "http.metrics_token is set and the bearer token is not it", body = ErrorBody),

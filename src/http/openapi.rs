@@ -429,6 +429,15 @@ impl Modify for Security {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("`http.metrics_token`, when the operator set one"))
+                    .build(),
+            ),
+        );
     }
 }
 
