@@ -40,6 +40,9 @@ pub struct RabbitQueue {
     name: String,
     /// Where consumers connect (each on a connection of its own).
     url: Arc<str>,
+    /// Queues whose earlier dead-letter queue this process has looked for
+    /// (`declare` runs on every readiness check: it looks once).
+    adopted: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Connects to `url` as `name`, retrying with backoff for up to
@@ -99,6 +102,7 @@ impl RabbitQueue {
             options,
             name,
             url: Arc::from(url),
+            adopted: Arc::default(),
         })
     }
 
@@ -146,7 +150,9 @@ impl RabbitQueue {
             )
             .await
             .map_err(unavailable)?;
-        self.adopt_legacy_dead(name).await?;
+        if !self.adopted(name) {
+            self.adopt_legacy_dead(name).await?;
+        }
         let mut arguments = quorum();
         arguments.insert("x-dead-letter-exchange".into(), long_string(&dlx));
         arguments.insert("x-dead-letter-routing-key".into(), long_string(name));
@@ -374,6 +380,13 @@ impl RabbitQueue {
     /// deletes it once empty (a reader on it keeps it for the next
     /// declare). Nothing when there is none.
     async fn adopt_legacy_dead(&self, name: &str) -> Result<(), QueueError> {
+        let done = || {
+            self.adopted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_owned());
+            Ok(())
+        };
         let legacy = format!("{name}.dead");
         let channel = self.recovering(|| self.connection.create_channel()).await?;
         let passive = QueueDeclareOptions {
@@ -385,7 +398,7 @@ impl RabbitQueue {
             .await
         {
             // The broker closed that channel: nothing to adopt.
-            Err(error) if not_found(&error) => return Ok(()),
+            Err(error) if not_found(&error) => return done(),
             Err(error) => return Err(unavailable(error)),
             Ok(_) => {}
         }
@@ -429,7 +442,16 @@ impl RabbitQueue {
             .close(200, "legacy dead letters adopted".into())
             .await;
         tracing::info!(queue = %legacy, into = %dead, moved, "adopted the old dead-letter queue");
-        Ok(())
+        done()
+    }
+
+    /// Whether this process has adopted (or found none of) `name`'s
+    /// earlier dead-letter queue.
+    fn adopted(&self, name: &str) -> bool {
+        self.adopted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
     }
 
     /// Runs a channel operation, waiting out a connection recovery (at most
