@@ -34,7 +34,7 @@ pub struct AppState {
     /// Key creations, per client address and per wallet.
     pub key_creation_limiters: Arc<(RateLimiter, RateLimiter<WalletAddress>)>,
     /// `/readyz`'s latest answer, reused for a second.
-    pub readiness: crate::http::health::ReadinessCache,
+    pub readiness: ReadinessCache,
     /// `evm` mode: each chain's client (the funding check reads balances
     /// and allowances through it). Empty in the `ledger` mode.
     pub chain_clients: Arc<HashMap<ChainId, ChainClient>>,
@@ -45,6 +45,18 @@ pub struct AppState {
     /// The store's gauges, read in the background for `/metrics`.
     pub store_gauges: crate::metrics::StoreGaugeCache,
 }
+
+/// `/readyz`'s latest answer: when it was checked, whether ready, the
+/// body. A probe that finds none fresh checks while holding the lock, so
+/// concurrent probes wait for that one check.
+pub type ReadinessCache = Arc<tokio::sync::Mutex<Option<CheckedReadiness>>>;
+
+/// One readiness answer: when it was checked, whether ready, the body.
+pub type CheckedReadiness = (
+    std::time::Instant,
+    bool,
+    serde_json::Map<String, serde_json::Value>,
+);
 
 /// What the Studio surface needs beyond the store.
 #[derive(Clone)]

@@ -9,7 +9,6 @@
 #[allow(unused_imports)] // named by the #[utoipa::path] attributes
 use super::openapi::{ErrorBody, Health, Readiness};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -84,7 +83,7 @@ async fn chain_status(client: &workers::evm::ChainClient) -> &'static str {
     ),
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let mut cached = state.readiness.0.lock().await;
+    let mut cached = state.readiness.lock().await;
     let (ready, body) = match &*cached {
         Some((at, ready, body)) if at.elapsed() < READY_FOR => (*ready, body.clone()),
         _ => {
@@ -106,15 +105,6 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// each chain (the operator's paid endpoint): however many probe, each
 /// runs at most once this often.
 const READY_FOR: Duration = Duration::from_secs(1);
-
-/// `/readyz`'s latest answer: when, whether ready, the body. A probe that
-/// finds none fresh checks while holding it, so concurrent probes wait for
-/// that one check.
-#[derive(Clone, Default)]
-pub struct ReadinessCache(Arc<tokio::sync::Mutex<Option<CheckedReadiness>>>);
-
-/// One readiness answer: when it was checked, whether ready, the body.
-type CheckedReadiness = (Instant, bool, Map<String, Value>);
 
 /// Checks the store, the broker and each chain at once.
 async fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
