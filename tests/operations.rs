@@ -79,6 +79,34 @@ fn series_value(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// `GET /metrics`, with `token` as bearer when given: status and text.
+async fn scrape(app: &TestApp, token: Option<&str>) -> (StatusCode, String) {
+    let mut request = app.client.get(app.url("/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+/// `scrapes` scrapes and `probes` readiness probes, all at once.
+async fn scrapes_and_probes(
+    app: &TestApp,
+    token: &str,
+    scrapes: usize,
+    probes: usize,
+) -> (Vec<(StatusCode, String)>, Vec<StatusCode>) {
+    let scrapes = (0..scrapes).map(|_| scrape(app, Some(token)));
+    let probes = (0..probes).map(|_| async {
+        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        response.status()
+    });
+    tokio::join!(
+        futures_util::future::join_all(scrapes),
+        futures_util::future::join_all(probes)
+    )
+}
+
 /// `/metrics` behind `http.metrics_token`: 401 (JSON error) without it or
 /// with another, and a scrape never reads the store — the store's gauges
 /// are read once per `http.metrics_refresh_ms` in the background, so 64
@@ -96,16 +124,7 @@ async fn metrics_are_scraped_from_a_background_read_behind_a_token() {
         ],
     )
     .await;
-    let scrape = |token: Option<&'static str>| {
-        let mut request = app.client.get(app.url("/metrics"));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        async move {
-            let response = request.send().await.unwrap();
-            (response.status(), response.text().await.unwrap())
-        }
-    };
+    let scrape = |token: Option<&'static str>| scrape(&app, token);
     for token in [None, Some("metrics-token-0123456780"), Some("")] {
         let (status, text) = scrape(token).await;
         let body: Value = serde_json::from_str(&text).unwrap();
@@ -124,15 +143,7 @@ async fn metrics_are_scraped_from_a_background_read_behind_a_token() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let started = Instant::now();
-    let scrapes = (0..64).map(|_| scrape(Some(TOKEN)));
-    let probes = (0..16).map(|_| {
-        let request = app.client.get(app.url("/readyz"));
-        async move { request.send().await.unwrap().status() }
-    });
-    let (scraped, probed) = tokio::join!(
-        futures_util::future::join_all(scrapes),
-        futures_util::future::join_all(probes)
-    );
+    let (scraped, probed) = scrapes_and_probes(&app, TOKEN, 64, 16).await;
     let elapsed = started.elapsed().as_secs_f64();
     assert!(
         probed.iter().all(|status| *status == StatusCode::OK),

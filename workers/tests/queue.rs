@@ -356,22 +356,17 @@ async fn rabbit_listing_dead_letters_many_times_keeps_them() {
     cleanup(&queue, &name, vec![consumer]).await;
 }
 
-/// A deployment of an earlier version has the quorum queue `NAME.dead`
-/// bound to `NAME.dlx` (a queue's type cannot change on redeclare): the
-/// first declare moves its letters, reasons and all, into the stream and
-/// deletes it; later dead letters go to the stream alone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbit_adopts_the_dead_letters_of_an_earlier_version() {
+/// What an earlier version left: the quorum queue `NAME.dead` bound to
+/// `NAME.dlx`, holding a dead letter of each of `ids` (reason `rejected`).
+/// Answers the connection it used.
+async fn earlier_dead_letter_queue(url: &str, name: &str, ids: &[&str]) -> lapin::Connection {
     use lapin::options::{
         BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
         QueueDeclareOptions,
     };
     use lapin::types::{AMQPValue, FieldTable};
-    let url = std::env::var("TOLLGATE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    let name = format!("test-{}", uuid::Uuid::now_v7().simple());
     let (legacy, dlx) = (format!("{name}.dead"), format!("{name}.dlx"));
-    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
@@ -409,13 +404,12 @@ async fn rabbit_adopts_the_dead_letters_of_an_earlier_version() {
         .queue_bind(
             legacy.as_str().into(),
             dlx.as_str().into(),
-            name.as_str().into(),
+            name.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await
         .unwrap();
-    let ids = ["old-0", "old-1", "old-2"];
     for id in ids {
         let mut headers = FieldTable::default();
         headers.insert(
@@ -423,7 +417,7 @@ async fn rabbit_adopts_the_dead_letters_of_an_earlier_version() {
             AMQPValue::LongString("rejected".into()),
         );
         let properties = lapin::BasicProperties::default()
-            .with_message_id(id.into())
+            .with_message_id((*id).into())
             .with_headers(headers);
         let confirm = channel
             .basic_publish(
@@ -437,6 +431,23 @@ async fn rabbit_adopts_the_dead_letters_of_an_earlier_version() {
             .unwrap();
         assert!(confirm.await.unwrap().is_ack());
     }
+    connection
+}
+
+/// A deployment of an earlier version has the quorum queue `NAME.dead`
+/// bound to `NAME.dlx` (a queue's type cannot change on redeclare): the
+/// first declare moves its letters, reasons and all, into the stream and
+/// deletes it; later dead letters go to the stream alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbit_adopts_the_dead_letters_of_an_earlier_version() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+    let url = std::env::var("TOLLGATE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let name = format!("test-{}", uuid::Uuid::now_v7().simple());
+    let legacy = format!("{name}.dead");
+    let ids = ["old-0", "old-1", "old-2"];
+    let connection = earlier_dead_letter_queue(&url, &name, &ids).await;
     let queue = Queue::connect(&url, options()).await.unwrap();
     queue.declare(&name).await.unwrap();
     queue.declare(&name).await.unwrap();
