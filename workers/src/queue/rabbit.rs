@@ -739,3 +739,42 @@ pub(super) async fn nack(
         .map(|_| ())
         .map_err(unavailable)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(id: &str, body: &'static [u8]) -> DeadLetter {
+        DeadLetter {
+            message_id: id.to_owned(),
+            body: Bytes::from_static(body),
+            reason: "rejected".to_owned(),
+        }
+    }
+
+    fn ids(log: DeadLog) -> Vec<String> {
+        log.live().map(|letter| letter.message_id).collect()
+    }
+
+    /// A letter written twice counts once; a tombstone removes what came
+    /// before it; a letter dead-lettered again after its tombstone counts
+    /// again, at its new place; a tombstone of nothing changes nothing.
+    #[test]
+    fn the_log_leaves_each_letter_once_until_its_tombstone() {
+        let mut log = DeadLog::default();
+        log.letter(letter("a", b"1"));
+        log.letter(letter("b", b"2"));
+        log.letter(letter("a", b"1"));
+        log.retried("a");
+        log.retried("missing");
+        log.letter(letter("c", b"3"));
+        assert_eq!(ids(std::mem::take(&mut log)), ["b", "c"]);
+
+        log.letter(letter("a", b"1"));
+        log.retried("a");
+        log.letter(letter("a", b"again"));
+        let live: Vec<DeadLetter> = log.live().collect();
+        assert_eq!(live.len(), 1);
+        assert_eq!(&live[0].body[..], b"again");
+    }
+}
