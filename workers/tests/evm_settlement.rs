@@ -80,6 +80,7 @@ impl Rig {
                 batch_max_payers: 10,
                 batch_max_age_ms: 0,
                 replace_after_ms,
+                held_back_recheck_max_ms: 60_000,
             },
         )
     }
