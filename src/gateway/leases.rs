@@ -16,7 +16,10 @@
 //!   node revoked or superseded, and pushes the stop to their actors;
 //! * refuses to spend ([`LeaseKeeper::check_renewed`]) once its own leases
 //!   went unrenewed for half the grace: by the grace, another node may have
-//!   taken them back.
+//!   taken them back;
+//! * in the `evm` mode, caps every take by the payer's funds on chain and
+//!   keeps this node's copy of the payers settlement holds back
+//!   ([`super::payers`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -31,6 +34,7 @@ use ledger::{Amount, KeyId, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::payers::{FundsError, PayerFences, PayerFunds};
 use super::NamedTask;
 use crate::settings::LeaseSettings;
 
@@ -56,6 +60,10 @@ pub struct LeaseKeeper {
     pub takes: Arc<AtomicU64>,
     stopping: watch::Sender<bool>,
     returning: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Payers' funds on chain (`evm`): every take is capped by them.
+    funds: PayerFunds,
+    /// Payers held back by settlement: refused before any hold.
+    pub fences: PayerFences,
 }
 
 /// Why a call could not get its lease topped up.
@@ -67,6 +75,8 @@ pub enum TopUpError {
     Unrenewed(i64),
     #[error("the store did not grant a lease top-up in time")]
     Slow,
+    #[error(transparent)]
+    Funds(#[from] FundsError),
 }
 
 impl LeaseKeeper {
@@ -81,7 +91,16 @@ impl LeaseKeeper {
             takes: Arc::default(),
             stopping: watch::channel(false).0,
             returning: Arc::default(),
+            funds: PayerFunds::default(),
+            fences: PayerFences::default(),
         }
+    }
+
+    /// With payers' funds on chain (the `evm` mode): each take is capped by
+    /// what the payer can still pay, and held-back payers are fenced.
+    pub fn with_payer_funds(mut self, funds: PayerFunds) -> LeaseKeeper {
+        self.funds = funds;
+        self
     }
 
     pub fn node_id(&self) -> &str {
@@ -139,10 +158,33 @@ impl LeaseKeeper {
         let Some(lease_id) = lease.budget_lease() else {
             return Ok(Amount::ZERO);
         };
-        let taken = self
-            .store
-            .take_lease(lease_id, key, &self.node_id, chunk, need, now_ms())
-            .await?;
+        let spendable = match lease.payer() {
+            Some((wallet, chain)) => self
+                .funds
+                .spendable(&wallet, chain)
+                .await?
+                .map(|spendable| (wallet, chain, spendable)),
+            None => None,
+        };
+        let taken = match spendable {
+            Some((wallet, chain, spendable)) => {
+                self.store
+                    .take_lease_funded(
+                        lease_id,
+                        key,
+                        &self.node_id,
+                        (chunk, need),
+                        (&wallet, chain, spendable),
+                        now_ms(),
+                    )
+                    .await?
+            }
+            None => {
+                self.store
+                    .take_lease(lease_id, key, &self.node_id, chunk, need, now_ms())
+                    .await?
+            }
+        };
         self.grant(lease, key, taken).await
     }
 
@@ -322,6 +364,11 @@ impl LeaseKeeper {
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
             self.push_revocations(&registry, &mut pushed).await;
+            if self.funds.on_chain() {
+                if let Err(error) = self.fences.refresh(&self.store).await {
+                    tracing::warn!(%error, "reading the payers held back by settlement failed");
+                }
+            }
             let now = now_ms();
             if now.saturating_sub(renewed_last) >= renew_every_ms {
                 renewed_last = now;
