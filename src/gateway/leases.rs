@@ -33,6 +33,7 @@ use ledger::time::now_ms;
 use ledger::{Amount, KeyId, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use workers::queue::Queue;
 
 use super::payers::{FundsError, PayerFences, PayerFunds};
 use super::NamedTask;
@@ -64,6 +65,8 @@ pub struct LeaseKeeper {
     funds: PayerFunds,
     /// Payers held back by settlement: refused before any hold.
     pub fences: PayerFences,
+    /// Queue mode: the charges queue, whose drain gates reclaiming.
+    charges_queue: Option<(Queue, Arc<str>)>,
 }
 
 /// Why a call could not get its lease topped up.
@@ -93,7 +96,18 @@ impl LeaseKeeper {
             returning: Arc::default(),
             funds: PayerFunds::default(),
             fences: PayerFences::default(),
+            charges_queue: None,
         }
+    }
+
+    /// Queue mode: this node's charges reach the ledger through `name` on
+    /// `queue`, after their calls were answered. A lease's cover is then
+    /// taken back only once that queue was seen drained after the lease's
+    /// node went silent (or returned it): its charges may still be on their
+    /// way until then.
+    pub fn with_charges_queue(mut self, queue: Queue, name: &str) -> LeaseKeeper {
+        self.charges_queue = Some((queue, Arc::from(name)));
+        self
     }
 
     /// With payers' funds on chain (the `evm` mode): each take is capped by
@@ -356,6 +370,7 @@ impl LeaseKeeper {
         // The first tick renews at once: this node's heartbeat exists from
         // its start.
         let mut renewed_last = 0;
+        let mut drained_at = None;
         let mut pushed = HashSet::new();
         let mut stopping = self.stopping.subscribe();
         loop {
@@ -372,7 +387,7 @@ impl LeaseKeeper {
             let now = now_ms();
             if now.saturating_sub(renewed_last) >= renew_every_ms {
                 renewed_last = now;
-                self.renew_and_reclaim(now).await;
+                self.renew_and_reclaim(now, &mut drained_at).await;
             }
         }
     }
@@ -403,19 +418,46 @@ impl LeaseKeeper {
         }
     }
 
-    async fn renew_and_reclaim(&self, now: i64) {
+    async fn renew_and_reclaim(&self, now: i64, drained_at: &mut Option<i64>) {
         match self.store.renew_leases(&self.node_id, now).await {
             Ok(()) => self.renewed_at_ms.store(now, Ordering::Relaxed),
             Err(error) => tracing::warn!(%error, "renewing this node's leases failed"),
         }
+        let Some(seen) = self.reclaim_cutoff(now, drained_at).await else {
+            return;
+        };
         match self
             .store
-            .reclaim_leases(now.saturating_sub(self.settings.grace_ms))
+            .reclaim_leases(seen.saturating_sub(self.settings.grace_ms))
             .await
         {
             Ok(0) => {}
             Ok(reclaimed) => tracing::info!(reclaimed, "took back leases of nodes gone silent"),
             Err(error) => tracing::warn!(%error, "taking back silent nodes' leases failed"),
+        }
+    }
+
+    /// The instant by which every charge of a lease silent (or returned) a
+    /// grace before it is in the ledger: now, when charges are written before
+    /// their calls answer; in queue mode, the previous of two consecutive
+    /// passes that found the charges queue drained (`None` until there are
+    /// two: nothing is taken back while charges may still be on their way).
+    async fn reclaim_cutoff(&self, now: i64, drained_at: &mut Option<i64>) -> Option<i64> {
+        let Some((queue, name)) = &self.charges_queue else {
+            return Some(now);
+        };
+        match queue.ready_count(name).await {
+            Ok(0) => drained_at.replace(now),
+            Ok(waiting) => {
+                tracing::debug!(waiting, "charges still queued: no lease is taken back yet");
+                drained_at.take();
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the charges queue's depth could not be read: no lease is taken back");
+                drained_at.take();
+                None
+            }
         }
     }
 }

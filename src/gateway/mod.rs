@@ -166,8 +166,11 @@ impl Gateway {
                 (name.clone(), model)
             })
             .collect();
-        let leases = LeaseKeeper::new(store.clone(), store.node_id(), settings.leases)
+        let mut leases = LeaseKeeper::new(store.clone(), store.node_id(), settings.leases)
             .with_payer_funds(funds);
+        if let Some(queue) = &queue {
+            leases = leases.with_charges_queue(queue.clone(), &settings.queue.calls_queue);
+        }
         let mut tasks = leases.start(&registry);
         if let Some(drain) = revocation::free_drained_keys(&registry, store.clone()) {
             tasks.push(("drained-key release", drain));
