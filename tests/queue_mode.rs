@@ -515,6 +515,7 @@ async fn lagging_queue_after(signal: &str) {
         served += amount;
         assert_eq!(status, 402, "{signal}: B spent a key A had spent whole");
     }
+    assert_eq!(served, BUDGET, "{signal}: served once, in all");
 
     // A worker records every charge once: none refused, none overdrawn.
     let mut worker_env = env.clone();
