@@ -282,6 +282,13 @@ pub struct ChainSettings {
     /// settled.
     #[serde(default = "one_u64")]
     pub confirmations: u64,
+    /// Blocks a receipt needs (its own included) before its batch is final:
+    /// until then the batch is `confirming`, its charges `batched`, and a
+    /// reorg that loses the receipt sends the batch again. Unset: the same
+    /// as `confirmations` (the default chain, Avalanche, is final once a
+    /// block is accepted; set it on chains that reorganise).
+    #[serde(default)]
+    pub finality_confirmations: Option<u64>,
     /// A batch closes with this many payers …
     #[serde(default = "batch_max_payers_default")]
     pub batch_max_payers: usize,
@@ -369,6 +376,13 @@ impl ChainSettings {
             _ => None,
         };
         within(&setting("confirmations"), self.confirmations, 1, 1_000)?;
+        let finality_confirmations = self.finality_confirmations.unwrap_or(self.confirmations);
+        within(
+            &setting("finality_confirmations"),
+            finality_confirmations,
+            self.confirmations,
+            10_000,
+        )?;
         within(
             &setting("batch_max_payers"),
             self.batch_max_payers,
@@ -401,6 +415,7 @@ impl ChainSettings {
             treasury: address(&self.treasury, "treasury")?,
             operator_key,
             confirmations: self.confirmations,
+            finality_confirmations,
             rpc_timeout: std::time::Duration::from_millis(self.rpc_timeout_ms),
             from_block: self.from_block,
         };
