@@ -885,3 +885,116 @@ async fn a_successful_receipt_wins_over_a_reverted_retry() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_reorg_before_finality_sends_the_batch_again_and_it_settles_once() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let rig = rig_final(backend, 3).await;
+        let payer = account(&rig, 2);
+        rig.dev.approve(payer, 1_000_000).await.unwrap();
+        let key = rig.charge(payer, &[700, 300]).await;
+        let treasury = rig.dev.deployment.treasury;
+        let (before, treasury_before) = (rig.balance(payer).await, rig.balance(treasury).await);
+        let snapshot = rig.dev.snapshot().await.unwrap();
+        let settler = rig.settler(60_000);
+
+        // Mined and proven, not final: provisional.
+        rig.settle_until(&settler, Pass::Confirming, 10).await;
+        assert_eq!(before - rig.balance(payer).await, U256::from(1_000));
+        assert_eq!(only_batch(&rig).await.status, "confirming", "{backend:?}");
+        assert_eq!(rig.statuses(&key).await, ["batched"], "{backend:?}");
+        assert!(rig.store.settled_txs_since(0, 100).await.unwrap().is_empty());
+
+        // The chain loses the block: the payer has its USDC back.
+        rig.dev.revert(&snapshot).await.unwrap();
+        assert_eq!(rig.balance(payer).await, before);
+        assert!(!rig.client.is_settled(1).await.unwrap());
+
+        // Sent again, confirmed, final after three blocks: settled once.
+        rig.settle_until(&settler, Pass::Confirming, 10).await;
+        rig.dev.mine_blocks(2).await.unwrap();
+        rig.settle_until(&settler, Pass::Settled, 10).await;
+        assert_eq!(settler.pass().await.unwrap(), Pass::Idle, "{backend:?}");
+        assert_eq!(rig.statuses(&key).await, ["settled"], "{backend:?}");
+        assert_eq!(before - rig.balance(payer).await, U256::from(1_000));
+        assert_eq!(
+            rig.balance(treasury).await - treasury_before,
+            U256::from(1_000),
+            "{backend:?}: collected"
+        );
+        let batch = only_batch(&rig).await;
+        assert_eq!(batch.status, "settled");
+        assert!(rig.client.is_settled(1).await.unwrap());
+        assert_eq!(rig.store.settled_txs_since(0, 100).await.unwrap().len(), 1);
+        assert!(
+            workers::evm::reconcile::reconcile_chain(&rig.store, &rig.client)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn replay_sends_again_a_settled_batch_the_chain_lost_and_never_one_it_has() {
+    use workers::evm::reconcile::{reconcile_chain, reopen_if_lost, LostBatch};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let rig = rig(backend).await;
+        let payer = account(&rig, 3);
+        rig.dev.approve(payer, 1_000_000).await.unwrap();
+        let key = rig.charge(payer, &[900]).await;
+        let treasury = rig.dev.deployment.treasury;
+        let (before, treasury_before) = (rig.balance(payer).await, rig.balance(treasury).await);
+        let snapshot = rig.dev.snapshot().await.unwrap();
+        let settler = rig.settler(60_000);
+        rig.settle_until(&settler, Pass::Settled, 10).await;
+        let batch = only_batch(&rig).await;
+        let batch_no = batch.chain_batch_no.unwrap();
+
+        // Settled on chain too: replay leaves it alone.
+        assert_eq!(
+            reopen_if_lost(&rig.store, &rig.client, &batch.id, batch_no)
+                .await
+                .unwrap(),
+            LostBatch::SettledOnChain
+        );
+        assert_eq!(rig.statuses(&key).await, ["settled"]);
+
+        // A reorg deeper than finality: `reconcile` sees it, replay sends
+        // the batch again under its own number.
+        rig.dev.revert(&snapshot).await.unwrap();
+        assert_eq!(rig.balance(payer).await, before);
+        let differences = reconcile_chain(&rig.store, &rig.client).await.unwrap();
+        assert!(!differences.is_empty(), "{backend:?}");
+        assert_eq!(
+            reopen_if_lost(&rig.store, &rig.client, &batch.id, batch_no)
+                .await
+                .unwrap(),
+            LostBatch::Reopened(1),
+            "{backend:?}"
+        );
+        assert_eq!(rig.statuses(&key).await, ["batched"]);
+        rig.settle_until(&settler, Pass::Settled, 10).await;
+        assert_eq!(rig.statuses(&key).await, ["settled"], "{backend:?}");
+        assert_eq!(before - rig.balance(payer).await, U256::from(900));
+        assert_eq!(
+            rig.balance(treasury).await - treasury_before,
+            U256::from(900)
+        );
+        assert_eq!(only_batch(&rig).await.status, "settled");
+        assert!(rig.client.is_settled(u64::try_from(batch_no).unwrap()).await.unwrap());
+        assert!(reconcile_chain(&rig.store, &rig.client)
+            .await
+            .unwrap()
+            .is_empty());
+        // And once it is back on chain, never again.
+        assert_eq!(
+            reopen_if_lost(&rig.store, &rig.client, &batch.id, batch_no)
+                .await
+                .unwrap(),
+            LostBatch::SettledOnChain
+        );
+        assert_eq!(settler.pass().await.unwrap(), Pass::Idle);
+    }
+}

@@ -451,7 +451,9 @@ impl Store {
 
     /// Persists a signed transaction of `batch_id` before it is broadcast:
     /// the outbox row, the operator's next nonce past it, the batch
-    /// `sending` with this hash, and an attempt — one transaction.
+    /// `sending` with this hash, and an attempt — one transaction. The same
+    /// bytes signed again (a batch the chain lost, at the nonce it had) are
+    /// one outbox row, due to be sent again, with a new attempt.
     pub async fn record_signed_tx(
         &self,
         batch_id: &str,
@@ -475,7 +477,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO chain_txs (tx_hash, chain_id, batch_id, nonce, raw_tx, gas_limit,
                                     max_fee_per_gas, max_priority_fee_per_gas, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (tx_hash) DO UPDATE
+                SET created_at_ms = excluded.created_at_ms, broadcast_at_ms = NULL",
         )
         .bind(signed.hash.as_str())
         .bind(chain_db)

@@ -357,13 +357,18 @@ impl EvmSettler {
     /// attempt is not finished yet (one already handled is never handled
     /// again).
     async fn mined(&self, batch: &EvmBatch, txs: &[ChainTx]) -> Result<Mined, SettleError> {
-        let handled: HashSet<String> = self
-            .store
-            .batch_attempts(&batch.id)
-            .await?
-            .into_iter()
-            .filter(|a| a.finished_at_ms.is_some())
-            .filter_map(|a| a.tx_hash)
+        // Handled: every attempt of the hash is finished (the same bytes
+        // may be sent again after the chain lost them: a new attempt).
+        let attempts = self.store.batch_attempts(&batch.id).await?;
+        let in_flight: HashSet<&str> = attempts
+            .iter()
+            .filter(|a| a.finished_at_ms.is_none())
+            .filter_map(|a| a.tx_hash.as_deref())
+            .collect();
+        let handled: HashSet<&str> = attempts
+            .iter()
+            .filter_map(|a| a.tx_hash.as_deref())
+            .filter(|hash| !in_flight.contains(hash))
             .collect();
         let mut reverted = None;
         for tx in txs {
@@ -374,7 +379,7 @@ impl EvmSettler {
             if receipt.status() {
                 return Ok(Mined::Success(hash, Box::new(receipt)));
             }
-            if reverted.is_none() && !handled.contains(&tx.hash) {
+            if reverted.is_none() && !handled.contains(tx.hash.as_str()) {
                 reverted = Some((hash, receipt));
             }
         }
