@@ -18,9 +18,10 @@ use crate::startup::open_store;
 pub enum SettlementsCommand {
     /// Charges by status and the newest batches (100 at most).
     List {
-        /// Only batches in this status: batched (in flight: open or sending),
-        /// open, sending, settled or failed.
-        #[arg(long, value_parser = ["batched", "open", "sending", "settled", "failed"])]
+        /// Only batches in this status: batched (in flight: open, sending or
+        /// confirming), open, sending, confirming (mined, not yet final),
+        /// settled or failed.
+        #[arg(long, value_parser = ["batched", "open", "sending", "confirming", "settled", "failed"])]
         status: Option<String>,
         /// One JSON object instead of text.
         #[arg(long)]

@@ -13,10 +13,18 @@
 //!    (operator, treasury, gas money, token not paused), sign at the store's
 //!    nonce (or the chain's, when an outside transaction took ours), persist
 //!    the signed bytes, then broadcast.
-//! 3. **Watch**: a receipt of any hash of the batch settles it once it has
-//!    `confirmations`; each payer is `settled` only when the receipt holds
-//!    the token's `Transfer(payer, treasury, amount)`, `failed` only when it
-//!    holds the contract's `PayerFailed` for it. Not mined in
+//! 3. **Watch**: a successful receipt of any hash of the batch wins (over
+//!    any that reverted); once it has `confirmations`, each payer must be
+//!    proven — `settled` only when the receipt holds the token's
+//!    `Transfer(payer, treasury, amount)`, `failed` only when it holds the
+//!    contract's `PayerFailed` for it. Fewer than `finality_confirmations`
+//!    deep, the batch is confirming (its charges still `batched`) and the
+//!    receipt is read again every pass; final, the batch settles. A
+//!    confirming receipt the chain lost (a reorg) sends the batch again. A
+//!    reverted receipt is handled once, when its attempt is still open: the
+//!    batch is re-opened and signed anew (the set-up checked first, so an
+//!    operator no longer ours pauses the chain); the third reverted attempt
+//!    fails the batch, for `tollgate settlements replay`. Not mined in
 //!    `replace_after_ms`: replaced at the same nonce with both fees raised
 //!    by at least 12.5 %. Its nonce taken by another transaction: the batch
 //!    is signed again at a new nonce. Before anything is signed again, the
