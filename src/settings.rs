@@ -1078,6 +1078,15 @@ mod tests {
         };
         let s = evm(&[]).unwrap();
         assert_eq!(s.evm_chains().unwrap().len(), 1);
+        // Finality defaults to `confirmations`, and never comes before it.
+        let chain = |s: Settings| s.evm_chains().unwrap().remove(0);
+        let conf = |n: &'static str| ("TOLLGATE__CHAINS__43113__CONFIRMATIONS", n);
+        let fin = |n: &'static str| ("TOLLGATE__CHAINS__43113__FINALITY_CONFIRMATIONS", n);
+        assert_eq!(chain(evm(&[conf("4")]).unwrap()).finality_confirmations, 4);
+        let set = chain(evm(&[conf("2"), fin("12")]).unwrap());
+        assert_eq!((set.confirmations, set.finality_confirmations), (2, 12));
+        let err = evm(&[conf("3"), fin("2")]).unwrap_err().to_string();
+        assert!(err.contains("chains.43113.finality_confirmations"), "{err}");
         for (key, value, named) in [
             ("TOLLGATE__CHAINS__43113__USDC", "0x12", "chains.43113.usdc"),
             (
