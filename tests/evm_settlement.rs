@@ -577,10 +577,12 @@ async fn a_settlement_the_chain_lost_is_reported_and_the_cli_sends_it_again_once
     let id = KeyId::parse(&key_id).unwrap();
     let settled = || async {
         let charges = app.store.charges_for_key(&id).await.unwrap();
-        charges.iter().all(|c| c.status == "settled")
-            && before - chain.usdc(payer).await == charged
+        charges.iter().all(|c| c.status == "settled") && before - chain.usdc(payer).await == charged
     };
-    assert!(eventually(Duration::from_secs(20), settled).await, "settled once");
+    assert!(
+        eventually(Duration::from_secs(20), settled).await,
+        "settled once"
+    );
 
     // A reorg takes the settlement away: the ledger says settled, the chain
     // does not, and the payer has its USDC back.
@@ -608,11 +610,18 @@ async fn a_settlement_the_chain_lost_is_reported_and_the_cli_sends_it_again_once
             .unwrap();
     }
     assert_eq!(reopened, 3, "every charge of the lost batches");
-    assert!(eventually(Duration::from_secs(20), settled).await, "sent again");
+    assert!(
+        eventually(Duration::from_secs(20), settled).await,
+        "sent again"
+    );
     let (ok, out) = cli(&["reconcile"]);
     assert!(ok, "{out}");
     assert_eq!(chain.usdc(treasury).await - treasury_before, charged);
     let (ok, out) = cli(&["settlements", "replay", &batches[0], "--json"]);
     assert!(!ok, "settled on chain: nothing to replay: {out}");
-    assert_eq!(before - chain.usdc(payer).await, charged, "paid exactly once");
+    assert_eq!(
+        before - chain.usdc(payer).await,
+        charged,
+        "paid exactly once"
+    );
 }

@@ -217,6 +217,11 @@ async fn replay_lost(
                 json!({ "reopened": charges, "batch": record.id, "batchNo": batch_no })
             );
         }
+        LostBatch::Reopened(0) => println!(
+            "batch {} (#{batch_no}) is not settled on chain, and none of its payers had paid: \
+             nothing to send again (its failed charges replay with --all-failed)",
+            record.id
+        ),
         LostBatch::Reopened(charges) => println!(
             "batch {} (#{batch_no}) is not settled on chain: re-opened with {charges} charge(s); \
              the settler sends it again under the same number",

@@ -880,10 +880,12 @@ async fn a_successful_receipt_wins_over_a_reverted_retry() {
     assert_eq!(settled.tx_hash.as_deref(), Some(first.hash.as_str()));
     assert_eq!(rig.statuses(&key).await, ["settled"]);
     assert_eq!(before - rig.balance(payer).await, U256::from(555));
-    assert!(workers::evm::reconcile::reconcile_chain(&rig.store, &rig.client)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        workers::evm::reconcile::reconcile_chain(&rig.store, &rig.client)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -903,7 +905,12 @@ async fn a_reorg_before_finality_sends_the_batch_again_and_it_settles_once() {
         assert_eq!(before - rig.balance(payer).await, U256::from(1_000));
         assert_eq!(only_batch(&rig).await.status, "confirming", "{backend:?}");
         assert_eq!(rig.statuses(&key).await, ["batched"], "{backend:?}");
-        assert!(rig.store.settled_txs_since(0, 100).await.unwrap().is_empty());
+        assert!(rig
+            .store
+            .settled_txs_since(0, 100)
+            .await
+            .unwrap()
+            .is_empty());
 
         // The chain loses the block: the payer has its USDC back.
         rig.dev.revert(&snapshot).await.unwrap();
@@ -983,7 +990,11 @@ async fn replay_sends_again_a_settled_batch_the_chain_lost_and_never_one_it_has(
             U256::from(900)
         );
         assert_eq!(only_batch(&rig).await.status, "settled");
-        assert!(rig.client.is_settled(u64::try_from(batch_no).unwrap()).await.unwrap());
+        assert!(rig
+            .client
+            .is_settled(u64::try_from(batch_no).unwrap())
+            .await
+            .unwrap());
         assert!(reconcile_chain(&rig.store, &rig.client)
             .await
             .unwrap()

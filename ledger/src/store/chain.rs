@@ -685,8 +685,9 @@ impl Store {
     /// false): back to `open` to be sent again under the same batch number.
     /// Its `settled` charges return to `batched` and their payers to
     /// `pending`; payers proven `failed` stay so (their charges are replayed
-    /// on their own). Returns how many charges return; 0 when the batch is
-    /// not a settled on-chain batch.
+    /// on their own). A batch none of whose payers paid moved nothing: it
+    /// becomes `failed` instead (nothing to send again). Returns how many
+    /// charges return; 0 when the batch is not a settled on-chain batch.
     pub async fn reopen_lost_batch(
         &self,
         batch_id: &str,
@@ -694,19 +695,32 @@ impl Store {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
+        let paid = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM settlement_payers
+              WHERE batch_id = $1 AND outcome = 'settled'",
+        )
+        .bind(batch_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let status = if get_i64(&paid, "n")? > 0 {
+            "open"
+        } else {
+            "failed"
+        };
         let reopened = sqlx::query(
             "UPDATE settlement_batches
-                SET status = 'open', mined_block_no = NULL, mined_block_hash = NULL,
+                SET status = $4, mined_block_no = NULL, mined_block_hash = NULL,
                     last_error = $2, updated_at_ms = $3
               WHERE id = $1 AND status = 'settled' AND chain_batch_no IS NOT NULL",
         )
         .bind(batch_id)
         .bind(error)
         .bind(now_ms)
+        .bind(status)
         .execute(&mut *tx)
         .await?;
-        if reopened.rows_affected() == 0 {
-            tx.rollback().await?;
+        if reopened.rows_affected() == 0 || status == "failed" {
+            tx.commit().await?;
             return Ok(0);
         }
         sqlx::query(

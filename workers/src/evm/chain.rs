@@ -658,7 +658,12 @@ impl ChainClient {
         let Some(mined_in) = receipt.block_number else {
             return Ok(0);
         };
-        if self.config.confirmations.max(self.config.finality_confirmations) <= 1 {
+        if self
+            .config
+            .confirmations
+            .max(self.config.finality_confirmations)
+            <= 1
+        {
             return Ok(1);
         }
         let head = self.block_number().await?;

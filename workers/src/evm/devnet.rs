@@ -453,8 +453,12 @@ impl DevChain {
     /// Hands the settlement contract's ownership from its deployer to `to`.
     pub async fn transfer_ownership(&self, to: Address) -> Result<(), DevnetError> {
         let call = TollgateSettlement::transferOwnershipCall { owner_: to };
-        self.send_as(self.owner(), self.deployment.settlement_contract, call.abi_encode())
-            .await
+        self.send_as(
+            self.owner(),
+            self.deployment.settlement_contract,
+            call.abi_encode(),
+        )
+        .await
     }
 
     /// `owner` makes `operator` the settlement contract's operator. With

@@ -378,16 +378,24 @@ impl EvmSettler {
             .filter_map(|a| a.tx_hash.as_deref())
             .filter(|hash| !in_flight.contains(hash))
             .collect();
+        // A confirming batch's receipt may be of a transaction found by its
+        // log (not one of ours): it is looked at too.
+        let mut hashes: Vec<&str> = txs.iter().map(|tx| tx.hash.as_str()).collect();
+        if let Some(mined) = &batch.mined {
+            if !hashes.contains(&mined.tx_hash.as_str()) {
+                hashes.push(&mined.tx_hash);
+            }
+        }
         let mut reverted = None;
-        for tx in txs {
-            let hash = parse_hash(&tx.hash)?;
+        for hex in hashes {
+            let hash = parse_hash(hex)?;
             let Some(receipt) = self.chain.receipt(hash).await? else {
                 continue;
             };
             if receipt.status() {
                 return Ok(Mined::Success(hash, Box::new(receipt)));
             }
-            if reverted.is_none() && !handled.contains(tx.hash.as_str()) {
+            if reverted.is_none() && !handled.contains(hex) {
                 reverted = Some((hash, receipt));
             }
         }
@@ -453,7 +461,11 @@ impl EvmSettler {
         let batch_no = u64::try_from(batch.batch_no).unwrap_or(0);
         if reverts >= REVERTS_MAX && !self.chain.is_settled(batch_no).await? {
             self.store
-                .fail_batch(&batch.id, &format!("{error}: {reverts} attempts reverted"), now_ms())
+                .fail_batch(
+                    &batch.id,
+                    &format!("{error}: {reverts} attempts reverted"),
+                    now_ms(),
+                )
                 .await?;
             tracing::error!(chain = self.chain.chain_id(), batch_id = %batch.id, reverts,
                 "batch failed; `tollgate settlements replay` sends its charges again");
@@ -486,7 +498,11 @@ impl EvmSettler {
                 block_no: i64::try_from(receipt.block_number.unwrap_or(0)).unwrap_or(i64::MAX),
                 block_hash: format!("{:#x}", receipt.block_hash.unwrap_or_default()),
             };
-            if self.store.mark_confirming(&batch.id, &mined, now_ms()).await? {
+            if self
+                .store
+                .mark_confirming(&batch.id, &mined, now_ms())
+                .await?
+            {
                 tracing::info!(chain = self.chain.chain_id(), batch_id = %batch.id,
                     tx_hash = %mined.tx_hash, block = mined.block_no, depth,
                     final_at = config.finality_confirmations,
