@@ -242,6 +242,12 @@ pub struct SettlementSettings {
     pub interval_ms: u64,
     /// The most charges one batch (one store transaction) settles.
     pub batch_max_charges: i64,
+    /// `evm`: the longest a held-back payer waits between two checks of its
+    /// funds (the wait doubles from `interval_ms` up to this).
+    pub held_back_recheck_max_ms: i64,
+    /// `evm`: `tollgate reconcile` fails when a payer has been held back
+    /// longer than this (money was served that the chain may never collect).
+    pub held_back_alert_ms: i64,
 }
 
 /// How charges settle (DESIGN §8).
@@ -699,6 +705,18 @@ impl SettlementSettings {
             self.batch_max_charges,
             1,
             ledger::store::settlement::LEDGER_BATCH_MAX,
+        )?;
+        within(
+            "settlement.held_back_recheck_max_ms",
+            self.held_back_recheck_max_ms,
+            10,
+            86_400_000,
+        )?;
+        within(
+            "settlement.held_back_alert_ms",
+            self.held_back_alert_ms,
+            0,
+            i64::MAX / 2,
         )?;
         Ok(())
     }

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::signing_key;
 use crate::auth::token::TokenSigner;
+use crate::gateway::payers::PayerFunds;
 use crate::gateway::{Gateway, NamedTask};
 use crate::http;
 use crate::settings::Settings;
@@ -132,7 +133,13 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let (gateway, mut tasks) = Gateway::start(&settings, store.clone(), queue.clone())?;
+        let chain_clients = crate::pools::chain_clients(&settings)?;
+        let (gateway, mut tasks) = Gateway::start(
+            &settings,
+            store.clone(),
+            queue.clone(),
+            PayerFunds::new(chain_clients.clone()),
+        )?;
         if settings.workers.in_process {
             if let Some(queue) = &queue {
                 let (_, pools) = crate::pools::start_ledger_pools(&settings, store.clone(), queue)
@@ -146,7 +153,6 @@ impl Application {
         if crate::metrics::handle().is_some() {
             tasks.push(("metrics upkeep", tokio::spawn(crate::metrics::upkeep())));
         }
-        let chain_clients = crate::pools::chain_clients(&settings)?;
         let settled_txs = crate::settled_txs::SettledTxs::default();
         if !chain_clients.is_empty() {
             let every = Duration::from_millis(settings.settlement.interval_ms);

@@ -216,6 +216,7 @@ async fn main() {
             batch_max_payers: PAYERS,
             batch_max_age_ms: 0,
             replace_after_ms: 60_000,
+            held_back_recheck_max_ms: 60_000,
         },
     );
     let started = Instant::now();

@@ -93,6 +93,7 @@ impl Rig {
                 batch_max_payers: 10,
                 batch_max_age_ms: 0,
                 replace_after_ms,
+                held_back_recheck_max_ms: 60_000,
             },
         )
     }
@@ -694,6 +695,7 @@ async fn a_fresh_ledger_numbers_its_batches_after_those_the_contract_settled() {
             batch_max_payers: 10,
             batch_max_age_ms: 0,
             replace_after_ms: 60_000,
+            held_back_recheck_max_ms: 60_000,
         },
     );
     let mut passes = Vec::new();
@@ -1008,4 +1010,94 @@ async fn replay_sends_again_a_settled_batch_the_chain_lost_and_never_one_it_has(
         );
         assert_eq!(settler.pass().await.unwrap(), Pass::Idle);
     }
+}
+
+/// Issue "Settlement integrity", finding 2: payers who cannot pay are held
+/// back and read past. With `batch_max_payers = 2`, eight payers without
+/// allowance charged first, then an honest funded one: the honest payer
+/// settles within a few passes (the settler used to read only the
+/// `4 × batch_max_payers` oldest payers, all held back, for good); each
+/// held-back payer is checked again only after its backoff.
+#[tokio::test]
+async fn payers_who_cannot_pay_do_not_starve_the_payers_behind_them() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let rig = rig(backend).await;
+        let mut dust = Vec::new();
+        for i in 1..=8 {
+            let payer = account(&rig, i);
+            rig.charge(payer, &[10]).await;
+            dust.push(payer);
+        }
+        // Not account 9: that is the treasury.
+        let honest = Address::from([0x42; 20]);
+        rig.dev.mint(honest, 1_000_000).await.unwrap();
+        rig.dev.approve(honest, 1_000_000).await.unwrap();
+        let honest_key = rig.charge(honest, &[500]).await;
+        let settler = EvmSettler::new(
+            rig.store.clone(),
+            rig.client.clone(),
+            EvmSettlerConfig {
+                settler_id: "starved".into(),
+                // The first backoff: held-back payers wait a second.
+                every: Duration::from_millis(1_000),
+                batch_max_payers: 2,
+                batch_max_age_ms: 0,
+                replace_after_ms: 60_000,
+                held_back_recheck_max_ms: 60_000,
+            },
+        );
+        rig.settle_until(&settler, Pass::Settled, 10).await;
+        assert_eq!(rig.statuses(&honest_key).await, ["settled"], "{backend:?}");
+        let held = rig.store.held_back_payers(Some(CHAIN)).await.unwrap();
+        assert_eq!(held.len(), dust.len(), "{backend:?}: {held:?}");
+        assert!(held
+            .iter()
+            .all(|p| p.short() == "allowance" && p.checks == 1));
+        assert!(
+            held.iter().all(|p| p.retry_at_ms > p.checked_at_ms),
+            "{backend:?}: each waits its backoff"
+        );
+        // Not due yet: a pass reads past them and has nothing to do.
+        assert_eq!(settler.pass().await.unwrap(), Pass::Idle, "{backend:?}");
+        let again = rig.store.held_back_payers(Some(CHAIN)).await.unwrap();
+        assert!(
+            again.iter().all(|p| p.checks == 1),
+            "{backend:?}: {again:?}"
+        );
+        // One approves: once due it is read again, pays, and is released.
+        rig.dev.approve(dust[0], 1_000_000).await.unwrap();
+        let wallet = format!("{:#x}", dust[0]);
+        due_now(&rig, &wallet).await;
+        rig.settle_until(&settler, Pass::Settled, 10).await;
+        let left = rig.store.held_back_payers(Some(CHAIN)).await.unwrap();
+        assert_eq!(left.len(), dust.len() - 1, "{backend:?}");
+        assert!(left.iter().all(|p| p.wallet != wallet), "{backend:?}");
+    }
+}
+
+/// Makes a held-back payer due for its re-check now, as if its backoff had
+/// elapsed (holding it back again with no wait).
+async fn due_now(rig: &Rig, wallet: &str) {
+    let held = rig
+        .store
+        .held_back_payers(Some(CHAIN))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.wallet == wallet)
+        .unwrap();
+    rig.store
+        .hold_back_payer(
+            CHAIN,
+            ledger::store::payers::ShortPayer {
+                wallet,
+                owed: held.owed,
+                balance: held.balance,
+                allowance: held.allowance,
+            },
+            |_| 0,
+            ledger::time::now_ms() - 1,
+        )
+        .await
+        .unwrap();
 }

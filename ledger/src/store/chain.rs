@@ -44,6 +44,8 @@ pub struct PendingPayer {
     pub sum: Amount,
     pub charges: i64,
     pub oldest_ms: i64,
+    /// Held back by an earlier check (its re-check is due).
+    pub held_back: bool,
 }
 
 /// An on-chain batch: its number on chain and each payer's sum.
@@ -220,35 +222,48 @@ impl Store {
     }
 
     /// Payers with charges `pending` on `chain` recorded at or before
-    /// `recorded_before_ms`, oldest first, at most `limit`.
+    /// `recorded_before_ms`, oldest first: at most `limit` that are not held
+    /// back, then at most `limit` held back whose re-check is due by then
+    /// ([`super::payers`]). Held-back payers not due are read past, so they
+    /// never stand in front of payers who can pay.
     pub async fn pending_payers(
         &self,
         chain: ChainId,
         recorded_before_ms: i64,
         limit: usize,
     ) -> Result<Vec<PendingPayer>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT wallet, CAST(SUM(amount_atomic) AS BIGINT) AS total,
-                    CAST(COUNT(*) AS BIGINT) AS n, MIN(created_at_ms) AS oldest
-               FROM charges
-              WHERE status = 'pending' AND chain_id = $1 AND created_at_ms <= $2
-              GROUP BY wallet ORDER BY MIN(created_at_ms), wallet LIMIT $3",
-        )
-        .bind(chain_to_db(chain)?)
-        .bind(recorded_before_ms)
-        .bind(i64::try_from(limit.min(EVM_BATCH_PAYERS_MAX * 10)).unwrap_or(1))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PendingPayer {
+        let limit = i64::try_from(limit.min(EVM_BATCH_PAYERS_MAX * 10)).unwrap_or(1);
+        let mut payers = Vec::new();
+        for held in [false, true] {
+            let rows = sqlx::query(&format!(
+                "SELECT c.wallet, CAST(SUM(c.amount_atomic) AS BIGINT) AS total,
+                        CAST(COUNT(*) AS BIGINT) AS n, MIN(c.created_at_ms) AS oldest
+                   FROM charges c
+                  WHERE c.status = 'pending' AND c.chain_id = $1 AND c.created_at_ms <= $2
+                    AND {} EXISTS (SELECT 1 FROM held_back_payers h
+                                    WHERE h.chain_id = c.chain_id AND h.wallet = c.wallet)
+                    AND NOT EXISTS (SELECT 1 FROM held_back_payers h
+                                     WHERE h.chain_id = c.chain_id AND h.wallet = c.wallet
+                                       AND h.retry_at_ms > $2)
+                  GROUP BY c.wallet ORDER BY MIN(c.created_at_ms), c.wallet LIMIT $3",
+                if held { "" } else { "NOT" }
+            ))
+            .bind(chain_to_db(chain)?)
+            .bind(recorded_before_ms)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?;
+            for row in &rows {
+                payers.push(PendingPayer {
                     wallet: get_string(row, "wallet")?,
                     sum: get_amount(row, "total")?,
                     charges: get_i64(row, "n")?,
                     oldest_ms: get_i64(row, "oldest")?,
-                })
-            })
-            .collect()
+                    held_back: held,
+                });
+            }
+        }
+        Ok(payers)
     }
 
     /// Opens batch `batch_id` on `chain` for `wallets` (each with pending
@@ -582,6 +597,9 @@ impl Store {
             tx.rollback().await?;
             return Ok(());
         }
+        // Paid: a payer held back resumes (its charges of this batch settled).
+        let chain_db = get_i64(&batch_chain(&mut tx, batch_id).await?, "chain_id")?;
+        super::payers::release_payers(&mut tx, chain_db, paid).await?;
         for (payers, outcome) in [(paid, "settled"), (failed, "failed")] {
             for payer in payers {
                 sqlx::query(
@@ -916,6 +934,19 @@ impl Store {
             .map(|row| Ok((get_string(row, "wallet")?, get_amount(row, "total")?)))
             .collect()
     }
+}
+
+/// The batch's chain, inside the caller's transaction.
+async fn batch_chain(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batch_id: &str,
+) -> Result<sqlx::any::AnyRow, StoreError> {
+    Ok(
+        sqlx::query("SELECT chain_id FROM settlement_batches WHERE id = $1")
+            .bind(batch_id)
+            .fetch_one(&mut **tx)
+            .await?,
+    )
 }
 
 fn account_from_row(row: &sqlx::any::AnyRow) -> Result<ChainAccount, StoreError> {

@@ -280,7 +280,7 @@ pub struct Difference {
 
 /// The ledger's own consistency checks: each a query returning the rows
 /// that break it as (subject, expected, found).
-const CHECKS: [(&str, &str); 4] = [
+const CHECKS: [(&str, &str); 5] = [
     (
         "balance.debited ≠ Σ charges settled from it (invariant 4)",
         "SELECT b.wallet || ' on chain ' || CAST(b.chain_id AS TEXT) AS subject,
@@ -296,15 +296,27 @@ const CHECKS: [(&str, &str); 4] = [
             AND b.debited_atomic <> CAST(COALESCE(s.total, 0) AS BIGINT)",
     ),
     (
-        "key.budget_used ≠ Σ its charges (invariant 3)",
+        "key.budget_used ≠ Σ its charges within the limit (invariant 3)",
         "SELECT 'key ' || k.id AS subject,
                 CAST(COALESCE(c.total, 0) AS BIGINT) AS expected,
                 CAST(k.budget_used_atomic AS BIGINT) AS found
            FROM keys k LEFT JOIN (
-                SELECT key_id, SUM(amount_atomic) AS total FROM charges GROUP BY key_id) c
+                SELECT key_id, SUM(amount_atomic) AS total FROM charges
+                 WHERE overdrawn = 0 GROUP BY key_id) c
              ON c.key_id = k.id
           WHERE ($1 IS NULL OR k.chain_id = $1)
             AND k.budget_used_atomic <> CAST(COALESCE(c.total, 0) AS BIGINT)",
+    ),
+    (
+        "answered calls charged past the key's limit (overdrawn: served twice the lease's cover)",
+        "SELECT 'key ' || k.id AS subject,
+                CAST(0 AS BIGINT) AS expected,
+                CAST(COALESCE(c.total, 0) AS BIGINT) AS found
+           FROM keys k JOIN (
+                SELECT key_id, SUM(amount_atomic) AS total FROM charges
+                 WHERE overdrawn = 1 GROUP BY key_id) c
+             ON c.key_id = k.id
+          WHERE ($1 IS NULL OR k.chain_id = $1)",
     ),
     (
         "key.leased ≠ Σ its leases' cover",

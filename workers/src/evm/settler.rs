@@ -43,7 +43,8 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, Bytes, FixedBytes, B256, U256};
 use alloy::rpc::types::TransactionReceipt;
-use ledger::store::chain::{ChainTx, EvmBatch, MinedIn};
+use ledger::store::chain::{ChainTx, EvmBatch, MinedIn, PendingPayer};
+use ledger::store::payers::ShortPayer;
 use ledger::time::now_ms;
 use ledger::{Amount, ChainId, Store, StoreError};
 
@@ -83,6 +84,8 @@ pub struct EvmSettlerConfig {
     pub batch_max_age_ms: i64,
     /// A transaction not mined in this long is replaced with higher fees.
     pub replace_after_ms: i64,
+    /// The longest a held-back payer waits between two checks of its funds.
+    pub held_back_recheck_max_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,8 +222,8 @@ impl EvmSettler {
     async fn close_batch(&self, fresh: bool) -> Result<Option<EvmBatch>, SettleError> {
         let now = now_ms();
         let max = self.config.batch_max_payers.max(1);
-        // Payers who cannot pay stay at the head (oldest first): read past
-        // them, within a bound.
+        // Payers not held back, oldest first, then held-back payers whose
+        // re-check is due: the others are read past (`pending_payers`).
         let pending = self
             .store
             .pending_payers(self.chain_id(), now, max.saturating_mul(4))
@@ -231,32 +234,7 @@ impl EvmSettler {
         if pending.len() < max && now.saturating_sub(oldest) < self.config.batch_max_age_ms {
             return Ok(None);
         }
-        let mut addresses = Vec::with_capacity(pending.len());
-        for payer in &pending {
-            addresses.push(parse_address(&payer.wallet)?);
-        }
-        let funds = self.chain.funds(&addresses).await?;
-        let mut wallets = Vec::new();
-        let mut held_back = 0usize;
-        for (payer, funds) in pending.iter().zip(&funds) {
-            if funds.spendable() >= U256::from(payer.sum.atomic()) {
-                if wallets.len() < max {
-                    wallets.push(payer.wallet.clone());
-                }
-            } else {
-                held_back += 1;
-                tracing::debug!(chain = self.chain.chain_id(), wallet = %payer.wallet,
-                    owed = %payer.sum, balance = %funds.balance, allowance = %funds.allowance,
-                    "payer cannot pay now; its charges wait");
-            }
-        }
-        if held_back > 0 {
-            tracing::info!(
-                chain = self.chain.chain_id(),
-                held_back,
-                "payers held back: balance or allowance short"
-            );
-        }
+        let wallets = self.payers_who_can_pay(&pending, max).await?;
         if wallets.is_empty() {
             return Ok(None);
         }
@@ -273,6 +251,61 @@ impl EvmSettler {
                 batch_no = batch.batch_no, payers = batch.payers.len(), "closed a settlement batch");
         }
         Ok(batch)
+    }
+
+    /// Reads the funds of `pending` in one call and answers the first `max`
+    /// who can pay what they owe. Each who cannot is held back (fenced, and
+    /// checked again after a backoff): logged once when that starts, and
+    /// once when a held-back payer can pay again.
+    async fn payers_who_can_pay(
+        &self,
+        pending: &[PendingPayer],
+        max: usize,
+    ) -> Result<Vec<String>, SettleError> {
+        let mut addresses = Vec::with_capacity(pending.len());
+        for payer in pending {
+            addresses.push(parse_address(&payer.wallet)?);
+        }
+        let funds = self.chain.funds(&addresses).await?;
+        let mut wallets = Vec::new();
+        for (payer, funds) in pending.iter().zip(&funds) {
+            if funds.spendable() >= U256::from(payer.sum.atomic()) {
+                if wallets.len() < max {
+                    wallets.push(payer.wallet.clone());
+                }
+                continue;
+            }
+            let short = ShortPayer {
+                wallet: &payer.wallet,
+                owed: payer.sum,
+                balance: clamp(funds.balance),
+                allowance: clamp(funds.allowance),
+            };
+            let every = i64::try_from(self.config.every.as_millis()).unwrap_or(i64::MAX);
+            let backoff = |checks: i64| {
+                held_back_backoff(every, self.config.held_back_recheck_max_ms, checks)
+            };
+            if self
+                .store
+                .hold_back_payer(self.chain_id(), short, backoff, now_ms())
+                .await?
+            {
+                metrics::counter!("tollgate_settlement_payers_held_back_total",
+                    "chain" => self.chain.chain_id().to_string())
+                .increment(1);
+                tracing::warn!(chain = self.chain.chain_id(), wallet = %payer.wallet,
+                    owed = %payer.sum, balance = %funds.balance, allowance = %funds.allowance,
+                    "payer held back: it cannot pay what it owes; its keys are fenced until it does");
+            }
+        }
+        for payer in pending
+            .iter()
+            .filter(|p| p.held_back && wallets.contains(&p.wallet))
+        {
+            tracing::info!(chain = self.chain.chain_id(), wallet = %payer.wallet,
+                "a held-back payer can pay again; its keys resume once this batch settles");
+        }
+        Ok(wallets)
     }
 
     /// A ledger that never settled on this chain starts past the batch
@@ -713,6 +746,25 @@ impl crate::settlement::Settler for EvmSettler {
     fn run(self) -> impl std::future::Future<Output = ()> + Send {
         EvmSettler::run(self)
     }
+}
+
+/// How long a payer held back for the `checks`-th time in a row waits for
+/// its next check: the settlement interval, doubled each time, at most
+/// `max_ms`.
+pub fn held_back_backoff(every_ms: i64, max_ms: i64, checks: i64) -> i64 {
+    let doublings = u32::try_from(checks.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    every_ms
+        .max(1)
+        .saturating_mul(1_i64 << doublings)
+        .min(max_ms.max(every_ms))
+}
+
+/// A chain amount clamped to what the ledger can hold.
+fn clamp(value: U256) -> Amount {
+    u64::try_from(value)
+        .ok()
+        .and_then(Amount::from_atomic)
+        .unwrap_or(Amount::MAX)
 }
 
 /// Raises a fee by 12.5 %, rounded up, and by at least 1 wei.
