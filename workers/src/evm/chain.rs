@@ -639,18 +639,6 @@ impl ChainClient {
             .unwrap_or(0))
     }
 
-    /// Whether `receipt` has `confirmations` blocks (its own included).
-    pub async fn confirmed(&self, receipt: &TransactionReceipt) -> Result<bool, ChainError> {
-        let Some(mined_in) = receipt.block_number else {
-            return Ok(false);
-        };
-        if self.config.confirmations <= 1 {
-            return Ok(true);
-        }
-        let head = self.block_number().await?;
-        Ok(head.saturating_add(1) >= mined_in.saturating_add(self.config.confirmations))
-    }
-
     /// How many blocks deep `receipt` is, its own included (0: not mined).
     /// Exact when `confirmations` or `finality_confirmations` asks for more
     /// than one block; else 1 for any mined receipt (no RPC needed).

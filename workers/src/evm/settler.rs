@@ -135,19 +135,33 @@ impl EvmSettler {
         ChainId(self.chain.chain_id())
     }
 
-    /// Settles until the process stops; a failed pass is logged and tried
-    /// again at the next interval.
+    /// Settles until the process stops; a failed pass is tried again at the
+    /// next interval. A run of failing passes logs when it starts (and when
+    /// its error changes) and when a pass gets through again, not every
+    /// pass.
     pub async fn run(self) {
+        let mut failing: Option<String> = None;
         loop {
-            match self.pass().await {
-                Ok(Pass::Settled) => continue,
-                Ok(_) => {}
+            let pass = self.pass().await;
+            match &pass {
+                Ok(_) => {
+                    if let Some(error) = failing.take() {
+                        tracing::info!(chain = self.chain.chain_id(), last_error = %error,
+                            "settlement passes get through again");
+                    }
+                }
                 Err(error) => {
-                    tracing::warn!(chain = self.chain.chain_id(), %error,
-                        "settlement pass failed; trying again next interval");
+                    let error = error.to_string();
+                    if failing.as_deref() != Some(error.as_str()) {
+                        tracing::warn!(chain = self.chain.chain_id(), %error,
+                            "settlement pass failed; trying again every interval");
+                        failing = Some(error);
+                    }
                 }
             }
-            tokio::time::sleep(self.config.every).await;
+            if !matches!(pass, Ok(Pass::Settled)) {
+                tokio::time::sleep(self.config.every).await;
+            }
         }
     }
 
