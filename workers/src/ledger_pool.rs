@@ -5,8 +5,10 @@
 //!
 //! Messages are taken in batches (up to [`BATCH_MAX`], gathered for at most
 //! [`LINGER`] after the first) and written in one transaction
-//! (`Store::record_charges`). A message that is not a valid event, or whose
-//! key cannot take it, is rejected to the dead-letter queue with its reason
+//! (`Store::record_answered_charges`: each event's call was answered, so a
+//! charge its key's limit can no longer take is recorded flagged
+//! `overdrawn`, never dropped). A message that is not a valid event, or whose
+//! key does not exist, is rejected to the dead-letter queue with its reason
 //! in the log; a batch the store could not write is held and written again
 //! with backoff until the store answers (requeuing it would spend its
 //! messages' delivery limit on an outage and dead-letter reported charges).
