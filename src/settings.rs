@@ -288,6 +288,13 @@ pub struct ChainSettings {
     /// settled.
     #[serde(default = "one_u64")]
     pub confirmations: u64,
+    /// Blocks a receipt needs (its own included) before its batch is final:
+    /// until then the batch is `confirming`, its charges `batched`, and a
+    /// reorg that loses the receipt sends the batch again. Unset: the same
+    /// as `confirmations` (the default chain, Avalanche, is final once a
+    /// block is accepted; set it on chains that reorganise).
+    #[serde(default)]
+    pub finality_confirmations: Option<u64>,
     /// A batch closes with this many payers …
     #[serde(default = "batch_max_payers_default")]
     pub batch_max_payers: usize,
@@ -375,6 +382,13 @@ impl ChainSettings {
             _ => None,
         };
         within(&setting("confirmations"), self.confirmations, 1, 1_000)?;
+        let finality_confirmations = self.finality_confirmations.unwrap_or(self.confirmations);
+        within(
+            &setting("finality_confirmations"),
+            finality_confirmations,
+            self.confirmations,
+            10_000,
+        )?;
         within(
             &setting("batch_max_payers"),
             self.batch_max_payers,
@@ -407,6 +421,7 @@ impl ChainSettings {
             treasury: address(&self.treasury, "treasury")?,
             operator_key,
             confirmations: self.confirmations,
+            finality_confirmations,
             rpc_timeout: std::time::Duration::from_millis(self.rpc_timeout_ms),
             from_block: self.from_block,
         };
@@ -1081,6 +1096,15 @@ mod tests {
         };
         let s = evm(&[]).unwrap();
         assert_eq!(s.evm_chains().unwrap().len(), 1);
+        // Finality defaults to `confirmations`, and never comes before it.
+        let chain = |s: Settings| s.evm_chains().unwrap().remove(0);
+        let conf = |n: &'static str| ("TOLLGATE__CHAINS__43113__CONFIRMATIONS", n);
+        let fin = |n: &'static str| ("TOLLGATE__CHAINS__43113__FINALITY_CONFIRMATIONS", n);
+        assert_eq!(chain(evm(&[conf("4")]).unwrap()).finality_confirmations, 4);
+        let set = chain(evm(&[conf("2"), fin("12")]).unwrap());
+        assert_eq!((set.confirmations, set.finality_confirmations), (2, 12));
+        let err = evm(&[conf("3"), fin("2")]).unwrap_err().to_string();
+        assert!(err.contains("chains.43113.finality_confirmations"), "{err}");
         for (key, value, named) in [
             ("TOLLGATE__CHAINS__43113__USDC", "0x12", "chains.43113.usdc"),
             (

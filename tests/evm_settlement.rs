@@ -12,6 +12,11 @@
 //! * The settler killed between signing and broadcast, and between
 //!   broadcast and receipt: on restart each batch settles exactly once, with
 //!   the same signed bytes.
+//! * A settlement reverted because the operator role moved while it was
+//!   unmined: the chain pauses naming the operator; fixed, it settles once.
+//! * A settlement the chain lost (a reorg, `evm_revert`): `reconcile` exits
+//!   non-zero, `settlements replay BATCH` asks the chain and sends the batch
+//!   again; the payer pays once, and a second replay is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -542,6 +547,87 @@ async fn a_blacklisted_payer_fails_alone_and_the_cli_replays_it_once() {
     let _ = good;
 }
 
+#[tokio::test]
+async fn a_settlement_the_chain_lost_is_reported_and_the_cli_sends_it_again_once() {
+    let chain = chain().await;
+    let env = chain.env();
+    let (app, _mock) = spawn_paid_app_with(Backend::Postgres, &borrowed(&env)).await;
+    let (wallet, _, key_id, token) = wallet_with_key(&app, &chain, 5_000_000, 1_000_000).await;
+    let payer = address(&wallet);
+    let treasury = chain.dev.deployment.treasury;
+    let (before, treasury_before) = (chain.usdc(payer).await, chain.usdc(treasury).await);
+    let snapshot = chain.dev.snapshot().await.unwrap();
+    for _ in 0..3 {
+        let response = app
+            .chat(&token, &json!({ "model": "echo", "messages": [{ "role": "user", "content": "one two three" }] }))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let cli = |args: &[&str]| {
+        let output = tollgate()
+            .args(args)
+            .env("TOLLGATE__STORE__URL", &app.db.url)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (_, charged) = app.spent(&key_id).await;
+    let id = KeyId::parse(&key_id).unwrap();
+    let settled = || async {
+        let charges = app.store.charges_for_key(&id).await.unwrap();
+        charges.iter().all(|c| c.status == "settled") && before - chain.usdc(payer).await == charged
+    };
+    assert!(
+        eventually(Duration::from_secs(20), settled).await,
+        "settled once"
+    );
+
+    // A reorg takes the settlement away: the ledger says settled, the chain
+    // does not, and the payer has its USDC back.
+    chain.dev.revert(&snapshot).await.unwrap();
+    assert_eq!(chain.usdc(payer).await, before);
+    let (ok, out) = cli(&["reconcile"]);
+    assert!(!ok && out.contains("not on chain"), "{out}");
+    let (ok, out) = cli(&["settlements", "list", "--status", "settled", "--json"]);
+    assert!(ok, "{out}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let batches: Vec<String> = listed["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // Replay asks the chain, re-opens each batch; they settle again, once.
+    let mut reopened = 0;
+    for batch in &batches {
+        let (ok, out) = cli(&["settlements", "replay", batch, "--json"]);
+        assert!(ok, "{out}");
+        reopened += serde_json::from_str::<serde_json::Value>(&out).unwrap()["reopened"]
+            .as_u64()
+            .unwrap();
+    }
+    assert_eq!(reopened, 3, "every charge of the lost batches");
+    assert!(
+        eventually(Duration::from_secs(20), settled).await,
+        "sent again"
+    );
+    let (ok, out) = cli(&["reconcile"]);
+    assert!(ok, "{out}");
+    assert_eq!(chain.usdc(treasury).await - treasury_before, charged);
+    let (ok, out) = cli(&["settlements", "replay", &batches[0], "--json"]);
+    assert!(!ok, "settled on chain: nothing to replay: {out}");
+    assert_eq!(
+        before - chain.usdc(payer).await,
+        charged,
+        "paid exactly once"
+    );
+}
+
 /// A paid call on `token` with a small output bound (its hold); answers the
 /// status, the error code if any, and the amount charged.
 async fn small_call(app: &TestApp, token: &str, n: usize) -> (StatusCode, String, u64) {
@@ -703,4 +789,88 @@ async fn a_payer_who_withdraws_its_allowance_spends_at_most_its_lease_and_is_fen
     let (status, view) = app.get_key(&session, &key_id).await;
     assert_eq!(status, StatusCode::OK);
     assert!(view.get("payerHeldBack").is_none(), "{view}");
+}
+
+#[tokio::test]
+async fn a_reverted_settlement_pauses_the_chain_naming_why_and_it_settles_once_fixed() {
+    let chain = chain().await;
+    let env = chain.env();
+    let (app, _mock) = spawn_paid_app_with(Backend::Sqlite, &borrowed(&env)).await;
+    let (wallet, _, key_id, token) = wallet_with_key(&app, &chain, 5_000_000, 1_000_000).await;
+    let payer = address(&wallet);
+    let before = chain.usdc(payer).await;
+    let operator = chain.dev.deployment.operator;
+    let owner = address(&Wallet::random());
+    chain.dev.transfer_ownership(owner).await.unwrap();
+
+    // The settlement is sent with mining off; the operator role moves in
+    // the same block: it reverts.
+    chain.dev.automine(false).await.unwrap();
+    let response = app
+        .chat(&token, &json!({ "model": "echo", "messages": [{ "role": "user", "content": "one two three" }] }))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let sent = eventually(Duration::from_secs(20), || async {
+        match app.store.in_flight_batch(ChainId(CHAIN)).await.unwrap() {
+            Some(batch) => !app.store.batch_txs(&batch.id).await.unwrap().is_empty(),
+            None => false,
+        }
+    })
+    .await;
+    assert!(sent, "the settler never sent the batch");
+    let batch = app
+        .store
+        .in_flight_batch(ChainId(CHAIN))
+        .await
+        .unwrap()
+        .unwrap();
+    chain
+        .dev
+        .set_operator(owner, address(&Wallet::random()), false)
+        .await
+        .unwrap();
+    chain.dev.mine().await.unwrap();
+    chain.dev.automine(true).await.unwrap();
+
+    // Handled once: the chain pauses, naming the operator; nothing is lost.
+    let paused = eventually(Duration::from_secs(20), || async {
+        app.store.chain_accounts().await.unwrap()[0]
+            .paused_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("operator"))
+    })
+    .await;
+    assert!(
+        paused,
+        "not paused: {:?}",
+        app.store.chain_accounts().await.unwrap()
+    );
+    let outcomes = |batch: String| {
+        let store = app.store.clone();
+        async move {
+            let attempts = store.batch_attempts(&batch).await.unwrap();
+            attempts
+                .into_iter()
+                .map(|a| a.outcome.unwrap_or_else(|| "-".into()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(outcomes(batch.id.clone()).await, ["reverted"]);
+
+    // The operator is ours again: it resumes and settles once.
+    chain.dev.set_operator(owner, operator, true).await.unwrap();
+    let id = KeyId::parse(&key_id).unwrap();
+    let settled = eventually(Duration::from_secs(20), || async {
+        let charges = app.store.charges_for_key(&id).await.unwrap();
+        charges.iter().all(|c| c.status == "settled")
+    })
+    .await;
+    assert!(settled, "{:?}", outcomes(batch.id.clone()).await);
+    let (_, charged) = app.spent(&key_id).await;
+    assert_eq!(before - chain.usdc(payer).await, charged, "paid once");
+    assert_eq!(outcomes(batch.id.clone()).await, ["reverted", "settled"]);
+    assert_eq!(
+        app.store.chain_accounts().await.unwrap()[0].paused_reason,
+        None
+    );
 }

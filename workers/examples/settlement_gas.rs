@@ -69,6 +69,7 @@ async fn main() {
         treasury: deployment.treasury,
         operator_key: Some(deployment.operator_key.clone()),
         confirmations: 1,
+        finality_confirmations: 1,
         rpc_timeout: Duration::from_secs(10),
         from_block: 0,
     })
