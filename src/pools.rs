@@ -134,6 +134,7 @@ pub fn start_settler(
                         batch_max_payers: chain.batch_max_payers,
                         batch_max_age_ms: chain.batch_max_age_ms,
                         replace_after_ms: chain.replace_after_ms,
+                        held_back_recheck_max_ms: settings.settlement.held_back_recheck_max_ms,
                     },
                 );
                 Some(spawn_settler("evm settler", settler))

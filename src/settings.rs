@@ -268,6 +268,12 @@ pub struct SettlementSettings {
     pub interval_ms: u64,
     /// The most charges one batch (one store transaction) settles.
     pub batch_max_charges: i64,
+    /// `evm`: the longest a held-back payer waits between two checks of its
+    /// funds (the wait doubles from `interval_ms` up to this).
+    pub held_back_recheck_max_ms: i64,
+    /// `evm`: `tollgate reconcile` fails when a payer has been held back
+    /// longer than this (money was served that the chain may never collect).
+    pub held_back_alert_ms: i64,
 }
 
 /// How charges settle (DESIGN §8).
@@ -308,6 +314,13 @@ pub struct ChainSettings {
     /// settled.
     #[serde(default = "one_u64")]
     pub confirmations: u64,
+    /// Blocks a receipt needs (its own included) before its batch is final:
+    /// until then the batch is `confirming`, its charges `batched`, and a
+    /// reorg that loses the receipt sends the batch again. Unset: the same
+    /// as `confirmations` (the default chain, Avalanche, is final once a
+    /// block is accepted; set it on chains that reorganise).
+    #[serde(default)]
+    pub finality_confirmations: Option<u64>,
     /// A batch closes with this many payers …
     #[serde(default = "batch_max_payers_default")]
     pub batch_max_payers: usize,
@@ -395,6 +408,13 @@ impl ChainSettings {
             _ => None,
         };
         within(&setting("confirmations"), self.confirmations, 1, 1_000)?;
+        let finality_confirmations = self.finality_confirmations.unwrap_or(self.confirmations);
+        within(
+            &setting("finality_confirmations"),
+            finality_confirmations,
+            self.confirmations,
+            10_000,
+        )?;
         within(
             &setting("batch_max_payers"),
             self.batch_max_payers,
@@ -427,6 +447,7 @@ impl ChainSettings {
             treasury: address(&self.treasury, "treasury")?,
             operator_key,
             confirmations: self.confirmations,
+            finality_confirmations,
             rpc_timeout: std::time::Duration::from_millis(self.rpc_timeout_ms),
             from_block: self.from_block,
         };
@@ -730,6 +751,18 @@ impl SettlementSettings {
             self.batch_max_charges,
             1,
             ledger::store::settlement::LEDGER_BATCH_MAX,
+        )?;
+        within(
+            "settlement.held_back_recheck_max_ms",
+            self.held_back_recheck_max_ms,
+            10,
+            86_400_000,
+        )?;
+        within(
+            "settlement.held_back_alert_ms",
+            self.held_back_alert_ms,
+            0,
+            i64::MAX / 2,
         )?;
         Ok(())
     }
@@ -1109,6 +1142,15 @@ mod tests {
         };
         let s = evm(&[]).unwrap();
         assert_eq!(s.evm_chains().unwrap().len(), 1);
+        // Finality defaults to `confirmations`, and never comes before it.
+        let chain = |s: Settings| s.evm_chains().unwrap().remove(0);
+        let conf = |n: &'static str| ("TOLLGATE__CHAINS__43113__CONFIRMATIONS", n);
+        let fin = |n: &'static str| ("TOLLGATE__CHAINS__43113__FINALITY_CONFIRMATIONS", n);
+        assert_eq!(chain(evm(&[conf("4")]).unwrap()).finality_confirmations, 4);
+        let set = chain(evm(&[conf("2"), fin("12")]).unwrap());
+        assert_eq!((set.confirmations, set.finality_confirmations), (2, 12));
+        let err = evm(&[conf("3"), fin("2")]).unwrap_err().to_string();
+        assert!(err.contains("chains.43113.finality_confirmations"), "{err}");
         for (key, value, named) in [
             ("TOLLGATE__CHAINS__43113__USDC", "0x12", "chains.43113.usdc"),
             (

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::signing_key;
 use crate::auth::token::TokenSigner;
+use crate::gateway::payers::PayerFunds;
 use crate::gateway::{Gateway, NamedTask};
 use crate::http;
 use crate::settings::Settings;
@@ -134,7 +135,14 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let (gateway, mut tasks) = Gateway::start(&settings, store.clone(), queue.clone())?;
+        let chain_clients = crate::pools::chain_clients(&settings)?;
+        crate::pools::verify_chain_ids(&chain_clients).await?;
+        let (gateway, mut tasks) = Gateway::start(
+            &settings,
+            store.clone(),
+            queue.clone(),
+            PayerFunds::new(chain_clients.clone()),
+        )?;
         if settings.workers.in_process {
             if let Some(queue) = &queue {
                 let (_, pools) = crate::pools::start_ledger_pools(&settings, store.clone(), queue)
@@ -152,8 +160,6 @@ impl Application {
             let refresh = store_gauges.clone().run(store.clone(), every);
             tasks.push(("store gauges", tokio::spawn(refresh)));
         }
-        let chain_clients = crate::pools::chain_clients(&settings)?;
-        crate::pools::verify_chain_ids(&chain_clients).await?;
         let settled_txs = crate::settled_txs::SettledTxs::default();
         if !chain_clients.is_empty() {
             let every = Duration::from_millis(settings.settlement.interval_ms);

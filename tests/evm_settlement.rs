@@ -12,6 +12,11 @@
 //! * The settler killed between signing and broadcast, and between
 //!   broadcast and receipt: on restart each batch settles exactly once, with
 //!   the same signed bytes.
+//! * A settlement reverted because the operator role moved while it was
+//!   unmined: the chain pauses naming the operator; fixed, it settles once.
+//! * A settlement the chain lost (a reorg, `evm_revert`): `reconcile` exits
+//!   non-zero, `settlements replay BATCH` asks the chain and sends the batch
+//!   again; the payer pays once, and a second replay is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -540,4 +545,332 @@ async fn a_blacklisted_payer_fails_alone_and_the_cli_replays_it_once() {
     let (ok, out) = cli(&["reconcile"]);
     assert!(ok, "{out}");
     let _ = good;
+}
+
+#[tokio::test]
+async fn a_settlement_the_chain_lost_is_reported_and_the_cli_sends_it_again_once() {
+    let chain = chain().await;
+    let env = chain.env();
+    let (app, _mock) = spawn_paid_app_with(Backend::Postgres, &borrowed(&env)).await;
+    let (wallet, _, key_id, token) = wallet_with_key(&app, &chain, 5_000_000, 1_000_000).await;
+    let payer = address(&wallet);
+    let treasury = chain.dev.deployment.treasury;
+    let (before, treasury_before) = (chain.usdc(payer).await, chain.usdc(treasury).await);
+    let snapshot = chain.dev.snapshot().await.unwrap();
+    for _ in 0..3 {
+        let response = app
+            .chat(&token, &json!({ "model": "echo", "messages": [{ "role": "user", "content": "one two three" }] }))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let cli = |args: &[&str]| {
+        let output = tollgate()
+            .args(args)
+            .env("TOLLGATE__STORE__URL", &app.db.url)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (_, charged) = app.spent(&key_id).await;
+    let id = KeyId::parse(&key_id).unwrap();
+    let settled = || async {
+        let charges = app.store.charges_for_key(&id).await.unwrap();
+        charges.iter().all(|c| c.status == "settled") && before - chain.usdc(payer).await == charged
+    };
+    assert!(
+        eventually(Duration::from_secs(20), settled).await,
+        "settled once"
+    );
+
+    // A reorg takes the settlement away: the ledger says settled, the chain
+    // does not, and the payer has its USDC back.
+    chain.dev.revert(&snapshot).await.unwrap();
+    assert_eq!(chain.usdc(payer).await, before);
+    let (ok, out) = cli(&["reconcile"]);
+    assert!(!ok && out.contains("not on chain"), "{out}");
+    let (ok, out) = cli(&["settlements", "list", "--status", "settled", "--json"]);
+    assert!(ok, "{out}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let batches: Vec<String> = listed["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // Replay asks the chain, re-opens each batch; they settle again, once.
+    let mut reopened = 0;
+    for batch in &batches {
+        let (ok, out) = cli(&["settlements", "replay", batch, "--json"]);
+        assert!(ok, "{out}");
+        reopened += serde_json::from_str::<serde_json::Value>(&out).unwrap()["reopened"]
+            .as_u64()
+            .unwrap();
+    }
+    assert_eq!(reopened, 3, "every charge of the lost batches");
+    assert!(
+        eventually(Duration::from_secs(20), settled).await,
+        "sent again"
+    );
+    let (ok, out) = cli(&["reconcile"]);
+    assert!(ok, "{out}");
+    assert_eq!(chain.usdc(treasury).await - treasury_before, charged);
+    let (ok, out) = cli(&["settlements", "replay", &batches[0], "--json"]);
+    assert!(!ok, "settled on chain: nothing to replay: {out}");
+    assert_eq!(
+        before - chain.usdc(payer).await,
+        charged,
+        "paid exactly once"
+    );
+}
+
+/// A paid call on `token` with a small output bound (its hold); answers the
+/// status, the error code if any, and the amount charged.
+async fn small_call(app: &TestApp, token: &str, n: usize) -> (StatusCode, String, u64) {
+    let response = app
+        .chat(
+            token,
+            &json!({ "model": "echo", "max_tokens": 16, "messages": [
+                { "role": "user", "content": format!("call {n}") }] }),
+        )
+        .await;
+    let status = response.status();
+    if status == StatusCode::OK {
+        let amount = header_amount(&response, "x-compose-key-final-amount-wei");
+        return (status, String::new(), amount);
+    }
+    let (_, body) = json_of(response).await;
+    let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+    (status, code, 0)
+}
+
+/// The settings of a chain whose echo calls cost 0.1 USDC each (so a few
+/// USDC are a few dozen calls), whose leases are eight calls' worth, and
+/// whose batches close when their oldest charge is `batch_age_ms` old.
+fn costly_calls_env(chain: &Chain, batch_age_ms: u64) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = chain
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("BATCH_MAX_AGE_MS"))
+        .collect();
+    env.extend([
+        (
+            format!("TOLLGATE__CHAINS__{CHAIN}__BATCH_MAX_AGE_MS"),
+            batch_age_ms.to_string(),
+        ),
+        (
+            "TOLLGATE__MODELS__ECHO__REQUEST_FEE_ATOMIC".to_owned(),
+            "100000".to_owned(),
+        ),
+        ("TOLLGATE__LEASES__CHUNK_CALLS".to_owned(), "8".to_owned()),
+        (
+            "TOLLGATE__SETTLEMENT__HELD_BACK_RECHECK_MAX_MS".to_owned(),
+            "300".to_owned(),
+        ),
+    ]);
+    env
+}
+
+/// Issue "Settlement integrity", finding 1: a payer who approves, creates a
+/// key, then takes its allowance back can spend at most the lease its key
+/// already held (every take re-reads its funds); the settler holds it back,
+/// which fences its keys on every call (`payer_held_back`, also in `GET
+/// /api/keys/{id}`); `reconcile` names it and fails once it is held back
+/// longer than the alert age; and once it approves again its charges settle
+/// and its key spends again.
+#[tokio::test]
+async fn a_payer_who_withdraws_its_allowance_spends_at_most_its_lease_and_is_fenced() {
+    let chain = chain().await;
+    // Batches close 4 s after their first charge: the spending below is
+    // over before the settler looks, so what stops it is the lease's cap.
+    let env = costly_calls_env(&chain, 4_000);
+    let (app, _mock) = spawn_paid_app_with(Backend::Postgres, &borrowed(&env)).await;
+    let alice = Wallet::random();
+    chain.dev.mint(address(&alice), 10_000_000).await.unwrap();
+    chain.dev.approve(address(&alice), 5_000_000).await.unwrap();
+    let session = app.sign_in(&alice).await;
+    let (status, body) = app
+        .create_key(
+            &session,
+            &alice.hex(),
+            &CHAIN.to_string(),
+            &json!({ "budgetLimit": 5_000_000 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let key_id = body["keyId"].as_str().unwrap().to_owned();
+    let token = body["token"].as_str().unwrap().to_owned();
+    let mut served = 0;
+    for n in 0..3 {
+        let (status, code, amount) = small_call(&app, &token, n).await;
+        assert_eq!(status, StatusCode::OK, "{code}");
+        served += amount;
+    }
+
+    // The payer takes its promise back; what its key's lease covers then is
+    // all it can still spend.
+    chain.dev.approve(address(&alice), 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let key = KeyId::parse(&key_id).unwrap();
+    let cover = app.store.key_leased(&key).await.unwrap().atomic();
+    let mut after = 0;
+    let mut refusal = None;
+    for n in 3..200 {
+        let (status, code, amount) = small_call(&app, &token, n).await;
+        if status != StatusCode::OK {
+            refusal = Some((status, code));
+            break;
+        }
+        after += amount;
+    }
+    let (status, code) = refusal.expect("the withdrawn payer was never refused");
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::PAYMENT_REQUIRED, "insufficient_budget")
+    );
+    assert!(
+        after <= cover,
+        "served {after} after the withdrawal, its lease covered {cover}"
+    );
+    println!("exposure: {after} atomic served after the withdrawal, lease cover {cover}, {served} before");
+
+    // Settlement holds it back, and that fences the key on every call.
+    let fenced = eventually(Duration::from_secs(20), || async {
+        small_call(&app, &token, 999).await.1 == "payer_held_back"
+    })
+    .await;
+    assert!(fenced, "the held-back payer's key was never fenced");
+    let (status, view) = app.get_key(&session, &key_id).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let held = &view["payerHeldBack"];
+    assert_eq!(held["short"], "allowance", "{view}");
+    assert_eq!(held["allowance"], "0", "{view}");
+    assert!(
+        held["owed"].as_str().unwrap().parse::<u64>().unwrap() > 0,
+        "{view}"
+    );
+
+    // The operator's view: named, and a failure once held back too long.
+    let reconcile = |alert_ms: &str| {
+        let mut command = tollgate();
+        command
+            .args(["reconcile", "--json"])
+            .env("TOLLGATE__STORE__URL", &app.db.url)
+            .env("TOLLGATE__SETTLEMENT__HELD_BACK_ALERT_MS", alert_ms)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command.output().unwrap()
+    };
+    let patient = reconcile("3600000");
+    let report: serde_json::Value = serde_json::from_slice(&patient.stdout).unwrap();
+    assert_eq!(
+        report["heldBack"][0]["wallet"],
+        alice.hex().to_lowercase(),
+        "{report}"
+    );
+    assert!(patient.status.success(), "{report}");
+    let strict = reconcile("0");
+    assert!(
+        !strict.status.success(),
+        "{}",
+        String::from_utf8_lossy(&strict.stdout)
+    );
+
+    // It pays again: its charges settle and its key resumes by itself.
+    chain.dev.approve(address(&alice), 5_000_000).await.unwrap();
+    let resumed = eventually(Duration::from_secs(20), || async {
+        small_call(&app, &token, 1_000).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(resumed, "the payer never resumed after approving again");
+    let (status, view) = app.get_key(&session, &key_id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(view.get("payerHeldBack").is_none(), "{view}");
+}
+
+#[tokio::test]
+async fn a_reverted_settlement_pauses_the_chain_naming_why_and_it_settles_once_fixed() {
+    let chain = chain().await;
+    let env = chain.env();
+    let (app, _mock) = spawn_paid_app_with(Backend::Sqlite, &borrowed(&env)).await;
+    let (wallet, _, key_id, token) = wallet_with_key(&app, &chain, 5_000_000, 1_000_000).await;
+    let payer = address(&wallet);
+    let before = chain.usdc(payer).await;
+    let operator = chain.dev.deployment.operator;
+    let owner = address(&Wallet::random());
+    chain.dev.transfer_ownership(owner).await.unwrap();
+
+    // The settlement is sent with mining off; the operator role moves in
+    // the same block: it reverts.
+    chain.dev.automine(false).await.unwrap();
+    let response = app
+        .chat(&token, &json!({ "model": "echo", "messages": [{ "role": "user", "content": "one two three" }] }))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let sent = eventually(Duration::from_secs(20), || async {
+        match app.store.in_flight_batch(ChainId(CHAIN)).await.unwrap() {
+            Some(batch) => !app.store.batch_txs(&batch.id).await.unwrap().is_empty(),
+            None => false,
+        }
+    })
+    .await;
+    assert!(sent, "the settler never sent the batch");
+    let batch = app
+        .store
+        .in_flight_batch(ChainId(CHAIN))
+        .await
+        .unwrap()
+        .unwrap();
+    chain
+        .dev
+        .set_operator(owner, address(&Wallet::random()), false)
+        .await
+        .unwrap();
+    chain.dev.mine().await.unwrap();
+    chain.dev.automine(true).await.unwrap();
+
+    // Handled once: the chain pauses, naming the operator; nothing is lost.
+    let paused = eventually(Duration::from_secs(20), || async {
+        app.store.chain_accounts().await.unwrap()[0]
+            .paused_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("operator"))
+    })
+    .await;
+    assert!(
+        paused,
+        "not paused: {:?}",
+        app.store.chain_accounts().await.unwrap()
+    );
+    let outcomes = |batch: String| {
+        let store = app.store.clone();
+        async move {
+            let attempts = store.batch_attempts(&batch).await.unwrap();
+            attempts
+                .into_iter()
+                .map(|a| a.outcome.unwrap_or_else(|| "-".into()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(outcomes(batch.id.clone()).await, ["reverted"]);
+
+    // The operator is ours again: it resumes and settles once.
+    chain.dev.set_operator(owner, operator, true).await.unwrap();
+    let id = KeyId::parse(&key_id).unwrap();
+    let settled = eventually(Duration::from_secs(20), || async {
+        let charges = app.store.charges_for_key(&id).await.unwrap();
+        charges.iter().all(|c| c.status == "settled")
+    })
+    .await;
+    assert!(settled, "{:?}", outcomes(batch.id.clone()).await);
+    let (_, charged) = app.spent(&key_id).await;
+    assert_eq!(before - chain.usdc(payer).await, charged, "paid once");
+    assert_eq!(outcomes(batch.id.clone()).await, ["reverted", "settled"]);
+    assert_eq!(
+        app.store.chain_accounts().await.unwrap()[0].paused_reason,
+        None
+    );
 }

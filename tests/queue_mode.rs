@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{spawn_worker, tollgate};
+use common::process::{spawn_serving_with, spawn_worker, tollgate, wait_ready};
 use common::{
     amqp_url, delete_queue, header_amount, queue_name, spawn_paid_app_with, PaidKey, TempDir,
     TestApp,
@@ -417,5 +417,116 @@ async fn poison_events_are_dead_lettered_and_retried_once_fixed() {
         (30, 30),
         "recorded exactly once"
     );
+    delete_queue(&name).await;
+}
+
+/// One paid call of [`thirty`] on the node at `base`: (status, amount).
+async fn call_on(client: &reqwest::Client, base: &str, token: &str) -> (u16, u64) {
+    let response = client
+        .post(format!("{base}/external/v1/chat/completions"))
+        .bearer_auth(token)
+        .json(&thirty())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let amount = if status == 200 {
+        header_amount(&response, "x-compose-key-final-amount-wei")
+    } else {
+        0
+    };
+    (status, amount)
+}
+
+/// Issue "Settlement integrity", finding 3: the queue lags longer than
+/// `leases.grace_ms` (no worker runs). A gateway spends a key whole, then
+/// dies (SIGKILL) or is stopped (SIGTERM); a gateway started after it waits
+/// out the grace and finds the key still spent — the dead or returned
+/// lease's cover is not taken back while its charges wait in the queue (it
+/// used to be, and the key was spent twice: a 3,000 key served 6,000, half
+/// dead-lettered). A worker then records every charge once, none overdrawn
+/// or dead-lettered, and `reconcile` finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_queue_never_lets_a_key_be_spent_twice_after_its_gateway_stops() {
+    for signal in ["KILL", "TERM"] {
+        lagging_queue_after(signal).await;
+    }
+}
+
+async fn lagging_queue_after(signal: &str) {
+    let (url, name) = (amqp_url(), queue_name());
+    let grace_ms: u64 = 1_500;
+    let grace = grace_ms.to_string();
+    let settings = [
+        ("TOLLGATE__QUEUE__URL", url.as_str()),
+        ("TOLLGATE__QUEUE__CALLS_QUEUE", name.as_str()),
+        ("TOLLGATE__WORKERS__IN_PROCESS", "false"),
+        ("TOLLGATE__LEASES__GRACE_MS", grace.as_str()),
+        ("TOLLGATE__LEASES__CHUNK_CALLS", "8"),
+    ];
+    let (app, _mock) = spawn_paid_app_with(Backend::Postgres, &settings).await;
+    const BUDGET: u64 = 3_000;
+    let key = app.paid_key(BUDGET).await;
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("tollgate-lag-{}", uuid::Uuid::now_v7().simple())),
+    );
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let shared = app.shared_env();
+    let mut env: Vec<(&str, &str)> = shared.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("TOLLGATE__LOG__FILTER", "info"));
+    env.extend(settings);
+
+    // Gateway A spends the key whole; its charges wait in the queue.
+    let (mut first, port) = spawn_serving_with(&dir.0, "127.0.0.1:0", "a.log", &env);
+    let a = format!("http://127.0.0.1:{port}");
+    wait_ready(&a).await;
+    let mut served = 0;
+    for _ in 0..BUDGET / 30 + 10 {
+        let (status, amount) = call_on(&app.client, &a, &key.token).await;
+        if status != 200 {
+            assert_eq!(status, 402, "{signal}");
+            break;
+        }
+        served += amount;
+    }
+    assert_eq!(served, BUDGET, "{signal}: A spends the key whole");
+    assert_eq!(app.spent(&key.key_id).await, (0, 0), "nothing recorded yet");
+    if signal == "KILL" {
+        first.crash();
+    } else {
+        let pid = first.0.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let exit = first.0.wait().unwrap();
+        assert!(exit.success(), "{signal}: {exit:?}");
+    }
+
+    // Gateway B, past the grace (and a few of its reclaim passes): the key
+    // is still spent.
+    let (_second, port) = spawn_serving_with(&dir.0, "127.0.0.1:0", "b.log", &env);
+    let b = format!("http://127.0.0.1:{port}");
+    wait_ready(&b).await;
+    tokio::time::sleep(Duration::from_millis(grace_ms * 3)).await;
+    for _ in 0..5 {
+        let (status, amount) = call_on(&app.client, &b, &key.token).await;
+        served += amount;
+        assert_eq!(status, 402, "{signal}: B spent a key A had spent whole");
+    }
+    assert_eq!(served, BUDGET, "{signal}: served once, in all");
+
+    // A worker records every charge once: none refused, none overdrawn.
+    let mut worker_env = env.clone();
+    worker_env.push(("TOLLGATE__WORKERS__LEDGER_POOLS", "1"));
+    let _worker = spawn_worker(&dir.0, "worker.log", &worker_env);
+    ledger_reaches(&app, &key, BUDGET).await;
+    assert!(
+        common::eventually(Duration::from_secs(10), || queue_drained(&name)).await,
+        "{signal}: the queue drains with no dead letter"
+    );
+    let differences = app.store.reconcile_ledger(None).await.unwrap();
+    assert!(differences.is_empty(), "{signal}: {differences:?}");
     delete_queue(&name).await;
 }

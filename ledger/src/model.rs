@@ -232,6 +232,11 @@ pub enum ChargeOutcome {
     Duplicate,
     /// It would have taken the key past its limit; nothing changed.
     OverBudget,
+    /// An answered call's charge past its key's limit
+    /// ([`crate::store::Store::record_answered_charges`]): recorded all the
+    /// same, flagged `overdrawn`, and counted in the key's
+    /// `overdrawn_atomic` instead of its `budget_used`.
+    Overdrawn,
     /// No such key; nothing changed.
     UnknownKey,
 }

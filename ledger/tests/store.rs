@@ -1436,6 +1436,154 @@ async fn settled_transactions_page_past_a_batch_larger_than_a_page(store: Store)
     assert_eq!(pages, 3);
 }
 
+/// An answered call's charge (from the queue) that its key's limit cannot
+/// take is recorded flagged `overdrawn`, counted apart from `budget_used`,
+/// and reported by the ledger's reconcile; the same charge again is a
+/// duplicate. The ledger writer's path still refuses it.
+async fn an_answered_charge_past_the_limit_is_recorded_overdrawn_not_dropped(store: Store) {
+    let key = funded_key(&store, wallet(40), 100).await.id;
+    let first = charge(&key, atomic(80));
+    assert_eq!(
+        store.record_answered_charges(&[first]).await.unwrap(),
+        [ChargeOutcome::Recorded]
+    );
+    let refused = charge(&key, atomic(30));
+    assert_eq!(
+        store
+            .record_charges(std::slice::from_ref(&refused))
+            .await
+            .unwrap(),
+        [ChargeOutcome::OverBudget],
+        "an unanswered call's charge is still refused"
+    );
+    assert!(store.charge(&refused.request_id).await.unwrap().is_none());
+    let late = charge(&key, atomic(30));
+    assert_eq!(
+        store
+            .record_answered_charges(std::slice::from_ref(&late))
+            .await
+            .unwrap(),
+        [ChargeOutcome::Overdrawn]
+    );
+    assert_eq!(
+        store
+            .record_answered_charges(std::slice::from_ref(&late))
+            .await
+            .unwrap(),
+        [ChargeOutcome::Duplicate]
+    );
+    let record = store.key(&key).await.unwrap().unwrap();
+    assert_eq!(record.budget_used, atomic(80), "the limit still holds");
+    assert_eq!(
+        store
+            .charge(&late.request_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "pending",
+        "owed, and settled like any other"
+    );
+    let differences = store.reconcile_ledger(None).await.unwrap();
+    assert_eq!(differences.len(), 1, "{differences:?}");
+    assert!(
+        differences[0].check.contains("overdrawn"),
+        "{differences:?}"
+    );
+    assert_eq!(differences[0].found, 30);
+}
+
+/// Takes capped by a payer's funds: across its keys, concurrently, what the
+/// leases cover plus what it owes never passes what it can pay; nothing is
+/// granted while it is held back.
+async fn funded_takes_never_pass_what_the_payer_can_pay(store: Store) {
+    let owner = wallet(41);
+    let mut keys = Vec::new();
+    for _ in 0..4 {
+        keys.push(funded_key(&store, owner, 10_000).await.id);
+    }
+    store
+        .record_charge(&charge(&keys[0], atomic(1_000)))
+        .await
+        .unwrap();
+    // It can pay 5,000 now: 1,000 owed, so 4,000 of new cover at most.
+    let spendable = atomic(5_000);
+    let mut tasks = Vec::new();
+    for (n, key) in keys.iter().enumerate() {
+        let (store, key) = (store.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let lease = LeaseId::generate();
+            let mut granted = 0;
+            for _ in 0..10 {
+                let grant = store
+                    .take_lease_funded(
+                        &lease,
+                        &key,
+                        &format!("node-{n}"),
+                        (atomic(700), atomic(700)),
+                        (&owner, CHAIN, spendable),
+                        now_ms(),
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap();
+                granted += grant.granted.atomic();
+            }
+            granted
+        }));
+    }
+    let mut granted = 0;
+    for task in tasks {
+        granted += task.await.unwrap();
+    }
+    assert_eq!(
+        granted, 4_000,
+        "every take together: exactly what it can pay"
+    );
+    // Held back: nothing more, whatever its funds.
+    let short = ledger::store::payers::ShortPayer {
+        wallet: &owner.to_lower_hex(),
+        owed: atomic(1_000),
+        balance: atomic(0),
+        allowance: atomic(0),
+    };
+    assert!(store
+        .hold_back_payer(CHAIN, short, |_| 1_000, now_ms())
+        .await
+        .unwrap());
+    assert!(!store
+        .hold_back_payer(CHAIN, short, |_| 1_000, now_ms())
+        .await
+        .unwrap());
+    let grant = store
+        .take_lease_funded(
+            &LeaseId::generate(),
+            &keys[1],
+            "node-x",
+            (atomic(700), atomic(700)),
+            (&owner, CHAIN, atomic(1_000_000)),
+            now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(grant.granted, Amount::ZERO, "a held-back payer is fenced");
+    let held = store.held_back_payer(&owner, CHAIN).await.unwrap().unwrap();
+    assert_eq!((held.checks, held.short()), (2, "balance"));
+    assert_eq!(
+        store
+            .release_payers(CHAIN, &[owner.to_lower_hex()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store
+        .held_back_payer(&owner, CHAIN)
+        .await
+        .unwrap()
+        .is_none());
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         store_suite!(@on sqlite, Sqlite, $($case),*);
@@ -1476,4 +1624,6 @@ store_suite!(
     migrations_are_idempotent,
     the_charge_connection_writes_a_batch_whole_or_not_at_all,
     settled_transactions_page_past_a_batch_larger_than_a_page,
+    an_answered_charge_past_the_limit_is_recorded_overdrawn_not_dropped,
+    funded_takes_never_pass_what_the_payer_can_pay,
 );

@@ -2,7 +2,10 @@
 //! show BATCH [--json]` and `tollgate settlements replay BATCH | --all-failed`:
 //! what has settled, for operators — the charges by status, paused chains
 //! and why, the newest batches, one batch (payers, attempts, transactions),
-//! and sending failed charges again.
+//! and sending failed charges again — or, in the `evm` mode, a batch the
+//! ledger calls settled that the chain does not have (a reorg deeper than
+//! `finality_confirmations`: `reconcile` reports it), once the contract
+//! confirms the batch number is not settled.
 
 use anyhow::bail;
 use serde_json::json;
@@ -15,9 +18,10 @@ use crate::startup::open_store;
 pub enum SettlementsCommand {
     /// Charges by status and the newest batches (100 at most).
     List {
-        /// Only batches in this status: batched (in flight: open or sending),
-        /// open, sending, settled or failed.
-        #[arg(long, value_parser = ["batched", "open", "sending", "settled", "failed"])]
+        /// Only batches in this status: batched (in flight: open, sending or
+        /// confirming), open, sending, confirming (mined, not yet final),
+        /// settled or failed.
+        #[arg(long, value_parser = ["batched", "open", "sending", "confirming", "settled", "failed"])]
         status: Option<String>,
         /// One JSON object instead of text.
         #[arg(long)]
@@ -32,9 +36,12 @@ pub enum SettlementsCommand {
     },
     /// Send failed charges again (e.g. after a payer restored its allowance
     /// or was unblacklisted): they return to pending and settle in a new
-    /// batch. A failed charge never moved money, so none settles twice.
+    /// batch. A failed charge never moved money, so none settles twice. A
+    /// settled on-chain batch the chain lost (a reorg) is sent again under
+    /// its own number, after the contract confirms it is not settled.
     Replay {
-        /// The batch whose failed charges to replay.
+        /// The batch whose failed charges to replay (or the settled batch
+        /// the chain lost).
         #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
         batch: Option<String>,
         /// Every failed charge of every batch.
@@ -47,12 +54,16 @@ pub enum SettlementsCommand {
 
 pub async fn settlements(settings: &Settings, command: SettlementsCommand) -> anyhow::Result<()> {
     let store = open_store(settings).await?;
-    let outcome = run(&store, command).await;
+    let outcome = run(settings, &store, command).await;
     store.close().await;
     outcome
 }
 
-async fn run(store: &ledger::Store, command: SettlementsCommand) -> anyhow::Result<()> {
+async fn run(
+    settings: &Settings,
+    store: &ledger::Store,
+    command: SettlementsCommand,
+) -> anyhow::Result<()> {
     match command {
         SettlementsCommand::List { status, json } => {
             let counts = store.charge_status_counts().await?;
@@ -155,8 +166,12 @@ async fn run(store: &ledger::Store, command: SettlementsCommand) -> anyhow::Resu
             json,
         } => {
             if let Some(id) = &batch {
-                if store.settlement_batch(id).await?.is_none() {
+                let Some(record) = store.settlement_batch(id).await? else {
                     bail!("no settlement batch {id:?} (`tollgate settlements list` shows them)");
+                };
+                if let (true, Some(batch_no)) = (record.status == "settled", record.chain_batch_no)
+                {
+                    return replay_lost(settings, store, &record, batch_no, json).await;
                 }
             }
             let replayed = store.replay_failed(batch.as_deref()).await?;
@@ -168,6 +183,50 @@ async fn run(store: &ledger::Store, command: SettlementsCommand) -> anyhow::Resu
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `replay BATCH` of a settled on-chain batch: re-opened only when the
+/// contract says its number is not settled (never pay twice).
+async fn replay_lost(
+    settings: &Settings,
+    store: &ledger::Store,
+    record: &ledger::store::settlement::BatchRecord,
+    batch_no: i64,
+    json: bool,
+) -> anyhow::Result<()> {
+    use workers::evm::reconcile::{reopen_if_lost, LostBatch};
+    let chain = ledger::ChainId(u64::try_from(record.chain_id)?);
+    let clients = crate::pools::chain_clients(settings)?;
+    let Some(client) = clients.get(&chain) else {
+        bail!(
+            "batch {} is on chain {}, which has no evm settings here",
+            record.id,
+            record.chain_id
+        );
+    };
+    match reopen_if_lost(store, client, &record.id, batch_no).await? {
+        LostBatch::SettledOnChain => bail!(
+            "batch {} (#{batch_no}) is settled on chain too: nothing to replay",
+            record.id
+        ),
+        LostBatch::Reopened(charges) if json => {
+            println!(
+                "{}",
+                json!({ "reopened": charges, "batch": record.id, "batchNo": batch_no })
+            );
+        }
+        LostBatch::Reopened(0) => println!(
+            "batch {} (#{batch_no}) is not settled on chain, and none of its payers had paid: \
+             nothing to send again (its failed charges replay with --all-failed)",
+            record.id
+        ),
+        LostBatch::Reopened(charges) => println!(
+            "batch {} (#{batch_no}) is not settled on chain: re-opened with {charges} charge(s); \
+             the settler sends it again under the same number",
+            record.id
+        ),
     }
     Ok(())
 }

@@ -291,6 +291,11 @@ impl PaidCall {
             Err(error) => return Err(acquire_error(error)),
         };
         check_token(lease.token_sha256(), token)?;
+        if let Some((wallet, chain)) = lease.payer() {
+            if let Some(held) = gateway.leases.fences.fenced(&wallet, chain) {
+                return Err(CallFailure::PayerHeldBack(Box::new(held)));
+            }
+        }
         let cost = |output| {
             model.price.cost(prompt_tokens_max, output).map_err(|_| {
                 CallFailure::invalid_param("messages", "make the call cost more than any budget")

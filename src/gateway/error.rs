@@ -58,6 +58,10 @@ pub enum CallFailure {
         minimum: Amount,
         budget: Option<BudgetView>,
     },
+    /// Settlement holds the key's payer back: its funds on chain cannot
+    /// pay what it owes. No key of its spends until its charges settle.
+    #[error("the key's payer cannot pay what it owes on chain")]
+    PayerHeldBack(Box<ledger::store::payers::HeldBackPayer>),
     #[error("the key already has {max} calls in flight")]
     TooManyInFlight { max: u32 },
     #[error("the key has too many holds open")]

@@ -16,7 +16,10 @@
 //!   node revoked or superseded, and pushes the stop to their actors;
 //! * refuses to spend ([`LeaseKeeper::check_renewed`]) once its own leases
 //!   went unrenewed for half the grace: by the grace, another node may have
-//!   taken them back.
+//!   taken them back;
+//! * in the `evm` mode, caps every take by the payer's funds on chain and
+//!   keeps this node's copy of the payers settlement holds back
+//!   ([`super::payers`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -30,7 +33,9 @@ use ledger::time::now_ms;
 use ledger::{Amount, KeyId, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use workers::queue::Queue;
 
+use super::payers::{FundsError, PayerFences, PayerFunds};
 use super::NamedTask;
 use crate::settings::LeaseSettings;
 
@@ -56,6 +61,12 @@ pub struct LeaseKeeper {
     pub takes: Arc<AtomicU64>,
     stopping: watch::Sender<bool>,
     returning: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Payers' funds on chain (`evm`): every take is capped by them.
+    funds: PayerFunds,
+    /// Payers held back by settlement: refused before any hold.
+    pub fences: PayerFences,
+    /// Queue mode: the charges queue, whose drain gates reclaiming.
+    charges_queue: Option<(Queue, Arc<str>)>,
 }
 
 /// Why a call could not get its lease topped up.
@@ -67,6 +78,8 @@ pub enum TopUpError {
     Unrenewed(i64),
     #[error("the store did not grant a lease top-up in time")]
     Slow,
+    #[error(transparent)]
+    Funds(#[from] FundsError),
 }
 
 impl LeaseKeeper {
@@ -81,7 +94,27 @@ impl LeaseKeeper {
             takes: Arc::default(),
             stopping: watch::channel(false).0,
             returning: Arc::default(),
+            funds: PayerFunds::default(),
+            fences: PayerFences::default(),
+            charges_queue: None,
         }
+    }
+
+    /// Queue mode: this node's charges reach the ledger through `name` on
+    /// `queue`, after their calls were answered. A lease's cover is then
+    /// taken back only once that queue was seen drained after the lease's
+    /// node went silent (or returned it): its charges may still be on their
+    /// way until then.
+    pub fn with_charges_queue(mut self, queue: Queue, name: &str) -> LeaseKeeper {
+        self.charges_queue = Some((queue, Arc::from(name)));
+        self
+    }
+
+    /// With payers' funds on chain (the `evm` mode): each take is capped by
+    /// what the payer can still pay, and held-back payers are fenced.
+    pub fn with_payer_funds(mut self, funds: PayerFunds) -> LeaseKeeper {
+        self.funds = funds;
+        self
     }
 
     pub fn node_id(&self) -> &str {
@@ -139,10 +172,33 @@ impl LeaseKeeper {
         let Some(lease_id) = lease.budget_lease() else {
             return Ok(Amount::ZERO);
         };
-        let taken = self
-            .store
-            .take_lease(lease_id, key, &self.node_id, chunk, need, now_ms())
-            .await?;
+        let spendable = match lease.payer() {
+            Some((wallet, chain)) => self
+                .funds
+                .spendable(&wallet, chain)
+                .await?
+                .map(|spendable| (wallet, chain, spendable)),
+            None => None,
+        };
+        let taken = match spendable {
+            Some((wallet, chain, spendable)) => {
+                self.store
+                    .take_lease_funded(
+                        lease_id,
+                        key,
+                        &self.node_id,
+                        (chunk, need),
+                        (&wallet, chain, spendable),
+                        now_ms(),
+                    )
+                    .await?
+            }
+            None => {
+                self.store
+                    .take_lease(lease_id, key, &self.node_id, chunk, need, now_ms())
+                    .await?
+            }
+        };
         self.grant(lease, key, taken).await
     }
 
@@ -314,6 +370,7 @@ impl LeaseKeeper {
         // The first tick renews at once: this node's heartbeat exists from
         // its start.
         let mut renewed_last = 0;
+        let mut drained_at = None;
         let mut pushed = HashSet::new();
         let mut stopping = self.stopping.subscribe();
         loop {
@@ -322,10 +379,15 @@ impl LeaseKeeper {
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
             self.push_revocations(&registry, &mut pushed).await;
+            if self.funds.on_chain() {
+                if let Err(error) = self.fences.refresh(&self.store).await {
+                    tracing::warn!(%error, "reading the payers held back by settlement failed");
+                }
+            }
             let now = now_ms();
             if now.saturating_sub(renewed_last) >= renew_every_ms {
                 renewed_last = now;
-                self.renew_and_reclaim(now).await;
+                self.renew_and_reclaim(now, &mut drained_at).await;
             }
         }
     }
@@ -356,19 +418,46 @@ impl LeaseKeeper {
         }
     }
 
-    async fn renew_and_reclaim(&self, now: i64) {
+    async fn renew_and_reclaim(&self, now: i64, drained_at: &mut Option<i64>) {
         match self.store.renew_leases(&self.node_id, now).await {
             Ok(()) => self.renewed_at_ms.store(now, Ordering::Relaxed),
             Err(error) => tracing::warn!(%error, "renewing this node's leases failed"),
         }
+        let Some(seen) = self.reclaim_cutoff(now, drained_at).await else {
+            return;
+        };
         match self
             .store
-            .reclaim_leases(now.saturating_sub(self.settings.grace_ms))
+            .reclaim_leases(seen.saturating_sub(self.settings.grace_ms))
             .await
         {
             Ok(0) => {}
             Ok(reclaimed) => tracing::info!(reclaimed, "took back leases of nodes gone silent"),
             Err(error) => tracing::warn!(%error, "taking back silent nodes' leases failed"),
+        }
+    }
+
+    /// The instant by which every charge of a lease silent (or returned) a
+    /// grace before it is in the ledger: now, when charges are written before
+    /// their calls answer; in queue mode, the previous of two consecutive
+    /// passes that found the charges queue drained (`None` until there are
+    /// two: nothing is taken back while charges may still be on their way).
+    async fn reclaim_cutoff(&self, now: i64, drained_at: &mut Option<i64>) -> Option<i64> {
+        let Some((queue, name)) = &self.charges_queue else {
+            return Some(now);
+        };
+        match queue.ready_count(name).await {
+            Ok(0) => drained_at.replace(now),
+            Ok(waiting) => {
+                tracing::debug!(waiting, "charges still queued: no lease is taken back yet");
+                drained_at.take();
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the charges queue's depth could not be read: no lease is taken back");
+                drained_at.take();
+                None
+            }
         }
     }
 }

@@ -11,6 +11,8 @@
 //! * [`error`] — [`error::CallFailure`], the paid path's own errors (HTTP
 //!   maps them in `http::error`).
 //! * [`revocation`] — stopping keys so that no wallet spends past its funds.
+//! * [`payers`] — payers' funds on chain and the payers settlement holds
+//!   back (the `evm` mode).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +38,7 @@ pub mod call;
 pub mod error;
 pub mod leases;
 pub mod loader;
+pub mod payers;
 pub mod request;
 pub mod revocation;
 pub mod run;
@@ -97,6 +100,7 @@ impl Gateway {
         settings: &Settings,
         store: Store,
         queue: Option<Queue>,
+        funds: payers::PayerFunds,
     ) -> Result<(Gateway, Vec<NamedTask>), GatewayError> {
         let g = &settings.gateway;
         let threads = match g.actor_threads {
@@ -162,7 +166,11 @@ impl Gateway {
                 (name.clone(), model)
             })
             .collect();
-        let leases = LeaseKeeper::new(store.clone(), store.node_id(), settings.leases);
+        let mut leases = LeaseKeeper::new(store.clone(), store.node_id(), settings.leases)
+            .with_payer_funds(funds);
+        if let Some(queue) = &queue {
+            leases = leases.with_charges_queue(queue.clone(), &settings.queue.calls_queue);
+        }
         let mut tasks = leases.start(&registry);
         if let Some(drain) = revocation::free_drained_keys(&registry, store.clone()) {
             tasks.push(("drained-key release", drain));

@@ -314,6 +314,7 @@ impl From<CallFailure> for ApiError {
                     None => error,
                 }
             }
+            CallFailure::PayerHeldBack(held) => payer_held_back(&held),
             CallFailure::TooManyInFlight { max } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
@@ -353,4 +354,36 @@ impl From<CallFailure> for ApiError {
 /// actix-web's own extractor and routing failures, answered in our shape.
 pub fn not_found_route() -> ApiError {
     ApiError::not_found("route_not_found", "no such route")
+}
+
+/// The details of a payer held back by settlement: what it owes, what it
+/// has, which of balance or allowance is short and by how much.
+pub fn held_back_details(held: &ledger::store::payers::HeldBackPayer) -> serde_json::Value {
+    json!({
+        "reason": "payer_held_back",
+        "short": held.short(),
+        "owed": held.owed,
+        "balance": held.balance,
+        "allowance": held.allowance,
+        "shortfall": held.shortfall(),
+        "since": held.since_ms,
+    })
+}
+
+/// 402 `payer_held_back`: the key's payer cannot pay what it owes on chain.
+fn payer_held_back(held: &ledger::store::payers::HeldBackPayer) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "payer_held_back",
+        format!(
+            "the key's wallet owes {} but its {} on chain covers only {} of it: settlement holds \
+             it back, and none of its keys spends until it can pay (raise the {} by {})",
+            held.owed,
+            held.short(),
+            held.balance.min(held.allowance),
+            held.short(),
+            held.shortfall(),
+        ),
+    )
+    .with_details(held_back_details(held))
 }

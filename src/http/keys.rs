@@ -9,7 +9,7 @@ use ledger::{ChainId, KeyId};
 use serde_json::{json, Value};
 
 use super::caller::{authenticate, require_same_wallet, Caller};
-use super::error::ApiError;
+use super::error::{held_back_details, ApiError};
 use super::extract::{self, chain_header, wallet_header};
 use super::extract::{budget_within_max, expiry_field, name_field};
 #[allow(unused_imports)] // named by the #[utoipa::path] attributes
@@ -211,7 +211,16 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&state, &req).await?;
     let key = owned_key(&state, &caller, &path).await?;
-    Ok(HttpResponse::Ok().json(key_json(&key)))
+    let mut view = key_json(&key);
+    // Why its calls are refused, when settlement holds its payer back.
+    if let Some(held) = state
+        .store
+        .held_back_payer(&key.wallet, key.chain_id)
+        .await?
+    {
+        view["payerHeldBack"] = held_back_details(&held);
+    }
+    Ok(HttpResponse::Ok().json(view))
 }
 
 /// `DELETE /api/keys/{keyId}`: revokes. Allowed to the wallet's session key,

@@ -138,6 +138,33 @@ pub struct KeyView {
     expires_at: i64,
     #[serde(rename = "revokedAt")]
     revoked_at: Option<i64>,
+    /// Present (on a key read by id) when settlement holds the key's payer
+    /// back: its calls answer 402 `payer_held_back` until its charges settle.
+    #[serde(rename = "payerHeldBack", skip_serializing_if = "Option::is_none")]
+    payer_held_back: Option<PayerHeldBack>,
+}
+
+/// Why settlement holds a payer back: its funds on chain cannot pay what it
+/// owes.
+#[derive(serde::Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct PayerHeldBack {
+    /// Always `payer_held_back`.
+    reason: String,
+    /// `balance` or `allowance`: the smaller of the two.
+    short: String,
+    /// What its pending charges add up to.
+    #[schema(pattern = r"^[0-9]{1,39}$")]
+    owed: String,
+    #[schema(pattern = r"^[0-9]{1,39}$")]
+    balance: String,
+    #[schema(pattern = r"^[0-9]{1,39}$")]
+    allowance: String,
+    /// How much more it needs.
+    #[schema(pattern = r"^[0-9]{1,39}$")]
+    shortfall: String,
+    /// When it was held back (ms since epoch).
+    since: i64,
 }
 
 /// A key just created: its view plus its token, shown this once.

@@ -69,6 +69,7 @@ async fn main() {
         treasury: deployment.treasury,
         operator_key: Some(deployment.operator_key.clone()),
         confirmations: 1,
+        finality_confirmations: 1,
         rpc_timeout: Duration::from_secs(10),
         from_block: 0,
     })
@@ -215,6 +216,7 @@ async fn main() {
             batch_max_payers: PAYERS,
             batch_max_age_ms: 0,
             replace_after_ms: 60_000,
+            held_back_recheck_max_ms: 60_000,
         },
     );
     let started = Instant::now();

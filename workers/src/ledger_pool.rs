@@ -5,8 +5,10 @@
 //!
 //! Messages are taken in batches (up to [`BATCH_MAX`], gathered for at most
 //! [`LINGER`] after the first) and written in one transaction
-//! (`Store::record_charges`). A message that is not a valid event, or whose
-//! key cannot take it, is rejected to the dead-letter queue with its reason
+//! (`Store::record_answered_charges`: each event's call was answered, so a
+//! charge its key's limit can no longer take is recorded flagged
+//! `overdrawn`, never dropped). A message that is not a valid event, or whose
+//! key does not exist, is rejected to the dead-letter queue with its reason
 //! in the log; a batch the store could not write is held and written again
 //! with backoff until the store answers (requeuing it would spend its
 //! messages' delivery limit on an outage and dead-letter reported charges).
@@ -150,7 +152,7 @@ impl LedgerPool {
         // delivery limit in seconds and dead-letter reported charges.
         let mut backoff = STORE_RETRY_MIN;
         let outcomes = loop {
-            match self.store.record_charges(&charges).await {
+            match self.store.record_answered_charges(&charges).await {
                 Ok(outcomes) => break outcomes,
                 Err(error) => {
                     tracing::warn!(%error, charges = charges.len(), retry_in = ?backoff, "writing charges failed; the batch is held and tried again");
@@ -184,6 +186,13 @@ impl LedgerPool {
         for ((delivery, charge), outcome) in pending.into_iter().zip(&charges).zip(outcomes) {
             match outcome {
                 ChargeOutcome::Recorded | ChargeOutcome::Duplicate => done.push(delivery),
+                ChargeOutcome::Overdrawn => {
+                    tracing::error!(request_id = %charge.request_id, key_id = %charge.key_id,
+                        amount = %charge.amount,
+                        "an answered call's charge landed past its key's limit: recorded, flagged overdrawn (tollgate reconcile reports it)");
+                    metrics::counter!("tollgate_charges_overdrawn_total").increment(1);
+                    done.push(delivery);
+                }
                 ChargeOutcome::OverBudget | ChargeOutcome::UnknownKey => {
                     tracing::error!(request_id = %charge.request_id, key_id = %charge.key_id, ?outcome, "dead-lettering a charge its key cannot take");
                     metrics::counter!("tollgate_queue_dead_lettered_total", "reason" => "charge_refused")

@@ -38,9 +38,21 @@ async fn rig(backend: Backend) -> Rig {
     rig_on(anvil, backend, None).await
 }
 
+/// A rig whose batches are final `finality` blocks deep.
+async fn rig_final(backend: Backend, finality: u64) -> Rig {
+    let anvil = Anvil::start(&AnvilOptions::default())
+        .await
+        .expect("Anvil (npm ci installs it)");
+    rig_with(anvil, backend, None, finality).await
+}
+
 /// A rig on a running Anvil; the settler's client talks to `rpc_url` when
 /// given (a proxy in front of Anvil).
 async fn rig_on(anvil: Anvil, backend: Backend, rpc_url: Option<String>) -> Rig {
+    rig_with(anvil, backend, rpc_url, 1).await
+}
+
+async fn rig_with(anvil: Anvil, backend: Backend, rpc_url: Option<String>, finality: u64) -> Rig {
     let deployment = deploy(&anvil.rpc_url).await.expect("deploy the contracts");
     let db = TestDb::create(backend).await;
     let store = db.store().await;
@@ -52,6 +64,7 @@ async fn rig_on(anvil: Anvil, backend: Backend, rpc_url: Option<String>) -> Rig 
         treasury: deployment.treasury,
         operator_key: Some(deployment.operator_key.clone()),
         confirmations: 1,
+        finality_confirmations: finality,
         rpc_timeout: Duration::from_secs(5),
         from_block: 0,
     })
@@ -80,6 +93,7 @@ impl Rig {
                 batch_max_payers: 10,
                 batch_max_age_ms: 0,
                 replace_after_ms,
+                held_back_recheck_max_ms: 60_000,
             },
         )
     }
@@ -682,6 +696,7 @@ async fn a_fresh_ledger_numbers_its_batches_after_those_the_contract_settled() {
             batch_max_payers: 10,
             batch_max_age_ms: 0,
             replace_after_ms: 60_000,
+            held_back_recheck_max_ms: 60_000,
         },
     );
     let mut passes = Vec::new();
@@ -721,4 +736,369 @@ async fn one_settler_per_chain_is_active_the_others_stand_by() {
     assert_eq!(rig.statuses(&key).await, ["settled"]);
     let standby = if passes[0] == Pass::NotActive { &a } else { &b };
     assert_eq!(standby.pass().await.unwrap(), Pass::NotActive);
+}
+
+/// The batch `rig` has in flight, or the newest one.
+async fn only_batch(rig: &Rig) -> ledger::store::settlement::BatchRecord {
+    let batches = rig.store.settlement_batches(None).await.unwrap();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    batches[0].clone()
+}
+
+/// Each attempt's outcome, first first (`-`: in flight).
+async fn attempt_outcomes(rig: &Rig, batch: &str) -> Vec<String> {
+    rig.store
+        .batch_attempts(batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.outcome.unwrap_or_else(|| "-".into()))
+        .collect()
+}
+
+/// With automine off, the settler sends the batch; the contract's owner
+/// (`owner`) hands the operator role to someone else in the same block, so
+/// the settlement reverts (`NotOperator`); the settler sees that receipt.
+async fn revert_one_attempt(rig: &Rig, settler: &EvmSettler, owner: Address) {
+    rig.dev.automine(false).await.unwrap();
+    assert_eq!(settler.pass().await.unwrap(), Pass::Waiting, "sent");
+    rig.dev
+        .set_operator(owner, account(rig, 5), false)
+        .await
+        .unwrap();
+    rig.dev.mine().await.unwrap();
+    rig.dev.automine(true).await.unwrap();
+    assert_eq!(settler.pass().await.unwrap(), Pass::Waiting, "revert seen");
+}
+
+#[tokio::test]
+async fn a_reverted_settlement_is_handled_once_per_attempt_and_never_wedges_the_chain() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let rig = rig(backend).await;
+        let payer = account(&rig, 4);
+        rig.dev.approve(payer, 1_000_000).await.unwrap();
+        let key = rig.charge(payer, &[321]).await;
+        let before = rig.balance(payer).await;
+        let owner = account(&rig, 8);
+        rig.dev.transfer_ownership(owner).await.unwrap();
+        let operator = rig.client.operator();
+        let settler = rig.settler(60_000);
+
+        // Reverted once, and the operator is no longer ours: the chain is
+        // paused, naming why — not re-opened on every pass with nothing sent.
+        revert_one_attempt(&rig, &settler, owner).await;
+        let batch = only_batch(&rig).await;
+        for _ in 0..3 {
+            assert_eq!(settler.pass().await.unwrap(), Pass::Paused, "{backend:?}");
+        }
+        let reason = rig.store.chain_accounts().await.unwrap()[0]
+            .paused_reason
+            .clone()
+            .unwrap_or_default();
+        assert!(reason.contains("operator"), "{backend:?}: {reason:?}");
+        assert_eq!(attempt_outcomes(&rig, &batch.id).await, ["reverted"]);
+        assert_eq!(rig.statuses(&key).await, ["batched"], "nothing failed yet");
+
+        // Each further reverted attempt counts: the third fails the batch.
+        rig.dev.set_operator(owner, operator, true).await.unwrap();
+        revert_one_attempt(&rig, &settler, owner).await;
+        rig.dev.set_operator(owner, operator, true).await.unwrap();
+        revert_one_attempt(&rig, &settler, owner).await;
+        assert_eq!(
+            attempt_outcomes(&rig, &batch.id).await,
+            ["reverted", "reverted", "reverted"],
+            "{backend:?}"
+        );
+        assert_eq!(only_batch(&rig).await.status, "failed", "{backend:?}");
+        assert_eq!(rig.statuses(&key).await, ["failed"]);
+        assert_eq!(rig.balance(payer).await, before, "nothing moved");
+
+        // The operator is ours again; replayed, the charge settles once.
+        rig.dev.set_operator(owner, operator, true).await.unwrap();
+        assert_eq!(rig.store.replay_failed(Some(&batch.id)).await.unwrap(), 1);
+        rig.settle_until(&settler, Pass::Settled, 20).await;
+        assert_eq!(rig.statuses(&key).await, ["settled"], "{backend:?}");
+        assert_eq!(before - rig.balance(payer).await, U256::from(321));
+        assert_eq!(
+            rig.store.chain_accounts().await.unwrap()[0].paused_reason,
+            None
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_successful_receipt_wins_over_a_reverted_retry() {
+    let rig = rig(Backend::Postgres).await;
+    let payer = account(&rig, 6);
+    rig.dev.approve(payer, 1_000_000).await.unwrap();
+    let key = rig.charge(payer, &[555]).await;
+    let before = rig.balance(payer).await;
+    rig.dev.automine(false).await.unwrap();
+    let settler = rig.settler(60_000);
+    assert_eq!(settler.pass().await.unwrap(), Pass::Waiting, "sent");
+    let batch = rig.store.in_flight_batch(CHAIN).await.unwrap().unwrap();
+    let first = rig.store.batch_txs(&batch.id).await.unwrap()[0].clone();
+    rig.dev.mine().await.unwrap();
+
+    // Before the settler saw the first transaction's receipt, a retry of
+    // the same batch was signed at the next nonce (as after a nonce it
+    // took for another's); the contract refuses the number again: reverted.
+    let entries = vec![pack_entry(payer, 555).unwrap()];
+    let fees = rig.client.fees().await.unwrap();
+    let batch_no = u64::try_from(batch.batch_no).unwrap();
+    let nonce = u64::try_from(first.nonce).unwrap() + 1;
+    let retry = rig
+        .client
+        .sign_settle(batch_no, &entries, nonce, 300_000, fees)
+        .await
+        .unwrap();
+    let record = ledger::store::chain::ChainTx {
+        hash: format!("{:#x}", retry.hash),
+        nonce: i64::try_from(nonce).unwrap(),
+        raw: format!("{}", retry.raw),
+        gas_limit: 300_000,
+        max_fee_per_gas: i64::try_from(retry.max_fee_per_gas).unwrap(),
+        max_priority_fee_per_gas: i64::try_from(retry.max_priority_fee_per_gas).unwrap(),
+        created_at_ms: ledger::time::now_ms(),
+        broadcast_at_ms: None,
+    };
+    rig.store
+        .record_signed_tx(&batch.id, CHAIN, &record, ledger::time::now_ms())
+        .await
+        .unwrap();
+    rig.client.broadcast(&retry.raw).await.unwrap();
+    rig.dev.mine().await.unwrap();
+    rig.dev.automine(true).await.unwrap();
+    let reverted = rig.client.receipt(retry.hash).await.unwrap().unwrap();
+    assert!(!reverted.status(), "the retry reverted");
+
+    rig.settle_until(&settler, Pass::Settled, 10).await;
+    let settled = rig
+        .store
+        .settlement_batch(&batch.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(settled.status, "settled");
+    assert_eq!(settled.tx_hash.as_deref(), Some(first.hash.as_str()));
+    assert_eq!(rig.statuses(&key).await, ["settled"]);
+    assert_eq!(before - rig.balance(payer).await, U256::from(555));
+    assert!(
+        workers::evm::reconcile::reconcile_chain(&rig.store, &rig.client)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_reorg_before_finality_sends_the_batch_again_and_it_settles_once() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let rig = rig_final(backend, 3).await;
+        let payer = account(&rig, 2);
+        rig.dev.approve(payer, 1_000_000).await.unwrap();
+        let key = rig.charge(payer, &[700, 300]).await;
+        let treasury = rig.dev.deployment.treasury;
+        let (before, treasury_before) = (rig.balance(payer).await, rig.balance(treasury).await);
+        let snapshot = rig.dev.snapshot().await.unwrap();
+        let settler = rig.settler(60_000);
+
+        // Mined and proven, not final: provisional.
+        rig.settle_until(&settler, Pass::Confirming, 10).await;
+        assert_eq!(before - rig.balance(payer).await, U256::from(1_000));
+        assert_eq!(only_batch(&rig).await.status, "confirming", "{backend:?}");
+        assert_eq!(rig.statuses(&key).await, ["batched"], "{backend:?}");
+        assert!(rig
+            .store
+            .settled_txs_since(0, 100)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // The chain loses the block: the payer has its USDC back.
+        rig.dev.revert(&snapshot).await.unwrap();
+        assert_eq!(rig.balance(payer).await, before);
+        assert!(!rig.client.is_settled(1).await.unwrap());
+
+        // Sent again, confirmed, final after three blocks: settled once.
+        rig.settle_until(&settler, Pass::Confirming, 10).await;
+        rig.dev.mine_blocks(2).await.unwrap();
+        rig.settle_until(&settler, Pass::Settled, 10).await;
+        assert_eq!(settler.pass().await.unwrap(), Pass::Idle, "{backend:?}");
+        assert_eq!(rig.statuses(&key).await, ["settled"], "{backend:?}");
+        assert_eq!(before - rig.balance(payer).await, U256::from(1_000));
+        assert_eq!(
+            rig.balance(treasury).await - treasury_before,
+            U256::from(1_000),
+            "{backend:?}: collected"
+        );
+        let batch = only_batch(&rig).await;
+        assert_eq!(batch.status, "settled");
+        assert!(rig.client.is_settled(1).await.unwrap());
+        assert_eq!(rig.store.settled_txs_since(0, 100).await.unwrap().len(), 1);
+        assert!(
+            workers::evm::reconcile::reconcile_chain(&rig.store, &rig.client)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn replay_sends_again_a_settled_batch_the_chain_lost_and_never_one_it_has() {
+    use workers::evm::reconcile::{reconcile_chain, reopen_if_lost, LostBatch};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let rig = rig(backend).await;
+        let payer = account(&rig, 3);
+        rig.dev.approve(payer, 1_000_000).await.unwrap();
+        let key = rig.charge(payer, &[900]).await;
+        let treasury = rig.dev.deployment.treasury;
+        let (before, treasury_before) = (rig.balance(payer).await, rig.balance(treasury).await);
+        let snapshot = rig.dev.snapshot().await.unwrap();
+        let settler = rig.settler(60_000);
+        rig.settle_until(&settler, Pass::Settled, 10).await;
+        let batch = only_batch(&rig).await;
+        let batch_no = batch.chain_batch_no.unwrap();
+
+        // Settled on chain too: replay leaves it alone.
+        assert_eq!(
+            reopen_if_lost(&rig.store, &rig.client, &batch.id, batch_no)
+                .await
+                .unwrap(),
+            LostBatch::SettledOnChain
+        );
+        assert_eq!(rig.statuses(&key).await, ["settled"]);
+
+        // A reorg deeper than finality: `reconcile` sees it, replay sends
+        // the batch again under its own number.
+        rig.dev.revert(&snapshot).await.unwrap();
+        assert_eq!(rig.balance(payer).await, before);
+        let differences = reconcile_chain(&rig.store, &rig.client).await.unwrap();
+        assert!(!differences.is_empty(), "{backend:?}");
+        assert_eq!(
+            reopen_if_lost(&rig.store, &rig.client, &batch.id, batch_no)
+                .await
+                .unwrap(),
+            LostBatch::Reopened(1),
+            "{backend:?}"
+        );
+        assert_eq!(rig.statuses(&key).await, ["batched"]);
+        rig.settle_until(&settler, Pass::Settled, 10).await;
+        assert_eq!(rig.statuses(&key).await, ["settled"], "{backend:?}");
+        assert_eq!(before - rig.balance(payer).await, U256::from(900));
+        assert_eq!(
+            rig.balance(treasury).await - treasury_before,
+            U256::from(900)
+        );
+        assert_eq!(only_batch(&rig).await.status, "settled");
+        assert!(rig
+            .client
+            .is_settled(u64::try_from(batch_no).unwrap())
+            .await
+            .unwrap());
+        assert!(reconcile_chain(&rig.store, &rig.client)
+            .await
+            .unwrap()
+            .is_empty());
+        // And once it is back on chain, never again.
+        assert_eq!(
+            reopen_if_lost(&rig.store, &rig.client, &batch.id, batch_no)
+                .await
+                .unwrap(),
+            LostBatch::SettledOnChain
+        );
+        assert_eq!(settler.pass().await.unwrap(), Pass::Idle);
+    }
+}
+
+/// Issue "Settlement integrity", finding 2: payers who cannot pay are held
+/// back and read past. With `batch_max_payers = 2`, eight payers without
+/// allowance charged first, then an honest funded one: the honest payer
+/// settles within a few passes (the settler used to read only the
+/// `4 × batch_max_payers` oldest payers, all held back, for good); each
+/// held-back payer is checked again only after its backoff.
+#[tokio::test]
+async fn payers_who_cannot_pay_do_not_starve_the_payers_behind_them() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let rig = rig(backend).await;
+        let mut dust = Vec::new();
+        for i in 1..=8 {
+            let payer = account(&rig, i);
+            rig.charge(payer, &[10]).await;
+            dust.push(payer);
+        }
+        // Not account 9: that is the treasury.
+        let honest = Address::from([0x42; 20]);
+        rig.dev.mint(honest, 1_000_000).await.unwrap();
+        rig.dev.approve(honest, 1_000_000).await.unwrap();
+        let honest_key = rig.charge(honest, &[500]).await;
+        let settler = EvmSettler::new(
+            rig.store.clone(),
+            rig.client.clone(),
+            EvmSettlerConfig {
+                settler_id: "starved".into(),
+                // The first backoff: held-back payers wait a second.
+                every: Duration::from_millis(1_000),
+                batch_max_payers: 2,
+                batch_max_age_ms: 0,
+                replace_after_ms: 60_000,
+                held_back_recheck_max_ms: 60_000,
+            },
+        );
+        rig.settle_until(&settler, Pass::Settled, 10).await;
+        assert_eq!(rig.statuses(&honest_key).await, ["settled"], "{backend:?}");
+        let held = rig.store.held_back_payers(Some(CHAIN)).await.unwrap();
+        assert_eq!(held.len(), dust.len(), "{backend:?}: {held:?}");
+        assert!(held
+            .iter()
+            .all(|p| p.short() == "allowance" && p.checks == 1));
+        assert!(
+            held.iter().all(|p| p.retry_at_ms > p.checked_at_ms),
+            "{backend:?}: each waits its backoff"
+        );
+        // Not due yet: a pass reads past them and has nothing to do.
+        assert_eq!(settler.pass().await.unwrap(), Pass::Idle, "{backend:?}");
+        let again = rig.store.held_back_payers(Some(CHAIN)).await.unwrap();
+        assert!(
+            again.iter().all(|p| p.checks == 1),
+            "{backend:?}: {again:?}"
+        );
+        // One approves: once due it is read again, pays, and is released.
+        rig.dev.approve(dust[0], 1_000_000).await.unwrap();
+        let wallet = format!("{:#x}", dust[0]);
+        due_now(&rig, &wallet).await;
+        rig.settle_until(&settler, Pass::Settled, 10).await;
+        let left = rig.store.held_back_payers(Some(CHAIN)).await.unwrap();
+        assert_eq!(left.len(), dust.len() - 1, "{backend:?}");
+        assert!(left.iter().all(|p| p.wallet != wallet), "{backend:?}");
+    }
+}
+
+/// Makes a held-back payer due for its re-check now, as if its backoff had
+/// elapsed (holding it back again with no wait).
+async fn due_now(rig: &Rig, wallet: &str) {
+    let held = rig
+        .store
+        .held_back_payers(Some(CHAIN))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.wallet == wallet)
+        .unwrap();
+    rig.store
+        .hold_back_payer(
+            CHAIN,
+            ledger::store::payers::ShortPayer {
+                wallet,
+                owed: held.owed,
+                balance: held.balance,
+                allowance: held.allowance,
+            },
+            |_| 0,
+            ledger::time::now_ms() - 1,
+        )
+        .await
+        .unwrap();
 }

@@ -6,12 +6,17 @@
 //!
 //! A batch moves `open` (charges claimed as `batched`, no live transaction)
 //! → `sending` (a signed transaction persisted; maybe broadcast, maybe
-//! replaced) → `settled` (a receipt proved each payer paid or failed), or
-//! back to `open` when its transaction can no longer be mined (reverted, or
-//! its nonce consumed by another), or `failed` when an operator must look.
-//! Only a receipt moves a charge to `settled`; a charge is `failed` only
-//! when the chain proves its payer did not pay, so replaying it can never
-//! pay twice.
+//! replaced) → `confirming` (still `sending` in the row, with the block its
+//! successful receipt was mined in: provisional, the charges still
+//! `batched`) → `settled` (that receipt is `finality_confirmations` deep and
+//! proved each payer paid or failed), or back to `sending` when the chain
+//! loses a confirming receipt (a reorg), back to `open` when its transaction
+//! can no longer be mined (reverted, or its nonce consumed by another), or
+//! `failed` when an operator must look. A `settled` batch the chain lost
+//! (a reorg deeper than finality) returns to `open` by an operator's replay,
+//! once the contract says it is not settled. Only a final receipt moves a
+//! charge to `settled`; a charge is `failed` only when the chain proves its
+//! payer did not pay, so replaying it can never pay twice.
 
 use super::{chain_to_db, get_amount, get_i64, get_opt_i64, get_opt_string, get_string, Store};
 use crate::{Amount, ChainId, StoreError};
@@ -39,6 +44,8 @@ pub struct PendingPayer {
     pub sum: Amount,
     pub charges: i64,
     pub oldest_ms: i64,
+    /// Held back by an earlier check (its re-check is due).
+    pub held_back: bool,
 }
 
 /// An on-chain batch: its number on chain and each payer's sum.
@@ -47,10 +54,22 @@ pub struct EvmBatch {
     pub id: String,
     pub chain_id: i64,
     pub batch_no: i64,
-    /// `open` or `sending` while in flight.
+    /// `open` or `sending` while in flight (`sending` with `mined`: the
+    /// batch is confirming).
     pub status: String,
+    /// The payers still to settle (`pending`) and each one's sum.
     pub payers: Vec<(String, Amount)>,
     pub created_at_ms: i64,
+    /// Where its successful receipt was last seen, while it is confirming.
+    pub mined: Option<MinedIn>,
+}
+
+/// The block a confirming batch's receipt was mined in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinedIn {
+    pub tx_hash: String,
+    pub block_no: i64,
+    pub block_hash: String,
 }
 
 /// A signed transaction as persisted (before broadcast).
@@ -227,35 +246,48 @@ impl Store {
     }
 
     /// Payers with charges `pending` on `chain` recorded at or before
-    /// `recorded_before_ms`, oldest first, at most `limit`.
+    /// `recorded_before_ms`, oldest first: at most `limit` that are not held
+    /// back, then at most `limit` held back whose re-check is due by then
+    /// ([`super::payers`]). Held-back payers not due are read past, so they
+    /// never stand in front of payers who can pay.
     pub async fn pending_payers(
         &self,
         chain: ChainId,
         recorded_before_ms: i64,
         limit: usize,
     ) -> Result<Vec<PendingPayer>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT wallet, CAST(SUM(amount_atomic) AS BIGINT) AS total,
-                    CAST(COUNT(*) AS BIGINT) AS n, MIN(created_at_ms) AS oldest
-               FROM charges
-              WHERE status = 'pending' AND chain_id = $1 AND created_at_ms <= $2
-              GROUP BY wallet ORDER BY MIN(created_at_ms), wallet LIMIT $3",
-        )
-        .bind(chain_to_db(chain)?)
-        .bind(recorded_before_ms)
-        .bind(i64::try_from(limit.min(EVM_BATCH_PAYERS_MAX * 10)).unwrap_or(1))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PendingPayer {
+        let limit = i64::try_from(limit.min(EVM_BATCH_PAYERS_MAX * 10)).unwrap_or(1);
+        let mut payers = Vec::new();
+        for held in [false, true] {
+            let rows = sqlx::query(&format!(
+                "SELECT c.wallet, CAST(SUM(c.amount_atomic) AS BIGINT) AS total,
+                        CAST(COUNT(*) AS BIGINT) AS n, MIN(c.created_at_ms) AS oldest
+                   FROM charges c
+                  WHERE c.status = 'pending' AND c.chain_id = $1 AND c.created_at_ms <= $2
+                    AND {} EXISTS (SELECT 1 FROM held_back_payers h
+                                    WHERE h.chain_id = c.chain_id AND h.wallet = c.wallet)
+                    AND NOT EXISTS (SELECT 1 FROM held_back_payers h
+                                     WHERE h.chain_id = c.chain_id AND h.wallet = c.wallet
+                                       AND h.retry_at_ms > $2)
+                  GROUP BY c.wallet ORDER BY MIN(c.created_at_ms), c.wallet LIMIT $3",
+                if held { "" } else { "NOT" }
+            ))
+            .bind(chain_to_db(chain)?)
+            .bind(recorded_before_ms)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?;
+            for row in &rows {
+                payers.push(PendingPayer {
                     wallet: get_string(row, "wallet")?,
                     sum: get_amount(row, "total")?,
                     charges: get_i64(row, "n")?,
                     oldest_ms: get_i64(row, "oldest")?,
-                })
-            })
-            .collect()
+                    held_back: held,
+                });
+            }
+        }
+        Ok(payers)
     }
 
     /// Opens batch `batch_id` on `chain` for `wallets` (each with pending
@@ -362,13 +394,16 @@ impl Store {
                 .map(|(payer, (sum, _))| (payer, sum))
                 .collect(),
             created_at_ms: now_ms,
+            mined: None,
         }))
     }
 
-    /// The chain's batch in flight (`open` or `sending`), oldest first.
+    /// The chain's batch in flight (`open` or `sending`, confirming
+    /// included), oldest first, with the payers still to settle.
     pub async fn in_flight_batch(&self, chain: ChainId) -> Result<Option<EvmBatch>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, chain_id, chain_batch_no, status, created_at_ms FROM settlement_batches
+            "SELECT id, chain_id, chain_batch_no, status, created_at_ms, tx_hash, mined_block_no,
+                    mined_block_hash FROM settlement_batches
               WHERE chain_id = $1 AND status IN ('open', 'sending') AND chain_batch_no IS NOT NULL
               ORDER BY chain_batch_no LIMIT 1",
         )
@@ -377,12 +412,27 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let id = get_string(&row, "id")?;
+        // A payer whose failure was proven stays out of a batch sent again
+        // after the chain lost it (its charges are `failed`, replayable).
         let payers = self
             .batch_payers(&id)
             .await?
             .into_iter()
+            .filter(|p| p.outcome == "pending")
             .map(|p| (p.payer, p.amount))
             .collect();
+        let mined = match (
+            get_opt_string(&row, "tx_hash")?,
+            get_opt_i64(&row, "mined_block_no")?,
+            get_opt_string(&row, "mined_block_hash")?,
+        ) {
+            (Some(tx_hash), Some(block_no), Some(block_hash)) => Some(MinedIn {
+                tx_hash,
+                block_no,
+                block_hash,
+            }),
+            _ => None,
+        };
         Ok(Some(EvmBatch {
             id,
             chain_id: get_i64(&row, "chain_id")?,
@@ -390,6 +440,7 @@ impl Store {
             status: get_string(&row, "status")?,
             payers,
             created_at_ms: get_i64(&row, "created_at_ms")?,
+            mined,
         }))
     }
 
@@ -439,7 +490,9 @@ impl Store {
 
     /// Persists a signed transaction of `batch_id` before it is broadcast:
     /// the outbox row, the operator's next nonce past it, the batch
-    /// `sending` with this hash, and an attempt — one transaction.
+    /// `sending` with this hash, and an attempt — one transaction. The same
+    /// bytes signed again (a batch the chain lost, at the nonce it had) are
+    /// one outbox row, due to be sent again, with a new attempt.
     pub async fn record_signed_tx(
         &self,
         batch_id: &str,
@@ -463,7 +516,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO chain_txs (tx_hash, chain_id, batch_id, nonce, raw_tx, gas_limit,
                                     max_fee_per_gas, max_priority_fee_per_gas, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (tx_hash) DO UPDATE
+                SET created_at_ms = excluded.created_at_ms, broadcast_at_ms = NULL",
         )
         .bind(signed.hash.as_str())
         .bind(chain_db)
@@ -566,6 +621,9 @@ impl Store {
             tx.rollback().await?;
             return Ok(());
         }
+        // Paid: a payer held back resumes (its charges of this batch settled).
+        let chain_db = get_i64(&batch_chain(&mut tx, batch_id).await?, "chain_id")?;
+        super::payers::release_payers(&mut tx, chain_db, paid).await?;
         for (payers, outcome) in [(paid, "settled"), (failed, "failed")] {
             for payer in payers {
                 sqlx::query(
@@ -613,6 +671,116 @@ impl Store {
         Ok(())
     }
 
+    /// Notes that `batch_id`'s transaction `tx_hash` is mined (successful,
+    /// every payer's outcome proven) in block `block_no` / `block_hash`, not
+    /// yet final: the batch is confirming. True when that changed anything
+    /// (newly mined, or mined again in another block after a reorg).
+    pub async fn mark_confirming(
+        &self,
+        batch_id: &str,
+        mined: &MinedIn,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE settlement_batches
+                SET status = 'sending', tx_hash = $2, mined_block_no = $3, mined_block_hash = $4,
+                    last_error = NULL, updated_at_ms = $5
+              WHERE id = $1 AND status IN ('open', 'sending')
+                AND (mined_block_hash IS NULL OR mined_block_hash <> $4 OR tx_hash IS NULL
+                     OR tx_hash <> $2)",
+        )
+        .bind(batch_id)
+        .bind(mined.tx_hash.as_str())
+        .bind(mined.block_no)
+        .bind(mined.block_hash.as_str())
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(changed.rows_affected() == 1)
+    }
+
+    /// A confirming batch whose receipt the chain lost (a reorg): back to
+    /// plain `sending`, noting why; its signed transactions are sent again.
+    /// True when it was confirming.
+    pub async fn unmark_confirming(
+        &self,
+        batch_id: &str,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE settlement_batches
+                SET mined_block_no = NULL, mined_block_hash = NULL, last_error = $2,
+                    updated_at_ms = $3
+              WHERE id = $1 AND status = 'sending' AND mined_block_hash IS NOT NULL",
+        )
+        .bind(batch_id)
+        .bind(error)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(changed.rows_affected() == 1)
+    }
+
+    /// A `settled` on-chain batch the chain no longer has (a reorg deeper
+    /// than finality; the caller checked the contract's `isSettled` is
+    /// false): back to `open` to be sent again under the same batch number.
+    /// Its `settled` charges return to `batched` and their payers to
+    /// `pending`; payers proven `failed` stay so (their charges are replayed
+    /// on their own). A batch none of whose payers paid moved nothing: it
+    /// becomes `failed` instead (nothing to send again). Returns how many
+    /// charges return; 0 when the batch is not a settled on-chain batch.
+    pub async fn reopen_lost_batch(
+        &self,
+        batch_id: &str,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let paid = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM settlement_payers
+              WHERE batch_id = $1 AND outcome = 'settled'",
+        )
+        .bind(batch_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let status = if get_i64(&paid, "n")? > 0 {
+            "open"
+        } else {
+            "failed"
+        };
+        let reopened = sqlx::query(
+            "UPDATE settlement_batches
+                SET status = $4, mined_block_no = NULL, mined_block_hash = NULL,
+                    last_error = $2, updated_at_ms = $3
+              WHERE id = $1 AND status = 'settled' AND chain_batch_no IS NOT NULL",
+        )
+        .bind(batch_id)
+        .bind(error)
+        .bind(now_ms)
+        .bind(status)
+        .execute(&mut *tx)
+        .await?;
+        if reopened.rows_affected() == 0 || status == "failed" {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        sqlx::query(
+            "UPDATE settlement_payers SET outcome = 'pending' WHERE batch_id = $1 AND outcome = 'settled'",
+        )
+        .bind(batch_id)
+        .execute(&mut *tx)
+        .await?;
+        let charges = sqlx::query(
+            "UPDATE charges SET status = 'batched' WHERE batch_id = $1 AND status = 'settled'",
+        )
+        .bind(batch_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(charges.rows_affected())
+    }
+
     /// Puts an in-flight batch back to `open` (its transactions can no
     /// longer be mined: reverted, or their nonce taken), noting why.
     pub async fn reopen_batch(
@@ -625,7 +793,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         sqlx::query(
-            "UPDATE settlement_batches SET status = 'open', last_error = $2, updated_at_ms = $3
+            "UPDATE settlement_batches SET status = 'open', last_error = $2, updated_at_ms = $3,
+                    mined_block_no = NULL, mined_block_hash = NULL
               WHERE id = $1 AND status IN ('open', 'sending')",
         )
         .bind(batch_id)
@@ -811,6 +980,19 @@ impl Store {
             .map(|row| Ok((get_string(row, "wallet")?, get_amount(row, "total")?)))
             .collect()
     }
+}
+
+/// The batch's chain, inside the caller's transaction.
+async fn batch_chain(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batch_id: &str,
+) -> Result<sqlx::any::AnyRow, StoreError> {
+    Ok(
+        sqlx::query("SELECT chain_id FROM settlement_batches WHERE id = $1")
+            .bind(batch_id)
+            .fetch_one(&mut **tx)
+            .await?,
+    )
 }
 
 fn account_from_row(row: &sqlx::any::AnyRow) -> Result<ChainAccount, StoreError> {

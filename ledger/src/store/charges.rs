@@ -41,7 +41,10 @@ impl Store {
         match outcomes.first() {
             Some(ChargeOutcome::Recorded) => Ok(ChargeWrite::Recorded),
             Some(ChargeOutcome::Duplicate) => Ok(ChargeWrite::Duplicate),
-            Some(ChargeOutcome::OverBudget) => Err(StoreError::OverBudget),
+            // (`Overdrawn` only from `record_answered_charges`.)
+            Some(ChargeOutcome::OverBudget | ChargeOutcome::Overdrawn) => {
+                Err(StoreError::OverBudget)
+            }
             Some(ChargeOutcome::UnknownKey) | None => Err(StoreError::NotFound),
         }
     }
@@ -55,7 +58,31 @@ impl Store {
         &self,
         charges: &[NewCharge],
     ) -> Result<Vec<ChargeOutcome>, StoreError> {
-        debug_assert!(charges.len() <= RECORD_BATCH_MAX);
+        self.record_charges_past(charges, PastLimit::Refuse).await
+    }
+
+    /// As [`Store::record_charges`], for charges of calls already answered
+    /// (they come through the queue): one the key's limit cannot take is
+    /// recorded all the same — it is owed, and settles like any other — but
+    /// flagged `overdrawn` and counted in the key's `overdrawn_atomic`
+    /// ([`ChargeOutcome::Overdrawn`]), which `tollgate reconcile` reports.
+    /// An answered call's charge is never dropped.
+    pub async fn record_answered_charges(
+        &self,
+        charges: &[NewCharge],
+    ) -> Result<Vec<ChargeOutcome>, StoreError> {
+        self.record_charges_past(charges, PastLimit::Overdraw).await
+    }
+
+    async fn record_charges_past(
+        &self,
+        charges: &[NewCharge],
+        past_limit: PastLimit,
+    ) -> Result<Vec<ChargeOutcome>, StoreError> {
+        assert!(
+            charges.len() <= RECORD_BATCH_MAX,
+            "a charge batch past its bound"
+        );
         if charges.is_empty() {
             return Ok(Vec::new());
         }
@@ -84,7 +111,7 @@ impl Store {
             }
         }
         for index in inserted {
-            outcomes[index] = grow_one(&mut tx, &charges[index]).await?;
+            outcomes[index] = grow_one(&mut tx, &charges[index], past_limit).await?;
         }
         tx.commit().await?;
         Ok(outcomes)
@@ -306,11 +333,21 @@ async fn insert_one(
     Ok(None)
 }
 
-/// Grows the key's `budget_used` by a charge just inserted, or undoes the
-/// insert when the key cannot take it.
+/// What a charge the key's limit cannot take becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PastLimit {
+    /// Refused: its call has not answered yet (the ledger writer).
+    Refuse,
+    /// Recorded, flagged `overdrawn`: its call was answered (the queue).
+    Overdraw,
+}
+
+/// Grows the key's `budget_used` by a charge just inserted; when the key
+/// cannot take it, undoes the insert or (answered calls) flags it overdrawn.
 async fn grow_one(
     conn: &mut AnyConnection,
     charge: &NewCharge,
+    past_limit: PastLimit,
 ) -> Result<ChargeOutcome, StoreError> {
     let key = charge.key_id.as_str();
     let amount = charge.amount.to_db();
@@ -324,6 +361,9 @@ async fn grow_one(
     }
     if grow_unleased(conn, key, amount, now_ms).await? {
         return Ok(ChargeOutcome::Recorded);
+    }
+    if past_limit == PastLimit::Overdraw {
+        return overdraw(conn, charge).await;
     }
     sqlx::query("DELETE FROM charges WHERE request_id = $1")
         .bind(charge.request_id.as_str())
@@ -415,6 +455,30 @@ async fn grow_from_lease(
     .execute(&mut *conn)
     .await?;
     Ok(false)
+}
+
+/// Flags a charge just inserted as overdrawn and counts it on its key.
+async fn overdraw(
+    conn: &mut AnyConnection,
+    charge: &NewCharge,
+) -> Result<ChargeOutcome, StoreError> {
+    sqlx::query("UPDATE charges SET overdrawn = 1 WHERE request_id = $1")
+        .bind(charge.request_id.as_str())
+        .execute(&mut *conn)
+        .await?;
+    let counted = sqlx::query(
+        "UPDATE keys SET overdrawn_atomic = overdrawn_atomic + $2
+          WHERE id = $1 AND overdrawn_atomic <= $3 - $2",
+    )
+    .bind(charge.key_id.as_str())
+    .bind(charge.amount.to_db())
+    .bind(Amount::MAX.to_db())
+    .execute(&mut *conn)
+    .await?;
+    if counted.rows_affected() != 1 {
+        return Err(StoreError::AmountOverflow);
+    }
+    Ok(ChargeOutcome::Overdrawn)
 }
 
 fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {

@@ -23,8 +23,10 @@
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
-use super::{get_amount, get_i64, get_parsed, get_string, Store};
-use crate::{Amount, KeyId, LeaseId, StoreError};
+use super::balances::lock_balance;
+use super::payers::payer_headroom;
+use super::{chain_to_db, get_amount, get_i64, get_parsed, get_string, Store};
+use crate::{Amount, ChainId, KeyId, LeaseId, StoreError, WalletAddress};
 
 /// The most leases one [`Store::reclaim_leases`] pass takes back (a bound
 /// on one pass's work; the next pass takes the rest).
@@ -142,60 +144,45 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<LeaseGrant>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let shares = chunk.to_db().saturating_mul(TAKE_SHARE_DIVISOR);
-        let fast = sqlx::query(TAKE_CHUNK)
-            .bind(key.as_str())
-            .bind(chunk.to_db())
-            .bind(now_ms)
-            .bind(shares)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let grant = match fast {
-            Some(row) => LeaseGrant {
-                granted: chunk,
-                limit: get_amount(&row, "budget_limit_atomic")?,
-                used: get_amount(&row, "budget_used_atomic")?,
-                lease_charged: Amount::ZERO,
-            },
-            None => match take_a_share(&mut tx, key, chunk, need, now_ms).await? {
-                Some(grant) => grant,
-                None => return Ok(None),
-            },
-        };
-        // Its `charged_atomic` is read under the key's row lock, like `used`:
-        // a charge locks the key's row before its lease's, so none lands
-        // between the two reads.
-        let opened = sqlx::query(
-            "INSERT INTO budget_leases (id, key_id, node_id, granted_atomic, state, takes,
-                                        renewed_at_ms, created_at_ms)
-             VALUES ($1, $2, $3, $4, 'open', 1, $5, $5)
-             ON CONFLICT (id) DO UPDATE
-                SET granted_atomic = budget_leases.granted_atomic + excluded.granted_atomic,
-                    takes = budget_leases.takes + 1,
-                    renewed_at_ms = excluded.renewed_at_ms
-              WHERE budget_leases.state = 'open' AND budget_leases.key_id = excluded.key_id
-             RETURNING charged_atomic",
+        let grant = take_in(&mut tx, lease, key, node, (chunk, need), now_ms).await?;
+        if grant.is_some() {
+            tx.commit().await?;
+        }
+        Ok(grant)
+    }
+
+    /// [`Store::take_lease`] for a key whose payer's funds live on chain
+    /// (the `evm` mode): `payer` is the key's wallet and chain, `spendable`
+    /// its `min(balance, allowance)` read just before. The take grants only
+    /// what that covers beyond what the payer owes unsettled and what its
+    /// keys' leases already cover ([`super::payers`]), and nothing while the
+    /// payer is held back; serialized per payer (its balance row's lock, the
+    /// first lock of every writer on a wallet).
+    pub async fn take_lease_funded(
+        &self,
+        lease: &LeaseId,
+        key: &KeyId,
+        node: &str,
+        (chunk, need): (Amount, Amount),
+        (payer, chain, spendable): (&WalletAddress, ChainId, Amount),
+        now_ms: i64,
+    ) -> Result<Option<LeaseGrant>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        lock_balance(&mut tx, payer, chain, now_ms).await?;
+        let headroom = payer_headroom(
+            &mut tx,
+            &payer.to_lower_hex(),
+            chain_to_db(chain)?,
+            spendable,
         )
-        .bind(lease.as_str())
-        .bind(key.as_str())
-        .bind(node)
-        .bind(grant.granted.to_db())
-        .bind(now_ms)
-        .fetch_optional(&mut *tx)
         .await?;
-        let Some(opened) = opened else {
-            // Returned or reclaimed already: its actor must not grow it.
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let grant = LeaseGrant {
-            lease_charged: get_amount(&opened, "charged_atomic")?,
-            ..grant
-        };
-        tx.commit().await?;
-        debug_assert!(grant.granted <= chunk);
-        debug_assert!(grant.lease_charged <= grant.used);
-        Ok(Some(grant))
+        let capped = (chunk.min(headroom), need.min(headroom));
+        let grant = take_in(&mut tx, lease, key, node, capped, now_ms).await?;
+        if let Some(grant) = &grant {
+            assert!(grant.granted <= headroom, "a take past the payer's funds");
+            tx.commit().await?;
+        }
+        Ok(grant)
     }
 
     /// Gives back `amount` of `lease` (what its node did not spend) and
@@ -383,6 +370,70 @@ impl Store {
     }
 }
 
+/// The take itself, inside the caller's transaction (see
+/// [`Store::take_lease`]); the caller commits when it grants.
+async fn take_in(
+    conn: &mut AnyConnection,
+    lease: &LeaseId,
+    key: &KeyId,
+    node: &str,
+    (chunk, need): (Amount, Amount),
+    now_ms: i64,
+) -> Result<Option<LeaseGrant>, StoreError> {
+    let shares = chunk.to_db().saturating_mul(TAKE_SHARE_DIVISOR);
+    let fast = sqlx::query(TAKE_CHUNK)
+        .bind(key.as_str())
+        .bind(chunk.to_db())
+        .bind(now_ms)
+        .bind(shares)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let grant = match fast {
+        Some(row) => LeaseGrant {
+            granted: chunk,
+            limit: get_amount(&row, "budget_limit_atomic")?,
+            used: get_amount(&row, "budget_used_atomic")?,
+            lease_charged: Amount::ZERO,
+        },
+        None => match take_a_share(&mut *conn, key, chunk, need, now_ms).await? {
+            Some(grant) => grant,
+            None => return Ok(None),
+        },
+    };
+    // Its `charged_atomic` is read under the key's row lock, like `used`:
+    // a charge locks the key's row before its lease's, so none lands
+    // between the two reads.
+    let opened = sqlx::query(
+        "INSERT INTO budget_leases (id, key_id, node_id, granted_atomic, state, takes,
+                                        renewed_at_ms, created_at_ms)
+             VALUES ($1, $2, $3, $4, 'open', 1, $5, $5)
+             ON CONFLICT (id) DO UPDATE
+                SET granted_atomic = budget_leases.granted_atomic + excluded.granted_atomic,
+                    takes = budget_leases.takes + 1,
+                    renewed_at_ms = excluded.renewed_at_ms
+              WHERE budget_leases.state = 'open' AND budget_leases.key_id = excluded.key_id
+             RETURNING charged_atomic",
+    )
+    .bind(lease.as_str())
+    .bind(key.as_str())
+    .bind(node)
+    .bind(grant.granted.to_db())
+    .bind(now_ms)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(opened) = opened else {
+        // Returned or reclaimed already: its actor must not grow it.
+        return Ok(None);
+    };
+    let grant = LeaseGrant {
+        lease_charged: get_amount(&opened, "charged_atomic")?,
+        ..grant
+    };
+    debug_assert!(grant.granted <= chunk);
+    debug_assert!(grant.lease_charged <= grant.used);
+    Ok(Some(grant))
+}
+
 /// The slow path of a take: the key has less than
 /// [`TAKE_SHARE_DIVISOR`] chunks unleased. Locks its row and grants a share
 /// of what is left — at least `need` when there is that much, possibly
@@ -413,7 +464,7 @@ async fn take_a_share(
     let granted = share.max(need).min(chunk).min(left);
     debug_assert!(granted <= left && granted <= chunk);
     debug_assert!(
-        left.is_zero() || !granted.is_zero(),
+        left.is_zero() || chunk.is_zero() || !granted.is_zero(),
         "a take with budget left grants some"
     );
     if !granted.is_zero() {

@@ -17,6 +17,8 @@
 //!   thread through a SQLite connection of its own (the embedded mode's
 //!   group commit).
 //! * [`leases`] — budget leases: what each gateway node may spend of a key.
+//! * [`payers`] — payers held back by the `evm` settler, and what a payer's
+//!   funds on chain still cover of new leases.
 //! * [`settlement`] — the `ledger` mode's settlement: batches of charges
 //!   debited from prepaid balances.
 //! * [`studio`] — Studio accounts, projects and API keys.
@@ -35,6 +37,7 @@ pub mod charge_connection;
 pub mod charges;
 pub mod keys;
 pub mod leases;
+pub mod payers;
 pub mod sessions;
 pub mod settlement;
 pub mod studio;

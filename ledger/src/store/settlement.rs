@@ -28,8 +28,12 @@ pub const LIST_BATCHES_MAX: i64 = 100;
 pub struct BatchRecord {
     pub id: String,
     pub chain_id: i64,
-    /// `open`, `sending`, `settled` or `failed`.
+    /// `open`, `sending`, `confirming` (mined, not yet final), `settled`
+    /// or `failed`.
     pub status: String,
+    /// The number the contract knows an on-chain batch by (`None`: a
+    /// ledger batch).
+    pub chain_batch_no: Option<i64>,
     pub total: Amount,
     pub payer_count: i64,
     pub charge_count: i64,
@@ -50,7 +54,14 @@ pub struct LedgerBatch {
     pub held_back: Vec<String>,
 }
 
-const BATCH_COLUMNS: &str = "b.id, b.chain_id, b.status, b.total_atomic, b.payer_count,
+/// A batch's status as operators see it: a `sending` batch whose receipt is
+/// mined but not final is `confirming`.
+const BATCH_STATUS: &str =
+    "CASE WHEN b.status = 'sending' AND b.mined_block_hash IS NOT NULL THEN 'confirming' ELSE b.status END";
+
+const BATCH_COLUMNS: &str = "b.id, b.chain_id, b.chain_batch_no, b.total_atomic, b.payer_count,
+    CASE WHEN b.status = 'sending' AND b.mined_block_hash IS NOT NULL THEN 'confirming'
+         ELSE b.status END AS status,
     b.tx_hash, b.last_error, b.created_at_ms, b.updated_at_ms,
     (SELECT CAST(COUNT(*) AS BIGINT) FROM charges c WHERE c.batch_id = b.id) AS charge_count
     FROM settlement_batches b";
@@ -81,14 +92,15 @@ impl Store {
     }
 
     /// The newest batches (at most [`LIST_BATCHES_MAX`]), those in `status`
-    /// when given (`batched`: in flight, `open` or `sending`).
+    /// when given (`batched`: in flight, `open`, `sending` or
+    /// `confirming`).
     pub async fn settlement_batches(
         &self,
         status: Option<&str>,
     ) -> Result<Vec<BatchRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {BATCH_COLUMNS}
-              WHERE ($1 IS NULL OR b.status = $1
+              WHERE ($1 IS NULL OR {BATCH_STATUS} = $1
                      OR ($1 = 'batched' AND b.status IN ('open', 'sending')))
               ORDER BY b.created_at_ms DESC, b.id DESC LIMIT $2"
         ))
@@ -243,6 +255,7 @@ fn batch_from_row(row: &sqlx::any::AnyRow) -> Result<BatchRecord, StoreError> {
         id: get_string(row, "id")?,
         chain_id: get_i64(row, "chain_id")?,
         status: get_string(row, "status")?,
+        chain_batch_no: super::get_opt_i64(row, "chain_batch_no")?,
         total: get_amount(row, "total_atomic")?,
         payer_count: get_i64(row, "payer_count")?,
         charge_count: get_i64(row, "charge_count")?,
@@ -267,7 +280,7 @@ pub struct Difference {
 
 /// The ledger's own consistency checks: each a query returning the rows
 /// that break it as (subject, expected, found).
-const CHECKS: [(&str, &str); 4] = [
+const CHECKS: [(&str, &str); 5] = [
     (
         "balance.debited ≠ Σ charges settled from it (invariant 4)",
         "SELECT b.wallet || ' on chain ' || CAST(b.chain_id AS TEXT) AS subject,
@@ -283,15 +296,27 @@ const CHECKS: [(&str, &str); 4] = [
             AND b.debited_atomic <> CAST(COALESCE(s.total, 0) AS BIGINT)",
     ),
     (
-        "key.budget_used ≠ Σ its charges (invariant 3)",
+        "key.budget_used ≠ Σ its charges within the limit (invariant 3)",
         "SELECT 'key ' || k.id AS subject,
                 CAST(COALESCE(c.total, 0) AS BIGINT) AS expected,
                 CAST(k.budget_used_atomic AS BIGINT) AS found
            FROM keys k LEFT JOIN (
-                SELECT key_id, SUM(amount_atomic) AS total FROM charges GROUP BY key_id) c
+                SELECT key_id, SUM(amount_atomic) AS total FROM charges
+                 WHERE overdrawn = 0 GROUP BY key_id) c
              ON c.key_id = k.id
           WHERE ($1 IS NULL OR k.chain_id = $1)
             AND k.budget_used_atomic <> CAST(COALESCE(c.total, 0) AS BIGINT)",
+    ),
+    (
+        "answered calls charged past the key's limit (overdrawn: served twice the lease's cover)",
+        "SELECT 'key ' || k.id AS subject,
+                CAST(0 AS BIGINT) AS expected,
+                CAST(COALESCE(c.total, 0) AS BIGINT) AS found
+           FROM keys k JOIN (
+                SELECT key_id, SUM(amount_atomic) AS total FROM charges
+                 WHERE overdrawn = 1 GROUP BY key_id) c
+             ON c.key_id = k.id
+          WHERE ($1 IS NULL OR k.chain_id = $1)",
     ),
     (
         "key.leased ≠ Σ its leases' cover",

@@ -56,9 +56,13 @@ pub struct ChainConfig {
     /// The operator's private key (hex). Never logged. `None`: this process
     /// only reads the chain (a gateway's funding check); it cannot settle.
     pub operator_key: Option<String>,
-    /// Blocks on top of a receipt's own before it counts (1: the receipt's
-    /// block is enough).
+    /// Blocks a receipt needs, its own included, before it counts (1: the
+    /// receipt's block is enough).
     pub confirmations: u64,
+    /// Blocks a receipt needs, its own included, before its batch is final
+    /// (`settled`); until then the batch is confirming and its receipt is
+    /// read again every pass. At least `confirmations`.
+    pub finality_confirmations: u64,
     pub rpc_timeout: Duration,
     /// The block `BatchSettled` logs are searched from (the contract's
     /// deployment block).
@@ -75,6 +79,7 @@ impl fmt::Debug for ChainConfig {
             .field("treasury", &self.treasury)
             .field("operator_key", &"<secret>")
             .field("confirmations", &self.confirmations)
+            .field("finality_confirmations", &self.finality_confirmations)
             .finish()
     }
 }
@@ -681,16 +686,23 @@ impl ChainClient {
             .unwrap_or(0))
     }
 
-    /// Whether `receipt` has `confirmations` blocks (its own included).
-    pub async fn confirmed(&self, receipt: &TransactionReceipt) -> Result<bool, ChainError> {
+    /// How many blocks deep `receipt` is, its own included (0: not mined).
+    /// Exact when `confirmations` or `finality_confirmations` asks for more
+    /// than one block; else 1 for any mined receipt (no RPC needed).
+    pub async fn depth(&self, receipt: &TransactionReceipt) -> Result<u64, ChainError> {
         let Some(mined_in) = receipt.block_number else {
-            return Ok(false);
+            return Ok(0);
         };
-        if self.config.confirmations <= 1 {
-            return Ok(true);
+        if self
+            .config
+            .confirmations
+            .max(self.config.finality_confirmations)
+            <= 1
+        {
+            return Ok(1);
         }
         let head = self.block_number().await?;
-        Ok(head.saturating_add(1) >= mined_in.saturating_add(self.config.confirmations))
+        Ok(head.saturating_add(1).saturating_sub(mined_in))
     }
 
     /// What a successful `settle` receipt proves for each `(payer, amount)`

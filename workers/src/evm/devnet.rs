@@ -5,7 +5,8 @@
 //! treasury account 9, 1,000 USDC minted to each of accounts 0–9.
 //!
 //! [`DevChain`] also does what tests do to wallets on such a chain: approve,
-//! blacklist, pause, read balances. It impersonates any address (Anvil's
+//! blacklist, pause, read balances; and to the chain itself: mining on and
+//! off, snapshots and reverts (a reorg), handing the contract's roles on. It impersonates any address (Anvil's
 //! `anvil_impersonateAccount`), so a test wallet needs no key on chain.
 //!
 //! Nothing here is for a real chain: account 0's key is public.
@@ -274,24 +275,7 @@ impl DevChain {
     /// Sends a transaction as `from` (impersonated; given gas money first)
     /// and waits for its receipt. Errors when it reverts.
     async fn send_as(&self, from: Address, to: Address, input: Vec<u8>) -> Result<(), DevnetError> {
-        self.raw("anvil_setBalance", (from, U256::from(10u128.pow(20))))
-            .await?;
-        self.impersonate(from).await?;
-        // The network's own estimate, never a multiple of it: Anvil's gas
-        // price follows what recent transactions paid, so bidding twice it
-        // each time would double it transaction after transaction.
-        let fees = self
-            .provider
-            .estimate_eip1559_fees()
-            .await
-            .map_err(chain_error)?;
-        let request = TransactionRequest::default()
-            .with_from(from)
-            .with_to(to)
-            .with_input(input)
-            .with_gas_limit(500_000)
-            .with_max_fee_per_gas(fees.max_fee_per_gas)
-            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
+        let request = self.request_as(from, to, input, 1).await?;
         let receipt = self
             .provider
             .send_transaction(request)
@@ -307,6 +291,54 @@ impl DevChain {
             )));
         }
         Ok(())
+    }
+
+    /// Like [`DevChain::send_as`], without waiting: the transaction is in
+    /// the pool (with automine off, the next block mines it before any
+    /// transaction bidding less than `tip_times` the network's fees).
+    async fn send_unmined_as(
+        &self,
+        from: Address,
+        to: Address,
+        input: Vec<u8>,
+        tip_times: u128,
+    ) -> Result<(), DevnetError> {
+        let request = self.request_as(from, to, input, tip_times).await?;
+        self.provider
+            .send_transaction(request)
+            .await
+            .map_err(chain_error)
+            .map(drop)
+    }
+
+    /// A transaction from `from` (impersonated, given gas money) bidding
+    /// `tip_times` the network's fee estimate.
+    async fn request_as(
+        &self,
+        from: Address,
+        to: Address,
+        input: Vec<u8>,
+        tip_times: u128,
+    ) -> Result<TransactionRequest, DevnetError> {
+        self.raw("anvil_setBalance", (from, U256::from(10u128.pow(20))))
+            .await?;
+        self.impersonate(from).await?;
+        // The network's own estimate, never a multiple of it unless asked:
+        // Anvil's gas price follows what recent transactions paid, so
+        // bidding twice it each time would double it transaction after
+        // transaction.
+        let fees = self
+            .provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(chain_error)?;
+        Ok(TransactionRequest::default()
+            .with_from(from)
+            .with_to(to)
+            .with_input(input)
+            .with_gas_limit(500_000)
+            .with_max_fee_per_gas(fees.max_fee_per_gas.saturating_mul(tip_times))
+            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas.saturating_mul(tip_times)))
     }
 
     /// An Anvil RPC (`anvil_*`, `evm_*`) with JSON parameters.
@@ -397,5 +429,62 @@ impl DevChain {
     /// Mines one block now.
     pub async fn mine(&self) -> Result<(), DevnetError> {
         self.raw("evm_mine", ()).await.map(|_| ())
+    }
+
+    /// Mines `blocks` empty blocks now.
+    pub async fn mine_blocks(&self, blocks: u64) -> Result<(), DevnetError> {
+        self.raw("anvil_mine", (U256::from(blocks),))
+            .await
+            .map(|_| ())
+    }
+
+    /// Snapshots the chain (`evm_snapshot`), for [`DevChain::revert`].
+    pub async fn snapshot(&self) -> Result<String, DevnetError> {
+        let id = self.raw("evm_snapshot", ()).await?;
+        id.as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| DevnetError::Chain(format!("evm_snapshot answered {id}")))
+    }
+
+    /// Takes the chain back to `snapshot` (`evm_revert`): every block since
+    /// is gone, and the transactions in them — a reorg that deep.
+    pub async fn revert(&self, snapshot: &str) -> Result<(), DevnetError> {
+        match self.raw("evm_revert", (snapshot.to_owned(),)).await? {
+            serde_json::Value::Bool(true) => Ok(()),
+            other => Err(DevnetError::Chain(format!("evm_revert answered {other}"))),
+        }
+    }
+
+    /// Hands the settlement contract's ownership from its deployer to `to`.
+    pub async fn transfer_ownership(&self, to: Address) -> Result<(), DevnetError> {
+        let call = TollgateSettlement::transferOwnershipCall { owner_: to };
+        self.send_as(
+            self.owner(),
+            self.deployment.settlement_contract,
+            call.abi_encode(),
+        )
+        .await
+    }
+
+    /// `owner` makes `operator` the settlement contract's operator. With
+    /// `mined` false it is only sent, bidding ten times the network's fees
+    /// (with automine off, the next block mines it before a settlement
+    /// bidding the market).
+    pub async fn set_operator(
+        &self,
+        owner: Address,
+        operator: Address,
+        mined: bool,
+    ) -> Result<(), DevnetError> {
+        let input = TollgateSettlement::setOperatorCall {
+            operator_: operator,
+        }
+        .abi_encode();
+        let contract = self.deployment.settlement_contract;
+        if mined {
+            self.send_as(owner, contract, input).await
+        } else {
+            self.send_unmined_as(owner, contract, input, 10).await
+        }
     }
 }

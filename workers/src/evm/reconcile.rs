@@ -5,11 +5,16 @@
 //! payer, the USDC the receipts moved to the treasury must equal the charges
 //! the ledger settled (invariant 4); and every `BatchSettled` the contract
 //! logged must be a batch the ledger knows settled.
+//!
+//! [`reopen_if_lost`] recovers the first of those differences (a batch the
+//! ledger calls settled, the chain does not: a reorg deeper than
+//! `finality_confirmations`) for `tollgate settlements replay`.
 
 use std::collections::{BTreeMap, HashSet};
 
 use alloy::primitives::{Address, U256};
 use ledger::store::settlement::Difference;
+use ledger::time::now_ms;
 use ledger::{ChainId, Store};
 
 use super::chain::{ChainClient, PayerOutcome};
@@ -147,4 +152,40 @@ pub async fn reconcile_chain(
         }
     }
     Ok(differences)
+}
+
+/// What [`reopen_if_lost`] did with a batch the ledger calls settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostBatch {
+    /// The contract says the batch settled: nothing to do (re-opening it
+    /// would ask its payers to pay twice).
+    SettledOnChain,
+    /// The chain does not have it: re-opened, this many charges `batched`
+    /// again; the settler sends it again under the same batch number.
+    Reopened(u64),
+}
+
+/// A batch `batch_id` (on-chain number `batch_no`) that the ledger calls
+/// settled: asks the contract first, and only when it says the number is
+/// not settled re-opens the batch. Should the old transaction be mined
+/// after all, the contract refuses the number a second time, so no payer
+/// pays twice either way.
+pub async fn reopen_if_lost(
+    store: &Store,
+    client: &ChainClient,
+    batch_id: &str,
+    batch_no: i64,
+) -> Result<LostBatch, SettleError> {
+    let no = u64::try_from(batch_no)
+        .map_err(|_| ledger::StoreError::Corrupt(format!("batch number {batch_no}")))?;
+    if client.is_settled(no).await? {
+        return Ok(LostBatch::SettledOnChain);
+    }
+    let error = format!(
+        "batch #{no} was settled in the ledger, not on chain (a reorg): re-opened by replay, \
+         sent again under the same number"
+    );
+    let charges = store.reopen_lost_batch(batch_id, &error, now_ms()).await?;
+    tracing::warn!(chain = client.chain_id(), batch_id, batch_no = no, charges, %error);
+    Ok(LostBatch::Reopened(charges))
 }

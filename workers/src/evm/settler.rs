@@ -13,10 +13,18 @@
 //!    (operator, treasury, gas money, token not paused), sign at the store's
 //!    nonce (or the chain's, when an outside transaction took ours), persist
 //!    the signed bytes, then broadcast.
-//! 3. **Watch**: a receipt of any hash of the batch settles it once it has
-//!    `confirmations`; each payer is `settled` only when the receipt holds
-//!    the token's `Transfer(payer, treasury, amount)`, `failed` only when it
-//!    holds the contract's `PayerFailed` for it. Not mined in
+//! 3. **Watch**: a successful receipt of any hash of the batch wins (over
+//!    any that reverted); once it has `confirmations`, each payer must be
+//!    proven — `settled` only when the receipt holds the token's
+//!    `Transfer(payer, treasury, amount)`, `failed` only when it holds the
+//!    contract's `PayerFailed` for it. Fewer than `finality_confirmations`
+//!    deep, the batch is confirming (its charges still `batched`) and the
+//!    receipt is read again every pass; final, the batch settles. A
+//!    confirming receipt the chain lost (a reorg) sends the batch again. A
+//!    reverted receipt is handled once, when its attempt is still open: the
+//!    batch is re-opened and signed anew (the set-up checked first, so an
+//!    operator no longer ours pauses the chain); the third reverted attempt
+//!    fails the batch, for `tollgate settlements replay`. Not mined in
 //!    `replace_after_ms`: replaced at the same nonce with both fees raised
 //!    by at least 12.5 %. Its nonce taken by another transaction: the batch
 //!    is signed again at a new nonce. Before anything is signed again, the
@@ -30,11 +38,13 @@
 //! and shown by `tollgate settlements list`, nothing fails, and the next
 //! pass that gets through resumes on its own.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use alloy::primitives::{Address, Bytes, FixedBytes, B256, U256};
 use alloy::rpc::types::TransactionReceipt;
-use ledger::store::chain::{ChainTx, EvmBatch};
+use ledger::store::chain::{ChainTx, EvmBatch, MinedIn, PendingPayer};
+use ledger::store::payers::ShortPayer;
 use ledger::time::now_ms;
 use ledger::{Amount, ChainId, Store, StoreError};
 
@@ -53,6 +63,16 @@ alloy::sol! {
 /// batch becomes `failed` (for an operator's replay).
 const REVERTS_MAX: usize = 3;
 
+/// What the receipts of a batch's transactions say.
+enum Mined {
+    /// A successful receipt (of any hash: it wins over every revert).
+    Success(B256, Box<TransactionReceipt>),
+    /// A reverted receipt not handled before.
+    Reverted(B256, Box<TransactionReceipt>),
+    /// Nothing mined (or only reverts already handled).
+    Nothing,
+}
+
 /// How an `evm` settler behaves (from `[settlement]` and `[chains.ID]`).
 #[derive(Debug, Clone)]
 pub struct EvmSettlerConfig {
@@ -64,6 +84,8 @@ pub struct EvmSettlerConfig {
     pub batch_max_age_ms: i64,
     /// A transaction not mined in this long is replaced with higher fees.
     pub replace_after_ms: i64,
+    /// The longest a held-back payer waits between two checks of its funds.
+    pub held_back_recheck_max_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +105,10 @@ pub enum Pass {
     Idle,
     /// A transaction is on its way (sent, replaced, or awaiting a receipt).
     Waiting,
-    /// A batch settled.
+    /// A batch's receipt is mined and proven, not yet final (the batch is
+    /// confirming; its receipt is read again next pass).
+    Confirming,
+    /// A batch settled (final).
     Settled,
     /// The chain is paused (systemic failure).
     Paused,
@@ -110,19 +135,33 @@ impl EvmSettler {
         ChainId(self.chain.chain_id())
     }
 
-    /// Settles until the process stops; a failed pass is logged and tried
-    /// again at the next interval.
+    /// Settles until the process stops; a failed pass is tried again at the
+    /// next interval. A run of failing passes logs when it starts (and when
+    /// its error changes) and when a pass gets through again, not every
+    /// pass.
     pub async fn run(self) {
+        let mut failing: Option<String> = None;
         loop {
-            match self.pass().await {
-                Ok(Pass::Settled) => continue,
-                Ok(_) => {}
+            let pass = self.pass().await;
+            match &pass {
+                Ok(_) => {
+                    if let Some(error) = failing.take() {
+                        tracing::info!(chain = self.chain.chain_id(), last_error = %error,
+                            "settlement passes get through again");
+                    }
+                }
                 Err(error) => {
-                    tracing::warn!(chain = self.chain.chain_id(), %error,
-                        "settlement pass failed; trying again next interval");
+                    let error = error.to_string();
+                    if failing.as_deref() != Some(error.as_str()) {
+                        tracing::warn!(chain = self.chain.chain_id(), %error,
+                            "settlement pass failed; trying again every interval");
+                        failing = Some(error);
+                    }
                 }
             }
-            tokio::time::sleep(self.config.every).await;
+            if !matches!(pass, Ok(Pass::Settled)) {
+                tokio::time::sleep(self.config.every).await;
+            }
         }
     }
 
@@ -199,8 +238,8 @@ impl EvmSettler {
     async fn close_batch(&self, fresh: bool) -> Result<Option<EvmBatch>, SettleError> {
         let now = now_ms();
         let max = self.config.batch_max_payers.max(1);
-        // Payers who cannot pay stay at the head (oldest first): read past
-        // them, within a bound.
+        // Payers not held back, oldest first, then held-back payers whose
+        // re-check is due: the others are read past (`pending_payers`).
         let pending = self
             .store
             .pending_payers(self.chain_id(), now, max.saturating_mul(4))
@@ -211,32 +250,7 @@ impl EvmSettler {
         if pending.len() < max && now.saturating_sub(oldest) < self.config.batch_max_age_ms {
             return Ok(None);
         }
-        let mut addresses = Vec::with_capacity(pending.len());
-        for payer in &pending {
-            addresses.push(parse_address(&payer.wallet)?);
-        }
-        let funds = self.chain.funds(&addresses).await?;
-        let mut wallets = Vec::new();
-        let mut held_back = 0usize;
-        for (payer, funds) in pending.iter().zip(&funds) {
-            if funds.spendable() >= U256::from(payer.sum.atomic()) {
-                if wallets.len() < max {
-                    wallets.push(payer.wallet.clone());
-                }
-            } else {
-                held_back += 1;
-                tracing::debug!(chain = self.chain.chain_id(), wallet = %payer.wallet,
-                    owed = %payer.sum, balance = %funds.balance, allowance = %funds.allowance,
-                    "payer cannot pay now; its charges wait");
-            }
-        }
-        if held_back > 0 {
-            tracing::info!(
-                chain = self.chain.chain_id(),
-                held_back,
-                "payers held back: balance or allowance short"
-            );
-        }
+        let wallets = self.payers_who_can_pay(&pending, max).await?;
         if wallets.is_empty() {
             return Ok(None);
         }
@@ -253,6 +267,61 @@ impl EvmSettler {
                 batch_no = batch.batch_no, payers = batch.payers.len(), "closed a settlement batch");
         }
         Ok(batch)
+    }
+
+    /// Reads the funds of `pending` in one call and answers the first `max`
+    /// who can pay what they owe. Each who cannot is held back (fenced, and
+    /// checked again after a backoff): logged once when that starts, and
+    /// once when a held-back payer can pay again.
+    async fn payers_who_can_pay(
+        &self,
+        pending: &[PendingPayer],
+        max: usize,
+    ) -> Result<Vec<String>, SettleError> {
+        let mut addresses = Vec::with_capacity(pending.len());
+        for payer in pending {
+            addresses.push(parse_address(&payer.wallet)?);
+        }
+        let funds = self.chain.funds(&addresses).await?;
+        let mut wallets = Vec::new();
+        for (payer, funds) in pending.iter().zip(&funds) {
+            if funds.spendable() >= U256::from(payer.sum.atomic()) {
+                if wallets.len() < max {
+                    wallets.push(payer.wallet.clone());
+                }
+                continue;
+            }
+            let short = ShortPayer {
+                wallet: &payer.wallet,
+                owed: payer.sum,
+                balance: clamp(funds.balance),
+                allowance: clamp(funds.allowance),
+            };
+            let every = i64::try_from(self.config.every.as_millis()).unwrap_or(i64::MAX);
+            let backoff = |checks: i64| {
+                held_back_backoff(every, self.config.held_back_recheck_max_ms, checks)
+            };
+            if self
+                .store
+                .hold_back_payer(self.chain_id(), short, backoff, now_ms())
+                .await?
+            {
+                metrics::counter!("tollgate_settlement_payers_held_back_total",
+                    "chain" => self.chain.chain_id().to_string())
+                .increment(1);
+                tracing::warn!(chain = self.chain.chain_id(), wallet = %payer.wallet,
+                    owed = %payer.sum, balance = %funds.balance, allowance = %funds.allowance,
+                    "payer held back: it cannot pay what it owes; its keys are fenced until it does");
+            }
+        }
+        for payer in pending
+            .iter()
+            .filter(|p| p.held_back && wallets.contains(&p.wallet))
+        {
+            tracing::info!(chain = self.chain.chain_id(), wallet = %payer.wallet,
+                "a held-back payer can pay again; its keys resume once this batch settles");
+        }
+        Ok(wallets)
     }
 
     /// A ledger that never settled on this chain starts past the batch
@@ -276,8 +345,12 @@ impl EvmSettler {
         let batch_no = u64::try_from(batch.batch_no).unwrap_or(0);
         let txs = self.store.batch_txs(&batch.id).await?;
         // 1. Any of our transactions mined?
-        if let Some(pass) = self.mined(batch, &txs).await? {
+        if let Some(pass) = self.on_mined(batch, self.mined(batch, &txs).await?).await? {
             return Ok(pass);
+        }
+        // A confirming batch whose receipt is gone: the chain lost it.
+        if let Some(mined) = &batch.mined {
+            self.lost(batch, mined).await?;
         }
         // 2. Settled by a transaction whose outcome we lost?
         if self.chain.is_settled(batch_no).await? {
@@ -290,10 +363,10 @@ impl EvmSettler {
                     ),
                 ));
             };
-            let Some(receipt) = self.chain.receipt(hash).await? else {
-                return Ok(Pass::Waiting);
+            return match self.chain.receipt(hash).await? {
+                Some(receipt) if receipt.status() => self.on_success(batch, hash, &receipt).await,
+                _ => Ok(Pass::Waiting),
             };
-            return self.on_receipt(batch, hash, &receipt).await;
         }
         // 3. Nothing mined, not settled.
         let Some(latest) = txs.first() else {
@@ -306,7 +379,7 @@ impl EvmSettler {
         if mined_nonce > u64::try_from(latest.nonce).unwrap_or(0) {
             // The nonce is used. Ours, mined between our look and now? Look
             // again before deciding another transaction took it.
-            if let Some(pass) = self.mined(batch, &txs).await? {
+            if let Some(pass) = self.on_mined(batch, self.mined(batch, &txs).await?).await? {
                 return Ok(pass);
             }
             let error = format!(
@@ -329,54 +402,183 @@ impl EvmSettler {
         if now_ms().saturating_sub(latest.created_at_ms) > self.config.replace_after_ms {
             return self.replace(batch, latest).await;
         }
-        // Still waiting: make sure the node has it (a restarted node may not).
+        // Still waiting: make sure the node has it (a restarted node may not,
+        // nor one whose chain lost the block it was mined in).
         self.chain.broadcast(&raw).await?;
         Ok(Pass::Waiting)
     }
 
-    /// The pass after a receipt of any of `txs`, if one exists.
-    async fn mined(&self, batch: &EvmBatch, txs: &[ChainTx]) -> Result<Option<Pass>, SettleError> {
-        for tx in txs {
-            let hash = parse_hash(&tx.hash)?;
-            if let Some(receipt) = self.chain.receipt(hash).await? {
-                return self.on_receipt(batch, hash, &receipt).await.map(Some);
+    /// What the receipts of `txs` say. A successful receipt of any hash
+    /// wins (only one transaction of a batch can succeed: the contract
+    /// refuses a batch number twice); else the first reverted receipt whose
+    /// attempt is not finished yet (one already handled is never handled
+    /// again).
+    async fn mined(&self, batch: &EvmBatch, txs: &[ChainTx]) -> Result<Mined, SettleError> {
+        // Handled: every attempt of the hash is finished (the same bytes
+        // may be sent again after the chain lost them: a new attempt).
+        let attempts = self.store.batch_attempts(&batch.id).await?;
+        let in_flight: HashSet<&str> = attempts
+            .iter()
+            .filter(|a| a.finished_at_ms.is_none())
+            .filter_map(|a| a.tx_hash.as_deref())
+            .collect();
+        let handled: HashSet<&str> = attempts
+            .iter()
+            .filter_map(|a| a.tx_hash.as_deref())
+            .filter(|hash| !in_flight.contains(hash))
+            .collect();
+        // A confirming batch's receipt may be of a transaction found by its
+        // log (not one of ours): it is looked at too.
+        let mut hashes: Vec<&str> = txs.iter().map(|tx| tx.hash.as_str()).collect();
+        if let Some(mined) = &batch.mined {
+            if !hashes.contains(&mined.tx_hash.as_str()) {
+                hashes.push(&mined.tx_hash);
             }
         }
-        Ok(None)
+        let mut reverted = None;
+        for hex in hashes {
+            let hash = parse_hash(hex)?;
+            let Some(receipt) = self.chain.receipt(hash).await? else {
+                continue;
+            };
+            if receipt.status() {
+                return Ok(Mined::Success(hash, Box::new(receipt)));
+            }
+            if reverted.is_none() && !handled.contains(hex) {
+                reverted = Some((hash, receipt));
+            }
+        }
+        Ok(match reverted {
+            Some((hash, receipt)) => Mined::Reverted(hash, Box::new(receipt)),
+            None => Mined::Nothing,
+        })
     }
 
-    async fn on_receipt(
+    /// The pass after what [`EvmSettler::mined`] found, if it found anything.
+    async fn on_mined(&self, batch: &EvmBatch, mined: Mined) -> Result<Option<Pass>, SettleError> {
+        match mined {
+            Mined::Success(hash, receipt) => self.on_success(batch, hash, &receipt).await.map(Some),
+            Mined::Reverted(hash, receipt) => self.on_revert(batch, hash, &receipt).await.map(Some),
+            Mined::Nothing => Ok(None),
+        }
+    }
+
+    /// A confirming batch's receipt is gone (a reorg): the batch is
+    /// `sending` again, and the rest of the pass sends it again (the same
+    /// signed bytes, or a replacement) unless the contract says it settled.
+    async fn lost(&self, batch: &EvmBatch, mined: &MinedIn) -> Result<(), SettleError> {
+        let error = format!(
+            "the chain lost transaction {} (block {} {}) before it was final; sending it again",
+            mined.tx_hash, mined.block_no, mined.block_hash
+        );
+        if self
+            .store
+            .unmark_confirming(&batch.id, &error, now_ms())
+            .await?
+        {
+            tracing::warn!(chain = self.chain.chain_id(), batch_id = %batch.id, %error);
+        }
+        Ok(())
+    }
+
+    /// A reverted receipt, not handled before: nothing moved, its nonce is
+    /// spent. The batch is `open` again (checked and signed anew next
+    /// pass); after [`REVERTS_MAX`] reverted attempts it is `failed`, for
+    /// an operator's replay.
+    async fn on_revert(
         &self,
         batch: &EvmBatch,
         hash: B256,
         receipt: &TransactionReceipt,
     ) -> Result<Pass, SettleError> {
-        if !self.chain.confirmed(receipt).await? {
+        if self.chain.depth(receipt).await? < self.chain.config().confirmations {
             return Ok(Pass::Waiting);
         }
         let hash_hex = format!("{hash:#x}");
+        let error = format!("transaction {hash_hex} reverted");
+        self.store
+            .reopen_batch(&batch.id, Some(&hash_hex), "reverted", &error, now_ms())
+            .await?;
+        let reverts = self
+            .store
+            .batch_attempts(&batch.id)
+            .await?
+            .iter()
+            .filter(|a| a.outcome.as_deref() == Some("reverted"))
+            .count();
+        debug_assert!(reverts >= 1, "the attempt just finished as reverted");
         let batch_no = u64::try_from(batch.batch_no).unwrap_or(0);
-        if !receipt.status() {
-            // Reverted: nothing moved; its nonce is spent.
-            let attempts = self.store.batch_attempts(&batch.id).await?;
-            let reverts = 1 + attempts
-                .iter()
-                .filter(|a| a.outcome.as_deref() == Some("reverted"))
-                .count();
-            let error = format!("transaction {hash_hex} reverted");
-            tracing::warn!(chain = self.chain.chain_id(), batch_id = %batch.id, %error, reverts);
+        if reverts >= REVERTS_MAX && !self.chain.is_settled(batch_no).await? {
             self.store
-                .reopen_batch(&batch.id, Some(&hash_hex), "reverted", &error, now_ms())
+                .fail_batch(
+                    &batch.id,
+                    &format!("{error}: {reverts} attempts reverted"),
+                    now_ms(),
+                )
                 .await?;
-            if reverts >= REVERTS_MAX && !self.chain.is_settled(batch_no).await? {
-                self.store
-                    .fail_batch(&batch.id, &format!("{error} {reverts} times"), now_ms())
-                    .await?;
-                tracing::error!(chain = self.chain.chain_id(), batch_id = %batch.id,
-                    "batch failed; `tollgate settlements replay` sends its charges again");
-            }
+            tracing::error!(chain = self.chain.chain_id(), batch_id = %batch.id, reverts,
+                "batch failed; `tollgate settlements replay` sends its charges again");
+        } else {
+            tracing::warn!(chain = self.chain.chain_id(), batch_id = %batch.id, %error, reverts,
+                "settlement reverted; the batch is checked and signed again");
+        }
+        Ok(Pass::Waiting)
+    }
+
+    /// A successful receipt of the batch: each payer's outcome must be
+    /// proven; `confirming` until it is `finality_confirmations` deep, then
+    /// `settled`.
+    async fn on_success(
+        &self,
+        batch: &EvmBatch,
+        hash: B256,
+        receipt: &TransactionReceipt,
+    ) -> Result<Pass, SettleError> {
+        let depth = self.chain.depth(receipt).await?;
+        let config = self.chain.config();
+        if depth < config.confirmations {
             return Ok(Pass::Waiting);
         }
+        let (paid, failed) = self.proven(batch, hash, receipt)?;
+        let hash_hex = format!("{hash:#x}");
+        if depth < config.finality_confirmations {
+            let mined = MinedIn {
+                tx_hash: hash_hex,
+                block_no: i64::try_from(receipt.block_number.unwrap_or(0)).unwrap_or(i64::MAX),
+                block_hash: format!("{:#x}", receipt.block_hash.unwrap_or_default()),
+            };
+            if self
+                .store
+                .mark_confirming(&batch.id, &mined, now_ms())
+                .await?
+            {
+                tracing::info!(chain = self.chain.chain_id(), batch_id = %batch.id,
+                    tx_hash = %mined.tx_hash, block = mined.block_no, depth,
+                    final_at = config.finality_confirmations,
+                    "batch mined; provisional until final (charges stay batched)");
+            }
+            return Ok(Pass::Confirming);
+        }
+        self.store
+            .finish_evm_batch(&batch.id, &hash_hex, &paid, &failed, now_ms())
+            .await?;
+        self.count_settled(receipt, paid.len(), failed.len());
+        tracing::info!(chain = self.chain.chain_id(), batch_id = %batch.id,
+            batch_no = batch.batch_no, tx_hash = %hash_hex, depth, paid = paid.len(),
+            failed = failed.len(), "batch settled on chain (final)");
+        Ok(Pass::Settled)
+    }
+
+    /// Each payer of the batch as the receipt proves it: (paid, failed).
+    /// A payer it proves neither for is systemic (another ledger on the
+    /// contract?).
+    fn proven(
+        &self,
+        batch: &EvmBatch,
+        hash: B256,
+        receipt: &TransactionReceipt,
+    ) -> Result<(Vec<String>, Vec<String>), SettleError> {
+        let batch_no = u64::try_from(batch.batch_no).unwrap_or(0);
         let payers = self.payer_amounts(batch)?;
         let outcomes = self.chain.outcomes(receipt, batch_no, &payers);
         let (mut paid, mut failed) = (Vec::new(), Vec::new());
@@ -388,7 +590,7 @@ impl EvmSettler {
                     return Err(systemic(
                         &self.chain,
                         format!(
-                            "receipt {hash_hex} of batch {} (#{batch_no}) proves neither payment nor \
+                            "receipt {hash:#x} of batch {} (#{batch_no}) proves neither payment nor \
                              failure for {wallet}: was #{batch_no} settled by another ledger on this \
                              contract?",
                             batch.id
@@ -397,22 +599,20 @@ impl EvmSettler {
                 }
             }
         }
-        debug_assert_eq!(paid.len() + failed.len(), batch.payers.len());
-        self.store
-            .finish_evm_batch(&batch.id, &hash_hex, &paid, &failed, now_ms())
-            .await?;
+        assert_eq!(paid.len() + failed.len(), batch.payers.len());
+        Ok((paid, failed))
+    }
+
+    fn count_settled(&self, receipt: &TransactionReceipt, paid: usize, failed: usize) {
         let chain = self.chain.chain_id().to_string();
         metrics::counter!("tollgate_settlement_batches_settled_total", "chain" => chain.clone())
             .increment(1);
         metrics::counter!("tollgate_settlement_gas_used_total", "chain" => chain.clone())
             .increment(receipt.gas_used);
         metrics::counter!("tollgate_settlement_payers_total", "chain" => chain.clone(), "outcome" => "settled")
-            .increment(paid.len() as u64);
+            .increment(paid as u64);
         metrics::counter!("tollgate_settlement_payers_total", "chain" => chain, "outcome" => "failed")
-            .increment(failed.len() as u64);
-        tracing::info!(chain = self.chain.chain_id(), batch_id = %batch.id, batch_no,
-            tx_hash = %hash_hex, paid = paid.len(), failed = failed.len(), "batch settled on chain");
-        Ok(Pass::Settled)
+            .increment(failed as u64);
     }
 
     fn payer_amounts(&self, batch: &EvmBatch) -> Result<Vec<(Address, U256)>, SettleError> {
@@ -562,6 +762,25 @@ impl crate::settlement::Settler for EvmSettler {
     fn run(self) -> impl std::future::Future<Output = ()> + Send {
         EvmSettler::run(self)
     }
+}
+
+/// How long a payer held back for the `checks`-th time in a row waits for
+/// its next check: the settlement interval, doubled each time, at most
+/// `max_ms`.
+pub fn held_back_backoff(every_ms: i64, max_ms: i64, checks: i64) -> i64 {
+    let doublings = u32::try_from(checks.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    every_ms
+        .max(1)
+        .saturating_mul(1_i64 << doublings)
+        .min(max_ms.max(every_ms))
+}
+
+/// A chain amount clamped to what the ledger can hold.
+fn clamp(value: U256) -> Amount {
+    u64::try_from(value)
+        .ok()
+        .and_then(Amount::from_atomic)
+        .unwrap_or(Amount::MAX)
 }
 
 /// Raises a fee by 12.5 %, rounded up, and by at least 1 wei.

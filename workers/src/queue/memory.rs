@@ -92,6 +92,17 @@ impl MemoryQueue {
         Ok(swept)
     }
 
+    /// See [`super::Queue::ready_count`]: as on RabbitMQ, a delivered message
+    /// not yet settled is with its consumer, not counted here.
+    pub fn ready_count(&self, name: &str) -> Result<u64, QueueError> {
+        let lanes = self.lanes();
+        let lane = lanes
+            .queues
+            .get(name)
+            .ok_or_else(|| QueueError::Undeclared(name.to_owned()))?;
+        Ok(lane.ready.len() as u64)
+    }
+
     pub fn declare(&self, name: &str) {
         let mut lanes = self.lanes();
         lanes.queues.entry(name.to_owned()).or_default();

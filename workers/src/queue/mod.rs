@@ -122,6 +122,17 @@ impl Queue {
         }
     }
 
+    /// How many messages of `name` wait for delivery (not those delivered
+    /// and not yet acknowledged). The lease keeper reads it: a lease's cover
+    /// is taken back only once the charges queue was seen drained after its
+    /// node stopped (ARCHITECTURE "Budget leases").
+    pub async fn ready_count(&self, name: &str) -> Result<u64, QueueError> {
+        match self {
+            Queue::Memory(queue) => queue.ready_count(name),
+            Queue::Rabbit(queue) => queue.ready_count(name).await,
+        }
+    }
+
     /// The name of `name`'s dead-letter queue (on RabbitMQ, a stream).
     pub fn dead_letters(name: &str) -> String {
         format!("{name}.dead-letters")

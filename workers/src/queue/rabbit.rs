@@ -111,6 +111,29 @@ impl RabbitQueue {
         &self.name
     }
 
+    /// See [`super::Queue::ready_count`]: a passive declare on a channel of
+    /// its own (a missing queue closes the channel it is asked on).
+    pub async fn ready_count(&self, name: &str) -> Result<u64, QueueError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(name.into(), passive, FieldTable::default())
+            .await;
+        let _ = channel.close(200, "queue depth read".into()).await;
+        match declared {
+            Ok(queue) => Ok(u64::from(queue.message_count())),
+            Err(error) if not_found(&error) => Err(QueueError::Undeclared(name.to_owned())),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
     /// Declares the topology of `name` (see the module doc). Idempotent.
     /// A quorum dead-letter queue `NAME.dead` of an earlier version is
     /// adopted: unbound, its letters moved into the stream, then deleted.
