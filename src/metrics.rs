@@ -80,6 +80,14 @@ fn describe() {
         "Settlement batches by status"
     );
     describe_gauge!(
+        "tollgate_payers_held_back",
+        "Payers settlement holds back (balance or allowance short): their keys are fenced"
+    );
+    describe_gauge!(
+        "tollgate_payers_held_back_owed_atomic",
+        "What the held-back payers owe together, in USDC atomic units"
+    );
+    describe_gauge!(
         "tollgate_settlement_chain_paused",
         "1 while a chain's settlement is paused (settlements list says why)"
     );
@@ -109,6 +117,10 @@ pub struct StoreGauges {
     /// `tollgate_settlement_chain_paused{chain}`: whether each chain's
     /// settlement is paused.
     pub chains_paused: Vec<(String, bool)>,
+    /// `tollgate_payers_held_back{chain}` and
+    /// `tollgate_payers_held_back_owed_atomic{chain}`: payers settlement
+    /// holds back (their keys fenced), and what they owe together.
+    pub held_back: Vec<(String, i64, i64)>,
 }
 
 impl StoreGauges {
@@ -125,10 +137,17 @@ impl StoreGauges {
                 )
             })
             .collect();
+        let held_back = store
+            .held_back_totals()
+            .await?
+            .into_iter()
+            .map(|(chain, payers, owed)| (chain.to_string(), payers, owed.to_db()))
+            .collect();
         Ok(StoreGauges {
             charges_by_status: store.charge_status_counts().await?,
             batches_by_status: store.batch_status_counts().await?,
             chains_paused,
+            held_back,
         })
     }
 
@@ -144,6 +163,16 @@ impl StoreGauges {
         for (chain, paused) in &self.chains_paused {
             metrics::gauge!("tollgate_settlement_chain_paused", "chain" => chain.clone())
                 .set(if *paused { 1.0 } else { 0.0 });
+            // A chain with none held back reads 0, not its last count.
+            let (payers, owed) = self
+                .held_back
+                .iter()
+                .find(|(c, _, _)| c == chain)
+                .map_or((0, 0), |(_, payers, owed)| (*payers, *owed));
+            metrics::gauge!("tollgate_payers_held_back", "chain" => chain.clone())
+                .set(payers as f64);
+            metrics::gauge!("tollgate_payers_held_back_owed_atomic", "chain" => chain.clone())
+                .set(owed as f64);
         }
     }
 }

@@ -671,8 +671,29 @@ fn costly_calls_env(chain: &Chain, batch_age_ms: u64) -> Vec<(String, String)> {
             "TOLLGATE__SETTLEMENT__HELD_BACK_RECHECK_MAX_MS".to_owned(),
             "300".to_owned(),
         ),
+        (
+            "TOLLGATE__HTTP__METRICS_REFRESH_MS".to_owned(),
+            "200".to_owned(),
+        ),
     ]);
     env
+}
+
+/// The value of the sample `name{chain="CHAIN"}` on `/metrics`.
+async fn chain_gauge(app: &TestApp, name: &str) -> Option<f64> {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name}{{chain=\"{CHAIN}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// Issue "Settlement integrity", finding 1: a payer who approves, creates a
@@ -744,6 +765,13 @@ async fn a_payer_who_withdraws_its_allowance_spends_at_most_its_lease_and_is_fen
     })
     .await;
     assert!(fenced, "the held-back payer's key was never fenced");
+    let counted = eventually(Duration::from_secs(5), || async {
+        chain_gauge(&app, "tollgate_payers_held_back").await == Some(1.0)
+    })
+    .await;
+    assert!(counted, "/metrics never counted the held-back payer");
+    let owed_gauge = chain_gauge(&app, "tollgate_payers_held_back_owed_atomic").await;
+    assert!(owed_gauge.is_some_and(|owed| owed > 0.0), "{owed_gauge:?}");
     let (status, view) = app.get_key(&session, &key_id).await;
     assert_eq!(status, StatusCode::OK, "{view}");
     let held = &view["payerHeldBack"];
@@ -786,6 +814,11 @@ async fn a_payer_who_withdraws_its_allowance_spends_at_most_its_lease_and_is_fen
     })
     .await;
     assert!(resumed, "the payer never resumed after approving again");
+    let cleared = eventually(Duration::from_secs(5), || async {
+        chain_gauge(&app, "tollgate_payers_held_back").await == Some(0.0)
+    })
+    .await;
+    assert!(cleared, "/metrics still counts the payer that resumed");
     let (status, view) = app.get_key(&session, &key_id).await;
     assert_eq!(status, StatusCode::OK);
     assert!(view.get("payerHeldBack").is_none(), "{view}");

@@ -149,6 +149,27 @@ impl Store {
         rows.iter().map(held_back_from_row).collect()
     }
 
+    /// Per chain, how many payers are held back and what they owe together
+    /// (metrics: one grouped read of a small table).
+    pub async fn held_back_totals(&self) -> Result<Vec<(i64, i64, Amount)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT chain_id, CAST(COUNT(*) AS BIGINT) AS n,
+                    CAST(COALESCE(SUM(owed_atomic), 0) AS BIGINT) AS owed
+               FROM held_back_payers GROUP BY chain_id ORDER BY chain_id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    get_i64(row, "chain_id")?,
+                    get_i64(row, "n")?,
+                    get_amount(row, "owed")?,
+                ))
+            })
+            .collect()
+    }
+
     /// `wallet` on `chain`, when it is held back.
     pub async fn held_back_payer(
         &self,
