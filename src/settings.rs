@@ -274,6 +274,20 @@ pub struct SettlementSettings {
     /// `evm`: `tollgate reconcile` fails when a payer has been held back
     /// longer than this (money was served that the chain may never collect).
     pub held_back_alert_ms: i64,
+    /// `evm`: the most a payer may owe unsettled plus hold in leases at once
+    /// (0: no bound beyond its funds on chain).
+    pub payer_unsettled_max_atomic: i64,
+}
+
+impl SettlementSettings {
+    /// [`SettlementSettings::payer_unsettled_max_atomic`] as an amount
+    /// (validated at load: never negative).
+    pub fn payer_unsettled_max(&self) -> ledger::Amount {
+        u64::try_from(self.payer_unsettled_max_atomic)
+            .ok()
+            .and_then(ledger::Amount::from_atomic)
+            .unwrap_or(ledger::Amount::ZERO)
+    }
 }
 
 /// How charges settle (DESIGN §8).
@@ -763,6 +777,12 @@ impl SettlementSettings {
             self.held_back_alert_ms,
             0,
             i64::MAX / 2,
+        )?;
+        within(
+            "settlement.payer_unsettled_max_atomic",
+            self.payer_unsettled_max_atomic,
+            0,
+            i64::MAX,
         )?;
         Ok(())
     }

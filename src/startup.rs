@@ -141,7 +141,10 @@ impl Application {
             &settings,
             store.clone(),
             queue.clone(),
-            PayerFunds::new(chain_clients.clone()),
+            PayerFunds::new(
+                chain_clients.clone(),
+                settings.settlement.payer_unsettled_max(),
+            ),
         )?;
         if settings.workers.in_process {
             if let Some(queue) = &queue {

@@ -520,6 +520,21 @@ async fn a_blacklisted_payer_fails_alone_and_the_cli_replays_it_once() {
         "{shown}"
     );
     assert!(shown["attempts"][0]["txHash"].as_str().is_some(), "{shown}");
+    // Until then the payer that did not pay is fenced, and reconcile says
+    // money was served that the chain did not collect.
+    let fenced = eventually(Duration::from_secs(5), || async {
+        let response = app
+            .chat(
+                &bad_token,
+                &json!({ "model": "echo", "messages": [{ "role": "user", "content": "more" }] }),
+            )
+            .await;
+        json_of(response).await.1["error"]["code"] == "payer_held_back"
+    })
+    .await;
+    assert!(fenced, "the payer that failed to pay still spends");
+    let (ok, out) = cli(&["reconcile"]);
+    assert!(!ok && out.contains("failed to pay"), "{out}");
     chain.dev.blacklist(address(&bad), false).await.unwrap();
     let (ok, out) = cli(&["settlements", "replay", "--all-failed", "--json"]);
     assert!(ok, "{out}");
@@ -544,6 +559,18 @@ async fn a_blacklisted_payer_fails_alone_and_the_cli_replays_it_once() {
     assert!(ok && out.contains("\"replayed\":0"), "{out}");
     let (ok, out) = cli(&["reconcile"]);
     assert!(ok, "{out}");
+    // Paid up, its key resumes by itself.
+    let resumed = eventually(Duration::from_secs(5), || async {
+        let response = app
+            .chat(
+                &bad_token,
+                &json!({ "model": "echo", "messages": [{ "role": "user", "content": "again" }] }),
+            )
+            .await;
+        response.status() == StatusCode::OK
+    })
+    .await;
+    assert!(resumed, "the payer that paid up is still fenced");
     let _ = good;
 }
 

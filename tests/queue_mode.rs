@@ -467,6 +467,9 @@ async fn lagging_queue_after(signal: &str) {
     let (app, _mock) = spawn_paid_app_with(Backend::Postgres, &settings).await;
     const BUDGET: u64 = 3_000;
     let key = app.paid_key(BUDGET).await;
+    // A second key A spends only a little of: its unspent cover must come
+    // back once the queue drained.
+    let partly = app.paid_key(BUDGET).await;
     let dir = TempDir(
         std::env::temp_dir().join(format!("tollgate-lag-{}", uuid::Uuid::now_v7().simple())),
     );
@@ -490,6 +493,12 @@ async fn lagging_queue_after(signal: &str) {
         served += amount;
     }
     assert_eq!(served, BUDGET, "{signal}: A spends the key whole");
+    let mut partly_served = 0;
+    for _ in 0..10 {
+        let (status, amount) = call_on(&app.client, &a, &partly.token).await;
+        assert_eq!(status, 200, "{signal}");
+        partly_served += amount;
+    }
     assert_eq!(app.spent(&key.key_id).await, (0, 0), "nothing recorded yet");
     if signal == "KILL" {
         first.crash();
@@ -526,6 +535,21 @@ async fn lagging_queue_after(signal: &str) {
         common::eventually(Duration::from_secs(10), || queue_drained(&name)).await,
         "{signal}: the queue drains with no dead letter"
     );
+    // Drained: what A leased of the second key and did not spend is B's
+    // again (a killed A's open lease taken back, a stopped A's returned at
+    // once), and no more than the key's limit is ever served.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while partly_served < BUDGET && Instant::now() < deadline {
+        let (status, amount) = call_on(&app.client, &b, &partly.token).await;
+        partly_served += amount;
+        if status != 200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(partly_served, BUDGET, "{signal}: all of it came back, once");
+    let (status, _) = call_on(&app.client, &b, &partly.token).await;
+    assert_eq!(status, 402, "{signal}: and no more");
+    ledger_reaches(&app, &partly, BUDGET).await;
     let differences = app.store.reconcile_ledger(None).await.unwrap();
     assert!(differences.is_empty(), "{signal}: {differences:?}");
     delete_queue(&name).await;

@@ -424,13 +424,18 @@ impl LeaseKeeper {
             Err(error) => tracing::warn!(%error, "renewing this node's leases failed"),
         }
         let Some(seen) = self.reclaim_cutoff(now, drained_at).await else {
+            if let Err(error) = self.store.forget_spent_leases().await {
+                tracing::warn!(%error, "forgetting fully charged leases failed");
+            }
             return;
         };
-        match self
-            .store
-            .reclaim_leases(seen.saturating_sub(self.settings.grace_ms))
-            .await
-        {
+        let cutoff = seen.saturating_sub(self.settings.grace_ms);
+        let reclaimed = match self.charges_queue {
+            None => self.store.reclaim_leases(cutoff).await,
+            // A returned lease's cover is charges on their way: never taken.
+            Some(_) => self.store.reclaim_silent_leases(cutoff).await,
+        };
+        match reclaimed {
             Ok(0) => {}
             Ok(reclaimed) => tracing::info!(reclaimed, "took back leases of nodes gone silent"),
             Err(error) => tracing::warn!(%error, "taking back silent nodes' leases failed"),

@@ -23,6 +23,9 @@ use workers::evm::ChainClient;
 #[derive(Clone, Default)]
 pub struct PayerFunds {
     clients: Arc<HashMap<ChainId, ChainClient>>,
+    /// `settlement.payer_unsettled_max_atomic`: what a payer may owe and
+    /// hold in leases at once, whatever its funds (`None`: its funds alone).
+    unsettled_max: Option<Amount>,
 }
 
 /// A payer's funds could not be read.
@@ -34,9 +37,12 @@ pub struct FundsError {
 }
 
 impl PayerFunds {
-    pub fn new(clients: HashMap<ChainId, ChainClient>) -> PayerFunds {
+    /// `unsettled_max`: the most a payer may owe unsettled plus hold in
+    /// leases at once (zero: no bound beyond its funds).
+    pub fn new(clients: HashMap<ChainId, ChainClient>, unsettled_max: Amount) -> PayerFunds {
         PayerFunds {
             clients: Arc::new(clients),
+            unsettled_max: (!unsettled_max.is_zero()).then_some(unsettled_max),
         }
     }
 
@@ -45,8 +51,9 @@ impl PayerFunds {
         !self.clients.is_empty()
     }
 
-    /// `wallet`'s spendable funds on `chain` (clamped to [`Amount::MAX`]);
-    /// `None` when `chain` has no client (its funds are prepaid).
+    /// `wallet`'s spendable funds on `chain` (clamped to [`Amount::MAX`],
+    /// and to `settlement.payer_unsettled_max_atomic` when set); `None` when
+    /// `chain` has no client (its funds are prepaid).
     pub async fn spendable(
         &self,
         wallet: &WalletAddress,
@@ -61,12 +68,14 @@ impl PayerFunds {
             cause: error.to_string(),
         })?;
         let spendable = funds.first().map(|f| f.spendable()).unwrap_or_default();
-        Ok(Some(
-            u64::try_from(spendable)
-                .ok()
-                .and_then(Amount::from_atomic)
-                .unwrap_or(Amount::MAX),
-        ))
+        let spendable = u64::try_from(spendable)
+            .ok()
+            .and_then(Amount::from_atomic)
+            .unwrap_or(Amount::MAX);
+        Ok(Some(match self.unsettled_max {
+            Some(max) => spendable.min(max),
+            None => spendable,
+        }))
     }
 }
 

@@ -1039,8 +1039,9 @@ async fn payers_who_cannot_pay_do_not_starve_the_payers_behind_them() {
             rig.client.clone(),
             EvmSettlerConfig {
                 settler_id: "starved".into(),
-                // The first backoff: held-back payers wait a second.
-                every: Duration::from_millis(1_000),
+                // The first backoff: held-back payers wait ten seconds,
+                // far longer than this test's passes take.
+                every: Duration::from_millis(10_000),
                 batch_max_payers: 2,
                 batch_max_age_ms: 0,
                 replace_after_ms: 60_000,

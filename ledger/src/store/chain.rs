@@ -622,8 +622,11 @@ impl Store {
             return Ok(());
         }
         // Paid: a payer held back resumes (its charges of this batch settled).
+        // Failed: the chain proved it did not pay — fenced like a payer held
+        // back, until its charges are replayed and settle.
         let chain_db = get_i64(&batch_chain(&mut tx, batch_id).await?, "chain_id")?;
         super::payers::release_payers(&mut tx, chain_db, paid).await?;
+        super::payers::fence_failed_payers(&mut tx, chain_db, batch_id, failed, now_ms).await?;
         for (payers, outcome) in [(paid, "settled"), (failed, "failed")] {
             for payer in payers {
                 sqlx::query(

@@ -17,7 +17,8 @@
 //!   cover that no charge claimed within the grace of its return. Until then
 //!   the key is stricter, never looser.
 //!
-//! Lock order, in every transaction that touches both: the key's row first,
+//! Lock order, in every transaction that touches them: the wallet's balance
+//! row first (funded takes, key creation), then the key's row,
 //! then the lease's, so two writers never wait on each other crosswise.
 
 use sqlx::any::AnyRow;
@@ -98,13 +99,28 @@ impl LeaseRecord {
 /// in parameter `cutoff` (see [`Store::reclaim_leases`]): open, its node
 /// silent since then (or never heard from since the lease's last grant); or
 /// returned before then.
-fn stale(cutoff: &str) -> String {
+fn stale(cutoff: &str, returned: Returned) -> String {
+    let returned = match returned {
+        Returned::Reclaim => "l.state = 'returned'",
+        Returned::Keep => "1 = 0",
+    };
     format!(
         "l.state <> 'reclaimed' AND l.renewed_at_ms < {cutoff}
-           AND (l.state = 'returned'
-                OR NOT EXISTS (SELECT 1 FROM lease_nodes n
-                                WHERE n.node_id = l.node_id AND n.renewed_at_ms >= {cutoff}))"
+           AND ({returned}
+                OR (l.state = 'open'
+                    AND NOT EXISTS (SELECT 1 FROM lease_nodes n
+                                     WHERE n.node_id = l.node_id AND n.renewed_at_ms >= {cutoff})))"
     )
+}
+
+/// Whether a returned lease's cover may be taken back after the grace.
+#[derive(Debug, Clone, Copy)]
+enum Returned {
+    /// Yes: its charges were written before their calls answered; what it
+    /// still covers is a charge that never came.
+    Reclaim,
+    /// No: its charges may still be on their way through the queue.
+    Keep,
 }
 
 /// A take grants at most this share (1/N) of what no lease covers, unless
@@ -255,18 +271,38 @@ impl Store {
     /// or lost the store for `leases.grace_ms`), or — returned leases — when
     /// they were returned before it (a charge that never came); and forgets
     /// returned leases whose charges have all landed. Returns how many
-    /// leases it reclaimed.
+    /// leases it reclaimed. For charges written before their calls answer
+    /// (the embedded mode).
     pub async fn reclaim_leases(&self, stale_before_ms: i64) -> Result<u64, StoreError> {
-        sqlx::query(
+        self.reclaim(stale_before_ms, Returned::Reclaim).await
+    }
+
+    /// As [`Store::reclaim_leases`], for charges that reach the ledger after
+    /// their calls answered (the queue mode): a returned lease's cover is
+    /// what its node spent, on its way — it is never taken back, and goes
+    /// only as its charges land. Only silent nodes' open leases are taken.
+    pub async fn reclaim_silent_leases(&self, stale_before_ms: i64) -> Result<u64, StoreError> {
+        self.reclaim(stale_before_ms, Returned::Keep).await
+    }
+
+    /// Forgets returned leases whose charges have all landed (they cover
+    /// nothing).
+    pub async fn forget_spent_leases(&self) -> Result<u64, StoreError> {
+        let forgotten = sqlx::query(
             "DELETE FROM budget_leases
               WHERE state = 'returned' AND charged_atomic + returned_atomic = granted_atomic",
         )
         .execute(self.pool())
         .await?;
+        Ok(forgotten.rows_affected())
+    }
+
+    async fn reclaim(&self, stale_before_ms: i64, returned: Returned) -> Result<u64, StoreError> {
+        self.forget_spent_leases().await?;
         let stale = sqlx::query(&format!(
             "SELECT l.id, l.key_id FROM budget_leases l
               WHERE {} ORDER BY l.renewed_at_ms LIMIT $2",
-            stale("$1")
+            stale("$1", returned)
         ))
         .bind(stale_before_ms)
         .bind(RECLAIM_BATCH_MAX)
@@ -276,7 +312,10 @@ impl Store {
         for row in &stale {
             let lease = get_parsed(row, "id", LeaseId::parse)?;
             let key = get_parsed(row, "key_id", KeyId::parse)?;
-            if self.reclaim_lease(&lease, &key, stale_before_ms).await? {
+            if self
+                .reclaim_lease(&lease, &key, stale_before_ms, returned)
+                .await?
+            {
                 reclaimed += 1;
             }
         }
@@ -289,6 +328,7 @@ impl Store {
         lease: &LeaseId,
         key: &KeyId,
         stale_before_ms: i64,
+        returned: Returned,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
         sqlx::query(LOCK_KEY)
@@ -301,7 +341,7 @@ impl Store {
             "UPDATE budget_leases SET state = 'reclaimed'
               WHERE id = $1 AND id IN (SELECT l.id FROM budget_leases l WHERE {})
               RETURNING granted_atomic, charged_atomic, returned_atomic",
-            stale("$2")
+            stale("$2", returned)
         ))
         .bind(lease.as_str())
         .bind(stale_before_ms)

@@ -205,6 +205,39 @@ pub(crate) async fn release_payers(
     Ok(released)
 }
 
+/// Fences payers the chain proved did not pay their line of `batch_id`
+/// (`PayerFailed`: blacklisted, or funds moved between the check and the
+/// transaction), inside the caller's transaction: each is held back with
+/// what it failed to pay, its balance and allowance unknown (0), until an
+/// operator's replay settles its charges.
+pub(crate) async fn fence_failed_payers(
+    conn: &mut AnyConnection,
+    chain_db: i64,
+    batch_id: &str,
+    wallets: &[String],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for wallet in wallets {
+        sqlx::query(
+            "INSERT INTO held_back_payers (chain_id, wallet, owed_atomic, balance_atomic,
+                    allowance_atomic, since_ms, checked_at_ms, checks, retry_at_ms)
+             SELECT $1, payer, amount_atomic, 0, 0, $3, $3, 1, $3
+               FROM settlement_payers WHERE batch_id = $2 AND payer = $4
+             ON CONFLICT (chain_id, wallet) DO UPDATE
+                SET owed_atomic = held_back_payers.owed_atomic + excluded.owed_atomic,
+                    balance_atomic = 0, allowance_atomic = 0,
+                    checked_at_ms = excluded.checked_at_ms, checks = held_back_payers.checks + 1",
+        )
+        .bind(chain_db)
+        .bind(batch_id)
+        .bind(now_ms)
+        .bind(wallet.as_str())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// What `spendable` (the payer's `min(balance, allowance)` on chain) still
 /// covers of new lease cover for `wallet` on `chain`, inside the caller's
 /// transaction: `spendable − unsettled charges − what its keys' leases

@@ -280,7 +280,7 @@ pub struct Difference {
 
 /// The ledger's own consistency checks: each a query returning the rows
 /// that break it as (subject, expected, found).
-const CHECKS: [(&str, &str); 5] = [
+const CHECKS: [(&str, &str); 6] = [
     (
         "balance.debited ≠ Σ charges settled from it (invariant 4)",
         "SELECT b.wallet || ' on chain ' || CAST(b.chain_id AS TEXT) AS subject,
@@ -308,15 +308,24 @@ const CHECKS: [(&str, &str); 5] = [
             AND k.budget_used_atomic <> CAST(COALESCE(c.total, 0) AS BIGINT)",
     ),
     (
-        "answered calls charged past the key's limit (overdrawn: served twice the lease's cover)",
+        "answered calls charged past the key's limit, not yet collected (overdrawn)",
         "SELECT 'key ' || k.id AS subject,
                 CAST(0 AS BIGINT) AS expected,
                 CAST(COALESCE(c.total, 0) AS BIGINT) AS found
            FROM keys k JOIN (
                 SELECT key_id, SUM(amount_atomic) AS total FROM charges
-                 WHERE overdrawn = 1 GROUP BY key_id) c
+                 WHERE overdrawn = 1 AND status <> 'settled' GROUP BY key_id) c
              ON c.key_id = k.id
           WHERE ($1 IS NULL OR k.chain_id = $1)",
+    ),
+    (
+        "charges whose payer failed to pay (served, not collected: `settlements replay`)",
+        "SELECT wallet || ' on chain ' || CAST(chain_id AS TEXT) AS subject,
+                CAST(0 AS BIGINT) AS expected,
+                CAST(SUM(amount_atomic) AS BIGINT) AS found
+           FROM charges
+          WHERE status = 'failed' AND ($1 IS NULL OR chain_id = $1)
+          GROUP BY wallet, chain_id",
     ),
     (
         "key.leased ≠ Σ its leases' cover",

@@ -188,6 +188,15 @@ impl Store {
         // its budget key under the lock: concurrent changes queue up.
         let current = lock_project(&mut tx, &project.account_id, &project.id).await?;
         let previous = get_opt_parsed(&current, "budget_key_id", KeyId::parse)?;
+        // The wallet's balance row before any key row: the store's lock
+        // order (a lease take locks the balance, then the key).
+        lock_balance(
+            &mut tx,
+            &budget.wallet,
+            budget.chain_id,
+            budget.created_at_ms,
+        )
+        .await?;
         if let Some(previous) = &previous {
             // Revoked first. Its remainder stays committed (invariant 7) unless
             // the gateway fenced it with no call in flight (`drained`).
@@ -206,13 +215,6 @@ impl Store {
                 release_funds(&mut tx, previous, now, self.releasing_node()).await?;
             }
         }
-        lock_balance(
-            &mut tx,
-            &budget.wallet,
-            budget.chain_id,
-            budget.created_at_ms,
-        )
-        .await?;
         let key = insert_funded_key(&mut tx, budget, max_active_keys, self.hold_max_ms()).await?;
         sqlx::query("UPDATE studio_projects SET budget_key_id = $2 WHERE id = $1")
             .bind(project.id.as_str())

@@ -240,18 +240,33 @@ impl EvmSettler {
         let max = self.config.batch_max_payers.max(1);
         // Payers not held back, oldest first, then held-back payers whose
         // re-check is due: the others are read past (`pending_payers`).
-        let pending = self
+        let mut pending = self
             .store
             .pending_payers(self.chain_id(), now, max.saturating_mul(4))
             .await?;
-        let Some(oldest) = pending.iter().map(|p| p.oldest_ms).min() else {
-            return Ok(None);
-        };
-        if pending.len() < max && now.saturating_sub(oldest) < self.config.batch_max_age_ms {
+        // Due by size or age of the payers not held back; held-back payers
+        // due for their re-check are read either way (their backoff moves
+        // on), but a batch closes early only for one that can pay again.
+        let (fresh_count, fresh_oldest) = pending
+            .iter()
+            .filter(|p| !p.held_back)
+            .fold((0, i64::MAX), |(n, oldest), p| {
+                (n + 1, oldest.min(p.oldest_ms))
+            });
+        let due = fresh_count >= max
+            || (fresh_count > 0
+                && now.saturating_sub(fresh_oldest) >= self.config.batch_max_age_ms);
+        if !due && !pending.iter().any(|p| p.held_back) {
             return Ok(None);
         }
+        // Oldest first, held back or not: a payer that can pay again is
+        // never pushed out by newer ones.
+        pending.sort_by_key(|p| p.oldest_ms);
         let wallets = self.payers_who_can_pay(&pending, max).await?;
-        if wallets.is_empty() {
+        let resumed = pending
+            .iter()
+            .any(|p| p.held_back && wallets.contains(&p.wallet));
+        if wallets.is_empty() || !(due || resumed) {
             return Ok(None);
         }
         if fresh {
