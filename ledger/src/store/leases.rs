@@ -161,10 +161,7 @@ impl Store {
     ) -> Result<Option<LeaseGrant>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let grant = take_in(&mut tx, lease, key, node, (chunk, need), now_ms).await?;
-        if grant.is_some() {
-            tx.commit().await?;
-        }
-        Ok(grant)
+        finish_take(tx, grant).await
     }
 
     /// [`Store::take_lease`] for a key whose payer's funds live on chain
@@ -196,9 +193,8 @@ impl Store {
         let grant = take_in(&mut tx, lease, key, node, capped, now_ms).await?;
         if let Some(grant) = &grant {
             assert!(grant.granted <= headroom, "a take past the payer's funds");
-            tx.commit().await?;
         }
-        Ok(grant)
+        finish_take(tx, grant).await
     }
 
     /// Gives back `amount` of `lease` (what its node did not spend) and
@@ -408,6 +404,20 @@ impl Store {
             .ok_or(StoreError::NotFound)?;
         get_amount(&row, "leased_atomic")
     }
+}
+
+/// Commits a take that granted, and rolls back — now, not when the
+/// connection is next used: a dropped transaction would hold the key's row
+/// lock until then — one that did not.
+async fn finish_take(
+    tx: sqlx::Transaction<'_, sqlx::Any>,
+    grant: Option<LeaseGrant>,
+) -> Result<Option<LeaseGrant>, StoreError> {
+    match grant {
+        Some(_) => tx.commit().await?,
+        None => tx.rollback().await?,
+    }
+    Ok(grant)
 }
 
 /// The take itself, inside the caller's transaction (see
