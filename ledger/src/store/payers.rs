@@ -130,8 +130,10 @@ impl Store {
         release_payers(&mut conn, chain_to_db(chain)?, wallets).await
     }
 
-    /// Held-back payers, on `chain` or every chain, longest held first, at
-    /// most [`HELD_BACK_LIST_MAX`].
+    /// Held-back payers, on `chain` or every chain, newest first, at most
+    /// [`HELD_BACK_LIST_MAX`] (past the bound, the gateways' fence copies
+    /// keep the payers held back last: the store's own fence on lease
+    /// takes covers every one).
     pub async fn held_back_payers(
         &self,
         chain: Option<ChainId>,
@@ -140,7 +142,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {HELD_BACK_COLUMNS} FROM held_back_payers
               WHERE ($1 IS NULL OR chain_id = $1)
-              ORDER BY since_ms, wallet LIMIT $2"
+              ORDER BY since_ms DESC, wallet LIMIT $2"
         ))
         .bind(chain_db)
         .bind(HELD_BACK_LIST_MAX)
