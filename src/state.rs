@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ledger::model::Funds;
-use ledger::{Amount, ChainId, Store, WalletAddress};
-use workers::evm::{ChainClient, U256};
+use ledger::{ChainId, Store, WalletAddress};
+use workers::evm::ChainClient;
 
 use crate::http::error::ApiError;
 use crate::settled_txs::SettledTxs;
@@ -162,7 +162,7 @@ impl AppState {
             return Ok(Funds::Prepaid);
         };
         let address = workers::evm::Address::from(*wallet.as_bytes());
-        let funds = client.funds(&[address]).await.map_err(|error| {
+        let funds = client.funds_of(address).await.map_err(|error| {
             tracing::warn!(%chain, %error, "could not read a wallet's funds on chain");
             ApiError::new(
                 actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -170,19 +170,9 @@ impl AppState {
                 "the chain could not be read to check the wallet's funds; try again",
             )
         })?;
-        let funds = funds.first().copied().unwrap_or(workers::evm::Funds {
-            balance: U256::ZERO,
-            allowance: U256::ZERO,
-        });
-        let clamp = |v: U256| {
-            u64::try_from(v)
-                .ok()
-                .and_then(Amount::from_atomic)
-                .unwrap_or(Amount::MAX)
-        };
         Ok(Funds::OnChain {
-            balance: clamp(funds.balance),
-            allowance: clamp(funds.allowance),
+            balance: workers::evm::ledger_amount(funds.balance),
+            allowance: workers::evm::ledger_amount(funds.allowance),
         })
     }
 }

@@ -63,15 +63,11 @@ impl PayerFunds {
             return Ok(None);
         };
         let address = workers::evm::Address::from(*wallet.as_bytes());
-        let funds = client.funds(&[address]).await.map_err(|error| FundsError {
+        let funds = client.funds_of(address).await.map_err(|error| FundsError {
             chain,
             cause: error.to_string(),
         })?;
-        let spendable = funds.first().map(|f| f.spendable()).unwrap_or_default();
-        let spendable = u64::try_from(spendable)
-            .ok()
-            .and_then(Amount::from_atomic)
-            .unwrap_or(Amount::MAX);
+        let spendable = workers::evm::ledger_amount(funds.spendable());
         Ok(Some(match self.unsettled_max {
             Some(max) => spendable.min(max),
             None => spendable,

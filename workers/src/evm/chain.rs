@@ -129,6 +129,15 @@ impl Funds {
     }
 }
 
+/// A chain amount as the ledger holds it: clamped to [`ledger::Amount::MAX`]
+/// (a balance or allowance beyond it covers any budget alike).
+pub fn ledger_amount(value: U256) -> ledger::Amount {
+    u64::try_from(value)
+        .ok()
+        .and_then(ledger::Amount::from_atomic)
+        .unwrap_or(ledger::Amount::MAX)
+}
+
 /// A transaction signed and ready to broadcast (and to persist first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedTx {
@@ -390,6 +399,15 @@ impl ChainClient {
             ));
         }
         Ok(funds)
+    }
+
+    /// One wallet's balance and allowance (zero when the node answers none).
+    pub async fn funds_of(&self, wallet: Address) -> Result<Funds, ChainError> {
+        let funds = self.funds(&[wallet]).await?;
+        Ok(funds.first().copied().unwrap_or(Funds {
+            balance: U256::ZERO,
+            allowance: U256::ZERO,
+        }))
     }
 
     /// Whether the contract recorded batch `batch_no` as settled.

@@ -10,4 +10,4 @@ pub mod reconcile;
 pub mod settler;
 
 pub use alloy::primitives::{Address, U256};
-pub use chain::{ChainClient, ChainConfig, ChainError, Funds};
+pub use chain::{ledger_amount, ChainClient, ChainConfig, ChainError, Funds};

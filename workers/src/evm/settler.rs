@@ -48,7 +48,7 @@ use ledger::store::payers::ShortPayer;
 use ledger::time::now_ms;
 use ledger::{Amount, ChainId, Store, StoreError};
 
-use super::chain::{Broadcast, ChainClient, ChainError, PayerOutcome};
+use super::chain::{ledger_amount, Broadcast, ChainClient, ChainError, PayerOutcome};
 use super::contracts::pack_entry;
 
 alloy::sol! {
@@ -238,8 +238,8 @@ impl EvmSettler {
     async fn close_batch(&self, fresh: bool) -> Result<Option<EvmBatch>, SettleError> {
         let now = now_ms();
         let max = self.config.batch_max_payers.max(1);
-        // Payers not held back, oldest first, then held-back payers whose
-        // re-check is due: the others are read past (`pending_payers`).
+        // Payers not held back, and held-back payers whose re-check is due:
+        // the others are read past (`pending_payers`).
         let mut pending = self
             .store
             .pending_payers(self.chain_id(), now, max.saturating_mul(4))
@@ -262,10 +262,7 @@ impl EvmSettler {
         // Oldest first, held back or not: a payer that can pay again is
         // never pushed out by newer ones.
         pending.sort_by_key(|p| p.oldest_ms);
-        let wallets = self.payers_who_can_pay(&pending, max).await?;
-        let resumed = pending
-            .iter()
-            .any(|p| p.held_back && wallets.contains(&p.wallet));
+        let (wallets, resumed) = self.payers_who_can_pay(&pending, max).await?;
         if wallets.is_empty() || !(due || resumed) {
             return Ok(None);
         }
@@ -285,14 +282,18 @@ impl EvmSettler {
     }
 
     /// Reads the funds of `pending` in one call and answers the first `max`
-    /// who can pay what they owe. Each who cannot is held back (fenced, and
-    /// checked again after a backoff): logged once when that starts, and
-    /// once when a held-back payer can pay again.
+    /// who can pay what they owe, and whether a held-back payer is among
+    /// them. Each who cannot is held back (fenced, and checked again after a
+    /// backoff): logged once when that starts, and once when a held-back
+    /// payer can pay again.
     async fn payers_who_can_pay(
         &self,
         pending: &[PendingPayer],
         max: usize,
-    ) -> Result<Vec<String>, SettleError> {
+    ) -> Result<(Vec<String>, bool), SettleError> {
+        let every = i64::try_from(self.config.every.as_millis()).unwrap_or(i64::MAX);
+        let backoff =
+            |checks: i64| held_back_backoff(every, self.config.held_back_recheck_max_ms, checks);
         let mut addresses = Vec::with_capacity(pending.len());
         for payer in pending {
             addresses.push(parse_address(&payer.wallet)?);
@@ -309,12 +310,8 @@ impl EvmSettler {
             let short = ShortPayer {
                 wallet: &payer.wallet,
                 owed: payer.sum,
-                balance: clamp(funds.balance),
-                allowance: clamp(funds.allowance),
-            };
-            let every = i64::try_from(self.config.every.as_millis()).unwrap_or(i64::MAX);
-            let backoff = |checks: i64| {
-                held_back_backoff(every, self.config.held_back_recheck_max_ms, checks)
+                balance: ledger_amount(funds.balance),
+                allowance: ledger_amount(funds.allowance),
             };
             if self
                 .store
@@ -329,14 +326,16 @@ impl EvmSettler {
                     "payer held back: it cannot pay what it owes; its keys are fenced until it does");
             }
         }
+        let mut resumed = false;
         for payer in pending
             .iter()
             .filter(|p| p.held_back && wallets.contains(&p.wallet))
         {
+            resumed = true;
             tracing::info!(chain = self.chain.chain_id(), wallet = %payer.wallet,
                 "a held-back payer can pay again; its keys resume once this batch settles");
         }
-        Ok(wallets)
+        Ok((wallets, resumed))
     }
 
     /// A ledger that never settled on this chain starts past the batch
@@ -788,14 +787,6 @@ pub fn held_back_backoff(every_ms: i64, max_ms: i64, checks: i64) -> i64 {
         .max(1)
         .saturating_mul(1_i64 << doublings)
         .min(max_ms.max(every_ms))
-}
-
-/// A chain amount clamped to what the ledger can hold.
-fn clamp(value: U256) -> Amount {
-    u64::try_from(value)
-        .ok()
-        .and_then(Amount::from_atomic)
-        .unwrap_or(Amount::MAX)
 }
 
 /// Raises a fee by 12.5 %, rounded up, and by at least 1 wei.
