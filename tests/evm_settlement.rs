@@ -79,6 +79,27 @@ fn address(wallet: &Wallet) -> Address {
     Address::from(*wallet.address.as_bytes())
 }
 
+/// `tollgate ARGS` against `app`'s store, with the chain's settings `env`
+/// and `extra` on top: (success, stdout).
+fn tollgate_cli(
+    app: &TestApp,
+    env: &[(String, String)],
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> (bool, String) {
+    let output = tollgate()
+        .args(args)
+        .env("TOLLGATE__STORE__URL", &app.db.url)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(extra.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
 fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
@@ -255,21 +276,9 @@ async fn paid_calls_settle_on_chain_and_the_books_agree() {
     .await;
 
     // The operator's view: the books agree with the chain …
-    let reconcile = |extra: &[(String, String)]| {
-        let mut command = tollgate();
-        command
-            .args(["reconcile", "--json"])
-            .env("TOLLGATE__STORE__URL", &app.db.url)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        command.output().unwrap()
-    };
-    let clean = reconcile(&[]);
-    assert!(
-        clean.status.success(),
-        "{}",
-        String::from_utf8_lossy(&clean.stdout)
-    );
+    let reconcile = || tollgate_cli(&app, &env, &[], &["reconcile", "--json"]);
+    let (clean, out) = reconcile();
+    assert!(clean, "{out}");
     // … and not once the ledger says a payer paid less than the chain moved.
     let batch = app.store.settlement_batches(Some("settled")).await.unwrap()[0]
         .id
@@ -285,9 +294,8 @@ async fn paid_calls_settle_on_chain_and_the_books_agree() {
         .execute(&sqlx::PgPool::connect(&app.db.url).await.unwrap())
         .await
         .unwrap();
-    let dirty = reconcile(&[]);
-    assert!(!dirty.status.success());
-    let out = String::from_utf8_lossy(&dirty.stdout);
+    let (dirty, out) = reconcile();
+    assert!(!dirty);
     assert!(out.contains("invariant 4"), "{out}");
     let _ = batch;
 }
@@ -451,18 +459,7 @@ async fn a_blacklisted_payer_fails_alone_and_the_cli_replays_it_once() {
             .await;
         assert_eq!(response.status(), StatusCode::OK);
     }
-    let cli = |args: &[&str]| {
-        let output = tollgate()
-            .args(args)
-            .env("TOLLGATE__STORE__URL", &app.db.url)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| tollgate_cli(&app, &env, &[], args);
     let status_of = |key: String| {
         let store = app.store.clone();
         async move {
@@ -592,18 +589,7 @@ async fn a_settlement_the_chain_lost_is_reported_and_the_cli_sends_it_again_once
             .await;
         assert_eq!(response.status(), StatusCode::OK);
     }
-    let cli = |args: &[&str]| {
-        let output = tollgate()
-            .args(args)
-            .env("TOLLGATE__STORE__URL", &app.db.url)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| tollgate_cli(&app, &env, &[], args);
     let (_, charged) = app.spent(&key_id).await;
     let id = KeyId::parse(&key_id).unwrap();
     let settled = || async {
@@ -710,15 +696,7 @@ fn costly_calls_env(chain: &Chain, batch_age_ms: u64) -> Vec<(String, String)> {
 
 /// The value of the sample `name{chain="CHAIN"}` on `/metrics`.
 async fn chain_gauge(app: &TestApp, name: &str) -> Option<f64> {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let prefix = format!("{name}{{chain=\"{CHAIN}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))
@@ -813,28 +791,19 @@ async fn a_payer_who_withdraws_its_allowance_spends_at_most_its_lease_and_is_fen
 
     // The operator's view: named, and a failure once held back too long.
     let reconcile = |alert_ms: &str| {
-        let mut command = tollgate();
-        command
-            .args(["reconcile", "--json"])
-            .env("TOLLGATE__STORE__URL", &app.db.url)
-            .env("TOLLGATE__SETTLEMENT__HELD_BACK_ALERT_MS", alert_ms)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        command.output().unwrap()
+        let alert = [("TOLLGATE__SETTLEMENT__HELD_BACK_ALERT_MS", alert_ms)];
+        tollgate_cli(&app, &env, &alert, &["reconcile", "--json"])
     };
-    let patient = reconcile("3600000");
-    let report: serde_json::Value = serde_json::from_slice(&patient.stdout).unwrap();
+    let (patient, out) = reconcile("3600000");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         report["heldBack"][0]["wallet"],
         alice.hex().to_lowercase(),
         "{report}"
     );
-    assert!(patient.status.success(), "{report}");
-    let strict = reconcile("0");
-    assert!(
-        !strict.status.success(),
-        "{}",
-        String::from_utf8_lossy(&strict.stdout)
-    );
+    assert!(patient, "{report}");
+    let (strict, out) = reconcile("0");
+    assert!(!strict, "{out}");
 
     // It pays again: its charges settle and its key resumes by itself.
     chain.dev.approve(address(&alice), 5_000_000).await.unwrap();

@@ -19,13 +19,12 @@ use std::time::Duration;
 
 use actors::registry::{Registry, RegistryLimits};
 use common::process::{spawn_serving_with, wait_ready, Child};
-use common::{header_amount, spawn_paid_app_with, PaidKey, TempDir, TestApp};
+use common::{call_thirty, header_amount, spawn_paid_app_with, thirty, PaidKey, TempDir, TestApp};
 use ledger::model::{ChargeOutcome, NewCharge};
 use ledger::store::Backend;
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId, LeaseId, RequestId};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
 use tollgate::gateway::leases::LeaseKeeper;
 use tollgate::gateway::loader::StoreKeyLoader;
 use tollgate::settings::LeaseSettings;
@@ -102,33 +101,6 @@ impl NodeB {
     }
 }
 
-/// 10 words in and at most 10 out: 10 + 20 = 30 per call.
-fn thirty() -> Value {
-    let words: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
-    json!({"model": "echo", "max_tokens": 10,
-           "messages": [{"role": "user", "content": words.join(" ")}]})
-}
-
-/// One paid call on the node at `base`: (status, final amount, error code).
-async fn call(client: &reqwest::Client, base: &str, key: &PaidKey) -> (u16, u64, String) {
-    let response = client
-        .post(format!("{base}/external/v1/chat/completions"))
-        .bearer_auth(&key.token)
-        .json(&thirty())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let amount = if status == 200 {
-        header_amount(&response, "x-compose-key-final-amount-wei")
-    } else {
-        0
-    };
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
-    (status, amount, code)
-}
-
 /// `budget_used` = Σ charges (asserted), `used + leased ≤ limit` (asserted);
 /// answers (used, leased).
 async fn books(app: &TestApp, key: &PaidKey) -> (u64, u64) {
@@ -165,7 +137,7 @@ async fn two_nodes_share_one_key_within_its_limit() {
             workers.push(tokio::spawn(async move {
                 let mut seen = Vec::new();
                 for _ in 0..1_000 / 32 {
-                    seen.push((node, call(&client, &base, &key).await));
+                    seen.push((node, call_thirty(&client, &base, &key.token).await));
                 }
                 seen
             }));
@@ -220,7 +192,7 @@ async fn a_small_key_called_round_robin_through_two_gateways_is_served_on_both()
         let node = i % 2;
         i += 1;
         let base = [&app.address, &node_b.base][node];
-        match call(&client, base, &key).await {
+        match call_thirty(&client, base, &key.token).await {
             (200, amount, _) => {
                 served[node] += 1;
                 refused_in_a_row = 0;
@@ -255,7 +227,10 @@ async fn a_crashed_node_keeps_its_lease_until_the_grace_then_the_key_is_whole() 
     let key = app.paid_key(BUDGET).await;
     // Node B's first call leases a share of the key (not all of it: a
     // chunk is 64 calls) and spends 30 of it.
-    assert_eq!(call(&app.client, &node_b.base, &key).await.0, 200);
+    assert_eq!(
+        call_thirty(&app.client, &node_b.base, &key.token).await.0,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(200)).await; // its background top-up
     let (used, b_cover) = books(&app, &key).await;
     assert_eq!(used, 30);
@@ -286,15 +261,18 @@ async fn a_crashed_node_keeps_its_lease_until_the_grace_then_the_key_is_whole() 
 async fn a_key_revoked_through_one_node_is_refused_on_the_other() {
     let (app, _mock, node_b) = two_nodes(64).await;
     let key = app.paid_key(3_000).await;
-    assert_eq!(call(&app.client, &node_b.base, &key).await.0, 200);
+    assert_eq!(
+        call_thirty(&app.client, &node_b.base, &key.token).await.0,
+        200
+    );
     let (status, body) = app.revoke_key(&key.session, &key.key_id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // Node B's actor holds an allowance; the stop reaches it through the
     // store within the poll interval.
     tokio::time::sleep(Duration::from_millis(POLL_MS * 6)).await;
-    let (status, _, code) = call(&app.client, &node_b.base, &key).await;
+    let (status, _, code) = call_thirty(&app.client, &node_b.base, &key.token).await;
     assert_eq!((status, code.as_str()), (401, "key_revoked"));
-    let (status, _, code) = call(&app.client, &app.address, &key).await;
+    let (status, _, code) = call_thirty(&app.client, &app.address, &key.token).await;
     assert_eq!((status, code.as_str()), (401, "key_revoked"));
     // Node B still holds its lease, so node A could not free the key's
     // budget for the wallet: it stays committed (invariant 7).
@@ -321,7 +299,10 @@ async fn a_node_that_shuts_down_returns_what_it_did_not_spend() {
     let key = app.paid_key(BUDGET).await;
     // Node A leases a share of the key, spends 30 of it and shuts down
     // gracefully: what it did not spend comes back at once.
-    assert_eq!(call(&app.client, &app.address, &key).await.0, 200);
+    assert_eq!(
+        call_thirty(&app.client, &app.address, &key.token).await.0,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(200)).await; // its background top-up
     assert!(books(&app, &key).await.1 > 0, "A holds a lease");
     app.shut_down().await.unwrap();
@@ -329,7 +310,7 @@ async fn a_node_that_shuts_down_returns_what_it_did_not_spend() {
     // No grace to wait for: node B spends the rest, exactly.
     let mut ok = 0;
     for _ in 0..12 {
-        if call(&app.client, &node_b.base, &key).await.0 == 200 {
+        if call_thirty(&app.client, &node_b.base, &key.token).await.0 == 200 {
             ok += 1;
         }
     }
@@ -351,7 +332,10 @@ async fn a_node_that_shuts_down_returns_what_it_did_not_spend() {
     };
     let before = takes().await;
     for _ in 0..30 {
-        assert_eq!(call(&app.client, &node_b.base, &key).await.0, 402);
+        assert_eq!(
+            call_thirty(&app.client, &node_b.base, &key.token).await.0,
+            402
+        );
     }
     let asked: u64 = takes()
         .await
@@ -367,7 +351,7 @@ async fn a_node_that_shuts_down_returns_what_it_did_not_spend() {
 async fn spend_on(app: &TestApp, key: &PaidKey, budget_left: u64) -> u64 {
     let mut spent = 0;
     loop {
-        match call(&app.client, &app.address, key).await {
+        match call_thirty(&app.client, &app.address, &key.token).await {
             (200, amount, _) => spent += amount,
             (402, _, code) => {
                 assert_eq!(code, "insufficient_budget");

@@ -39,15 +39,7 @@ async fn metrics_count_requests_by_route_402s_and_ledger_state() {
     // The store's gauges are read every 100 ms in the background.
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for needle in [
         r#"tollgate_http_requests_total{route="/external/v1/chat/completions",status="200"}"#,
         r#"tollgate_http_requests_total{route="/api/keys/{key_id}",status="200"}"#,

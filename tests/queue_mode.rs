@@ -12,18 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::process::{spawn_serving_with, spawn_worker, tollgate, wait_ready};
 use common::{
-    amqp_url, delete_queue, header_amount, queue_name, spawn_paid_app_with, PaidKey, TempDir,
-    TestApp,
+    amqp_url, call_thirty, delete_queue, header_amount, queue_name, spawn_paid_app_with, thirty,
+    PaidKey, TempDir, TestApp,
 };
 use ledger::store::Backend;
 use serde_json::json;
-
-/// 10 words in and at most 10 out: 30 per call.
-fn thirty() -> serde_json::Value {
-    let words: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
-    json!({"model": "echo", "max_tokens": 10,
-           "messages": [{"role": "user", "content": words.join(" ")}]})
-}
 
 /// Waits (10 s at most) until the key's `budget_used` and the sum of its
 /// charges are both `expected` (read while pools write, the two may be a
@@ -420,24 +413,6 @@ async fn poison_events_are_dead_lettered_and_retried_once_fixed() {
     delete_queue(&name).await;
 }
 
-/// One paid call of [`thirty`] on the node at `base`: (status, amount).
-async fn call_on(client: &reqwest::Client, base: &str, token: &str) -> (u16, u64) {
-    let response = client
-        .post(format!("{base}/external/v1/chat/completions"))
-        .bearer_auth(token)
-        .json(&thirty())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let amount = if status == 200 {
-        header_amount(&response, "x-compose-key-final-amount-wei")
-    } else {
-        0
-    };
-    (status, amount)
-}
-
 /// Issue "Settlement integrity", finding 3: the queue lags longer than
 /// `leases.grace_ms` (no worker runs). A gateway spends a key whole, then
 /// dies (SIGKILL) or is stopped (SIGTERM); a gateway started after it waits
@@ -485,7 +460,7 @@ async fn lagging_queue_after(signal: &str) {
     wait_ready(&a).await;
     let mut served = 0;
     for _ in 0..BUDGET / 30 + 10 {
-        let (status, amount) = call_on(&app.client, &a, &key.token).await;
+        let (status, amount, _) = call_thirty(&app.client, &a, &key.token).await;
         if status != 200 {
             assert_eq!(status, 402, "{signal}");
             break;
@@ -495,7 +470,7 @@ async fn lagging_queue_after(signal: &str) {
     assert_eq!(served, BUDGET, "{signal}: A spends the key whole");
     let mut partly_served = 0;
     for _ in 0..10 {
-        let (status, amount) = call_on(&app.client, &a, &partly.token).await;
+        let (status, amount, _) = call_thirty(&app.client, &a, &partly.token).await;
         assert_eq!(status, 200, "{signal}");
         partly_served += amount;
     }
@@ -520,7 +495,7 @@ async fn lagging_queue_after(signal: &str) {
     wait_ready(&b).await;
     tokio::time::sleep(Duration::from_millis(grace_ms * 3)).await;
     for _ in 0..5 {
-        let (status, amount) = call_on(&app.client, &b, &key.token).await;
+        let (status, amount, _) = call_thirty(&app.client, &b, &key.token).await;
         served += amount;
         assert_eq!(status, 402, "{signal}: B spent a key A had spent whole");
     }
@@ -540,14 +515,14 @@ async fn lagging_queue_after(signal: &str) {
     // once), and no more than the key's limit is ever served.
     let deadline = Instant::now() + Duration::from_secs(15);
     while partly_served < BUDGET && Instant::now() < deadline {
-        let (status, amount) = call_on(&app.client, &b, &partly.token).await;
+        let (status, amount, _) = call_thirty(&app.client, &b, &partly.token).await;
         partly_served += amount;
         if status != 200 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     assert_eq!(partly_served, BUDGET, "{signal}: all of it came back, once");
-    let (status, _) = call_on(&app.client, &b, &partly.token).await;
+    let (status, _, _) = call_thirty(&app.client, &b, &partly.token).await;
     assert_eq!(status, 402, "{signal}: and no more");
     ledger_reaches(&app, &partly, BUDGET).await;
     let differences = app.store.reconcile_ledger(None).await.unwrap();

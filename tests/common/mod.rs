@@ -511,6 +511,18 @@ impl TestApp {
         missing
     }
 
+    /// `GET /metrics` (no token), as text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `POST /external/v1/chat/completions` with `token`.
     pub async fn chat(&self, token: &str, body: &Value) -> Response {
         self.client
@@ -529,6 +541,34 @@ impl TestApp {
         let charged = self.store.sum_of_charges(&id).await.unwrap();
         (key.budget_used.atomic(), charged.atomic())
     }
+}
+
+/// 10 words in and at most 10 out on `echo`: 10 + 20 = 30 per call.
+pub fn thirty() -> Value {
+    let words: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
+    json!({"model": "echo", "max_tokens": 10,
+           "messages": [{"role": "user", "content": words.join(" ")}]})
+}
+
+/// One paid call of [`thirty`] with `token` on the node at `base`:
+/// (status, final amount, error code).
+pub async fn call_thirty(client: &reqwest::Client, base: &str, token: &str) -> (u16, u64, String) {
+    let response = client
+        .post(format!("{base}/external/v1/chat/completions"))
+        .bearer_auth(token)
+        .json(&thirty())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let amount = if status == 200 {
+        header_amount(&response, "x-compose-key-final-amount-wei")
+    } else {
+        0
+    };
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+    (status, amount, code)
 }
 
 /// Named cases of one table: every case runs, and the test fails at the end

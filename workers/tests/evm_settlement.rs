@@ -87,14 +87,7 @@ impl Rig {
         EvmSettler::new(
             self.store.clone(),
             self.client.clone(),
-            EvmSettlerConfig {
-                settler_id: id.into(),
-                every: Duration::from_millis(20),
-                batch_max_payers: 10,
-                batch_max_age_ms: 0,
-                replace_after_ms,
-                held_back_recheck_max_ms: 60_000,
-            },
+            settler_config(id, replace_after_ms),
         )
     }
 
@@ -149,6 +142,19 @@ impl Rig {
         statuses.sort();
         statuses.dedup();
         statuses
+    }
+}
+
+/// The tests' settler: passes every 20 ms, batches of up to 10 payers
+/// closed at once.
+fn settler_config(id: &str, replace_after_ms: i64) -> EvmSettlerConfig {
+    EvmSettlerConfig {
+        settler_id: id.into(),
+        every: Duration::from_millis(20),
+        batch_max_payers: 10,
+        batch_max_age_ms: 0,
+        replace_after_ms,
+        held_back_recheck_max_ms: 60_000,
     }
 }
 
@@ -690,14 +696,7 @@ async fn a_fresh_ledger_numbers_its_batches_after_those_the_contract_settled() {
     let fresh = EvmSettler::new(
         store.clone(),
         rig.client.clone(),
-        EvmSettlerConfig {
-            settler_id: "fresh".into(),
-            every: Duration::from_millis(20),
-            batch_max_payers: 10,
-            batch_max_age_ms: 0,
-            replace_after_ms: 60_000,
-            held_back_recheck_max_ms: 60_000,
-        },
+        settler_config("fresh", 60_000),
     );
     let mut passes = Vec::new();
     for _ in 0..20 {
@@ -1038,14 +1037,11 @@ async fn payers_who_cannot_pay_do_not_starve_the_payers_behind_them() {
             rig.store.clone(),
             rig.client.clone(),
             EvmSettlerConfig {
-                settler_id: "starved".into(),
                 // The first backoff: held-back payers wait ten seconds,
                 // far longer than this test's passes take.
                 every: Duration::from_millis(10_000),
                 batch_max_payers: 2,
-                batch_max_age_ms: 0,
-                replace_after_ms: 60_000,
-                held_back_recheck_max_ms: 60_000,
+                ..settler_config("starved", 60_000)
             },
         );
         rig.settle_until(&settler, Pass::Settled, 10).await;
