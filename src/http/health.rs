@@ -192,18 +192,14 @@ pub async fn metrics(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
 #[derive(Debug, Clone, Copy)]
 pub struct AdminListener;
 
-/// Whether the request's `Authorization: Bearer …` is `expected`: the
-/// SHA-256 of both compared in constant time (so neither the value nor its
-/// length shows in the time taken).
+/// Whether the request's bearer token (read as on every route,
+/// `caller::bearer_token`) is `expected`: the SHA-256 of both compared in
+/// constant time (so neither the value nor its length shows in the time
+/// taken).
 fn bearer_matches(request: &HttpRequest, expected: &str) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
-    let presented = request
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let presented = super::caller::bearer_token(request).unwrap_or_default();
     let presented: [u8; 32] = Sha256::digest(presented).into();
     let expected: [u8; 32] = Sha256::digest(expected).into();
     bool::from(presented.ct_eq(&expected))
