@@ -19,9 +19,22 @@ use serde_json::{json, Value};
 /// The checks every answer must pass (schemathesis' names).
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance";
 
-/// Runs schemathesis against `app` with `Authorization: Bearer <token>`;
-/// panics with its report when a check fails.
-fn schemathesis(app: &TestApp, token: &str, operations: &str) {
+/// One answer the fuzzer got: the request's method and path (no query), and
+/// the status.
+#[derive(Debug)]
+struct Answer {
+    method: String,
+    path: String,
+    status: u16,
+}
+
+/// Runs schemathesis against `app` with `Authorization: Bearer <token>` on
+/// the operations whose path matches `operations`, with the environment
+/// `env` (for `tests/fuzz/guard_hooks.py`); panics with its report when a
+/// check fails, else returns every answer it got (from its HAR report).
+fn schemathesis(app: &TestApp, token: &str, operations: &str, env: &[(&str, &str)]) -> Vec<Answer> {
+    let har = app.file("fuzz.har");
+    let hooks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/guard_hooks.py");
     let output = Command::new("python3")
         .args([
             "-c",
@@ -46,9 +59,14 @@ fn schemathesis(app: &TestApp, token: &str, operations: &str) {
             "10",
             "--header",
             &format!("Authorization: Bearer {token}"),
+            "--report",
+            "har",
+            "--report-har-path",
+            &har.display().to_string(),
             "--no-color",
         ])
-        .env("SCHEMATHESIS_HOOKS", "")
+        .env("SCHEMATHESIS_HOOKS", hooks)
+        .envs(env.iter().copied())
         // Its cache folder (.schemathesis) goes with the app's, not the clone.
         .current_dir(app.file("."))
         .output()
@@ -65,6 +83,62 @@ fn schemathesis(app: &TestApp, token: &str, operations: &str) {
     assert!(output.status.success(), "schemathesis failed:\n{report}");
     // It ran operations, not nothing.
     assert!(report.contains("passed"), "{report}");
+    answers(
+        app,
+        &std::fs::read(&har).expect("schemathesis wrote its HAR report"),
+    )
+}
+
+/// The answers in a HAR report of requests to `app`.
+fn answers(app: &TestApp, har: &[u8]) -> Vec<Answer> {
+    let har: Value = serde_json::from_slice(har).unwrap();
+    let base = app.url("");
+    har["log"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let url = entry["request"]["url"].as_str().unwrap();
+            let path = url.strip_prefix(&base).unwrap_or(url);
+            Answer {
+                method: entry["request"]["method"].as_str().unwrap().to_owned(),
+                path: path.split('?').next().unwrap().to_owned(),
+                status: u16::try_from(entry["response"]["status"].as_u64().unwrap()).unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// Whether `path` is an instance of the template `template` (`{x}` matches
+/// one non-empty segment).
+fn instance_of(path: &str, template: &str) -> bool {
+    let (path, template): (Vec<_>, Vec<_>) =
+        (path.split('/').collect(), template.split('/').collect());
+    path.len() == template.len()
+        && path.iter().zip(&template).all(|(p, t)| {
+            if t.starts_with('{') {
+                !p.is_empty()
+            } else {
+                p == t
+            }
+        })
+}
+
+/// Asserts that every one of `operations` (method, path template) got at
+/// least one success: the fuzzer reached past authentication to the handler.
+fn each_succeeded(answers: &[Answer], operations: &[(&str, &str)]) {
+    for (method, template) in operations {
+        let mine: Vec<_> = answers
+            .iter()
+            .filter(|a| a.method == *method && instance_of(&a.path, template))
+            .collect();
+        assert!(
+            mine.iter().any(|a| (200..300).contains(&a.status)),
+            "{method} {template}: no success in {} answers: {:?}",
+            mine.len(),
+            mine.iter().map(|a| a.status).collect::<Vec<_>>()
+        );
+    }
 }
 
 #[tokio::test]
@@ -92,17 +166,90 @@ async fn the_document_is_served_and_every_operation_keeps_to_it() {
             .await;
         assert_eq!(response.status(), StatusCode::OK);
     }
-    let studio = app.bootstrap_studio("fuzz");
+    let wallet = Wallet::random();
+    let studio = app.bootstrap_studio_with(&[
+        "--account",
+        "fuzz",
+        "--project",
+        "main",
+        "--wallet",
+        &wallet.hex(),
+    ]);
+    app.credit(&wallet, 1_000_000).await;
+    let project = studio["project"]["id"].as_str().unwrap().to_owned();
+    let admin_id = studio["apikey"]["id"].as_str().unwrap().to_owned();
     let admin = studio["apikey"]["value"].as_str().unwrap().to_owned();
+    // A second admin key of the project, for the fuzzer to disable, demote
+    // and delete in place of its own (tests/fuzz/guard_hooks.py).
+    let decoy: Value = app
+        .client
+        .post(app.url("/api/v1/apikeys"))
+        .bearer_auth(&admin)
+        .json(&json!({ "name": "decoy", "type": "sk", "role": "admin" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let decoy_id = decoy["id"].as_str().unwrap().to_owned();
+    // A budget on the project, so that reading it has something to show.
+    let budget = app
+        .client
+        .put(app.url(&format!("/api/v1/projects/{project}/budget")))
+        .bearer_auth(&admin)
+        .json(&json!({ "budgetLimit": 1_000 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budget.status(), StatusCode::OK);
 
-    // The Compose surface, the paid path and operations with the session key;
-    // the Studio surface with the Studio admin key.
+    // The Compose surface, the paid path and operations with the session key.
     schemathesis(
         &app,
         &paid.session,
         "^/(api/(sessions|keys)|external|healthz|readyz|metrics|openapi)",
+        &[],
     );
-    schemathesis(&app, &admin, "^/(api/v1/|\\.well-known|external/v1/models)");
+    // The Studio surface with the Studio admin key, which the run keeps: so
+    // every Studio operation is fuzzed past authentication, and each one
+    // answers with a success at least once.
+    let answers = schemathesis(
+        &app,
+        &admin,
+        "^/(api/v1/|\\.well-known|external/v1/models)",
+        &[
+            ("TOLLGATE_FUZZ_GUARDED_IDS", &admin_id),
+            ("TOLLGATE_FUZZ_DECOY_ID", &decoy_id),
+            ("TOLLGATE_FUZZ_PROJECT_ID", &project),
+        ],
+    );
+    each_succeeded(
+        &answers,
+        &[
+            ("GET", "/api/v1/apikeys"),
+            ("POST", "/api/v1/apikeys"),
+            ("GET", "/api/v1/apikeys/{id}"),
+            ("PUT", "/api/v1/apikeys/{id}"),
+            ("DELETE", "/api/v1/apikeys/{id}"),
+            ("GET", "/api/v1/apikeys/{id}/token"),
+            ("GET", "/api/v1/apikeys/pk"),
+            ("GET", "/api/v1/projects/{id}/budget"),
+            ("PUT", "/api/v1/projects/{id}/budget"),
+            ("GET", "/.well-known/jwks.json"),
+        ],
+    );
+    let refused = answers.iter().filter(|a| a.status == 401).count();
+    eprintln!("studio: {} answers, {refused} of them 401", answers.len());
+    // The key the run used still opens the door.
+    let after = app
+        .client
+        .get(app.url("/api/v1/apikeys"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::OK);
 
     // Whatever the fuzzer did, every key's budgetUsed is still the sum of
     // its charges.

@@ -417,6 +417,7 @@ pub async fn delete(
         (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "The caller's role is too low", body = ErrorBody),
         (status = 404, description = "No such key in the caller's project", body = ErrorBody),
+        (status = 422, description = "The key is disabled or expired", body = ErrorBody),
         (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
     ),
 )]
