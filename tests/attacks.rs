@@ -1,7 +1,7 @@
 //! The server attacked as an attacker would, end to end over real sockets
 //! against the real store (SQLite and PostgreSQL): each test reproduces one
 //! finding of the security review and asserts what must hold instead
-//! (DESIGN §9, invariants 7–9).
+//! (ARCHITECTURE.md "Invariants", 7–9).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,4 +1,4 @@
-//! Settlement on chain, end to end (DESIGN §6, §7; issue "Settlement"): a
+//! Settlement on chain, end to end (docs/settlement.md, "On chain"): a
 //! server in the `evm` mode on a real local chain (Anvil with mock USDC and
 //! the settlement contract, started per test) and PostgreSQL.
 //!
@@ -703,7 +703,7 @@ async fn chain_gauge(app: &TestApp, name: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-/// Issue "Settlement integrity", finding 1: a payer who approves, creates a
+/// A payer who approves, creates a
 /// key, then takes its allowance back can spend at most the lease its key
 /// already held (every take re-reads its funds); the settler holds it back,
 /// which fences its keys on every call (`payer_held_back`, also in `GET

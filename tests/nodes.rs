@@ -1,4 +1,4 @@
-//! Several gateway nodes on one PostgreSQL (DESIGN §6, budget leases): node
+//! Several gateway nodes on one PostgreSQL (budget leases, docs/leases.md): node
 //! A is the server in this process, node B the real binary in its own
 //! process on the same database and signing key. Each node's key actor
 //! spends only what it leased from the store, so:
@@ -484,7 +484,7 @@ async fn a_gateway_killed_under_load_loses_no_reported_charge() {
     common::delete_queue(&queue).await;
 }
 
-/// SIGTERM under load (issue "Operations", graceful shutdown): node B stops
+/// SIGTERM under load (graceful shutdown, docs/operations.md): node B stops
 /// accepting, answers what it took, writes every charge it reported, returns
 /// its leases and exits 0 — no reported call without its charge, no budget
 /// left stranded in a lease.

@@ -1,4 +1,4 @@
-//! Operating Tollgate (issue "Operations"): `/metrics`, `/readyz` naming
+//! Operating Tollgate (docs/operations.md): `/metrics`, `/readyz` naming
 //! what is not ready, refused calls that do not flood the log, the start-up
 //! summary and its warnings, and errors said once with their root cause.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

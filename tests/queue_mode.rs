@@ -1,4 +1,4 @@
-//! The queue mode end to end (DESIGN §6): `queue.url = amqp://…` on the real
+//! The queue mode end to end (docs/queue.md): `queue.url = amqp://…` on the real
 //! RabbitMQ and PostgreSQL. A paid call publishes its `CallCompleted` event
 //! and answers once the broker confirmed it; the ledger pools — inside
 //! `serve`, or in `tollgate worker` processes — record each charge once.
@@ -413,14 +413,13 @@ async fn poison_events_are_dead_lettered_and_retried_once_fixed() {
     delete_queue(&name).await;
 }
 
-/// Issue "Settlement integrity", finding 3: the queue lags longer than
-/// `leases.grace_ms` (no worker runs). A gateway spends a key whole, then
-/// dies (SIGKILL) or is stopped (SIGTERM); a gateway started after it waits
-/// out the grace and finds the key still spent — the dead or returned
-/// lease's cover is not taken back while its charges wait in the queue (it
-/// used to be, and the key was spent twice: a 3,000 key served 6,000, half
-/// dead-lettered). A worker then records every charge once, none overdrawn
-/// or dead-lettered, and `reconcile` finds nothing.
+/// The queue lags longer than `leases.grace_ms` (no worker runs). A gateway
+/// spends a key whole, then dies (SIGKILL) or is stopped (SIGTERM); a
+/// gateway started after it waits out the grace and finds the key still
+/// spent — the dead or returned lease's cover is not taken back while its
+/// charges wait in the queue (taken back, the key would be spent twice). A
+/// worker then records every charge once, none overdrawn or dead-lettered,
+/// and `reconcile` finds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_queue_never_lets_a_key_be_spent_twice_after_its_gateway_stops() {
     for signal in ["KILL", "TERM"] {

@@ -1,5 +1,5 @@
 //! The paid path against OpenAI-compatible upstreams as they are found in the
-//! wild (issue 10; DESIGN §4, invariant 8: what a client received is paid
+//! wild (docs/paid-path.md; invariant 8: what a client received is paid
 //! for, and what is not received is not). Each quirk is a model of the mock
 //! upstream (`tests/common/mock_upstream.rs`, real sockets, kept-alive
 //! connections, chunked SSE). For every case the test checks what the client

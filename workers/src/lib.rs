@@ -1,6 +1,6 @@
-//! `workers` — what happens to a call after it is priced: the charge sinks
-//! and, as their issues land, the queue (RabbitMQ, in-process), the ledger
-//! pool that records charges from it, and settlement.
+//! `workers` — what happens to a call after it is priced: the charge sinks,
+//! the queue (RabbitMQ, in-process), the ledger pool that records charges
+//! from it, and settlement, against prepaid balances or on an EVM chain.
 //!
 //! # Layout
 //!
@@ -19,16 +19,18 @@
 //!   gateway priced it; the queue's message.
 //! * [`ledger_pool`] — [`ledger_pool::LedgerPool`]: consumes those events and
 //!   records each charge once, acking after the commit.
+//! * [`settlement`] — [`settlement::LedgerSettler`]: the `ledger` mode's
+//!   settlement, batches of charges debited from prepaid balances.
+//! * [`evm`] — the `evm` mode's settlement on chain: the contracts' bindings,
+//!   the chain client, the settler, reconciliation against the chain, and the
+//!   local devnet (Anvil).
 //!
 //! With `queue.url = amqp://…` the gateway publishes through
 //! [`publisher::QueueSink`] and the pools record; the budget leases keep a
 //! key within its limit however far the ledger lags the queue.
 //!
-//! * [`settlement`] — [`settlement::LedgerSettler`]: the `ledger` mode's
-//!   settlement, batches of charges debited from prepaid balances.
-//!
 //! Pricing is money arithmetic every crate shares: it lives in
-//! `ledger::pricing`. On-chain settlement arrives with its issue.
+//! `ledger::pricing`.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod event;
