@@ -3,6 +3,6 @@
 -- price (the billed usage is lowered to what the hold paid for when the
 -- reported usage would cost more). The reported counts are NULL when the
 -- upstream reported no usage: the billed usage is then the gateway's
--- estimate (DESIGN §4; ARCHITECTURE "estimated charges").
+-- estimate (docs/paid-path.md, "Estimated charges").
 ALTER TABLE charges ADD COLUMN reported_input_tokens BIGINT;
 ALTER TABLE charges ADD COLUMN reported_output_tokens BIGINT;

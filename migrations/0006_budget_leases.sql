@@ -1,4 +1,4 @@
--- Budget leases (DESIGN §6): a gateway node's key actor spends only from
+-- Budget leases (docs/leases.md): a gateway node's key actor spends only from
 -- budget it leased from the store, so several nodes can serve one key.
 --
 -- keys.leased_atomic is the sum of what every unreclaimed lease of the key

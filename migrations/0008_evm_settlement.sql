@@ -1,8 +1,7 @@
--- Settlement on an EVM chain (DESIGN §6, §7; ARCHITECTURE "Settlement on
--- chain"). The store owns the operator's nonces and every signed
--- transaction (an outbox written before broadcast), so a restart rebroadcasts
--- the same bytes and never signs a second transaction for a batch that one
--- already settled.
+-- Settlement on an EVM chain (docs/settlement.md, "On chain"). The store
+-- owns the operator's nonces and every signed transaction (an outbox
+-- written before broadcast), so a restart rebroadcasts the same bytes and
+-- never signs a second transaction for a batch that one already settled.
 
 -- The number the contract knows a batch by (its bitmap id), per chain.
 -- Ledger batches have none.

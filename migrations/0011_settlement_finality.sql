@@ -1,4 +1,4 @@
--- Settlement finality (ARCHITECTURE "Settlement on chain"): a batch whose
+-- Settlement finality (docs/settlement.md, "On chain"): a batch whose
 -- settling transaction is mined, succeeded and proved every payer's outcome
 -- is `confirming` until its block is `chains.ID.finality_confirmations`
 -- deep; only then is it `settled` and are its charges. While confirming, the

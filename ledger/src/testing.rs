@@ -97,6 +97,27 @@ pub async fn set_credited(
     .expect("set credited balance");
 }
 
+/// Records in the store's migration table, for every migration revised in
+/// its comments only, the checksum of its earlier text: the state of a
+/// database migrated before the revision.
+pub async fn record_earlier_migration_texts(store: &Store) {
+    for (version, earlier) in crate::store::migrate::COMMENT_REVISIONS {
+        set_migration_checksum(store, *version, &hex::decode(earlier).expect("hex")).await;
+    }
+}
+
+/// Sets the checksum the store recorded for applied migration `version`.
+pub async fn set_migration_checksum(store: &Store, version: i64, checksum: &[u8]) {
+    let changed = sqlx::query("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2")
+        .bind(checksum.to_vec())
+        .bind(version)
+        .execute(store.pool())
+        .await
+        .expect("set a migration's checksum")
+        .rows_affected();
+    assert_eq!(changed, 1, "migration {version} is applied");
+}
+
 /// Creates `api` key `id` with `budget` for `owner` on `chain` (an hour to
 /// live, its token hash derived from its id), crediting the wallet `budget`
 /// first so the funding check passes.

@@ -1276,6 +1276,24 @@ async fn migrations_are_idempotent(store: Store) {
     store.ping().await.unwrap();
 }
 
+/// A database migrated before a migration's comments were revised starts on
+/// the revised files, as does one migrated since; a migration whose recorded
+/// checksum matches no known text of its file still stops the start.
+async fn comment_revisions_of_applied_migrations_start_any_other_change_stops(store: Store) {
+    ledger::testing::record_earlier_migration_texts(&store).await;
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    ledger::testing::set_migration_checksum(&store, 6, &[7; 48]).await;
+    let refused = store.migrate().await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StoreError::Migrate(sqlx::migrate::MigrateError::VersionMismatch(6))
+        ),
+        "{refused:?}"
+    );
+}
+
 /// The group-commit writer's own SQLite connection writes a batch whole when
 /// every charge is new and fits, and otherwise writes nothing at all (the
 /// pool's `record_charges` then decides charge by charge). PostgreSQL has
@@ -1622,6 +1640,7 @@ store_suite!(
     ledger_batches_debit_each_charge_once,
     a_payer_that_cannot_pay_waits_without_blocking_others,
     migrations_are_idempotent,
+    comment_revisions_of_applied_migrations_start_any_other_change_stops,
     the_charge_connection_writes_a_batch_whole_or_not_at_all,
     settled_transactions_page_past_a_batch_larger_than_a_page,
     an_answered_charge_past_the_limit_is_recorded_overdrawn_not_dropped,

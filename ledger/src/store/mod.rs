@@ -37,6 +37,7 @@ pub mod charge_connection;
 pub mod charges;
 pub mod keys;
 pub mod leases;
+pub(crate) mod migrate;
 pub mod payers;
 pub mod sessions;
 pub mod settlement;
@@ -218,8 +219,7 @@ impl Store {
     /// Applies every migration not yet applied. Safe to run concurrently with
     /// itself and on every start.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        migrate::run(&MIGRATOR, &self.pool).await
     }
 
     /// A cheap round trip, for readiness checks.
