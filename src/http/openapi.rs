@@ -250,26 +250,49 @@ pub struct ChargeList {
 #[derive(serde::Serialize, ToSchema)]
 #[allow(dead_code)]
 pub struct CreateApiKeyRequest {
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
-    /// `sk` or `pk`.
+    /// `sk` (secret) or `pk` (public).
     #[serde(rename = "type")]
-    kind: String,
-    /// reader, executor, application, developer or admin (a `pk` is an executor).
-    role: Option<String>,
-    /// ISO 8601, or null for no expiry.
-    #[serde(rename = "expiresAt")]
+    kind: ApiKeyTypeName,
+    /// Required for an `sk`; a `pk` is always an executor.
+    role: Option<RoleName>,
+    /// ISO 8601 in the future, or null for no expiry.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
+}
+
+/// A Studio key's type.
+#[derive(serde::Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ApiKeyTypeName {
+    Sk,
+    Pk,
+}
+
+/// A Studio key's role, lowest first.
+#[derive(serde::Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum RoleName {
+    Reader,
+    Executor,
+    Application,
+    Developer,
+    Admin,
 }
 
 /// `PUT /api/v1/apikeys/{id}`: each field optional.
 #[derive(serde::Serialize, ToSchema)]
 #[allow(dead_code)]
 pub struct UpdateApiKeyRequest {
+    #[schema(min_length = 1, max_length = 128)]
     name: Option<String>,
-    role: Option<String>,
+    role: Option<RoleName>,
     enabled: Option<bool>,
-    /// ISO 8601, or null to remove the expiry.
-    #[serde(rename = "expiresAt")]
+    /// ISO 8601 in the future, or null to remove the expiry.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
 }
 
