@@ -4,7 +4,7 @@
 //! A hold is the most a call in flight may cost. `spent` is what committed
 //! calls cost. `allowance` is what this budget may still hold or spend: the
 //! whole unspent budget ([`Budget::new`]), or — on a gateway node that
-//! spends from budget leases ([`Budget::leased`], DESIGN §6) — what the
+//! spends from budget leases ([`Budget::leased`]) — what the
 //! node's lease covers and it has not spent, grown by [`Budget::grant`]. At
 //! every moment `held ≤ allowance`, `spent + allowance ≤ limit` (so
 //! `spent + held ≤ limit`), `held` is the sum of the open holds, and what
@@ -318,6 +318,12 @@ impl Budget {
     ) -> Result<Committed, SettleError> {
         let hold = self.holds.remove(request).ok_or(SettleError::UnknownHold)?;
         let charged = final_amount.min(hold.amount);
+        assert!(
+            charged <= hold.amount,
+            "charge ≤ hold broken: charged {} > hold {}",
+            charged,
+            hold.amount
+        );
         self.held = self.held.saturating_sub(hold.amount);
         // `charged <= hold.amount` and the hold was within the allowance.
         self.allowance = self.allowance.saturating_sub(charged);
@@ -328,10 +334,6 @@ impl Budget {
             .unwrap_or(self.limit)
             .min(self.limit);
         self.assert_invariants();
-        debug_assert!(
-            charged <= hold.amount,
-            "a final amount never exceeds its hold"
-        );
         Ok(Committed {
             charged,
             limit: self.limit,
@@ -453,22 +455,42 @@ impl Budget {
         !self.holds.is_empty()
     }
 
-    /// Invariant 1 and the bookkeeping behind it, after every change.
+    /// Invariant 1 and the bookkeeping behind it, after every change. The
+    /// cheap checks run in production (a failure stops the key's actor, and
+    /// the registry reloads the key from the store: stricter, never looser);
+    /// the sum over the open holds runs in debug builds only.
     fn assert_invariants(&self) {
-        debug_assert!(
+        assert!(
             self.held <= self.allowance,
-            "held must stay within the allowance: {} > {}",
+            "held ≤ allowance broken: held {} > allowance {}",
             self.held,
             self.allowance
         );
-        debug_assert!(
+        // With `held ≤ allowance` this is `spent + held ≤ limit`.
+        assert!(
             self.spent
                 .checked_add(self.allowance)
                 .is_some_and(|used| used <= self.limit),
-            "spent + allowance must stay within the limit: {} + {} > {}",
+            "spent + allowance ≤ limit broken: spent {} + allowance {} > limit {}",
             self.spent,
             self.allowance,
             self.limit
+        );
+        assert!(
+            self.allowance
+                .checked_add(self.spent_here)
+                .and_then(|sum| sum.checked_add(self.forfeited))
+                .is_some_and(|sum| sum <= self.granted),
+            "allowance + spent_here + forfeited ≤ granted broken: {} + {} + {} > {}",
+            self.allowance,
+            self.spent_here,
+            self.forfeited,
+            self.granted
+        );
+        assert!(
+            self.holds.len() <= HOLDS_MAX,
+            "holds ≤ HOLDS_MAX broken: {} open",
+            self.holds.len()
         );
         debug_assert_eq!(
             Some(self.held),
@@ -477,18 +499,6 @@ impl Budget {
                 .try_fold(Amount::ZERO, |sum, h| sum.checked_add(h.amount)),
             "held must equal the sum of open holds"
         );
-        debug_assert!(
-            self.allowance
-                .checked_add(self.spent_here)
-                .and_then(|sum| sum.checked_add(self.forfeited))
-                .is_some_and(|sum| sum <= self.granted),
-            "the allowance, this budget's own spend and its forfeits must stay within what it was given: {} + {} + {} > {}",
-            self.allowance,
-            self.spent_here,
-            self.forfeited,
-            self.granted
-        );
-        debug_assert!(self.holds.len() <= HOLDS_MAX);
     }
 }
 

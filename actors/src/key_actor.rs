@@ -200,3 +200,12 @@ impl Handler<Snapshot> for KeyActor {
         actix::MessageResult(self.budget.snapshot())
     }
 }
+
+#[cfg(any(test, feature = "test-support"))]
+impl Handler<crate::messages::Panic> for KeyActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: crate::messages::Panic, _ctx: &mut Self::Context) {
+        panic!("key {}: a test made its actor panic", self.key_id);
+    }
+}

@@ -94,3 +94,10 @@ pub struct Stop;
 #[derive(Debug, Message)]
 #[rtype(result = "BudgetSnapshot")]
 pub struct Snapshot;
+
+/// Make the actor panic, as a failed assertion would (tests only: production
+/// has no way to send it).
+#[cfg(any(test, feature = "test-support"))]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Panic;

@@ -15,6 +15,9 @@
 //! shard lock, and eviction removes a slot under the same lock only when that
 //! counter is zero — so no call can hold a lease on an evicted actor, and a
 //! key's next actor is loaded only after its previous one finished all work.
+//! An actor that died (a failed assertion panics it) is replaced the same
+//! way: its calls fail, and the first acquire once none is in flight loads
+//! the key afresh from the store — stricter, never looser.
 //!
 //! Actors load their state through a [`KeyLoader`] (the store, in the
 //! binary); this crate does no I/O of its own. A key that cannot spend
@@ -69,7 +72,7 @@ pub struct KeyState {
     pub expires_at_ms: i64,
     /// SHA-256 (lower-case hex) of the key's token, for the caller to compare.
     pub token_sha256: String,
-    /// The budget lease this actor spends from (DESIGN §6): it starts with
+    /// The budget lease this actor spends from: it starts with
     /// no allowance and grows by [`Lease::grant`]; on stop, what it did not
     /// spend is reported on [`Registry::unspent_leases`]. `None`: the actor
     /// may spend all the key has left (one node alone; tests, benchmarks).
@@ -153,8 +156,9 @@ pub enum CallError {
     Reserve(#[from] ReserveError),
     #[error(transparent)]
     Settle(#[from] SettleError),
-    /// The actor is gone (it panicked); its key answers 503 until the
-    /// registry replaces it, which happens once nothing is in flight on it.
+    /// The actor is gone (it panicked: a failed assertion stops it); its key
+    /// answers 503 until the registry replaces it with a fresh load from the
+    /// store, at the first acquire once nothing is in flight on it.
     #[error("the key's actor is unavailable")]
     Unavailable,
 }
@@ -189,6 +193,18 @@ struct KeyEntry {
 }
 
 impl KeyEntry {
+    /// Whether the next acquire replaces this actor with a fresh load: it is
+    /// out of step with the store (`stale`) or dead (its mailbox closed: it
+    /// panicked, as a failed assertion does), and no lease is out on it —
+    /// so a fence still sees every call that could charge the key, and the
+    /// next actor starts only after every call on this one ended. The fresh
+    /// actor starts from the store, which holds what was durably spent and
+    /// leased: the dead actor's holds are gone, so it can only be stricter.
+    fn replaceable(&self) -> bool {
+        (self.stale.load(Ordering::Acquire) || !self.addr.connected())
+            && self.in_flight.load(Ordering::Acquire) == 0
+    }
+
     /// Reports the key drained unless that was done already.
     fn report_drained(&self) -> bool {
         !self.drain_reported.swap(true, Ordering::SeqCst)
@@ -306,15 +322,12 @@ impl Registry {
                 } else if let Some(state) = shard.refused.get(key) {
                     return Err(AcquireError::CannotSpend(state.clone()));
                 } else {
-                    let stale = shard
+                    let replace = shard
                         .slots
                         .get(key)
                         .and_then(|slot| slot.get())
-                        .is_some_and(|entry| {
-                            entry.stale.load(Ordering::Acquire)
-                                && entry.in_flight.load(Ordering::Acquire) == 0
-                        });
-                    if stale {
+                        .is_some_and(|entry| entry.replaceable());
+                    if replace {
                         // Under the lock and with no lease out: safe to replace.
                         if let Some(entry) = shard.slots.remove(key).as_ref().and_then(|s| s.get())
                         {
@@ -897,6 +910,12 @@ impl Lease {
 
     pub async fn snapshot(&self) -> Result<BudgetSnapshot, CallError> {
         Ok(self.entry.addr.send(Snapshot).await?)
+    }
+
+    /// Makes the key's actor panic, as a failed assertion would (tests only).
+    #[cfg(any(test, feature = "test-support"))]
+    pub async fn panic_actor(&self) -> Result<(), CallError> {
+        Ok(self.entry.addr.send(crate::messages::Panic).await?)
     }
 }
 

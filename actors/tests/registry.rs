@@ -331,6 +331,65 @@ async fn stale_actors_are_reloaded_once_nothing_is_in_flight() {
     assert_eq!(registry.loaded(), 1);
 }
 
+/// A failed assertion panics the key's actor: every call on it fails (none
+/// is charged on the dead actor), and once no call is in flight the key is
+/// loaded afresh from the store, whose figures bound it from then on.
+#[tokio::test]
+async fn a_panicked_actor_fails_its_calls_and_the_key_reloads_from_the_store() {
+    let loader = Arc::new(MemoryLoader::default());
+    let key = loader.add(100, 0);
+    let registry = registry(&loader, limits(10));
+    let deadline = now_ms() + 10_000;
+    let in_flight = registry.acquire(&key).await.unwrap();
+    let request = RequestId::generate();
+    in_flight
+        .reserve(request.clone(), amount(30), amount(30), deadline)
+        .await
+        .unwrap();
+    let crashing = registry.acquire(&key).await.unwrap();
+    assert_eq!(crashing.panic_actor().await, Err(CallError::Unavailable));
+    drop(crashing);
+    // The call in flight cannot commit on the dead actor.
+    assert_eq!(
+        in_flight.commit(request, amount(30)).await.unwrap_err(),
+        CallError::Unavailable
+    );
+    // While a call is in flight on it, the dead actor stays and refuses.
+    let meanwhile = registry.acquire(&key).await.unwrap();
+    assert_eq!(
+        meanwhile
+            .reserve(RequestId::generate(), amount(1), amount(1), deadline)
+            .await
+            .unwrap_err(),
+        CallError::Unavailable
+    );
+    assert_eq!(loader.loads.load(Ordering::SeqCst), 1);
+    drop((in_flight, meanwhile));
+    // The store has the charge the call wrote before its commit failed.
+    loader.keys.lock().unwrap().get_mut(&key).unwrap().spent = amount(30);
+    let fresh = registry.acquire(&key).await.unwrap();
+    assert_eq!(loader.loads.load(Ordering::SeqCst), 2, "a fresh load");
+    assert_eq!(registry.loaded(), 1);
+    let snapshot = fresh.snapshot().await.unwrap();
+    assert_eq!((snapshot.spent, snapshot.held), (amount(30), Amount::ZERO));
+    // Spendable up to the limit the store leaves, and not past it.
+    let reserved = fresh
+        .reserve(RequestId::generate(), amount(70), amount(70), deadline)
+        .await
+        .unwrap();
+    assert_eq!(reserved.held, amount(70));
+    assert_eq!(
+        fresh
+            .reserve(RequestId::generate(), amount(1), amount(1), deadline)
+            .await
+            .unwrap_err(),
+        CallError::Reserve(ReserveError::InsufficientBudget {
+            remaining: Amount::ZERO,
+            minimum: amount(1)
+        })
+    );
+}
+
 #[tokio::test]
 async fn a_fence_reports_calls_in_flight_and_holds_new_ones_back() {
     let loader = Arc::new(MemoryLoader::default());

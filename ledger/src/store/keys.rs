@@ -248,8 +248,18 @@ pub(crate) async fn insert_funded_key(
     .fetch_one(&mut *conn)
     .await?;
     let record = key_from_row(&row)?;
-    // The funding invariant, asserted where it is established.
-    debug_assert!(funding.committed.checked_add(record.budget_limit) <= Some(funding.available));
+    // The funding invariant, asserted where it is established (the check
+    // above refused the key otherwise).
+    assert!(
+        funding
+            .committed
+            .checked_add(record.budget_limit)
+            .is_some_and(|sum| sum <= funding.available),
+        "committed + limit ≤ available broken: {} + {} > {}",
+        funding.committed,
+        record.budget_limit,
+        funding.available
+    );
     Ok(record)
 }
 

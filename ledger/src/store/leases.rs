@@ -1,4 +1,4 @@
-//! Budget leases (DESIGN §6): what a gateway node's key actor may spend,
+//! Budget leases: what a gateway node's key actor may spend,
 //! taken from the key's budget in the store in chunks.
 //!
 //! A key's `leased_atomic` is the sum of what its unreclaimed leases still
@@ -134,7 +134,7 @@ pub const TAKE_SHARE_DIVISOR: i64 = 4;
 const TAKE_CHUNK: &str = "UPDATE keys SET leased_atomic = leased_atomic + $2
      WHERE id = $1 AND status = 'active' AND expires_at_ms > $3
        AND budget_limit_atomic - budget_used_atomic - leased_atomic >= $4
-     RETURNING budget_limit_atomic, budget_used_atomic";
+     RETURNING budget_limit_atomic, budget_used_atomic, leased_atomic";
 
 /// Locks the key's row (a no-op write) and reads it: the slow path of a take
 /// and the first step of a reclaim, so the lease's row is locked second.
@@ -439,12 +439,21 @@ async fn take_in(
         .fetch_optional(&mut *conn)
         .await?;
     let grant = match fast {
-        Some(row) => LeaseGrant {
-            granted: chunk,
-            limit: get_amount(&row, "budget_limit_atomic")?,
-            used: get_amount(&row, "budget_used_atomic")?,
-            lease_charged: Amount::ZERO,
-        },
+        Some(row) => {
+            let grant = LeaseGrant {
+                granted: chunk,
+                limit: get_amount(&row, "budget_limit_atomic")?,
+                used: get_amount(&row, "budget_used_atomic")?,
+                lease_charged: Amount::ZERO,
+            };
+            assert_within_limit(
+                key,
+                grant.used,
+                get_amount(&row, "leased_atomic")?,
+                grant.limit,
+            );
+            grant
+        }
         None => match take_a_share(&mut *conn, key, chunk, need, now_ms).await? {
             Some(grant) => grant,
             None => return Ok(None),
@@ -479,7 +488,11 @@ async fn take_in(
         lease_charged: get_amount(&opened, "charged_atomic")?,
         ..grant
     };
-    debug_assert!(grant.granted <= chunk);
+    assert!(
+        grant.granted <= chunk,
+        "granted ≤ chunk broken: granted {} > chunk {chunk}",
+        grant.granted
+    );
     debug_assert!(grant.lease_charged <= grant.used);
     Ok(Some(grant))
 }
@@ -512,7 +525,12 @@ async fn take_a_share(
     let share =
         Amount::from_atomic(left.atomic().div_ceil(TAKE_SHARE_DIVISOR as u64)).unwrap_or(left);
     let granted = share.max(need).min(chunk).min(left);
-    debug_assert!(granted <= left && granted <= chunk);
+    // `left` is `limit − used − leased`: within it, `used + leased ≤ limit`
+    // holds after the update below.
+    assert!(
+        granted <= left && granted <= chunk,
+        "used + leased ≤ limit broken: key {key} granted {granted} of {left} left (chunk {chunk})"
+    );
     debug_assert!(
         left.is_zero() || chunk.is_zero() || !granted.is_zero(),
         "a take with budget left grants some"
@@ -538,6 +556,16 @@ async fn take_a_share(
         used,
         lease_charged: Amount::ZERO,
     }))
+}
+
+/// `used + leased ≤ limit` (invariant 1 at rest), as a statement that just
+/// changed the key's row answered it: its guard kept it, so a failure is a
+/// bug in that guard, never bad input.
+fn assert_within_limit(key: &KeyId, used: Amount, leased: Amount, limit: Amount) {
+    assert!(
+        used.checked_add(leased).is_some_and(|sum| sum <= limit),
+        "used + leased ≤ limit broken: key {key} used {used} + leased {leased} > limit {limit}"
+    );
 }
 
 /// What a lease row still covers: granted, not charged, not returned.
