@@ -1,4 +1,4 @@
-//! The worker side (DESIGN §6): connecting to the queue the settings name,
+//! The worker side (docs/queue.md): connecting to the queue the settings name,
 //! running the ledger pools that record paid calls' charges from it, and the
 //! settler — inside `serve` (`workers.in_process`) or alone in `tollgate
 //! worker` processes, as many as run.

@@ -199,7 +199,7 @@ pub struct GatewaySettings {
     pub actor_threads: usize,
 }
 
-/// The worker pools (DESIGN §6): with RabbitMQ, what records paid calls'
+/// The worker pools (docs/queue.md): with RabbitMQ, what records paid calls'
 /// charges from the queue.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,7 +211,7 @@ pub struct WorkerSettings {
     pub ledger_pools: usize,
 }
 
-/// Budget leases (DESIGN §6): what each gateway node takes of a key's
+/// Budget leases (docs/leases.md): what each gateway node takes of a key's
 /// budget at a time, and how long a silent node's leases last.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,7 +290,7 @@ impl SettlementSettings {
     }
 }
 
-/// How charges settle (DESIGN §8).
+/// How charges settle (docs/settlement.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SettlementMode {

@@ -1,5 +1,5 @@
 //! [`SettledTxs`]: each key's latest settlement transaction, for the
-//! `x-compose-key-tx-hash` header of paid responses (DESIGN §4). In the
+//! `x-compose-key-tx-hash` header of paid responses (docs/reference.md). In the
 //! `evm` mode a task reads what settled since its last look every
 //! settlement interval (the settler may run in another process), so the
 //! paid path reads a map, never the store.

@@ -1,5 +1,4 @@
-//! [`LeaseKeeper`]: this gateway node's side of budget leases (DESIGN §6;
-//! ARCHITECTURE "Budget leases").
+//! [`LeaseKeeper`]: this gateway node's side of budget leases (docs/leases.md).
 //!
 //! Each key actor spends from a lease of its own in the store (its id comes
 //! with the actor's load, see [`super::loader`]). The keeper:

@@ -5,7 +5,7 @@
 //!   allowance)`) from its chain for each lease take
 //!   ([`ledger::Store::take_lease_funded`]): a payer who withdraws what it
 //!   promised gets no new cover, so it can spend at most the leases it
-//!   already holds (ARCHITECTURE "Payers who cannot pay").
+//!   already holds (docs/settlement.md, "Payers who cannot pay").
 //! * [`PayerFences`] is the set of held-back payers, refreshed from the
 //!   store by the lease keeper every `leases.revocation_poll_ms`: a paid
 //!   call on a key whose payer is in it is refused before any hold

@@ -1,5 +1,5 @@
 //! `/api/v1/apikeys`: Studio API keys, field for field as the Composable
-//! Studio contract documents them (DESIGN §4 "Studio surface"), and
+//! Studio contract documents them (docs/reference.md, "Studio"), and
 //! `GET /.well-known/jwks.json`.
 //!
 //! Every route authenticates the caller's own key ([`StudioCaller`]: an `sk`

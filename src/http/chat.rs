@@ -1,5 +1,5 @@
 //! `POST /external/v1/chat/completions`: the paid, OpenAI-compatible call,
-//! streamed or not (DESIGN §4, §5).
+//! streamed or not (docs/reference.md, docs/paid-path.md).
 //!
 //! Who pays: a Compose key (`compose-…`) its own budget; a Studio key (`sk-`,
 //! `pk-` or its JWT, role `executor` and above) its project's budget.

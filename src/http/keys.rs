@@ -1,5 +1,5 @@
 //! `/api/keys`: create, list, get and revoke Compose keys, and list a key's
-//! charges (DESIGN §4, Compose surface).
+//! charges (docs/reference.md, Compose keys).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actors::budget::BudgetStatus;

@@ -125,7 +125,7 @@ impl Queue {
     /// How many messages of `name` wait for delivery (not those delivered
     /// and not yet acknowledged). The lease keeper reads it: a lease's cover
     /// is taken back only once the charges queue was seen drained after its
-    /// node stopped (ARCHITECTURE "Budget leases").
+    /// node stopped (docs/leases.md).
     pub async fn ready_count(&self, name: &str) -> Result<u64, QueueError> {
         match self {
             Queue::Memory(queue) => queue.ready_count(name),
