@@ -1,4 +1,4 @@
-//! The store's side of settlement on an EVM chain (DESIGN §6, §7): per
+//! The store's side of settlement on an EVM chain: per
 //! chain, the operator's next nonce and batch number, the single active
 //! settler, a pause with its reason; batches of pending charges claimed per
 //! payer; the outbox of signed transactions; and each payer's proven

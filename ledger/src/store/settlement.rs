@@ -1,4 +1,4 @@
-//! Settlement in the `ledger` mode (DESIGN §8): recorded charges become
+//! Settlement in the `ledger` mode: recorded charges become
 //! debits of their payers' prepaid balances, one store transaction per batch.
 //!
 //! [`Store::settle_ledger_batch`] claims a batch of `pending` charges of one
