@@ -177,16 +177,7 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         // The account row first: it serializes batch numbers (and SQLite
         // takes its write lock before anything is read).
-        let row = sqlx::query(
-            "UPDATE chain_accounts SET next_batch_no = next_batch_no + 1, updated_at_ms = $2
-              WHERE chain_id = $1 RETURNING next_batch_no",
-        )
-        .bind(chain_db)
-        .bind(now_ms)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        let batch_no = get_i64(&row, "next_batch_no")? - 1;
+        let batch_no = take_batch_no(&mut tx, chain_db, now_ms).await?;
         sqlx::query(
             "INSERT INTO settlement_batches
                     (id, chain_id, status, chain_batch_no, created_at_ms, updated_at_ms)
@@ -198,59 +189,15 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        let params: Vec<String> = (0..wallets.len()).map(|i| format!("${}", i + 4)).collect();
-        let claim = format!(
-            "UPDATE charges SET status = 'batched', batch_id = $1
-              WHERE status = 'pending' AND chain_id = $2 AND created_at_ms <= $3
-                AND wallet IN ({})
-             RETURNING wallet, amount_atomic",
-            params.join(", ")
-        );
-        let mut query = sqlx::query(&claim)
-            .bind(batch_id)
-            .bind(chain_db)
-            .bind(recorded_before_ms);
-        for wallet in wallets {
-            query = query.bind(wallet.as_str());
-        }
-        let claimed = query.fetch_all(&mut *tx).await?;
-        let mut per_payer: std::collections::BTreeMap<String, (Amount, i64)> =
-            std::collections::BTreeMap::new();
-        for row in &claimed {
-            let (sum, count) = per_payer.entry(get_string(row, "wallet")?).or_default();
-            *sum = sum
-                .checked_add(get_amount(row, "amount_atomic")?)
-                .ok_or(StoreError::AmountOverflow)?;
-            *count += 1;
-        }
+        let claim = (chain_db, recorded_before_ms);
+        let mut per_payer = claim_charges(&mut tx, batch_id, claim, wallets).await?;
         // Zero-amount charges need no transfer: they settle with the batch.
         per_payer.retain(|_, (sum, _)| !sum.is_zero());
         if per_payer.is_empty() {
             tx.rollback().await?;
             return Ok(None);
         }
-        let mut total = Amount::ZERO;
-        for (payer, (sum, count)) in &per_payer {
-            total = total.checked_add(*sum).ok_or(StoreError::AmountOverflow)?;
-            sqlx::query(
-                "INSERT INTO settlement_payers (batch_id, payer, amount_atomic, charge_count, outcome)
-                 VALUES ($1, $2, $3, $4, 'pending')",
-            )
-            .bind(batch_id)
-            .bind(payer.as_str())
-            .bind(sum.to_db())
-            .bind(*count)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(
-            "UPDATE settlement_batches SET total_atomic = $2, payer_count = $3 WHERE id = $1",
-        )
-        .bind(batch_id)
-        .bind(total.to_db())
-        .bind(i64::try_from(per_payer.len()).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
+        record_payers(&mut tx, batch_id, &per_payer).await?;
         tx.commit().await?;
         Ok(Some(EvmBatch {
             id: batch_id.to_owned(),
@@ -747,6 +694,94 @@ impl Store {
             .map(|row| Ok((get_string(row, "wallet")?, get_amount(row, "total")?)))
             .collect()
     }
+}
+
+/// Each payer's sum and count of charges a batch claimed, by payer.
+type PerPayer = std::collections::BTreeMap<String, (Amount, i64)>;
+
+/// Takes the chain's next batch number (locking its account row), inside
+/// the caller's transaction.
+async fn take_batch_no(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    chain_db: i64,
+    now_ms: i64,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "UPDATE chain_accounts SET next_batch_no = next_batch_no + 1, updated_at_ms = $2
+          WHERE chain_id = $1 RETURNING next_batch_no",
+    )
+    .bind(chain_db)
+    .bind(now_ms)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    Ok(get_i64(&row, "next_batch_no")? - 1)
+}
+
+/// Claims for `batch_id` the `pending` charges of `wallets` on the chain
+/// recorded at or before the cutoff (`(chain, recorded_before_ms)`), inside
+/// the caller's transaction; answers each payer's sum and count.
+async fn claim_charges(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batch_id: &str,
+    (chain_db, recorded_before_ms): (i64, i64),
+    wallets: &[String],
+) -> Result<PerPayer, StoreError> {
+    let params: Vec<String> = (0..wallets.len()).map(|i| format!("${}", i + 4)).collect();
+    let claim = format!(
+        "UPDATE charges SET status = 'batched', batch_id = $1
+          WHERE status = 'pending' AND chain_id = $2 AND created_at_ms <= $3
+            AND wallet IN ({})
+         RETURNING wallet, amount_atomic",
+        params.join(", ")
+    );
+    let mut query = sqlx::query(&claim)
+        .bind(batch_id)
+        .bind(chain_db)
+        .bind(recorded_before_ms);
+    for wallet in wallets {
+        query = query.bind(wallet.as_str());
+    }
+    let claimed = query.fetch_all(&mut **tx).await?;
+    let mut per_payer = PerPayer::new();
+    for row in &claimed {
+        let (sum, count) = per_payer.entry(get_string(row, "wallet")?).or_default();
+        *sum = sum
+            .checked_add(get_amount(row, "amount_atomic")?)
+            .ok_or(StoreError::AmountOverflow)?;
+        *count += 1;
+    }
+    Ok(per_payer)
+}
+
+/// Records each payer's line of `batch_id` and the batch's total, inside
+/// the caller's transaction.
+async fn record_payers(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batch_id: &str,
+    per_payer: &PerPayer,
+) -> Result<(), StoreError> {
+    let mut total = Amount::ZERO;
+    for (payer, (sum, count)) in per_payer {
+        total = total.checked_add(*sum).ok_or(StoreError::AmountOverflow)?;
+        sqlx::query(
+            "INSERT INTO settlement_payers (batch_id, payer, amount_atomic, charge_count, outcome)
+             VALUES ($1, $2, $3, $4, 'pending')",
+        )
+        .bind(batch_id)
+        .bind(payer.as_str())
+        .bind(sum.to_db())
+        .bind(*count)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query("UPDATE settlement_batches SET total_atomic = $2, payer_count = $3 WHERE id = $1")
+        .bind(batch_id)
+        .bind(total.to_db())
+        .bind(i64::try_from(per_payer.len()).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// The batch's chain, inside the caller's transaction.
