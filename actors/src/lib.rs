@@ -11,6 +11,9 @@
 //! * [`registry`] — [`registry::Registry`]: one actor per key, started through a
 //!   [`registry::KeyLoader`] on first use, spread over the arbiters, bounded in
 //!   calls in flight, stopped when idle; revocations pushed at once.
+//! * [`lease`] — [`lease::Lease`], a call's claim on its key's actor, and
+//!   [`lease::Fence`], which holds new leases back while a revocation is
+//!   decided.
 //!
 //! This crate depends only on `ledger` and does no I/O of its own: key state
 //! comes in through the [`registry::KeyLoader`] the binary gives it.
@@ -19,5 +22,6 @@
 pub mod arbiters;
 pub mod budget;
 pub mod key_actor;
+pub mod lease;
 pub mod messages;
 pub mod registry;

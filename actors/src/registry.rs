@@ -27,8 +27,9 @@
 //!
 //! # Fences and drains (invariant 7)
 //!
-//! Every charge is written while its call holds a [`Lease`], so a key with no
-//! lease out can never spend again until a new lease is taken. [`Registry::fence`]
+//! Every charge is written while its call holds a [`Lease`] ([`crate::lease`]),
+//! so a key with no lease out can never spend again until a new lease is
+//! taken. [`Registry::fence`]
 //! stops new leases on a key (callers wait) and reports whether any is out:
 //! the store may then free the key's unspent budget in the same transaction
 //! that revokes it. A revoked key whose calls were still running is reported
@@ -45,19 +46,18 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use actix::prelude::{Actor, Addr, Arbiter, ArbiterHandle, MailboxError};
+use actix::prelude::{Actor, Arbiter, ArbiterHandle};
 use ledger::time::now_ms;
-use ledger::{Amount, ChainId, KeyId, LeaseId, RequestId, WalletAddress};
+use ledger::{Amount, ChainId, KeyId, LeaseId, WalletAddress};
 use tokio::sync::{mpsc, OnceCell};
 
 use crate::arbiters::{ArbiterError, ArbiterPool};
-use crate::budget::{
-    Budget, BudgetSnapshot, BudgetStatus, Committed, ReserveError, Reserved, SettleError,
-};
+use crate::budget::{Budget, BudgetStatus};
 use crate::key_actor::{KeyActor, Unspent};
-use crate::messages::{
-    Absorb, Commit, Extend, Forfeit, Grant, Release, Reserve, Revoke, Snapshot, Stop,
-};
+use crate::lease::{FenceLock, FenceSite, KeyEntry};
+use crate::messages::{Revoke, Stop};
+
+pub use crate::lease::{CallError, Fence, Lease};
 
 /// Shards of the key map: enough that two cores rarely meet on one lock.
 const SHARDS: usize = 64;
@@ -149,70 +149,7 @@ pub enum AcquireError {
     Load(#[from] LoadError),
 }
 
-/// Why an actor call failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
-    #[error(transparent)]
-    Reserve(#[from] ReserveError),
-    #[error(transparent)]
-    Settle(#[from] SettleError),
-    /// The actor is gone (it panicked: a failed assertion stops it); its key
-    /// answers 503 until the registry replaces it with a fresh load from the
-    /// store, at the first acquire once nothing is in flight on it.
-    #[error("the key's actor is unavailable")]
-    Unavailable,
-}
-
-impl From<MailboxError> for CallError {
-    fn from(_: MailboxError) -> CallError {
-        CallError::Unavailable
-    }
-}
-
-/// One running actor and what the registry tracks of it.
-struct KeyEntry {
-    key: KeyId,
-    addr: Addr<KeyActor>,
-    token_sha256: String,
-    in_flight: AtomicU32,
-    last_used_ms: AtomicI64,
-    /// Set when the actor's state is known to disagree with the store: the
-    /// next acquire with nothing in flight replaces it with a fresh load.
-    stale: AtomicBool,
-    /// Set once a revocation reached the actor: when the last lease ends,
-    /// the key is reported drained (once, see `drain_reported`).
-    revoked: AtomicBool,
-    drain_reported: AtomicBool,
-    drained: mpsc::UnboundedSender<KeyId>,
-    /// The budget lease the actor spends from, if any, and what of it the
-    /// actor could give back now (published by the actor after each message).
-    lease: Option<(LeaseId, Arc<AtomicU64>)>,
-    /// One top-up of the lease at a time per key.
-    top_up: Arc<tokio::sync::Mutex<()>>,
-    payer: Option<(WalletAddress, ChainId)>,
-}
-
-impl KeyEntry {
-    /// Whether the next acquire replaces this actor with a fresh load: it is
-    /// out of step with the store (`stale`) or dead (its mailbox closed: it
-    /// panicked, as a failed assertion does), and no lease is out on it —
-    /// so a fence still sees every call that could charge the key, and the
-    /// next actor starts only after every call on this one ended. The fresh
-    /// actor starts from the store, which holds what was durably spent and
-    /// leased: the dead actor's holds are gone, so it can only be stricter.
-    fn replaceable(&self) -> bool {
-        (self.stale.load(Ordering::Acquire) || !self.addr.connected())
-            && self.in_flight.load(Ordering::Acquire) == 0
-    }
-
-    /// Reports the key drained unless that was done already.
-    fn report_drained(&self) -> bool {
-        !self.drain_reported.swap(true, Ordering::SeqCst)
-    }
-}
-
 type Slot = Arc<OnceCell<Arc<KeyEntry>>>;
-type FenceLock = Arc<tokio::sync::Mutex<()>>;
 
 /// One shard of the key map: which actor serves a key, and which keys are
 /// fenced (no new leases) while a revocation is being decided.
@@ -395,13 +332,8 @@ impl Registry {
                             .map_or(0, |entry| entry.in_flight.load(Ordering::SeqCst));
                         // A load in progress holds no lease yet, and takes its
                         // first one under the shard lock: it will wait.
-                        return Fence {
-                            registry: self.inner.clone(),
-                            key: key.clone(),
-                            lock,
-                            _guard: guard,
-                            drained: in_flight == 0,
-                        };
+                        let site: Arc<dyn FenceSite> = self.inner.clone();
+                        return Fence::new(site, key.clone(), (lock, guard), in_flight == 0);
                     }
                 }
             };
@@ -584,9 +516,7 @@ impl Inner {
             return Err(AcquireError::TooManyInFlight { max });
         }
         entry.last_used_ms.store(now_ms(), Ordering::Relaxed);
-        Ok(Lease {
-            entry: entry.clone(),
-        })
+        Ok(Lease::new(entry.clone()))
     }
 
     /// Loads the key and starts its actor once; on failure (a key that
@@ -741,6 +671,19 @@ impl Inner {
     }
 }
 
+impl FenceSite for Inner {
+    fn take_down(&self, key: &KeyId, lock: &FenceLock) {
+        let mut shard = self.shard(key);
+        if shard
+            .fences
+            .get(key)
+            .is_some_and(|standing| Arc::ptr_eq(standing, lock))
+        {
+            shard.fences.remove(key);
+        }
+    }
+}
+
 async fn sweep_idle(registry: Weak<Inner>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
@@ -751,206 +694,6 @@ async fn sweep_idle(registry: Weak<Inner>, every: Duration) {
         if evicted > 0 {
             tracing::debug!(evicted, "idle key actors stopped");
         }
-    }
-}
-
-/// A call's right to use a key's actor; counts towards the key's in-flight
-/// bound until dropped.
-pub struct Lease {
-    entry: Arc<KeyEntry>,
-}
-
-impl Lease {
-    /// Marks the key's actor as out of step with the store (a charge it did
-    /// not commit, or one the store refused): it is reloaded once no call is
-    /// in flight on it.
-    pub fn mark_stale(&self) {
-        self.entry.stale.store(true, Ordering::Release);
-    }
-
-    /// The stored SHA-256 (hex) of the key's token.
-    pub fn token_sha256(&self) -> &str {
-        &self.entry.token_sha256
-    }
-
-    /// Holds up to `wanted` (at least `minimum`) of what the actor may
-    /// spend, lowering the hold to what there is.
-    pub async fn reserve(
-        &self,
-        request: RequestId,
-        wanted: Amount,
-        minimum: Amount,
-        deadline_ms: i64,
-    ) -> Result<Reserved, CallError> {
-        self.send_reserve(Reserve {
-            request,
-            wanted,
-            minimum,
-            deadline_ms,
-            grow: false,
-            low_water: Amount::ZERO,
-        })
-        .await
-    }
-
-    /// As [`Lease::reserve`], but a leased actor whose allowance is short of
-    /// `wanted` while the key may have more answers
-    /// [`ReserveError::AllowanceShort`] (take a grant, then reserve), and
-    /// [`Reserved::top_up`] says when the allowance left is below `low_water`.
-    pub async fn reserve_growing(
-        &self,
-        request: RequestId,
-        wanted: Amount,
-        minimum: Amount,
-        deadline_ms: i64,
-        low_water: Amount,
-    ) -> Result<Reserved, CallError> {
-        self.send_reserve(Reserve {
-            request,
-            wanted,
-            minimum,
-            deadline_ms,
-            grow: true,
-            low_water,
-        })
-        .await
-    }
-
-    async fn send_reserve(&self, reserve: Reserve) -> Result<Reserved, CallError> {
-        Ok(self.entry.addr.send(reserve).await??)
-    }
-
-    /// A second lease on the same actor, for work a call hands to a task of
-    /// its own (a lease top-up that must finish even if the call gives up
-    /// waiting): the actor stays until both are dropped. Counts toward the
-    /// key's calls in flight, above the bound (one per key at a time).
-    pub fn share(&self) -> Lease {
-        self.entry.in_flight.fetch_add(1, Ordering::AcqRel);
-        Lease {
-            entry: self.entry.clone(),
-        }
-    }
-
-    /// The key's wallet and chain, when its loader knew them.
-    pub fn payer(&self) -> Option<(WalletAddress, ChainId)> {
-        self.entry.payer
-    }
-
-    /// The budget lease the key's actor spends from, if it spends from one.
-    pub fn budget_lease(&self) -> Option<&LeaseId> {
-        self.entry.lease.as_ref().map(|(lease, _)| lease)
-    }
-
-    /// Adds `amount` (taken from the store for [`Lease::budget_lease`]) to
-    /// the actor's allowance; `used_elsewhere` is the key's spend as the
-    /// store answered, less what [`Lease::budget_lease`] had been charged
-    /// (see `Budget::grant`).
-    pub async fn grant(&self, amount: Amount, used_elsewhere: Amount) -> Result<(), CallError> {
-        Ok(self
-            .entry
-            .addr
-            .send(Grant {
-                amount,
-                used_elsewhere,
-            })
-            .await?)
-    }
-
-    /// Serializes top-ups of the key's lease on this node: a call that
-    /// finds its allowance short takes this, looks again, and only then
-    /// asks the store.
-    pub async fn top_up_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.entry.top_up.clone().lock_owned().await
-    }
-
-    /// As [`Lease::top_up_lock`], `None` when a top-up is already running.
-    pub fn try_top_up_lock(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        self.entry.top_up.clone().try_lock_owned().ok()
-    }
-
-    pub async fn commit(
-        &self,
-        request: RequestId,
-        final_amount: Amount,
-    ) -> Result<Committed, CallError> {
-        let commit = Commit {
-            request,
-            final_amount,
-        };
-        Ok(self.entry.addr.send(commit).await??)
-    }
-
-    /// Keeps `request`'s hold until `deadline_ms` at least.
-    pub async fn extend(&self, request: RequestId, deadline_ms: i64) -> Result<(), CallError> {
-        Ok(self
-            .entry
-            .addr
-            .send(Extend {
-                request,
-                deadline_ms,
-            })
-            .await??)
-    }
-
-    /// Ends `request`'s hold not knowing whether its charge was recorded:
-    /// the amount is never spent again on this actor (`Budget::forfeit`).
-    pub async fn forfeit(&self, request: RequestId) -> Result<Amount, CallError> {
-        Ok(self.entry.addr.send(Forfeit { request }).await??)
-    }
-
-    /// Counts a charge recorded without a hold to commit it
-    /// (`Budget::absorb`).
-    pub async fn absorb(&self, amount: Amount) -> Result<(), CallError> {
-        Ok(self.entry.addr.send(Absorb { amount }).await?)
-    }
-
-    pub async fn release(&self, request: RequestId) -> Result<Amount, CallError> {
-        Ok(self.entry.addr.send(Release { request }).await??)
-    }
-
-    pub async fn snapshot(&self) -> Result<BudgetSnapshot, CallError> {
-        Ok(self.entry.addr.send(Snapshot).await?)
-    }
-
-    /// Makes the key's actor panic, as a failed assertion would (tests only).
-    #[cfg(any(test, feature = "test-support"))]
-    pub async fn panic_actor(&self) -> Result<(), CallError> {
-        Ok(self.entry.addr.send(crate::messages::Panic).await?)
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let before = self.entry.in_flight.fetch_sub(1, Ordering::SeqCst);
-        debug_assert!(before > 0, "in-flight count underflow");
-        if before == 1 && self.entry.revoked.load(Ordering::SeqCst) && self.entry.report_drained() {
-            // The receiver is gone only when the gateway is shutting down.
-            let _ = self.entry.drained.send(self.entry.key.clone());
-        }
-    }
-}
-
-/// While it stands, no new lease is taken on its key. See [`Registry::fence`].
-pub struct Fence {
-    registry: Arc<Inner>,
-    key: KeyId,
-    lock: FenceLock,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
-    /// No call was in flight on the key when the fence went up.
-    pub drained: bool,
-}
-
-impl Drop for Fence {
-    fn drop(&mut self) {
-        let mut shard = self.registry.shard(&self.key);
-        if shard
-            .fences
-            .get(&self.key)
-            .is_some_and(|lock| Arc::ptr_eq(lock, &self.lock))
-        {
-            shard.fences.remove(&self.key);
-        }
-        // Waiters wake when the guard drops, right after this.
     }
 }
 

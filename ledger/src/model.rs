@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::{Amount, ChainId, KeyId, LeaseId, RequestId, SessionId, WalletAddress};
 
-/// What a Compose key is for (docs/credentials.md).
+/// What a Compose key is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Purpose {

@@ -1,5 +1,5 @@
 //! Pricing: a versioned price per model, and the exact integer arithmetic of
-//! docs/reference.md. The gateway quotes with this code and the ledger pool re-prices
+//! the cost formula. The gateway quotes with this code and the ledger pool re-prices
 //! with it, so both agree to the atomic unit.
 //!
 //! `cost = max(ceil(in × in_price / 10^6) + ceil(out × out_price / 10^6) + fee,

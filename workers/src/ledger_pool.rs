@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledger::model::ChargeOutcome;
+use ledger::model::{ChargeOutcome, NewCharge};
 use ledger::pricing::Price;
 use ledger::Store;
 
@@ -112,6 +112,20 @@ impl LedgerPool {
 
     /// Writes one batch and settles each of its messages.
     async fn record(&self, batch: Vec<Delivery>) {
+        let (charges, pending) = self.price(batch).await;
+        if charges.is_empty() {
+            return;
+        }
+        let outcomes = self.write(&charges).await;
+        debug_assert_eq!(outcomes.len(), pending.len());
+        self.observe(&charges, &outcomes);
+        metrics::counter!("tollgate_queue_consumed_total").increment(outcomes.len() as u64);
+        settle_written(pending, &charges, outcomes).await;
+    }
+
+    /// Each delivery's charge, re-priced, beside the deliveries that carry
+    /// them; a message that is not a valid event is dead-lettered here.
+    async fn price(&self, batch: Vec<Delivery>) -> (Vec<NewCharge>, Vec<Delivery>) {
         let mut charges = Vec::with_capacity(batch.len());
         let mut pending = Vec::with_capacity(batch.len());
         for delivery in batch {
@@ -144,26 +158,31 @@ impl LedgerPool {
                 }
             }
         }
-        if charges.is_empty() {
-            return;
-        }
-        // A store that fails (down, failing over, a deadlock) is waited out
-        // with the batch held: requeuing at once would spend the messages'
-        // delivery limit in seconds and dead-letter reported charges.
+        (charges, pending)
+    }
+
+    /// Records the charges in one transaction, answering each one's outcome.
+    /// A store that fails (down, failing over, a deadlock) is waited out
+    /// with the batch held: requeuing at once would spend the messages'
+    /// delivery limit in seconds and dead-letter reported charges.
+    async fn write(&self, charges: &[NewCharge]) -> Vec<ChargeOutcome> {
         let mut backoff = STORE_RETRY_MIN;
-        let outcomes = loop {
-            match self.store.record_answered_charges(&charges).await {
-                Ok(outcomes) => break outcomes,
+        loop {
+            match self.store.record_answered_charges(charges).await {
+                Ok(outcomes) => return outcomes,
                 Err(error) => {
                     tracing::warn!(%error, charges = charges.len(), retry_in = ?backoff, "writing charges failed; the batch is held and tried again");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(STORE_RETRY_MAX);
                 }
             }
-        };
-        debug_assert_eq!(outcomes.len(), pending.len());
+        }
+    }
+
+    /// The lag of each recorded charge, and a debug line per charge.
+    fn observe(&self, charges: &[NewCharge], outcomes: &[ChargeOutcome]) {
         let committed_at = ledger::time::now_ms();
-        for (charge, outcome) in charges.iter().zip(&outcomes) {
+        for (charge, outcome) in charges.iter().zip(outcomes) {
             if *outcome == ChargeOutcome::Recorded {
                 let lag_ms = committed_at.saturating_sub(charge.created_at_ms);
                 self.lag.record(lag_ms);
@@ -179,30 +198,37 @@ impl LedgerPool {
                 "charge written"
             );
         }
-        metrics::counter!("tollgate_queue_consumed_total").increment(outcomes.len() as u64);
-        // Rejects first, then one ack for the rest (`multiple` on
-        // RabbitMQ): every earlier delivery is settled by then.
-        let mut done = Vec::with_capacity(pending.len());
-        for ((delivery, charge), outcome) in pending.into_iter().zip(&charges).zip(outcomes) {
-            match outcome {
-                ChargeOutcome::Recorded | ChargeOutcome::Duplicate => done.push(delivery),
-                ChargeOutcome::Overdrawn => {
-                    tracing::error!(request_id = %charge.request_id, key_id = %charge.key_id,
-                        amount = %charge.amount,
-                        "an answered call's charge landed past its key's limit: recorded, flagged overdrawn (tollgate reconcile reports it)");
-                    metrics::counter!("tollgate_charges_overdrawn_total").increment(1);
-                    done.push(delivery);
-                }
-                ChargeOutcome::OverBudget | ChargeOutcome::UnknownKey => {
-                    tracing::error!(request_id = %charge.request_id, key_id = %charge.key_id, ?outcome, "dead-lettering a charge its key cannot take");
-                    metrics::counter!("tollgate_queue_dead_lettered_total", "reason" => "charge_refused")
-                        .increment(1);
-                    settle(delivery.reject().await);
-                }
+    }
+}
+
+/// Settles a written batch's messages by their charges' outcomes: rejects
+/// first, then one ack for the rest (`multiple` on RabbitMQ): every earlier
+/// delivery is settled by then.
+async fn settle_written(
+    pending: Vec<Delivery>,
+    charges: &[NewCharge],
+    outcomes: Vec<ChargeOutcome>,
+) {
+    let mut done = Vec::with_capacity(pending.len());
+    for ((delivery, charge), outcome) in pending.into_iter().zip(charges).zip(outcomes) {
+        match outcome {
+            ChargeOutcome::Recorded | ChargeOutcome::Duplicate => done.push(delivery),
+            ChargeOutcome::Overdrawn => {
+                tracing::error!(request_id = %charge.request_id, key_id = %charge.key_id,
+                    amount = %charge.amount,
+                    "an answered call's charge landed past its key's limit: recorded, flagged overdrawn (tollgate reconcile reports it)");
+                metrics::counter!("tollgate_charges_overdrawn_total").increment(1);
+                done.push(delivery);
+            }
+            ChargeOutcome::OverBudget | ChargeOutcome::UnknownKey => {
+                tracing::error!(request_id = %charge.request_id, key_id = %charge.key_id, ?outcome, "dead-lettering a charge its key cannot take");
+                metrics::counter!("tollgate_queue_dead_lettered_total", "reason" => "charge_refused")
+                    .increment(1);
+                settle(delivery.reject().await);
             }
         }
-        settle(ack_batch(done).await);
     }
+    settle(ack_batch(done).await);
 }
 
 /// A batch: the next message, then whatever else arrives within [`LINGER`],

@@ -1,4 +1,4 @@
-//! [`LedgerSettler`]: settlement in the `ledger` mode (docs/settlement.md). Every
+//! [`LedgerSettler`]: settlement in the `ledger` mode. Every
 //! `settlement.interval_ms` it settles, chain by chain, every charge recorded
 //! since the last pass — batches of at most `settlement.batch_max_charges`,
 //! one store transaction each ([`ledger::Store::settle_ledger_batch`]): the

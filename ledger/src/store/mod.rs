@@ -11,7 +11,11 @@
 //! * [`balances`] — prepaid balances, credits, the funding check.
 //! * [`keys`] — Compose keys.
 //! * [`sessions`] — SIWE nonces and sessions.
-//! * [`chain`] — settlement on an EVM chain: nonces, the outbox, batches.
+//! * [`batches`] — on-chain settlement batches: claimed charges, attempts,
+//!   confirming and re-opened batches, each payer's outcome.
+//! * [`outbox`] — each chain's operator account (nonce, batch number,
+//!   settler, pause) and the signed transactions, persisted before broadcast.
+//! * [`chain`] — both of those under one path.
 //! * [`charges`] — the charges written once per paid call.
 //! * [`charge_connection`] — the same charges' common case, written by a
 //!   thread through a SQLite connection of its own (the embedded mode's
@@ -32,16 +36,24 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::{Amount, ChainId, StoreError, WalletAddress};
 
 pub mod balances;
-pub mod chain;
+pub mod batches;
 pub mod charge_connection;
 pub mod charges;
 pub mod keys;
 pub mod leases;
 pub(crate) mod migrate;
+pub mod outbox;
 pub mod payers;
 pub mod sessions;
 pub mod settlement;
 pub mod studio;
+
+/// The store's side of settlement on an EVM chain, under one path: its
+/// batches ([`batches`]) and its operator accounts and outbox ([`outbox`]).
+pub mod chain {
+    pub use super::batches::*;
+    pub use super::outbox::*;
+}
 
 /// The migrations in `migrations/`, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -100,34 +100,8 @@ impl Store {
         // the other's new one, and the second insert breaks `sessions_one_active`.
         lock_balance(&mut tx, &key.wallet, key.chain_id, now_ms).await?;
 
-        let superseded = sqlx::query(
-            "UPDATE sessions SET active = 0, superseded_at_ms = $3
-              WHERE wallet = $1 AND chain_id = $2 AND active = 1
-             RETURNING id",
-        )
-        .bind(wallet.as_str())
-        .bind(chain_db)
-        .bind(now_ms)
-        .fetch_all(&mut *tx)
-        .await?;
-        debug_assert!(superseded.len() <= 1, "more than one active session");
-        let mut superseded_keys = Vec::new();
-        for row in &superseded {
-            let keys = sqlx::query(&format!(
-                "UPDATE keys SET status = 'superseded', revoked_at_ms = $2,
-                        committed_until_ms = {COMMITTED_UNTIL_CAPPED}
-                  WHERE session_id = $1 AND status = 'active'
-                 RETURNING id"
-            ))
-            .bind(get_string(row, "id")?)
-            .bind(now_ms)
-            .bind(self.stopped_committed_until_ms())
-            .fetch_all(&mut *tx)
-            .await?;
-            for key in &keys {
-                superseded_keys.push(get_parsed(key, "id", KeyId::parse)?);
-            }
-        }
+        let superseded_keys =
+            supersede_session(&mut tx, (&wallet, chain_db), now_ms, self.hold_max_ms()).await?;
         // Fenced with nothing in flight: no call can charge them any more.
         for key in &session.drained_keys {
             release_funds(&mut tx, key, now_ms, self.releasing_node()).await?;
@@ -196,6 +170,46 @@ impl Store {
         .await?;
         row.as_ref().map(session_from_row).transpose()
     }
+}
+
+/// Supersedes the wallet+chain's active session and its active keys
+/// (their budget committed at most `hold_max_ms` past the moment they
+/// stop), inside the caller's transaction; answers the keys it superseded.
+async fn supersede_session(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    (wallet, chain_db): (&str, i64),
+    now_ms: i64,
+    hold_max_ms: i64,
+) -> Result<Vec<KeyId>, StoreError> {
+    let superseded = sqlx::query(
+        "UPDATE sessions SET active = 0, superseded_at_ms = $3
+          WHERE wallet = $1 AND chain_id = $2 AND active = 1
+         RETURNING id",
+    )
+    .bind(wallet)
+    .bind(chain_db)
+    .bind(now_ms)
+    .fetch_all(&mut **tx)
+    .await?;
+    debug_assert!(superseded.len() <= 1, "more than one active session");
+    let mut superseded_keys = Vec::new();
+    for row in &superseded {
+        let keys = sqlx::query(&format!(
+            "UPDATE keys SET status = 'superseded', revoked_at_ms = $2,
+                    committed_until_ms = {COMMITTED_UNTIL_CAPPED}
+              WHERE session_id = $1 AND status = 'active'
+             RETURNING id"
+        ))
+        .bind(get_string(row, "id")?)
+        .bind(now_ms)
+        .bind(crate::time::now_ms().saturating_add(hold_max_ms))
+        .fetch_all(&mut **tx)
+        .await?;
+        for key in &keys {
+            superseded_keys.push(get_parsed(key, "id", KeyId::parse)?);
+        }
+    }
+    Ok(superseded_keys)
 }
 
 fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {

@@ -1,4 +1,4 @@
-//! Settlement in the `ledger` mode (docs/settlement.md): recorded charges become
+//! Settlement in the `ledger` mode: recorded charges become
 //! debits of their payers' prepaid balances, one store transaction per batch.
 //!
 //! [`Store::settle_ledger_batch`] claims a batch of `pending` charges of one
@@ -146,87 +146,18 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        // The claim: only charges still pending move, each exactly once.
-        let skipped = if skip.is_empty() {
-            String::new()
-        } else {
-            let params: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 5)).collect();
-            format!("AND wallet NOT IN ({})", params.join(", "))
-        };
-        let claim = format!(
-            "UPDATE charges SET status = 'settled', batch_id = $1
-              WHERE status = 'pending' AND request_id IN (
-                    SELECT request_id FROM charges
-                     WHERE status = 'pending' AND chain_id = $2 AND created_at_ms <= $3 {skipped}
-                     ORDER BY created_at_ms, request_id LIMIT $4)
-             RETURNING wallet, amount_atomic"
-        );
-        let mut query = sqlx::query(&claim)
-            .bind(batch_id)
-            .bind(chain_db)
-            .bind(recorded_before_ms)
-            .bind(max_charges.clamp(1, LEDGER_BATCH_MAX));
-        for wallet in skip {
-            query = query.bind(wallet.as_str());
-        }
-        let claimed = query.fetch_all(&mut *tx).await?;
-        if claimed.is_empty() {
+        let cutoff = (chain_db, recorded_before_ms);
+        let per_payer = claim_pending(&mut tx, batch_id, cutoff, max_charges, skip).await?;
+        if per_payer.is_empty() {
             tx.rollback().await?;
             return Ok(None);
         }
-        // Per payer: the sum of its charges and how many there are.
-        let mut per_payer: BTreeMap<String, (Amount, u64)> = BTreeMap::new();
-        for row in &claimed {
-            let (sum, count) = per_payer.entry(get_string(row, "wallet")?).or_default();
-            *sum = sum
-                .checked_add(get_amount(row, "amount_atomic")?)
-                .ok_or(StoreError::AmountOverflow)?;
-            *count += 1;
-        }
-        let (mut total, mut payers, mut charges) = (Amount::ZERO, 0u64, 0u64);
-        let mut held_back = Vec::new();
-        // Payers in a fixed order: concurrent writers lock balances alike.
-        for (wallet, (sum, count)) in &per_payer {
-            let debited = sqlx::query(
-                "UPDATE balances SET debited_atomic = debited_atomic + $3, updated_at_ms = $4
-                  WHERE wallet = $1 AND chain_id = $2 AND debited_atomic + $3 <= credited_atomic",
-            )
-            .bind(wallet)
-            .bind(chain_db)
-            .bind(sum.to_db())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            if debited.rows_affected() == 1 {
-                total = total.checked_add(*sum).ok_or(StoreError::AmountOverflow)?;
-                payers += 1;
-                charges += count;
-                continue;
-            }
-            // Cannot pay now (the funding check should make this rare): its
-            // charges wait for the next pass.
-            held_back.push(wallet.clone());
-            sqlx::query(
-                "UPDATE charges SET status = 'pending', batch_id = NULL
-                  WHERE batch_id = $1 AND wallet = $2",
-            )
-            .bind(batch_id)
-            .bind(wallet)
-            .execute(&mut *tx)
-            .await?;
-            tracing::warn!(%wallet, %sum, "a payer's balance cannot take its charges; they wait");
-        }
-        if payers == 0 {
-            // Everyone held back: nothing settles, but the caller learns whom
-            // to leave out of its next batch.
+        let batch = debit_payers(&mut tx, batch_id, chain_db, &per_payer, now_ms).await?;
+        if batch.payers == 0 {
+            // Everyone held back: nothing settles (no charge, no total), but
+            // the caller learns whom to leave out of its next batch.
             tx.rollback().await?;
-            return Ok(Some(LedgerBatch {
-                batch_id: batch_id.to_owned(),
-                charges: 0,
-                payers: 0,
-                total: Amount::ZERO,
-                held_back,
-            }));
+            return Ok(Some(batch));
         }
         sqlx::query(
             "UPDATE settlement_batches
@@ -234,20 +165,117 @@ impl Store {
               WHERE id = $1",
         )
         .bind(batch_id)
-        .bind(total.to_db())
-        .bind(i64::try_from(payers).unwrap_or(i64::MAX))
+        .bind(batch.total.to_db())
+        .bind(i64::try_from(batch.payers).unwrap_or(i64::MAX))
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(LedgerBatch {
-            batch_id: batch_id.to_owned(),
-            charges,
-            payers,
-            total,
-            held_back,
-        }))
+        Ok(Some(batch))
     }
+}
+
+/// Each payer's sum and count of charges a ledger batch claimed, by payer.
+type PerPayer = BTreeMap<String, (Amount, u64)>;
+
+/// The claim of a ledger batch, inside the caller's transaction: up to
+/// `max_charges` charges of the chain still `pending` and recorded at or
+/// before the cutoff (`(chain, recorded_before_ms)`), oldest first, none of
+/// the payers in `skip`, become `settled` in `batch_id` — each exactly once.
+/// Answers each payer's sum and count (empty: nothing was pending).
+async fn claim_pending(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batch_id: &str,
+    (chain_db, recorded_before_ms): (i64, i64),
+    max_charges: i64,
+    skip: &[String],
+) -> Result<PerPayer, StoreError> {
+    let skipped = if skip.is_empty() {
+        String::new()
+    } else {
+        let params: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 5)).collect();
+        format!("AND wallet NOT IN ({})", params.join(", "))
+    };
+    let claim = format!(
+        "UPDATE charges SET status = 'settled', batch_id = $1
+          WHERE status = 'pending' AND request_id IN (
+                SELECT request_id FROM charges
+                 WHERE status = 'pending' AND chain_id = $2 AND created_at_ms <= $3 {skipped}
+                 ORDER BY created_at_ms, request_id LIMIT $4)
+         RETURNING wallet, amount_atomic"
+    );
+    let mut query = sqlx::query(&claim)
+        .bind(batch_id)
+        .bind(chain_db)
+        .bind(recorded_before_ms)
+        .bind(max_charges.clamp(1, LEDGER_BATCH_MAX));
+    for wallet in skip {
+        query = query.bind(wallet.as_str());
+    }
+    let claimed = query.fetch_all(&mut **tx).await?;
+    let mut per_payer = PerPayer::new();
+    for row in &claimed {
+        let (sum, count) = per_payer.entry(get_string(row, "wallet")?).or_default();
+        *sum = sum
+            .checked_add(get_amount(row, "amount_atomic")?)
+            .ok_or(StoreError::AmountOverflow)?;
+        *count += 1;
+    }
+    Ok(per_payer)
+}
+
+/// Debits each payer of a claimed ledger batch its sum, inside the caller's
+/// transaction, in payer order (concurrent writers lock balances alike). A
+/// payer whose balance cannot take it is held back: its charges return to
+/// `pending` for the next pass. Answers what the batch settled.
+async fn debit_payers(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batch_id: &str,
+    chain_db: i64,
+    per_payer: &PerPayer,
+    now_ms: i64,
+) -> Result<LedgerBatch, StoreError> {
+    let mut batch = LedgerBatch {
+        batch_id: batch_id.to_owned(),
+        charges: 0,
+        payers: 0,
+        total: Amount::ZERO,
+        held_back: Vec::new(),
+    };
+    for (wallet, (sum, count)) in per_payer {
+        let debited = sqlx::query(
+            "UPDATE balances SET debited_atomic = debited_atomic + $3, updated_at_ms = $4
+              WHERE wallet = $1 AND chain_id = $2 AND debited_atomic + $3 <= credited_atomic",
+        )
+        .bind(wallet)
+        .bind(chain_db)
+        .bind(sum.to_db())
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        if debited.rows_affected() == 1 {
+            batch.total = batch
+                .total
+                .checked_add(*sum)
+                .ok_or(StoreError::AmountOverflow)?;
+            batch.payers += 1;
+            batch.charges += count;
+            continue;
+        }
+        // Cannot pay now (the funding check should make this rare): its
+        // charges wait for the next pass.
+        batch.held_back.push(wallet.clone());
+        sqlx::query(
+            "UPDATE charges SET status = 'pending', batch_id = NULL
+              WHERE batch_id = $1 AND wallet = $2",
+        )
+        .bind(batch_id)
+        .bind(wallet)
+        .execute(&mut **tx)
+        .await?;
+        tracing::warn!(%wallet, %sum, "a payer's balance cannot take its charges; they wait");
+    }
+    Ok(batch)
 }
 
 fn batch_from_row(row: &sqlx::any::AnyRow) -> Result<BatchRecord, StoreError> {

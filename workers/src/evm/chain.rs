@@ -766,7 +766,7 @@ impl ChainClient {
 }
 
 /// "Already known", "nonce too low" and their kin: the transaction, or one
-/// at its nonce, reached the node before (docs/settlement.md).
+/// at its nonce, reached the node before.
 fn already_known(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     [

@@ -1,4 +1,4 @@
-//! Settlement on an EVM chain (docs/settlement.md): the contracts' bindings, the
+//! Settlement on an EVM chain: the contracts' bindings, the
 //! chain client the settler and the funding check use, the `evm` settler,
 //! and the local devnet (Anvil with mock USDC) that tests and `tollgate
 //! devnet` run.

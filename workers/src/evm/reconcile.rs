@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use alloy::primitives::{Address, U256};
+use ledger::store::chain::BatchPayer;
 use ledger::store::settlement::Difference;
 use ledger::time::now_ms;
 use ledger::{ChainId, Store};
@@ -42,116 +43,173 @@ pub async fn reconcile_chain(
     client: &ChainClient,
 ) -> Result<Vec<Difference>, SettleError> {
     let chain = ChainId(client.chain_id());
-    let mut differences = Vec::new();
-    let mut moved: BTreeMap<Address, U256> = BTreeMap::new();
-    let mut known: HashSet<u64> = HashSet::new();
+    let mut tally = Tally::default();
     let mut after = 0;
     loop {
         let batches = store.evm_batches(chain, "settled", after, PAGE).await?;
         let Some(last) = batches.last() else { break };
         after = last.1;
         for (id, batch_no, tx_hash) in &batches {
-            let no = u64::try_from(*batch_no).unwrap_or(0);
-            known.insert(no);
-            if !client.is_settled(no).await? {
-                differences.push(difference(
-                    "batch settled in the ledger, not on chain",
-                    format!("batch {id} (#{no})"),
-                    1,
-                    0,
-                ));
-                continue;
-            }
-            let receipt = match tx_hash.as_deref().and_then(|h| h.parse().ok()) {
-                Some(hash) => client.receipt(hash).await?,
-                None => None,
-            };
-            let Some(receipt) = receipt.filter(|r| r.status()) else {
-                differences.push(difference(
-                    "settled batch without a successful receipt",
-                    format!("batch {id} tx {}", tx_hash.as_deref().unwrap_or("none")),
-                    1,
-                    0,
-                ));
-                continue;
-            };
-            let payers = store.batch_payers(id).await?;
-            let mut lines = Vec::with_capacity(payers.len());
-            for payer in &payers {
-                let address: Address = payer.payer.parse().map_err(|_| {
-                    ledger::StoreError::Corrupt(format!("wallet {:?}", payer.payer))
-                })?;
-                lines.push((address, U256::from(payer.amount.atomic())));
-            }
-            let outcomes = client.outcomes(&receipt, no, &lines);
-            for ((payer, (address, amount)), outcome) in payers.iter().zip(&lines).zip(outcomes) {
-                let proven = match outcome {
-                    Some(PayerOutcome::Paid) => {
-                        *moved.entry(*address).or_default() += *amount;
-                        "settled"
-                    }
-                    Some(PayerOutcome::Failed) => "failed",
-                    None => "unproven",
-                };
-                if proven != payer.outcome {
-                    differences.push(difference(
-                        "payer outcome in the ledger ≠ what the receipt proves",
-                        format!(
-                            "batch {id} payer {} (ledger {}, chain {proven})",
-                            payer.payer, payer.outcome
-                        ),
-                        to_i64(*amount),
-                        if proven == "settled" {
-                            to_i64(*amount)
-                        } else {
-                            0
-                        },
-                    ));
-                }
-            }
+            tally
+                .settled_batch(store, client, id, *batch_no, tx_hash.as_deref())
+                .await?;
         }
         if (batches.len() as i64) < PAGE {
             break;
         }
     }
-    // Invariant 4, per payer: USDC moved = charges settled.
-    let ledger: BTreeMap<Address, U256> = store
-        .evm_settled_by_payer(chain)
-        .await?
-        .into_iter()
-        .filter_map(|(wallet, sum)| Some((wallet.parse().ok()?, U256::from(sum.atomic()))))
-        .collect();
-    for address in ledger.keys().chain(moved.keys()).collect::<HashSet<_>>() {
-        let expected = ledger.get(address).copied().unwrap_or_default();
-        let found = moved.get(address).copied().unwrap_or_default();
-        if expected != found {
-            differences.push(difference(
-                "USDC moved from a payer ≠ Σ its settled charges (invariant 4)",
-                format!("{address:#x} on chain {}", chain.0),
-                to_i64(expected),
-                to_i64(found),
-            ));
-        }
-    }
+    tally.moved_against_ledger(store, chain).await?;
     // Batches in flight are known too: one may be mined and not yet
     // recorded (the settler's next pass records it).
     for status in ["open", "sending"] {
         for (_, no, _) in store.evm_batches(chain, status, 0, PAGE).await? {
-            known.insert(u64::try_from(no).unwrap_or(0));
+            tally.known.insert(u64::try_from(no).unwrap_or(0));
         }
     }
-    // Settlements the ledger does not know.
-    for settled in client.settled_batches(None).await? {
-        if !known.contains(&settled.batch_no) {
-            differences.push(difference(
-                "batch settled on chain, not in the ledger",
-                format!("batch #{} tx {:?}", settled.batch_no, settled.tx_hash),
+    tally.unknown_settlements(client).await?;
+    Ok(tally.differences)
+}
+
+/// What a reconciliation found so far, and what it tallies on the way.
+#[derive(Default)]
+struct Tally {
+    differences: Vec<Difference>,
+    /// Per payer, the USDC the receipts of settled batches moved.
+    moved: BTreeMap<Address, U256>,
+    /// The batch numbers the ledger knows (settled or in flight).
+    known: HashSet<u64>,
+}
+
+impl Tally {
+    /// One batch the ledger calls settled: the contract must say so, its
+    /// receipt must have succeeded and prove each payer's recorded outcome.
+    async fn settled_batch(
+        &mut self,
+        store: &Store,
+        client: &ChainClient,
+        id: &str,
+        batch_no: i64,
+        tx_hash: Option<&str>,
+    ) -> Result<(), SettleError> {
+        let no = u64::try_from(batch_no).unwrap_or(0);
+        self.known.insert(no);
+        if !client.is_settled(no).await? {
+            self.differences.push(difference(
+                "batch settled in the ledger, not on chain",
+                format!("batch {id} (#{no})"),
+                1,
                 0,
-                to_i64(settled.total),
+            ));
+            return Ok(());
+        }
+        let receipt = match tx_hash.and_then(|h| h.parse().ok()) {
+            Some(hash) => client.receipt(hash).await?,
+            None => None,
+        };
+        let Some(receipt) = receipt.filter(|r| r.status()) else {
+            self.differences.push(difference(
+                "settled batch without a successful receipt",
+                format!("batch {id} tx {}", tx_hash.unwrap_or("none")),
+                1,
+                0,
+            ));
+            return Ok(());
+        };
+        let payers = store.batch_payers(id).await?;
+        let mut lines = Vec::with_capacity(payers.len());
+        for payer in &payers {
+            let address: Address = payer
+                .payer
+                .parse()
+                .map_err(|_| ledger::StoreError::Corrupt(format!("wallet {:?}", payer.payer)))?;
+            lines.push((address, U256::from(payer.amount.atomic())));
+        }
+        let outcomes = client.outcomes(&receipt, no, &lines);
+        for ((payer, line), outcome) in payers.iter().zip(&lines).zip(outcomes) {
+            self.payer_outcome(id, payer, line, outcome);
+        }
+        Ok(())
+    }
+
+    /// A payer's outcome as the ledger recorded it against what the
+    /// receipt proves; a proven payment counts toward what moved.
+    fn payer_outcome(
+        &mut self,
+        id: &str,
+        payer: &BatchPayer,
+        (address, amount): &(Address, U256),
+        outcome: Option<PayerOutcome>,
+    ) {
+        let proven = match outcome {
+            Some(PayerOutcome::Paid) => {
+                *self.moved.entry(*address).or_default() += *amount;
+                "settled"
+            }
+            Some(PayerOutcome::Failed) => "failed",
+            None => "unproven",
+        };
+        if proven != payer.outcome {
+            self.differences.push(difference(
+                "payer outcome in the ledger ≠ what the receipt proves",
+                format!(
+                    "batch {id} payer {} (ledger {}, chain {proven})",
+                    payer.payer, payer.outcome
+                ),
+                to_i64(*amount),
+                if proven == "settled" {
+                    to_i64(*amount)
+                } else {
+                    0
+                },
             ));
         }
     }
-    Ok(differences)
+
+    /// Invariant 4, per payer: USDC moved = charges settled.
+    async fn moved_against_ledger(
+        &mut self,
+        store: &Store,
+        chain: ChainId,
+    ) -> Result<(), SettleError> {
+        let ledger: BTreeMap<Address, U256> = store
+            .evm_settled_by_payer(chain)
+            .await?
+            .into_iter()
+            .filter_map(|(wallet, sum)| Some((wallet.parse().ok()?, U256::from(sum.atomic()))))
+            .collect();
+        for address in ledger
+            .keys()
+            .chain(self.moved.keys())
+            .collect::<HashSet<_>>()
+        {
+            let expected = ledger.get(address).copied().unwrap_or_default();
+            let found = self.moved.get(address).copied().unwrap_or_default();
+            if expected != found {
+                self.differences.push(difference(
+                    "USDC moved from a payer ≠ Σ its settled charges (invariant 4)",
+                    format!("{address:#x} on chain {}", chain.0),
+                    to_i64(expected),
+                    to_i64(found),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settlements the contract logged that the ledger does not know.
+    async fn unknown_settlements(&mut self, client: &ChainClient) -> Result<(), SettleError> {
+        for settled in client.settled_batches(None).await? {
+            if !self.known.contains(&settled.batch_no) {
+                self.differences.push(difference(
+                    "batch settled on chain, not in the ledger",
+                    format!("batch #{} tx {:?}", settled.batch_no, settled.tx_hash),
+                    0,
+                    to_i64(settled.total),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What [`reopen_if_lost`] did with a batch the ledger calls settled.

@@ -1,4 +1,4 @@
-//! [`EvmSettler`]: settlement in the `evm` mode (docs/settlement.md). One per
+//! [`EvmSettler`]: settlement in the `evm` mode. One per
 //! chain is active at a time (a lease in the store, `claim_settler`), so a
 //! chain's batches and nonces have one writer; any number may run.
 //!

@@ -1,8 +1,7 @@
-//! The store's side of settlement on an EVM chain (docs/settlement.md): per
-//! chain, the operator's next nonce and batch number, the single active
-//! settler, a pause with its reason; batches of pending charges claimed per
-//! payer; the outbox of signed transactions; and each payer's proven
-//! outcome.
+//! On-chain settlement batches: pending charges claimed per payer, each
+//! batch's attempts, confirming and re-opened batches, and each payer's
+//! proven outcome. The operator's account per chain and the signed
+//! transactions that carry a batch are [`super::outbox`].
 //!
 //! A batch moves `open` (charges claimed as `batched`, no live transaction)
 //! → `sending` (a signed transaction persisted; maybe broadcast, maybe
@@ -23,19 +22,6 @@ use crate::{Amount, ChainId, StoreError};
 
 /// The most payers one on-chain batch names (the contract's own bound).
 pub const EVM_BATCH_PAYERS_MAX: usize = 1_000;
-
-/// One chain's settlement account.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainAccount {
-    pub chain_id: i64,
-    pub operator: String,
-    /// The operator's next nonce as far as the store knows (the settler
-    /// takes the larger of this and the chain's count).
-    pub next_nonce: i64,
-    pub next_batch_no: i64,
-    /// Why settlement on this chain is paused; `None` while it runs.
-    pub paused_reason: Option<String>,
-}
 
 /// A payer with pending charges.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,20 +56,6 @@ pub struct MinedIn {
     pub tx_hash: String,
     pub block_no: i64,
     pub block_hash: String,
-}
-
-/// A signed transaction as persisted (before broadcast).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainTx {
-    pub hash: String,
-    pub nonce: i64,
-    /// The signed bytes, hex with `0x`.
-    pub raw: String,
-    pub gas_limit: i64,
-    pub max_fee_per_gas: i64,
-    pub max_priority_fee_per_gas: i64,
-    pub created_at_ms: i64,
-    pub broadcast_at_ms: Option<i64>,
 }
 
 /// A key's charges settled by an on-chain transaction.
@@ -141,110 +113,6 @@ pub struct BatchAttempt {
 }
 
 impl Store {
-    /// The chain's account, created for `operator` (nonce 0, batch 1) when
-    /// missing.
-    pub async fn chain_account(
-        &self,
-        chain: ChainId,
-        operator: &str,
-        now_ms: i64,
-    ) -> Result<ChainAccount, StoreError> {
-        let chain_db = chain_to_db(chain)?;
-        sqlx::query(
-            "INSERT INTO chain_accounts (chain_id, operator, next_nonce, next_batch_no, updated_at_ms)
-             VALUES ($1, $2, 0, 1, $3) ON CONFLICT (chain_id) DO NOTHING",
-        )
-        .bind(chain_db)
-        .bind(operator)
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?;
-        let row = sqlx::query(
-            "SELECT chain_id, operator, next_nonce, next_batch_no, paused_reason
-               FROM chain_accounts WHERE chain_id = $1",
-        )
-        .bind(chain_db)
-        .fetch_one(self.pool())
-        .await?;
-        account_from_row(&row)
-    }
-
-    /// Raises the chain's next batch number to at least `at_least` (a store
-    /// meeting a contract that already settled batches).
-    pub async fn raise_next_batch_no(
-        &self,
-        chain: ChainId,
-        at_least: i64,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE chain_accounts
-                SET next_batch_no = CASE WHEN next_batch_no > $2 THEN next_batch_no ELSE $2 END,
-                    updated_at_ms = $3
-              WHERE chain_id = $1",
-        )
-        .bind(chain_to_db(chain)?)
-        .bind(at_least)
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// Every chain account (for `settlements list`: paused chains say why).
-    pub async fn chain_accounts(&self) -> Result<Vec<ChainAccount>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT chain_id, operator, next_nonce, next_batch_no, paused_reason
-               FROM chain_accounts ORDER BY chain_id",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(account_from_row).collect()
-    }
-
-    /// Makes `settler` the chain's active settler until `until_ms`, unless
-    /// another holds it past `now_ms`. True when `settler` holds it.
-    pub async fn claim_settler(
-        &self,
-        chain: ChainId,
-        settler: &str,
-        until_ms: i64,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let claimed = sqlx::query(
-            "UPDATE chain_accounts SET settler_id = $2, settler_until_ms = $3
-              WHERE chain_id = $1
-                AND (settler_id IS NULL OR settler_id = $2 OR settler_until_ms < $4)",
-        )
-        .bind(chain_to_db(chain)?)
-        .bind(settler)
-        .bind(until_ms)
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?;
-        Ok(claimed.rows_affected() == 1)
-    }
-
-    /// Pauses settlement on `chain` with `reason`, or resumes it (`None`).
-    /// True when that changed anything.
-    pub async fn set_chain_paused(
-        &self,
-        chain: ChainId,
-        reason: Option<&str>,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let changed = sqlx::query(
-            "UPDATE chain_accounts SET paused_reason = $2, updated_at_ms = $3
-              WHERE chain_id = $1 AND COALESCE(paused_reason, '') <> COALESCE($2, '')",
-        )
-        .bind(chain_to_db(chain)?)
-        .bind(reason)
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?;
-        Ok(changed.rows_affected() == 1)
-    }
-
     /// Payers with charges `pending` on `chain` recorded at or before
     /// `recorded_before_ms`, oldest first: at most `limit` that are not held
     /// back, then at most `limit` held back whose re-check is due by then
@@ -309,16 +177,7 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         // The account row first: it serializes batch numbers (and SQLite
         // takes its write lock before anything is read).
-        let row = sqlx::query(
-            "UPDATE chain_accounts SET next_batch_no = next_batch_no + 1, updated_at_ms = $2
-              WHERE chain_id = $1 RETURNING next_batch_no",
-        )
-        .bind(chain_db)
-        .bind(now_ms)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        let batch_no = get_i64(&row, "next_batch_no")? - 1;
+        let batch_no = take_batch_no(&mut tx, chain_db, now_ms).await?;
         sqlx::query(
             "INSERT INTO settlement_batches
                     (id, chain_id, status, chain_batch_no, created_at_ms, updated_at_ms)
@@ -330,59 +189,15 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        let params: Vec<String> = (0..wallets.len()).map(|i| format!("${}", i + 4)).collect();
-        let claim = format!(
-            "UPDATE charges SET status = 'batched', batch_id = $1
-              WHERE status = 'pending' AND chain_id = $2 AND created_at_ms <= $3
-                AND wallet IN ({})
-             RETURNING wallet, amount_atomic",
-            params.join(", ")
-        );
-        let mut query = sqlx::query(&claim)
-            .bind(batch_id)
-            .bind(chain_db)
-            .bind(recorded_before_ms);
-        for wallet in wallets {
-            query = query.bind(wallet.as_str());
-        }
-        let claimed = query.fetch_all(&mut *tx).await?;
-        let mut per_payer: std::collections::BTreeMap<String, (Amount, i64)> =
-            std::collections::BTreeMap::new();
-        for row in &claimed {
-            let (sum, count) = per_payer.entry(get_string(row, "wallet")?).or_default();
-            *sum = sum
-                .checked_add(get_amount(row, "amount_atomic")?)
-                .ok_or(StoreError::AmountOverflow)?;
-            *count += 1;
-        }
+        let claim = (chain_db, recorded_before_ms);
+        let mut per_payer = claim_charges(&mut tx, batch_id, claim, wallets).await?;
         // Zero-amount charges need no transfer: they settle with the batch.
         per_payer.retain(|_, (sum, _)| !sum.is_zero());
         if per_payer.is_empty() {
             tx.rollback().await?;
             return Ok(None);
         }
-        let mut total = Amount::ZERO;
-        for (payer, (sum, count)) in &per_payer {
-            total = total.checked_add(*sum).ok_or(StoreError::AmountOverflow)?;
-            sqlx::query(
-                "INSERT INTO settlement_payers (batch_id, payer, amount_atomic, charge_count, outcome)
-                 VALUES ($1, $2, $3, $4, 'pending')",
-            )
-            .bind(batch_id)
-            .bind(payer.as_str())
-            .bind(sum.to_db())
-            .bind(*count)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(
-            "UPDATE settlement_batches SET total_atomic = $2, payer_count = $3 WHERE id = $1",
-        )
-        .bind(batch_id)
-        .bind(total.to_db())
-        .bind(i64::try_from(per_payer.len()).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
+        record_payers(&mut tx, batch_id, &per_payer).await?;
         tx.commit().await?;
         Ok(Some(EvmBatch {
             id: batch_id.to_owned(),
@@ -483,110 +298,6 @@ impl Store {
                     outcome: get_opt_string(row, "outcome")?,
                     tx_hash: get_opt_string(row, "tx_hash")?,
                     error: get_opt_string(row, "error")?,
-                })
-            })
-            .collect()
-    }
-
-    /// Persists a signed transaction of `batch_id` before it is broadcast:
-    /// the outbox row, the operator's next nonce past it, the batch
-    /// `sending` with this hash, and an attempt — one transaction. The same
-    /// bytes signed again (a batch the chain lost, at the nonce it had) are
-    /// one outbox row, due to be sent again, with a new attempt.
-    pub async fn record_signed_tx(
-        &self,
-        batch_id: &str,
-        chain: ChainId,
-        signed: &ChainTx,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let chain_db = chain_to_db(chain)?;
-        let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "UPDATE chain_accounts
-                SET next_nonce = CASE WHEN next_nonce > $2 THEN next_nonce ELSE $2 END,
-                    updated_at_ms = $3
-              WHERE chain_id = $1",
-        )
-        .bind(chain_db)
-        .bind(signed.nonce + 1)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO chain_txs (tx_hash, chain_id, batch_id, nonce, raw_tx, gas_limit,
-                                    max_fee_per_gas, max_priority_fee_per_gas, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (tx_hash) DO UPDATE
-                SET created_at_ms = excluded.created_at_ms, broadcast_at_ms = NULL",
-        )
-        .bind(signed.hash.as_str())
-        .bind(chain_db)
-        .bind(batch_id)
-        .bind(signed.nonce)
-        .bind(signed.raw.as_str())
-        .bind(signed.gas_limit)
-        .bind(signed.max_fee_per_gas)
-        .bind(signed.max_priority_fee_per_gas)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE settlement_batches SET status = 'sending', tx_hash = $2, updated_at_ms = $3
-              WHERE id = $1 AND status IN ('open', 'sending')",
-        )
-        .bind(batch_id)
-        .bind(signed.hash.as_str())
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO settlement_attempts (batch_id, attempt, started_at_ms, tx_hash)
-             SELECT $1, COALESCE(MAX(attempt), 0) + 1, $2, $3
-               FROM settlement_attempts WHERE batch_id = $1",
-        )
-        .bind(batch_id)
-        .bind(now_ms)
-        .bind(signed.hash.as_str())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Notes that a transaction reached a node.
-    pub async fn mark_broadcast(&self, hash: &str, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE chain_txs SET broadcast_at_ms = $2 WHERE tx_hash = $1 AND broadcast_at_ms IS NULL",
-        )
-        .bind(hash)
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// Every transaction signed for a batch, newest first.
-    pub async fn batch_txs(&self, batch_id: &str) -> Result<Vec<ChainTx>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tx_hash, nonce, raw_tx, gas_limit, max_fee_per_gas, max_priority_fee_per_gas,
-                    created_at_ms, broadcast_at_ms
-               FROM chain_txs WHERE batch_id = $1 ORDER BY created_at_ms DESC, nonce DESC",
-        )
-        .bind(batch_id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ChainTx {
-                    hash: get_string(row, "tx_hash")?,
-                    nonce: get_i64(row, "nonce")?,
-                    raw: get_string(row, "raw_tx")?,
-                    gas_limit: get_i64(row, "gas_limit")?,
-                    max_fee_per_gas: get_i64(row, "max_fee_per_gas")?,
-                    max_priority_fee_per_gas: get_i64(row, "max_priority_fee_per_gas")?,
-                    created_at_ms: get_i64(row, "created_at_ms")?,
-                    broadcast_at_ms: get_opt_i64(row, "broadcast_at_ms")?,
                 })
             })
             .collect()
@@ -985,6 +696,94 @@ impl Store {
     }
 }
 
+/// Each payer's sum and count of charges a batch claimed, by payer.
+type PerPayer = std::collections::BTreeMap<String, (Amount, i64)>;
+
+/// Takes the chain's next batch number (locking its account row), inside
+/// the caller's transaction.
+async fn take_batch_no(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    chain_db: i64,
+    now_ms: i64,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "UPDATE chain_accounts SET next_batch_no = next_batch_no + 1, updated_at_ms = $2
+          WHERE chain_id = $1 RETURNING next_batch_no",
+    )
+    .bind(chain_db)
+    .bind(now_ms)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    Ok(get_i64(&row, "next_batch_no")? - 1)
+}
+
+/// Claims for `batch_id` the `pending` charges of `wallets` on the chain
+/// recorded at or before the cutoff (`(chain, recorded_before_ms)`), inside
+/// the caller's transaction; answers each payer's sum and count.
+async fn claim_charges(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batch_id: &str,
+    (chain_db, recorded_before_ms): (i64, i64),
+    wallets: &[String],
+) -> Result<PerPayer, StoreError> {
+    let params: Vec<String> = (0..wallets.len()).map(|i| format!("${}", i + 4)).collect();
+    let claim = format!(
+        "UPDATE charges SET status = 'batched', batch_id = $1
+          WHERE status = 'pending' AND chain_id = $2 AND created_at_ms <= $3
+            AND wallet IN ({})
+         RETURNING wallet, amount_atomic",
+        params.join(", ")
+    );
+    let mut query = sqlx::query(&claim)
+        .bind(batch_id)
+        .bind(chain_db)
+        .bind(recorded_before_ms);
+    for wallet in wallets {
+        query = query.bind(wallet.as_str());
+    }
+    let claimed = query.fetch_all(&mut **tx).await?;
+    let mut per_payer = PerPayer::new();
+    for row in &claimed {
+        let (sum, count) = per_payer.entry(get_string(row, "wallet")?).or_default();
+        *sum = sum
+            .checked_add(get_amount(row, "amount_atomic")?)
+            .ok_or(StoreError::AmountOverflow)?;
+        *count += 1;
+    }
+    Ok(per_payer)
+}
+
+/// Records each payer's line of `batch_id` and the batch's total, inside
+/// the caller's transaction.
+async fn record_payers(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batch_id: &str,
+    per_payer: &PerPayer,
+) -> Result<(), StoreError> {
+    let mut total = Amount::ZERO;
+    for (payer, (sum, count)) in per_payer {
+        total = total.checked_add(*sum).ok_or(StoreError::AmountOverflow)?;
+        sqlx::query(
+            "INSERT INTO settlement_payers (batch_id, payer, amount_atomic, charge_count, outcome)
+             VALUES ($1, $2, $3, $4, 'pending')",
+        )
+        .bind(batch_id)
+        .bind(payer.as_str())
+        .bind(sum.to_db())
+        .bind(*count)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query("UPDATE settlement_batches SET total_atomic = $2, payer_count = $3 WHERE id = $1")
+        .bind(batch_id)
+        .bind(total.to_db())
+        .bind(i64::try_from(per_payer.len()).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// The batch's chain, inside the caller's transaction.
 async fn batch_chain(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -996,16 +795,6 @@ async fn batch_chain(
             .fetch_one(&mut **tx)
             .await?,
     )
-}
-
-fn account_from_row(row: &sqlx::any::AnyRow) -> Result<ChainAccount, StoreError> {
-    Ok(ChainAccount {
-        chain_id: get_i64(row, "chain_id")?,
-        operator: get_string(row, "operator")?,
-        next_nonce: get_i64(row, "next_nonce")?,
-        next_batch_no: get_i64(row, "next_batch_no")?,
-        paused_reason: get_opt_string(row, "paused_reason")?,
-    })
 }
 
 async fn finish_attempt(
