@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::*;
 use ledger::store::Backend;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 /// The checks every answer must pass (schemathesis' names).
@@ -181,28 +181,26 @@ async fn the_document_is_served_and_every_operation_keeps_to_it() {
     let admin = studio["apikey"]["value"].as_str().unwrap().to_owned();
     // A second admin key of the project, for the fuzzer to disable, demote
     // and delete in place of its own (tests/fuzz/guard_hooks.py).
-    let decoy: Value = app
-        .client
-        .post(app.url("/api/v1/apikeys"))
-        .bearer_auth(&admin)
-        .json(&json!({ "name": "decoy", "type": "sk", "role": "admin" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, decoy) = app
+        .studio(
+            Method::POST,
+            "/apikeys",
+            &admin,
+            Some(&json!({ "name": "decoy", "type": "sk", "role": "admin" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
     let decoy_id = decoy["id"].as_str().unwrap().to_owned();
     // A budget on the project, so that reading it has something to show.
-    let budget = app
-        .client
-        .put(app.url(&format!("/api/v1/projects/{project}/budget")))
-        .bearer_auth(&admin)
-        .json(&json!({ "budgetLimit": 1_000 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(budget.status(), StatusCode::OK);
+    let (status, _) = app
+        .studio(
+            Method::PUT,
+            &format!("/projects/{project}/budget"),
+            &admin,
+            Some(&json!({ "budgetLimit": 1_000 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
 
     // The Compose surface, the paid path and operations with the session key.
     schemathesis(
