@@ -6,6 +6,7 @@
 //! flight finish (bounded by `http.shutdown_timeout_ms`) — their charges are
 //! written before their leases end — then close the store.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::Path;
@@ -14,8 +15,10 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
-use ledger::Store;
+use ledger::{ChainId, Store};
 use tokio::task::JoinHandle;
+use workers::evm::ChainClient;
+use workers::queue::Queue;
 
 use crate::auth::signing_key;
 use crate::auth::token::TokenSigner;
@@ -82,6 +85,33 @@ pub async fn open_store(settings: &Settings) -> Result<Store, StartupError> {
     Ok(store)
 }
 
+/// This node's store (its budget leases carry a node id of its own) and,
+/// with RabbitMQ, its queue.
+async fn open_node(settings: &Settings) -> Result<(Store, Option<Queue>), StartupError> {
+    // This process is one gateway node: its budget leases carry this id.
+    let node_id = format!("node-{}", uuid::Uuid::now_v7().simple());
+    tracing::info!(node_id, "gateway node");
+    let store = open_store(settings).await?.with_node_id(&node_id);
+    let queue = crate::pools::connect(settings)
+        .await
+        .map_err(StartupError::Queue)?;
+    // Charges through the queue may reach the ledger after their call.
+    let store = if queue.is_some() {
+        store.with_charges_queued()
+    } else {
+        store
+    };
+    Ok((store, queue))
+}
+
+/// What [`Application::start_background`] started.
+struct Background {
+    gateway: Gateway,
+    tasks: Vec<NamedTask>,
+    store_gauges: crate::metrics::StoreGaugeCache,
+    settled_txs: crate::settled_txs::SettledTxs,
+}
+
 /// `TCP_NODELAY` on every client connection. A response's last small write
 /// (a stream's final event, a chunked body's terminating `0\r\n\r\n`) must
 /// not wait for the ACK of the previous one: on a kept-alive connection the
@@ -113,19 +143,7 @@ impl Application {
         let bound = listener.local_addr().map_err(StartupError::Server)?;
         settings.validate_siwe_domains(bound)?;
         settings.auth.siwe_domains = settings.siwe_domains_for(bound);
-        // This process is one gateway node: its budget leases carry this id.
-        let node_id = format!("node-{}", uuid::Uuid::now_v7().simple());
-        tracing::info!(node_id, "gateway node");
-        let store = open_store(&settings).await?.with_node_id(&node_id);
-        let queue = crate::pools::connect(&settings)
-            .await
-            .map_err(StartupError::Queue)?;
-        // Charges through the queue may reach the ledger after their call.
-        let store = if queue.is_some() {
-            store.with_charges_queued()
-        } else {
-            store
-        };
+        let (store, queue) = open_node(&settings).await?;
         let key = signing_key::load_or_create(
             settings.auth.signing_key.as_deref(),
             Path::new(&settings.auth.signing_key_file),
@@ -137,8 +155,57 @@ impl Application {
         };
         let chain_clients = crate::pools::chain_clients(&settings)?;
         crate::pools::verify_chain_ids(&chain_clients).await?;
+        let Background {
+            gateway,
+            tasks,
+            store_gauges,
+            settled_txs,
+        } = Application::start_background(&settings, &store, &queue, &chain_clients).await?;
+        let shutdown_timeout = Duration::from_millis(settings.http.shutdown_timeout_ms);
+        let studio = StudioKeys {
+            secrets: Arc::new(StudioSecrets::load_or_create(
+                settings.studio.secrets_key.as_deref(),
+                Path::new(&settings.studio.secrets_key_file),
+            )?),
+            jwt: JwtSigner::new(key.clone()),
+        };
+        let state = web::Data::new(
+            AppState::new(
+                store.clone(),
+                TokenSigner::new(key),
+                settings,
+                gateway.clone(),
+                studio,
+            )
+            .with_chain_clients(chain_clients, settled_txs)
+            .with_queue(queue.clone())
+            .with_store_gauges(store_gauges),
+        );
+        let admin = admin_server(&state)?;
+        let server = Application::main_server(state, listener, workers, shutdown_timeout)?;
+        Ok(Application {
+            port,
+            server,
+            admin,
+            store,
+            gateway,
+            tasks,
+            shutdown_timeout,
+        })
+    }
+
+    /// Everything that runs beside the HTTP server: the gateway (key
+    /// actors, ledger writer, leases), the in-process ledger pools, the
+    /// metrics upkeep and store gauges, the settled-transactions reader, and
+    /// the settlers.
+    async fn start_background(
+        settings: &Settings,
+        store: &Store,
+        queue: &Option<Queue>,
+        chain_clients: &HashMap<ChainId, ChainClient>,
+    ) -> Result<Background, StartupError> {
         let (gateway, mut tasks) = Gateway::start(
-            &settings,
+            settings,
             store.clone(),
             queue.clone(),
             PayerFunds::new(
@@ -147,8 +214,8 @@ impl Application {
             ),
         )?;
         if settings.workers.in_process {
-            if let Some(queue) = &queue {
-                let (_, pools) = crate::pools::start_ledger_pools(&settings, store.clone(), queue)
+            if let Some(queue) = queue {
+                let (_, pools) = crate::pools::start_ledger_pools(settings, store.clone(), queue)
                     .await
                     .map_err(StartupError::Queue)?;
                 tasks.extend(pools);
@@ -173,32 +240,26 @@ impl Application {
         }
         if settings.workers.in_process || queue.is_none() {
             tasks.extend(crate::pools::start_settler(
-                &settings,
+                settings,
                 store.clone(),
-                &chain_clients,
+                chain_clients,
             )?);
         }
-        let shutdown_timeout = Duration::from_millis(settings.http.shutdown_timeout_ms);
-        let studio = StudioKeys {
-            secrets: Arc::new(StudioSecrets::load_or_create(
-                settings.studio.secrets_key.as_deref(),
-                Path::new(&settings.studio.secrets_key_file),
-            )?),
-            jwt: JwtSigner::new(key.clone()),
-        };
-        let state = web::Data::new(
-            AppState::new(
-                store.clone(),
-                TokenSigner::new(key),
-                settings,
-                gateway.clone(),
-                studio,
-            )
-            .with_chain_clients(chain_clients, settled_txs)
-            .with_queue(queue.clone())
-            .with_store_gauges(store_gauges),
-        );
-        let admin = admin_server(&state)?;
+        Ok(Background {
+            gateway,
+            tasks,
+            store_gauges,
+            settled_txs,
+        })
+    }
+
+    /// The paid path's and the management routes' server on `listener`.
+    fn main_server(
+        state: web::Data<AppState>,
+        listener: TcpListener,
+        workers: usize,
+        shutdown_timeout: Duration,
+    ) -> Result<Server, StartupError> {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(tracing_actix_web::TracingLogger::<crate::telemetry::RequestSpans>::new())
@@ -232,15 +293,7 @@ impl Application {
         .listen(listener)
         .map_err(StartupError::Server)?
         .run();
-        Ok(Application {
-            port,
-            server,
-            admin,
-            store,
-            gateway,
-            tasks,
-            shutdown_timeout,
-        })
+        Ok(server)
     }
 
     pub fn port(&self) -> u16 {
@@ -284,25 +337,7 @@ impl Application {
             .zip(names)
             .map(|(task, name)| async move { (name, task.await) })
             .collect();
-        let mut failure = None;
-        tokio::select! {
-            _ = shutdown => tracing::info!("shutting down"),
-            ended = &mut serving => {
-                failure = Some(match ended {
-                    Ok(Ok(())) => "the HTTP server stopped".to_owned(),
-                    Ok(Err(e)) => format!("the HTTP server failed: {e}"),
-                    Err(e) => format!("the HTTP server task failed: {e}"),
-                });
-            }
-            Some((name, ended)) = futures_util::StreamExt::next(&mut watched) => {
-                let why = match ended {
-                    Ok(()) => "ended".to_owned(),
-                    Err(e) => format!("failed: {e}"),
-                };
-                tracing::error!(task = name, why, "a background task stopped; shutting down");
-                failure = Some(format!("background task {name:?} {why}"));
-            }
-        }
+        let failure = first_stop(shutdown, &mut serving, &mut watched).await;
         // 1. Stop accepting; finish requests in flight (bounded by actix's
         //    shutdown timeout, set from the same setting).
         handle.stop(true).await;
@@ -313,17 +348,7 @@ impl Application {
         }
         // 2. Calls still running outside a request write their charges
         //    under their leases: wait until none is out.
-        let deadline = tokio::time::Instant::now() + shutdown_timeout;
-        while gateway.registry.calls_in_flight() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    calls = gateway.registry.calls_in_flight(),
-                    "calls still in flight at the shutdown deadline"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        calls_drained(&gateway, shutdown_timeout).await;
         // 3. Every key actor stops and gives back what it did not spend of
         //    its budget lease.
         gateway
@@ -345,6 +370,53 @@ impl Application {
             None => Ok(()),
             Some(why) => Err(StartupError::Stopped(why)),
         }
+    }
+}
+
+/// Waits for the first reason to stop: `shutdown`, the HTTP server
+/// ending, or a background task ending. `None` is a requested stop; else
+/// why the server stops on its own (an error, logged for a task).
+async fn first_stop(
+    shutdown: impl Future<Output = ()>,
+    serving: &mut JoinHandle<std::io::Result<()>>,
+    watched: &mut (impl futures_util::Stream<Item = (&'static str, Result<(), tokio::task::JoinError>)>
+              + Unpin),
+) -> Option<String> {
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        ended = serving => {
+            failure = Some(match ended {
+                Ok(Ok(())) => "the HTTP server stopped".to_owned(),
+                Ok(Err(e)) => format!("the HTTP server failed: {e}"),
+                Err(e) => format!("the HTTP server task failed: {e}"),
+            });
+        }
+        Some((name, ended)) = futures_util::StreamExt::next(watched) => {
+            let why = match ended {
+                Ok(()) => "ended".to_owned(),
+                Err(e) => format!("failed: {e}"),
+            };
+            tracing::error!(task = name, why, "a background task stopped; shutting down");
+            failure = Some(format!("background task {name:?} {why}"));
+        }
+    }
+    failure
+}
+
+/// Waits, within `shutdown_timeout`, until no call is in flight: calls
+/// still running outside a request write their charges under their leases.
+async fn calls_drained(gateway: &Gateway, shutdown_timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
+    while gateway.registry.calls_in_flight() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                calls = gateway.registry.calls_in_flight(),
+                "calls still in flight at the shutdown deadline"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

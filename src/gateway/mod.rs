@@ -29,7 +29,7 @@ use workers::queue::Queue;
 use workers::sink::ChargeSink;
 
 use self::leases::LeaseKeeper;
-use crate::settings::{Settings, UpstreamSetting};
+use crate::settings::{GatewaySettings, ModelSettings, Settings, UpstreamSetting};
 use crate::upstream::echo::Echo;
 use crate::upstream::openai::{ClientConfig, OpenAiUpstream};
 use crate::upstream::Upstream;
@@ -102,70 +102,9 @@ impl Gateway {
         queue: Option<Queue>,
         funds: payers::PayerFunds,
     ) -> Result<(Gateway, Vec<NamedTask>), GatewayError> {
-        let g = &settings.gateway;
-        let threads = match g.actor_threads {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
-        let registry = Registry::start_with(
-            Arc::new(loader::StoreKeyLoader::new(store.clone())),
-            RegistryLimits {
-                in_flight_per_key_max: g.in_flight_per_key_max,
-                loaded_keys_max: g.loaded_keys_max,
-                idle_ms: g.key_idle_ms,
-                idle_sweep_ms: (g.key_idle_ms / 4).clamp(1_000, 60_000) as u64,
-            },
-            threads,
-            // Under `serve`, actix-web's workers (one per core) are arbiters:
-            // a key's actor lives on the worker that first served it.
-            Placement::Caller,
-        )?;
-        let timeouts = Timeouts {
-            upstream: Duration::from_millis(g.upstream_timeout_ms),
-            stream_idle: Duration::from_millis(g.stream_idle_timeout_ms),
-            stream_max: Duration::from_millis(g.stream_max_ms),
-            hold_slack_ms: g.hold_slack_ms,
-        };
-        // Pooled clients, one per thread: connections are reused across calls.
-        let client = ClientConfig {
-            connect_timeout: Duration::from_millis(g.upstream_connect_timeout_ms),
-        };
-        client
-            .client()
-            .map_err(|e| GatewayError::Client(e.to_string()))?;
-        let models = settings
-            .models
-            .iter()
-            .map(|(name, m)| {
-                let upstream = match &m.upstream {
-                    UpstreamSetting::Echo => Upstream::Echo(Echo {
-                        model: name.clone(),
-                        word_delay_ms: m.echo_word_delay_ms,
-                    }),
-                    UpstreamSetting::OpenAi(base_url) => Upstream::OpenAi(OpenAiUpstream {
-                        client,
-                        base_url: base_url.clone(),
-                        upstream_model: if m.upstream_model.is_empty() {
-                            name.clone()
-                        } else {
-                            m.upstream_model.clone()
-                        },
-                        api_key: m.api_key.clone().filter(|k| !k.is_empty()),
-                        timeout: timeouts.upstream,
-                        max_tokens_fields: m.max_tokens_fields.clone(),
-                    }),
-                };
-                let model = Model {
-                    name: name.clone(),
-                    price: m.price(),
-                    upstream,
-                    max_output_tokens: m.max_output_tokens,
-                    forward_fields: m.forward_fields.clone(),
-                    require_usage: m.require_usage,
-                };
-                (name.clone(), model)
-            })
-            .collect();
+        let registry = start_registry(&settings.gateway, store.clone())?;
+        let timeouts = Timeouts::of(&settings.gateway);
+        let models = configured_models(settings, timeouts)?;
         let mut leases = LeaseKeeper::new(store.clone(), store.node_id(), settings.leases)
             .with_payer_funds(funds);
         if let Some(queue) = &queue {
@@ -191,5 +130,96 @@ impl Gateway {
             leases,
         };
         Ok((gateway, tasks))
+    }
+}
+
+/// The key-actor registry: actors load from `store`, within the gateway's
+/// bounds on loaded keys and calls in flight.
+fn start_registry(g: &GatewaySettings, store: Store) -> Result<Registry, GatewayError> {
+    let threads = match g.actor_threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let registry = Registry::start_with(
+        Arc::new(loader::StoreKeyLoader::new(store)),
+        RegistryLimits {
+            in_flight_per_key_max: g.in_flight_per_key_max,
+            loaded_keys_max: g.loaded_keys_max,
+            idle_ms: g.key_idle_ms,
+            idle_sweep_ms: (g.key_idle_ms / 4).clamp(1_000, 60_000) as u64,
+        },
+        threads,
+        // Under `serve`, actix-web's workers (one per core) are arbiters:
+        // a key's actor lives on the worker that first served it.
+        Placement::Caller,
+    )?;
+    Ok(registry)
+}
+
+impl Timeouts {
+    fn of(g: &GatewaySettings) -> Timeouts {
+        Timeouts {
+            upstream: Duration::from_millis(g.upstream_timeout_ms),
+            stream_idle: Duration::from_millis(g.stream_idle_timeout_ms),
+            stream_max: Duration::from_millis(g.stream_max_ms),
+            hold_slack_ms: g.hold_slack_ms,
+        }
+    }
+}
+
+/// Each configured model, by name, with its upstream. The upstream HTTP
+/// client is built once here, so a bad set-up stops start-up.
+fn configured_models(
+    settings: &Settings,
+    timeouts: Timeouts,
+) -> Result<HashMap<String, Model>, GatewayError> {
+    // Pooled clients, one per thread: connections are reused across calls.
+    let client = ClientConfig {
+        connect_timeout: Duration::from_millis(settings.gateway.upstream_connect_timeout_ms),
+    };
+    client
+        .client()
+        .map_err(|e| GatewayError::Client(e.to_string()))?;
+    Ok(settings
+        .models
+        .iter()
+        .map(|(name, m)| (name.clone(), Model::configured(name, m, client, timeouts)))
+        .collect())
+}
+
+impl Model {
+    /// Model `name` as its `[models.NAME]` table configures it.
+    fn configured(
+        name: &str,
+        m: &ModelSettings,
+        client: ClientConfig,
+        timeouts: Timeouts,
+    ) -> Model {
+        let upstream = match &m.upstream {
+            UpstreamSetting::Echo => Upstream::Echo(Echo {
+                model: name.to_owned(),
+                word_delay_ms: m.echo_word_delay_ms,
+            }),
+            UpstreamSetting::OpenAi(base_url) => Upstream::OpenAi(OpenAiUpstream {
+                client,
+                base_url: base_url.clone(),
+                upstream_model: if m.upstream_model.is_empty() {
+                    name.to_owned()
+                } else {
+                    m.upstream_model.clone()
+                },
+                api_key: m.api_key.clone().filter(|k| !k.is_empty()),
+                timeout: timeouts.upstream,
+                max_tokens_fields: m.max_tokens_fields.clone(),
+            }),
+        };
+        Model {
+            name: name.to_owned(),
+            price: m.price(),
+            upstream,
+            max_output_tokens: m.max_output_tokens,
+            forward_fields: m.forward_fields.clone(),
+            require_usage: m.require_usage,
+        }
     }
 }
