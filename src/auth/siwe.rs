@@ -67,48 +67,60 @@ fn parse_time(field: &str, text: &str) -> Result<i64, SiweError> {
         .map_err(|_| malformed(format!("{field} must be an RFC 3339 date-time")))
 }
 
-impl SiweMessage {
-    /// Parses the text a wallet signed.
-    pub fn parse(text: &str) -> Result<SiweMessage, SiweError> {
-        if text.len() > MESSAGE_MAX_BYTES {
-            return Err(malformed(format!("longer than {MESSAGE_MAX_BYTES} bytes")));
-        }
-        let mut lines = text.split('\n');
-        let first = lines.next().unwrap_or_default();
-        let authority = first.strip_suffix(PREAMBLE).ok_or_else(|| {
-            malformed(
-                "first line must be \"<domain> wants you to sign in with your Ethereum account:\"",
-            )
-        })?;
-        // An optional scheme may precede the domain.
-        let domain = authority.split_once("://").map_or(authority, |(_, d)| d);
-        if domain.is_empty() || domain.contains(char::is_whitespace) {
-            return Err(malformed("domain is empty or contains spaces"));
-        }
-        let address = lines
-            .next()
-            .ok_or_else(|| malformed("missing address line"))?
-            .parse::<WalletAddress>()
-            .map_err(|e| malformed(format!("address {e}")))?;
+/// A message's lines.
+type Lines<'a> = std::str::Split<'a, char>;
 
-        // Blank line, optional statement, blank line, then the fields.
-        let mut statement = None;
-        let mut next = lines.next();
-        while next == Some("") {
+/// The first two lines: the domain (an optional scheme before it dropped)
+/// and the address.
+fn parse_header<'a>(lines: &mut Lines<'a>) -> Result<(&'a str, WalletAddress), SiweError> {
+    let first = lines.next().unwrap_or_default();
+    let authority = first.strip_suffix(PREAMBLE).ok_or_else(|| {
+        malformed(
+            "first line must be \"<domain> wants you to sign in with your Ethereum account:\"",
+        )
+    })?;
+    // An optional scheme may precede the domain.
+    let domain = authority.split_once("://").map_or(authority, |(_, d)| d);
+    if domain.is_empty() || domain.contains(char::is_whitespace) {
+        return Err(malformed("domain is empty or contains spaces"));
+    }
+    let address = lines
+        .next()
+        .ok_or_else(|| malformed("missing address line"))?
+        .parse::<WalletAddress>()
+        .map_err(|e| malformed(format!("address {e}")))?;
+    Ok((domain, address))
+}
+
+/// Blank lines, an optional statement, blank lines: answers the statement
+/// and the line after them (the first field's).
+fn parse_statement<'a>(lines: &mut Lines<'a>) -> (Option<String>, Option<&'a str>) {
+    let mut statement = None;
+    let mut next = lines.next();
+    while next == Some("") {
+        next = lines.next();
+    }
+    if let Some(line) = next {
+        if !line.starts_with("URI: ") {
+            statement = Some(line.to_owned());
             next = lines.next();
-        }
-        if let Some(line) = next {
-            if !line.starts_with("URI: ") {
-                statement = Some(line.to_owned());
+            while next == Some("") {
                 next = lines.next();
-                while next == Some("") {
-                    next = lines.next();
-                }
             }
         }
+    }
+    (statement, next)
+}
 
-        let mut fields: Vec<(&str, &str)> = Vec::new();
-        let mut line = next;
+/// A message's `Name: value` fields, in the order they came.
+struct Fields<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> Fields<'a> {
+    /// The field lines from `first` on, up to `Resources:` (whose lines run
+    /// to the end of the message and are checked, not kept).
+    fn parse(first: Option<&'a str>, lines: &mut Lines<'a>) -> Result<Fields<'a>, SiweError> {
+        let mut fields = Vec::new();
+        let mut line = first;
         while let Some(text) = line {
             if text == "Resources:" {
                 // Resources run to the end of the message; Tollgate does not use them.
@@ -125,39 +137,70 @@ impl SiweMessage {
             fields.push((name, value));
             line = lines.next();
         }
-        let mut take = |name: &str, required: bool| -> Result<Option<String>, SiweError> {
-            match fields.iter().position(|(n, _)| *n == name) {
-                Some(0) => Ok(Some(fields.remove(0).1.to_owned())),
-                Some(_) => Err(malformed(format!("field {name:?} is out of order"))),
-                None if required => Err(malformed(format!("missing field {name:?}"))),
-                None => Ok(None),
-            }
-        };
-        let uri = take("URI", true)?.unwrap_or_default();
-        let version = take("Version", true)?.unwrap_or_default();
+        Ok(Fields(fields))
+    }
+
+    /// The next field when it is `name`; a field `name` further on is out
+    /// of order.
+    fn take(&mut self, name: &str, required: bool) -> Result<Option<String>, SiweError> {
+        match self.0.iter().position(|(n, _)| *n == name) {
+            Some(0) => Ok(Some(self.0.remove(0).1.to_owned())),
+            Some(_) => Err(malformed(format!("field {name:?} is out of order"))),
+            None if required => Err(malformed(format!("missing field {name:?}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn required(&mut self, name: &str) -> Result<String, SiweError> {
+        Ok(self.take(name, true)?.unwrap_or_default())
+    }
+
+    /// An optional date-time field, in ms since the epoch.
+    fn time(&mut self, name: &str) -> Result<Option<i64>, SiweError> {
+        self.take(name, false)?
+            .map(|t| parse_time(name, &t))
+            .transpose()
+    }
+
+    /// Every field must have been taken.
+    fn none_left(&self) -> Result<(), SiweError> {
+        match self.0.first() {
+            Some((name, _)) => Err(malformed(format!("unexpected field {name:?}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl SiweMessage {
+    /// Parses the text a wallet signed.
+    pub fn parse(text: &str) -> Result<SiweMessage, SiweError> {
+        if text.len() > MESSAGE_MAX_BYTES {
+            return Err(malformed(format!("longer than {MESSAGE_MAX_BYTES} bytes")));
+        }
+        let mut lines = text.split('\n');
+        let (domain, address) = parse_header(&mut lines)?;
+        // Blank line, optional statement, blank line, then the fields.
+        let (statement, next) = parse_statement(&mut lines);
+        let mut fields = Fields::parse(next, &mut lines)?;
+        let uri = fields.required("URI")?;
+        let version = fields.required("Version")?;
         if version != "1" {
             return Err(malformed("Version must be 1"));
         }
-        let chain_id = take("Chain ID", true)?
-            .unwrap_or_default()
+        let chain_id = fields
+            .required("Chain ID")?
             .parse::<u64>()
             .map_err(|_| malformed("Chain ID must be a positive integer"))?;
-        let nonce = take("Nonce", true)?.unwrap_or_default();
+        let nonce = fields.required("Nonce")?;
         if nonce.len() < 8 || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_alphanumeric())
         {
             return Err(malformed("Nonce must be 8 to 64 letters and digits"));
         }
-        let issued_at_ms = parse_time("Issued At", &take("Issued At", true)?.unwrap_or_default())?;
-        let expiration_time_ms = take("Expiration Time", false)?
-            .map(|t| parse_time("Expiration Time", &t))
-            .transpose()?;
-        let not_before_ms = take("Not Before", false)?
-            .map(|t| parse_time("Not Before", &t))
-            .transpose()?;
-        let _request_id = take("Request ID", false)?;
-        if let Some((name, _)) = fields.first() {
-            return Err(malformed(format!("unexpected field {name:?}")));
-        }
+        let issued_at_ms = parse_time("Issued At", &fields.required("Issued At")?)?;
+        let expiration_time_ms = fields.time("Expiration Time")?;
+        let not_before_ms = fields.time("Not Before")?;
+        let _request_id = fields.take("Request ID", false)?;
+        fields.none_left()?;
         Ok(SiweMessage {
             domain: domain.to_owned(),
             address,

@@ -65,124 +65,138 @@ async fn run(
     command: SettlementsCommand,
 ) -> anyhow::Result<()> {
     match command {
-        SettlementsCommand::List { status, json } => {
-            let counts = store.charge_status_counts().await?;
-            let batches = store.settlement_batches(status.as_deref()).await?;
-            let paused: Vec<(i64, String)> = store
-                .chain_accounts()
-                .await?
-                .into_iter()
-                .filter_map(|a| Some((a.chain_id, a.paused_reason?)))
-                .collect();
-            if json {
-                let counts: serde_json::Map<String, serde_json::Value> =
-                    counts.into_iter().map(|(s, n)| (s, n.into())).collect();
-                let paused: Vec<_> = paused
-                    .iter()
-                    .map(|(chain, reason)| json!({ "chainId": chain, "reason": reason }))
-                    .collect();
-                println!(
-                    "{}",
-                    json!({ "charges": counts, "pausedChains": paused, "batches": batches })
-                );
-                return Ok(());
-            }
-            for (chain, reason) in &paused {
-                println!("chain {chain}: settlement PAUSED: {reason}");
-            }
-            let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
-            println!(
-                "charges: {}",
-                if counts.is_empty() {
-                    "none".to_owned()
-                } else {
-                    counts.join(", ")
-                }
-            );
-            for b in &batches {
-                println!(
-                    "{}  chain {}  {}  {} charges  {} payers  total {}{}",
-                    b.id,
-                    b.chain_id,
-                    b.status,
-                    b.charge_count,
-                    b.payer_count,
-                    b.total,
-                    b.last_error
-                        .as_deref()
-                        .map(|e| format!("  error: {e}"))
-                        .unwrap_or_default()
-                );
-            }
-        }
-        SettlementsCommand::Show { batch, json } => {
-            let Some(record) = store.settlement_batch(&batch).await? else {
-                bail!("no settlement batch {batch:?} (`tollgate settlements list` shows them)");
-            };
-            let payers = store.batch_payers(&batch).await?;
-            let attempts = store.batch_attempts(&batch).await?;
-            if json {
-                let mut view = serde_json::to_value(&record)?;
-                view["payers"] = serde_json::to_value(&payers)?;
-                view["attempts"] = serde_json::to_value(&attempts)?;
-                println!("{view}");
-            } else {
-                println!(
-                    "{}: chain {}, {}, {} charges from {} payers, total {}, tx {}",
-                    record.id,
-                    record.chain_id,
-                    record.status,
-                    record.charge_count,
-                    record.payer_count,
-                    record.total,
-                    record.tx_hash.as_deref().unwrap_or("none")
-                );
-                if let Some(error) = &record.last_error {
-                    println!("  last error: {error}");
-                }
-                for p in &payers {
-                    println!(
-                        "  payer {}  {}  {} charges  {}",
-                        p.payer, p.amount, p.charge_count, p.outcome
-                    );
-                }
-                for a in &attempts {
-                    println!(
-                        "  attempt {}  tx {}  {}{}",
-                        a.attempt,
-                        a.tx_hash.as_deref().unwrap_or("-"),
-                        a.outcome.as_deref().unwrap_or("in flight"),
-                        a.error
-                            .as_deref()
-                            .map(|e| format!("  {e}"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-        }
+        SettlementsCommand::List { status, json } => list(store, status.as_deref(), json).await,
+        SettlementsCommand::Show { batch, json } => show(store, &batch, json).await,
         SettlementsCommand::Replay {
             batch,
             all_failed: _,
             json,
-        } => {
-            if let Some(id) = &batch {
-                let Some(record) = store.settlement_batch(id).await? else {
-                    bail!("no settlement batch {id:?} (`tollgate settlements list` shows them)");
-                };
-                if let (true, Some(batch_no)) = (record.status == "settled", record.chain_batch_no)
-                {
-                    return replay_lost(settings, store, &record, batch_no, json).await;
-                }
-            }
-            let replayed = store.replay_failed(batch.as_deref()).await?;
-            if json {
-                println!("{}", json!({ "replayed": replayed, "batch": batch }));
-            } else {
-                println!(
-                    "{replayed} failed charge(s) back to pending; the settler batches them again"
-                );
-            }
+        } => replay(settings, store, batch, json).await,
+    }
+}
+
+/// `list`: the charges by status, the paused chains and the newest batches.
+async fn list(store: &ledger::Store, status: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let counts = store.charge_status_counts().await?;
+    let batches = store.settlement_batches(status).await?;
+    let paused: Vec<(i64, String)> = store
+        .chain_accounts()
+        .await?
+        .into_iter()
+        .filter_map(|a| Some((a.chain_id, a.paused_reason?)))
+        .collect();
+    if json {
+        let counts: serde_json::Map<String, serde_json::Value> =
+            counts.into_iter().map(|(s, n)| (s, n.into())).collect();
+        let paused: Vec<_> = paused
+            .iter()
+            .map(|(chain, reason)| json!({ "chainId": chain, "reason": reason }))
+            .collect();
+        println!(
+            "{}",
+            json!({ "charges": counts, "pausedChains": paused, "batches": batches })
+        );
+        return Ok(());
+    }
+    for (chain, reason) in &paused {
+        println!("chain {chain}: settlement PAUSED: {reason}");
+    }
+    let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!(
+        "charges: {}",
+        if counts.is_empty() {
+            "none".to_owned()
+        } else {
+            counts.join(", ")
         }
+    );
+    for b in &batches {
+        println!(
+            "{}  chain {}  {}  {} charges  {} payers  total {}{}",
+            b.id,
+            b.chain_id,
+            b.status,
+            b.charge_count,
+            b.payer_count,
+            b.total,
+            b.last_error
+                .as_deref()
+                .map(|e| format!("  error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `show BATCH`: the batch, its payers and its attempts.
+async fn show(store: &ledger::Store, batch: &str, json: bool) -> anyhow::Result<()> {
+    let Some(record) = store.settlement_batch(batch).await? else {
+        bail!("no settlement batch {batch:?} (`tollgate settlements list` shows them)");
+    };
+    let payers = store.batch_payers(batch).await?;
+    let attempts = store.batch_attempts(batch).await?;
+    if json {
+        let mut view = serde_json::to_value(&record)?;
+        view["payers"] = serde_json::to_value(&payers)?;
+        view["attempts"] = serde_json::to_value(&attempts)?;
+        println!("{view}");
+        return Ok(());
+    }
+    println!(
+        "{}: chain {}, {}, {} charges from {} payers, total {}, tx {}",
+        record.id,
+        record.chain_id,
+        record.status,
+        record.charge_count,
+        record.payer_count,
+        record.total,
+        record.tx_hash.as_deref().unwrap_or("none")
+    );
+    if let Some(error) = &record.last_error {
+        println!("  last error: {error}");
+    }
+    for p in &payers {
+        println!(
+            "  payer {}  {}  {} charges  {}",
+            p.payer, p.amount, p.charge_count, p.outcome
+        );
+    }
+    for a in &attempts {
+        println!(
+            "  attempt {}  tx {}  {}{}",
+            a.attempt,
+            a.tx_hash.as_deref().unwrap_or("-"),
+            a.outcome.as_deref().unwrap_or("in flight"),
+            a.error
+                .as_deref()
+                .map(|e| format!("  {e}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `replay BATCH | --all-failed`: failed charges back to pending — or, for
+/// a settled on-chain batch, [`replay_lost`].
+async fn replay(
+    settings: &Settings,
+    store: &ledger::Store,
+    batch: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if let Some(id) = &batch {
+        let Some(record) = store.settlement_batch(id).await? else {
+            bail!("no settlement batch {id:?} (`tollgate settlements list` shows them)");
+        };
+        if let (true, Some(batch_no)) = (record.status == "settled", record.chain_batch_no) {
+            return replay_lost(settings, store, &record, batch_no, json).await;
+        }
+    }
+    let replayed = store.replay_failed(batch.as_deref()).await?;
+    if json {
+        println!("{}", json!({ "replayed": replayed, "batch": batch }));
+    } else {
+        println!("{replayed} failed charge(s) back to pending; the settler batches them again");
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use ledger::model::{AccountRecord, ApiKeyType, ProjectRecord, Role};
 use ledger::time::now_ms;
-use ledger::{AccountId, ProjectId, WalletAddress};
+use ledger::{AccountId, ChainId, ProjectId, WalletAddress};
 
 use super::pick_chain;
 use crate::settings::Settings;
@@ -50,14 +50,7 @@ pub async fn studio(settings: &Settings, command: StudioCommand) -> anyhow::Resu
         wallet,
         chain,
     } = command;
-    let funding = match wallet {
-        None => None,
-        Some(text) => {
-            let wallet: WalletAddress =
-                text.parse().with_context(|| format!("--wallet {text:?}"))?;
-            Some((wallet, pick_chain(settings, chain)?))
-        }
-    };
+    let funding = funding(settings, wallet, chain)?;
     for (what, name) in [("--account", &account), ("--project", &project)] {
         let max = settings.studio.name_max_chars;
         if name.trim().is_empty() || name.chars().count() > max {
@@ -87,20 +80,7 @@ pub async fn studio(settings: &Settings, command: StudioCommand) -> anyhow::Resu
         budget_key_id: None,
         created_at_ms: now,
     };
-    let (key, value) = mint(
-        &secrets,
-        KeySpec {
-            account: account.id.clone(),
-            project: project.id.clone(),
-            name: "bootstrap admin".into(),
-            key_type: ApiKeyType::Sk,
-            role: Role::Admin,
-            expires_at_ms: None,
-            by: "user:cli".into(),
-            by_role: Role::Admin,
-            now_ms: now,
-        },
-    )?;
+    let (key, value) = mint(&secrets, admin_key_spec(&account, &project, now))?;
     let key = if existing {
         store.add_studio_project(&project, &key).await?
     } else {
@@ -119,4 +99,32 @@ pub async fn studio(settings: &Settings, command: StudioCommand) -> anyhow::Resu
         })
     );
     Ok(())
+}
+
+/// `--wallet` and `--chain`: the account's funding wallet and its chain.
+fn funding(
+    settings: &Settings,
+    wallet: Option<String>,
+    chain: Option<u64>,
+) -> anyhow::Result<Option<(WalletAddress, ChainId)>> {
+    let Some(text) = wallet else {
+        return Ok(None);
+    };
+    let wallet: WalletAddress = text.parse().with_context(|| format!("--wallet {text:?}"))?;
+    Ok(Some((wallet, pick_chain(settings, chain)?)))
+}
+
+/// The project's first key: an `admin` secret key, made by the CLI.
+fn admin_key_spec(account: &AccountRecord, project: &ProjectRecord, now: i64) -> KeySpec {
+    KeySpec {
+        account: account.id.clone(),
+        project: project.id.clone(),
+        name: "bootstrap admin".into(),
+        key_type: ApiKeyType::Sk,
+        role: Role::Admin,
+        expires_at_ms: None,
+        by: "user:cli".into(),
+        by_role: Role::Admin,
+        now_ms: now,
+    }
 }

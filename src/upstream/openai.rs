@@ -158,71 +158,92 @@ impl OpenAiUpstream {
                 "a stream was asked for and the answer is not text/event-stream".into(),
             ));
         }
-        let bytes = response.bytes_stream();
-        let state = (
-            bytes,
-            SseReader::default(),
-            Vec::<Chunk>::new().into_iter(),
-            false,
-        );
+        let reading = Reading {
+            bytes: response.bytes_stream(),
+            reader: SseReader::default(),
+            ready: Vec::new().into_iter(),
+            done: false,
+        };
         Ok(Box::pin(futures_util::stream::unfold(
-            state,
-            |(mut bytes, mut reader, mut ready, mut done)| async move {
-                loop {
-                    if let Some(chunk) = ready.next() {
-                        return Some((Ok(chunk), (bytes, reader, ready, done)));
-                    }
-                    if done {
-                        finish_in_background(bytes);
-                        return None;
-                    }
-                    let next = match bytes.next().await {
-                        None => return None,
-                        Some(Err(e)) => Err(transport(e)),
-                        Some(Ok(b)) => reader
-                            .feed(&b)
-                            .map_err(|e| UpstreamError::Protocol(e.to_string())),
-                    };
-                    let events = match next {
-                        Ok(events) => events,
-                        Err(e) => return Some((Err(e), (bytes, reader, ready, true))),
-                    };
-                    let mut chunks = Vec::with_capacity(events.len());
-                    for data in events {
-                        if data.trim() == "[DONE]" {
-                            done = true;
-                            break;
-                        }
-                        match serde_json::from_str::<Value>(&data) {
-                            Ok(json) if json.get("error").is_some_and(|e| !e.is_null()) => {
-                                let message = json["error"]["message"]
-                                    .as_str()
-                                    .unwrap_or("error")
-                                    .to_owned();
-                                return Some((
-                                    Err(UpstreamError::Status {
-                                        status: 200,
-                                        message,
-                                    }),
-                                    (bytes, reader, ready, true),
-                                ));
-                            }
-                            Ok(json) => chunks.push(Chunk {
-                                json,
-                                raw: Some(Bytes::from(data)),
-                            }),
-                            Err(e) => {
-                                return Some((
-                                    Err(UpstreamError::Protocol(format!("chunk: {e}"))),
-                                    (bytes, reader, ready, true),
-                                ))
-                            }
-                        }
-                    }
-                    ready = chunks.into_iter();
-                }
-            },
+            reading,
+            Reading::next_chunk,
         )))
+    }
+}
+
+/// A stream's body as it is read: the bytes still to come, the events
+/// parsed so far, the chunks of the last read not yet handed on, and
+/// whether the stream is over (`[DONE]`, or an error handed on).
+struct Reading<S> {
+    bytes: S,
+    reader: SseReader,
+    ready: std::vec::IntoIter<Chunk>,
+    done: bool,
+}
+
+impl<S> Reading<S>
+where
+    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+{
+    /// The next chunk: one already read, else the chunks of the next bytes
+    /// to arrive. After the end (or an error) the rest of the body is read
+    /// off in the background.
+    async fn next_chunk(mut self) -> Option<(Result<Chunk, UpstreamError>, Self)> {
+        loop {
+            if let Some(chunk) = self.ready.next() {
+                return Some((Ok(chunk), self));
+            }
+            if self.done {
+                finish_in_background(self.bytes);
+                return None;
+            }
+            let events = match self.bytes.next().await {
+                None => return None,
+                Some(Err(e)) => Err(transport(e)),
+                Some(Ok(b)) => self
+                    .reader
+                    .feed(&b)
+                    .map_err(|e| UpstreamError::Protocol(e.to_string())),
+            };
+            match events.and_then(|events| self.chunks(events)) {
+                Ok(chunks) => self.ready = chunks.into_iter(),
+                // The read's chunks are dropped; the stream ends after this.
+                Err(e) => {
+                    self.done = true;
+                    return Some((Err(e), self));
+                }
+            }
+        }
+    }
+
+    /// The chunks of one read's events, up to `[DONE]` (which ends the
+    /// stream); an error event or a chunk that is not JSON is an error.
+    fn chunks(&mut self, events: Vec<String>) -> Result<Vec<Chunk>, UpstreamError> {
+        let mut chunks = Vec::with_capacity(events.len());
+        for data in events {
+            if data.trim() == "[DONE]" {
+                self.done = true;
+                break;
+            }
+            match serde_json::from_str::<Value>(&data) {
+                Ok(json) if json.get("error").is_some_and(|e| !e.is_null()) => {
+                    let message = json["error"]["message"]
+                        .as_str()
+                        .unwrap_or("error")
+                        .to_owned();
+                    return Err(UpstreamError::Status {
+                        status: 200,
+                        message,
+                    });
+                }
+                Ok(json) => chunks.push(Chunk {
+                    json,
+                    raw: Some(Bytes::from(data)),
+                }),
+                Err(e) => return Err(UpstreamError::Protocol(format!("chunk: {e}"))),
+            }
+        }
+        Ok(chunks)
     }
 }
 
