@@ -23,7 +23,7 @@ use std::sync::Arc;
 use actors::budget::{BudgetStatus, Committed, ReserveError, Reserved};
 use actors::registry::{AcquireError, CallError, KeyState, Lease};
 use ledger::model::{ChargeOutcome, NewCharge};
-use ledger::pricing::Price;
+use ledger::pricing::{Billed, Price};
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId, RequestId};
 use serde_json::json;
@@ -282,20 +282,306 @@ impl PaidCall {
             requested_max_tokens,
             stream,
         } = ask;
-        let lease = match gateway.registry.acquire(key_id).await {
-            Ok(lease) => lease,
-            Err(AcquireError::CannotSpend(state)) => {
-                check_token(&state.token_sha256, token)?;
-                return Err(cannot_spend(&state, model, prompt_tokens_max));
-            }
-            Err(error) => return Err(acquire_error(error)),
+        let lease = lease_key(gateway, key_id, token, model, prompt_tokens_max).await?;
+        let quote = Quote::of(
+            gateway,
+            model,
+            prompt_tokens_max,
+            requested_max_tokens,
+            stream,
+        )?;
+        let reserved = take_hold(gateway, &lease, key_id, &request, quote.hold).await?;
+        assert!(
+            reserved.held >= quote.hold.minimum && reserved.held <= quote.hold.wanted,
+            "minimum ≤ hold ≤ maximum cost broken: held {} outside {}..={}",
+            reserved.held,
+            quote.hold.minimum,
+            quote.hold.wanted
+        );
+        let max_tokens = model
+            .price
+            .affordable_output_tokens(reserved.held, prompt_tokens_max, requested_max_tokens)
+            .unwrap_or(0);
+        assert!(
+            model
+                .price
+                .cost(prompt_tokens_max, max_tokens)
+                .is_ok_and(|most| most <= reserved.held),
+            "the hold pays for the output bound broken: {max_tokens} tokens past a hold of {}",
+            reserved.held
+        );
+        debug_assert!(
+            max_tokens >= 1,
+            "a hold of at least the minimum affords one token"
+        );
+        Ok(PaidCall {
+            lease: Some(lease),
+            request,
+            client_request_id,
+            key_id: key_id.clone(),
+            model: model.name.clone(),
+            price: model.price.clone(),
+            sink: gateway.sink.clone(),
+            reserved,
+            prompt_tokens_max,
+            max_tokens,
+            ends_by: quote.ends_by,
+            hold_deadline_ms: quote.hold.deadline_ms,
+            started_at_ms: now_ms(),
+        })
+    }
+
+    /// The budget headers as the call starts (a stream's opening headers).
+    pub fn opening_budget(&self) -> BudgetView {
+        BudgetView {
+            limit: self.reserved.limit,
+            used: self.reserved.spent,
+            final_amount: None,
+        }
+    }
+
+    /// Charges the call for `metered` usage (billed at most its hold, the
+    /// billed usage lowered to fit when needed): ledger first, then the
+    /// actor. On failure nothing is charged and the hold is released.
+    pub async fn finish(mut self, metered: Metered) -> Result<Receipt, CallFailure> {
+        // `open` gives the call its lease; `finish`, `release` and `drop`
+        // take it, and the first two consume the call.
+        let Some(lease) = self.lease.take() else {
+            panic!("a call finishes once broken: its hold was already closed");
         };
-        check_token(lease.token_sha256(), token)?;
-        if let Some((wallet, chain)) = lease.payer() {
-            if let Some(held) = gateway.leases.fences.fenced(&wallet, chain) {
-                return Err(CallFailure::PayerHeldBack(Box::new(held)));
+        let billed = self.bill(metered.usage);
+        let amount = billed.amount;
+        let charge = self.charge(&lease, &billed, metered);
+        let call = CallContext {
+            hold: self.reserved.held,
+            started_at_ms: self.started_at_ms,
+            payer: lease.payer(),
+        };
+        let finishing = tokio::spawn(record_then_commit(
+            self.sink.clone(),
+            charge,
+            call,
+            lease,
+            self.hold_deadline_ms,
+        ));
+        let committed = match finishing.await {
+            Ok(Ok(committed)) => committed,
+            Ok(Err(Unfinished::NotRecorded(cause))) => {
+                return Err(CallFailure::LedgerUnavailable { cause })
+            }
+            Ok(Err(Unfinished::RecordedNotCommitted(cause))) => {
+                self.recorded_not_committed(amount, &cause)
+            }
+            Err(join) => return Err(CallFailure::internal(join)),
+        };
+        assert_eq!(
+            committed.charged, amount,
+            "the actor commits what the ledger charged broken"
+        );
+        assert!(
+            committed.spent <= committed.limit,
+            "spent ≤ limit broken: spent {} > limit {}",
+            committed.spent,
+            committed.limit
+        );
+        Ok(Receipt {
+            budget: BudgetView {
+                limit: committed.limit,
+                used: committed.spent,
+                final_amount: Some(committed.charged),
+            },
+            usage: Usage {
+                prompt_tokens: billed.input_tokens,
+                completion_tokens: billed.output_tokens,
+            },
+            estimated: !metered.reported,
+        })
+    }
+
+    /// Prices `usage` within the hold: the usage itself when its price fits,
+    /// else lowered to what the hold pays for; the amount is exactly the
+    /// billed usage's price.
+    fn bill(&self, usage: Usage) -> Billed {
+        let held = self.reserved.held;
+        let prompt_tokens = usage.prompt_tokens.min(u64::from(u32::MAX));
+        let completion_tokens = usage.completion_tokens.min(u64::from(u32::MAX));
+        let billed = self.price.bill(prompt_tokens, completion_tokens, held);
+        assert!(
+            billed.amount <= held,
+            "charge ≤ hold broken: charged {} > hold {}",
+            billed.amount,
+            held
+        );
+        assert!(
+            billed.input_tokens <= prompt_tokens && billed.output_tokens <= completion_tokens,
+            "billed ≤ used broken: billed {}+{} tokens of {}+{}",
+            billed.input_tokens,
+            billed.output_tokens,
+            prompt_tokens,
+            completion_tokens
+        );
+        // The hold is at least the price of the prompt bound and one output
+        // token, so even billing no tokens is priced exactly (never capped).
+        assert_eq!(
+            self.price.cost(billed.input_tokens, billed.output_tokens),
+            Ok(billed.amount),
+            "a charge is exactly its billed usage's price broken"
+        );
+        billed
+    }
+
+    /// The ledger's row for the billed call (and what the upstream reported,
+    /// when it did).
+    fn charge(&self, lease: &Lease, billed: &Billed, metered: Metered) -> NewCharge {
+        let usage = metered.usage;
+        NewCharge {
+            request_id: self.request.clone(),
+            key_id: self.key_id.clone(),
+            model: self.model.clone(),
+            price_version: self.price.version.clone(),
+            input_tokens: clamp_u32(billed.input_tokens),
+            output_tokens: clamp_u32(billed.output_tokens),
+            amount: billed.amount,
+            reported: metered.reported.then(|| {
+                (
+                    clamp_u32(usage.prompt_tokens),
+                    clamp_u32(usage.completion_tokens),
+                )
+            }),
+            created_at_ms: now_ms(),
+            lease: lease.budget_lease().cloned(),
+            client_request_id: self.client_request_id.clone(),
+        }
+    }
+
+    /// The charge is in the ledger but the actor had lost the hold (past its
+    /// deadline): the ledger, whose guard keeps the key within its limit, is
+    /// right; the actor reloads from it once evicted. The answer was paid
+    /// for, so it is given: the budget it reports is the one the call saw
+    /// plus this charge.
+    fn recorded_not_committed(&self, amount: Amount, cause: &str) -> Committed {
+        tracing::error!(
+            request_id = %self.request, %cause,
+            "charge recorded but not committed in its actor; the actor reloads"
+        );
+        let limit = self.reserved.limit;
+        Committed {
+            charged: amount,
+            limit,
+            spent: self
+                .reserved
+                .spent
+                .checked_add(amount)
+                .unwrap_or(limit)
+                .min(limit),
+            remaining: Amount::ZERO,
+        }
+    }
+}
+
+/// Writes the charge through the sink — extending the hold while the store
+/// is slow — then commits it in the actor; a charge not written releases or
+/// forfeits the hold. It runs in a task of its own, so a client that goes
+/// away mid-finish cannot leave one done without the other.
+async fn record_then_commit(
+    sink: Arc<dyn ChargeSink>,
+    charge: NewCharge,
+    call: CallContext,
+    lease: Lease,
+    hold_deadline_ms: i64,
+) -> Result<Committed, Unfinished> {
+    let request = charge.request_id.clone();
+    let amount = charge.amount;
+    let written = record_holding(
+        sink.record(charge, call),
+        &lease,
+        &request,
+        hold_deadline_ms,
+    )
+    .await;
+    match written {
+        Ok(ChargeOutcome::Recorded) | Ok(ChargeOutcome::Duplicate) => {
+            match lease.commit(request, amount).await {
+                Ok(committed) => {
+                    hold_closed("committed");
+                    Ok(committed)
+                }
+                Err(error) => {
+                    // The ledger has the charge, the actor not (its hold had
+                    // expired): the actor counts it as spent, so its
+                    // allowance never pays it twice, and is reloaded before
+                    // its next call.
+                    let _ = lease.absorb(amount).await;
+                    lease.mark_stale();
+                    Err(Unfinished::RecordedNotCommitted(error.to_string()))
+                }
             }
         }
+        Ok(other) => {
+            // The ledger and the actor disagree on what the key has spent
+            // (the ledger's guard refused): reload the actor.
+            lease.mark_stale();
+            let _ = lease.release(request).await;
+            hold_closed("released");
+            Err(Unfinished::NotRecorded(format!(
+                "the ledger refused the charge: {other:?}"
+            )))
+        }
+        Err(error) => {
+            // Whether the charge was recorded is unknown (a publish whose
+            // confirm never came may still land, a commit that errored may
+            // have committed): the hold is forfeited — never spent again
+            // here — rather than released.
+            let _ = lease.forfeit(request).await;
+            hold_closed("forfeited");
+            Err(Unfinished::NotRecorded(error.to_string()))
+        }
+    }
+}
+
+/// Leases the key's actor for a caller whose token matches (a key that
+/// cannot spend is answered from its stored state), unless settlement holds
+/// the key's payer back.
+async fn lease_key(
+    gateway: &Gateway,
+    key_id: &KeyId,
+    token: Option<&str>,
+    model: &Model,
+    prompt_tokens_max: u64,
+) -> Result<Lease, CallFailure> {
+    let lease = match gateway.registry.acquire(key_id).await {
+        Ok(lease) => lease,
+        Err(AcquireError::CannotSpend(state)) => {
+            check_token(&state.token_sha256, token)?;
+            return Err(cannot_spend(&state, model, prompt_tokens_max));
+        }
+        Err(error) => return Err(acquire_error(error)),
+    };
+    check_token(lease.token_sha256(), token)?;
+    if let Some((wallet, chain)) = lease.payer() {
+        if let Some(held) = gateway.leases.fences.fenced(&wallet, chain) {
+            return Err(CallFailure::PayerHeldBack(Box::new(held)));
+        }
+    }
+    Ok(lease)
+}
+
+/// What a call will hold, and when it must be over.
+struct Quote {
+    hold: Hold,
+    ends_by: tokio::time::Instant,
+}
+
+impl Quote {
+    /// The call's most cost (`requested_max_tokens` of output) and least
+    /// (one token), and its deadlines.
+    fn of(
+        gateway: &Gateway,
+        model: &Model,
+        prompt_tokens_max: u64,
+        requested_max_tokens: u64,
+        stream: bool,
+    ) -> Result<Quote, CallFailure> {
         let cost = |output| {
             model.price.cost(prompt_tokens_max, output).map_err(|_| {
                 CallFailure::invalid_param("messages", "make the call cost more than any budget")
@@ -315,196 +601,35 @@ impl PaidCall {
         let deadline_ms = now_ms()
             .saturating_add(i64::try_from(longest.as_millis()).unwrap_or(i64::MAX / 2))
             .saturating_add(gateway.timeouts.hold_slack_ms);
-        let hold = Hold {
-            wanted,
-            minimum,
-            deadline_ms,
-        };
-        let reserved = match reserve_from_lease(gateway, &lease, key_id, &request, hold).await {
-            Ok(reserved) => {
-                metrics::counter!("tollgate_holds_opened_total").increment(1);
-                reserved
-            }
-            Err(Refused::Call(error)) => return Err(reserve_error(&lease, error, minimum).await),
-            Err(Refused::TopUp(error)) => {
-                return Err(CallFailure::LedgerUnavailable {
-                    cause: error.to_string(),
-                })
-            }
-        };
-        let max_tokens = model
-            .price
-            .affordable_output_tokens(reserved.held, prompt_tokens_max, requested_max_tokens)
-            .unwrap_or(0);
-        debug_assert!(
-            max_tokens >= 1,
-            "a hold of at least the minimum affords one token"
-        );
-        debug_assert!(reserved.held <= wanted && reserved.held >= minimum);
-        Ok(PaidCall {
-            lease: Some(lease),
-            request,
-            client_request_id,
-            key_id: key_id.clone(),
-            model: model.name.clone(),
-            price: model.price.clone(),
-            sink: gateway.sink.clone(),
-            reserved,
-            prompt_tokens_max,
-            max_tokens,
-            ends_by,
-            hold_deadline_ms: deadline_ms,
-            started_at_ms: now_ms(),
-        })
-    }
-
-    /// The budget headers as the call starts (a stream's opening headers).
-    pub fn opening_budget(&self) -> BudgetView {
-        BudgetView {
-            limit: self.reserved.limit,
-            used: self.reserved.spent,
-            final_amount: None,
-        }
-    }
-
-    /// Charges the call for `metered` usage (billed at most its hold, the
-    /// billed usage lowered to fit when needed): ledger first, then the
-    /// actor. On failure nothing is charged and the hold is released.
-    pub async fn finish(mut self, metered: Metered) -> Result<Receipt, CallFailure> {
-        let Some(lease) = self.lease.take() else {
-            return Err(CallFailure::internal("a paid call finished twice"));
-        };
-        let held = self.reserved.held;
-        let usage = metered.usage;
-        let billed = self.price.bill(
-            usage.prompt_tokens.min(u64::from(u32::MAX)),
-            usage.completion_tokens.min(u64::from(u32::MAX)),
-            held,
-        );
-        let amount = billed.amount;
-        debug_assert!(amount <= held, "a final amount never exceeds its hold");
-        debug_assert_eq!(
-            self.price.cost(billed.input_tokens, billed.output_tokens),
-            Ok(amount),
-            "a charge is exactly its billed usage's price"
-        );
-        let billed_usage = Usage {
-            prompt_tokens: billed.input_tokens,
-            completion_tokens: billed.output_tokens,
-        };
-        let charge = NewCharge {
-            request_id: self.request.clone(),
-            key_id: self.key_id.clone(),
-            model: self.model.clone(),
-            price_version: self.price.version.clone(),
-            input_tokens: clamp_u32(billed.input_tokens),
-            output_tokens: clamp_u32(billed.output_tokens),
-            amount,
-            reported: metered.reported.then(|| {
-                (
-                    clamp_u32(usage.prompt_tokens),
-                    clamp_u32(usage.completion_tokens),
-                )
-            }),
-            created_at_ms: now_ms(),
-            lease: lease.budget_lease().cloned(),
-            client_request_id: self.client_request_id.clone(),
-        };
-        let call = CallContext {
-            hold: held,
-            started_at_ms: self.started_at_ms,
-            payer: lease.payer(),
-        };
-        let sink = self.sink.clone();
-        let request = self.request.clone();
-        let hold_deadline_ms = self.hold_deadline_ms;
-        let finishing = tokio::spawn(async move {
-            let written = record_holding(
-                sink.record(charge, call),
-                &lease,
-                &request,
-                hold_deadline_ms,
-            )
-            .await;
-            match written {
-                Ok(ChargeOutcome::Recorded) | Ok(ChargeOutcome::Duplicate) => {
-                    match lease.commit(request, amount).await {
-                        Ok(committed) => {
-                            hold_closed("committed");
-                            Ok(committed)
-                        }
-                        Err(error) => {
-                            // The ledger has the charge, the actor not (its
-                            // hold had expired): the actor counts it as spent,
-                            // so its allowance never pays it twice, and is
-                            // reloaded before its next call.
-                            let _ = lease.absorb(amount).await;
-                            lease.mark_stale();
-                            Err(Unfinished::RecordedNotCommitted(error.to_string()))
-                        }
-                    }
-                }
-                Ok(other) => {
-                    // The ledger and the actor disagree on what the key has
-                    // spent (the ledger's guard refused): reload the actor.
-                    lease.mark_stale();
-                    let _ = lease.release(request).await;
-                    hold_closed("released");
-                    Err(Unfinished::NotRecorded(format!(
-                        "the ledger refused the charge: {other:?}"
-                    )))
-                }
-                Err(error) => {
-                    // Whether the charge was recorded is unknown (a publish
-                    // whose confirm never came may still land, a commit that
-                    // errored may have committed): the hold is forfeited —
-                    // never spent again here — rather than released.
-                    let _ = lease.forfeit(request).await;
-                    hold_closed("forfeited");
-                    Err(Unfinished::NotRecorded(error.to_string()))
-                }
-            }
-        });
-        let committed = match finishing.await {
-            Ok(Ok(committed)) => committed,
-            Ok(Err(Unfinished::NotRecorded(cause))) => {
-                return Err(CallFailure::LedgerUnavailable { cause })
-            }
-            // The charge is in the ledger but the actor had lost the hold
-            // (past its deadline): the ledger, whose guard keeps the key within
-            // its limit, is right; the actor reloads from it once evicted.
-            // The answer was paid for, so it is given: the budget it reports
-            // is the one the call saw plus this charge.
-            Ok(Err(Unfinished::RecordedNotCommitted(cause))) => {
-                tracing::error!(
-                    request_id = %self.request, %cause,
-                    "charge recorded but not committed in its actor; the actor reloads"
-                );
-                let limit = self.reserved.limit;
-                Committed {
-                    charged: amount,
-                    limit,
-                    spent: self
-                        .reserved
-                        .spent
-                        .checked_add(amount)
-                        .unwrap_or(limit)
-                        .min(limit),
-                    remaining: Amount::ZERO,
-                }
-            }
-            Err(join) => return Err(CallFailure::internal(join)),
-        };
-        debug_assert_eq!(committed.charged, amount);
-        Ok(Receipt {
-            budget: BudgetView {
-                limit: committed.limit,
-                used: committed.spent,
-                final_amount: Some(committed.charged),
+        Ok(Quote {
+            hold: Hold {
+                wanted,
+                minimum,
+                deadline_ms,
             },
-            usage: billed_usage,
-            estimated: !metered.reported,
+            ends_by,
         })
+    }
+}
+
+/// Holds the call's cost on its key's actor (topping the lease up when it
+/// must); a refusal is the call's answer.
+async fn take_hold(
+    gateway: &Gateway,
+    lease: &Lease,
+    key_id: &KeyId,
+    request: &RequestId,
+    hold: Hold,
+) -> Result<Reserved, CallFailure> {
+    match reserve_from_lease(gateway, lease, key_id, request, hold).await {
+        Ok(reserved) => {
+            metrics::counter!("tollgate_holds_opened_total").increment(1);
+            Ok(reserved)
+        }
+        Err(Refused::Call(error)) => Err(reserve_error(lease, error, hold.minimum).await),
+        Err(Refused::TopUp(error)) => Err(CallFailure::LedgerUnavailable {
+            cause: error.to_string(),
+        }),
     }
 }
 
