@@ -134,6 +134,65 @@ impl Application {
         Application::build_on(settings, listener).await
     }
 
+    /// Everything that runs beside the HTTP server: the gateway (key
+    /// actors, ledger writer, leases), the in-process ledger pools, the
+    /// metrics upkeep and store gauges, the settled-transactions reader, and
+    /// the settlers.
+    async fn start_background(
+        settings: &Settings,
+        store: &Store,
+        queue: &Option<Queue>,
+        chain_clients: &HashMap<ChainId, ChainClient>,
+    ) -> Result<Background, StartupError> {
+        let (gateway, mut tasks) = Gateway::start(
+            settings,
+            store.clone(),
+            queue.clone(),
+            PayerFunds::new(
+                chain_clients.clone(),
+                settings.settlement.payer_unsettled_max(),
+            ),
+        )?;
+        if settings.workers.in_process {
+            if let Some(queue) = queue {
+                let (_, pools) = crate::pools::start_ledger_pools(settings, store.clone(), queue)
+                    .await
+                    .map_err(StartupError::Queue)?;
+                tasks.extend(pools);
+            }
+        }
+        // Without a queue there is no `tollgate worker` to settle: `serve`
+        // always does.
+        let store_gauges = crate::metrics::StoreGaugeCache::default();
+        if crate::metrics::handle().is_some() {
+            tasks.push(("metrics upkeep", tokio::spawn(crate::metrics::upkeep())));
+            let every = Duration::from_millis(settings.http.metrics_refresh_ms);
+            let refresh = store_gauges.clone().run(store.clone(), every);
+            tasks.push(("store gauges", tokio::spawn(refresh)));
+        }
+        let settled_txs = crate::settled_txs::SettledTxs::default();
+        if !chain_clients.is_empty() {
+            let every = Duration::from_millis(settings.settlement.interval_ms);
+            tasks.push((
+                "settled transactions",
+                tokio::spawn(settled_txs.clone().run(store.clone(), every)),
+            ));
+        }
+        if settings.workers.in_process || queue.is_none() {
+            tasks.extend(crate::pools::start_settler(
+                settings,
+                store.clone(),
+                chain_clients,
+            )?);
+        }
+        Ok(Background {
+            gateway,
+            tasks,
+            store_gauges,
+            settled_txs,
+        })
+    }
+
     /// Builds the server on an already bound listener.
     pub async fn build_on(
         mut settings: Settings,
@@ -191,65 +250,6 @@ impl Application {
             gateway,
             tasks,
             shutdown_timeout,
-        })
-    }
-
-    /// Everything that runs beside the HTTP server: the gateway (key
-    /// actors, ledger writer, leases), the in-process ledger pools, the
-    /// metrics upkeep and store gauges, the settled-transactions reader, and
-    /// the settlers.
-    async fn start_background(
-        settings: &Settings,
-        store: &Store,
-        queue: &Option<Queue>,
-        chain_clients: &HashMap<ChainId, ChainClient>,
-    ) -> Result<Background, StartupError> {
-        let (gateway, mut tasks) = Gateway::start(
-            settings,
-            store.clone(),
-            queue.clone(),
-            PayerFunds::new(
-                chain_clients.clone(),
-                settings.settlement.payer_unsettled_max(),
-            ),
-        )?;
-        if settings.workers.in_process {
-            if let Some(queue) = queue {
-                let (_, pools) = crate::pools::start_ledger_pools(settings, store.clone(), queue)
-                    .await
-                    .map_err(StartupError::Queue)?;
-                tasks.extend(pools);
-            }
-        }
-        // Without a queue there is no `tollgate worker` to settle: `serve`
-        // always does.
-        let store_gauges = crate::metrics::StoreGaugeCache::default();
-        if crate::metrics::handle().is_some() {
-            tasks.push(("metrics upkeep", tokio::spawn(crate::metrics::upkeep())));
-            let every = Duration::from_millis(settings.http.metrics_refresh_ms);
-            let refresh = store_gauges.clone().run(store.clone(), every);
-            tasks.push(("store gauges", tokio::spawn(refresh)));
-        }
-        let settled_txs = crate::settled_txs::SettledTxs::default();
-        if !chain_clients.is_empty() {
-            let every = Duration::from_millis(settings.settlement.interval_ms);
-            tasks.push((
-                "settled transactions",
-                tokio::spawn(settled_txs.clone().run(store.clone(), every)),
-            ));
-        }
-        if settings.workers.in_process || queue.is_none() {
-            tasks.extend(crate::pools::start_settler(
-                settings,
-                store.clone(),
-                chain_clients,
-            )?);
-        }
-        Ok(Background {
-            gateway,
-            tasks,
-            store_gauges,
-            settled_txs,
         })
     }
 
