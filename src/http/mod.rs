@@ -7,13 +7,23 @@
 //! * [`chat`] — `POST /external/v1/chat/completions`, the paid call.
 //! * [`models`] — `GET /external/v1/models`.
 //! * [`health`] — `/healthz`, `/readyz`, `/metrics`.
-//! * [`openapi`] — `GET /openapi.json`, generated from the handlers.
+//! * [`openapi`] — `GET /openapi.json`, assembled from the handlers' paths;
+//!   no other file imports it.
 //! * [`caller`] — who is calling (Compose key, Studio key or JWT), the budget
 //!   a paid call spends from, the project a Studio key acts on. No handler
 //!   file imports another.
-//! * [`extract`] — headers, bounded JSON bodies and fields.
-//! * [`views`] — the JSON views of Compose keys and charges.
-//! * [`error`] — [`error::ApiError`], the one mapping of errors to responses.
+//! * [`extract`] — headers, and bounded JSON bodies read into their typed
+//!   request (`json_body`).
+//! * [`fields`] — the serde helpers that read a request's fields with
+//!   precise messages, the Studio enums, the checks bodies share.
+//! * [`views`] — the views of Compose keys, charges and Studio keys.
+//! * [`responses`] — the error responses the documented paths share.
+//! * [`error`] — [`error::ApiError`], the one mapping of errors to responses,
+//!   and its body.
+//!
+//! Each request body is a `Deserialize` type and each answer a `Serialize`
+//! one, declared beside its handler (or in [`views`] when shared), and the
+//! same types are the document's schemas (`ToSchema`).
 
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder};
@@ -23,11 +33,13 @@ pub mod caller;
 pub mod chat;
 pub mod error;
 pub mod extract;
+pub mod fields;
 pub mod health;
 pub mod keys;
 pub mod models;
 pub mod openapi;
 pub mod projects;
+pub mod responses;
 pub mod sessions;
 pub mod views;
 
