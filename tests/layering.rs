@@ -3,6 +3,7 @@
 //! read, its comments and string literals set aside, and any path into
 //! `crate::http` — in a `use` (grouped or not) or inline — fails the test,
 //! naming the file and the line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 

@@ -314,6 +314,7 @@ impl From<StoreError> for ApiError {
 }
 
 impl From<CallFailure> for ApiError {
+    #[allow(clippy::too_many_lines)] // one arm per CallFailure: the table reads best whole
     fn from(failure: CallFailure) -> ApiError {
         let unavailable = |message: &str| {
             ApiError::new(

@@ -99,11 +99,12 @@ pub async fn json_body<T: RequestBody + DeserializeOwned>(
 pub fn typed<T: DeserializeOwned>(object: &Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(object).map_err(|error| {
         let path = error.path().to_string();
-        if path != "." {
+        let fields = field_names::<T>();
+        if fields.contains(&path.as_str()) {
             return ApiError::invalid_field(path, error.into_inner());
         }
-        // The body as a whole: a closed `T` refuses a field it does not have.
-        let fields = field_names::<T>();
+        // Not one of its fields: a closed `T` refuses a field it does not
+        // have (serde names that field's path).
         let unknown = object
             .as_object()
             .and_then(|o| o.keys().find(|k| !fields.contains(&k.as_str())));
@@ -218,5 +219,61 @@ async fn json_object(
             "invalid_json",
             format!("the body is not valid JSON: {e}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::http::apikeys::UpdateApiKeyRequest;
+    use crate::http::keys::CreateKeyRequest;
+
+    fn refusal<T: DeserializeOwned + std::fmt::Debug>(body: Value) -> (u16, String, String) {
+        let error = typed::<T>(&body).expect_err("refused");
+        let param = error.param.as_deref().unwrap_or_default().to_owned();
+        (error.status.as_u16(), param, error.message)
+    }
+
+    /// A field's refusal names it, in its helper's words.
+    #[test]
+    fn a_refused_field_is_named_with_its_message() {
+        assert_eq!(
+            refusal::<CreateKeyRequest>(json!({"budgetLimit": true})),
+            (
+                422,
+                "budgetLimit".to_owned(),
+                "budgetLimit must be a decimal integer (digits only)".to_owned()
+            )
+        );
+        assert_eq!(
+            refusal::<CreateKeyRequest>(json!({"budgetLimit": 1, "expiresAt": "soon"})),
+            (
+                422,
+                "expiresAt".to_owned(),
+                "expiresAt must be milliseconds since the Unix epoch (an integer)".to_owned()
+            )
+        );
+        assert_eq!(
+            refusal::<UpdateApiKeyRequest>(json!({"enabled": "no"})).2,
+            "enabled must be a boolean"
+        );
+    }
+
+    /// A closed body refuses a field it does not have, naming `body`; an
+    /// open one ignores it.
+    #[test]
+    fn an_unknown_field_is_refused_only_by_a_closed_body() {
+        assert_eq!(
+            refusal::<UpdateApiKeyRequest>(json!({"owner": "me"})),
+            (
+                422,
+                "body".to_owned(),
+                "body has an unknown field \"owner\"".to_owned()
+            )
+        );
+        assert!(typed::<CreateKeyRequest>(&json!({"budgetLimit": "1", "owner": "me"})).is_ok());
+        assert!(typed::<UpdateApiKeyRequest>(&json!({"name": null, "expires_at": null})).is_ok());
     }
 }

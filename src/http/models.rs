@@ -97,7 +97,7 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     let data = names
         .into_iter()
         .filter_map(|name| state.gateway.models.get(name))
-        .map(|model| ModelView::of(model))
+        .map(ModelView::of)
         .collect();
     Ok(HttpResponse::Ok().json(ModelList {
         object: "list",
