@@ -10,11 +10,10 @@
 use ledger::model::{ApiKeyType, Purpose, Role};
 use ledger::Amount;
 use serde::de::{Deserialize, Deserializer, Error as _};
-use serde::Serialize;
 use serde_json::Value;
-use utoipa::ToSchema;
 
 use super::error::ApiError;
+use super::views::{ApiKeyTypeName, RoleName};
 use crate::state::AppState;
 
 /// The field's value, `None` when absent or `null`.
@@ -90,34 +89,6 @@ pub fn iso_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, 
     }
 }
 
-/// A Studio key's type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ApiKeyTypeName {
-    /// Secret: server side only.
-    Sk,
-    /// Public: browser side, always an executor.
-    Pk,
-}
-
-impl From<ApiKeyType> for ApiKeyTypeName {
-    fn from(kind: ApiKeyType) -> ApiKeyTypeName {
-        match kind {
-            ApiKeyType::Sk => ApiKeyTypeName::Sk,
-            ApiKeyType::Pk => ApiKeyTypeName::Pk,
-        }
-    }
-}
-
-impl From<ApiKeyTypeName> for ApiKeyType {
-    fn from(kind: ApiKeyTypeName) -> ApiKeyType {
-        match kind {
-            ApiKeyTypeName::Sk => ApiKeyType::Sk,
-            ApiKeyTypeName::Pk => ApiKeyType::Pk,
-        }
-    }
-}
-
 /// A Studio key's type: `sk` or `pk`.
 pub fn key_type<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ApiKeyTypeName>, D::Error> {
     text(d)?
@@ -127,41 +98,6 @@ pub fn key_type<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ApiKeyTypeName
                 .ok_or_else(|| D::Error::custom("must be \"sk\" or \"pk\""))
         })
         .transpose()
-}
-
-/// A Studio key's role, lowest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RoleName {
-    Reader,
-    Executor,
-    Application,
-    Developer,
-    Admin,
-}
-
-impl From<Role> for RoleName {
-    fn from(role: Role) -> RoleName {
-        match role {
-            Role::Reader => RoleName::Reader,
-            Role::Executor => RoleName::Executor,
-            Role::Application => RoleName::Application,
-            Role::Developer => RoleName::Developer,
-            Role::Admin => RoleName::Admin,
-        }
-    }
-}
-
-impl From<RoleName> for Role {
-    fn from(role: RoleName) -> Role {
-        match role {
-            RoleName::Reader => Role::Reader,
-            RoleName::Executor => Role::Executor,
-            RoleName::Application => Role::Application,
-            RoleName::Developer => Role::Developer,
-            RoleName::Admin => Role::Admin,
-        }
-    }
 }
 
 /// A Studio role by name.

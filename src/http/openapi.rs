@@ -6,8 +6,9 @@
 //!
 //! Closed views (`additionalProperties: false`) make a field a handler adds
 //! without documenting it fail the schemathesis run (`tests/openapi.rs`),
-//! and a route that [`super::endpoints`] registers without a path here
-//! fails `every_route_is_documented`.
+//! and a route that `http::endpoints` registers without a path here fails
+//! `every_route_is_documented_and_every_documented_route_is_routed` (in
+//! `http`'s tests).
 
 use std::sync::OnceLock;
 
@@ -116,8 +117,6 @@ pub async fn document() -> HttpResponse {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
 
     fn document() -> serde_json::Value {
@@ -131,39 +130,6 @@ mod tests {
         assert!(version.starts_with("3.1"), "openapi {version}");
         assert!(document["components"]["schemas"]["KeyView"].is_object());
         assert!(document["components"]["securitySchemes"]["compose_key"].is_object());
-    }
-
-    /// The routes the server registers and the operations the document
-    /// names are the same set: a route added without its `#[utoipa::path]`
-    /// (or listed in `paths(...)` without being routed) fails here.
-    #[test]
-    fn every_route_is_documented_and_every_documented_route_is_routed() {
-        let routed: BTreeSet<(String, String)> = super::super::endpoints()
-            .iter()
-            .map(|e| (e.method.as_str().to_ascii_lowercase(), e.path.to_owned()))
-            .collect();
-        let document = document();
-        let mut documented = BTreeSet::new();
-        for (path, operations) in document["paths"].as_object().expect("paths") {
-            for method in operations.as_object().expect("operations").keys() {
-                documented.insert((method.clone(), path.clone()));
-            }
-        }
-        assert_eq!(
-            routed.len(),
-            super::super::endpoints().len(),
-            "a route twice"
-        );
-        let undocumented: Vec<_> = routed.difference(&documented).collect();
-        let unrouted: Vec<_> = documented.difference(&routed).collect();
-        assert!(
-            undocumented.is_empty(),
-            "routes missing from the document: {undocumented:?}"
-        );
-        assert!(
-            unrouted.is_empty(),
-            "documented but not routed: {unrouted:?}"
-        );
     }
 
     /// Every operation documents its errors with the error body, and every

@@ -1,16 +1,14 @@
-//! The views of Compose keys, their charges and Studio keys that more than
-//! one handler answers with: budget state, never token material (a token
+//! The views of Compose keys, their charges and Studio keys (with the
+//! Studio enums a request names too) that more than one file uses: budget state, never token material (a token
 //! only once, at creation). Each is the `Serialize` type the handler writes
 //! and the `ToSchema` type the OpenAPI document names.
 
-use ledger::model::{ApiKeyRecord, ChargeRecord, KeyRecord, KeyStatus, Purpose};
+use ledger::model::{ApiKeyRecord, ApiKeyType, ChargeRecord, KeyRecord, KeyStatus, Purpose, Role};
 use ledger::store::payers::HeldBackPayer;
 use ledger::time::now_ms;
 use ledger::{AccountId, Amount, ApiKeyId, ChainId, KeyId, ProjectId, RequestId, WalletAddress};
 use serde::Serialize;
 use utoipa::ToSchema;
-
-use super::fields::{ApiKeyTypeName, RoleName};
 
 /// A Compose key: its budget state, never its token (except at creation).
 #[derive(Debug, Serialize, ToSchema)]
@@ -267,6 +265,69 @@ impl ApiKeyView {
     }
 }
 
+/// A Studio key's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiKeyTypeName {
+    /// Secret: server side only.
+    Sk,
+    /// Public: browser side, always an executor.
+    Pk,
+}
+
+impl From<ApiKeyType> for ApiKeyTypeName {
+    fn from(kind: ApiKeyType) -> ApiKeyTypeName {
+        match kind {
+            ApiKeyType::Sk => ApiKeyTypeName::Sk,
+            ApiKeyType::Pk => ApiKeyTypeName::Pk,
+        }
+    }
+}
+
+impl From<ApiKeyTypeName> for ApiKeyType {
+    fn from(kind: ApiKeyTypeName) -> ApiKeyType {
+        match kind {
+            ApiKeyTypeName::Sk => ApiKeyType::Sk,
+            ApiKeyTypeName::Pk => ApiKeyType::Pk,
+        }
+    }
+}
+
+/// A Studio key's role, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    Reader,
+    Executor,
+    Application,
+    Developer,
+    Admin,
+}
+
+impl From<Role> for RoleName {
+    fn from(role: Role) -> RoleName {
+        match role {
+            Role::Reader => RoleName::Reader,
+            Role::Executor => RoleName::Executor,
+            Role::Application => RoleName::Application,
+            Role::Developer => RoleName::Developer,
+            Role::Admin => RoleName::Admin,
+        }
+    }
+}
+
+impl From<RoleName> for Role {
+    fn from(role: RoleName) -> Role {
+        match role {
+            RoleName::Reader => Role::Reader,
+            RoleName::Executor => Role::Executor,
+            RoleName::Application => Role::Application,
+            RoleName::Developer => Role::Developer,
+            RoleName::Admin => Role::Admin,
+        }
+    }
+}
+
 /// ISO 8601 with milliseconds, as the Studio contract writes dates.
 pub fn iso(ms: i64) -> Option<String> {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
@@ -275,8 +336,6 @@ pub fn iso(ms: i64) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use ledger::model::{ApiKeyType, Role};
-
     use super::*;
 
     fn record(expires_at_ms: Option<i64>) -> ApiKeyRecord {
