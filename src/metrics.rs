@@ -236,16 +236,16 @@ impl StoreGaugeCache {
     }
 }
 
-/// Sets the gauges kept in memory, then renders everything. Reads nothing
+/// Sets the gauges kept in memory (the gateway's actors and leases, the
+/// store's latest background read), then renders everything. Reads nothing
 /// from the store.
-pub fn render(state: &crate::state::AppState) -> Option<String> {
+pub fn render(gateway: &crate::gateway::Gateway, store_gauges: &StoreGaugeCache) -> Option<String> {
     let handle = handle()?;
-    let gateway = &state.gateway;
     metrics::gauge!("tollgate_key_actors_live").set(gateway.registry.loaded() as f64);
     metrics::counter!("tollgate_holds_expired_total").absolute(gateway.registry.expired_holds());
     let (taken, returned) = gateway.leases.counts();
     metrics::counter!("tollgate_leases_taken_total").absolute(taken);
     metrics::counter!("tollgate_leases_returned_total").absolute(returned);
-    state.store_gauges.publish();
+    store_gauges.publish();
     Some(handle.render())
 }

@@ -1,4 +1,5 @@
-//! [`AppState`]: what every HTTP handler shares.
+//! [`AppState`]: what every HTTP handler shares, and the checks made before
+//! a key is created ([`KeyCreationRefused`], which `http::error` answers).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -7,7 +8,6 @@ use ledger::model::Funds;
 use ledger::{ChainId, Store, WalletAddress};
 use workers::evm::ChainClient;
 
-use crate::http::error::ApiError;
 use crate::settled_txs::SettledTxs;
 
 use crate::auth::rate_limit::RateLimiter;
@@ -46,17 +46,30 @@ pub struct AppState {
     pub store_gauges: crate::metrics::StoreGaugeCache,
 }
 
-/// `/readyz`'s latest answer: when it was checked, whether ready, the
-/// body. A probe that finds none fresh checks while holding the lock, so
-/// concurrent probes wait for that one check.
+/// `/readyz`'s latest answer. A probe that finds none fresh checks while
+/// holding the lock, so concurrent probes wait for that one check.
 pub type ReadinessCache = Arc<tokio::sync::Mutex<Option<CheckedReadiness>>>;
 
-/// One readiness answer: when it was checked, whether ready, the body.
-pub type CheckedReadiness = (
-    std::time::Instant,
-    bool,
-    serde_json::Map<String, serde_json::Value>,
-);
+/// One readiness check: when it was made, and what each dependency
+/// answered — `ok`, `unavailable` or `timeout` (a chain also `wrong_chain`).
+#[derive(Debug, Clone)]
+pub struct CheckedReadiness {
+    pub at: std::time::Instant,
+    pub store: &'static str,
+    /// Checked only when calls go through RabbitMQ.
+    pub queue: Option<&'static str>,
+    /// Each chain (its id) in the `evm` mode.
+    pub chains: Vec<(String, &'static str)>,
+}
+
+impl CheckedReadiness {
+    /// Whether every dependency checked answered `ok`.
+    pub fn ready(&self) -> bool {
+        self.store == "ok"
+            && self.queue.is_none_or(|q| q == "ok")
+            && self.chains.iter().all(|(_, status)| *status == "ok")
+    }
+}
 
 /// What the Studio surface needs beyond the store.
 #[derive(Clone)]
@@ -125,13 +138,13 @@ impl AppState {
     }
 
     /// Refuses a key creation past `keys.create_burst` / `create_per_s`
-    /// from this client address (`peer`) or for this wallet: 429 with the
-    /// wait, before anything reads the chain.
+    /// from this client address (`peer`) or for this wallet, before
+    /// anything reads the chain.
     pub fn limit_key_creation(
         &self,
         peer: Option<std::net::IpAddr>,
         wallet: &WalletAddress,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), KeyCreationRefused> {
         let (by_address, by_wallet) = &*self.key_creation_limiters;
         let refused = match peer.map(|ip| by_address.check(ip)) {
             Some(Err(limited)) => Some((limited, "this address")),
@@ -139,40 +152,49 @@ impl AppState {
         };
         match refused {
             None => Ok(()),
-            Some((limited, whose)) => Err(ApiError::new(
-                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                format!("too many key creations from {whose}; retry shortly"),
-            )
-            .with_details(
-                serde_json::json!({ "retryAfterMs": limited.retry_after.as_millis() as u64 }),
-            )),
+            Some((limited, whose)) => Err(KeyCreationRefused::TooMany {
+                whose,
+                retry_after: limited.retry_after,
+            }),
         }
     }
 
     /// What funds `wallet` on `chain` for a new key: its prepaid balance
     /// (`ledger`), or its token balance and allowance read from the chain
-    /// now (`evm`; 503 when the chain cannot be read).
+    /// now (`evm`; refused when the chain cannot be read).
     pub async fn funds_for(
         &self,
         wallet: &WalletAddress,
         chain: ChainId,
-    ) -> Result<Funds, ApiError> {
+    ) -> Result<Funds, KeyCreationRefused> {
         let Some(client) = self.chain_clients.get(&chain) else {
             return Ok(Funds::Prepaid);
         };
         let address = workers::evm::Address::from(*wallet.as_bytes());
         let funds = client.funds_of(address).await.map_err(|error| {
             tracing::warn!(%chain, %error, "could not read a wallet's funds on chain");
-            ApiError::new(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                "chain_unavailable",
-                "the chain could not be read to check the wallet's funds; try again",
-            )
+            KeyCreationRefused::ChainUnavailable
         })?;
         Ok(Funds::OnChain {
             balance: workers::evm::ledger_amount(funds.balance),
             allowance: workers::evm::ledger_amount(funds.allowance),
         })
     }
+}
+
+/// Why a key (or a session, or a project budget) is not created before the
+/// store is asked: the caller is over its creation rate, or the chain that
+/// says what funds the wallet could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyCreationRefused {
+    /// Past `keys.create_burst` / `create_per_s` for `whose` ("this
+    /// address" or "this wallet"); a try after `retry_after` may pass.
+    #[error("too many key creations from {whose}; retry shortly")]
+    TooMany {
+        whose: &'static str,
+        retry_after: std::time::Duration,
+    },
+    /// The wallet's balance and allowance could not be read (logged).
+    #[error("the chain could not be read to check the wallet's funds; try again")]
+    ChainUnavailable,
 }

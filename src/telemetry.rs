@@ -5,7 +5,8 @@
 //! (one ERROR line with its cause); a 4xx is the client's mistake, at most one
 //! concise DEBUG line — a burst of refused calls must not flood the log, and
 //! no error is ever dumped with its `Debug` form (which could carry request
-//! material).
+//! material). An error answer whose cause was logged where it was known
+//! carries [`CauseLogged`] in its extensions, and adds no second line.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -44,6 +45,12 @@ pub fn init(settings: &LogSettings) {
         tracing::warn!(%source, filter = %text, %error, "the log filter does not parse; logging at info");
     }
 }
+
+/// A response extension: the error this response answers had its cause
+/// logged where it was known, so the request's end says nothing more of it.
+/// Whoever builds the error response sets it (`http::error`).
+#[derive(Debug, Clone, Copy)]
+pub struct CauseLogged;
 
 /// The request spans of the HTTP server (see the module's doc).
 pub struct RequestSpans;
@@ -84,18 +91,17 @@ impl RootSpanBuilder for RequestSpans {
         outcome: &Result<ServiceResponse<B>, actix_web::Error>,
     ) {
         // An error whose cause its maker logged already is said once.
-        let unsaid = |error: &actix_web::Error| {
-            error
-                .as_error::<crate::http::error::ApiError>()
-                .is_none_or(|api| !api.cause_logged)
-                .then(|| error.to_string())
-        };
         let (status, error) = match outcome {
-            Ok(response) => (
-                response.status(),
-                response.response().error().and_then(unsaid),
+            Ok(response) => {
+                let response = response.response();
+                let logged = response.extensions().get::<CauseLogged>().is_some();
+                let error = response.error().filter(|_| !logged);
+                (response.status(), error.map(ToString::to_string))
+            }
+            Err(error) => (
+                error.as_response_error().status_code(),
+                Some(error.to_string()),
             ),
-            Err(error) => (error.as_response_error().status_code(), unsaid(error)),
         };
         let _entered = span.enter();
         match error {

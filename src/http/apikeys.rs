@@ -26,24 +26,93 @@
 //! role meanwhile.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::DateTime;
 use ledger::model::{ApiKeyRecord, ApiKeyType, ApiKeyUpdate, Role};
 use ledger::time::now_ms;
 use ledger::ApiKeyId;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::caller::{apikey_not_found, authenticate_studio, own_project, StudioCaller};
-use super::error::ApiError;
-use super::extract;
-#[allow(unused_imports)] // named by the #[utoipa::path] attributes
-use super::openapi::{
-    ApiKeyView, CreateApiKeyRequest, Deleted, ErrorBody, Jwks, PublicKeyView, TokenView,
-    UpdateApiKeyRequest,
-};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{json_body, RequestBody};
+use super::fields::{self, required, studio_name};
+use super::responses::{BearerRefused, BodyRefused, ServerError};
+use super::views::{iso, ApiKeyTypeName, ApiKeyView, RoleName};
 use crate::state::AppState;
 use crate::studio::issue::{mint, KeySpec};
 use crate::studio::jwt::JwtClaims;
-use crate::studio::view::{iso, view, with_value};
+
+/// `POST /api/v1/apikeys`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateApiKeyRequest {
+    #[serde(default, deserialize_with = "fields::text")]
+    #[schema(value_type = String, min_length = 1, max_length = 128, required)]
+    name: Option<String>,
+    /// `sk` (secret) or `pk` (public).
+    #[serde(rename = "type", default, deserialize_with = "fields::key_type")]
+    #[schema(value_type = ApiKeyTypeName, required)]
+    kind: Option<ApiKeyTypeName>,
+    /// Required for an `sk`; a `pk` is always an executor.
+    #[serde(default, deserialize_with = "fields::role")]
+    role: Option<RoleName>,
+    /// ISO 8601 in the future, or null for no expiry.
+    #[serde(default, deserialize_with = "fields::iso_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    expires_at: Option<Option<i64>>,
+}
+
+impl RequestBody for CreateApiKeyRequest {}
+
+/// `PUT /api/v1/apikeys/{id}`: each field optional, no other.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateApiKeyRequest {
+    #[serde(default, deserialize_with = "fields::text")]
+    #[schema(min_length = 1, max_length = 128)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "fields::role")]
+    role: Option<RoleName>,
+    #[serde(default, deserialize_with = "fields::flag")]
+    enabled: Option<bool>,
+    /// ISO 8601 in the future, or null to remove the expiry.
+    #[serde(default, deserialize_with = "fields::iso_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    expires_at: Option<Option<i64>>,
+}
+
+impl RequestBody for UpdateApiKeyRequest {}
+
+/// `DELETE /api/v1/apikeys/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deleted {
+    acknowledged: bool,
+    #[serde(rename = "deletedCount")]
+    deleted_count: u64,
+}
+
+/// `GET /api/v1/apikeys/{id}/token`: a short-lived JWT for the key.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenView {
+    token: String,
+}
+
+/// `GET /api/v1/apikeys/pk`: a public key's value and expiry.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyView {
+    value: String,
+    expires_at: Option<String>,
+}
+
+/// `GET /.well-known/jwks.json`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Jwks {
+    #[schema(value_type = Vec<Object>)]
+    keys: Vec<Value>,
+}
 
 /// The key named in the path, in the caller's account and project.
 async fn target(
@@ -63,64 +132,17 @@ async fn target(
     Ok(key)
 }
 
-/// An optional ISO 8601 date in the future, in ms; JSON `null` clears it.
-fn expiry(body: &Map<String, Value>) -> Result<Option<Option<i64>>, ApiError> {
-    match body.get("expires_at") {
-        None => Ok(None),
-        Some(Value::Null) => Ok(Some(None)),
-        Some(Value::String(text)) => {
-            let at = DateTime::parse_from_rfc3339(text)
-                .map_err(|_| {
-                    ApiError::invalid_field("expires_at", "must be an ISO 8601 date and time")
-                })?
-                .timestamp_millis();
-            if at <= now_ms() {
-                return Err(ApiError::invalid_field(
-                    "expires_at",
-                    "must be in the future",
-                ));
-            }
-            Ok(Some(Some(at)))
+/// An expiry asked for (`Some(None)`: none), which must be in the future.
+fn future(expires_at: Option<Option<i64>>) -> Result<Option<Option<i64>>, ApiError> {
+    if let Some(Some(at)) = expires_at {
+        if at <= now_ms() {
+            return Err(ApiError::invalid_field(
+                "expires_at",
+                "must be in the future",
+            ));
         }
-        Some(_) => Err(ApiError::invalid_field(
-            "expires_at",
-            "must be an ISO 8601 string",
-        )),
     }
-}
-
-fn name(state: &AppState, body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
-    extract::string_field(body, "name")?
-        .map(|name| valid_name(state, name))
-        .transpose()
-}
-
-/// A key's name: 1 to `studio.name_max_chars` printable characters.
-fn valid_name(state: &AppState, name: &str) -> Result<String, ApiError> {
-    let max = state.settings.studio.name_max_chars;
-    if name.trim().is_empty()
-        || name.chars().count() > max
-        || name.chars().any(extract::unprintable_in_name)
-    {
-        return Err(ApiError::invalid_field(
-            "name",
-            format!("must be 1 to {max} printable characters (no control or bidi characters)"),
-        ));
-    }
-    Ok(name.to_owned())
-}
-
-fn role_field(body: &Map<String, Value>) -> Result<Option<Role>, ApiError> {
-    extract::string_field(body, "role")?
-        .map(|text| {
-            Role::parse(text).ok_or_else(|| {
-                ApiError::invalid_field(
-                    "role",
-                    "must be reader, executor, application, developer or admin",
-                )
-            })
-        })
-        .transpose()
+    Ok(expires_at)
 }
 
 /// Mints a key in the caller's project (within its bound) and stores it.
@@ -166,9 +188,9 @@ async fn issue(
     security(("studio_key" = [])),
     responses(
         (status = 200, description = "The project's keys, masked", body = Vec<ApiKeyView>),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "The caller's role is too low", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        ServerError,
     ),
 )]
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -178,7 +200,7 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
         .store
         .apikeys(&caller.key.account_id, &caller.key.project_id)
         .await?;
-    Ok(HttpResponse::Ok().json(keys.iter().map(view).collect::<Vec<_>>()))
+    Ok(HttpResponse::Ok().json(keys.iter().map(ApiKeyView::of).collect::<Vec<_>>()))
 }
 
 /// `POST /api/v1/apikeys` `{name, type, role, expires_at}` → 201 with the
@@ -192,15 +214,11 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     request_body(content = CreateApiKeyRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "The key, with its value", body = ApiKeyView),
-        (status = 400, description = "Malformed JSON or a bad field", body = ErrorBody),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "The caller's role is too low for this key", body = ErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 409, description = "The project holds too many keys", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not application/json", body = ErrorBody),
-        (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        BodyRefused,
+        ServerError,
     ),
 )]
 pub async fn create(
@@ -210,12 +228,11 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let caller = authenticate_studio(&state, &req).await?;
     caller.require(Role::Developer)?;
-    let body = extract::json_object(&req, payload, state.settings.http.json_body_max_bytes).await?;
-    let name =
-        name(&state, &body)?.ok_or_else(|| ApiError::invalid_field("name", "is required"))?;
-    let key_type = ApiKeyType::parse(extract::required_string(&body, "type")?)
-        .ok_or_else(|| ApiError::invalid_field("type", "must be \"sk\" or \"pk\""))?;
-    let role = match (key_type, role_field(&body)?) {
+    let body: CreateApiKeyRequest =
+        json_body(&req, payload, state.settings.http.json_body_max_bytes).await?;
+    let name = studio_name(&state, &required(body.name, "name")?)?;
+    let key_type = ApiKeyType::from(required(body.kind, "type")?);
+    let role = match (key_type, body.role.map(Role::from)) {
         (ApiKeyType::Sk, Some(role)) => role,
         (ApiKeyType::Sk, None) => return Err(ApiError::invalid_field("role", "is required")),
         (ApiKeyType::Pk, None | Some(Role::Executor)) => Role::Executor,
@@ -227,9 +244,9 @@ pub async fn create(
         }
     };
     caller.may_grant(role)?;
-    let expires_at_ms = expiry(&body)?.flatten();
+    let expires_at_ms = future(body.expires_at)?.flatten();
     let (record, value) = issue(&state, &caller, name, key_type, role, expires_at_ms).await?;
-    Ok(HttpResponse::Created().json(with_value(view(&record), &value)))
+    Ok(HttpResponse::Created().json(ApiKeyView::of(&record).with_value(&value)))
 }
 
 #[derive(serde::Deserialize)]
@@ -252,10 +269,10 @@ pub struct GetQuery {
     responses(
         (status = 200, description = "The key (its value with withValue=true)", body = ApiKeyView),
         (status = 400, description = "A malformed query", body = ErrorBody),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "The caller's role is too low", body = ErrorBody),
         (status = 404, description = "No such key in the caller's project", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        ServerError,
     ),
 )]
 pub async fn get(
@@ -278,7 +295,7 @@ pub async fn get(
         }
     };
     let key = target(&state, &caller, &path).await?;
-    let mut body = view(&key);
+    let mut body = ApiKeyView::of(&key);
     if reveal {
         caller.require(Role::Developer)?;
         caller.may_grant(key.role)?;
@@ -289,7 +306,7 @@ pub async fn get(
                 .secrets
                 .open(sealed, key.id.as_str())
                 .map_err(|e| ApiError::internal(&e))?;
-            body = with_value(body, &value);
+            body = body.with_value(&value);
         }
     }
     Ok(HttpResponse::Ok().json(body))
@@ -308,15 +325,11 @@ pub async fn get(
     request_body(content = UpdateApiKeyRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The key, updated", body = ApiKeyView),
-        (status = 400, description = "Malformed JSON or a bad field", body = ErrorBody),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "The caller's role is too low for this change", body = ErrorBody),
         (status = 404, description = "No such key in the caller's project", body = ErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not application/json", body = ErrorBody),
-        (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        BodyRefused,
+        ServerError,
     ),
 )]
 pub async fn update(
@@ -327,26 +340,16 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let caller = authenticate_studio(&state, &req).await?;
     caller.require(Role::Developer)?;
-    let body = extract::json_object(&req, payload, state.settings.http.json_body_max_bytes).await?;
-    if let Some(field) = body
-        .keys()
-        .find(|k| !["name", "role", "enabled", "expires_at"].contains(&k.as_str()))
-    {
-        return Err(ApiError::invalid_field(
-            "body",
-            format!("has an unknown field {field:?}"),
-        ));
-    }
-    let enabled = match body.get("enabled") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return Err(ApiError::invalid_field("enabled", "must be a boolean")),
-    };
+    let body: UpdateApiKeyRequest =
+        json_body(&req, payload, state.settings.http.json_body_max_bytes).await?;
     let asked = ApiKeyUpdate {
-        name: name(&state, &body)?,
-        role: role_field(&body)?,
-        enabled,
-        expires_at_ms: expiry(&body)?,
+        name: body
+            .name
+            .map(|name| studio_name(&state, &name))
+            .transpose()?,
+        role: body.role.map(Role::from),
+        enabled: body.enabled,
+        expires_at_ms: future(body.expires_at)?,
         ..ApiKeyUpdate::default()
     };
     let key = target(&state, &caller, &path).await?;
@@ -364,7 +367,7 @@ pub async fn update(
         .await?
         .ok_or_else(apikey_not_found)?;
     tracing::info!(apikey = %updated.id, by = %caller.key.id, "studio key updated");
-    Ok(HttpResponse::Ok().json(view(&updated)))
+    Ok(HttpResponse::Ok().json(ApiKeyView::of(&updated)))
 }
 
 /// `DELETE /api/v1/apikeys/{id}` → `{"acknowledged": true, "deletedCount": 1}`.
@@ -379,10 +382,10 @@ pub async fn update(
     ),
     responses(
         (status = 200, description = "Deleted", body = Deleted),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "Only an admin deletes", body = ErrorBody),
         (status = 404, description = "No such key in the caller's project", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        ServerError,
     ),
 )]
 pub async fn delete(
@@ -398,7 +401,10 @@ pub async fn delete(
         return Err(apikey_not_found());
     }
     tracing::info!(apikey = %key.id, by = %caller.key.id, "studio key deleted");
-    Ok(HttpResponse::Ok().json(json!({ "acknowledged": true, "deletedCount": deleted })))
+    Ok(HttpResponse::Ok().json(Deleted {
+        acknowledged: true,
+        deleted_count: deleted,
+    }))
 }
 
 /// `GET /api/v1/apikeys/{id}/token` → `{"token"}`: a JWT for the key, signed
@@ -414,11 +420,11 @@ pub async fn delete(
     ),
     responses(
         (status = 200, description = "A short-lived JWT for the key", body = TokenView),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "The caller's role is too low", body = ErrorBody),
         (status = 404, description = "No such key in the caller's project", body = ErrorBody),
         (status = 422, description = "The key is disabled or expired", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        ServerError,
     ),
 )]
 pub async fn token(
@@ -457,7 +463,7 @@ pub async fn token(
         issued_at_s: now / 1000,
         expires_at_s: expires_at_ms / 1000,
     });
-    Ok(HttpResponse::Ok().json(json!({ "token": token })))
+    Ok(HttpResponse::Ok().json(TokenView { token }))
 }
 
 #[derive(serde::Deserialize)]
@@ -484,12 +490,12 @@ pub struct PkQuery {
     responses(
         (status = 200, description = "A short-lived public key", body = PublicKeyView),
         (status = 400, description = "A malformed query", body = ErrorBody),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "The caller's role is too low", body = ErrorBody),
         (status = 404, description = "No such project", body = ErrorBody),
         (status = 409, description = "The project holds too many keys", body = ErrorBody),
         (status = 422, description = "A bad name", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        ServerError,
     ),
 )]
 pub async fn public_key(
@@ -524,7 +530,7 @@ pub async fn public_key(
     }
     let name = match query.name.as_deref() {
         None => format!("public key {}", &ApiKeyId::generate().as_str()[..12]),
-        Some(text) => valid_name(&state, text)?,
+        Some(text) => studio_name(&state, text)?,
     };
     let expires_at_ms = now_ms().saturating_add(ttl_s.saturating_mul(1000));
     let (record, value) = issue(
@@ -536,10 +542,10 @@ pub async fn public_key(
         Some(expires_at_ms),
     )
     .await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "value": value,
-        "expires_at": record.expires_at_ms.map_or(Value::Null, iso),
-    })))
+    Ok(HttpResponse::Ok().json(PublicKeyView {
+        value,
+        expires_at: record.expires_at_ms.and_then(iso),
+    }))
 }
 
 /// `GET /.well-known/jwks.json`: the public key that verifies our JWTs.
@@ -553,5 +559,12 @@ pub async fn public_key(
     ),
 )]
 pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.studio.jwt.jwks())
+    let keys = match state.studio.jwt.jwks() {
+        Value::Object(mut set) => match set.remove("keys") {
+            Some(Value::Array(keys)) => keys,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    HttpResponse::Ok().json(Jwks { keys })
 }

@@ -15,21 +15,117 @@
 
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use ledger::RequestId;
-use serde_json::{json, Value};
+use ledger::{KeyId, RequestId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::{KnownFormat, RefOr, SchemaFormat};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::caller::{no_budget, payer};
-use super::error::{apply_budget, ApiError};
-use super::extract::json_object;
-#[allow(unused_imports)] // named by the #[utoipa::path] attributes
-use super::openapi::{ChatCompletion, ChatCompletionRequest, ErrorBody};
+use super::error::{apply_budget, ApiError, ErrorBody, ErrorDetail};
+use super::extract::{json_body, RequestBody};
+use super::responses::{BearerRefused, BodyRefused, ServerError};
 use crate::gateway::call::{CallAsk, PaidCall};
 use crate::gateway::error::CallFailure;
 use crate::gateway::request::ChatRequest;
 use crate::gateway::run::{self, StreamEvent};
+use crate::gateway::Model;
 use crate::state::AppState;
 use crate::telemetry::client_request_id;
 use crate::upstream::UpstreamRequest;
+
+/// An OpenAI chat completion request: its JSON object, passed to
+/// `ChatRequest::parse` whole (the upstream gets the fields it forwards).
+/// The document lists only the fields Tollgate reads.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub struct ChatCompletionRequest(Map<String, Value>);
+
+impl RequestBody for ChatCompletionRequest {
+    fn from_object(object: Map<String, Value>) -> Result<Self, ApiError> {
+        Ok(ChatCompletionRequest(object))
+    }
+}
+
+/// An OpenAI chat completion, as the upstream answered it, with Tollgate's
+/// `compose` object (the charge) added.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ChatCompletion(Map<String, Value>);
+
+/// A property of type `kind`, or `null` when `nullable`.
+fn typed(kind: Type, nullable: bool) -> ObjectBuilder {
+    let kinds = if nullable {
+        SchemaType::from_iter([kind, Type::Null])
+    } else {
+        SchemaType::new(kind)
+    };
+    ObjectBuilder::new().schema_type(kinds)
+}
+
+/// An optional count (`u64`).
+fn count() -> ObjectBuilder {
+    typed(Type::Integer, true)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(0))
+}
+
+/// Any JSON object.
+fn object(nullable: bool) -> ObjectBuilder {
+    typed(Type::Object, nullable)
+}
+
+impl PartialSchema for ChatCompletionRequest {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .description(Some(
+                "An OpenAI chat completion request. Only the fields Tollgate reads are\n\
+                 listed; others pass to the upstream when the model forwards them.",
+            ))
+            .property("model", typed(Type::String, false))
+            .required("model")
+            .property("messages", ArrayBuilder::new().items(object(false)))
+            .required("messages")
+            .property("max_tokens", count())
+            .property("max_completion_tokens", count())
+            .property("stream", typed(Type::Boolean, true))
+            .into()
+    }
+}
+
+impl ToSchema for ChatCompletionRequest {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ChatCompletionRequest".into()
+    }
+}
+
+impl PartialSchema for ChatCompletion {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .description(Some(
+                "An OpenAI chat completion, as the upstream answered it, with Tollgate's\n\
+                 `compose` object (the charge) added.",
+            ))
+            .property("id", typed(Type::String, true))
+            .property("object", typed(Type::String, true))
+            .property(
+                "choices",
+                ArrayBuilder::new()
+                    .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+                    .items(object(false)),
+            )
+            .property("usage", object(true))
+            .property("compose", object(true))
+            .into()
+    }
+}
+
+impl ToSchema for ChatCompletion {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ChatCompletion".into()
+    }
+}
 
 #[utoipa::path(
     post,
@@ -40,18 +136,14 @@ use crate::upstream::UpstreamRequest;
     request_body(content = ChatCompletionRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The completion (JSON), or a stream of server-sent events when stream is true", body = ChatCompletion, headers(("x-compose-key-budget-limit" = String, description = "The key's budget (atomic units)"), ("x-compose-key-budget-used" = String, description = "Spent so far, this call included"), ("x-compose-key-budget-remaining" = String, description = "What is left"))),
-        (status = 400, description = "Malformed JSON, a bad or an unsupported parameter", body = ErrorBody),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 402, description = "The key's budget cannot cover the call's maximum cost", body = ErrorBody),
         (status = 403, description = "The key may not pay (role, project)", body = ErrorBody),
         (status = 404, description = "No such model", body = ErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 409, description = "Too many calls in flight on this key", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not application/json", body = ErrorBody),
-        (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
         (status = 429, description = "Too many calls in flight", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        BodyRefused,
+        ServerError,
     ),
 )]
 pub async fn completions(
@@ -60,8 +152,9 @@ pub async fn completions(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (key_id, token) = payer(&state, &req).await?;
-    let body = json_object(&req, payload, state.settings.gateway.chat_body_max_bytes).await?;
-    let chat = ChatRequest::parse(body)?;
+    let body: ChatCompletionRequest =
+        json_body(&req, payload, state.settings.gateway.chat_body_max_bytes).await?;
+    let chat = ChatRequest::parse(body.0)?;
     let gateway = &state.gateway;
     let Some(model) = gateway.models.get(&chat.model) else {
         return Err(CallFailure::ModelNotFound(chat.model).into());
@@ -107,18 +200,40 @@ pub async fn completions(
         max_tokens: call.max_tokens,
         request_id: call.request.to_string(),
     };
-    if !chat.stream {
+    if chat.stream {
+        streamed(
+            &state,
+            model,
+            call,
+            upstream_request,
+            chat.wants_usage,
+            &key_id,
+        )
+        .await
+    } else {
         let answer = run::complete(gateway, model, call, upstream_request).await?;
         let mut response = HttpResponse::Ok();
         apply_budget(&mut response, &answer.receipt.budget);
         tx_hash_header(&state, &mut response, &key_id);
         response.insert_header(("x-request-id", answer.request_id));
-        return Ok(response.json(Value::Object(answer.body)));
+        Ok(response.json(ChatCompletion(answer.body)))
     }
-    let started = run::stream(gateway, model, call, upstream_request, chat.wants_usage).await?;
+}
+
+/// A streamed call's answer: its opening headers, then each of its events
+/// as Server-Sent Events.
+async fn streamed(
+    state: &AppState,
+    model: &Model,
+    call: PaidCall,
+    upstream_request: UpstreamRequest,
+    wants_usage: bool,
+    key_id: &KeyId,
+) -> Result<HttpResponse, ApiError> {
+    let started = run::stream(&state.gateway, model, call, upstream_request, wants_usage).await?;
     let mut response = HttpResponse::Ok();
     apply_budget(&mut response, &started.opening);
-    tx_hash_header(&state, &mut response, &key_id);
+    tx_hash_header(state, &mut response, key_id);
     response
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
@@ -152,9 +267,18 @@ fn frame(event: StreamEvent) -> Bytes {
             Bytes::from(bytes)
         }
         StreamEvent::Failed(failure) => {
+            // The status is sent already: the event says what failed, as
+            // the upstream's fault.
             let api = ApiError::from(failure);
-            let body = json!({"error": {"code": api.code, "message": api.message,
-                                        "type": "upstream_error"}});
+            let body = ErrorBody {
+                error: ErrorDetail {
+                    code: api.code,
+                    message: &api.message,
+                    kind: "upstream_error",
+                    param: None,
+                    details: None,
+                },
+            };
             sse(&serde_json::to_vec(&body).unwrap_or_default())
         }
     }
@@ -174,11 +298,7 @@ fn stalled_client() -> actix_web::Error {
 
 /// `x-compose-key-tx-hash`: the paying key's latest settlement transaction,
 /// once it has one (its charge for this call settles later).
-fn tx_hash_header(
-    state: &AppState,
-    response: &mut actix_web::HttpResponseBuilder,
-    key: &ledger::KeyId,
-) {
+fn tx_hash_header(state: &AppState, response: &mut actix_web::HttpResponseBuilder, key: &KeyId) {
     if let Some(hash) = state.settled_txs.get(key.as_str()) {
         response.insert_header(("x-compose-key-tx-hash", hash.as_ref()));
     }

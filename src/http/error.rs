@@ -5,15 +5,22 @@
 //! say) — OpenAI's error shape, which the Compose surface shares. `type`
 //! follows from the status. 4xx messages are precise; 5xx messages are
 //! opaque and the cause is logged. Paid-path errors also carry the key's
-//! budget headers when the key is known.
+//! budget headers when the key is known. [`ErrorBody`] is that body, and the
+//! schema every error response of the OpenAPI document names.
+
+use std::borrow::Cow;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 use ledger::StoreError;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
+use super::views::PayerHeldBack;
 pub use crate::gateway::error::BudgetView;
 use crate::gateway::error::CallFailure;
+use crate::state::KeyCreationRefused;
+use crate::telemetry::CauseLogged;
 
 /// Sets the `x-compose-key-*` headers of a paid response from a budget view.
 pub fn apply_budget(response: &mut HttpResponseBuilder, budget: &BudgetView) {
@@ -29,13 +36,37 @@ pub fn apply_budget(response: &mut HttpResponseBuilder, budget: &BudgetView) {
     }
 }
 
+/// The error body of every 4xx and 5xx answer (OpenAI's shape).
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Machine-readable, e.g. `insufficient_budget`, `invalid_field`.
+    pub code: &'a str,
+    /// What went wrong and, for a 4xx, how to fix it.
+    pub message: &'a str,
+    /// OpenAI's error type, from the status.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// The request parameter or field at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param: Option<&'a str>,
+    /// More about the refusal (amounts for a 402, `retryAfterMs` for a 429).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<&'a Value>,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
     /// The request parameter or field at fault.
-    pub param: Option<std::borrow::Cow<'static, str>>,
+    pub param: Option<Cow<'static, str>>,
     pub details: Option<Value>,
     /// Boxed: most errors carry none, and `Result<_, ApiError>` stays small.
     pub budget: Option<Box<BudgetView>>,
@@ -108,14 +139,39 @@ impl ApiError {
     }
 
     /// A well-formed request whose field `param` has an unacceptable value.
-    pub fn invalid_field(param: &'static str, message: impl std::fmt::Display) -> ApiError {
+    pub fn invalid_field(
+        param: impl Into<Cow<'static, str>>,
+        message: impl std::fmt::Display,
+    ) -> ApiError {
+        let param = param.into();
         ApiError {
-            param: Some(param.into()),
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
-                format!("{param} {message}"),
-            )
+            message: format!("{param} {message}"),
+            param: Some(param),
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", "")
+        }
+    }
+
+    /// A too many requests answer that says when to retry, in
+    /// `details.retryAfterMs` and `Retry-After`.
+    pub fn too_many_requests(
+        message: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> ApiError {
+        let retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+            .with_details(json!({ "retryAfterMs": retry_after_ms }))
+    }
+
+    /// The body this error answers with; `kind` is OpenAI's error type.
+    pub fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+                kind: self.kind(),
+                param: self.param.as_deref(),
+                details: self.details.as_ref(),
+            },
         }
     }
 
@@ -159,13 +215,6 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::PAYMENT_REQUIRED {
             metrics::counter!("tollgate_payment_required_total", "code" => self.code).increment(1);
         }
-        let mut error = json!({ "code": self.code, "message": self.message, "type": self.kind() });
-        if let Some(param) = &self.param {
-            error["param"] = json!(param);
-        }
-        if let Some(details) = &self.details {
-            error["details"] = details.clone();
-        }
         let mut response = HttpResponse::build(self.status);
         if let Some(budget) = &self.budget {
             apply_budget(&mut response, budget);
@@ -179,7 +228,26 @@ impl ResponseError for ApiError {
         if let (StatusCode::TOO_MANY_REQUESTS, Some(ms)) = (self.status, retry_after_ms) {
             response.insert_header((header::RETRY_AFTER, ms.div_ceil(1000).max(1).to_string()));
         }
-        response.json(json!({ "error": error }))
+        let mut response = response.json(self.body());
+        if self.cause_logged {
+            response.extensions_mut().insert(CauseLogged);
+        }
+        response
+    }
+}
+
+impl From<KeyCreationRefused> for ApiError {
+    fn from(refused: KeyCreationRefused) -> ApiError {
+        match refused {
+            KeyCreationRefused::TooMany { retry_after, .. } => {
+                ApiError::too_many_requests(refused.to_string(), retry_after)
+            }
+            KeyCreationRefused::ChainUnavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "chain_unavailable",
+                refused.to_string(),
+            ),
+        }
     }
 }
 
@@ -246,6 +314,7 @@ impl From<StoreError> for ApiError {
 }
 
 impl From<CallFailure> for ApiError {
+    #[allow(clippy::too_many_lines)] // one arm per CallFailure: the table reads best whole
     fn from(failure: CallFailure) -> ApiError {
         let unavailable = |message: &str| {
             ApiError::new(
@@ -356,20 +425,6 @@ pub fn not_found_route() -> ApiError {
     ApiError::not_found("route_not_found", "no such route")
 }
 
-/// The details of a payer held back by settlement: what it owes, what it
-/// has, which of balance or allowance is short and by how much.
-pub fn held_back_details(held: &ledger::store::payers::HeldBackPayer) -> serde_json::Value {
-    json!({
-        "reason": "payer_held_back",
-        "short": held.short(),
-        "owed": held.owed,
-        "balance": held.balance,
-        "allowance": held.allowance,
-        "shortfall": held.shortfall(),
-        "since": held.since_ms,
-    })
-}
-
 /// 402 `payer_held_back`: the key's payer cannot pay what it owes on chain.
 fn payer_held_back(held: &ledger::store::payers::HeldBackPayer) -> ApiError {
     ApiError::new(
@@ -385,5 +440,5 @@ fn payer_held_back(held: &ledger::store::payers::HeldBackPayer) -> ApiError {
             held.shortfall(),
         ),
     )
-    .with_details(held_back_details(held))
+    .with_details(serde_json::to_value(PayerHeldBack::of(held)).unwrap_or_default())
 }

@@ -1,10 +1,12 @@
-//! Request parsing shared by the handlers: headers, bounded JSON bodies,
-//! and bearer-key authentication.
+//! Request parsing shared by the handlers: headers, and bounded JSON bodies
+//! read into their typed request ([`json_body`], the one place bodies are
+//! read).
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
-use ledger::{Amount, ChainId, WalletAddress};
+use ledger::{ChainId, WalletAddress};
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -63,24 +65,92 @@ pub fn chain_header(state: &AppState, req: &HttpRequest) -> Result<Option<ChainI
     Ok(Some(chain))
 }
 
-/// Characters a name may not hold: controls, and the bidi overrides,
-/// embeddings, isolates and marks that make a name display as something
-/// else (U+202E turns `gpt-evil` into `live-tpg` on screen).
-pub fn unprintable_in_name(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
-        )
-}
-
 /// How long a body may take to arrive when the app sets nothing.
 const BODY_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 
+/// A request body [`json_body`] reads from its JSON object: by default
+/// deserialized field by field ([`typed`]); a body passed on whole (the
+/// paid call's) keeps its object.
+pub trait RequestBody: Sized {
+    fn from_object(object: Map<String, Value>) -> Result<Self, ApiError>
+    where
+        Self: DeserializeOwned,
+    {
+        typed(&Value::Object(object))
+    }
+}
+
 /// Reads a JSON object body of at most `limit_bytes` within
-/// `http.body_timeout_ms`, answering 415 for a wrong content type, 413 for
-/// too large, 408 for too slow, 400 for malformed JSON.
-pub async fn json_object(
+/// `http.body_timeout_ms` into `T`, answering 415 for a wrong content type,
+/// 413 for too large, 408 for too slow, 400 for malformed JSON or not an
+/// object, then 422 naming the field whose value `T` refuses (see
+/// [`typed`]): a malformed body is a 400 whatever its fields.
+pub async fn json_body<T: RequestBody + DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit_bytes: usize,
+) -> Result<T, ApiError> {
+    T::from_object(json_object(req, payload, limit_bytes).await?)
+}
+
+/// `T` from a JSON object, or 422 `invalid_field` naming (`param`) the
+/// field whose value `T` refuses, with its `fields` helper's message — or
+/// naming `body` for a field a closed `T` does not have.
+pub fn typed<T: DeserializeOwned>(object: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(object).map_err(|error| {
+        let path = error.path().to_string();
+        let fields = field_names::<T>();
+        if fields.contains(&path.as_str()) {
+            return ApiError::invalid_field(path, error.into_inner());
+        }
+        // Not one of its fields: a closed `T` refuses a field it does not
+        // have (serde names that field's path).
+        let unknown = object
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !fields.contains(&k.as_str())));
+        match unknown {
+            Some(unknown) => {
+                ApiError::invalid_field("body", format!("has an unknown field {unknown:?}"))
+            }
+            None => ApiError::invalid_field("body", error.into_inner()),
+        }
+    })
+}
+
+/// The fields serde reads for the struct `T` (none for another type): a
+/// deserializer that records what `T` asks for and gives nothing.
+fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
+    struct Names<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Names<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("fields recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Names(&mut fields));
+    fields
+}
+
+/// Reads a JSON object body (see [`json_body`]).
+async fn json_object(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit_bytes: usize,
@@ -152,111 +222,83 @@ pub async fn json_object(
     }
 }
 
-/// An optional amount field (number or decimal string).
-pub fn amount_field(
-    body: &Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<Amount>, ApiError> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => Amount::from_json(value)
-            .map(Some)
-            .map_err(|e| ApiError::invalid_field(name, e)),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
 
-/// An optional millisecond timestamp field (integer number or digit string).
-pub fn millis_field(
-    body: &Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<i64>, ApiError> {
-    let bad = || {
-        ApiError::invalid_field(
-            name,
-            "must be milliseconds since the Unix epoch (an integer)",
-        )
-    };
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_i64().filter(|ms| *ms >= 0).map(Some).ok_or_else(bad),
-        Some(Value::String(s)) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|ms| *ms >= 0)
-            .map(Some)
-            .ok_or_else(bad),
-        Some(_) => Err(bad()),
-    }
-}
+    use super::*;
+    use crate::http::fields;
 
-/// An optional string field.
-pub fn string_field<'b>(
-    body: &'b Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<&'b str>, ApiError> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(ApiError::invalid_field(name, "must be a string")),
+    /// An open body, as `POST /api/keys`' is.
+    #[derive(Debug, Deserialize)]
+    struct Open {
+        #[serde(rename = "budgetLimit", default, deserialize_with = "fields::amount")]
+        budget_limit: Option<ledger::Amount>,
+        #[serde(rename = "expiresAt", default, deserialize_with = "fields::millis")]
+        expires_at: Option<i64>,
     }
-}
 
-/// A required string field.
-pub fn required_string<'b>(
-    body: &'b Map<String, Value>,
-    name: &'static str,
-) -> Result<&'b str, ApiError> {
-    string_field(body, name)?.ok_or_else(|| ApiError::invalid_field(name, "is required"))
-}
+    /// A closed body, as `PUT /api/v1/apikeys/{id}`'s is.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Closed {
+        #[serde(default, deserialize_with = "fields::flag")]
+        enabled: Option<bool>,
+        #[serde(default, deserialize_with = "fields::iso_time")]
+        expires_at: Option<Option<i64>>,
+    }
 
-/// Validates `name`: optional, bounded, no control characters.
-pub fn name_field(state: &AppState, body: &Map<String, Value>) -> Result<String, ApiError> {
-    let name = string_field(body, "name")?.unwrap_or("");
-    let max = state.settings.keys.name_max_chars;
-    if name.chars().count() > max {
-        return Err(ApiError::invalid_field(
-            "name",
-            format!("must be at most {max} characters"),
-        ));
+    fn refusal<T: DeserializeOwned + std::fmt::Debug>(body: Value) -> (u16, String, String) {
+        let error = typed::<T>(&body).expect_err("refused");
+        let param = error.param.as_deref().unwrap_or_default().to_owned();
+        (error.status.as_u16(), param, error.message)
     }
-    if name.chars().any(unprintable_in_name) {
-        return Err(ApiError::invalid_field(
-            "name",
-            "must not contain control or bidi override/isolate characters",
-        ));
-    }
-    Ok(name.to_owned())
-}
 
-/// Validates an optional `expiresAt` against now and the longest lifetime.
-pub fn expiry_field(
-    body: &Map<String, Value>,
-    now: i64,
-    default_ttl_ms: i64,
-    max_ttl_ms: i64,
-) -> Result<i64, ApiError> {
-    match millis_field(body, "expiresAt")? {
-        None => Ok(now.saturating_add(default_ttl_ms)),
-        Some(at) if at <= now => Err(ApiError::invalid_field(
-            "expiresAt",
-            "must be in the future",
-        )),
-        Some(at) if at > now.saturating_add(max_ttl_ms) => Err(ApiError::invalid_field(
-            "expiresAt",
-            format!("must be at most {max_ttl_ms} ms from now"),
-        )),
-        Some(at) => Ok(at),
+    /// A field's refusal names it, in its helper's words.
+    #[test]
+    fn a_refused_field_is_named_with_its_message() {
+        assert_eq!(
+            refusal::<Open>(json!({"budgetLimit": true})),
+            (
+                422,
+                "budgetLimit".to_owned(),
+                "budgetLimit must be a decimal integer (digits only)".to_owned()
+            )
+        );
+        assert_eq!(
+            refusal::<Open>(json!({"budgetLimit": 1, "expiresAt": "soon"})),
+            (
+                422,
+                "expiresAt".to_owned(),
+                "expiresAt must be milliseconds since the Unix epoch (an integer)".to_owned()
+            )
+        );
+        assert_eq!(
+            refusal::<Closed>(json!({"enabled": "no"})).2,
+            "enabled must be a boolean"
+        );
     }
-}
 
-/// Validates a budget against the configured maximum.
-pub fn budget_within_max(state: &AppState, budget: Amount) -> Result<Amount, ApiError> {
-    let max = state.settings.keys.budget_max_atomic;
-    if budget.atomic() > max {
-        return Err(ApiError::invalid_field(
-            "budgetLimit",
-            format!("must be at most {max} (USDC atomic units)"),
-        ));
+    /// A closed body refuses a field it does not have, naming `body`; an
+    /// open one ignores it.
+    #[test]
+    fn an_unknown_field_is_refused_only_by_a_closed_body() {
+        assert_eq!(
+            refusal::<Closed>(json!({"owner": "me"})),
+            (
+                422,
+                "body".to_owned(),
+                "body has an unknown field \"owner\"".to_owned()
+            )
+        );
+        let open = typed::<Open>(&json!({"budgetLimit": "1", "owner": "me"})).unwrap();
+        assert_eq!(
+            (open.budget_limit.map(|a| a.atomic()), open.expires_at),
+            (Some(1), None)
+        );
+        // `null` reads as absent, except for an expiry, where it clears.
+        let cleared = typed::<Closed>(&json!({"enabled": null, "expires_at": null})).unwrap();
+        assert_eq!((cleared.enabled, cleared.expires_at), (None, Some(None)));
     }
-    Ok(budget)
 }

@@ -6,20 +6,61 @@
 //! `http.metrics_token` when set, and only on `http.admin_bind`'s listener
 //! when that is set.
 
-#[allow(unused_imports)] // named by the #[utoipa::path] attributes
-use super::openapi::{ErrorBody, Health, Readiness};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::error::ApiError;
-use crate::state::AppState;
+use super::error::{ApiError, ErrorBody};
+use crate::state::{AppState, CheckedReadiness};
 
 /// How long each readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// `GET /readyz`: each dependency `ok`, `unavailable` or `timeout`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness<'a> {
+    /// `ready` or `not_ready`.
+    status: &'static str,
+    store: &'static str,
+    /// Present when calls go through RabbitMQ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<&'static str>,
+    /// Present in `evm` mode: chain id → status.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Option<Object>)]
+    chains: BTreeMap<&'a str, &'static str>,
+}
+
+impl Readiness<'_> {
+    fn of(checked: &CheckedReadiness) -> Readiness<'_> {
+        Readiness {
+            status: if checked.ready() {
+                "ready"
+            } else {
+                "not_ready"
+            },
+            store: checked.store,
+            queue: checked.queue,
+            chains: checked
+                .chains
+                .iter()
+                .map(|(id, status)| (id.as_str(), *status))
+                .collect(),
+        }
+    }
+}
 
 /// The process is up.
 #[utoipa::path(
@@ -32,7 +73,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
     ),
 )]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 /// `"ok"`, or why not (never a secret: errors name a component, not a URL).
@@ -84,16 +125,17 @@ async fn chain_status(client: &workers::evm::ChainClient) -> &'static str {
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut cached = state.readiness.lock().await;
-    let (ready, body) = match &*cached {
-        Some((at, ready, body)) if at.elapsed() < READY_FOR => (*ready, body.clone()),
+    let checked = match &*cached {
+        Some(checked) if checked.at.elapsed() < READY_FOR => checked.clone(),
         _ => {
-            let (ready, body) = readiness(&state).await;
-            *cached = Some((Instant::now(), ready, body.clone()));
-            (ready, body)
+            let checked = readiness(&state).await;
+            *cached = Some(checked.clone());
+            checked
         }
     };
     drop(cached);
-    if ready {
+    let body = Readiness::of(&checked);
+    if checked.ready() {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
@@ -107,7 +149,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 const READY_FOR: Duration = Duration::from_secs(1);
 
 /// Checks the store, the broker and each chain at once.
-async fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
+async fn readiness(state: &AppState) -> CheckedReadiness {
     let store = check("store", state.store.ping());
     let queue = async {
         match &state.queue {
@@ -117,30 +159,19 @@ async fn readiness(state: &AppState) -> (bool, Map<String, Value>) {
             }
         }
     };
-    let chains =
-        futures_util::future::join_all(state.chain_clients.iter().map(|(id, client)| async move {
-            (id.0.to_string(), Value::from(chain_status(client).await))
-        }));
-    let (store, queue, chains) = tokio::join!(store, queue, chains);
-    let mut body = Map::new();
-    body.insert("store".into(), store.into());
-    if let Some(queue) = queue {
-        body.insert("queue".into(), queue.into());
-    }
-    if !chains.is_empty() {
-        body.insert(
-            "chains".into(),
-            Value::Object(chains.iter().cloned().collect()),
-        );
-    }
-    let ready = store == "ok"
-        && queue.is_none_or(|q| q == "ok")
-        && chains.iter().all(|(_, status)| status == "ok");
-    body.insert(
-        "status".into(),
-        if ready { "ready" } else { "not_ready" }.into(),
+    let chains = futures_util::future::join_all(
+        state
+            .chain_clients
+            .iter()
+            .map(|(id, client)| async move { (id.0.to_string(), chain_status(client).await) }),
     );
-    (ready, body)
+    let (store, queue, chains) = tokio::join!(store, queue, chains);
+    CheckedReadiness {
+        at: Instant::now(),
+        store,
+        queue,
+        chains,
+    }
 }
 
 /// `GET /metrics`: Prometheus exposition (see `crate::metrics`).
@@ -178,13 +209,16 @@ pub async fn metrics(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
             return response;
         }
     }
-    match crate::metrics::render(&state) {
+    match crate::metrics::render(&state.gateway, &state.store_gauges) {
         Some(text) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4")
             .body(text),
-        None => HttpResponse::ServiceUnavailable().json(json!({
-            "error": { "code": "metrics_unavailable", "message": "no metrics recorder in this process" }
-        })),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "no metrics recorder in this process",
+        )
+        .error_response(),
     }
 }
 

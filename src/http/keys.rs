@@ -5,18 +5,42 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actors::budget::BudgetStatus;
 use ledger::model::{KeyRecord, NewKey, Purpose};
 use ledger::time::now_ms;
-use ledger::{ChainId, KeyId};
-use serde_json::{json, Value};
+use ledger::{Amount, ChainId, KeyId, WalletAddress};
+use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::caller::{authenticate, require_same_wallet, Caller};
-use super::error::{held_back_details, ApiError};
-use super::extract::{self, chain_header, wallet_header};
-use super::extract::{budget_within_max, expiry_field, name_field};
-#[allow(unused_imports)] // named by the #[utoipa::path] attributes
-use super::openapi::{ChargeList, CreateKeyRequest, CreatedKey, ErrorBody, KeyList, KeyView};
-use super::views::{charge_json, created_key_json, key_json};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{self, chain_header, json_body, wallet_header, RequestBody};
+use super::fields::{self, key_name, required_budget};
+use super::responses::{BearerRefused, BodyRefused, ServerError};
+use super::views::{ChargeList, ChargeView, CreatedKey, KeyList, KeyView, PayerHeldBack};
 use crate::gateway::revocation::stop_keys;
 use crate::state::AppState;
+
+/// `POST /api/keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateKeyRequest {
+    /// Atomic units, greater than zero.
+    #[serde(rename = "budgetLimit", default, deserialize_with = "fields::amount")]
+    #[schema(value_type = String, pattern = r"^[0-9]{1,39}$", required)]
+    budget_limit: Option<Amount>,
+    /// `api` (default) or `session`.
+    #[serde(default, deserialize_with = "fields::purpose")]
+    #[schema(value_type = Option<String>)]
+    purpose: Option<Purpose>,
+    #[serde(default, deserialize_with = "fields::text")]
+    name: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    #[serde(rename = "expiresAt", default, deserialize_with = "fields::millis")]
+    expires_at: Option<i64>,
+    /// When present, must equal the `x-chain-id` header.
+    #[serde(rename = "chainId", default, deserialize_with = "fields::chain_id")]
+    #[schema(value_type = Option<u64>)]
+    chain_id: Option<Option<u64>>,
+}
+
+impl RequestBody for CreateKeyRequest {}
 
 /// `POST /api/keys`: a session key of the wallet creates a key after the
 /// funding check.
@@ -33,18 +57,14 @@ use crate::state::AppState;
     request_body(content = CreateKeyRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "The key, with its token (shown this once)", body = CreatedKey),
-        (status = 400, description = "Malformed JSON or a bad field", body = ErrorBody),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 402, description = "The wallet's funds cannot cover the budget", body = ErrorBody),
         (status = 403, description = "Another wallet's or chain's key, or not a session key", body = ErrorBody),
         (status = 404, description = "No such chain here", body = ErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 409, description = "The wallet holds too many active keys", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not application/json", body = ErrorBody),
-        (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
         (status = 429, description = "Too many key creations from this address or for this wallet (Retry-After says when)", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        BodyRefused,
+        ServerError,
     ),
 )]
 pub async fn create(
@@ -74,38 +94,49 @@ pub async fn create(
             "only a session key (from POST /api/sessions) may create keys",
         ));
     }
-    let body = extract::json_object(&req, payload, state.settings.http.json_body_max_bytes).await?;
-    let budget = extract::amount_field(&body, "budgetLimit")?
-        .ok_or_else(|| ApiError::invalid_field("budgetLimit", "is required"))?;
-    if budget.is_zero() {
-        return Err(ApiError::invalid_field(
-            "budgetLimit",
-            "must be greater than zero",
-        ));
-    }
-    let budget = budget_within_max(&state, budget)?;
+    let body: CreateKeyRequest =
+        json_body(&req, payload, state.settings.http.json_body_max_bytes).await?;
+    let new_key = key_asked(&state, &caller, wallet, chain, body).await?;
+    let (new_key, token) = state.signer.mint(new_key);
+    // Checked again in the inserting transaction: a sign-in that supersedes
+    // the caller's session meanwhile wins, and this creation is refused.
+    let key = state
+        .store
+        .create_key_by(
+            &new_key,
+            state.settings.keys.max_active_per_wallet,
+            caller.key.session_id.as_ref(),
+        )
+        .await?;
+    tracing::info!(key_id = %key.id, wallet = %key.wallet, chain = %key.chain_id, budget = %key.budget_limit, "key created");
+    Ok(HttpResponse::Created().json(CreatedKey::of(&key, &token)))
+}
+
+/// The key `body` asks for (not yet minted), its fields checked in order —
+/// budget, expiry, chain, purpose, name — then the wallet's funds read.
+async fn key_asked(
+    state: &AppState,
+    caller: &Caller,
+    wallet: WalletAddress,
+    chain: ChainId,
+    body: CreateKeyRequest,
+) -> Result<NewKey, ApiError> {
+    let budget = required_budget(state, body.budget_limit)?;
     let now = now_ms();
     let keys = &state.settings.keys;
-    let mut expires_at_ms = expiry_field(&body, now, keys.default_ttl_ms, keys.max_ttl_ms)?;
-    match body.get("chainId") {
-        None | Some(Value::Null) => {}
-        Some(value) => {
-            if value.as_u64().map(ChainId) != Some(chain) {
-                return Err(ApiError::bad_request(
-                    "chain_mismatch",
-                    format!(
-                        "chainId must equal the {} header ({chain})",
-                        extract::CHAIN_HEADER
-                    ),
-                ));
-            }
+    let mut expires_at_ms = expiry(body.expires_at, now, keys.default_ttl_ms, keys.max_ttl_ms)?;
+    if let Some(asked) = body.chain_id {
+        if asked.map(ChainId) != Some(chain) {
+            return Err(ApiError::bad_request(
+                "chain_mismatch",
+                format!(
+                    "chainId must equal the {} header ({chain})",
+                    extract::CHAIN_HEADER
+                ),
+            ));
         }
     }
-    let purpose = match extract::string_field(&body, "purpose")? {
-        None => Purpose::Api,
-        Some(text) => Purpose::parse(text)
-            .ok_or_else(|| ApiError::invalid_field("purpose", "must be \"api\" or \"session\""))?,
-    };
+    let purpose = body.purpose.unwrap_or(Purpose::Api);
     let session_id = match purpose {
         Purpose::Api => None,
         Purpose::Session => {
@@ -114,9 +145,9 @@ pub async fn create(
             caller.key.session_id.clone()
         }
     };
-    let name = name_field(&state, &body)?;
+    let name = key_name(state, body.name)?;
     let funds = state.funds_for(&wallet, chain).await?;
-    let (new_key, token) = state.signer.mint(NewKey {
+    Ok(NewKey {
         id: KeyId::generate(),
         token_sha256: String::new(),
         wallet,
@@ -128,19 +159,28 @@ pub async fn create(
         created_at_ms: now,
         expires_at_ms,
         funds,
-    });
-    // Checked again in the inserting transaction: a sign-in that supersedes
-    // the caller's session meanwhile wins, and this creation is refused.
-    let key = state
-        .store
-        .create_key_by(
-            &new_key,
-            keys.max_active_per_wallet,
-            caller.key.session_id.as_ref(),
-        )
-        .await?;
-    tracing::info!(key_id = %key.id, wallet = %key.wallet, chain = %key.chain_id, budget = %key.budget_limit, "key created");
-    Ok(HttpResponse::Created().json(created_key_json(&key, &token)))
+    })
+}
+
+/// An optional `expiresAt`, checked against now and the longest lifetime.
+fn expiry(
+    at: Option<i64>,
+    now: i64,
+    default_ttl_ms: i64,
+    max_ttl_ms: i64,
+) -> Result<i64, ApiError> {
+    match at {
+        None => Ok(now.saturating_add(default_ttl_ms)),
+        Some(at) if at <= now => Err(ApiError::invalid_field(
+            "expiresAt",
+            "must be in the future",
+        )),
+        Some(at) if at > now.saturating_add(max_ttl_ms) => Err(ApiError::invalid_field(
+            "expiresAt",
+            format!("must be at most {max_ttl_ms} ms from now"),
+        )),
+        Some(at) => Ok(at),
+    }
 }
 
 /// `GET /api/keys`: the wallet's keys (filtered by `x-chain-id` when sent).
@@ -157,10 +197,10 @@ pub async fn create(
     responses(
         (status = 200, description = "The wallet's keys", body = KeyList),
         (status = 400, description = "A missing or malformed header", body = ErrorBody),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "Another wallet's key", body = ErrorBody),
         (status = 404, description = "No such chain here", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        ServerError,
     ),
 )]
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -169,7 +209,9 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     let chain = chain_header(&state, &req)?;
     require_same_wallet(&caller, &wallet)?;
     let keys = state.store.keys_for_wallet(&wallet, chain).await?;
-    Ok(HttpResponse::Ok().json(json!({ "keys": keys.iter().map(key_json).collect::<Vec<_>>() })))
+    Ok(HttpResponse::Ok().json(KeyList {
+        keys: keys.iter().map(KeyView::of).collect(),
+    }))
 }
 
 /// Loads the key named in the path, which must belong to the caller's wallet.
@@ -198,10 +240,10 @@ async fn owned_key(state: &AppState, caller: &Caller, key_id: &str) -> Result<Ke
     ),
     responses(
         (status = 200, description = "The key", body = KeyView),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "Another wallet's key", body = ErrorBody),
         (status = 404, description = "No such key", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        ServerError,
     ),
 )]
 pub async fn get(
@@ -211,15 +253,13 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&state, &req).await?;
     let key = owned_key(&state, &caller, &path).await?;
-    let mut view = key_json(&key);
+    let mut view = KeyView::of(&key);
     // Why its calls are refused, when settlement holds its payer back.
-    if let Some(held) = state
+    view.payer_held_back = state
         .store
         .held_back_payer(&key.wallet, key.chain_id)
         .await?
-    {
-        view["payerHeldBack"] = held_back_details(&held);
-    }
+        .map(|held| PayerHeldBack::of(&held));
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -236,10 +276,10 @@ pub async fn get(
     ),
     responses(
         (status = 200, description = "The key, revoked", body = KeyView),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "Another wallet's key, or an api key revoking another", body = ErrorBody),
         (status = 404, description = "No such key", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        ServerError,
     ),
 )]
 pub async fn revoke(
@@ -274,7 +314,7 @@ pub async fn revoke(
     )
     .await?;
     tracing::info!(key_id = %key.id, by = %caller.claims.key_id, "key revoked");
-    Ok(HttpResponse::Ok().json(key_json(&key)))
+    Ok(HttpResponse::Ok().json(KeyView::of(&key)))
 }
 
 /// `GET /api/keys/{keyId}/charges`.
@@ -289,10 +329,10 @@ pub async fn revoke(
     ),
     responses(
         (status = 200, description = "The key's charges, oldest first", body = ChargeList),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "Another wallet's key", body = ErrorBody),
         (status = 404, description = "No such key", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        ServerError,
     ),
 )]
 pub async fn charges(
@@ -303,8 +343,8 @@ pub async fn charges(
     let caller = authenticate(&state, &req).await?;
     let key = owned_key(&state, &caller, &path).await?;
     let charges = state.store.charges_for_key(&key.id).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "keyId": key.id,
-        "charges": charges.iter().map(charge_json).collect::<Vec<_>>(),
-    })))
+    Ok(HttpResponse::Ok().json(ChargeList {
+        charges: charges.iter().map(ChargeView::of).collect(),
+        key_id: key.id,
+    }))
 }

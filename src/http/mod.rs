@@ -7,13 +7,23 @@
 //! * [`chat`] — `POST /external/v1/chat/completions`, the paid call.
 //! * [`models`] — `GET /external/v1/models`.
 //! * [`health`] — `/healthz`, `/readyz`, `/metrics`.
-//! * [`openapi`] — `GET /openapi.json`, generated from the handlers.
+//! * [`openapi`] — `GET /openapi.json`, assembled from the handlers' paths;
+//!   no other file imports it.
 //! * [`caller`] — who is calling (Compose key, Studio key or JWT), the budget
 //!   a paid call spends from, the project a Studio key acts on. No handler
 //!   file imports another.
-//! * [`extract`] — headers, bounded JSON bodies and fields.
-//! * [`views`] — the JSON views of Compose keys and charges.
-//! * [`error`] — [`error::ApiError`], the one mapping of errors to responses.
+//! * [`extract`] — headers, and bounded JSON bodies read into their typed
+//!   request (`json_body`).
+//! * [`fields`] — the serde helpers that read a request's fields with
+//!   precise messages, the Studio enums, the checks bodies share.
+//! * [`views`] — the views of Compose keys, charges and Studio keys.
+//! * [`responses`] — the error responses the documented paths share.
+//! * [`error`] — [`error::ApiError`], the one mapping of errors to responses,
+//!   and its body.
+//!
+//! Each request body is a `Deserialize` type and each answer a `Serialize`
+//! one, declared beside its handler (or in [`views`] when shared), and the
+//! same types are the document's schemas (`ToSchema`).
 
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder};
@@ -23,11 +33,13 @@ pub mod caller;
 pub mod chat;
 pub mod error;
 pub mod extract;
+pub mod fields;
 pub mod health;
 pub mod keys;
 pub mod models;
 pub mod openapi;
 pub mod projects;
+pub mod responses;
 pub mod sessions;
 pub mod views;
 
@@ -54,7 +66,7 @@ where
 
 /// Every route, in matching order: the paid call first (the hot path matches
 /// it at the first try), `/apikeys/pk` before `/apikeys/{id}` (which would
-/// take "pk" as an id). `openapi::tests` checks that the document has each.
+/// take "pk" as an id). The tests below check that the document has each.
 pub fn endpoints() -> Vec<Endpoint> {
     use Method as M;
     vec![
@@ -92,4 +104,42 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(error::not_found_route())
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    fn document() -> serde_json::Value {
+        serde_json::from_str(super::openapi::json()).expect("the document is JSON")
+    }
+
+    /// The routes the server registers and the operations the document
+    /// names are the same set: a route added without its `#[utoipa::path]`
+    /// (or listed in `paths(...)` without being routed) fails here.
+    #[test]
+    fn every_route_is_documented_and_every_documented_route_is_routed() {
+        let routed: BTreeSet<(String, String)> = super::endpoints()
+            .iter()
+            .map(|e| (e.method.as_str().to_ascii_lowercase(), e.path.to_owned()))
+            .collect();
+        let document = document();
+        let mut documented = BTreeSet::new();
+        for (path, operations) in document["paths"].as_object().expect("paths") {
+            for method in operations.as_object().expect("operations").keys() {
+                documented.insert((method.clone(), path.clone()));
+            }
+        }
+        assert_eq!(routed.len(), super::endpoints().len(), "a route twice");
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from the document: {undocumented:?}"
+        );
+        assert!(
+            unrouted.is_empty(),
+            "documented but not routed: {unrouted:?}"
+        );
+    }
 }

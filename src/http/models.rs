@@ -2,14 +2,72 @@
 //! shape, each with its price (atomic USDC per million tokens).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
+use ledger::model::Role;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::caller::{authenticate, authenticate_studio, bearer_token};
-use super::error::ApiError;
-#[allow(unused_imports)] // named by the #[utoipa::path] attributes
-use super::openapi::{ErrorBody, ModelList};
+use super::error::{ApiError, ErrorBody};
+use super::responses::{BearerRefused, ServerError};
+use crate::gateway::Model;
 use crate::state::AppState;
-use ledger::model::Role;
+
+/// `GET /external/v1/models`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelList {
+    /// Always `list`.
+    object: &'static str,
+    data: Vec<ModelView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelView {
+    id: String,
+    /// Always `model`.
+    object: &'static str,
+    created: i64,
+    owned_by: &'static str,
+    pricing: ModelPricing,
+    #[serde(rename = "maxOutputTokens")]
+    max_output_tokens: u64,
+}
+
+/// A model's price (atomic units as digit strings).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPricing {
+    version: String,
+    #[serde(rename = "inputAtomicPerMillion")]
+    #[schema(pattern = r"^[0-9]{1,39}$")]
+    input_atomic_per_million: String,
+    #[serde(rename = "outputAtomicPerMillion")]
+    #[schema(pattern = r"^[0-9]{1,39}$")]
+    output_atomic_per_million: String,
+    #[serde(rename = "requestFeeAtomic")]
+    #[schema(pattern = r"^[0-9]{1,39}$")]
+    request_fee_atomic: String,
+}
+
+impl ModelView {
+    fn of(model: &Model) -> ModelView {
+        let price = &model.price;
+        ModelView {
+            id: model.name.clone(),
+            object: "model",
+            created: 0,
+            owned_by: "tollgate",
+            pricing: ModelPricing {
+                version: price.version.clone(),
+                input_atomic_per_million: price.input_atomic_per_million.to_string(),
+                output_atomic_per_million: price.output_atomic_per_million.to_string(),
+                request_fee_atomic: price.request_fee_atomic.to_string(),
+            },
+            max_output_tokens: model.max_output_tokens,
+        }
+    }
+}
 
 /// Any key that may make paid calls: an active Compose key, or a Studio key
 /// of role `executor` and above.
@@ -21,9 +79,9 @@ use ledger::model::Role;
     security(("compose_key" = []), ("studio_key" = [])),
     responses(
         (status = 200, description = "The models and their prices", body = ModelList),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "The caller's role is too low", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        ServerError,
     ),
 )]
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -36,24 +94,13 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     }
     let mut names: Vec<&String> = state.gateway.models.keys().collect();
     names.sort();
-    let data: Vec<_> = names
+    let data = names
         .into_iter()
         .filter_map(|name| state.gateway.models.get(name))
-        .map(|m| {
-            json!({
-                "id": m.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "tollgate",
-                "pricing": {
-                    "version": m.price.version,
-                    "inputAtomicPerMillion": m.price.input_atomic_per_million.to_string(),
-                    "outputAtomicPerMillion": m.price.output_atomic_per_million.to_string(),
-                    "requestFeeAtomic": m.price.request_fee_atomic.to_string(),
-                },
-                "maxOutputTokens": m.max_output_tokens,
-            })
-        })
+        .map(ModelView::of)
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": data })))
+    Ok(HttpResponse::Ok().json(ModelList {
+        object: "list",
+        data,
+    }))
 }

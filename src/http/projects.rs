@@ -10,33 +10,73 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actors::budget::BudgetStatus;
-use ledger::model::{KeyRecord, NewKey, ProjectRecord, Purpose, Role};
+use ledger::model::{KeyRecord, KeyStatus, NewKey, ProjectRecord, Purpose, Role};
 use ledger::time::now_ms;
-use ledger::KeyId;
+use ledger::{Amount, ChainId, KeyId, ProjectId, WalletAddress};
 use rand::RngCore;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::caller::{authenticate_studio, own_project};
-use super::error::ApiError;
-use super::extract;
-use super::extract::budget_within_max;
-#[allow(unused_imports)] // named by the #[utoipa::path] attributes
-use super::openapi::{ErrorBody, ProjectBudget, SetBudgetRequest};
+use super::caller::{authenticate_studio, own_project, StudioCaller};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{json_body, RequestBody};
+use super::fields::{self, required_budget};
+use super::responses::{BearerRefused, BodyRefused, ServerError};
 use crate::auth::token::token_sha256;
 use crate::gateway::revocation::stop_keys;
 use crate::state::AppState;
 
-fn budget_json(project: &ProjectRecord, key: &KeyRecord) -> serde_json::Value {
-    json!({
-        "projectId": project.id,
-        "keyId": key.id,
-        "budgetLimit": key.budget_limit,
-        "budgetUsed": key.budget_used,
-        "budgetRemaining": key.budget_remaining(),
-        "status": key.status_at(now_ms()),
-        "chainId": key.chain_id,
-        "owner": key.wallet,
-    })
+/// `PUT /api/v1/projects/{id}/budget`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SetBudgetRequest {
+    #[serde(rename = "budgetLimit", default, deserialize_with = "fields::amount")]
+    #[schema(value_type = String, pattern = r"^[0-9]{1,39}$", required)]
+    budget_limit: Option<Amount>,
+}
+
+impl RequestBody for SetBudgetRequest {}
+
+/// A Studio project's budget: the Compose key it spends from.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectBudget {
+    #[serde(rename = "projectId")]
+    #[schema(value_type = String)]
+    project_id: ProjectId,
+    #[serde(rename = "keyId")]
+    #[schema(value_type = String)]
+    key_id: KeyId,
+    #[serde(rename = "budgetLimit")]
+    #[schema(value_type = String, pattern = r"^[0-9]{1,39}$")]
+    budget_limit: Amount,
+    #[serde(rename = "budgetUsed")]
+    #[schema(value_type = String, pattern = r"^[0-9]{1,39}$")]
+    budget_used: Amount,
+    #[serde(rename = "budgetRemaining")]
+    #[schema(value_type = String, pattern = r"^[0-9]{1,39}$")]
+    budget_remaining: Amount,
+    #[schema(value_type = String)]
+    status: KeyStatus,
+    #[serde(rename = "chainId")]
+    #[schema(value_type = u64)]
+    chain_id: ChainId,
+    #[schema(value_type = String)]
+    owner: WalletAddress,
+}
+
+impl ProjectBudget {
+    fn of(project: &ProjectRecord, key: &KeyRecord) -> ProjectBudget {
+        ProjectBudget {
+            project_id: project.id.clone(),
+            key_id: key.id.clone(),
+            budget_limit: key.budget_limit,
+            budget_used: key.budget_used,
+            budget_remaining: key.budget_remaining(),
+            status: key.status_at(now_ms()),
+            chain_id: key.chain_id,
+            owner: key.wallet,
+        }
+    }
 }
 
 /// `GET /api/v1/projects/{id}/budget` (reader and above).
@@ -51,10 +91,10 @@ fn budget_json(project: &ProjectRecord, key: &KeyRecord) -> serde_json::Value {
     ),
     responses(
         (status = 200, description = "The project's budget", body = ProjectBudget),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "The caller's role is too low", body = ErrorBody),
         (status = 404, description = "No such project, or it has no budget", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        ServerError,
     ),
 )]
 pub async fn get(
@@ -68,7 +108,7 @@ pub async fn get(
     let no_budget = || ApiError::not_found("no_budget", "the project has no budget");
     let key_id = project.budget_key_id.clone().ok_or_else(no_budget)?;
     let key = state.store.key(&key_id).await?.ok_or_else(no_budget)?;
-    Ok(HttpResponse::Ok().json(budget_json(&project, &key)))
+    Ok(HttpResponse::Ok().json(ProjectBudget::of(&project, &key)))
 }
 
 /// `PUT /api/v1/projects/{id}/budget` `{"budgetLimit"}` (admin only).
@@ -84,17 +124,13 @@ pub async fn get(
     request_body(content = SetBudgetRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The project's budget, set", body = ProjectBudget),
-        (status = 400, description = "Malformed JSON or a bad field", body = ErrorBody),
-        (status = 401, description = "No, a malformed or an unknown bearer token", body = ErrorBody),
         (status = 402, description = "The wallet's funds cannot cover the budget", body = ErrorBody),
         (status = 403, description = "Only an admin sets a budget", body = ErrorBody),
         (status = 404, description = "No such project", body = ErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 409, description = "The project's budget changed meanwhile", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not application/json", body = ErrorBody),
-        (status = 422, description = "A field has an unacceptable value", body = ErrorBody),
-        (status = "5XX", description = "A fault of ours or of a dependency (opaque; see the server log)", body = ErrorBody),
+        BearerRefused,
+        BodyRefused,
+        ServerError,
     ),
 )]
 pub async fn set(
@@ -106,46 +142,10 @@ pub async fn set(
     let caller = authenticate_studio(&state, &req).await?;
     caller.require(Role::Admin)?;
     let project = own_project(&state, &caller, &path).await?;
-    let body = extract::json_object(&req, payload, state.settings.http.json_body_max_bytes).await?;
-    let budget = extract::amount_field(&body, "budgetLimit")?
-        .ok_or_else(|| ApiError::invalid_field("budgetLimit", "is required"))?;
-    if budget.is_zero() {
-        return Err(ApiError::invalid_field(
-            "budgetLimit",
-            "must be greater than zero",
-        ));
-    }
-    let budget = budget_within_max(&state, budget)?;
-    let account = state
-        .store
-        .account(&caller.key.account_id)
-        .await?
-        .ok_or_else(|| ApiError::internal(&"a key's account is missing"))?;
-    let (wallet, chain) = account.funding.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "no_funding_wallet",
-            "the account has no funding wallet (tollgate studio bootstrap --wallet)",
-        )
-    })?;
-    // No token is ever issued for a budget key: its stored hash is of random
-    // bytes nobody holds, so it can only be spent through Studio keys.
-    let mut unheld = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut unheld);
-    let now = now_ms();
-    let new_key = NewKey {
-        id: KeyId::generate(),
-        token_sha256: token_sha256(&hex::encode(unheld)),
-        wallet,
-        chain_id: chain,
-        purpose: Purpose::Api,
-        session_id: None,
-        name: format!("studio project {}", project.id),
-        budget_limit: budget,
-        created_at_ms: now,
-        expires_at_ms: now.saturating_add(state.settings.keys.max_ttl_ms),
-        funds: state.funds_for(&wallet, chain).await?,
-    };
+    let body: SetBudgetRequest =
+        json_body(&req, payload, state.settings.http.json_body_max_bytes).await?;
+    let budget = required_budget(&state, body.budget_limit)?;
+    let new_key = budget_key(&state, &caller, &project, budget).await?;
     // The budget being replaced stops taking calls; its unspent part stays
     // committed against the wallet until no call can charge it (invariant 7),
     // which is at once when none is in flight.
@@ -167,5 +167,45 @@ pub async fn set(
     )
     .await?;
     tracing::info!(project = %project.id, key_id = %key.id, budget = %key.budget_limit, by = %caller.key.id, "project budget set");
-    Ok(HttpResponse::Ok().json(budget_json(&project, &key)))
+    Ok(HttpResponse::Ok().json(ProjectBudget::of(&project, &key)))
+}
+
+/// The budget key of `project`: owned by its account's funding wallet,
+/// after the funding check.
+async fn budget_key(
+    state: &AppState,
+    caller: &StudioCaller,
+    project: &ProjectRecord,
+    budget: Amount,
+) -> Result<NewKey, ApiError> {
+    let account = state
+        .store
+        .account(&caller.key.account_id)
+        .await?
+        .ok_or_else(|| ApiError::internal(&"a key's account is missing"))?;
+    let (wallet, chain) = account.funding.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_funding_wallet",
+            "the account has no funding wallet (tollgate studio bootstrap --wallet)",
+        )
+    })?;
+    // No token is ever issued for a budget key: its stored hash is of random
+    // bytes nobody holds, so it can only be spent through Studio keys.
+    let mut unheld = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut unheld);
+    let now = now_ms();
+    Ok(NewKey {
+        id: KeyId::generate(),
+        token_sha256: token_sha256(&hex::encode(unheld)),
+        wallet,
+        chain_id: chain,
+        purpose: Purpose::Api,
+        session_id: None,
+        name: format!("studio project {}", project.id),
+        budget_limit: budget,
+        created_at_ms: now,
+        expires_at_ms: now.saturating_add(state.settings.keys.max_ttl_ms),
+        funds: state.funds_for(&wallet, chain).await?,
+    })
 }
