@@ -31,6 +31,8 @@ pub struct AppState {
     pub studio: StudioKeys,
     /// Nonce requests and sign-ins, per client address.
     pub sign_in_limiter: Arc<RateLimiter>,
+    /// `count_tokens` is free to call, so it is rate-limited as sign-ins are.
+    pub count_tokens_limiter: Arc<RateLimiter>,
     /// Key creations, per client address and per wallet.
     pub key_creation_limiters: Arc<(RateLimiter, RateLimiter<WalletAddress>)>,
     /// `/readyz`'s latest answer, reused for a second.
@@ -91,6 +93,10 @@ impl AppState {
             settings.auth.sign_in_burst,
             settings.auth.sign_in_per_s,
         ));
+        let count_tokens_limiter = Arc::new(RateLimiter::new(
+            settings.auth.sign_in_burst,
+            settings.auth.sign_in_per_s,
+        ));
         let keys = &settings.keys;
         let key_creation_limiters = Arc::new((
             RateLimiter::new(keys.create_burst, keys.create_per_s),
@@ -104,6 +110,7 @@ impl AppState {
             gateway,
             studio,
             sign_in_limiter,
+            count_tokens_limiter,
             key_creation_limiters,
             readiness: Default::default(),
             chain_clients: Arc::new(HashMap::new()),

@@ -196,7 +196,7 @@ fn warn_about_settings(settings: &Settings) {
             "ignored: settings are TOLLGATE__SECTION__KEY (two underscores), e.g. TOLLGATE__STORE__URL");
     }
     for (name, model) in &settings.models {
-        if let crate::settings::UpstreamSetting::OpenAi(url) = &model.upstream {
+        if let crate::settings::UpstreamSetting::Remote(url) = &model.upstream {
             if model.api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
                 tracing::warn!(model = %name, upstream = %url,
                     "no API key for this upstream (TOLLGATE__MODELS__{}__API_KEY); it may refuse every call",

@@ -311,7 +311,7 @@ impl PaidCall {
             reserved.held
         );
         debug_assert!(
-            max_tokens >= 1,
+            max_tokens >= requested_max_tokens.min(1),
             "a hold of at least the minimum affords one token"
         );
         Ok(PaidCall {
@@ -390,10 +390,12 @@ impl PaidCall {
                 used: committed.spent,
                 final_amount: Some(committed.charged),
             },
-            usage: Usage {
-                prompt_tokens: billed.input_tokens,
-                completion_tokens: billed.output_tokens,
-            },
+            usage: Usage::new(
+                billed.input_tokens,
+                billed.output_tokens,
+                metered.usage.cached_tokens,
+                metered.usage.cache_write_tokens,
+            ),
             estimated: !metered.reported,
         })
     }
@@ -574,7 +576,8 @@ struct Quote {
 
 impl Quote {
     /// The call's most cost (`requested_max_tokens` of output) and least
-    /// (one token), and its deadlines.
+    /// (one token; none for a call that asks for no output, such as
+    /// embeddings), and its deadlines.
     fn of(
         gateway: &Gateway,
         model: &Model,
@@ -588,7 +591,7 @@ impl Quote {
             })
         };
         let wanted = cost(requested_max_tokens)?;
-        let minimum = cost(1)?;
+        let minimum = cost(requested_max_tokens.min(1))?;
         let longest = if stream {
             gateway.timeouts.stream_max
         } else {

@@ -40,6 +40,17 @@ pub enum CallFailure {
     UnsupportedParameter { field: String, priced: bool },
     #[error("the model {0:?} does not exist here")]
     ModelNotFound(String),
+    /// The model's upstream does not speak the endpoint's API; `serves`
+    /// lists the endpoints that reach it.
+    #[error("the model {model:?} is not served by this endpoint")]
+    WrongApi {
+        model: String,
+        serves: Vec<&'static str>,
+    },
+    /// A Studio key's project has no usable budget key (none set, or it
+    /// was revoked or expired).
+    #[error("the key's project has no usable budget")]
+    NoProjectBudget,
     /// The token is not the one issued for its key.
     #[error("the bearer token is not a valid Compose key")]
     InvalidToken,

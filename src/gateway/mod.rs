@@ -4,7 +4,10 @@
 //!   charge sink, and each configured model's price and upstream.
 //! * [`loader`] — [`loader::StoreKeyLoader`]: key actors start from the store.
 //! * [`leases`] — [`leases::LeaseKeeper`]: this node's budget leases.
-//! * [`request`] — validating an OpenAI chat request.
+//! * [`protocol`] — the APIs of the paid path (chat completions, responses,
+//!   messages, embeddings): requests, usage in their streams, answers.
+//! * [`paid`] — [`paid::Payer`], [`paid::Ask`] and [`Gateway::call`]: the
+//!   protocol-neutral paid call every endpoint runs.
 //! * [`call`] — [`call::PaidCall`]: one call's budget from hold to charge.
 //! * [`run`] — one call's run: the upstream within its bounds, the stream
 //!   pump, the charge; events for whoever frames them.
@@ -31,15 +34,16 @@ use workers::sink::ChargeSink;
 use self::leases::LeaseKeeper;
 use crate::settings::{GatewaySettings, ModelSettings, Settings, UpstreamSetting};
 use crate::upstream::echo::Echo;
-use crate::upstream::openai::{ClientConfig, OpenAiUpstream};
+use crate::upstream::remote::{ClientConfig, RemoteUpstream};
 use crate::upstream::Upstream;
 
 pub mod call;
 pub mod error;
 pub mod leases;
 pub mod loader;
+pub mod paid;
 pub mod payers;
-pub mod request;
+pub mod protocol;
 pub mod revocation;
 pub mod run;
 
@@ -55,6 +59,18 @@ pub struct Model {
     pub require_usage: bool,
 }
 
+impl Model {
+    /// Whether this model's upstream serves `api`.
+    pub fn serves(&self, api: protocol::Api) -> bool {
+        self.upstream.serves(api)
+    }
+
+    /// The APIs it serves, in order.
+    pub fn apis(&self) -> Vec<protocol::Api> {
+        protocol::Api::ALL.into_iter().filter(|api| self.serves(*api)).collect()
+    }
+}
+
 /// A background task the gateway started, named for the logs; its owner
 /// (`startup::Application`) watches it.
 pub type NamedTask = (&'static str, JoinHandle<()>);
@@ -65,7 +81,7 @@ pub struct Gateway {
     pub registry: Registry,
     /// Where charges go: durable before a call reports its amount.
     pub sink: Arc<dyn ChargeSink>,
-    pub models: Arc<HashMap<String, Model>>,
+    pub models: Arc<HashMap<String, Arc<Model>>>,
     pub timeouts: Timeouts,
     /// This node's budget leases: what its key actors may spend.
     pub leases: LeaseKeeper,
@@ -172,7 +188,7 @@ impl Timeouts {
 fn configured_models(
     settings: &Settings,
     timeouts: Timeouts,
-) -> Result<HashMap<String, Model>, GatewayError> {
+) -> Result<HashMap<String, Arc<Model>>, GatewayError> {
     // Pooled clients, one per thread: connections are reused across calls.
     let client = ClientConfig {
         connect_timeout: Duration::from_millis(settings.gateway.upstream_connect_timeout_ms),
@@ -183,7 +199,7 @@ fn configured_models(
     Ok(settings
         .models
         .iter()
-        .map(|(name, m)| (name.clone(), Model::configured(name, m, client, timeouts)))
+        .map(|(name, m)| (name.clone(), Arc::new(Model::configured(name, m, client, timeouts))))
         .collect())
 }
 
@@ -200,7 +216,7 @@ impl Model {
                 model: name.to_owned(),
                 word_delay_ms: m.echo_word_delay_ms,
             }),
-            UpstreamSetting::OpenAi(base_url) => Upstream::OpenAi(OpenAiUpstream {
+            UpstreamSetting::Remote(base_url) => Upstream::Remote(RemoteUpstream {
                 client,
                 base_url: base_url.clone(),
                 upstream_model: if m.upstream_model.is_empty() {
@@ -211,6 +227,8 @@ impl Model {
                 api_key: m.api_key.clone().filter(|k| !k.is_empty()),
                 timeout: timeouts.upstream,
                 max_tokens_fields: m.max_tokens_fields.clone(),
+                protocol: m.protocol,
+                allow_store: m.forward_fields.iter().any(|f| f == "store"),
             }),
         };
         Model {

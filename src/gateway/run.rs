@@ -1,8 +1,9 @@
-//! One paid call's run below HTTP: the upstream, within its bounds, and the
-//! charge. [`complete`] answers a non-streamed call; [`stream`] starts a
-//! stream and hands its events — the upstream's chunks, the last chunk with
-//! the call's charge, or a failure — to whoever frames them (`http::chat`
-//! frames them as SSE).
+//! One paid call's run below HTTP, in any API: the upstream, within its
+//! bounds, and the charge. [`complete`] answers a non-streamed call;
+//! [`stream`] starts a stream and hands its events — the upstream's, the
+//! last one with the call's charge, or a failure — to whoever frames them
+//! (`http::paid` frames them as SSE). What each API's events report is read
+//! by its [`StreamMeter`].
 //!
 //! Each call runs in its own task, so a client that leaves cancels nothing
 //! that was already asked of the upstream. A stream's task reads the
@@ -17,14 +18,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::call::{Metered, PaidCall, Receipt};
 use super::error::{BudgetView, CallFailure};
+use super::protocol::{self, Api, Step, StreamMeta, StreamMeter};
 use super::{Gateway, Model, Timeouts};
-use crate::upstream::{output_bytes_of, Chunk, ChunkStream, UpstreamError, UpstreamRequest, Usage};
+use crate::upstream::{ChunkStream, UpstreamError, UpstreamRequest, Usage};
 
 /// Chunks waiting between the upstream reader and a slow client.
 const STREAM_BUFFER_CHUNKS: usize = 16;
@@ -43,6 +45,8 @@ pub struct Answer {
 
 /// A started stream.
 pub struct Stream {
+    /// The API its events are in.
+    pub api: Api,
     /// The key's budget as the call started (the opening headers).
     pub opening: BudgetView,
     pub request_id: String,
@@ -56,10 +60,10 @@ pub struct Stream {
 /// What a stream hands on, as JSON text for the framer.
 #[derive(Debug)]
 pub enum StreamEvent {
-    /// One upstream chunk (its own bytes where they could be kept).
+    /// One upstream event (its own bytes where they could be kept).
     Chunk(Bytes),
-    /// The last chunk: the billed usage (if the client asked) and `compose`.
-    /// The stream ends cleanly after it.
+    /// The last event, with the billed usage and `compose`. The stream
+    /// ends cleanly after it.
     Last(Bytes),
     /// The stream failed after it started; what was delivered is charged.
     Failed(CallFailure),
@@ -71,16 +75,12 @@ pub enum StreamEvent {
 /// bills its work whether or not the client waited for it.
 pub async fn complete(
     gateway: &Gateway,
-    model: &Model,
+    model: Arc<Model>,
     call: PaidCall,
     request: UpstreamRequest,
 ) -> Result<Answer, CallFailure> {
     let gateway = gateway.clone();
-    let model = model.name.clone();
     let running = tokio::spawn(async move {
-        let Some(model) = gateway.models.get(&model) else {
-            return Err(CallFailure::internal("a configured model vanished"));
-        };
         let (call, completion) =
             upstream_or_release(&gateway, call, model.upstream.complete(&request)).await?;
         let metered = match completion.usage {
@@ -97,16 +97,15 @@ pub async fn complete(
             // of output in the answer (never past the output bound).
             None => Metered::estimated(Usage {
                 prompt_tokens: call.prompt_tokens_max,
-                completion_tokens: output_bytes_of(completion.body.get("choices"), "message")
+                completion_tokens: protocol::answer_output_bytes(request.api, &completion.body)
                     .min(call.max_tokens),
+                ..Usage::default()
             }),
         };
         let request_id = call.request.to_string();
         let receipt = call.finish(metered).await?;
         let mut body = completion.body;
-        // The body's usage is what was billed, so body, headers and ledger agree.
-        body.insert("usage".into(), receipt.usage.to_json());
-        body.insert("compose".into(), receipt.compose_json());
+        protocol::answer_body(request.api, &mut body, &receipt);
         Ok(Answer {
             body,
             receipt,
@@ -120,7 +119,7 @@ pub async fn complete(
 /// releases the hold and fails), then pumps the stream in its own task.
 pub async fn stream(
     gateway: &Gateway,
-    model: &Model,
+    model: Arc<Model>,
     call: PaidCall,
     request: UpstreamRequest,
     wants_usage: bool,
@@ -128,19 +127,25 @@ pub async fn stream(
     let (call, chunks) =
         upstream_or_release(gateway, call, model.upstream.stream(&request)).await?;
     let (sender, events) = mpsc::channel::<StreamEvent>(STREAM_BUFFER_CHUNKS);
-    let last = LastChunk {
+    let meta = StreamMeta {
         id: format!("chatcmpl-{}", request.request_id),
         model: model.name.clone(),
-        wants_usage,
     };
     let cut = Arc::new(AtomicBool::new(false));
     let started = Stream {
+        api: request.api,
         opening: call.opening_budget(),
         request_id: call.request.to_string(),
         events,
         cut: cut.clone(),
     };
-    tokio::spawn(pump(call, chunks, sender, gateway.timeouts, last, cut));
+    let pumping = Pump {
+        meter: StreamMeter::new(request.api, wants_usage),
+        meta,
+        sender,
+        cut,
+    };
+    tokio::spawn(pumping.run(call, chunks, gateway.timeouts));
     Ok(started)
 }
 
@@ -173,12 +178,12 @@ async fn send_by(sender: &mpsc::Sender<StreamEvent>, event: StreamEvent, by: Ins
     )
 }
 
-/// What the last chunk needs: its id and model when the upstream sent no
-/// usage chunk to build on, and whether the client asked for `usage`.
-struct LastChunk {
-    id: String,
-    model: String,
-    wants_usage: bool,
+/// A stream's pump: what it reads the stream with and hands it to.
+struct Pump {
+    meter: StreamMeter,
+    meta: StreamMeta,
+    sender: mpsc::Sender<StreamEvent>,
+    cut: Arc<AtomicBool>,
 }
 
 enum Ended {
@@ -188,127 +193,89 @@ enum Ended {
     Failed(UpstreamError),
 }
 
-/// Reads the upstream and hands its chunks to the client, all by the call's
-/// bound (invariant 8): a client that stops reading is cut off when the
-/// bound passes, and charged for what the upstream produced until then —
-/// before the hold (which outlives the bound) could expire.
-async fn pump(
-    call: PaidCall,
-    mut chunks: ChunkStream,
-    sender: mpsc::Sender<StreamEvent>,
-    timeouts: Timeouts,
-    last: LastChunk,
-    cut: Arc<AtomicBool>,
-) {
-    // The stream ends by the call's bound, set when its hold was taken.
-    let deadline = call.ends_by;
-    // Bytes of output handed on (text, reasoning, refusals, tool arguments):
-    // the estimate when the upstream reports no usage.
-    let mut output_bytes: u64 = 0;
-    // The last usage the upstream reported (cumulative where it sends it on
-    // every chunk), and its last usage-only chunk, which goes last.
-    let mut usage_seen: Option<Usage> = None;
-    let mut usage_chunk: Option<Chunk> = None;
-    let ended = loop {
-        let wait = (Instant::now() + timeouts.stream_idle).min(deadline);
-        let next = tokio::select! {
-            _ = sender.closed() => break Ended::ClientGone,
-            next = tokio::time::timeout_at(wait, chunks.next()) => next,
-        };
-        let mut chunk = match next {
-            Err(_) => break Ended::Failed(UpstreamError::Timeout),
-            Ok(None) => break Ended::Done,
-            Ok(Some(Err(error))) => break Ended::Failed(error),
-            Ok(Some(Ok(chunk))) => chunk,
-        };
-        if let Some(usage) = Usage::from_json(&chunk.json) {
-            usage_seen = Some(usage);
-            if !chunk.has_choices() {
-                // Usage only: held back, reported once at the end.
-                usage_chunk = Some(chunk);
-                continue;
+impl Pump {
+    /// Reads the upstream and hands its events to the client, all by the
+    /// call's bound (invariant 8): a client that stops reading is cut off
+    /// when the bound passes, and charged for what the upstream produced
+    /// until then — before the hold (which outlives the bound) could expire.
+    async fn run(mut self, call: PaidCall, mut chunks: ChunkStream, timeouts: Timeouts) {
+        // The stream ends by the call's bound, set when its hold was taken.
+        let deadline = call.ends_by;
+        let ended = loop {
+            let wait = (Instant::now() + timeouts.stream_idle).min(deadline);
+            let next = tokio::select! {
+                _ = self.sender.closed() => break Ended::ClientGone,
+                next = tokio::time::timeout_at(wait, chunks.next()) => next,
+            };
+            let chunk = match next {
+                Err(_) => break Ended::Failed(UpstreamError::Timeout),
+                Ok(None) if self.meter.ended_well() => break Ended::Done,
+                Ok(None) => {
+                    break Ended::Failed(UpstreamError::Protocol(
+                        "the stream ended before its last event".into(),
+                    ))
+                }
+                Ok(Some(Err(error))) => break Ended::Failed(error),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            let (step, chunk) = self.meter.observe(chunk);
+            if step == Step::Last {
+                break Ended::Done;
             }
-            // Usage beside content: the content goes on, in order.
-            chunk.take_usage();
+            let Some(chunk) = chunk else { continue };
+            if !send_by(&self.sender, StreamEvent::Chunk(chunk.to_bytes()), deadline).await {
+                self.cut.store(true, Ordering::Release);
+                break Ended::ClientGone;
+            }
+        };
+        drop(chunks); // closes the upstream connection: generation stops there
+        let metered = self.meter.metered(call.prompt_tokens_max, call.max_tokens);
+        // The last events: the charge is written by now; they wait at most
+        // the grace for a slow client.
+        let by = deadline.max(Instant::now()) + FINAL_WRITE_GRACE;
+        match ended {
+            Ended::Done => self.finish(call, metered, by).await,
+            Ended::ClientGone => {
+                // The client pays for what was generated before it left.
+                if let Err(failure) = call.finish(metered).await {
+                    tracing::error!(%failure, "charging an abandoned stream failed");
+                }
+            }
+            Ended::Failed(error) => {
+                if self.meter.delivered() {
+                    // Output already reached the client: it is paid for,
+                    // whatever ended the stream.
+                    if let Err(failure) = call.finish(metered).await {
+                        tracing::error!(%failure, "charging a failed stream failed");
+                    }
+                } else {
+                    call.release().await; // nothing generated: nothing charged
+                }
+                let failed = StreamEvent::Failed(upstream_failure(error));
+                let _ = send_by(&self.sender, failed, by).await;
+            }
         }
-        output_bytes = output_bytes.saturating_add(chunk.output_bytes());
-        if !send_by(&sender, StreamEvent::Chunk(chunk.to_bytes()), deadline).await {
-            cut.store(true, Ordering::Release);
-            break Ended::ClientGone;
-        }
-    };
-    drop(chunks); // closes the upstream connection: generation stops there
-                  // The upstream's own count when it sent one; else an estimate of what
-                  // was delivered: the prompt's bound and the output's bytes (a token
-                  // covers at least one byte), never past the output bound.
-    let metered = match usage_seen {
-        Some(usage) => Metered::reported(usage),
-        None => Metered::estimated(Usage {
-            prompt_tokens: call.prompt_tokens_max,
-            completion_tokens: output_bytes.min(call.max_tokens),
-        }),
-    };
-    // The last events: the charge is written by now; they wait at most the
-    // grace for a slow client.
-    let by = deadline.max(Instant::now()) + FINAL_WRITE_GRACE;
-    match ended {
-        Ended::Done => match call.finish(metered).await {
+    }
+
+    /// A stream that ended well: charged, then its last event (with the
+    /// charge) handed on.
+    async fn finish(self, call: PaidCall, metered: Metered, by: Instant) {
+        match call.finish(metered).await {
             Ok(receipt) => {
-                let chunk = final_chunk(usage_chunk, &last, &receipt);
-                if !send_by(&sender, StreamEvent::Last(chunk), by).await {
-                    cut.store(true, Ordering::Release);
+                let last = self.meter.last_event(&self.meta, &receipt);
+                if !send_by(&self.sender, StreamEvent::Last(last), by).await {
+                    self.cut.store(true, Ordering::Release);
                 }
             }
             Err(failure) => {
-                let _ = send_by(&sender, StreamEvent::Failed(failure), by).await;
+                let _ = send_by(&self.sender, StreamEvent::Failed(failure), by).await;
             }
-        },
-        Ended::ClientGone => {
-            // The client pays for what was generated before it left.
-            if let Err(failure) = call.finish(metered).await {
-                tracing::error!(%failure, "charging an abandoned stream failed");
-            }
-        }
-        Ended::Failed(error) => {
-            if output_bytes > 0 || usage_seen.is_some() {
-                // Output already reached the client: it is paid for,
-                // whatever ended the stream.
-                if let Err(failure) = call.finish(metered).await {
-                    tracing::error!(%failure, "charging a failed stream failed");
-                }
-            } else {
-                call.release().await; // nothing generated: nothing charged
-            }
-            let _ = send_by(&sender, StreamEvent::Failed(upstream_failure(error)), by).await;
         }
     }
-}
-
-fn final_chunk(usage_chunk: Option<Chunk>, last: &LastChunk, receipt: &Receipt) -> Bytes {
-    let mut json = match usage_chunk {
-        Some(chunk) => chunk.json,
-        None => json!({
-            "id": last.id,
-            "object": "chat.completion.chunk",
-            "created": ledger::time::now_ms() / 1000,
-            "model": last.model,
-            "choices": [],
-        }),
-    };
-    if let Value::Object(map) = &mut json {
-        // `usage` (what was billed) only for a client that asked for it.
-        if last.wants_usage {
-            map.insert("usage".into(), receipt.usage.to_json());
-        } else {
-            map.remove("usage");
-        }
-        map.insert("compose".into(), receipt.compose_json());
-    }
-    Bytes::from(serde_json::to_vec(&json).unwrap_or_default())
 }
 
 /// Upstream failures: a timeout, or anything else (its cause is logged).
-fn upstream_failure(error: UpstreamError) -> CallFailure {
+pub fn upstream_failure(error: UpstreamError) -> CallFailure {
     match error {
         UpstreamError::Timeout => CallFailure::UpstreamTimeout,
         other => CallFailure::UpstreamFailed {

@@ -12,12 +12,13 @@ use ledger::model::{
     ApiKeyRecord, ApiKeyType, ApiKeyUpdate, KeyRecord, KeyStatus, ProjectRecord, Role,
 };
 use ledger::time::now_ms;
-use ledger::{ApiKeyId, KeyId, ProjectId, WalletAddress};
+use ledger::{ApiKeyId, ProjectId, WalletAddress};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::auth::token::{token_sha256, Claims, TokenError};
 use crate::gateway::error::CallFailure;
+use crate::gateway::paid::Payer;
 use crate::state::AppState;
 use crate::studio::jwt::looks_like_jwt;
 
@@ -99,9 +100,11 @@ fn token_error(error: TokenError) -> ApiError {
 }
 
 pub fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
-    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::unauthorized("missing_token", "send Authorization: Bearer <key>")
-    })?;
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return anthropic_key(req).ok_or_else(|| {
+            ApiError::unauthorized("missing_token", "send Authorization: Bearer <key>")
+        });
+    };
     let text = value.to_str().map_err(|_| {
         ApiError::unauthorized("invalid_token", "the Authorization header is not text")
     })?;
@@ -116,6 +119,16 @@ pub fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
         return Err(not_bearer());
     }
     Ok(token.trim())
+}
+
+/// Anthropic's SDKs send the key as `x-api-key`: accepted on the Messages
+/// endpoints, when no `Authorization` header came.
+fn anthropic_key(req: &HttpRequest) -> Option<&str> {
+    if !req.path().starts_with("/external/v1/messages") {
+        return None;
+    }
+    let key = req.headers().get("x-api-key")?.to_str().ok()?.trim();
+    (!key.is_empty()).then_some(key)
 }
 
 /// The caller's wallet must be the one the request is about.
@@ -351,13 +364,13 @@ pub async fn own_project(
 /// key pays from its own budget (proven by its token); a Studio key of role
 /// `executor` or above (sk, pk or JWT) pays from its project's budget key,
 /// which has no token of its own.
-pub async fn payer<'r>(
-    state: &AppState,
-    req: &'r HttpRequest,
-) -> Result<(KeyId, Option<&'r str>), ApiError> {
+pub async fn payer(state: &AppState, req: &HttpRequest) -> Result<Payer, ApiError> {
     if bearer_token(req)?.starts_with("compose-") {
         let (token, claims) = paid_bearer(state, req)?;
-        return Ok((claims.key_id, Some(token)));
+        return Ok(Payer::ComposeKey {
+            key: claims.key_id,
+            token: token.to_owned(),
+        });
     }
     let caller = authenticate_studio(state, req).await?;
     caller.require_role(Role::Executor)?;
@@ -366,8 +379,8 @@ pub async fn payer<'r>(
         .project(&caller.key.account_id, &caller.key.project_id)
         .await?
         .ok_or_else(|| ApiError::internal(&"a key's project is missing"))?;
-    let key_id = project.budget_key_id.ok_or_else(no_budget)?;
-    Ok((key_id, None))
+    let budget_key = project.budget_key_id.ok_or_else(no_budget)?;
+    Ok(Payer::Project { budget_key })
 }
 
 pub fn no_budget() -> ApiError {

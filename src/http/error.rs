@@ -349,6 +349,17 @@ impl From<CallFailure> for ApiError {
                     format!("the model {model:?} does not exist here; see GET /external/v1/models"),
                 )
             },
+            CallFailure::WrongApi { model, serves } => ApiError {
+                param: Some("model".into()),
+                ..ApiError::bad_request(
+                    "wrong_api",
+                    format!(
+                        "the model {model:?} is not served by this endpoint; call it at {}",
+                        serves.join(" or ")
+                    ),
+                )
+            },
+            CallFailure::NoProjectBudget => super::caller::no_budget(),
             CallFailure::InvalidToken => ApiError::unauthorized(
                 "invalid_token",
                 "the bearer token is not a valid Compose key",

@@ -5,6 +5,9 @@
 //! * [`apikeys`] — `/api/v1/apikeys` (Studio keys) and `/.well-known/jwks.json`.
 //! * [`projects`] — `/api/v1/projects/{id}/budget`: a Studio project's budget.
 //! * [`chat`] — `POST /external/v1/chat/completions`, the paid call.
+//! * [`apis`] — the paid call in the Responses, Messages (and its free
+//!   `count_tokens`) and embeddings APIs.
+//! * [`paid`] — what the paid endpoints share: who pays, framing answers.
 //! * [`models`] — `GET /external/v1/models`.
 //! * [`health`] — `/healthz`, `/readyz`, `/metrics`.
 //! * [`openapi`] — `GET /openapi.json`, assembled from the handlers' paths;
@@ -30,6 +33,7 @@ use actix_web::{web, FromRequest, Handler, Responder};
 
 pub mod apikeys;
 pub mod caller;
+pub mod apis;
 pub mod chat;
 pub mod error;
 pub mod extract;
@@ -37,6 +41,7 @@ pub mod fields;
 pub mod health;
 pub mod keys;
 pub mod models;
+pub mod paid;
 pub mod openapi;
 pub mod projects;
 pub mod responses;
@@ -71,6 +76,10 @@ pub fn endpoints() -> Vec<Endpoint> {
     use Method as M;
     vec![
         at(M::POST, "/external/v1/chat/completions", chat::completions),
+        at(M::POST, "/external/v1/responses", apis::responses),
+        at(M::POST, "/external/v1/messages", apis::messages),
+        at(M::POST, "/external/v1/messages/count_tokens", apis::count_tokens),
+        at(M::POST, "/external/v1/embeddings", apis::embeddings),
         at(M::GET, "/external/v1/models", models::list),
         at(M::GET, "/api/sessions/nonce", sessions::nonce),
         at(M::POST, "/api/sessions", sessions::sign_in),

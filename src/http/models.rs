@@ -1,5 +1,6 @@
 //! `GET /external/v1/models`: the models a key may call, in OpenAI's list
-//! shape, each with its price (atomic USDC per million tokens).
+//! shape, each with its price (atomic USDC per million tokens) and the APIs
+//! that serve it.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use ledger::model::Role;
@@ -32,6 +33,9 @@ pub struct ModelView {
     pricing: ModelPricing,
     #[serde(rename = "maxOutputTokens")]
     max_output_tokens: u64,
+    /// The APIs that serve it (`chat.completions`, `responses`, `messages`,
+    /// `embeddings`): its upstream's protocol.
+    apis: Vec<&'static str>,
 }
 
 /// A model's price (atomic units as digit strings).
@@ -65,6 +69,7 @@ impl ModelView {
                 request_fee_atomic: price.request_fee_atomic.to_string(),
             },
             max_output_tokens: model.max_output_tokens,
+            apis: model.apis().iter().map(|api| api.name()).collect(),
         }
     }
 }
@@ -97,7 +102,7 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     let data = names
         .into_iter()
         .filter_map(|name| state.gateway.models.get(name))
-        .map(ModelView::of)
+        .map(|model| ModelView::of(model))
         .collect();
     Ok(HttpResponse::Ok().json(ModelList {
         object: "list",

@@ -44,6 +44,15 @@ impl Modify for Security {
             ),
         );
         components.add_security_scheme(
+            "anthropic_key",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "x-api-key",
+                    "A Compose or Studio key as Anthropic's SDKs send it (Messages only)",
+                ),
+            )),
+        );
+        components.add_security_scheme(
             "metrics_token",
             SecurityScheme::Http(
                 HttpBuilder::new()
@@ -80,6 +89,10 @@ impl Modify for Security {
         super::projects::get,
         super::projects::set,
         super::chat::completions,
+        super::apis::responses,
+        super::apis::messages,
+        super::apis::count_tokens,
+        super::apis::embeddings,
         super::models::list,
         super::health::healthz,
         super::health::readyz,

@@ -35,7 +35,7 @@ pub use http::{HttpSettings, MetricsToken};
 pub use keys::KeySettings;
 pub use leases::LeaseSettings;
 pub use log::{LogFormat, LogSettings};
-pub use models::{ModelSettings, UpstreamSetting};
+pub use models::{ModelSettings, UpstreamSetting, WireProtocol};
 pub use queue::{QueueSettings, QueueUrl};
 pub use settlement::{SettlementMode, SettlementSettings};
 pub use store::StoreSettings;
@@ -356,7 +356,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             s.models["echo"].upstream,
-            UpstreamSetting::OpenAi("https://api.example.com/v1".into())
+            UpstreamSetting::Remote("https://api.example.com/v1".into())
         );
         // The evm mode needs each chain's settings, and names the first
         // missing or malformed one.

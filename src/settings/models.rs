@@ -31,7 +31,7 @@ pub struct ModelSettings {
     #[serde(default)]
     pub echo_word_delay_ms: u64,
     /// Request fields forwarded to this model beyond the standard ones
-    /// (`gateway::request::FORWARDED_FIELDS`): only fields whose cost the
+    /// (`gateway::protocol::chat::FORWARDED_FIELDS`): only fields whose cost the
     /// model's prices cover. Any other field is refused (400).
     #[serde(default, deserialize_with = "list_or_csv")]
     pub forward_fields: Vec<String>,
@@ -45,7 +45,15 @@ pub struct ModelSettings {
     /// what it delivered either way, marked as estimated in the ledger.
     #[serde(default = "yes")]
     pub require_usage: bool,
+    /// What the upstream speaks: `openai` (chat completions, responses,
+    /// embeddings) or `anthropic` (messages, count_tokens). `echo` serves
+    /// every API whatever this says.
+    #[serde(default)]
+    pub protocol: WireProtocol,
 }
+
+pub use crate::upstream::WireProtocol;
+
 
 impl ModelSettings {
     /// The model's price, as the gateway quotes and the pools re-price.
@@ -106,8 +114,8 @@ impl ModelSettings {
 pub enum UpstreamSetting {
     /// The built-in deterministic model.
     Echo,
-    /// An OpenAI-compatible base URL (`…/v1`, no trailing slash).
-    OpenAi(String),
+    /// A base URL (`…/v1`, no trailing slash) speaking the model's `protocol`.
+    Remote(String),
 }
 
 impl TryFrom<String> for UpstreamSetting {
@@ -117,7 +125,7 @@ impl TryFrom<String> for UpstreamSetting {
         if upstream == "echo" {
             Ok(UpstreamSetting::Echo)
         } else if upstream.starts_with("http://") || upstream.starts_with("https://") {
-            Ok(UpstreamSetting::OpenAi(
+            Ok(UpstreamSetting::Remote(
                 upstream.trim_end_matches('/').to_owned(),
             ))
         } else {

@@ -1,51 +1,225 @@
-//! Upstream models: the built-in `echo` model and any OpenAI-compatible API.
+//! Upstream models: the built-in `echo` model and remote APIs.
 //!
-//! * [`echo`] — deterministic, in process: answers with the last message's
-//!   words, one token per word, and reports exact usage.
-//! * [`openai`] — an OpenAI-compatible base URL over a pooled HTTP client;
-//!   streams pass through chunk by chunk.
+//! * [`Api`] — the APIs a paid call speaks (chat completions, responses,
+//!   messages, embeddings). The gateway does not translate: a call reaches
+//!   its upstream in the API the client spoke, so one `Api` names both the
+//!   client's wire format and the upstream's.
+//! * [`echo`] — deterministic, in process: answers every API with the last
+//!   message's words, one token per word, and reports exact usage.
+//! * [`remote`] — an OpenAI or Anthropic base URL over a pooled HTTP client;
+//!   streams pass through event by event.
 //! * [`sse`] — the Server-Sent Events reader for upstream streams.
-//!
-//! Both speak in OpenAI's JSON shapes, so the paid path treats them alike.
 
 use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub mod echo;
-pub mod openai;
+pub mod remote;
 pub mod sse;
 
-/// Token counts an upstream reported (or the gateway counted).
+/// An API a paid call speaks, on both sides of the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// OpenAI chat completions.
+    Chat,
+    /// OpenAI's Responses API.
+    Responses,
+    /// Anthropic Messages.
+    Messages,
+    /// OpenAI embeddings (input tokens only).
+    Embeddings,
+}
+
+impl Api {
+    pub const ALL: [Api; 4] = [Api::Chat, Api::Responses, Api::Messages, Api::Embeddings];
+
+    /// Its name in model listings and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Chat => "chat.completions",
+            Api::Responses => "responses",
+            Api::Messages => "messages",
+            Api::Embeddings => "embeddings",
+        }
+    }
+
+    /// Tollgate's endpoint for it.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Api::Chat => "/external/v1/chat/completions",
+            Api::Responses => "/external/v1/responses",
+            Api::Messages => "/external/v1/messages",
+            Api::Embeddings => "/external/v1/embeddings",
+        }
+    }
+
+    /// The upstream's path for it, after the base URL.
+    fn path(self) -> &'static str {
+        match self {
+            Api::Chat => "/chat/completions",
+            Api::Responses => "/responses",
+            Api::Messages => "/messages",
+            Api::Embeddings => "/embeddings",
+        }
+    }
+
+    /// The protocol an upstream must speak to serve it.
+    pub fn protocol(self) -> WireProtocol {
+        match self {
+            Api::Messages => WireProtocol::Anthropic,
+            Api::Chat | Api::Responses | Api::Embeddings => WireProtocol::OpenAi,
+        }
+    }
+
+    /// Whether a stream event is the stream's last (Responses:
+    /// `response.completed`, `.incomplete`, `.failed`; Messages:
+    /// `message_stop`). Chat streams end with `[DONE]` instead.
+    pub fn is_terminal(self, event: &Value) -> bool {
+        let kind = event.get("type").and_then(Value::as_str);
+        match self {
+            Api::Responses => matches!(
+                kind,
+                Some("response.completed" | "response.incomplete" | "response.failed")
+            ),
+            Api::Messages => kind == Some("message_stop"),
+            Api::Chat | Api::Embeddings => false,
+        }
+    }
+
+    /// The message of a stream event that reports an error: an `error`
+    /// event (`{"type": "error", …}`, Responses and Messages), or a chunk
+    /// with an `error` object and no `type` (chat servers).
+    pub fn stream_error(event: &Value) -> Option<String> {
+        let error = event.get("error").filter(|e| !e.is_null());
+        let kind = event.get("type").and_then(Value::as_str);
+        if kind != Some("error") && (kind.is_some() || error.is_none()) {
+            return None;
+        }
+        let message = error
+            .and_then(|e| e.get("message"))
+            .or_else(|| event.get("message"))
+            .and_then(Value::as_str)
+            .unwrap_or("error");
+        Some(message.to_owned())
+    }
+}
+
+/// What a model's upstream speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireProtocol {
+    /// OpenAI's API: `/chat/completions`, `/responses`, `/embeddings`,
+    /// with `Authorization: Bearer`.
+    #[default]
+    OpenAi,
+    /// Anthropic's API: `/messages`, `/messages/count_tokens`, with
+    /// `x-api-key` and `anthropic-version`.
+    Anthropic,
+}
+
+/// Token counts an upstream reported (or the gateway counted). The cached
+/// and cache-written counts are parts of `prompt_tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Input read from the upstream's prompt cache.
+    pub cached_tokens: u64,
+    /// Input written to the upstream's prompt cache.
+    pub cache_write_tokens: u64,
 }
 
 impl Usage {
-    /// `usage` from an OpenAI-shaped body or chunk, if it has one.
+    /// Counts whose cache parts never exceed the input.
+    pub fn new(prompt: u64, completion: u64, cached: u64, cache_write: u64) -> Usage {
+        let cached = cached.min(prompt);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cached_tokens: cached,
+            cache_write_tokens: cache_write.min(prompt - cached),
+        }
+    }
+
+    /// `usage` from an OpenAI chat body or chunk, if it has one.
     pub fn from_json(value: &Value) -> Option<Usage> {
         value.get("usage").and_then(Usage::from_usage)
     }
 
-    /// A `usage` object's counts: whole numbers, also when written as
+    /// A chat `usage` object's counts: whole numbers, also when written as
     /// floats (`7.0`, as some servers do).
     pub fn from_usage(usage: &Value) -> Option<Usage> {
-        Some(Usage {
-            prompt_tokens: token_count(usage.get("prompt_tokens")?)?,
-            completion_tokens: token_count(usage.get("completion_tokens")?)?,
-        })
+        let details = |field: &str| {
+            usage
+                .pointer(&format!("/prompt_tokens_details/{field}"))
+                .and_then(token_count)
+                .unwrap_or(0)
+        };
+        Some(Usage::new(
+            token_count(usage.get("prompt_tokens")?)?,
+            token_count(usage.get("completion_tokens")?)?,
+            details("cached_tokens"),
+            details("cache_write_tokens"),
+        ))
     }
 
+    /// A Responses `usage` object (`input_tokens`, `output_tokens`,
+    /// `input_tokens_details.cached_tokens`).
+    pub fn from_responses(usage: &Value) -> Option<Usage> {
+        Some(Usage::new(
+            token_count(usage.get("input_tokens")?)?,
+            token_count(usage.get("output_tokens")?)?,
+            usage
+                .pointer("/input_tokens_details/cached_tokens")
+                .and_then(token_count)
+                .unwrap_or(0),
+            0,
+        ))
+    }
+
+    /// An Anthropic `usage` object: `input_tokens` excludes the cache reads
+    /// and writes, which are added to the input here.
+    pub fn from_messages(usage: &Value) -> Option<Usage> {
+        let count = |field: &str| usage.get(field).and_then(token_count).unwrap_or(0);
+        let input = token_count(usage.get("input_tokens")?)?;
+        let (read, write) = (
+            count("cache_read_input_tokens"),
+            count("cache_creation_input_tokens"),
+        );
+        Some(Usage::new(
+            input.saturating_add(read).saturating_add(write),
+            token_count(usage.get("output_tokens")?)?,
+            read,
+            write,
+        ))
+    }
+
+    /// The usage of a non-streamed answer in `api`'s format.
+    pub fn of_answer(api: Api, body: &Map<String, Value>) -> Option<Usage> {
+        let usage = body.get("usage")?;
+        match api {
+            Api::Chat => Usage::from_usage(usage),
+            Api::Responses => Usage::from_responses(usage),
+            Api::Messages => Usage::from_messages(usage),
+            Api::Embeddings => Some(Usage::new(token_count(usage.get("prompt_tokens")?)?, 0, 0, 0)),
+        }
+    }
+
+    /// Chat's `usage` object.
     pub fn to_json(self) -> Value {
-        serde_json::json!({
+        let mut usage = serde_json::json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
-        })
+        });
+        if self.cached_tokens > 0 {
+            usage["prompt_tokens_details"] = serde_json::json!({"cached_tokens": self.cached_tokens});
+        }
+        usage
     }
 }
 
@@ -62,13 +236,17 @@ fn token_count(value: &Value) -> Option<u64> {
 /// What a call asks of an upstream, after the gateway fixed its maximum.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
+    /// The API the call speaks.
+    pub api: Api,
     /// The client's body as received (model, messages, options).
     pub body: Map<String, Value>,
     /// The output bound the budget affords; always sent upstream, in every
-    /// field the model's upstream honours.
+    /// field the model's upstream honours (none for embeddings).
     pub max_tokens: u64,
     /// A unique id for the call (the gateway's request id).
     pub request_id: String,
+    /// Client headers passed through (`anthropic-version`, `anthropic-beta`).
+    pub pass_headers: Vec<(&'static str, String)>,
 }
 
 /// A non-streamed answer.
@@ -209,8 +387,8 @@ mod tests {
 
     #[test]
     fn holds_count_the_whole_body_and_media_parts() {
-        let upstream = Upstream::OpenAi(openai::OpenAiUpstream {
-            client: openai::ClientConfig {
+        let upstream = Upstream::Remote(remote::RemoteUpstream {
+            client: remote::ClientConfig {
                 connect_timeout: std::time::Duration::from_secs(1),
             },
             base_url: "http://127.0.0.1:1/v1".into(),
@@ -218,6 +396,8 @@ mod tests {
             api_key: None,
             timeout: std::time::Duration::from_secs(1),
             max_tokens_fields: vec!["max_tokens".into()],
+            protocol: WireProtocol::OpenAi,
+            allow_store: false,
         });
         let Value::Object(body) = serde_json::json!({
             "model": "m",
@@ -231,7 +411,7 @@ mod tests {
         };
         let bytes = serde_json::to_vec(&body).unwrap().len() as u64;
         assert_eq!(
-            upstream.prompt_tokens_max(&body),
+            upstream.prompt_tokens_max(Api::Chat, &body),
             bytes + MEDIA_PART_TOKENS_MAX
         );
     }
@@ -252,7 +432,7 @@ pub enum UpstreamError {
 /// One configured model's upstream.
 pub enum Upstream {
     Echo(echo::Echo),
-    OpenAi(openai::OpenAiUpstream),
+    Remote(remote::RemoteUpstream),
 }
 
 impl Upstream {
@@ -260,14 +440,15 @@ impl Upstream {
     /// For other models: the UTF-8 bytes of the whole body as JSON (every
     /// field the upstream may bill — messages, tools, schemas — and a token
     /// covers at least one byte), plus [`MEDIA_PART_TOKENS_MAX`] for each
-    /// non-text content part (an image or audio part is billed by what it
-    /// shows, not by the bytes of its URL).
-    pub fn prompt_tokens_max(&self, body: &Map<String, Value>) -> u64 {
+    /// media part (an image or audio part is billed by what it shows, not by
+    /// the bytes of its URL).
+    pub fn prompt_tokens_max(&self, api: Api, body: &Map<String, Value>) -> u64 {
         match self {
-            Upstream::Echo(_) => echo::prompt_words(body),
-            Upstream::OpenAi(_) => {
+            Upstream::Echo(_) => echo::prompt_words(api, body),
+            Upstream::Remote(_) => {
                 let bytes = serde_json::to_vec(body).map_or(0, |b| b.len() as u64);
-                bytes.saturating_add(media_parts(body).saturating_mul(MEDIA_PART_TOKENS_MAX))
+                let media = body.values().map(media_parts).sum::<u64>();
+                bytes.saturating_add(media.saturating_mul(MEDIA_PART_TOKENS_MAX))
             }
         }
     }
@@ -275,14 +456,33 @@ impl Upstream {
     pub async fn complete(&self, request: &UpstreamRequest) -> Result<Completion, UpstreamError> {
         match self {
             Upstream::Echo(echo) => Ok(echo.complete(request)),
-            Upstream::OpenAi(upstream) => upstream.complete(request).await,
+            Upstream::Remote(upstream) => upstream.complete(request).await,
         }
     }
 
     pub async fn stream(&self, request: &UpstreamRequest) -> Result<ChunkStream, UpstreamError> {
         match self {
             Upstream::Echo(echo) => Ok(echo.stream(request)),
-            Upstream::OpenAi(upstream) => upstream.stream(request).await,
+            Upstream::Remote(upstream) => upstream.stream(request).await,
+        }
+    }
+
+    /// Anthropic's `count_tokens`: the upstream's count of a Messages
+    /// request's input (`echo`: its words). Free: no budget is touched.
+    pub async fn count_tokens(&self, request: &UpstreamRequest) -> Result<Value, UpstreamError> {
+        match self {
+            Upstream::Echo(_) => Ok(serde_json::json!({
+                "input_tokens": echo::prompt_words(Api::Messages, &request.body)
+            })),
+            Upstream::Remote(upstream) => upstream.count_tokens(request).await,
+        }
+    }
+
+    /// Whether this upstream serves `api` (`echo` serves every one).
+    pub fn serves(&self, api: Api) -> bool {
+        match self {
+            Upstream::Echo(_) => true,
+            Upstream::Remote(upstream) => upstream.protocol == api.protocol(),
         }
     }
 }
@@ -292,18 +492,33 @@ impl Upstream {
 /// at OpenAI, audio about 10 a second) with room for longer media.
 pub const MEDIA_PART_TOKENS_MAX: u64 = 25_000;
 
-/// Content parts that are not text, across all messages.
-fn media_parts(body: &Map<String, Value>) -> u64 {
-    body.get("messages")
-        .and_then(Value::as_array)
-        .map_or(0, |messages| {
-            messages
-                .iter()
-                .filter_map(|m| m.get("content").and_then(Value::as_array))
-                .flatten()
-                .filter(|part| part.get("type").and_then(Value::as_str) != Some("text"))
-                .count() as u64
-        })
+/// The content part types that carry media, in every API: chat
+/// (`image_url`, `input_audio`, `file`), Responses (`input_image`,
+/// `input_file`, `input_audio`) and Messages (`image`, `document`).
+const MEDIA_PART_TYPES: [&str; 7] = [
+    "image_url",
+    "input_audio",
+    "file",
+    "input_image",
+    "input_file",
+    "image",
+    "document",
+];
+
+/// Media parts anywhere in `value`. Bounded by the body's size, which the
+/// HTTP layer caps; JSON nesting is capped by the parser.
+fn media_parts(value: &Value) -> u64 {
+    match value {
+        Value::Array(items) => items.iter().map(media_parts).sum(),
+        Value::Object(map) => {
+            let own = map
+                .get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| MEDIA_PART_TYPES.contains(&t));
+            u64::from(own) + map.values().map(media_parts).sum::<u64>()
+        }
+        _ => 0,
+    }
 }
 
 /// The text of a message's `content`: a string, or the `text` of its parts.

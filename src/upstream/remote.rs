@@ -1,13 +1,17 @@
-//! An OpenAI-compatible upstream (`POST {base}/chat/completions`) over pooled
-//! HTTP clients shared by every model: one per thread, so a connection is
-//! driven by the worker thread that uses it and a call never hops threads
-//! to reach its socket.
+//! A remote upstream — OpenAI's API (`{base}/chat/completions`,
+//! `/responses`, `/embeddings`) or Anthropic's (`{base}/messages`,
+//! `/messages/count_tokens`) — over pooled HTTP clients shared by every
+//! model: one per thread, so a connection is driven by the worker thread
+//! that uses it and a call never hops threads to reach its socket.
 //!
-//! The client's body goes through as it came, with three changes: `model`
-//! becomes the upstream's name, the output bound becomes what the budget
-//! affords, and a stream asks for `stream_options.include_usage` so its last
-//! chunk reports usage. Streams are read event by event and handed on as
-//! they arrive — never buffered whole.
+//! The client's body goes through as it came, with these changes: `model`
+//! becomes the upstream's name; the output bound becomes what the budget
+//! affords (`max_tokens`/`max_completion_tokens` in chat, `max_output_tokens`
+//! in Responses, `max_tokens` in Messages); a chat stream asks for
+//! `stream_options.include_usage` so its last chunk reports usage; a
+//! Responses call is not stored upstream unless the model allows it.
+//! Streams are read event by event and handed on as they arrive — never
+//! buffered whole.
 
 use std::cell::RefCell;
 use std::time::Duration;
@@ -17,7 +21,10 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 
 use super::sse::SseReader;
-use super::{Chunk, ChunkStream, Completion, UpstreamError, UpstreamRequest, Usage};
+use super::{Api, Chunk, ChunkStream, Completion, UpstreamError, UpstreamRequest, Usage, WireProtocol};
+
+/// The `anthropic-version` sent when the client sent none.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// The most bytes of an upstream error body kept for the log and message.
 const ERROR_BODY_MAX_BYTES: usize = 512;
@@ -53,7 +60,7 @@ impl ClientConfig {
     }
 }
 
-pub struct OpenAiUpstream {
+pub struct RemoteUpstream {
     pub client: ClientConfig,
     /// `…/v1`, without a trailing slash.
     pub base_url: String,
@@ -61,36 +68,76 @@ pub struct OpenAiUpstream {
     pub api_key: Option<String>,
     /// A whole non-streamed call, or a stream's response headers.
     pub timeout: Duration,
-    /// Where the output bound goes (`max_tokens`, `max_completion_tokens`).
+    /// Where a chat call's output bound goes (`max_tokens`,
+    /// `max_completion_tokens`).
     pub max_tokens_fields: Vec<String>,
+    /// What the upstream speaks.
+    pub protocol: WireProtocol,
+    /// Responses calls may be stored upstream (`store` as the client sent
+    /// it); else `store` is always false.
+    pub allow_store: bool,
 }
 
-impl OpenAiUpstream {
+impl RemoteUpstream {
     /// The body sent upstream: the client's checked fields (only known ones
-    /// reach here, `ChatRequest::check_fields`), the upstream's model name,
-    /// the afforded output bound in every field the upstream honours, and —
-    /// for a stream — `include_usage` always on, whatever the client sent
-    /// (`null`, `false`, nothing): the call is charged by that usage.
+    /// reach here), the upstream's model name and the afforded output bound
+    /// in the API's field(s). For a chat stream `include_usage` is always on,
+    /// whatever the client sent (`null`, `false`, nothing): the call is
+    /// charged by that usage.
     fn body(&self, request: &UpstreamRequest, stream: bool) -> Map<String, Value> {
         let mut body = request.body.clone();
         body.insert("model".into(), json!(self.upstream_model));
-        body.remove("max_tokens");
-        body.remove("max_completion_tokens");
-        for field in &self.max_tokens_fields {
-            body.insert(field.clone(), json!(request.max_tokens));
+        let bound = json!(request.max_tokens);
+        match request.api {
+            Api::Chat => {
+                body.remove("max_tokens");
+                body.remove("max_completion_tokens");
+                for field in &self.max_tokens_fields {
+                    body.insert(field.clone(), bound.clone());
+                }
+                chat_stream_options(&mut body, stream);
+            }
+            Api::Responses => {
+                body.insert("max_output_tokens".into(), bound);
+                if !self.allow_store || !body.contains_key("store") {
+                    body.insert("store".into(), json!(false));
+                }
+            }
+            Api::Messages => {
+                body.insert("max_tokens".into(), bound);
+            }
+            Api::Embeddings => return body,
         }
         body.insert("stream".into(), json!(stream));
-        if stream {
-            let mut options = match body.remove("stream_options") {
-                Some(Value::Object(options)) => options,
-                _ => Map::new(),
-            };
-            options.insert("include_usage".into(), json!(true));
-            body.insert("stream_options".into(), Value::Object(options));
-        } else {
-            body.remove("stream_options");
-        }
         body
+    }
+
+    /// The request to `path` with this upstream's credentials and the
+    /// client's passed-through headers.
+    fn post(&self, request: &UpstreamRequest, path: &str) -> Result<reqwest::RequestBuilder, UpstreamError> {
+        let mut call = self
+            .client
+            .client()?
+            .post(format!("{}{path}", self.base_url));
+        match self.protocol {
+            WireProtocol::OpenAi => {
+                if let Some(key) = &self.api_key {
+                    call = call.bearer_auth(key);
+                }
+            }
+            WireProtocol::Anthropic => {
+                if let Some(key) = &self.api_key {
+                    call = call.header("x-api-key", key);
+                }
+                if !request.pass_headers.iter().any(|(name, _)| *name == "anthropic-version") {
+                    call = call.header("anthropic-version", ANTHROPIC_VERSION);
+                }
+            }
+        }
+        for (name, value) in &request.pass_headers {
+            call = call.header(*name, value);
+        }
+        Ok(call)
     }
 
     async fn send(
@@ -98,14 +145,15 @@ impl OpenAiUpstream {
         request: &UpstreamRequest,
         stream: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut call = self
-            .client
-            .client()?
-            .post(format!("{}/chat/completions", self.base_url))
+        let call = self
+            .post(request, request.api.path())?
             .json(&self.body(request, stream));
-        if let Some(key) = &self.api_key {
-            call = call.bearer_auth(key);
-        }
+        self.answer(call).await
+    }
+
+    /// Sends `call`: a success's response, or the upstream's error status
+    /// with the head of its body.
+    async fn answer(&self, call: reqwest::RequestBuilder) -> Result<reqwest::Response, UpstreamError> {
         let response = tokio::time::timeout(self.timeout, call.send())
             .await
             .map_err(|_| UpstreamError::Timeout)?
@@ -141,7 +189,25 @@ impl OpenAiUpstream {
             .await
             .map_err(|_| UpstreamError::Timeout)?
             .map_err(transport)?;
-        completion(&bytes)
+        completion(request.api, &bytes)
+    }
+
+    /// `POST {base}/messages/count_tokens` with the client's body (its
+    /// model renamed): the upstream's answer, as it came.
+    pub async fn count_tokens(&self, request: &UpstreamRequest) -> Result<Value, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut body = request.body.clone();
+        body.insert("model".into(), json!(self.upstream_model));
+        let call = self.post(request, "/messages/count_tokens")?.json(&body);
+        let response = self.answer(call).await?;
+        let bytes = tokio::time::timeout_at(deadline, response.bytes())
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(transport)?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(answer) if answer.get("input_tokens").is_some_and(Value::is_u64) => Ok(answer),
+            _ => Err(UpstreamError::Protocol("count_tokens answered no input_tokens".into())),
+        }
     }
 
     pub async fn stream(&self, request: &UpstreamRequest) -> Result<ChunkStream, UpstreamError> {
@@ -159,6 +225,7 @@ impl OpenAiUpstream {
             ));
         }
         let reading = Reading {
+            api: request.api,
             bytes: response.bytes_stream(),
             reader: SseReader::default(),
             ready: Vec::new().into_iter(),
@@ -175,6 +242,7 @@ impl OpenAiUpstream {
 /// parsed so far, the chunks of the last read not yet handed on, and
 /// whether the stream is over (`[DONE]`, or an error handed on).
 struct Reading<S> {
+    api: Api,
     bytes: S,
     reader: SseReader,
     ready: std::vec::IntoIter<Chunk>,
@@ -216,8 +284,9 @@ where
         }
     }
 
-    /// The chunks of one read's events, up to `[DONE]` (which ends the
-    /// stream); an error event or a chunk that is not JSON is an error.
+    /// The chunks of one read's events, up to `[DONE]` or the API's last
+    /// event (which end the stream); an error event or a chunk that is not
+    /// JSON is an error.
     fn chunks(&mut self, events: Vec<String>) -> Result<Vec<Chunk>, UpstreamError> {
         let mut chunks = Vec::with_capacity(events.len());
         for data in events {
@@ -225,32 +294,47 @@ where
                 self.done = true;
                 break;
             }
-            match serde_json::from_str::<Value>(&data) {
-                Ok(json) if json.get("error").is_some_and(|e| !e.is_null()) => {
-                    let message = json["error"]["message"]
-                        .as_str()
-                        .unwrap_or("error")
-                        .to_owned();
-                    return Err(UpstreamError::Status {
-                        status: 200,
-                        message,
-                    });
-                }
-                Ok(json) => chunks.push(Chunk {
-                    json,
-                    raw: Some(Bytes::from(data)),
-                }),
-                Err(e) => return Err(UpstreamError::Protocol(format!("chunk: {e}"))),
+            let json = serde_json::from_str::<Value>(&data)
+                .map_err(|e| UpstreamError::Protocol(format!("chunk: {e}")))?;
+            if let Some(message) = Api::stream_error(&json) {
+                return Err(UpstreamError::Status {
+                    status: 200,
+                    message,
+                });
+            }
+            let last = self.api.is_terminal(&json);
+            chunks.push(Chunk {
+                json,
+                raw: Some(Bytes::from(data)),
+            });
+            if last {
+                self.done = true;
+                break;
             }
         }
         Ok(chunks)
     }
 }
 
-/// A non-streamed answer: a chat completion, or an upstream error — also
-/// when it came with status 200 (`{"error": …}`, or no `choices`): an answer
-/// that is not a completion is not charged.
-fn completion(bytes: &[u8]) -> Result<Completion, UpstreamError> {
+/// A chat stream always asks for usage; a non-streamed call sends no
+/// `stream_options`.
+fn chat_stream_options(body: &mut Map<String, Value>, stream: bool) {
+    if stream {
+        let mut options = match body.remove("stream_options") {
+            Some(Value::Object(options)) => options,
+            _ => Map::new(),
+        };
+        options.insert("include_usage".into(), json!(true));
+        body.insert("stream_options".into(), Value::Object(options));
+    } else {
+        body.remove("stream_options");
+    }
+}
+
+/// A non-streamed answer in `api`'s shape, or an upstream error — also
+/// when it came with status 200 (`{"error": …}`, or not the API's answer):
+/// an answer that is not one is not charged.
+fn completion(api: Api, bytes: &[u8]) -> Result<Completion, UpstreamError> {
     let body = match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(body)) => body,
         _ => {
@@ -272,12 +356,18 @@ fn completion(bytes: &[u8]) -> Result<Completion, UpstreamError> {
             message,
         });
     }
-    if !body.get("choices").is_some_and(Value::is_array) {
-        return Err(UpstreamError::Protocol(
-            "the answer has no choices: not a chat completion".into(),
-        ));
+    let (field, what) = match api {
+        Api::Chat => ("choices", "a chat completion"),
+        Api::Responses => ("output", "a response"),
+        Api::Messages => ("content", "a message"),
+        Api::Embeddings => ("data", "an embeddings list"),
+    };
+    if !body.get(field).is_some_and(Value::is_array) {
+        return Err(UpstreamError::Protocol(format!(
+            "the answer has no {field}: not {what}"
+        )));
     }
-    let usage = body.get("usage").and_then(Usage::from_usage);
+    let usage = Usage::of_answer(api, &body);
     Ok(Completion { body, usage })
 }
 
@@ -332,7 +422,7 @@ fn with_causes(error: reqwest::Error) -> String {
     text
 }
 
-impl OpenAiUpstream {
+impl RemoteUpstream {
     /// A request that never got an answer: which model, which host (never
     /// the URL's path, query or credentials) and the OS's cause.
     fn unreachable(&self, error: reqwest::Error) -> UpstreamError {

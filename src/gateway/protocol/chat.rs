@@ -1,5 +1,6 @@
-//! [`ChatRequest`]: an OpenAI chat-completions body, checked before any
-//! budget is touched.
+//! Chat completions: [`ChatRequest`], an OpenAI chat-completions body
+//! checked before any budget is touched, and the chat shapes of a paid
+//! answer (its `usage`, its last chunk).
 //!
 //! Only known fields go upstream ([`FORWARDED_FIELDS`], plus what a model's
 //! `forward_fields` adds): a field the gateway does not know could change
@@ -9,12 +10,13 @@
 
 use serde_json::{Map, Value};
 
-use super::error::CallFailure;
+use super::super::error::CallFailure;
+use super::{Api, Parsed};
 
 /// The most messages one request may carry.
 pub const MESSAGES_MAX: usize = 10_000;
 /// The longest model name accepted.
-const MODEL_NAME_MAX_CHARS: usize = 256;
+pub(super) const MODEL_NAME_MAX_CHARS: usize = 256;
 
 /// The request fields forwarded to every upstream: none changes the price of
 /// a call beyond its tokens, whose bounds the hold pays for.
@@ -43,7 +45,7 @@ pub const FORWARDED_FIELDS: [&str; 20] = [
 
 /// Fields known to change what an upstream bills beyond tokens; refused
 /// unless a model's configuration forwards (and so prices) them.
-const PRICED_FIELDS: [&str; 8] = [
+pub(super) const PRICED_FIELDS: [&str; 8] = [
     "service_tier",
     "web_search_options",
     "prediction",
@@ -135,6 +137,18 @@ impl ChatRequest {
         })
     }
 
+    /// The protocol-neutral request.
+    pub fn parsed(self) -> Parsed {
+        Parsed {
+            api: Api::Chat,
+            model: self.model,
+            stream: self.stream,
+            max_tokens: self.max_tokens,
+            wants_usage: self.wants_usage,
+            body: self.body,
+        }
+    }
+
     /// Refuses any field that is neither forwarded to every upstream nor in
     /// the model's `forward_fields`: 400 naming it.
     pub fn check_fields(&self, model_fields: &[String]) -> Result<(), CallFailure> {
@@ -149,6 +163,30 @@ impl ChatRequest {
             });
         }
         Ok(())
+    }
+}
+
+/// A last chunk to carry the charge when the upstream sent no usage chunk.
+pub(super) fn last_chunk(meta: &super::StreamMeta) -> Value {
+    serde_json::json!({
+        "id": meta.id,
+        "object": "chat.completion.chunk",
+        "created": ledger::time::now_ms() / 1000,
+        "model": meta.model,
+        "choices": [],
+    })
+}
+
+/// Sets a chat body's or chunk's `usage` to what was billed, or removes it
+/// (`None`: a stream whose client did not ask for usage).
+pub(super) fn set_usage(map: &mut Map<String, Value>, usage: Option<crate::upstream::Usage>) {
+    match usage {
+        Some(usage) => {
+            map.insert("usage".into(), usage.to_json());
+        }
+        None => {
+            map.remove("usage");
+        }
     }
 }
 
@@ -192,7 +230,7 @@ fn check_messages(messages: Option<&Value>) -> Result<(), CallFailure> {
     Ok(())
 }
 
-fn positive_int(body: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, CallFailure> {
+pub(super) fn positive_int(body: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, CallFailure> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => match value.as_u64() {
