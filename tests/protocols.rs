@@ -74,7 +74,11 @@ async fn charged(response: Response) -> (u64, Value) {
     assert_eq!(response.status(), StatusCode::OK);
     let amount = header_amount(&response, "x-compose-key-final-amount-wei");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["compose"]["finalAmountWei"], json!(amount.to_string()), "{body}");
+    assert_eq!(
+        body["compose"]["finalAmountWei"],
+        json!(amount.to_string()),
+        "{body}"
+    );
     (amount, body)
 }
 
@@ -92,7 +96,13 @@ async fn responses_are_answered_and_charged(backend: Backend) {
     assert_eq!(body["object"], "response");
     assert_eq!(body["status"], "incomplete", "cut at the bound: {body}");
     assert_eq!(body["output"][0]["content"][0]["text"], "one two");
-    assert_eq!((body["usage"]["input_tokens"].as_u64(), body["usage"]["output_tokens"].as_u64()), (Some(5), Some(2)));
+    assert_eq!(
+        (
+            body["usage"]["input_tokens"].as_u64(),
+            body["usage"]["output_tokens"].as_u64()
+        ),
+        (Some(5), Some(2))
+    );
 
     let mut ask = json!({"model": "echo", "input": [{"role": "user", "content": "four five six"}], "stream": true});
     let response = app.post_api(RESPONSES, &key.token, &ask).await;
@@ -100,7 +110,11 @@ async fn responses_are_answered_and_charged(backend: Backend) {
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let events = events(&response.text().await.unwrap());
     for event in &events {
-        assert_eq!(event.name.as_deref(), event.data["type"].as_str(), "event: names the type");
+        assert_eq!(
+            event.name.as_deref(),
+            event.data["type"].as_str(),
+            "event: names the type"
+        );
     }
     let text: String = events
         .iter()
@@ -142,17 +156,29 @@ async fn messages_are_answered_and_charged(backend: Backend) {
     assert_eq!(body["type"], "message");
     assert_eq!(body["content"][0]["text"], "a b c d");
     assert_eq!(body["stop_reason"], "end_turn");
-    assert_eq!((body["usage"]["input_tokens"].as_u64(), body["usage"]["output_tokens"].as_u64()), (Some(6), Some(4)));
+    assert_eq!(
+        (
+            body["usage"]["input_tokens"].as_u64(),
+            body["usage"]["output_tokens"].as_u64()
+        ),
+        (Some(6), Some(4))
+    );
 
     let mut streamed = ask.clone();
     streamed["stream"] = json!(true);
     let response = app.post_api(MESSAGES, &key.token, &streamed).await;
     assert_eq!(response.status(), StatusCode::OK);
     let events = events(&response.text().await.unwrap());
-    let kinds: Vec<&str> = events.iter().map(|e| e.data["type"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e.data["type"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds.first(), Some(&"message_start"));
     assert_eq!(kinds.last(), Some(&"message_stop"));
-    assert!(kinds.contains(&"ping") && kinds.contains(&"message_delta"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"ping") && kinds.contains(&"message_delta"),
+        "{kinds:?}"
+    );
     for event in &events {
         assert_eq!(event.name.as_deref(), event.data["type"].as_str());
     }
@@ -161,7 +187,10 @@ async fn messages_are_answered_and_charged(backend: Backend) {
         .filter_map(|e| e.data["delta"]["text"].as_str())
         .collect();
     assert_eq!(text, "a b c d");
-    assert_eq!(events.last().unwrap().data["compose"]["finalAmountWei"], "14");
+    assert_eq!(
+        events.last().unwrap().data["compose"]["finalAmountWei"],
+        "14"
+    );
 
     let used = app.used_is_sum_of_charges(&key.key_id).await;
     assert_eq!(used, 28);
@@ -174,8 +203,16 @@ async fn messages_are_answered_and_charged(backend: Backend) {
         .await
         .unwrap();
     let (status, counted) = common::json_of(count).await;
-    assert_eq!((status, counted["input_tokens"].as_u64()), (StatusCode::OK, Some(6)), "{counted}");
-    assert_eq!(app.used_is_sum_of_charges(&key.key_id).await, used, "count_tokens is free");
+    assert_eq!(
+        (status, counted["input_tokens"].as_u64()),
+        (StatusCode::OK, Some(6)),
+        "{counted}"
+    );
+    assert_eq!(
+        app.used_is_sum_of_charges(&key.key_id).await,
+        used,
+        "count_tokens is free"
+    );
 
     // `x-api-key` is Anthropic's: the other endpoints want a bearer token.
     let response = app
@@ -215,11 +252,20 @@ async fn refusals_name_the_field_and_change_nothing(backend: Backend) {
     let (app, mock) = spawn_paid_app_with(
         backend,
         &[
-            ("TOLLGATE__MODELS__CLAUDE__UPSTREAM", "http://127.0.0.1:9/v1"),
+            (
+                "TOLLGATE__MODELS__CLAUDE__UPSTREAM",
+                "http://127.0.0.1:9/v1",
+            ),
             ("TOLLGATE__MODELS__CLAUDE__PROTOCOL", "anthropic"),
             ("TOLLGATE__MODELS__CLAUDE__PRICE_VERSION", "t"),
-            ("TOLLGATE__MODELS__CLAUDE__INPUT_ATOMIC_PER_MILLION", "1000000"),
-            ("TOLLGATE__MODELS__CLAUDE__OUTPUT_ATOMIC_PER_MILLION", "2000000"),
+            (
+                "TOLLGATE__MODELS__CLAUDE__INPUT_ATOMIC_PER_MILLION",
+                "1000000",
+            ),
+            (
+                "TOLLGATE__MODELS__CLAUDE__OUTPUT_ATOMIC_PER_MILLION",
+                "2000000",
+            ),
             ("TOLLGATE__MODELS__CLAUDE__MAX_OUTPUT_TOKENS", "100"),
         ],
     )
@@ -227,33 +273,132 @@ async fn refusals_name_the_field_and_change_nothing(backend: Backend) {
     let key = app.paid_key(10_000).await;
     let user = json!([{"role": "user", "content": "hi"}]);
     let cases = [
-        (RESPONSES, json!({"model": "echo", "input": "hi", "previous_response_id": "resp_1"}), "unsupported_parameter", "previous_response_id"),
-        (RESPONSES, json!({"model": "echo", "input": "hi", "conversation": "conv_1"}), "unsupported_parameter", "conversation"),
-        (RESPONSES, json!({"model": "echo", "input": "hi", "prompt": {"id": "pmpt_1"}}), "unsupported_parameter", "prompt"),
-        (RESPONSES, json!({"model": "echo", "input": "hi", "tools": [{"type": "web_search"}]}), "unsupported_parameter", "tools[type=web_search]"),
-        (RESPONSES, json!({"model": "echo", "input": "hi", "tools": [{"type": "image_generation"}]}), "unsupported_parameter", "tools[type=image_generation]"),
-        (RESPONSES, json!({"model": "echo"}), "invalid_value", "input"),
-        (RESPONSES, json!({"model": "echo", "input": "hi", "max_output_tokens": 0}), "invalid_value", "max_output_tokens"),
-        (RESPONSES, json!({"model": "claude", "input": "hi"}), "wrong_api", "model"),
-        (MESSAGES, json!({"model": "echo", "messages": user}), "invalid_value", "max_tokens"),
-        (MESSAGES, json!({"model": "echo", "messages": user, "max_tokens": 5, "mcp_servers": []}), "unsupported_parameter", "mcp_servers"),
-        (MESSAGES, json!({"model": "echo", "messages": user, "max_tokens": 5, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}), "unsupported_parameter", "tools[type=web_search_20250305]"),
-        (MESSAGES, json!({"model": "echo", "messages": [{"role": "system", "content": "x"}], "max_tokens": 5}), "invalid_value", "messages"),
-        (MESSAGES, json!({"model": "mock_ok", "messages": user, "max_tokens": 5}), "wrong_api", "model"),
-        (COUNT_TOKENS, json!({"model": "mock_ok", "messages": user}), "wrong_api", "model"),
-        (EMBEDDINGS, json!({"model": "echo", "input": []}), "invalid_value", "input"),
-        (EMBEDDINGS, json!({"model": "echo", "input": "x", "stream": true}), "unsupported_parameter", "stream"),
-        (EMBEDDINGS, json!({"model": "claude", "input": "x"}), "wrong_api", "model"),
+        (
+            RESPONSES,
+            json!({"model": "echo", "input": "hi", "previous_response_id": "resp_1"}),
+            "unsupported_parameter",
+            "previous_response_id",
+        ),
+        (
+            RESPONSES,
+            json!({"model": "echo", "input": "hi", "conversation": "conv_1"}),
+            "unsupported_parameter",
+            "conversation",
+        ),
+        (
+            RESPONSES,
+            json!({"model": "echo", "input": "hi", "prompt": {"id": "pmpt_1"}}),
+            "unsupported_parameter",
+            "prompt",
+        ),
+        (
+            RESPONSES,
+            json!({"model": "echo", "input": "hi", "tools": [{"type": "web_search"}]}),
+            "unsupported_parameter",
+            "tools[type=web_search]",
+        ),
+        (
+            RESPONSES,
+            json!({"model": "echo", "input": "hi", "tools": [{"type": "image_generation"}]}),
+            "unsupported_parameter",
+            "tools[type=image_generation]",
+        ),
+        (
+            RESPONSES,
+            json!({"model": "echo"}),
+            "invalid_value",
+            "input",
+        ),
+        (
+            RESPONSES,
+            json!({"model": "echo", "input": "hi", "max_output_tokens": 0}),
+            "invalid_value",
+            "max_output_tokens",
+        ),
+        (
+            RESPONSES,
+            json!({"model": "claude", "input": "hi"}),
+            "wrong_api",
+            "model",
+        ),
+        (
+            MESSAGES,
+            json!({"model": "echo", "messages": user}),
+            "invalid_value",
+            "max_tokens",
+        ),
+        (
+            MESSAGES,
+            json!({"model": "echo", "messages": user, "max_tokens": 5, "mcp_servers": []}),
+            "unsupported_parameter",
+            "mcp_servers",
+        ),
+        (
+            MESSAGES,
+            json!({"model": "echo", "messages": user, "max_tokens": 5, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+            "unsupported_parameter",
+            "tools[type=web_search_20250305]",
+        ),
+        (
+            MESSAGES,
+            json!({"model": "echo", "messages": [{"role": "system", "content": "x"}], "max_tokens": 5}),
+            "invalid_value",
+            "messages",
+        ),
+        (
+            MESSAGES,
+            json!({"model": "mock_ok", "messages": user, "max_tokens": 5}),
+            "wrong_api",
+            "model",
+        ),
+        (
+            COUNT_TOKENS,
+            json!({"model": "mock_ok", "messages": user}),
+            "wrong_api",
+            "model",
+        ),
+        (
+            EMBEDDINGS,
+            json!({"model": "echo", "input": []}),
+            "invalid_value",
+            "input",
+        ),
+        (
+            EMBEDDINGS,
+            json!({"model": "echo", "input": "x", "stream": true}),
+            "unsupported_parameter",
+            "stream",
+        ),
+        (
+            EMBEDDINGS,
+            json!({"model": "claude", "input": "x"}),
+            "wrong_api",
+            "model",
+        ),
     ];
     for (path, body, code, param) in cases {
         let got = common::json_of(app.post_api(path, &key.token, &body).await).await;
         common::assert_error(&got, 400, code);
         assert_eq!(got.1["error"]["param"], param, "{path} {body}: {}", got.1);
     }
-    let wrong = common::json_of(app.post_api(RESPONSES, &key.token, &json!({"model": "claude", "input": "hi"})).await).await;
+    let wrong = common::json_of(
+        app.post_api(
+            RESPONSES,
+            &key.token,
+            &json!({"model": "claude", "input": "hi"}),
+        )
+        .await,
+    )
+    .await;
     let message = wrong.1["error"]["message"].as_str().unwrap();
-    assert!(message.contains("/external/v1/messages"), "names the endpoint that serves it: {message}");
-    assert!(mock.seen.requests.lock().unwrap().is_empty(), "nothing went upstream");
+    assert!(
+        message.contains("/external/v1/messages"),
+        "names the endpoint that serves it: {message}"
+    );
+    assert!(
+        mock.seen.requests.lock().unwrap().is_empty(),
+        "nothing went upstream"
+    );
     assert_eq!(app.spent(&key.key_id).await, (0, 0));
 }
 
@@ -265,9 +410,15 @@ async fn a_key_that_cannot_pay_is_refused_on_every_endpoint(backend: Backend) {
     // Ten words: 10 in + one token out (2) = 12 > 11.
     let ten = "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11";
     for (path, body) in [
-        ("/external/v1/chat/completions", json!({"model": "echo", "messages": [{"role": "user", "content": ten}]})),
+        (
+            "/external/v1/chat/completions",
+            json!({"model": "echo", "messages": [{"role": "user", "content": ten}]}),
+        ),
         (RESPONSES, json!({"model": "echo", "input": ten})),
-        (MESSAGES, json!({"model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": ten}]})),
+        (
+            MESSAGES,
+            json!({"model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": ten}]}),
+        ),
         (EMBEDDINGS, json!({"model": "echo", "input": ten})),
     ] {
         let got = common::json_of(app.post_api(path, &key.token, &body).await).await;

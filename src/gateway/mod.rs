@@ -67,7 +67,10 @@ impl Model {
 
     /// The APIs it serves, in order.
     pub fn apis(&self) -> Vec<protocol::Api> {
-        protocol::Api::ALL.into_iter().filter(|api| self.serves(*api)).collect()
+        protocol::Api::ALL
+            .into_iter()
+            .filter(|api| self.serves(*api))
+            .collect()
     }
 }
 
@@ -199,7 +202,12 @@ fn configured_models(
     Ok(settings
         .models
         .iter()
-        .map(|(name, m)| (name.clone(), Arc::new(Model::configured(name, m, client, timeouts))))
+        .map(|(name, m)| {
+            (
+                name.clone(),
+                Arc::new(Model::configured(name, m, client, timeouts)),
+            )
+        })
         .collect())
 }
 

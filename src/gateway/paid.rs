@@ -147,16 +147,24 @@ impl Gateway {
             request_id: RequestId::generate().to_string(),
             pass_headers,
         };
-        let counted = tokio::time::timeout(self.timeouts.upstream, model.upstream.count_tokens(&request))
-            .await
-            .unwrap_or(Err(crate::upstream::UpstreamError::Timeout));
+        let counted = tokio::time::timeout(
+            self.timeouts.upstream,
+            model.upstream.count_tokens(&request),
+        )
+        .await
+        .unwrap_or(Err(crate::upstream::UpstreamError::Timeout));
         counted.map_err(run::upstream_failure)
     }
 
     /// Runs `ask`, paid by `payer`: holds its cost (lowering its output
     /// bound to what the budget affords), runs the upstream and charges the
     /// usage — or refuses in the payer's terms, holding nothing.
-    pub async fn call(&self, payer: &Payer, ids: CallIds, ask: Ask) -> Result<Outcome, CallFailure> {
+    pub async fn call(
+        &self,
+        payer: &Payer,
+        ids: CallIds,
+        ask: Ask,
+    ) -> Result<Outcome, CallFailure> {
         let call_ask = CallAsk {
             request: ids.request,
             client_request_id: ids.client_request_id,
@@ -179,7 +187,9 @@ impl Gateway {
             let stream = run::stream(self, ask.model, call, request, ask.wants_usage).await?;
             Ok(Outcome::Stream(stream))
         } else {
-            Ok(Outcome::Answer(run::complete(self, ask.model, call, request).await?))
+            Ok(Outcome::Answer(
+                run::complete(self, ask.model, call, request).await?,
+            ))
         }
     }
 }

@@ -101,7 +101,9 @@ documented!(
 documented!(
     CountTokensRequest,
     ObjectBuilder::new()
-        .description(Some("A Messages request's model, messages, system and tools."))
+        .description(Some(
+            "A Messages request's model, messages, system and tools."
+        ))
         .property("model", typed(Type::String, false))
         .required("model")
         .property("messages", ArrayBuilder::new().items(object(false)))
@@ -117,7 +119,9 @@ documented!(
 documented!(
     EmbeddingRequest,
     ObjectBuilder::new()
-        .description(Some("An OpenAI embeddings request: a string, or strings or token arrays."))
+        .description(Some(
+            "An OpenAI embeddings request: a string, or strings or token arrays."
+        ))
         .property("model", typed(Type::String, false))
         .required("model")
         .property("input", typed(Type::String, false))
@@ -243,12 +247,15 @@ pub async fn count_tokens(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(peer) = req.peer_addr() {
-        state.count_tokens_limiter.check(peer.ip()).map_err(|limited| {
-            ApiError::too_many_requests(
-                "too many count_tokens requests from this address; retry shortly",
-                limited.retry_after,
-            )
-        })?;
+        state
+            .count_tokens_limiter
+            .check(peer.ip())
+            .map_err(|limited| {
+                ApiError::too_many_requests(
+                    "too many count_tokens requests from this address; retry shortly",
+                    limited.retry_after,
+                )
+            })?;
     }
     if bearer_token(&req)?.starts_with("compose-") {
         authenticate(&state, &req).await?;
@@ -257,7 +264,8 @@ pub async fn count_tokens(
             .await?
             .require_role(Role::Executor)?;
     }
-    let body: PaidBody = json_body(&req, payload, state.settings.gateway.chat_body_max_bytes).await?;
+    let body: PaidBody =
+        json_body(&req, payload, state.settings.gateway.chat_body_max_bytes).await?;
     let mut body = body.0;
     messages::check_request(&body)?;
     // `count_tokens` takes no `max_tokens`; the model's fields are checked

@@ -31,7 +31,6 @@ use crate::state::AppState;
 /// fields it forwards). The document lists only the fields Tollgate reads.
 pub struct ChatCompletionRequest;
 
-
 /// An OpenAI chat completion, as the upstream answered it, with Tollgate's
 /// `compose` object (the charge) added.
 #[derive(Debug, Serialize)]

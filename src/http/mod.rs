@@ -32,8 +32,8 @@ use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder};
 
 pub mod apikeys;
-pub mod caller;
 pub mod apis;
+pub mod caller;
 pub mod chat;
 pub mod error;
 pub mod extract;
@@ -41,8 +41,8 @@ pub mod fields;
 pub mod health;
 pub mod keys;
 pub mod models;
-pub mod paid;
 pub mod openapi;
+pub mod paid;
 pub mod projects;
 pub mod responses;
 pub mod sessions;
@@ -78,7 +78,11 @@ pub fn endpoints() -> Vec<Endpoint> {
         at(M::POST, "/external/v1/chat/completions", chat::completions),
         at(M::POST, "/external/v1/responses", apis::responses),
         at(M::POST, "/external/v1/messages", apis::messages),
-        at(M::POST, "/external/v1/messages/count_tokens", apis::count_tokens),
+        at(
+            M::POST,
+            "/external/v1/messages/count_tokens",
+            apis::count_tokens,
+        ),
         at(M::POST, "/external/v1/embeddings", apis::embeddings),
         at(M::GET, "/external/v1/models", models::list),
         at(M::GET, "/api/sessions/nonce", sessions::nonce),

@@ -45,7 +45,8 @@ pub async fn call(
     api: Api,
 ) -> Result<HttpResponse, ApiError> {
     let payer = payer(state, req).await?;
-    let body: PaidBody = json_body(req, payload, state.settings.gateway.chat_body_max_bytes).await?;
+    let body: PaidBody =
+        json_body(req, payload, state.settings.gateway.chat_body_max_bytes).await?;
     let parsed = Parsed::of(api, body.0)?;
     let ask = state.gateway.ask(parsed, passed_headers(req))?;
     let outcome = state.gateway.call(&payer, call_ids(req), ask).await?;

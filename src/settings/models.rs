@@ -54,7 +54,6 @@ pub struct ModelSettings {
 
 pub use crate::upstream::WireProtocol;
 
-
 impl ModelSettings {
     /// The model's price, as the gateway quotes and the pools re-price.
     pub fn price(&self) -> ledger::pricing::Price {

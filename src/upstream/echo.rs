@@ -249,7 +249,13 @@ impl Echo {
         ))
     }
 
-    fn chat_events(&self, id: &str, pieces: &[String], truncated: bool, usage: Usage) -> Vec<Value> {
+    fn chat_events(
+        &self,
+        id: &str,
+        pieces: &[String],
+        truncated: bool,
+        usage: Usage,
+    ) -> Vec<Value> {
         let id = format!("chatcmpl-{id}");
         let created = ledger::time::now_ms() / 1000;
         let chunk = |delta: Value, finish: Option<&str>| {
@@ -260,8 +266,15 @@ impl Echo {
             })
         };
         let mut chunks = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
-        chunks.extend(pieces.iter().map(|text| chunk(json!({ "content": text }), None)));
-        chunks.push(chunk(json!({}), Some(if truncated { "length" } else { "stop" })));
+        chunks.extend(
+            pieces
+                .iter()
+                .map(|text| chunk(json!({ "content": text }), None)),
+        );
+        chunks.push(chunk(
+            json!({}),
+            Some(if truncated { "length" } else { "stop" }),
+        ));
         chunks.push(json!({
             "id": id, "object": "chat.completion.chunk", "created": created,
             "model": self.model, "choices": [], "usage": usage.to_json(),
@@ -270,7 +283,13 @@ impl Echo {
     }
 
     /// The Responses event sequence for one text message.
-    fn responses_events(&self, id: &str, pieces: &[String], truncated: bool, usage: Usage) -> Vec<Value> {
+    fn responses_events(
+        &self,
+        id: &str,
+        pieces: &[String],
+        truncated: bool,
+        usage: Usage,
+    ) -> Vec<Value> {
         let text = pieces.concat();
         let item_id = format!("msg_{id}");
         let part = |text: &str| json!({"type": "output_text", "text": text, "annotations": []});
@@ -279,26 +298,57 @@ impl Echo {
             fields
         };
         let mut events = vec![
-            at("response.created", json!({"response": self.response(id, "", false, None)})),
-            at("response.in_progress", json!({"response": self.response(id, "", false, None)})),
-            at("response.output_item.added", json!({"output_index": 0,
-                "item": {"type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []}})),
-            at("response.content_part.added", json!({"item_id": item_id, "output_index": 0,
-                "content_index": 0, "part": part("")})),
+            at(
+                "response.created",
+                json!({"response": self.response(id, "", false, None)}),
+            ),
+            at(
+                "response.in_progress",
+                json!({"response": self.response(id, "", false, None)}),
+            ),
+            at(
+                "response.output_item.added",
+                json!({"output_index": 0,
+                "item": {"type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []}}),
+            ),
+            at(
+                "response.content_part.added",
+                json!({"item_id": item_id, "output_index": 0,
+                "content_index": 0, "part": part("")}),
+            ),
         ];
         events.extend(pieces.iter().map(|delta| {
-            at("response.output_text.delta", json!({"item_id": item_id, "output_index": 0,
-                "content_index": 0, "delta": delta, "logprobs": []}))
+            at(
+                "response.output_text.delta",
+                json!({"item_id": item_id, "output_index": 0,
+                "content_index": 0, "delta": delta, "logprobs": []}),
+            )
         }));
-        let done = if truncated { "response.incomplete" } else { "response.completed" };
+        let done = if truncated {
+            "response.incomplete"
+        } else {
+            "response.completed"
+        };
         events.extend([
-            at("response.output_text.done", json!({"item_id": item_id, "output_index": 0,
-                "content_index": 0, "text": text, "logprobs": []})),
-            at("response.content_part.done", json!({"item_id": item_id, "output_index": 0,
-                "content_index": 0, "part": part(&text)})),
-            at("response.output_item.done", json!({"output_index": 0,
-                "item": output_message(id, &text, "completed")})),
-            at(done, json!({"response": self.response(id, &text, truncated, Some(usage))})),
+            at(
+                "response.output_text.done",
+                json!({"item_id": item_id, "output_index": 0,
+                "content_index": 0, "text": text, "logprobs": []}),
+            ),
+            at(
+                "response.content_part.done",
+                json!({"item_id": item_id, "output_index": 0,
+                "content_index": 0, "part": part(&text)}),
+            ),
+            at(
+                "response.output_item.done",
+                json!({"output_index": 0,
+                "item": output_message(id, &text, "completed")}),
+            ),
+            at(
+                done,
+                json!({"response": self.response(id, &text, truncated, Some(usage))}),
+            ),
         ]);
         for (n, event) in events.iter_mut().enumerate() {
             event["sequence_number"] = json!(n);
@@ -307,8 +357,22 @@ impl Echo {
     }
 
     /// The Messages event sequence for one text block.
-    fn messages_events(&self, id: &str, pieces: &[String], truncated: bool, usage: Usage) -> Vec<Value> {
-        let mut start = self.message(id, "", false, Usage { completion_tokens: 0, ..usage });
+    fn messages_events(
+        &self,
+        id: &str,
+        pieces: &[String],
+        truncated: bool,
+        usage: Usage,
+    ) -> Vec<Value> {
+        let mut start = self.message(
+            id,
+            "",
+            false,
+            Usage {
+                completion_tokens: 0,
+                ..usage
+            },
+        );
         start["content"] = json!([]);
         start["stop_reason"] = Value::Null;
         let mut events = vec![

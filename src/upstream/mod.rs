@@ -205,7 +205,12 @@ impl Usage {
             Api::Chat => Usage::from_usage(usage),
             Api::Responses => Usage::from_responses(usage),
             Api::Messages => Usage::from_messages(usage),
-            Api::Embeddings => Some(Usage::new(token_count(usage.get("prompt_tokens")?)?, 0, 0, 0)),
+            Api::Embeddings => Some(Usage::new(
+                token_count(usage.get("prompt_tokens")?)?,
+                0,
+                0,
+                0,
+            )),
         }
     }
 
@@ -217,7 +222,8 @@ impl Usage {
             "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
         });
         if self.cached_tokens > 0 {
-            usage["prompt_tokens_details"] = serde_json::json!({"cached_tokens": self.cached_tokens});
+            usage["prompt_tokens_details"] =
+                serde_json::json!({"cached_tokens": self.cached_tokens});
         }
         usage
     }

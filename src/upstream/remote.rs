@@ -21,7 +21,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 
 use super::sse::SseReader;
-use super::{Api, Chunk, ChunkStream, Completion, UpstreamError, UpstreamRequest, Usage, WireProtocol};
+use super::{
+    Api, Chunk, ChunkStream, Completion, UpstreamError, UpstreamRequest, Usage, WireProtocol,
+};
 
 /// The `anthropic-version` sent when the client sent none.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -114,7 +116,11 @@ impl RemoteUpstream {
 
     /// The request to `path` with this upstream's credentials and the
     /// client's passed-through headers.
-    fn post(&self, request: &UpstreamRequest, path: &str) -> Result<reqwest::RequestBuilder, UpstreamError> {
+    fn post(
+        &self,
+        request: &UpstreamRequest,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
         let mut call = self
             .client
             .client()?
@@ -129,7 +135,11 @@ impl RemoteUpstream {
                 if let Some(key) = &self.api_key {
                     call = call.header("x-api-key", key);
                 }
-                if !request.pass_headers.iter().any(|(name, _)| *name == "anthropic-version") {
+                if !request
+                    .pass_headers
+                    .iter()
+                    .any(|(name, _)| *name == "anthropic-version")
+                {
                     call = call.header("anthropic-version", ANTHROPIC_VERSION);
                 }
             }
@@ -153,7 +163,10 @@ impl RemoteUpstream {
 
     /// Sends `call`: a success's response, or the upstream's error status
     /// with the head of its body.
-    async fn answer(&self, call: reqwest::RequestBuilder) -> Result<reqwest::Response, UpstreamError> {
+    async fn answer(
+        &self,
+        call: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let response = tokio::time::timeout(self.timeout, call.send())
             .await
             .map_err(|_| UpstreamError::Timeout)?
@@ -206,7 +219,9 @@ impl RemoteUpstream {
             .map_err(transport)?;
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(answer) if answer.get("input_tokens").is_some_and(Value::is_u64) => Ok(answer),
-            _ => Err(UpstreamError::Protocol("count_tokens answered no input_tokens".into())),
+            _ => Err(UpstreamError::Protocol(
+                "count_tokens answered no input_tokens".into(),
+            )),
         }
     }
 

@@ -230,7 +230,10 @@ fn check_messages(messages: Option<&Value>) -> Result<(), CallFailure> {
     Ok(())
 }
 
-pub(super) fn positive_int(body: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, CallFailure> {
+pub(super) fn positive_int(
+    body: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<u64>, CallFailure> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => match value.as_u64() {

@@ -25,9 +25,14 @@ pub(super) fn parse(body: Map<String, Value>) -> Result<Parsed, CallFailure> {
         Some(Value::Array(items)) => {
             !items.is_empty()
                 && items.len() <= INPUTS_MAX
-                && (items.iter().all(|i| i.as_str().is_some_and(|s| !s.is_empty()))
+                && (items
+                    .iter()
+                    .all(|i| i.as_str().is_some_and(|s| !s.is_empty()))
                     || items.iter().all(token)
-                    || items.iter().all(|i| i.as_array().is_some_and(|t| !t.is_empty() && t.iter().all(token))))
+                    || items.iter().all(|i| {
+                        i.as_array()
+                            .is_some_and(|t| !t.is_empty() && t.iter().all(token))
+                    }))
         }
         Some(_) => false,
     };
@@ -40,7 +45,12 @@ pub(super) fn parse(body: Map<String, Value>) -> Result<Parsed, CallFailure> {
     match body.get("encoding_format") {
         None | Some(Value::Null) => {}
         Some(Value::String(f)) if f == "float" || f == "base64" => {}
-        Some(_) => return Err(CallFailure::invalid_param("encoding_format", "must be \"float\" or \"base64\"")),
+        Some(_) => {
+            return Err(CallFailure::invalid_param(
+                "encoding_format",
+                "must be \"float\" or \"base64\"",
+            ))
+        }
     }
     Ok(Parsed {
         api: Api::Embeddings,

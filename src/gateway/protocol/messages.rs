@@ -75,7 +75,10 @@ pub fn check_request(body: &Map<String, Value>) -> Result<(), CallFailure> {
                 "each message needs a role of \"user\" or \"assistant\"",
             ));
         }
-        if !message.get("content").is_some_and(|c| c.is_string() || c.is_array()) {
+        if !message
+            .get("content")
+            .is_some_and(|c| c.is_string() || c.is_array())
+        {
             return Err(CallFailure::invalid_param(
                 "messages",
                 "a message's content must be a string or an array of blocks",
@@ -84,7 +87,12 @@ pub fn check_request(body: &Map<String, Value>) -> Result<(), CallFailure> {
     }
     match body.get("system") {
         None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
-        Some(_) => return Err(CallFailure::invalid_param("system", "must be a string or an array of blocks")),
+        Some(_) => {
+            return Err(CallFailure::invalid_param(
+                "system",
+                "must be a string or an array of blocks",
+            ))
+        }
     }
     check_tools(body, false)
 }
@@ -97,10 +105,9 @@ pub(super) fn cumulative(before: Option<Usage>, delta: &Value) -> Usage {
     let count = |field: &str| delta.get(field).and_then(Value::as_u64);
     let read = count("cache_read_input_tokens").unwrap_or(before.cached_tokens);
     let write = count("cache_creation_input_tokens").unwrap_or(before.cache_write_tokens);
-    let input = count("input_tokens").map_or(
-        before.prompt_tokens,
-        |input| input.saturating_add(read).saturating_add(write),
-    );
+    let input = count("input_tokens").map_or(before.prompt_tokens, |input| {
+        input.saturating_add(read).saturating_add(write)
+    });
     Usage::new(
         input,
         count("output_tokens").unwrap_or(before.completion_tokens),
@@ -112,7 +119,10 @@ pub(super) fn cumulative(before: Option<Usage>, delta: &Value) -> Usage {
 /// Sets a message's `usage` to what was billed (`input_tokens` without the
 /// cache parts, as Anthropic reports it).
 pub(super) fn set_usage(body: &mut Map<String, Value>, billed: Usage) {
-    body.insert("usage".into(), crate::upstream::echo::messages_usage(billed));
+    body.insert(
+        "usage".into(),
+        crate::upstream::echo::messages_usage(billed),
+    );
 }
 
 #[cfg(test)]
@@ -129,12 +139,18 @@ mod tests {
     fn max_tokens_is_required_and_server_tools_are_refused_by_name() {
         let user = json!([{"role": "user", "content": "hi"}]);
         let error = parsed(json!({"model": "m", "messages": user})).unwrap_err();
-        assert!(matches!(&error, CallFailure::InvalidParam { param, .. } if param == "max_tokens"), "{error:?}");
+        assert!(
+            matches!(&error, CallFailure::InvalidParam { param, .. } if param == "max_tokens"),
+            "{error:?}"
+        );
         let ok = parsed(json!({"model": "m", "messages": user, "max_tokens": 3, "tools": [{"name": "f", "input_schema": {}}]})).unwrap();
         assert_eq!(ok.max_tokens, Some(3));
         assert!(ok.check_fields(&[]).is_ok(), "a custom tool");
         for (field, extra) in [
-            ("tools[type=web_search_20250305]", json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]})),
+            (
+                "tools[type=web_search_20250305]",
+                json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+            ),
             ("mcp_servers", json!({"mcp_servers": []})),
             ("service_tier", json!({"service_tier": "auto"})),
         ] {

@@ -63,9 +63,8 @@ impl Parsed {
             Api::Messages => (&messages::FORWARDED_FIELDS, &messages::PRICED_FIELDS),
             Api::Embeddings => (&embeddings::FORWARDED_FIELDS, &[]),
         };
-        let allowed = |field: &str| {
-            forwarded.contains(&field) || model_fields.iter().any(|f| f == field)
-        };
+        let allowed =
+            |field: &str| forwarded.contains(&field) || model_fields.iter().any(|f| f == field);
         if let Some(field) = self.body.keys().find(|field| !allowed(field)) {
             return Err(CallFailure::UnsupportedParameter {
                 field: field.clone(),
@@ -95,7 +94,9 @@ impl Parsed {
 /// The model name: 1 to 256 characters.
 pub fn model_name(body: &Map<String, Value>) -> Result<String, CallFailure> {
     match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() && m.chars().count() <= chat::MODEL_NAME_MAX_CHARS => {
+        Some(Value::String(m))
+            if !m.is_empty() && m.chars().count() <= chat::MODEL_NAME_MAX_CHARS =>
+        {
             Ok(m.clone())
         }
         Some(Value::String(_)) => Err(CallFailure::invalid_param(
@@ -144,7 +145,8 @@ fn check_tools(body: &Map<String, Value>, typed: bool) -> Result<(), CallFailure
         Some(Value::Array(tools)) => {
             for tool in tools {
                 let kind = tool.get("type");
-                let ok = tool.is_object() && (kind.is_some_and(Value::is_string) || (!typed && kind.is_none()));
+                let ok = tool.is_object()
+                    && (kind.is_some_and(Value::is_string) || (!typed && kind.is_none()));
                 if !ok {
                     return Err(CallFailure::invalid_param(
                         "tools",
@@ -250,7 +252,11 @@ impl StreamMeter {
         if !Api::Responses.is_terminal(&chunk.json) {
             return Step::Forward;
         }
-        if let Some(usage) = chunk.json.pointer("/response/usage").and_then(Usage::from_responses) {
+        if let Some(usage) = chunk
+            .json
+            .pointer("/response/usage")
+            .and_then(Usage::from_responses)
+        {
             self.usage = Some(usage);
             self.usage_final = true;
         }
@@ -261,7 +267,9 @@ impl StreamMeter {
         let json = &chunk.json;
         match json.get("type").and_then(Value::as_str) {
             Some("message_start") => {
-                self.usage = json.pointer("/message/usage").and_then(Usage::from_messages);
+                self.usage = json
+                    .pointer("/message/usage")
+                    .and_then(Usage::from_messages);
             }
             Some("message_delta") => {
                 if let Some(delta) = json.get("usage") {
@@ -361,7 +369,8 @@ fn delta_bytes(event: &Value) -> u64 {
 /// The output in a non-streamed answer, in bytes (the estimate without
 /// usage): chat's message fields, Responses' `output`, Messages' `content`.
 pub fn answer_output_bytes(api: Api, body: &Map<String, Value>) -> u64 {
-    let json_len = |v: Option<&Value>| v.map_or(0, |v| serde_json::to_vec(v).map_or(0, |b| b.len() as u64));
+    let json_len =
+        |v: Option<&Value>| v.map_or(0, |v| serde_json::to_vec(v).map_or(0, |b| b.len() as u64));
     match api {
         Api::Chat => output_bytes_of(body.get("choices"), "message"),
         Api::Responses => json_len(body.get("output")),
@@ -390,6 +399,8 @@ pub fn failure_event(api: Api, code: &str, message: &str) -> Value {
             "code": code, "message": message, "type": "upstream_error", "param": null,
         }}),
         Api::Responses => json!({"type": "error", "code": code, "message": message, "param": null}),
-        Api::Messages => json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+        Api::Messages => {
+            json!({"type": "error", "error": {"type": "api_error", "message": message}})
+        }
     }
 }

@@ -86,7 +86,12 @@ pub(super) fn parse(body: Map<String, Value>) -> Result<Parsed, CallFailure> {
     }
     match body.get("instructions") {
         None | Some(Value::Null | Value::String(_)) => {}
-        Some(_) => return Err(CallFailure::invalid_param("instructions", "must be a string")),
+        Some(_) => {
+            return Err(CallFailure::invalid_param(
+                "instructions",
+                "must be a string",
+            ))
+        }
     }
     check_tools(&body, true)?;
     Ok(Parsed {
@@ -110,7 +115,10 @@ pub(super) fn set_usage(response: &mut Map<String, Value>, billed: Usage) {
     }
     usage["input_tokens"] = billed.prompt_tokens.into();
     usage["output_tokens"] = billed.completion_tokens.into();
-    usage["total_tokens"] = billed.prompt_tokens.saturating_add(billed.completion_tokens).into();
+    usage["total_tokens"] = billed
+        .prompt_tokens
+        .saturating_add(billed.completion_tokens)
+        .into();
     usage["input_tokens_details"]["cached_tokens"] = billed.cached_tokens.into();
 }
 
@@ -126,16 +134,36 @@ mod tests {
 
     #[test]
     fn requests_parse_and_unbounded_fields_are_refused_by_name() {
-        let ok = parsed(json!({"model": "m", "input": "hi", "max_output_tokens": 9, "stream": true})).unwrap();
+        let ok =
+            parsed(json!({"model": "m", "input": "hi", "max_output_tokens": 9, "stream": true}))
+                .unwrap();
         assert_eq!((ok.max_tokens, ok.stream), (Some(9), true));
         assert!(ok.check_fields(&[]).is_ok());
         for (field, body) in [
-            ("previous_response_id", json!({"model": "m", "input": "hi", "previous_response_id": "r"})),
-            ("conversation", json!({"model": "m", "input": "hi", "conversation": "c"})),
-            ("prompt", json!({"model": "m", "input": "hi", "prompt": {"id": "p"}})),
-            ("background", json!({"model": "m", "input": "hi", "background": true})),
-            ("tools[type=web_search]", json!({"model": "m", "input": "hi", "tools": [{"type": "function", "name": "f"}, {"type": "web_search"}]})),
-            ("tools[type=code_interpreter]", json!({"model": "m", "input": "hi", "tools": [{"type": "code_interpreter"}]})),
+            (
+                "previous_response_id",
+                json!({"model": "m", "input": "hi", "previous_response_id": "r"}),
+            ),
+            (
+                "conversation",
+                json!({"model": "m", "input": "hi", "conversation": "c"}),
+            ),
+            (
+                "prompt",
+                json!({"model": "m", "input": "hi", "prompt": {"id": "p"}}),
+            ),
+            (
+                "background",
+                json!({"model": "m", "input": "hi", "background": true}),
+            ),
+            (
+                "tools[type=web_search]",
+                json!({"model": "m", "input": "hi", "tools": [{"type": "function", "name": "f"}, {"type": "web_search"}]}),
+            ),
+            (
+                "tools[type=code_interpreter]",
+                json!({"model": "m", "input": "hi", "tools": [{"type": "code_interpreter"}]}),
+            ),
         ] {
             let error = parsed(body).unwrap().check_fields(&[]).unwrap_err();
             assert!(
@@ -143,8 +171,13 @@ mod tests {
                 "{field}: {error:?}"
             );
         }
-        let tool = parsed(json!({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]})).unwrap();
-        assert!(tool.check_fields(&["tools[type=web_search]".into()]).is_ok(), "a priced tool");
+        let tool = parsed(json!({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}))
+            .unwrap();
+        assert!(
+            tool.check_fields(&["tools[type=web_search]".into()])
+                .is_ok(),
+            "a priced tool"
+        );
     }
 
     #[test]
@@ -154,9 +187,18 @@ mod tests {
             (json!({"model": "m"}), "input"),
             (json!({"model": "m", "input": ""}), "input"),
             (json!({"model": "m", "input": [1]}), "input"),
-            (json!({"model": "m", "input": "hi", "max_output_tokens": 0}), "max_output_tokens"),
-            (json!({"model": "m", "input": "hi", "stream": "yes"}), "stream"),
-            (json!({"model": "m", "input": "hi", "tools": [{"name": "f"}]}), "tools"),
+            (
+                json!({"model": "m", "input": "hi", "max_output_tokens": 0}),
+                "max_output_tokens",
+            ),
+            (
+                json!({"model": "m", "input": "hi", "stream": "yes"}),
+                "stream",
+            ),
+            (
+                json!({"model": "m", "input": "hi", "tools": [{"name": "f"}]}),
+                "tools",
+            ),
         ] {
             let error = parsed(body.clone()).unwrap_err();
             assert!(
