@@ -385,12 +385,17 @@ fn event(json: &Value) -> web::Bytes {
 
 type Chunks = Vec<Result<web::Bytes, std::io::Error>>;
 
-/// The request body as JSON, or the 400 an upstream answers.
-fn json_body(body: &[u8]) -> Result<Value, HttpResponse> {
+/// The request body as JSON, or the 400 an upstream answers (with an
+/// Anthropic error body when `anthropic`).
+fn json_body(body: &[u8], anthropic: bool) -> Result<Value, Box<HttpResponse>> {
     serde_json::from_slice(body).map_err(|e| {
-        HttpResponse::BadRequest().json(json!({"error": {
-            "message": format!("invalid JSON body: {e}"), "type": "invalid_request_error",
-            "param": null, "code": null}}))
+        let message = format!("invalid JSON body: {e}");
+        Box::new(HttpResponse::BadRequest().json(if anthropic {
+            anthropic_error("invalid_request_error", &message)
+        } else {
+            json!({"error": {"message": message, "type": "invalid_request_error",
+                             "param": null, "code": null}})
+        }))
     })
 }
 
@@ -439,9 +444,9 @@ async fn responses(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
-    let body = match json_body(&body) {
+    let body = match json_body(&body, false) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     if data.1 {
         data.0.record(&req, &body);
@@ -474,7 +479,7 @@ async fn responses(
             "message": "The server had an error while processing your request.",
             "type": "server_error", "param": null, "code": "server_error"}})),
         "resp_cut" => {
-            let partial = 2.min(words);
+            let partial = words.min(2);
             if stream {
                 let mut events = ResponseEvents::new(&body);
                 events.opening();
@@ -491,7 +496,7 @@ async fn responses(
             }
         }
         "resp_failed" => {
-            let partial = 2.min(words);
+            let partial = words.min(2);
             let mut failed = response_object(
                 &body,
                 "failed",
@@ -679,14 +684,9 @@ async fn messages(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
-    let body = match serde_json::from_slice::<Value>(&body) {
+    let body = match json_body(&body, true) {
         Ok(body) => body,
-        Err(e) => {
-            return HttpResponse::BadRequest().json(anthropic_error(
-                "invalid_request_error",
-                &format!("invalid JSON body: {e}"),
-            ))
-        }
+        Err(answer) => return *answer,
     };
     if data.1 {
         data.0.record(&req, &body);
@@ -728,7 +728,7 @@ async fn messages(
     let opening = |push: &mut dyn FnMut(&str, Value), deltas: u64| {
         push(
             "message_start",
-            json!({"message": message(json!([]), Value::Null, 1.min(words))}),
+            json!({"message": message(json!([]), Value::Null, words.min(1))}),
         );
         push(
             "content_block_start",
@@ -751,7 +751,7 @@ async fn messages(
                 .json(anthropic_error("overloaded_error", "Overloaded"))
         }
         "msg_error_after_content" => {
-            opening(&mut push, 2.min(words));
+            opening(&mut push, words.min(2));
             push(
                 "error",
                 json!({"error": {"type": "overloaded_error", "message": "Overloaded"}}),
@@ -760,7 +760,7 @@ async fn messages(
         }
         "msg_cut" if !stream => cut_after("application/json", vec![half_of(&done)]),
         "msg_cut" => {
-            opening(&mut push, 2.min(words));
+            opening(&mut push, words.min(2));
             cut_after("text/event-stream", events)
         }
         _ if !stream => HttpResponse::Ok().json(done),
@@ -768,7 +768,7 @@ async fn messages(
             opening(&mut push, words);
             push("content_block_stop", json!({"index": 0}));
             let outputs = if model == "msg_multi_delta" {
-                vec![1.min(words), 3.min(words), words]
+                vec![words.min(1), words.min(3), words]
             } else {
                 vec![words]
             };
@@ -796,14 +796,9 @@ async fn count_tokens(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
-    let body = match serde_json::from_slice::<Value>(&body) {
+    let body = match json_body(&body, true) {
         Ok(body) => body,
-        Err(e) => {
-            return HttpResponse::BadRequest().json(anthropic_error(
-                "invalid_request_error",
-                &format!("invalid JSON body: {e}"),
-            ))
-        }
+        Err(answer) => return *answer,
     };
     if data.1 {
         data.0.record(&req, &body);
@@ -818,9 +813,9 @@ async fn embeddings(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
-    let body = match json_body(&body) {
+    let body = match json_body(&body, false) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     if data.1 {
         data.0.record(&req, &body);
@@ -838,11 +833,11 @@ async fn embeddings(
     } else {
         json!(EMBEDDING)
     };
-    let data: Vec<Value> = (0..inputs)
+    let items: Vec<Value> = (0..inputs)
         .map(|index| json!({"object": "embedding", "index": index, "embedding": embedding}))
         .collect();
     HttpResponse::Ok().json(json!({
-        "object": "list", "data": data, "model": body["model"].clone(),
+        "object": "list", "data": items, "model": body["model"].clone(),
         "usage": {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS}
     }))
 }
