@@ -150,6 +150,83 @@ async fn paid_calls_are_recorded_once_through_rabbitmq() {
     delete_queue(&name).await;
 }
 
+/// Every paid API in queue mode: Responses, Messages and embeddings calls
+/// (streamed and not, on `echo` and through the mock's Responses route) are
+/// published, recorded once by the pool, and sum to what the clients were
+/// told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_is_recorded_once_through_rabbitmq() {
+    let (url, name) = (amqp_url(), queue_name());
+    let (app, _mock) = spawn_paid_app_with(
+        Backend::Postgres,
+        &[
+            ("TOLLGATE__QUEUE__URL", url.as_str()),
+            ("TOLLGATE__QUEUE__CALLS_QUEUE", name.as_str()),
+        ],
+    )
+    .await;
+    let key = app.paid_key(10_000).await;
+    let user = json!([{"role": "user", "content": "one two three"}]);
+    let calls = [
+        (
+            "/external/v1/responses",
+            json!({"model": "echo", "input": "one two three"}),
+        ),
+        (
+            "/external/v1/responses",
+            json!({"model": "echo", "input": "one two three", "stream": true}),
+        ),
+        (
+            "/external/v1/responses",
+            json!({"model": "mock_ok", "input": "hello", "max_output_tokens": 3}),
+        ),
+        (
+            "/external/v1/messages",
+            json!({"model": "echo", "max_tokens": 10, "messages": user}),
+        ),
+        (
+            "/external/v1/messages",
+            json!({"model": "echo", "max_tokens": 10, "messages": user, "stream": true}),
+        ),
+        (
+            "/external/v1/embeddings",
+            json!({"model": "echo", "input": ["one two", "three"]}),
+        ),
+    ];
+    let mut reported = 0;
+    for (path, body) in calls {
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&key.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path} {body}");
+        if body["stream"] == json!(true) {
+            let text = response.text().await.unwrap();
+            let last = text
+                .split("\n\n")
+                .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+                .last()
+                .unwrap();
+            let event: serde_json::Value = serde_json::from_str(last).unwrap();
+            reported += event["compose"]["finalAmountWei"]
+                .as_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
+        } else {
+            reported += header_amount(&response, "x-compose-key-final-amount-wei");
+        }
+    }
+    // echo: 3 + 3×2 four times, embeddings 3; the mock: 7 + 3×2.
+    assert_eq!(reported, 4 * 9 + 3 + 13);
+    ledger_reaches(&app, &key, reported).await;
+    delete_queue(&name).await;
+}
+
 /// Whether `name` holds no message, ready or unacknowledged, and its
 /// dead-letter queue none either (`rabbitmqctl`).
 async fn queue_drained(name: &str) -> bool {

@@ -1233,6 +1233,81 @@ async fn a_jwt_never_raises_its_own_role(backend: Backend) {
     );
 }
 
+/// A Studio key pays from its project's budget on every paid API — the
+/// Responses API, Messages (its key as `x-api-key`, as Anthropic's SDKs send
+/// it) and embeddings — and before its project has a budget each answers
+/// 402 `no_budget`.
+async fn studio_keys_pay_on_every_api(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let wallet = common::Wallet::random();
+    let boot = app.bootstrap_studio_with(&[
+        "--account",
+        "acme",
+        "--project",
+        "main",
+        "--wallet",
+        &wallet.hex(),
+    ]);
+    app.credit(&wallet, 1_000).await;
+    let (_, admin) = admin_of(&boot);
+    let (_, executor) = app.studio_key(&admin, "sk", "executor").await;
+    let user = json!([{"role": "user", "content": "a b c"}]);
+    let calls = [
+        (
+            "/external/v1/responses",
+            json!({"model": "echo", "input": "a b c"}),
+            false,
+            9,
+        ),
+        (
+            "/external/v1/messages",
+            json!({"model": "echo", "max_tokens": 9, "messages": user}),
+            true,
+            9,
+        ),
+        (
+            "/external/v1/embeddings",
+            json!({"model": "echo", "input": "a b c"}),
+            false,
+            3,
+        ),
+    ];
+    let send = |path: &str, body: &Value, anthropic: bool| {
+        let request = app.client.post(app.url(path)).json(body);
+        let request = if anthropic {
+            request.header("x-api-key", &executor)
+        } else {
+            request.bearer_auth(&executor)
+        };
+        request.send()
+    };
+    for (path, body, anthropic, _) in &calls {
+        let got = common::json_of(send(path, body, *anthropic).await.unwrap()).await;
+        common::assert_error(&got, 402, "no_budget");
+    }
+    let project = boot["project"]["id"].as_str().unwrap();
+    let (status, budget) = app
+        .studio(
+            Method::PUT,
+            &format!("/projects/{project}/budget"),
+            &admin,
+            Some(&json!({"budgetLimit": 100})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{budget}");
+    // 3 words in, 3 out: 9 each; embeddings 3.
+    for (path, body, anthropic, amount) in &calls {
+        let response = send(path, body, *anthropic).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            common::header_amount(&response, "x-compose-key-final-amount-wei"),
+            *amount
+        );
+    }
+    let budget_key = budget["keyId"].as_str().unwrap();
+    assert_eq!(app.spent(budget_key).await, (21, 21));
+}
+
 both_stores!(
     routes_answer_in_the_documented_shapes,
     the_role_matrix_is_enforced_on_every_route,
@@ -1242,6 +1317,7 @@ both_stores!(
     jwts_verify_offline_and_expire,
     bad_input_is_refused_and_changes_nothing,
     studio_keys_spend_their_projects_budget,
+    studio_keys_pay_on_every_api,
     a_restriction_is_lifted_only_by_a_role_as_high_as_its_setter,
     no_sequence_of_developer_steps_lifts_an_admin_restriction,
     a_jwt_never_raises_its_own_role,
