@@ -341,7 +341,7 @@ async fn refusals_name_the_field_and_change_nothing(backend: Backend) {
         ),
         (
             MESSAGES,
-            json!({"model": "echo", "messages": [{"role": "system", "content": "x"}], "max_tokens": 5}),
+            json!({"model": "echo", "messages": [{"role": 7, "content": "x"}], "max_tokens": 5}),
             "invalid_value",
             "messages",
         ),
@@ -443,6 +443,74 @@ async fn messages_max_tokens_is_lowered_to_the_budget(backend: Backend) {
     assert_eq!(app.used_is_sum_of_charges(&key.key_id).await, 18);
 }
 
+/// The requests the coding agents send, as captured from Codex CLI 0.171
+/// (Responses: `client_metadata`, a `namespace` of function tools,
+/// `include`, `reasoning`, `prompt_cache_key`) and Claude Code 2.1 (Messages
+/// at `?beta=true` with `anthropic-beta`: a mid-conversation `system`
+/// message, `output_config`, adaptive `thinking`, `context_management`),
+/// are answered and charged; Codex's `web_search` tool is refused by name
+/// (its README setup turns it off).
+async fn the_coding_agents_requests_are_served(backend: Backend) {
+    let (app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(100_000).await;
+    let function = json!({"type": "function", "name": "shell", "strict": false,
+                          "parameters": {"type": "object", "properties": {}}});
+    let mut codex = json!({
+        "model": "echo", "stream": true, "store": false, "tool_choice": "auto",
+        "parallel_tool_calls": true, "reasoning": {"summary": "auto"},
+        "include": ["reasoning.encrypted_content"], "prompt_cache_key": "s-1",
+        "client_metadata": {"x-codex-installation-id": "i-1"},
+        "instructions": "You are Codex.",
+        "input": [{"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "rules"}]},
+                  {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "say hi"}]}],
+        "tools": [function, {"type": "namespace", "name": "multi_agent_v1", "tools": [function]}],
+    });
+    let response = app.post_api(RESPONSES, &key.token, &codex).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let codex_events = events(&response.text().await.unwrap());
+    assert_eq!(
+        codex_events.last().unwrap().data["type"],
+        "response.completed"
+    );
+    codex["tools"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "web_search"}));
+    let refused = common::json_of(app.post_api(RESPONSES, &key.token, &codex).await).await;
+    common::assert_error(&refused, 400, "unsupported_parameter");
+    assert_eq!(refused.1["error"]["param"], "tools[type=web_search]");
+
+    let claude = json!({
+        "model": "echo", "max_tokens": 32000, "stream": true,
+        "system": [{"type": "text", "text": "You are Claude Code."}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "say hi"}]},
+                     {"role": "system", "content": "reminder"}],
+        "tools": [{"name": "Bash", "input_schema": {"type": "object"}}],
+        "metadata": {"user_id": "u-1"}, "thinking": {"type": "adaptive"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+    });
+    let response = app
+        .client
+        .post(app.url("/external/v1/messages?beta=true"))
+        .bearer_auth(&key.token)
+        .header("anthropic-version", "2023-06-01")
+        .header(
+            "anthropic-beta",
+            "claude-code-20250219,interleaved-thinking-2025-05-14",
+        )
+        .json(&claude)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let claude_events = events(&response.text().await.unwrap());
+    let last = &claude_events.last().unwrap().data;
+    assert_eq!(last["type"], "message_stop");
+    assert!(last["compose"]["finalAmountWei"].is_string());
+    app.used_is_sum_of_charges(&key.key_id).await;
+}
+
 both_stores!(
     responses_are_answered_and_charged,
     messages_are_answered_and_charged,
@@ -450,4 +518,5 @@ both_stores!(
     refusals_name_the_field_and_change_nothing,
     a_key_that_cannot_pay_is_refused_on_every_endpoint,
     messages_max_tokens_is_lowered_to_the_budget,
+    the_coding_agents_requests_are_served,
 );

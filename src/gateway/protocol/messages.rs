@@ -21,7 +21,7 @@ use super::{check_tools, entries, flag, model_name, Api, Parsed};
 use crate::upstream::Usage;
 
 /// The request fields forwarded to every Messages upstream.
-pub const FORWARDED_FIELDS: [&str; 14] = [
+pub const FORWARDED_FIELDS: [&str; 15] = [
     "model",
     "messages",
     "system",
@@ -36,6 +36,8 @@ pub const FORWARDED_FIELDS: [&str; 14] = [
     "metadata",
     "thinking",
     "context_management",
+    // `effort`: how much thinking, all of it output tokens within the bound.
+    "output_config",
 ];
 
 /// Fields billed apart from tokens: refused unless forwarded by the model.
@@ -68,11 +70,12 @@ pub(super) fn parse(body: Map<String, Value>) -> Result<Parsed, CallFailure> {
 /// The checks a `count_tokens` body shares: messages, system, tools.
 pub fn check_request(body: &Map<String, Value>) -> Result<(), CallFailure> {
     for message in entries(body, "messages", MESSAGES_MAX)? {
-        let role = message.get("role").and_then(Value::as_str);
-        if !matches!(role, Some("user" | "assistant")) {
+        // `user`, `assistant`, and `system` mid-conversation (a beta
+        // Claude Code uses): the upstream judges the roles it takes.
+        if !message.get("role").is_some_and(Value::is_string) {
             return Err(CallFailure::invalid_param(
                 "messages",
-                "each message needs a role of \"user\" or \"assistant\"",
+                "each message needs a string role",
             ));
         }
         if !message

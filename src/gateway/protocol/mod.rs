@@ -76,15 +76,19 @@ impl Parsed {
             Api::Messages => messages::billed_tool,
             Api::Chat | Api::Embeddings => return Ok(()),
         };
-        let tools = self.body.get("tools").and_then(Value::as_array);
-        for tool in tools.into_iter().flatten() {
-            let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
-            let field = format!("tools[type={kind}]");
-            if billed_tool(kind) && !allowed(&field) {
-                return Err(CallFailure::UnsupportedParameter {
-                    field,
-                    priced: true,
-                });
+        let mut tools: Vec<&Value> = self.body.get("tools").into_iter().collect();
+        // Tools and the tools a namespace groups; bounded by the body's size.
+        while let Some(list) = tools.pop() {
+            for tool in list.as_array().into_iter().flatten() {
+                let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
+                let field = format!("tools[type={kind}]");
+                if billed_tool(kind) && !allowed(&field) {
+                    return Err(CallFailure::UnsupportedParameter {
+                        field,
+                        priced: true,
+                    });
+                }
+                tools.extend(tool.get("tools"));
             }
         }
         Ok(())

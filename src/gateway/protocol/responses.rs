@@ -23,7 +23,7 @@ use crate::upstream::Usage;
 
 /// The request fields forwarded to every Responses upstream: none changes
 /// a call's price beyond its tokens.
-pub const FORWARDED_FIELDS: [&str; 21] = [
+pub const FORWARDED_FIELDS: [&str; 22] = [
     "model",
     "input",
     "instructions",
@@ -45,6 +45,8 @@ pub const FORWARDED_FIELDS: [&str; 21] = [
     "safety_identifier",
     "prompt_cache_key",
     "max_tool_calls",
+    // Codex CLI's turn metadata: opaque to the upstream's billing.
+    "client_metadata",
 ];
 
 /// Fields whose cost the request cannot bound: refused unless a model's
@@ -58,8 +60,16 @@ pub const PRICED_FIELDS: [&str; 6] = [
     "top_logprobs",
 ];
 
-/// Tool types that run on the client (their calls are output tokens).
-const CLIENT_TOOLS: [&str; 5] = ["function", "custom", "local_shell", "shell", "apply_patch"];
+/// Tool types that run on the client (their calls are output tokens); a
+/// `namespace` groups tools, each checked in turn.
+const CLIENT_TOOLS: [&str; 6] = [
+    "function",
+    "custom",
+    "local_shell",
+    "shell",
+    "apply_patch",
+    "namespace",
+];
 
 /// A tool the upstream runs and bills apart from tokens.
 pub(super) fn billed_tool(kind: &str) -> bool {
@@ -163,6 +173,11 @@ mod tests {
             (
                 "tools[type=code_interpreter]",
                 json!({"model": "m", "input": "hi", "tools": [{"type": "code_interpreter"}]}),
+            ),
+            (
+                "tools[type=file_search]",
+                json!({"model": "m", "input": "hi", "tools": [{"type": "namespace", "name": "n",
+                    "tools": [{"type": "function", "name": "f"}, {"type": "file_search"}]}]}),
             ),
         ] {
             let error = parsed(body).unwrap().check_fields(&[]).unwrap_err();
