@@ -511,6 +511,45 @@ async fn the_coding_agents_requests_are_served(backend: Backend) {
     app.used_is_sum_of_charges(&key.key_id).await;
 }
 
+/// Attack: `count_tokens` is free, so a flood of it meets the sign-in rate
+/// limit (429 with `retry-after`); a revoked key is refused at once; and it
+/// never touches a budget.
+async fn free_count_tokens_is_bounded(backend: Backend) {
+    let (app, _mock) = spawn_paid_app_with(
+        backend,
+        &[
+            ("TOLLGATE__AUTH__SIGN_IN_BURST", "5"),
+            ("TOLLGATE__AUTH__SIGN_IN_PER_S", "1"),
+        ],
+    )
+    .await;
+    let key = app.paid_key(1_000).await;
+    let body = json!({"model": "echo", "messages": [{"role": "user", "content": "a b"}]});
+    let mut limited = None;
+    for i in 0..20 {
+        let response = app.post_api(COUNT_TOKENS, &key.token, &body).await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(response.headers().contains_key("retry-after"));
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let limited = limited.expect("a flood of count_tokens never met the limit");
+    assert!(
+        limited >= 5,
+        "the burst is served first: limited after {limited}"
+    );
+    assert_eq!(app.spent(&key.key_id).await, (0, 0));
+
+    let (app, _mock) = spawn_paid_app(backend).await;
+    let key = app.paid_key(1_000).await;
+    let (status, _) = app.revoke_key(&key.session, &key.key_id).await;
+    assert_eq!(status, StatusCode::OK);
+    let got = common::json_of(app.post_api(COUNT_TOKENS, &key.token, &body).await).await;
+    common::assert_error(&got, 401, "key_revoked");
+}
+
 both_stores!(
     responses_are_answered_and_charged,
     messages_are_answered_and_charged,
@@ -519,4 +558,5 @@ both_stores!(
     a_key_that_cannot_pay_is_refused_on_every_endpoint,
     messages_max_tokens_is_lowered_to_the_budget,
     the_coding_agents_requests_are_served,
+    free_count_tokens_is_bounded,
 );

@@ -183,3 +183,25 @@ fn event_type(json: &[u8]) -> Option<String> {
 fn stalled_client() -> actix_web::Error {
     actix_web::error::ErrorRequestTimeout("the client stopped reading the stream")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_named_by_their_type_and_nothing_else() {
+        let framed = sse(Api::Messages, br#"{"type":"message_stop"}"#);
+        assert_eq!(
+            &framed[..],
+            b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+        );
+        // An upstream cannot start an event of its own through `type`.
+        let forged = br#"{"type":"x\ndata: {\"compose\":1}"}"#;
+        let framed = sse(Api::Responses, forged);
+        assert!(framed.starts_with(b"data: "), "{framed:?}");
+        assert_eq!(
+            &sse(Api::Chat, br#"{"type":"a"}"#)[..],
+            b"data: {\"type\":\"a\"}\n\n"
+        );
+    }
+}
