@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -24,7 +23,7 @@ use tokio::time::Instant;
 
 use super::call::{Metered, PaidCall, Receipt};
 use super::error::{BudgetView, CallFailure};
-use super::protocol::{self, Api, Step, StreamMeta, StreamMeter};
+use super::protocol::{self, Api, SseEvent, Step, StreamMeta, StreamMeter};
 use super::{Gateway, Model, Timeouts};
 use crate::upstream::{ChunkStream, UpstreamError, UpstreamRequest, Usage};
 
@@ -61,10 +60,10 @@ pub struct Stream {
 #[derive(Debug)]
 pub enum StreamEvent {
     /// One upstream event (its own bytes where they could be kept).
-    Chunk(Bytes),
+    Chunk(SseEvent),
     /// The last event, with the billed usage and `compose`. The stream
     /// ends cleanly after it.
-    Last(Bytes),
+    Last(SseEvent),
     /// The stream failed after it started; what was delivered is charged.
     Failed(CallFailure),
 }
@@ -223,7 +222,8 @@ impl Pump {
                 break Ended::Done;
             }
             let Some(chunk) = chunk else { continue };
-            if !send_by(&self.sender, StreamEvent::Chunk(chunk.to_bytes()), deadline).await {
+            let event = StreamEvent::Chunk(self.meter.event(&chunk));
+            if !send_by(&self.sender, event, deadline).await {
                 self.cut.store(true, Ordering::Release);
                 break Ended::ClientGone;
             }

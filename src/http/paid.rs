@@ -128,9 +128,9 @@ fn events(
 /// and `[DONE]`) in one write; or an error event in the API's shape.
 fn frame(api: Api, event: StreamEvent) -> Bytes {
     match event {
-        StreamEvent::Chunk(json) => sse(api, &json),
-        StreamEvent::Last(json) => {
-            let mut bytes = sse(api, &json).to_vec();
+        StreamEvent::Chunk(event) => sse(event.kind.as_deref(), &event.json),
+        StreamEvent::Last(event) => {
+            let mut bytes = sse(event.kind.as_deref(), &event.json).to_vec();
             if api == Api::Chat {
                 bytes.extend_from_slice(b"data: [DONE]\n\n");
             }
@@ -141,43 +141,31 @@ fn frame(api: Api, event: StreamEvent) -> Bytes {
             // the upstream's fault.
             let error = ApiError::from(failure);
             let event = failure_event(api, error.code, &error.message);
-            sse(api, &serde_json::to_vec(&event).unwrap_or_default())
+            let kind = event.get("type").and_then(serde_json::Value::as_str);
+            sse(kind, &serde_json::to_vec(&event).unwrap_or_default())
         }
     }
 }
 
-/// `data: <json>`, preceded in Responses and Messages by `event: <type>`
-/// (the JSON's own `type`), as their SDKs read it.
-fn sse(api: Api, json: &[u8]) -> Bytes {
+/// `data: <json>`, preceded by `event: <kind>` for a named event (Responses
+/// and Messages), as their SDKs read it. A name that is not a plain word —
+/// it is the upstream's — is left out, so no upstream can start an event
+/// of its own.
+fn sse(kind: Option<&str>, json: &[u8]) -> Bytes {
     let mut event = Vec::with_capacity(json.len() + 48);
-    if matches!(api, Api::Responses | Api::Messages) {
-        if let Some(kind) = event_type(json) {
-            event.extend_from_slice(b"event: ");
-            event.extend_from_slice(kind.as_bytes());
-            event.push(b'\n');
-        }
+    let plain = |k: &&str| {
+        k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+    };
+    if let Some(kind) = kind.filter(plain) {
+        event.extend_from_slice(b"event: ");
+        event.extend_from_slice(kind.as_bytes());
+        event.push(b'\n');
     }
     event.extend_from_slice(b"data: ");
     event.extend_from_slice(json);
     event.extend_from_slice(b"\n\n");
     Bytes::from(event)
-}
-
-/// An event's `type`, read without parsing the whole event: its JSON is
-/// our own or the upstream's (already parsed once), and `type` is a plain
-/// string in both APIs.
-fn event_type(json: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Typed {
-        #[serde(rename = "type")]
-        kind: String,
-    }
-    let typed: Typed = serde_json::from_slice(json).ok()?;
-    let safe = typed
-        .kind
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
-    safe.then_some(typed.kind)
 }
 
 fn stalled_client() -> actix_web::Error {
@@ -190,18 +178,14 @@ mod tests {
 
     #[test]
     fn events_are_named_by_their_type_and_nothing_else() {
-        let framed = sse(Api::Messages, br#"{"type":"message_stop"}"#);
+        let framed = sse(Some("message_stop"), br#"{"type":"message_stop"}"#);
         assert_eq!(
             &framed[..],
             b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
         );
         // An upstream cannot start an event of its own through `type`.
-        let forged = br#"{"type":"x\ndata: {\"compose\":1}"}"#;
-        let framed = sse(Api::Responses, forged);
-        assert!(framed.starts_with(b"data: "), "{framed:?}");
-        assert_eq!(
-            &sse(Api::Chat, br#"{"type":"a"}"#)[..],
-            b"data: {\"type\":\"a\"}\n\n"
-        );
+        let framed = sse(Some("x\ndata: {}"), br#"{}"#);
+        assert_eq!(&framed[..], b"data: {}\n\n");
+        assert_eq!(&sse(None, br#"{"a":1}"#)[..], b"data: {\"a\":1}\n\n");
     }
 }

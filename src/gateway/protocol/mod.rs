@@ -164,6 +164,15 @@ fn check_tools(body: &Map<String, Value>, typed: bool) -> Result<(), CallFailure
     }
 }
 
+/// One stream event for the framer: its JSON text and, in Responses and
+/// Messages, its `type` (the SSE `event:` name their SDKs dispatch on),
+/// read from the JSON already parsed rather than parsed again.
+#[derive(Debug)]
+pub struct SseEvent {
+    pub kind: Option<Box<str>>,
+    pub json: Bytes,
+}
+
 /// What a stream's last event needs when the upstream sent none to build
 /// on (chat): its id and model.
 pub struct StreamMeta {
@@ -290,6 +299,14 @@ impl StreamMeter {
         Step::Forward
     }
 
+    /// `chunk` as an event for the framer, named in the APIs that name them.
+    pub fn event(&self, chunk: &Chunk) -> SseEvent {
+        SseEvent {
+            kind: kind_of(self.api, &chunk.json),
+            json: chunk.to_bytes(),
+        }
+    }
+
     /// Whether output reached the client or the upstream counted some.
     pub fn delivered(&self) -> bool {
         self.output_bytes > 0 || (self.usage_final && self.usage.is_some())
@@ -324,7 +341,7 @@ impl StreamMeter {
     }
 
     /// The stream's last event, with the billed usage and `compose`.
-    pub fn last_event(self, meta: &StreamMeta, receipt: &Receipt) -> Bytes {
+    pub fn last_event(self, meta: &StreamMeta, receipt: &Receipt) -> SseEvent {
         let mut json = match (self.api, self.held) {
             (_, Some(chunk)) => chunk.json,
             (Api::Chat, None) => chat::last_chunk(meta),
@@ -343,7 +360,18 @@ impl StreamMeter {
             }
             map.insert("compose".into(), receipt.compose_json());
         }
-        Bytes::from(serde_json::to_vec(&json).unwrap_or_default())
+        SseEvent {
+            kind: kind_of(self.api, &json),
+            json: Bytes::from(serde_json::to_vec(&json).unwrap_or_default()),
+        }
+    }
+}
+
+/// An event's SSE name in the APIs that name them: its `type`.
+fn kind_of(api: Api, json: &Value) -> Option<Box<str>> {
+    match api {
+        Api::Responses | Api::Messages => json.get("type").and_then(Value::as_str).map(Box::from),
+        Api::Chat | Api::Embeddings => None,
     }
 }
 
