@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::process::{spawn_serving_with, spawn_worker, tollgate, wait_ready};
 use common::{
     amqp_url, call_thirty, delete_queue, header_amount, queue_name, spawn_paid_app_with, thirty,
-    PaidKey, TempDir, TestApp,
+    PaidKey, TempDir, TestApp, CACHED_CALL_ATOMIC,
 };
 use ledger::store::Backend;
 use serde_json::json;
@@ -126,6 +126,9 @@ async fn paid_calls_are_recorded_once_through_rabbitmq() {
             completed_at_ms: charge.created_at_ms,
             lease_id: None,
             client_request_id: None,
+            cached_input_tokens: charge.cached_input_tokens,
+            cache_write_tokens: charge.cache_write_tokens,
+            reported_cache: charge.reported_cache,
         };
         queue
             .publish(&name, charge.request_id.as_str(), again.to_json().into())
@@ -147,6 +150,51 @@ async fn paid_calls_are_recorded_once_through_rabbitmq() {
         app.store.charges_for_key(&id).await.unwrap().len(),
         charges.len()
     );
+    delete_queue(&name).await;
+}
+
+/// Queue mode: an event carries its call's cached input tokens, and the
+/// pool that re-prices it (at the cached-input price) records the very
+/// amount the client was told, with the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_input_tokens_are_charged_at_their_price_through_rabbitmq() {
+    let (url, name) = (amqp_url(), queue_name());
+    let (app, _mock) = spawn_paid_app_with(
+        Backend::Postgres,
+        &[
+            ("TOLLGATE__QUEUE__URL", url.as_str()),
+            ("TOLLGATE__QUEUE__CALLS_QUEUE", name.as_str()),
+        ],
+    )
+    .await;
+    let key = app.paid_key(1_000).await;
+    let mut told = 0;
+    for stream in [false, true] {
+        let body = json!({"model": "quirk_cached", "stream": stream, "max_tokens": 100,
+                          "messages": [{"role": "user", "content": "hello"}]});
+        let response = app.chat(&key.token, &body).await;
+        assert_eq!(response.status(), 200);
+        if stream {
+            let text = response.text().await.unwrap();
+            assert!(text.contains(&format!("\"finalAmountWei\":\"{CACHED_CALL_ATOMIC}\"")));
+        } else {
+            let amount = header_amount(&response, "x-compose-key-final-amount-wei");
+            assert_eq!(amount, CACHED_CALL_ATOMIC);
+        }
+        told += CACHED_CALL_ATOMIC;
+    }
+    ledger_reaches(&app, &key, told).await;
+    let id = ledger::KeyId::parse(&key.key_id).unwrap();
+    let charges = app.store.charges_for_key(&id).await.unwrap();
+    assert_eq!(charges.len(), 2);
+    for charge in charges {
+        assert_eq!(
+            (charge.input_tokens, charge.cached_input_tokens, charge.cache_write_tokens),
+            (7, 4, 0)
+        );
+        assert_eq!(charge.reported_cache, Some((4, 0)));
+        assert_eq!(charge.amount.atomic(), CACHED_CALL_ATOMIC);
+    }
     delete_queue(&name).await;
 }
 
@@ -343,6 +391,9 @@ async fn poison_events_are_dead_lettered_and_retried_once_fixed() {
         completed_at_ms: now,
         lease_id: None,
         client_request_id: None,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
+        reported_cache: None,
     };
     queue
         .publish(&name, request.as_str(), event.to_json().into())

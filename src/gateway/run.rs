@@ -99,6 +99,7 @@ pub async fn complete(
                 prompt_tokens: call.prompt_tokens_max,
                 completion_tokens: output_bytes_of(completion.body.get("choices"), "message")
                     .min(call.max_tokens),
+                ..Usage::default()
             }),
         };
         let request_id = call.request.to_string();
@@ -246,6 +247,7 @@ async fn pump(
         None => Metered::estimated(Usage {
             prompt_tokens: call.prompt_tokens_max,
             completion_tokens: output_bytes.min(call.max_tokens),
+            ..Usage::default()
         }),
     };
     // The last events: the charge is written by now; they wait at most the

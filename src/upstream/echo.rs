@@ -57,6 +57,7 @@ impl Echo {
         Usage {
             prompt_tokens: prompt_words(&request.body),
             completion_tokens: completion_tokens as u64,
+            ..Usage::default()
         }
     }
 

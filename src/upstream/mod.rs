@@ -12,6 +12,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
+use ledger::pricing::Tokens;
 use serde_json::{Map, Value};
 
 pub mod echo;
@@ -21,8 +22,15 @@ pub mod sse;
 /// Token counts an upstream reported (or the gateway counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
+    /// All input tokens, the cached and cache-written ones included.
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`, those read from the upstream's prompt cache
+    /// (OpenAI's `prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: u64,
+    /// Of `prompt_tokens`, those written to the upstream's prompt cache
+    /// (`prompt_tokens_details.cache_write_tokens` where an upstream says).
+    pub cache_write_tokens: u64,
 }
 
 impl Usage {
@@ -32,20 +40,51 @@ impl Usage {
     }
 
     /// A `usage` object's counts: whole numbers, also when written as
-    /// floats (`7.0`, as some servers do).
+    /// floats (`7.0`, as some servers do). The cache counts of
+    /// `prompt_tokens_details` are parts of `prompt_tokens`: absent, `null`
+    /// or not a count, they are none (every input token then plain).
     pub fn from_usage(usage: &Value) -> Option<Usage> {
+        let details = |field: &str| {
+            usage
+                .get("prompt_tokens_details")
+                .and_then(|details| details.get(field))
+                .and_then(token_count)
+                .unwrap_or(0)
+        };
         Some(Usage {
             prompt_tokens: token_count(usage.get("prompt_tokens")?)?,
             completion_tokens: token_count(usage.get("completion_tokens")?)?,
+            cached_tokens: details("cached_tokens"),
+            cache_write_tokens: details("cache_write_tokens"),
         })
     }
 
+    /// The usage of billed `tokens`.
+    pub fn of_tokens(tokens: Tokens) -> Usage {
+        Usage {
+            prompt_tokens: tokens.input(),
+            completion_tokens: tokens.output(),
+            cached_tokens: tokens.cached(),
+            cache_write_tokens: tokens.cache_write(),
+        }
+    }
+
+    /// OpenAI's `usage` object; `prompt_tokens_details` only when some
+    /// input tokens were cached or written to a cache.
     pub fn to_json(self) -> Value {
-        serde_json::json!({
+        let mut usage = serde_json::json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
-        })
+        });
+        if self.cached_tokens > 0 || self.cache_write_tokens > 0 {
+            let mut details = serde_json::json!({"cached_tokens": self.cached_tokens});
+            if self.cache_write_tokens > 0 {
+                details["cache_write_tokens"] = self.cache_write_tokens.into();
+            }
+            usage["prompt_tokens_details"] = details;
+        }
+        usage
     }
 }
 
@@ -190,6 +229,36 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, UpstreamError>> +
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_counts_are_read_from_the_prompt_details() {
+        let usage = serde_json::json!({"prompt_tokens": 2006, "completion_tokens": 300,
+            "total_tokens": 2306,
+            "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0}});
+        let read = Usage::from_usage(&usage).unwrap();
+        assert_eq!(
+            read,
+            Usage {
+                prompt_tokens: 2006,
+                completion_tokens: 300,
+                cached_tokens: 1920,
+                cache_write_tokens: 0,
+            }
+        );
+        assert_eq!(read.to_json()["prompt_tokens_details"]["cached_tokens"], 1920);
+        let written = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 1,
+            "prompt_tokens_details": {"cached_tokens": 4.0, "cache_write_tokens": 6}});
+        let read = Usage::from_usage(&written).unwrap();
+        assert_eq!((read.cached_tokens, read.cache_write_tokens), (4, 6));
+        for details in [serde_json::Value::Null, serde_json::json!({"cached_tokens": null}),
+                        serde_json::json!({"cached_tokens": -3})] {
+            let usage = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 1,
+                                           "prompt_tokens_details": details});
+            let read = Usage::from_usage(&usage).unwrap();
+            assert_eq!((read.cached_tokens, read.cache_write_tokens), (0, 0), "{usage}");
+            assert!(read.to_json().get("prompt_tokens_details").is_none());
+        }
+    }
 
     #[test]
     fn output_bytes_count_every_delivered_field() {
