@@ -189,7 +189,11 @@ async fn cached_input_tokens_are_charged_at_their_price_through_rabbitmq() {
     assert_eq!(charges.len(), 2);
     for charge in charges {
         assert_eq!(
-            (charge.input_tokens, charge.cached_input_tokens, charge.cache_write_tokens),
+            (
+                charge.input_tokens,
+                charge.cached_input_tokens,
+                charge.cache_write_tokens
+            ),
             (7, 4, 0)
         );
         assert_eq!(charge.reported_cache, Some((4, 0)));

@@ -312,13 +312,25 @@ mod tests {
     fn tokens_keep_their_cache_counts_within_the_input() {
         let t = Tokens::new(10, 4, 3, 2);
         assert_eq!(
-            (t.input(), t.cached(), t.cache_write(), t.plain_input(), t.output()),
+            (
+                t.input(),
+                t.cached(),
+                t.cache_write(),
+                t.plain_input(),
+                t.output()
+            ),
             (10, 4, 3, 3, 2)
         );
         let over = Tokens::new(10, 8, 5, 0);
-        assert_eq!((over.cached(), over.cache_write(), over.plain_input()), (8, 2, 0));
+        assert_eq!(
+            (over.cached(), over.cache_write(), over.plain_input()),
+            (8, 2, 0)
+        );
         let all = Tokens::new(3, 9, 9, 1);
-        assert_eq!((all.cached(), all.cache_write(), all.plain_input()), (3, 0, 0));
+        assert_eq!(
+            (all.cached(), all.cache_write(), all.plain_input()),
+            (3, 0, 0)
+        );
         assert!(Tokens::new(5, 2, 1, 1).within(&t));
         assert!(!Tokens::new(5, 5, 0, 1).within(&t), "more cached than used");
     }
@@ -339,7 +351,10 @@ mod tests {
         assert_eq!(c.cost_of(Tokens::new(10, 4, 3, 2)).unwrap().atomic(), 35);
         // The hold prices all input at the highest input price, 5.
         assert_eq!(c.cost(10, 2).unwrap().atomic(), 54);
-        assert_eq!(c.affordable_output_tokens(Amount::from_atomic(54).unwrap(), 10, 99), Some(2));
+        assert_eq!(
+            c.affordable_output_tokens(Amount::from_atomic(54).unwrap(), 10, 99),
+            Some(2)
+        );
     }
 
     #[test]

@@ -69,9 +69,7 @@ impl ModelView {
             pricing: ModelPricing {
                 version: price.version.clone(),
                 input_atomic_per_million: price.input_atomic_per_million.to_string(),
-                cached_input_atomic_per_million: price
-                    .cached_input_atomic_per_million
-                    .to_string(),
+                cached_input_atomic_per_million: price.cached_input_atomic_per_million.to_string(),
                 cache_write_atomic_per_million: price.cache_write_atomic_per_million.to_string(),
                 output_atomic_per_million: price.output_atomic_per_million.to_string(),
                 request_fee_atomic: price.request_fee_atomic.to_string(),

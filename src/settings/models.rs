@@ -105,7 +105,10 @@ impl ModelSettings {
             ));
         }
         let prices = [
-            ("input_atomic_per_million", Some(self.input_atomic_per_million)),
+            (
+                "input_atomic_per_million",
+                Some(self.input_atomic_per_million),
+            ),
             (
                 "cached_input_atomic_per_million",
                 self.cached_input_atomic_per_million,

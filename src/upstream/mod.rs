@@ -245,17 +245,27 @@ mod tests {
                 cache_write_tokens: 0,
             }
         );
-        assert_eq!(read.to_json()["prompt_tokens_details"]["cached_tokens"], 1920);
+        assert_eq!(
+            read.to_json()["prompt_tokens_details"]["cached_tokens"],
+            1920
+        );
         let written = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 1,
             "prompt_tokens_details": {"cached_tokens": 4.0, "cache_write_tokens": 6}});
         let read = Usage::from_usage(&written).unwrap();
         assert_eq!((read.cached_tokens, read.cache_write_tokens), (4, 6));
-        for details in [serde_json::Value::Null, serde_json::json!({"cached_tokens": null}),
-                        serde_json::json!({"cached_tokens": -3})] {
+        for details in [
+            serde_json::Value::Null,
+            serde_json::json!({"cached_tokens": null}),
+            serde_json::json!({"cached_tokens": -3}),
+        ] {
             let usage = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 1,
                                            "prompt_tokens_details": details});
             let read = Usage::from_usage(&usage).unwrap();
-            assert_eq!((read.cached_tokens, read.cache_write_tokens), (0, 0), "{usage}");
+            assert_eq!(
+                (read.cached_tokens, read.cache_write_tokens),
+                (0, 0),
+                "{usage}"
+            );
             assert!(read.to_json().get("prompt_tokens_details").is_none());
         }
     }

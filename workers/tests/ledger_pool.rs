@@ -226,7 +226,11 @@ fn events_without_cache_counts_still_parse() {
     let current = event(&key, &request);
     let mut json: serde_json::Value = serde_json::from_slice(&current.to_json()).unwrap();
     let fields = json.as_object_mut().unwrap();
-    for field in ["cached_input_tokens", "cache_write_tokens", "reported_cache"] {
+    for field in [
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "reported_cache",
+    ] {
         fields.remove(field);
     }
     let older = CallCompleted::parse(&serde_json::to_vec(&json).unwrap()).unwrap();
@@ -234,7 +238,11 @@ fn events_without_cache_counts_still_parse() {
     let (charge, mismatch) = older.charge(Some(&price())).unwrap();
     assert_eq!(mismatch, None);
     assert_eq!(
-        (charge.cached_input_tokens, charge.cache_write_tokens, charge.reported_cache),
+        (
+            charge.cached_input_tokens,
+            charge.cache_write_tokens,
+            charge.reported_cache
+        ),
         (0, 0, None)
     );
 }
@@ -262,7 +270,11 @@ fn cache_counts_are_repriced_at_their_prices() {
     let (charge, mismatch) = cached.charge(Some(&cheap_cache)).unwrap();
     assert_eq!(mismatch, None);
     assert_eq!(
-        (charge.input_tokens, charge.cached_input_tokens, charge.cache_write_tokens),
+        (
+            charge.input_tokens,
+            charge.cached_input_tokens,
+            charge.cache_write_tokens
+        ),
         (8, 4, 2)
     );
     assert_eq!(charge.reported_cache, Some((4, 2)));

@@ -83,7 +83,10 @@ async fn concurrent_callers_write_each_charge_once(backend: Backend) {
     // Every count as written (SQLite: by the writer's own connection).
     for c in &charges {
         let i = c.input_tokens;
-        assert_eq!((c.cached_input_tokens, c.cache_write_tokens), (i / 2, i / 4));
+        assert_eq!(
+            (c.cached_input_tokens, c.cache_write_tokens),
+            (i / 2, i / 4)
+        );
         assert_eq!(c.reported_cache, (i % 2 == 0).then_some((i / 2, i / 4)));
     }
     assert_eq!(
