@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::process::{spawn_serving_with, spawn_worker, tollgate, wait_ready};
 use common::{
     amqp_url, call_thirty, delete_queue, header_amount, queue_name, spawn_paid_app_with, thirty,
-    PaidKey, TempDir, TestApp, CACHED_CALL_ATOMIC,
+    PaidKey, TempDir, TestApp,
 };
 use ledger::store::Backend;
 use serde_json::json;
@@ -158,15 +158,28 @@ async fn paid_calls_are_recorded_once_through_rabbitmq() {
 /// amount the client was told, with the counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_input_tokens_are_charged_at_their_price_through_rabbitmq() {
+    // The mock's 7 prompt tokens, 4 of them cached at a quarter of the
+    // input price, and 5 output tokens: ⌈3 × 1 + 4 × 0.25⌉ + 5 × 2.
+    const CACHED_CALL_ATOMIC: u64 = 14;
     let (url, name) = (amqp_url(), queue_name());
-    let (app, _mock) = spawn_paid_app_with(
-        Backend::Postgres,
-        &[
-            ("TOLLGATE__QUEUE__URL", url.as_str()),
-            ("TOLLGATE__QUEUE__CALLS_QUEUE", name.as_str()),
-        ],
-    )
-    .await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mock = common::mock_upstream::start(listener, 1, true);
+    let model = |field: &str| format!("TOLLGATE__MODELS__QUIRK_CACHED__{field}");
+    let env = [
+        ("TOLLGATE__QUEUE__URL".to_owned(), url.clone()),
+        ("TOLLGATE__QUEUE__CALLS_QUEUE".to_owned(), name.clone()),
+        (model("UPSTREAM"), mock.base_url.clone()),
+        (model("PRICE_VERSION"), "test-1".to_owned()),
+        (model("INPUT_ATOMIC_PER_MILLION"), "1000000".to_owned()),
+        (
+            model("CACHED_INPUT_ATOMIC_PER_MILLION"),
+            "250000".to_owned(),
+        ),
+        (model("OUTPUT_ATOMIC_PER_MILLION"), "2000000".to_owned()),
+        (model("MAX_OUTPUT_TOKENS"), "1000".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let app = common::spawn_app_with(Backend::Postgres, &env).await;
     let key = app.paid_key(1_000).await;
     let mut told = 0;
     for stream in [false, true] {

@@ -14,14 +14,22 @@ mod common;
 use std::net::TcpListener;
 
 use common::mock_upstream::{self, MockUpstream, PROMPT_TOKENS};
-use common::{
-    header_amount, spawn_app_with, sse_events, TestApp, CACHED_CALL_ATOMIC, CACHED_INPUT_PRICE,
-};
+use common::{header_amount, spawn_app_with, sse_events, TestApp};
 use ledger::model::ChargeRecord;
 use ledger::store::Backend;
 use ledger::KeyId;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+
+/// `quirk_cached`'s price of a cached input token, per million: a quarter
+/// of its other input tokens' (1 atomic unit each). Its mock answers with
+/// 7 prompt tokens, 4 of them cached, and 5 output tokens (2 units each):
+/// `⌈3 × 1 + 4 × 0.25⌉ + 5 × 2` = [`CACHED_CALL_ATOMIC`], where the same
+/// usage uncached costs 17.
+const CACHED_INPUT_PRICE: u64 = 250_000;
+
+/// What a `quirk_cached` call costs (see [`CACHED_INPUT_PRICE`]).
+const CACHED_CALL_ATOMIC: u64 = 14;
 
 /// A configured model: its name, the mock model it calls, extra settings.
 type QuirkModel = (

@@ -396,8 +396,7 @@ pub const UPSTREAM_KEY: &str = "sk-upstream-test";
 
 /// The server with the mock upstream's models configured beside `echo`:
 /// `mock_ok`, `mock_500`, `mock_slow`, `mock_broken_stream` (1 s upstream
-/// timeout), `mock_flood`, `quirk_cached` (its cached input tokens at
-/// [`CACHED_INPUT_PRICE`]), and `echo_slow` (echo with 20 ms between
+/// timeout), `mock_flood`, and `echo_slow` (echo with 20 ms between
 /// streamed words).
 pub async fn spawn_paid_app(backend: Backend) -> (TestApp, mock_upstream::MockUpstream) {
     spawn_paid_app_with(backend, &[]).await
@@ -426,7 +425,6 @@ pub async fn spawn_paid_app_with(
         ("MOCK_DELAYED", mock.base_url.as_str()),
         ("MOCK_BROKEN_STREAM", mock.base_url.as_str()),
         ("MOCK_FLOOD", mock.base_url.as_str()),
-        ("QUIRK_CACHED", mock.base_url.as_str()),
         ("ECHO_SLOW", "echo"),
     ];
     for (name, upstream) in models {
@@ -444,24 +442,10 @@ pub async fn spawn_paid_app_with(
             env.push((key("API_KEY"), UPSTREAM_KEY.to_owned()));
         }
     }
-    env.push((
-        "TOLLGATE__MODELS__QUIRK_CACHED__CACHED_INPUT_ATOMIC_PER_MILLION".into(),
-        CACHED_INPUT_PRICE.to_string(),
-    ));
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     (spawn_app_with(backend, &env).await, mock)
 }
-
-/// `quirk_cached`'s price of a cached input token, per million: a quarter
-/// of its other input tokens' (1 atomic unit each). Its mock answers with
-/// 7 prompt tokens, 4 of them cached, and 5 output tokens (2 units each):
-/// `⌈3 × 1 + 4 × 0.25⌉ + 5 × 2` = [`CACHED_CALL_ATOMIC`], where the same
-/// usage uncached costs 17.
-pub const CACHED_INPUT_PRICE: u64 = 250_000;
-
-/// What a `quirk_cached` call costs (see [`CACHED_INPUT_PRICE`]).
-pub const CACHED_CALL_ATOMIC: u64 = 14;
 
 /// An `api` key with `budget` atomic units, on a freshly funded wallet.
 pub struct PaidKey {
