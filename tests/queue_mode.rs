@@ -126,6 +126,9 @@ async fn paid_calls_are_recorded_once_through_rabbitmq() {
             completed_at_ms: charge.created_at_ms,
             lease_id: None,
             client_request_id: None,
+            cached_input_tokens: charge.cached_input_tokens,
+            cache_write_tokens: charge.cache_write_tokens,
+            reported_cache: charge.reported_cache,
         };
         queue
             .publish(&name, charge.request_id.as_str(), again.to_json().into())
@@ -224,6 +227,68 @@ async fn every_api_is_recorded_once_through_rabbitmq() {
     // echo: 3 + 3×2 four times, embeddings 3; the mock: 7 + 3×2.
     assert_eq!(reported, 4 * 9 + 3 + 13);
     ledger_reaches(&app, &key, reported).await;
+    delete_queue(&name).await;
+}
+
+/// Queue mode: an event carries its call's cached input tokens, and the
+/// pool that re-prices it (at the cached-input price) records the very
+/// amount the client was told, with the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_input_tokens_are_charged_at_their_price_through_rabbitmq() {
+    // The mock's 7 prompt tokens, 4 of them cached at a quarter of the
+    // input price, and 5 output tokens: ⌈3 × 1 + 4 × 0.25⌉ + 5 × 2.
+    const CACHED_CALL_ATOMIC: u64 = 14;
+    let (url, name) = (amqp_url(), queue_name());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mock = common::mock_upstream::start(listener, 1, true);
+    let model = |field: &str| format!("TOLLGATE__MODELS__QUIRK_CACHED__{field}");
+    let env = [
+        ("TOLLGATE__QUEUE__URL".to_owned(), url.clone()),
+        ("TOLLGATE__QUEUE__CALLS_QUEUE".to_owned(), name.clone()),
+        (model("UPSTREAM"), mock.base_url.clone()),
+        (model("PRICE_VERSION"), "test-1".to_owned()),
+        (model("INPUT_ATOMIC_PER_MILLION"), "1000000".to_owned()),
+        (
+            model("CACHED_INPUT_ATOMIC_PER_MILLION"),
+            "250000".to_owned(),
+        ),
+        (model("OUTPUT_ATOMIC_PER_MILLION"), "2000000".to_owned()),
+        (model("MAX_OUTPUT_TOKENS"), "1000".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let app = common::spawn_app_with(Backend::Postgres, &env).await;
+    let key = app.paid_key(1_000).await;
+    let mut told = 0;
+    for stream in [false, true] {
+        let body = json!({"model": "quirk_cached", "stream": stream, "max_tokens": 100,
+                          "messages": [{"role": "user", "content": "hello"}]});
+        let response = app.chat(&key.token, &body).await;
+        assert_eq!(response.status(), 200);
+        if stream {
+            let text = response.text().await.unwrap();
+            assert!(text.contains(&format!("\"finalAmountWei\":\"{CACHED_CALL_ATOMIC}\"")));
+        } else {
+            let amount = header_amount(&response, "x-compose-key-final-amount-wei");
+            assert_eq!(amount, CACHED_CALL_ATOMIC);
+        }
+        told += CACHED_CALL_ATOMIC;
+    }
+    ledger_reaches(&app, &key, told).await;
+    let id = ledger::KeyId::parse(&key.key_id).unwrap();
+    let charges = app.store.charges_for_key(&id).await.unwrap();
+    assert_eq!(charges.len(), 2);
+    for charge in charges {
+        assert_eq!(
+            (
+                charge.input_tokens,
+                charge.cached_input_tokens,
+                charge.cache_write_tokens
+            ),
+            (7, 4, 0)
+        );
+        assert_eq!(charge.reported_cache, Some((4, 0)));
+        assert_eq!(charge.amount.atomic(), CACHED_CALL_ATOMIC);
+    }
     delete_queue(&name).await;
 }
 
@@ -420,6 +485,9 @@ async fn poison_events_are_dead_lettered_and_retried_once_fixed() {
         completed_at_ms: now,
         lease_id: None,
         client_request_id: None,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
+        reported_cache: None,
     };
     queue
         .publish(&name, request.as_str(), event.to_json().into())

@@ -39,6 +39,23 @@ const MESSAGES_MODELS: [&str; 6] = [
     "msg_200_error",
 ];
 
+/// The `*_cached` models' prices of cached and cache-written input: half
+/// and 1.25 times the input price (1,000,000 per million).
+const CACHED_PER_MILLION: u64 = 500_000;
+const CACHE_WRITE_PER_MILLION: u64 = 1_250_000;
+
+/// A charge's price: input at 1 a token (cached input at 0.5, cache writes
+/// at 1.25, one ceiling over the three), output at 2.
+fn price_of(charge: &ChargeRecord) -> u64 {
+    let cached = u64::from(charge.cached_input_tokens);
+    let written = u64::from(charge.cache_write_tokens);
+    let plain = u64::from(charge.input_tokens) - cached - written;
+    let input =
+        (plain * 1_000_000 + cached * CACHED_PER_MILLION + written * CACHE_WRITE_PER_MILLION)
+            .div_ceil(1_000_000);
+    input + 2 * u64::from(charge.output_tokens)
+}
+
 async fn spawn(backend: Backend) -> (TestApp, MockUpstream) {
     let mock = mock_upstream::start(TcpListener::bind("127.0.0.1:0").unwrap(), 1, true);
     let mut env: Vec<(String, String)> = Vec::new();
@@ -57,6 +74,18 @@ async fn spawn(backend: Backend) -> (TestApp, MockUpstream) {
             (key("OUTPUT_ATOMIC_PER_MILLION"), "2000000".to_owned()),
             (key("MAX_OUTPUT_TOKENS"), "1000".to_owned()),
         ]);
+        if name.ends_with("_cached") {
+            env.extend([
+                (
+                    key("CACHED_INPUT_ATOMIC_PER_MILLION"),
+                    CACHED_PER_MILLION.to_string(),
+                ),
+                (
+                    key("CACHE_WRITE_ATOMIC_PER_MILLION"),
+                    CACHE_WRITE_PER_MILLION.to_string(),
+                ),
+            ]);
+        }
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let app = common::spawn_app_with(backend, &env).await;
@@ -124,7 +153,7 @@ impl TestApp {
         for charge in self.charges_of(key_id).await {
             assert_eq!(
                 charge.amount.atomic(),
-                u64::from(charge.input_tokens) + 2 * u64::from(charge.output_tokens),
+                price_of(&charge),
                 "amount = price(billed usage): {charge:?}"
             );
         }
@@ -428,8 +457,8 @@ async fn protocol_answers_are_charged_as_reported(backend: Backend) {
     assert_eq!(body["usage"]["input_tokens_details"]["cached_tokens"], 800);
     assert_eq!(
         amount,
-        1000 + 2 * 2,
-        "1,000 input tokens (800 of them cached), 2 out"
+        200 + 400 + 2 * 2,
+        "1,000 input tokens (800 of them cached, at half price), 2 out"
     );
 
     let response = app.post("/external/v1/messages", &key.token, &json!({"model": "msg_cached", "max_tokens": 2, "messages": [{"role": "user", "content": long}]})).await;
@@ -444,9 +473,15 @@ async fn protocol_answers_are_charged_as_reported(backend: Backend) {
         (Some(100), Some(800), Some(50)),
         "{body}"
     );
-    assert_eq!(amount, 100 + 800 + 50 + 2 * 2);
+    // 100 plain, 800 read at half price, 50 written at 1.25: ⌈562.5⌉; 2 out.
+    assert_eq!(amount, 563 + 2 * 2);
     let charges = app.charges_of(&key.key_id).await;
-    assert!(charges.iter().any(|c| c.input_tokens == 950), "{charges:?}");
+    assert!(
+        charges.iter().any(
+            |c| (c.input_tokens, c.cached_input_tokens, c.cache_write_tokens) == (950, 800, 50)
+        ),
+        "the charge records each count: {charges:?}"
+    );
     app.assert_ledger_consistent(&key.key_id).await;
 }
 

@@ -21,6 +21,16 @@ use ledger::KeyId;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+/// `quirk_cached`'s price of a cached input token, per million: a quarter
+/// of its other input tokens' (1 atomic unit each). Its mock answers with
+/// 7 prompt tokens, 4 of them cached, and 5 output tokens (2 units each):
+/// `⌈3 × 1 + 4 × 0.25⌉ + 5 × 2` = [`CACHED_CALL_ATOMIC`], where the same
+/// usage uncached costs 17.
+const CACHED_INPUT_PRICE: u64 = 250_000;
+
+/// What a `quirk_cached` call costs (see [`CACHED_INPUT_PRICE`]).
+const CACHED_CALL_ATOMIC: u64 = 14;
+
 /// A configured model: its name, the mock model it calls, extra settings.
 type QuirkModel = (
     &'static str,
@@ -31,7 +41,8 @@ type QuirkModel = (
 /// The server with each quirk as a model of its own name, plus `lenient`
 /// (`quirk_no_usage` with `require_usage = false`), `completion_only`
 /// (`quirk_max_tokens` told to take the bound in `max_completion_tokens`
-/// only) and `tiered` (`mock_ok`, forwarding `service_tier`).
+/// only), `tiered` (`mock_ok`, forwarding `service_tier`) and `quirk_cached`
+/// (its cached input tokens at [`CACHED_INPUT_PRICE`]).
 async fn spawn_quirks(backend: Backend) -> (TestApp, MockUpstream) {
     let mock = mock_upstream::start(TcpListener::bind("127.0.0.1:0").unwrap(), 1, true);
     let mut env: Vec<(String, String)> = vec![
@@ -44,7 +55,8 @@ async fn spawn_quirks(backend: Backend) -> (TestApp, MockUpstream) {
             "800".into(),
         ),
     ];
-    let models: [QuirkModel; 12] = [
+    let cached_price = CACHED_INPUT_PRICE.to_string();
+    let models: [QuirkModel; 13] = [
         ("quirk_tools", "quirk_tools", &[]),
         ("quirk_max_tokens", "quirk_max_tokens", &[]),
         ("quirk_stall", "quirk_stall", &[]),
@@ -61,6 +73,7 @@ async fn spawn_quirks(backend: Backend) -> (TestApp, MockUpstream) {
             &[("MAX_TOKENS_FIELDS", "max_completion_tokens")],
         ),
         ("tiered", "mock_ok", &[("FORWARD_FIELDS", "service_tier")]),
+        ("quirk_cached", "quirk_cached", &[]),
     ];
     for (name, upstream_model, extra) in models {
         let key = |field: &str| format!("TOLLGATE__MODELS__{}__{field}", name.to_uppercase());
@@ -73,6 +86,9 @@ async fn spawn_quirks(backend: Backend) -> (TestApp, MockUpstream) {
             (key("MAX_OUTPUT_TOKENS"), "1000".to_owned()),
         ]);
         env.extend(extra.iter().map(|(k, v)| (key(k), (*v).to_owned())));
+        if name == "quirk_cached" {
+            env.push((key("CACHED_INPUT_ATOMIC_PER_MILLION"), cached_price.clone()));
+        }
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     (spawn_app_with(backend, &env).await, mock)
@@ -379,6 +395,106 @@ async fn only_known_fields_reach_the_upstream(backend: Backend) {
     app.assert_ledger_consistent(&key.key_id).await;
 }
 
+/// Finding 9: an upstream's cached prompt tokens (OpenAI's
+/// `usage.prompt_tokens_details.cached_tokens`, a part of `prompt_tokens`)
+/// are charged at the model's cached-input price — one ceiling over the
+/// input's parts — and the header, the body's usage, the ledger's row, the
+/// charges listing and `budgetUsed` all say so, streamed and not. The
+/// models listing shows the price, and the cache-write price defaulting to
+/// the input price.
+async fn cached_input_tokens_are_charged_at_their_price(backend: Backend) {
+    let (app, _mock) = spawn_quirks(backend).await;
+    let key = app.paid_key(10_000).await;
+    let response = app.chat(&key.token, &ask("quirk_cached", false)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header_amount(&response, "x-compose-key-final-amount-wei"),
+        CACHED_CALL_ATOMIC
+    );
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["usage"]["prompt_tokens"], PROMPT_TOKENS);
+    assert_eq!(answer["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+    assert_eq!(
+        answer["compose"]["budgetUsed"],
+        CACHED_CALL_ATOMIC.to_string()
+    );
+
+    let mut body = ask("quirk_cached", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let response = app.chat(&key.token, &body).await;
+    let events = sse_events(&response.text().await.unwrap());
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(
+        last["compose"]["finalAmountWei"],
+        CACHED_CALL_ATOMIC.to_string()
+    );
+    assert_eq!(last["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+    let spent = 2 * CACHED_CALL_ATOMIC;
+    assert_eq!(app.spent(&key.key_id).await, (spent, spent));
+
+    let charges = app.charges_of(&key.key_id).await;
+    assert_eq!(charges.len(), 2);
+    for charge in &charges {
+        assert_eq!(
+            (
+                charge.input_tokens,
+                charge.cached_input_tokens,
+                charge.cache_write_tokens,
+                charge.output_tokens
+            ),
+            (PROMPT_TOKENS as u32, 4, 0, 5)
+        );
+        assert_eq!(charge.reported, Some((PROMPT_TOKENS as u32, 5)));
+        assert_eq!(charge.reported_cache, Some((4, 0)));
+        assert_eq!(charge.amount.atomic(), CACHED_CALL_ATOMIC);
+    }
+    let listed: Value = app
+        .client
+        .get(app.url(&format!("/api/keys/{}/charges", key.key_id)))
+        .bearer_auth(&key.session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = &listed["charges"][0];
+    assert_eq!(
+        (
+            &listed["cachedInputTokens"],
+            &listed["cacheWriteTokens"],
+            &listed["reportedCachedInputTokens"],
+            &listed["reportedCacheWriteTokens"]
+        ),
+        (&json!(4), &json!(0), &json!(4), &json!(0)),
+        "{listed}"
+    );
+
+    let models: Value = app
+        .client
+        .get(app.url("/external/v1/models"))
+        .bearer_auth(&key.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pricing = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "quirk_cached")
+        .unwrap()["pricing"]
+        .clone();
+    assert_eq!(
+        pricing["cachedInputAtomicPerMillion"],
+        CACHED_INPUT_PRICE.to_string()
+    );
+    assert_eq!(pricing["cacheWriteAtomicPerMillion"], "1000000");
+    assert_eq!(pricing["inputAtomicPerMillion"], "1000000");
+}
+
 both_stores!(
     usage_is_always_requested,
     the_bound_goes_in_every_length_field,
@@ -388,4 +504,5 @@ both_stores!(
     missing_usage_is_an_error_or_a_marked_estimate,
     ledger_rows_agree_with_their_amounts,
     only_known_fields_reach_the_upstream,
+    cached_input_tokens_are_charged_at_their_price,
 );

@@ -200,11 +200,19 @@ pub struct NewCharge {
     pub price_version: String,
     /// The usage billed: `amount` is exactly its price.
     pub input_tokens: u32,
+    /// Of `input_tokens`, those read from the upstream's prompt cache and
+    /// those written to it (`cached + cache_write ≤ input`), each at its
+    /// own price (`ledger::pricing`).
+    pub cached_input_tokens: u32,
+    pub cache_write_tokens: u32,
     pub output_tokens: u32,
     pub amount: Amount,
     /// The usage the upstream reported (input, output); `None` when it
     /// reported none and the billed usage is the gateway's estimate.
     pub reported: Option<(u32, u32)>,
+    /// Of the reported input, the cached and cache-written tokens; `None`
+    /// exactly when `reported` is.
+    pub reported_cache: Option<(u32, u32)>,
     pub created_at_ms: i64,
     /// The budget lease the call was spent from (`None`: no lease; the
     /// charge must then fit what no lease of the key covers).
@@ -250,10 +258,16 @@ pub struct ChargeRecord {
     pub price_version: String,
     /// The usage billed.
     pub input_tokens: u32,
+    /// Of `input_tokens`, the cached and the cache-written ones.
+    pub cached_input_tokens: u32,
+    pub cache_write_tokens: u32,
     pub output_tokens: u32,
     pub amount: Amount,
     /// The usage the upstream reported; `None`: the charge is an estimate.
     pub reported: Option<(u32, u32)>,
+    /// Of the reported input, the cached and cache-written tokens; `None`
+    /// for an estimate, and for charges recorded before migration 0012.
+    pub reported_cache: Option<(u32, u32)>,
     pub status: String,
     pub batch_id: Option<String>,
     pub tx_hash: Option<String>,

@@ -52,9 +52,12 @@ fn charge(key: &KeyId, amount: Amount) -> NewCharge {
         model: "echo".into(),
         price_version: "v1".into(),
         input_tokens: 3,
+        cached_input_tokens: 2,
+        cache_write_tokens: 1,
         output_tokens: 5,
         amount,
         reported: Some((3, 5)),
+        reported_cache: Some((2, 1)),
         created_at_ms: now_ms(),
         lease: None,
         client_request_id: None,
@@ -475,7 +478,10 @@ async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
     );
     // An estimate: no usage reported. Both kinds read back as written.
     let second = NewCharge {
+        cached_input_tokens: 0,
+        cache_write_tokens: 3,
         reported: None,
+        reported_cache: None,
         ..charge(&key.id, Amount::from_atomic(600).unwrap())
     };
     assert_eq!(
@@ -484,14 +490,21 @@ async fn charges_are_written_once_and_sum_to_budget_used(store: Store) {
     );
     let stored = store.charges_for_key(&key.id).await.unwrap();
     let reported = |id: &RequestId| {
-        stored
-            .iter()
-            .find(|c| &c.request_id == id)
-            .unwrap()
-            .reported
+        let charge = stored.iter().find(|c| &c.request_id == id).unwrap();
+        (
+            charge.input_tokens,
+            charge.cached_input_tokens,
+            charge.cache_write_tokens,
+            charge.output_tokens,
+            charge.reported,
+            charge.reported_cache,
+        )
     };
-    assert_eq!(reported(&first.request_id), Some((3, 5)));
-    assert_eq!(reported(&second.request_id), None);
+    assert_eq!(
+        reported(&first.request_id),
+        (3, 2, 1, 5, Some((3, 5)), Some((2, 1)))
+    );
+    assert_eq!(reported(&second.request_id), (3, 0, 3, 5, None, None));
     // One more atomic unit would pass the limit.
     assert!(matches!(
         store
@@ -560,6 +573,13 @@ async fn charge_batches_answer_each_charge(store: Store) {
     let charges = store.charges_for_key(&key.id).await.unwrap();
     let amounts: Vec<u64> = charges.iter().map(|c| c.amount.atomic()).collect();
     assert_eq!(amounts.iter().sum::<u64>(), 1_000, "{amounts:?}");
+    // Written charge by charge (the slow path), with every count.
+    assert!(charges.iter().all(|c| (
+        c.input_tokens,
+        c.cached_input_tokens,
+        c.cache_write_tokens,
+        c.reported_cache
+    ) == (3, 2, 1, Some((2, 1)))));
     assert_eq!(
         store.key(&key.id).await.unwrap().unwrap().budget_used,
         atomic(1_000)
@@ -1324,9 +1344,12 @@ async fn the_charge_connection_writes_a_batch_whole_or_not_at_all(store: Store) 
         model: first.model.clone(),
         price_version: first.price_version.clone(),
         input_tokens: first.input_tokens,
+        cached_input_tokens: 2,
+        cache_write_tokens: 1,
         output_tokens: first.output_tokens,
         amount: first.amount,
         reported: first.reported,
+        reported_cache: Some((2, 1)),
         status: "pending".into(),
         batch_id: None,
         tx_hash: None,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use actors::budget::{BudgetStatus, Committed, ReserveError, Reserved};
 use actors::registry::{AcquireError, CallError, KeyState, Lease};
 use ledger::model::{ChargeOutcome, NewCharge};
-use ledger::pricing::{Billed, Price};
+use ledger::pricing::{Billed, Price, Tokens};
 use ledger::time::now_ms;
 use ledger::{Amount, KeyId, RequestId};
 use serde_json::json;
@@ -390,12 +390,7 @@ impl PaidCall {
                 used: committed.spent,
                 final_amount: Some(committed.charged),
             },
-            usage: Usage::new(
-                billed.input_tokens,
-                billed.output_tokens,
-                metered.usage.cached_tokens,
-                metered.usage.cache_write_tokens,
-            ),
+            usage: Usage::of_tokens(billed.tokens),
             estimated: !metered.reported,
         })
     }
@@ -405,9 +400,14 @@ impl PaidCall {
     /// billed usage's price.
     fn bill(&self, usage: Usage) -> Billed {
         let held = self.reserved.held;
-        let prompt_tokens = usage.prompt_tokens.min(u64::from(u32::MAX));
-        let completion_tokens = usage.completion_tokens.min(u64::from(u32::MAX));
-        let billed = self.price.bill(prompt_tokens, completion_tokens, held);
+        let most = |n: u64| n.min(u64::from(u32::MAX));
+        let used = Tokens::new(
+            most(usage.prompt_tokens),
+            most(usage.cached_tokens),
+            most(usage.cache_write_tokens),
+            most(usage.completion_tokens),
+        );
+        let billed = self.price.bill(used, held);
         assert!(
             billed.amount <= held,
             "charge ≤ hold broken: charged {} > hold {}",
@@ -415,17 +415,15 @@ impl PaidCall {
             held
         );
         assert!(
-            billed.input_tokens <= prompt_tokens && billed.output_tokens <= completion_tokens,
-            "billed ≤ used broken: billed {}+{} tokens of {}+{}",
-            billed.input_tokens,
-            billed.output_tokens,
-            prompt_tokens,
-            completion_tokens
+            billed.tokens.within(&used),
+            "billed ≤ used broken: billed {:?} of {:?}",
+            billed.tokens,
+            used
         );
         // The hold is at least the price of the prompt bound and one output
         // token, so even billing no tokens is priced exactly (never capped).
         assert_eq!(
-            self.price.cost(billed.input_tokens, billed.output_tokens),
+            self.price.cost_of(billed.tokens),
             Ok(billed.amount),
             "a charge is exactly its billed usage's price broken"
         );
@@ -441,13 +439,21 @@ impl PaidCall {
             key_id: self.key_id.clone(),
             model: self.model.clone(),
             price_version: self.price.version.clone(),
-            input_tokens: clamp_u32(billed.input_tokens),
-            output_tokens: clamp_u32(billed.output_tokens),
+            input_tokens: clamp_u32(billed.tokens.input()),
+            cached_input_tokens: clamp_u32(billed.tokens.cached()),
+            cache_write_tokens: clamp_u32(billed.tokens.cache_write()),
+            output_tokens: clamp_u32(billed.tokens.output()),
             amount: billed.amount,
             reported: metered.reported.then(|| {
                 (
                     clamp_u32(usage.prompt_tokens),
                     clamp_u32(usage.completion_tokens),
+                )
+            }),
+            reported_cache: metered.reported.then(|| {
+                (
+                    clamp_u32(usage.cached_tokens),
+                    clamp_u32(usage.cache_write_tokens),
                 )
             }),
             created_at_ms: now_ms(),

@@ -46,6 +46,14 @@ pub struct ModelPricing {
     #[serde(rename = "inputAtomicPerMillion")]
     #[schema(pattern = r"^[0-9]{1,39}$")]
     input_atomic_per_million: String,
+    /// Input tokens read from the upstream's prompt cache.
+    #[serde(rename = "cachedInputAtomicPerMillion")]
+    #[schema(pattern = r"^[0-9]{1,39}$")]
+    cached_input_atomic_per_million: String,
+    /// Input tokens written to the upstream's prompt cache.
+    #[serde(rename = "cacheWriteAtomicPerMillion")]
+    #[schema(pattern = r"^[0-9]{1,39}$")]
+    cache_write_atomic_per_million: String,
     #[serde(rename = "outputAtomicPerMillion")]
     #[schema(pattern = r"^[0-9]{1,39}$")]
     output_atomic_per_million: String,
@@ -65,6 +73,8 @@ impl ModelView {
             pricing: ModelPricing {
                 version: price.version.clone(),
                 input_atomic_per_million: price.input_atomic_per_million.to_string(),
+                cached_input_atomic_per_million: price.cached_input_atomic_per_million.to_string(),
+                cache_write_atomic_per_million: price.cache_write_atomic_per_million.to_string(),
                 output_atomic_per_million: price.output_atomic_per_million.to_string(),
                 request_fee_atomic: price.request_fee_atomic.to_string(),
             },

@@ -145,6 +145,14 @@ pub struct ChargeView {
     #[serde(rename = "inputTokens")]
     #[schema(value_type = u64)]
     pub input_tokens: u32,
+    /// Of `inputTokens`, those read from the upstream's prompt cache.
+    #[serde(rename = "cachedInputTokens")]
+    #[schema(value_type = u64)]
+    pub cached_input_tokens: u32,
+    /// Of `inputTokens`, those written to the upstream's prompt cache.
+    #[serde(rename = "cacheWriteTokens")]
+    #[schema(value_type = u64)]
+    pub cache_write_tokens: u32,
     #[serde(rename = "outputTokens")]
     #[schema(value_type = u64)]
     pub output_tokens: u32,
@@ -157,6 +165,13 @@ pub struct ChargeView {
     #[serde(rename = "reportedOutputTokens")]
     #[schema(value_type = Option<u64>)]
     pub reported_output_tokens: Option<u32>,
+    /// Of the reported input, the cached and the cache-written tokens.
+    #[serde(rename = "reportedCachedInputTokens")]
+    #[schema(value_type = Option<u64>)]
+    pub reported_cached_input_tokens: Option<u32>,
+    #[serde(rename = "reportedCacheWriteTokens")]
+    #[schema(value_type = Option<u64>)]
+    pub reported_cache_write_tokens: Option<u32>,
     /// True when the upstream reported no usage and the tokens are estimated.
     pub estimated: bool,
     /// `pending`, `batched`, `settled` or `failed`.
@@ -180,10 +195,14 @@ impl ChargeView {
             model: charge.model.clone(),
             price_version: charge.price_version.clone(),
             input_tokens: charge.input_tokens,
+            cached_input_tokens: charge.cached_input_tokens,
+            cache_write_tokens: charge.cache_write_tokens,
             output_tokens: charge.output_tokens,
             amount: charge.amount,
             reported_input_tokens: charge.reported.map(|(input, _)| input),
             reported_output_tokens: charge.reported.map(|(_, output)| output),
+            reported_cached_input_tokens: charge.reported_cache.map(|(cached, _)| cached),
+            reported_cache_write_tokens: charge.reported_cache.map(|(_, write)| write),
             estimated: charge.reported.is_none(),
             status: charge.status.clone(),
             batch_id: charge.batch_id.clone(),

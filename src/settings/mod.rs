@@ -307,6 +307,40 @@ mod tests {
     }
 
     #[test]
+    fn cache_prices_default_to_the_input_price() {
+        let echo = load(&[]).unwrap().models["echo"].price();
+        assert_eq!(echo.cached_input_atomic_per_million, 1_000_000);
+        assert_eq!(echo.cache_write_atomic_per_million, 1_000_000);
+        let s = load(&[
+            (
+                "TOLLGATE__MODELS__ECHO__CACHED_INPUT_ATOMIC_PER_MILLION",
+                "250000",
+            ),
+            (
+                "TOLLGATE__MODELS__ECHO__CACHE_WRITE_ATOMIC_PER_MILLION",
+                "1250000",
+            ),
+        ])
+        .unwrap();
+        let price = s.models["echo"].price();
+        assert_eq!(
+            (
+                price.input_atomic_per_million,
+                price.cached_input_atomic_per_million,
+                price.cache_write_atomic_per_million
+            ),
+            (1_000_000, 250_000, 1_250_000)
+        );
+        let err = load(&[(
+            "TOLLGATE__MODELS__ECHO__CACHE_WRITE_ATOMIC_PER_MILLION",
+            "18446744073709551615",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cache_write_atomic_per_million"), "{err}");
+    }
+
+    #[test]
     fn siwe_domains_never_default_for_a_public_bind() {
         let err = load(&[("TOLLGATE__HTTP__BIND", "0.0.0.0:8080")])
             .unwrap_err()

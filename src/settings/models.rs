@@ -18,6 +18,14 @@ pub struct ModelSettings {
     pub api_key: Option<String>,
     pub price_version: String,
     pub input_atomic_per_million: u64,
+    /// Input tokens the upstream read from its prompt cache (OpenAI's
+    /// `cached_tokens`); default `input_atomic_per_million`.
+    #[serde(default)]
+    pub cached_input_atomic_per_million: Option<u64>,
+    /// Input tokens the upstream wrote to its prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`); default `input_atomic_per_million`.
+    #[serde(default)]
+    pub cache_write_atomic_per_million: Option<u64>,
     pub output_atomic_per_million: u64,
     #[serde(default)]
     pub request_fee_atomic: u64,
@@ -60,6 +68,12 @@ impl ModelSettings {
         ledger::pricing::Price {
             version: self.price_version.clone(),
             input_atomic_per_million: self.input_atomic_per_million,
+            cached_input_atomic_per_million: self
+                .cached_input_atomic_per_million
+                .unwrap_or(self.input_atomic_per_million),
+            cache_write_atomic_per_million: self
+                .cache_write_atomic_per_million
+                .unwrap_or(self.input_atomic_per_million),
             output_atomic_per_million: self.output_atomic_per_million,
             request_fee_atomic: self.request_fee_atomic,
             min_charge_atomic: self.min_charge_atomic,
@@ -96,6 +110,32 @@ impl ModelSettings {
                 setting("min_charge_atomic"),
                 "must be at least 1 (no call is free) and storable",
             ));
+        }
+        let prices = [
+            (
+                "input_atomic_per_million",
+                Some(self.input_atomic_per_million),
+            ),
+            (
+                "cached_input_atomic_per_million",
+                self.cached_input_atomic_per_million,
+            ),
+            (
+                "cache_write_atomic_per_million",
+                self.cache_write_atomic_per_million,
+            ),
+            (
+                "output_atomic_per_million",
+                Some(self.output_atomic_per_million),
+            ),
+        ];
+        for (field, price) in prices {
+            if price.is_some_and(|price| ledger::Amount::from_atomic(price).is_none()) {
+                return Err(invalid(
+                    setting(field),
+                    "is beyond the largest storable amount",
+                ));
+            }
         }
         if ledger::Amount::from_atomic(self.request_fee_atomic).is_none() {
             return Err(invalid(

@@ -14,6 +14,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
+use ledger::pricing::Tokens;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -125,11 +126,14 @@ pub enum WireProtocol {
 /// and cache-written counts are parts of `prompt_tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
+    /// All input tokens, the cached and cache-written ones included.
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    /// Input read from the upstream's prompt cache.
+    /// Of `prompt_tokens`, those read from the upstream's prompt cache
+    /// (OpenAI's `prompt_tokens_details.cached_tokens`).
     pub cached_tokens: u64,
-    /// Input written to the upstream's prompt cache.
+    /// Of `prompt_tokens`, those written to the upstream's prompt cache
+    /// (`prompt_tokens_details.cache_write_tokens` where an upstream says).
     pub cache_write_tokens: u64,
 }
 
@@ -214,16 +218,30 @@ impl Usage {
         }
     }
 
-    /// Chat's `usage` object.
+    /// The usage of billed `tokens`.
+    pub fn of_tokens(tokens: Tokens) -> Usage {
+        Usage {
+            prompt_tokens: tokens.input(),
+            completion_tokens: tokens.output(),
+            cached_tokens: tokens.cached(),
+            cache_write_tokens: tokens.cache_write(),
+        }
+    }
+
+    /// Chat's `usage` object; `prompt_tokens_details` only when some input
+    /// tokens were cached or written to a cache.
     pub fn to_json(self) -> Value {
         let mut usage = serde_json::json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
         });
-        if self.cached_tokens > 0 {
-            usage["prompt_tokens_details"] =
-                serde_json::json!({"cached_tokens": self.cached_tokens});
+        if self.cached_tokens > 0 || self.cache_write_tokens > 0 {
+            let mut details = serde_json::json!({"cached_tokens": self.cached_tokens});
+            if self.cache_write_tokens > 0 {
+                details["cache_write_tokens"] = self.cache_write_tokens.into();
+            }
+            usage["prompt_tokens_details"] = details;
         }
         usage
     }
@@ -374,6 +392,46 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, UpstreamError>> +
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_counts_are_read_from_the_prompt_details() {
+        let usage = serde_json::json!({"prompt_tokens": 2006, "completion_tokens": 300,
+            "total_tokens": 2306,
+            "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0}});
+        let read = Usage::from_usage(&usage).unwrap();
+        assert_eq!(
+            read,
+            Usage {
+                prompt_tokens: 2006,
+                completion_tokens: 300,
+                cached_tokens: 1920,
+                cache_write_tokens: 0,
+            }
+        );
+        assert_eq!(
+            read.to_json()["prompt_tokens_details"]["cached_tokens"],
+            1920
+        );
+        let written = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 1,
+            "prompt_tokens_details": {"cached_tokens": 4.0, "cache_write_tokens": 6}});
+        let read = Usage::from_usage(&written).unwrap();
+        assert_eq!((read.cached_tokens, read.cache_write_tokens), (4, 6));
+        for details in [
+            serde_json::Value::Null,
+            serde_json::json!({"cached_tokens": null}),
+            serde_json::json!({"cached_tokens": -3}),
+        ] {
+            let usage = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 1,
+                                           "prompt_tokens_details": details});
+            let read = Usage::from_usage(&usage).unwrap();
+            assert_eq!(
+                (read.cached_tokens, read.cache_write_tokens),
+                (0, 0),
+                "{usage}"
+            );
+            assert!(read.to_json().get("prompt_tokens_details").is_none());
+        }
+    }
 
     #[test]
     fn output_bytes_count_every_delivered_field() {

@@ -316,6 +316,24 @@ async fn chat(
             }
             HttpResponse::Ok().json(answer)
         }
+        "quirk_cached" => {
+            // As `mock_ok`, its usage saying that 4 of the 7 prompt tokens
+            // were read from the upstream's prompt cache (OpenAI's shape).
+            let cached = json!({"cached_tokens": 4, "audio_tokens": 0});
+            if !stream {
+                let mut answer = completion(&model, words);
+                answer["usage"]["prompt_tokens_details"] = cached;
+                return HttpResponse::Ok().json(answer);
+            }
+            let mut chunks: Vec<Result<web::Bytes, std::io::Error>> = (0..words)
+                .map(|_| Ok(event(&chunk(&model, " ok"))))
+                .collect();
+            let mut usage = usage_chunk(&model, words);
+            usage["usage"]["prompt_tokens_details"] = cached;
+            chunks.push(Ok(event(&usage)));
+            chunks.push(Ok(web::Bytes::from_static(b"data: [DONE]\n\n")));
+            sse_response(chunks)
+        }
         "mock_flood" => {
             let text = "x".repeat(FLOOD_CHUNK_BYTES);
             let mut chunks: Vec<Result<web::Bytes, std::io::Error>> = (0..max_tokens)

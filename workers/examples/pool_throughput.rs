@@ -190,6 +190,9 @@ fn event(key: &KeyId) -> (String, Bytes) {
         completed_at_ms: now_ms(),
         lease_id: None,
         client_request_id: None,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
+        reported_cache: None,
     };
     (request.to_string(), Bytes::from(event.to_json()))
 }
@@ -202,6 +205,8 @@ fn pool_prices() -> PriceBook {
         Price {
             version: "v1".into(),
             input_atomic_per_million: 1_000_000,
+            cached_input_atomic_per_million: 1_000_000,
+            cache_write_atomic_per_million: 1_000_000,
             output_atomic_per_million: 2_000_000,
             request_fee_atomic: 0,
             min_charge_atomic: 1,

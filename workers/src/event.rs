@@ -3,7 +3,7 @@
 //! (JSON), one per call, identified by its request id.
 
 use ledger::model::NewCharge;
-use ledger::pricing::{Billed, Price};
+use ledger::pricing::{Billed, Price, Tokens};
 use ledger::{Amount, KeyId, LeaseId, RequestId};
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,16 @@ pub struct CallCompleted {
     /// gateway published the event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_request_id: Option<String>,
+    /// Of the billed `input_tokens`, those read from the upstream's prompt
+    /// cache and those written to it (absent, from an older gateway: none).
+    #[serde(default)]
+    pub cached_input_tokens: u32,
+    #[serde(default)]
+    pub cache_write_tokens: u32,
+    /// Of the reported input, the cached and cache-written tokens (absent:
+    /// an estimate, or an older gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_cache: Option<(u32, u32)>,
 }
 
 /// Why an event cannot become a charge (it goes to the dead-letter queue).
@@ -85,6 +95,9 @@ impl CallCompleted {
             completed_at_ms: charge.created_at_ms,
             lease_id: charge.lease.as_ref().map(|lease| lease.to_string()),
             client_request_id: charge.client_request_id.clone(),
+            cached_input_tokens: charge.cached_input_tokens,
+            cache_write_tokens: charge.cache_write_tokens,
+            reported_cache: charge.reported_cache,
         }
     }
 
@@ -132,12 +145,9 @@ impl CallCompleted {
         if quoted > hold {
             return Err(EventError::Invalid("a quote above its hold"));
         }
+        let billed = self.billed_tokens();
         let mismatch = price.and_then(|price| {
-            let Billed { amount, .. } = price.bill(
-                u64::from(self.input_tokens),
-                u64::from(self.output_tokens),
-                hold,
-            );
+            let Billed { amount, .. } = price.bill(billed, hold);
             (amount != quoted).then_some(QuoteMismatch {
                 quoted,
                 repriced: amount,
@@ -149,13 +159,28 @@ impl CallCompleted {
             model: self.model.clone(),
             price_version: self.price_version.clone(),
             input_tokens: self.input_tokens,
+            // Within `input_tokens`, a `u32`.
+            cached_input_tokens: u32::try_from(billed.cached()).unwrap_or(u32::MAX),
+            cache_write_tokens: u32::try_from(billed.cache_write()).unwrap_or(u32::MAX),
             output_tokens: self.output_tokens,
             amount: quoted,
             reported: self.reported,
+            reported_cache: self.reported_cache,
             created_at_ms: self.completed_at_ms,
             lease,
             client_request_id,
         };
         Ok((charge, mismatch))
+    }
+
+    /// The usage the gateway billed, as the pricing takes it: cache counts
+    /// past the input (no gateway sends them) are cut to fit it.
+    fn billed_tokens(&self) -> Tokens {
+        Tokens::new(
+            u64::from(self.input_tokens),
+            u64::from(self.cached_input_tokens),
+            u64::from(self.cache_write_tokens),
+            u64::from(self.output_tokens),
+        )
     }
 }

@@ -23,6 +23,8 @@ fn price() -> Price {
     Price {
         version: "v1".into(),
         input_atomic_per_million: 1_000_000,
+        cached_input_atomic_per_million: 1_000_000,
+        cache_write_atomic_per_million: 1_000_000,
         output_atomic_per_million: 2_000_000,
         request_fee_atomic: 0,
         min_charge_atomic: 1,
@@ -48,6 +50,9 @@ fn event(key: &KeyId, request: &RequestId) -> CallCompleted {
         completed_at_ms: now_ms(),
         lease_id: None,
         client_request_id: None,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
+        reported_cache: None,
     }
 }
 
@@ -211,4 +216,73 @@ fn a_bad_client_request_id_is_dropped_not_the_charge() {
         assert_eq!(charge.client_request_id, None, "{bad:?}");
         assert_eq!(charge.amount.atomic(), 10);
     }
+}
+
+/// An event from a gateway before cache prices has no cache counts: it
+/// parses, with none, and re-prices as before.
+#[test]
+fn events_without_cache_counts_still_parse() {
+    let (key, request) = (KeyId::generate(), RequestId::generate());
+    let current = event(&key, &request);
+    let mut json: serde_json::Value = serde_json::from_slice(&current.to_json()).unwrap();
+    let fields = json.as_object_mut().unwrap();
+    for field in [
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "reported_cache",
+    ] {
+        fields.remove(field);
+    }
+    let older = CallCompleted::parse(&serde_json::to_vec(&json).unwrap()).unwrap();
+    assert_eq!(older, current);
+    let (charge, mismatch) = older.charge(Some(&price())).unwrap();
+    assert_eq!(mismatch, None);
+    assert_eq!(
+        (
+            charge.cached_input_tokens,
+            charge.cache_write_tokens,
+            charge.reported_cache
+        ),
+        (0, 0, None)
+    );
+}
+
+/// The pool re-prices an event's cache counts at their own prices, and its
+/// charge carries them.
+#[test]
+fn cache_counts_are_repriced_at_their_prices() {
+    let cheap_cache = Price {
+        cached_input_atomic_per_million: 250_000,
+        cache_write_atomic_per_million: 1_500_000,
+        ..price()
+    };
+    let (key, request) = (KeyId::generate(), RequestId::generate());
+    // 8 in, 4 of them cached and 2 written, 3 out: ⌈2×1 + 4×0.25 + 2×1.5⌉ + 3×2 = 12.
+    let cached = CallCompleted {
+        input_tokens: 8,
+        cached_input_tokens: 4,
+        cache_write_tokens: 2,
+        reported: Some((8, 3)),
+        reported_cache: Some((4, 2)),
+        quoted_atomic: 12,
+        ..event(&key, &request)
+    };
+    let (charge, mismatch) = cached.charge(Some(&cheap_cache)).unwrap();
+    assert_eq!(mismatch, None);
+    assert_eq!(
+        (
+            charge.input_tokens,
+            charge.cached_input_tokens,
+            charge.cache_write_tokens
+        ),
+        (8, 4, 2)
+    );
+    assert_eq!(charge.reported_cache, Some((4, 2)));
+    // Quoted as if nothing were cached (8 + 6 = 14): caught.
+    let uncached_quote = CallCompleted {
+        quoted_atomic: 14,
+        ..cached
+    };
+    let (_, mismatch) = uncached_quote.charge(Some(&cheap_cache)).unwrap();
+    assert_eq!(mismatch.map(|m| m.repriced.atomic()), Some(12));
 }

@@ -37,9 +37,12 @@ fn charge_of(key: &KeyId, amount: u64) -> NewCharge {
         model: "echo".into(),
         price_version: "v1".into(),
         input_tokens: 1,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
         output_tokens: 1,
         amount: Amount::from_atomic(amount).unwrap(),
         reported: None,
+        reported_cache: None,
         created_at_ms: now_ms(),
         lease: None,
         client_request_id: None,
@@ -54,7 +57,10 @@ async fn concurrent_callers_write_each_charge_once(backend: Backend) {
     for i in 0..300u32 {
         let charge = NewCharge {
             input_tokens: i,
+            cached_input_tokens: i / 2,
+            cache_write_tokens: i / 4,
             reported: (i % 2 == 0).then_some((i, 1)),
+            reported_cache: (i % 2 == 0).then_some((i / 2, i / 4)),
             ..charge_of(&key, 10)
         };
         for _ in 0..2 {
@@ -74,6 +80,15 @@ async fn concurrent_callers_write_each_charge_once(backend: Backend) {
     let charges = store.charges_for_key(&key).await.unwrap();
     let sum: u64 = charges.iter().map(|c| c.amount.atomic()).sum();
     assert_eq!((charges.len(), sum), (300, 3_000));
+    // Every count as written (SQLite: by the writer's own connection).
+    for c in &charges {
+        let i = c.input_tokens;
+        assert_eq!(
+            (c.cached_input_tokens, c.cache_write_tokens),
+            (i / 2, i / 4)
+        );
+        assert_eq!(c.reported_cache, (i % 2 == 0).then_some((i / 2, i / 4)));
+    }
     assert_eq!(
         store.key(&key).await.unwrap().unwrap().budget_used.atomic(),
         sum,

@@ -142,6 +142,10 @@ fn insert_one(
         "$10": charge.reported.map(|(_, output)| i64::from(output)),
         "$11": charge.lease.as_ref().map(LeaseId::as_str),
         "$12": charge.client_request_id.as_deref(),
+        "$13": i64::from(charge.cached_input_tokens),
+        "$14": i64::from(charge.cache_write_tokens),
+        "$15": charge.reported_cache.map(|(cached, _)| i64::from(cached)),
+        "$16": charge.reported_cache.map(|(_, write)| i64::from(write)),
     })?)
 }
 

@@ -22,13 +22,15 @@ use crate::{Amount, KeyId, LeaseId, RequestId, StoreError};
 /// What a charge read selects, with its batch's transaction.
 const CHARGE_COLUMNS: &str = "c.request_id, c.key_id, c.model, c.price_version, c.input_tokens,
         c.output_tokens, c.amount_atomic, c.status, c.batch_id, b.tx_hash, c.created_at_ms,
-        c.reported_input_tokens, c.reported_output_tokens, c.client_request_id
+        c.reported_input_tokens, c.reported_output_tokens, c.client_request_id,
+        c.cached_input_tokens, c.cache_write_tokens, c.reported_cached_input_tokens,
+        c.reported_cache_write_tokens
    FROM charges c LEFT JOIN settlement_batches b ON b.id = c.batch_id";
 
 /// The most charges one listing returns, newest first.
 pub const LIST_CHARGES_MAX: i64 = 1_000;
 
-/// The most charges one [`Store::record_charges`] call takes: 12 bound values
+/// The most charges one [`Store::record_charges`] call takes: 16 bound values
 /// each stays far below SQLite's limit of 32,766 per statement.
 pub const RECORD_BATCH_MAX: usize = 1_024;
 
@@ -170,7 +172,7 @@ async fn record_batch(
 ///
 /// Its parameters are anonymous (`?`) on SQLite: SQLite finds a named
 /// parameter's (`$N`) index with a linear search over the statement's
-/// names, so binding 12 per row by name cost the square of the batch — at
+/// names, so binding 16 per row by name cost the square of the batch — at
 /// c=64, `sqlite3_bind_parameter_name` was ~5 % of the gateway's CPU
 /// (BENCHMARKS (h)). PostgreSQL wants `$N` and binds by position.
 async fn insert_rows(
@@ -178,7 +180,7 @@ async fn insert_rows(
     charges: &[NewCharge],
     backend: Backend,
 ) -> Result<HashSet<String>, StoreError> {
-    const COLUMNS: usize = 12;
+    const COLUMNS: usize = 16;
     let rows: Vec<String> = (0..charges.len())
         .map(|i| {
             let params: Vec<String> = (1..=COLUMNS)
@@ -195,10 +197,11 @@ async fn insert_rows(
         "INSERT INTO charges (request_id, key_id, wallet, chain_id, model, price_version,
                               input_tokens, output_tokens, amount_atomic, status, created_at_ms,
                               reported_input_tokens, reported_output_tokens, lease_id,
-                              client_request_id)
+                              client_request_id, cached_input_tokens, cache_write_tokens,
+                              reported_cached_input_tokens, reported_cache_write_tokens)
          SELECT v.column1, k.id, k.wallet, k.chain_id, v.column3, v.column4, v.column5,
                 v.column6, v.column7, 'pending', v.column8, v.column9, v.column10, v.column11,
-                v.column12
+                v.column12, v.column13, v.column14, v.column15, v.column16
            FROM (VALUES {}) AS v JOIN keys k ON k.id = v.column2
           WHERE true
          ON CONFLICT (request_id) DO NOTHING
@@ -271,9 +274,10 @@ pub(super) fn grow_by<'a>(
     Ok(())
 }
 
-/// Binds a charge's twelve values in the order both inserts use: request
+/// Binds a charge's sixteen values in the order both inserts use: request
 /// id, key id, model, price version, input and output tokens, amount, time,
-/// reported input and output tokens, lease, the caller's request id.
+/// reported input and output tokens, lease, the caller's request id, cached
+/// and cache-written input tokens, and their reported counts.
 fn bind_charge<'q>(
     query: Query<'q, Any, AnyArguments<'q>>,
     charge: &'q NewCharge,
@@ -291,6 +295,10 @@ fn bind_charge<'q>(
         .bind(charge.reported.map(|(_, output)| i64::from(output)))
         .bind(charge.lease.as_ref().map(LeaseId::as_str))
         .bind(charge.client_request_id.as_deref())
+        .bind(i64::from(charge.cached_input_tokens))
+        .bind(i64::from(charge.cache_write_tokens))
+        .bind(charge.reported_cache.map(|(cached, _)| i64::from(cached)))
+        .bind(charge.reported_cache.map(|(_, write)| i64::from(write)))
 }
 
 /// Why a charge was not inserted: it exists already, or its key does not.
@@ -309,12 +317,15 @@ async fn existing_outcome(
 }
 
 /// One charge's insert, joined to its key (an unknown key inserts nothing);
-/// a request id that exists inserts nothing either. Its values, `$1`–`$12`,
+/// a request id that exists inserts nothing either. Its values, `$1`–`$16`,
 /// are [`bind_charge`]'s.
 pub(super) const INSERT_ONE: &str = "INSERT INTO charges (request_id, key_id, wallet, chain_id,
         model, price_version, input_tokens, output_tokens, amount_atomic, status, created_at_ms,
-        reported_input_tokens, reported_output_tokens, lease_id, client_request_id)
-     SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12
+        reported_input_tokens, reported_output_tokens, lease_id, client_request_id,
+        cached_input_tokens, cache_write_tokens, reported_cached_input_tokens,
+        reported_cache_write_tokens)
+     SELECT $1, id, wallet, chain_id, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12,
+            $13, $14, $15, $16
        FROM keys WHERE id = $2
      ON CONFLICT (request_id) DO NOTHING";
 
@@ -488,25 +499,31 @@ fn charge_from_row(row: &AnyRow) -> Result<ChargeRecord, StoreError> {
         model: get_string(row, "model")?,
         price_version: get_string(row, "price_version")?,
         input_tokens: get_u32(row, "input_tokens")?,
+        cached_input_tokens: get_u32(row, "cached_input_tokens")?,
+        cache_write_tokens: get_u32(row, "cache_write_tokens")?,
         output_tokens: get_u32(row, "output_tokens")?,
         amount: get_amount(row, "amount_atomic")?,
-        reported: match (
-            get_opt_u32(row, "reported_input_tokens")?,
-            get_opt_u32(row, "reported_output_tokens")?,
-        ) {
-            (Some(input), Some(output)) => Some((input, output)),
-            (None, None) => None,
-            _ => {
-                return Err(StoreError::Corrupt(
-                    "reported_input_tokens, reported_output_tokens: one of the pair is missing"
-                        .to_owned(),
-                ))
-            }
-        },
+        reported: get_opt_pair(row, "reported_input_tokens", "reported_output_tokens")?,
+        reported_cache: get_opt_pair(
+            row,
+            "reported_cached_input_tokens",
+            "reported_cache_write_tokens",
+        )?,
         status: get_string(row, "status")?,
         batch_id: get_opt_string(row, "batch_id")?,
         tx_hash: get_opt_string(row, "tx_hash")?,
         created_at_ms: get_i64(row, "created_at_ms")?,
         client_request_id: get_opt_string(row, "client_request_id")?,
     })
+}
+
+/// Two nullable counts stored as a pair: both or neither.
+fn get_opt_pair(row: &AnyRow, first: &str, second: &str) -> Result<Option<(u32, u32)>, StoreError> {
+    match (get_opt_u32(row, first)?, get_opt_u32(row, second)?) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        (None, None) => Ok(None),
+        _ => Err(StoreError::Corrupt(format!(
+            "{first}, {second}: one of the pair is missing"
+        ))),
+    }
 }
