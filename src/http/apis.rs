@@ -20,7 +20,7 @@ use super::chat::{count, object, typed};
 use super::error::{ApiError, ErrorBody};
 use super::extract::json_body;
 use super::paid::{self, PaidBody};
-use super::responses::{BearerRefused, BodyRefused, ServerError};
+use super::responses::{BearerRefused, BodyRefused, PaidRefused, ServerError};
 use crate::gateway::protocol::{messages, model_name, Api, Parsed};
 use crate::state::AppState;
 use utoipa::openapi::schema::Type;
@@ -149,11 +149,7 @@ documented!(
     request_body(content = ResponseRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The response (JSON), or its events (SSE) when stream is true", body = Response),
-        (status = 402, description = "The budget cannot cover one output token", body = ErrorBody),
-        (status = 403, description = "The key may not pay (role, project)", body = ErrorBody),
-        (status = 404, description = "No such model", body = ErrorBody),
-        (status = 409, description = "Too many calls in flight on this key", body = ErrorBody),
-        (status = 429, description = "Too many calls in flight", body = ErrorBody),
+        PaidRefused,
         BearerRefused,
         BodyRefused,
         ServerError,
@@ -176,11 +172,7 @@ pub async fn responses(
     request_body(content = MessageRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The message (JSON), or its events (SSE) when stream is true", body = Message),
-        (status = 402, description = "The budget cannot cover one output token", body = ErrorBody),
-        (status = 403, description = "The key may not pay (role, project)", body = ErrorBody),
-        (status = 404, description = "No such model", body = ErrorBody),
-        (status = 409, description = "Too many calls in flight on this key", body = ErrorBody),
-        (status = 429, description = "Too many calls in flight", body = ErrorBody),
+        PaidRefused,
         BearerRefused,
         BodyRefused,
         ServerError,
@@ -203,11 +195,7 @@ pub async fn messages(
     request_body(content = EmbeddingRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The embeddings", body = EmbeddingList),
-        (status = 402, description = "The budget cannot cover the input", body = ErrorBody),
-        (status = 403, description = "The key may not pay (role, project)", body = ErrorBody),
-        (status = 404, description = "No such model", body = ErrorBody),
-        (status = 409, description = "Too many calls in flight on this key", body = ErrorBody),
-        (status = 429, description = "Too many calls in flight", body = ErrorBody),
+        PaidRefused,
         BearerRefused,
         BodyRefused,
         ServerError,

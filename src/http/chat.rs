@@ -20,9 +20,9 @@ use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, T
 use utoipa::openapi::{KnownFormat, RefOr, SchemaFormat};
 use utoipa::{PartialSchema, ToSchema};
 
-use super::error::{ApiError, ErrorBody};
+use super::error::ApiError;
 use super::paid;
-use super::responses::{BearerRefused, BodyRefused, ServerError};
+use super::responses::{BearerRefused, BodyRefused, PaidRefused, ServerError};
 use crate::gateway::protocol::Api;
 use crate::state::AppState;
 
@@ -119,11 +119,7 @@ impl ToSchema for ChatCompletion {
     request_body(content = ChatCompletionRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The completion (JSON), or a stream of server-sent events when stream is true", body = ChatCompletion, headers(("x-compose-key-budget-limit" = String, description = "The key's budget (atomic units)"), ("x-compose-key-budget-used" = String, description = "Spent so far, this call included"), ("x-compose-key-budget-remaining" = String, description = "What is left"))),
-        (status = 402, description = "The key's budget cannot cover the call's maximum cost", body = ErrorBody),
-        (status = 403, description = "The key may not pay (role, project)", body = ErrorBody),
-        (status = 404, description = "No such model", body = ErrorBody),
-        (status = 409, description = "Too many calls in flight on this key", body = ErrorBody),
-        (status = 429, description = "Too many calls in flight", body = ErrorBody),
+        PaidRefused,
         BearerRefused,
         BodyRefused,
         ServerError,

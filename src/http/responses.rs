@@ -43,3 +43,22 @@ pub enum BodyRefused {
     #[response(status = 422, description = "A field has an unacceptable value")]
     Unacceptable(ErrorBody<'static>),
 }
+
+/// A paid call (every `/external/v1` endpoint that holds budget): what its
+/// key, its project or the gateway may refuse.
+#[derive(IntoResponses)]
+pub enum PaidRefused {
+    #[response(
+        status = 402,
+        description = "The budget cannot cover one output token (or, for embeddings, the input), the payer is held back, or the project has no budget"
+    )]
+    Unpaid(ErrorBody<'static>),
+    #[response(status = 403, description = "The key may not pay (role, project)")]
+    Forbidden(ErrorBody<'static>),
+    #[response(status = 404, description = "No such model")]
+    NoModel(ErrorBody<'static>),
+    #[response(status = 409, description = "Too many calls in flight on this key")]
+    Busy(ErrorBody<'static>),
+    #[response(status = 429, description = "Too many calls in flight")]
+    TooMany(ErrorBody<'static>),
+}
