@@ -11,7 +11,7 @@ use ledger::{KeyId, RequestId};
 
 use super::call::{CallAsk, PaidCall};
 use super::error::CallFailure;
-use super::protocol::{Api, Parsed};
+use super::protocol::{messages, Api, Parsed};
 use super::run::{self, Answer, Stream};
 use super::{Gateway, Model};
 use crate::upstream::UpstreamRequest;
@@ -115,6 +115,13 @@ impl Gateway {
         pass_headers: Vec<(&'static str, String)>,
     ) -> Result<Ask, CallFailure> {
         let model = self.model_for(&parsed)?;
+        if parsed.api == Api::Messages {
+            let betas = pass_headers
+                .iter()
+                .find(|(name, _)| *name == "anthropic-beta")
+                .map(|(_, value)| value.as_str());
+            messages::check_betas(betas, &parsed.body, &model.forward_fields)?;
+        }
         let max_tokens = parsed
             .max_tokens
             .unwrap_or(model.max_output_tokens)

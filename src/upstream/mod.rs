@@ -196,7 +196,8 @@ impl Usage {
         );
         Some(Usage::new(
             input.saturating_add(read).saturating_add(write),
-            token_count(usage.get("output_tokens")?)?,
+            // `message_start` may count no output yet.
+            usage.get("output_tokens").map_or(Some(0), token_count)?,
             read,
             write,
         ))

@@ -107,6 +107,7 @@ impl RemoteUpstream {
             }
             Api::Messages => {
                 body.insert("max_tokens".into(), bound);
+                lower_thinking_budget(&mut body, request.max_tokens);
             }
             Api::Embeddings => return body,
         }
@@ -318,9 +319,13 @@ where
                 });
             }
             let last = self.api.is_terminal(&json);
+            // The upstream's bytes go on as they came unless they span
+            // lines (a multi-line `data:`): framed again as one `data:` line
+            // they would end the client's event early.
+            let one_line = !data.contains(['\n', '\r']);
             chunks.push(Chunk {
                 json,
-                raw: Some(Bytes::from(data)),
+                raw: one_line.then(|| Bytes::from(data)),
             });
             if last {
                 self.done = true;
@@ -328,6 +333,21 @@ where
             }
         }
         Ok(chunks)
+    }
+}
+
+/// Extended thinking's `budget_tokens` must stay below `max_tokens`: when
+/// the budget lowered `max_tokens` past it, the thinking budget is lowered
+/// too (Anthropic refuses the call otherwise).
+fn lower_thinking_budget(body: &mut Map<String, Value>, max_tokens: u64) {
+    let Some(budget) = body
+        .get_mut("thinking")
+        .and_then(|t| t.get_mut("budget_tokens"))
+    else {
+        return;
+    };
+    if budget.as_u64().is_some_and(|b| b >= max_tokens) {
+        *budget = json!(max_tokens.saturating_sub(1));
     }
 }
 

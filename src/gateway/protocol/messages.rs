@@ -43,12 +43,57 @@ pub const FORWARDED_FIELDS: [&str; 15] = [
 /// Fields billed apart from tokens: refused unless forwarded by the model.
 pub const PRICED_FIELDS: [&str; 3] = ["service_tier", "mcp_servers", "container"];
 
-/// Server tools, by their type's prefix (`web_search_20250305`, …).
-const SERVER_TOOLS: [&str; 4] = ["web_search", "web_fetch", "code_execution", "mcp"];
+/// Client tools, by their type's prefix (`bash_20250124`, …): the client
+/// runs them, and their calls are output tokens. Every other typed tool is
+/// a server tool the upstream runs and bills apart (web search and fetch,
+/// code execution, MCP, an advisor model, …).
+const CLIENT_TOOLS: [&str; 5] = ["custom", "bash_", "text_editor_", "computer_", "memory_"];
 
-/// A tool the upstream runs and bills apart from tokens.
-pub(super) fn billed_tool(kind: &str) -> bool {
-    SERVER_TOOLS.iter().any(|prefix| kind.starts_with(prefix))
+/// A tool the upstream runs and bills apart from tokens (a tool with no
+/// `type` is a custom one).
+pub(super) fn billed_tool(kind: &str, _tool: &Value) -> bool {
+    !kind.is_empty() && !CLIENT_TOOLS.iter().any(|prefix| kind.starts_with(prefix))
+}
+
+/// `anthropic-beta` features that change what the upstream bills beyond
+/// the model's prices (long-context premiums, an advisor model, server-side
+/// compaction whose tokens the usage does not count): refused unless the
+/// model's `forward_fields` names `anthropic-beta[<feature>]`.
+const PRICED_BETAS: [&str; 3] = ["context-1m", "advisor-tool", "compact-"];
+
+/// Refuses a priced beta feature the model does not forward, and
+/// compaction edits in `context_management` (named
+/// `context_management[type=compact_…]`).
+pub fn check_betas(
+    betas: Option<&str>,
+    body: &Map<String, Value>,
+    model_fields: &[String],
+) -> Result<(), CallFailure> {
+    let allowed = |field: &str| model_fields.iter().any(|f| f == field);
+    for beta in betas.into_iter().flat_map(|b| b.split(',')).map(str::trim) {
+        let field = format!("anthropic-beta[{beta}]");
+        if PRICED_BETAS.iter().any(|p| beta.starts_with(p)) && !allowed(&field) {
+            return Err(CallFailure::UnsupportedParameter {
+                field,
+                priced: true,
+            });
+        }
+    }
+    let edits = body
+        .get("context_management")
+        .and_then(|c| c.get("edits"))
+        .and_then(Value::as_array);
+    for edit in edits.into_iter().flatten() {
+        let kind = edit.get("type").and_then(Value::as_str).unwrap_or("");
+        let field = format!("context_management[type={kind}]");
+        if !kind.starts_with("clear_") && !allowed(&field) {
+            return Err(CallFailure::UnsupportedParameter {
+                field,
+                priced: true,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A Messages request, checked.
@@ -105,6 +150,8 @@ pub fn check_request(body: &Map<String, Value>) -> Result<(), CallFailure> {
 /// carries them).
 pub(super) fn cumulative(before: Option<Usage>, delta: &Value) -> Usage {
     let before = before.unwrap_or_default();
+    // A count never goes down: a shrinking one is an upstream's error, and
+    // the larger count is what was delivered.
     let count = |field: &str| delta.get(field).and_then(Value::as_u64);
     let read = count("cache_read_input_tokens").unwrap_or(before.cached_tokens);
     let write = count("cache_creation_input_tokens").unwrap_or(before.cache_write_tokens);
@@ -112,11 +159,19 @@ pub(super) fn cumulative(before: Option<Usage>, delta: &Value) -> Usage {
         input.saturating_add(read).saturating_add(write)
     });
     Usage::new(
-        input,
-        count("output_tokens").unwrap_or(before.completion_tokens),
+        input.max(before.prompt_tokens),
+        count("output_tokens")
+            .unwrap_or(0)
+            .max(before.completion_tokens),
         read,
         write,
     )
+}
+
+/// Whether a `message_delta`'s usage reports output (then it is the
+/// upstream's count; `null` or `{}` is not).
+pub(super) fn reports_output(delta_usage: &Value) -> bool {
+    delta_usage.get("output_tokens").is_some_and(Value::is_u64)
 }
 
 /// Sets a message's `usage` to what was billed (`input_tokens` without the
@@ -177,5 +232,66 @@ mod tests {
         let mid = cumulative(start, &json!({"output_tokens": 3}));
         let end = cumulative(Some(mid), &json!({"output_tokens": 7}));
         assert_eq!(end, Usage::new(95, 7, 80, 5));
+    }
+
+    #[test]
+    fn only_client_tools_priced_betas_and_compaction_are_checked() {
+        let user = json!([{"role": "user", "content": "hi"}]);
+        let with_tools = |tools: Value| {
+            parsed(json!({"model": "m", "messages": user, "max_tokens": 3, "tools": tools}))
+                .unwrap()
+        };
+        let client = with_tools(json!([{"type": "bash_20250124", "name": "bash"},
+            {"type": "text_editor_20250728", "name": "e"}, {"type": "custom", "name": "c"}]));
+        assert!(client.check_fields(&[]).is_ok());
+        let advisor = with_tools(json!([{"type": "advisor_20260301", "model": "x"}]));
+        let error = advisor.check_fields(&[]).unwrap_err();
+        assert!(
+            matches!(&error, CallFailure::UnsupportedParameter { field, .. } if field == "tools[type=advisor_20260301]"),
+            "{error:?}"
+        );
+
+        let body = json!({"context_management": {"edits": [{"type": "clear_thinking_20251015"}]}});
+        let body = body.as_object().unwrap();
+        assert!(check_betas(
+            Some("claude-code-20250219, interleaved-thinking-2025-05-14"),
+            body,
+            &[]
+        )
+        .is_ok());
+        let error = check_betas(Some("a, context-1m-2025-08-07"), body, &[]).unwrap_err();
+        assert!(
+            matches!(&error, CallFailure::UnsupportedParameter { field, .. } if field == "anthropic-beta[context-1m-2025-08-07]"),
+            "{error:?}"
+        );
+        assert!(check_betas(
+            Some("context-1m-2025-08-07"),
+            body,
+            &["anthropic-beta[context-1m-2025-08-07]".into()]
+        )
+        .is_ok());
+        let compact = json!({"context_management": {"edits": [{"type": "compact_20260112"}]}});
+        let error = check_betas(None, compact.as_object().unwrap(), &[]).unwrap_err();
+        assert!(
+            matches!(&error, CallFailure::UnsupportedParameter { field, .. } if field == "context_management[type=compact_20260112]"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_usage_never_goes_down_and_an_empty_one_reports_nothing() {
+        let start = Usage::from_messages(&json!({"input_tokens": 10}));
+        assert_eq!(
+            start,
+            Some(Usage::new(10, 0, 0, 0)),
+            "message_start may count no output"
+        );
+        let high = cumulative(start, &json!({"output_tokens": 9}));
+        assert_eq!(
+            cumulative(Some(high), &json!({"output_tokens": 2})).completion_tokens,
+            9
+        );
+        assert!(!reports_output(&json!({})) && !reports_output(&Value::Null));
+        assert!(reports_output(&json!({"output_tokens": 0})));
     }
 }

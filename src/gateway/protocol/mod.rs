@@ -72,7 +72,10 @@ impl Parsed {
             });
         }
         let billed_tool = match self.api {
-            Api::Responses => responses::billed_tool,
+            Api::Responses => {
+                responses::check_model_fields(&self.body, model_fields)?;
+                responses::billed_tool
+            }
             Api::Messages => messages::billed_tool,
             Api::Chat | Api::Embeddings => return Ok(()),
         };
@@ -82,7 +85,7 @@ impl Parsed {
             for tool in list.as_array().into_iter().flatten() {
                 let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
                 let field = format!("tools[type={kind}]");
-                if billed_tool(kind) && !allowed(&field) {
+                if billed_tool(kind, tool) && !allowed(&field) {
                     return Err(CallFailure::UnsupportedParameter {
                         field,
                         priced: true,
@@ -211,6 +214,8 @@ pub struct StreamMeter {
     held: Option<Chunk>,
     /// The API's terminal event came.
     ended: bool,
+    /// Messages: `message_start` reported the input.
+    input_seen: bool,
 }
 
 impl StreamMeter {
@@ -223,6 +228,7 @@ impl StreamMeter {
             output_bytes: 0,
             held: None,
             ended: false,
+            input_seen: false,
         }
     }
 
@@ -283,11 +289,14 @@ impl StreamMeter {
                 self.usage = json
                     .pointer("/message/usage")
                     .and_then(Usage::from_messages);
+                self.input_seen = self.usage.is_some();
             }
             Some("message_delta") => {
-                if let Some(delta) = json.get("usage") {
+                if let Some(delta) = json.get("usage").filter(|u| messages::reports_output(u)) {
                     self.usage = Some(messages::cumulative(self.usage, delta));
-                    self.usage_final = true;
+                    // Without `message_start`'s input the report is not
+                    // whole: the input is then estimated at its bound.
+                    self.usage_final = self.input_seen;
                 }
             }
             Some("content_block_delta") => {
@@ -327,11 +336,14 @@ impl StreamMeter {
         match self.usage {
             Some(usage) if self.usage_final => Metered::reported(usage),
             partial => {
-                let input = partial.map_or(Usage::new(prompt_tokens_max, 0, 0, 0), |u| u);
-                let output = self
-                    .output_bytes
-                    .max(input.completion_tokens)
-                    .min(max_tokens);
+                let reported_output = partial.map_or(0, |u| u.completion_tokens);
+                let input = partial.filter(|_| self.input_seen).unwrap_or(Usage::new(
+                    prompt_tokens_max,
+                    0,
+                    0,
+                    0,
+                ));
+                let output = self.output_bytes.max(reported_output).min(max_tokens);
                 Metered::estimated(Usage {
                     completion_tokens: output,
                     ..input

@@ -71,9 +71,41 @@ const CLIENT_TOOLS: [&str; 6] = [
     "namespace",
 ];
 
-/// A tool the upstream runs and bills apart from tokens.
-pub(super) fn billed_tool(kind: &str) -> bool {
-    !CLIENT_TOOLS.contains(&kind)
+/// A tool the upstream runs and bills apart from tokens: any but the
+/// client's own — and a `shell` with an `environment` is OpenAI's hosted
+/// shell, whose container is billed apart.
+pub(super) fn billed_tool(kind: &str, tool: &Value) -> bool {
+    !CLIENT_TOOLS.contains(&kind) || (kind == "shell" && tool.get("environment").is_some())
+}
+
+/// Input items that pull in what the request does not carry (an
+/// `item_reference` to a stored item): refused as `previous_response_id` is,
+/// unless the model forwards `input[type=item_reference]`.
+fn check_input_items(
+    body: &Map<String, Value>,
+    model_fields: &[String],
+) -> Result<(), CallFailure> {
+    const FIELD: &str = "input[type=item_reference]";
+    let items = body.get("input").and_then(Value::as_array);
+    let referenced = items
+        .into_iter()
+        .flatten()
+        .any(|item| item.get("type").and_then(Value::as_str) == Some("item_reference"));
+    if referenced && !model_fields.iter().any(|f| f == FIELD) {
+        return Err(CallFailure::UnsupportedParameter {
+            field: FIELD.into(),
+            priced: true,
+        });
+    }
+    Ok(())
+}
+
+/// The checks of a Responses request that depend on the model's fields.
+pub(super) fn check_model_fields(
+    body: &Map<String, Value>,
+    model_fields: &[String],
+) -> Result<(), CallFailure> {
+    check_input_items(body, model_fields)
 }
 
 /// A Responses request, checked.
@@ -129,7 +161,16 @@ pub(super) fn set_usage(response: &mut Map<String, Value>, billed: Usage) {
         .prompt_tokens
         .saturating_add(billed.completion_tokens)
         .into();
-    usage["input_tokens_details"]["cached_tokens"] = billed.cached_tokens.into();
+    // Whatever the upstream put there, the details are an object now (an
+    // index into a number or a string would panic).
+    let Value::Object(usage) = usage else { return };
+    let details = usage
+        .entry("input_tokens_details")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !details.is_object() {
+        *details = Value::Object(Map::new());
+    }
+    details["cached_tokens"] = billed.cached_tokens.into();
 }
 
 #[cfg(test)]
@@ -221,5 +262,44 @@ mod tests {
                 "{body}: {error:?}"
             );
         }
+    }
+
+    #[test]
+    fn hosted_shells_and_stored_items_are_refused_and_odd_usage_never_panics() {
+        let shell =
+            parsed(json!({"model": "m", "input": "hi", "tools": [{"type": "shell"}]})).unwrap();
+        assert!(shell.check_fields(&[]).is_ok(), "the client's shell");
+        let hosted = parsed(json!({"model": "m", "input": "hi",
+            "tools": [{"type": "shell", "environment": {"type": "container_auto"}}]}))
+        .unwrap();
+        let error = hosted.check_fields(&[]).unwrap_err();
+        assert!(
+            matches!(&error, CallFailure::UnsupportedParameter { field, .. } if field == "tools[type=shell]"),
+            "{error:?}"
+        );
+        let referenced =
+            parsed(json!({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}))
+                .unwrap();
+        let error = referenced.check_fields(&[]).unwrap_err();
+        assert!(
+            matches!(&error, CallFailure::UnsupportedParameter { field, .. } if field == "input[type=item_reference]"),
+            "{error:?}"
+        );
+        assert!(referenced
+            .check_fields(&["input[type=item_reference]".into()])
+            .is_ok());
+
+        for odd in [json!(0), json!("x"), json!([1])] {
+            let mut response = json!({"usage": {"input_tokens_details": odd}});
+            let response = response.as_object_mut().unwrap();
+            set_usage(response, Usage::new(5, 2, 1, 0));
+            assert_eq!(
+                response["usage"]["input_tokens_details"]["cached_tokens"],
+                1
+            );
+        }
+        let mut response = json!({"usage": 7});
+        set_usage(response.as_object_mut().unwrap(), Usage::new(5, 2, 0, 0));
+        assert_eq!(response["usage"]["output_tokens"], 2);
     }
 }
