@@ -535,7 +535,12 @@ async fn the_long_models_answer_as_many_words_as_asked() {
     let user = json!([{"role": "user", "content": "hi"}]);
     for (model, words) in [("resp_long", 64), ("resp_ok", ANSWER_WORDS)] {
         let body = json!({"model": model, "input": "hi", "stream": true, "max_output_tokens": 64});
-        let text = post("/v1/responses", body).await.unwrap().text().await.unwrap();
+        let text = post("/v1/responses", body)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let events = parse_sse(&text);
         assert_eq!(
             deltas(&events, "response.output_text.delta") as u64,
@@ -545,7 +550,12 @@ async fn the_long_models_answer_as_many_words_as_asked() {
         let (_, completed) = events.last().unwrap();
         assert_eq!(completed["response"]["usage"]["output_tokens"], words);
         let body = json!({"model": model, "input": "hi", "max_output_tokens": 64});
-        let answer: Value = post("/v1/responses", body).await.unwrap().json().await.unwrap();
+        let answer: Value = post("/v1/responses", body)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(
             answer["output"][0]["content"][0]["text"],
             ok_words(words),
@@ -554,7 +564,12 @@ async fn the_long_models_answer_as_many_words_as_asked() {
     }
     for (model, words) in [("msg_long", 64), ("msg_ok", ANSWER_WORDS)] {
         let body = json!({"model": model, "max_tokens": 64, "stream": true, "messages": user});
-        let text = post("/v1/messages", body).await.unwrap().text().await.unwrap();
+        let text = post("/v1/messages", body)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let events = parse_sse(&text);
         assert_eq!(
             deltas(&events, "content_block_delta") as u64,
@@ -562,11 +577,21 @@ async fn the_long_models_answer_as_many_words_as_asked() {
             "{model}"
         );
         let body = json!({"model": model, "max_tokens": 64, "messages": user});
-        let answer: Value = post("/v1/messages", body).await.unwrap().json().await.unwrap();
+        let answer: Value = post("/v1/messages", body)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(answer["usage"]["output_tokens"], words, "{model}");
         assert_eq!(answer["content"][0]["text"], ok_words(words), "{model}");
     }
     let short = json!({"model": "msg_long", "max_tokens": 3, "messages": user});
-    let answer: Value = post("/v1/messages", short).await.unwrap().json().await.unwrap();
+    let answer: Value = post("/v1/messages", short)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(answer["usage"]["output_tokens"], 3);
 }
