@@ -2,12 +2,14 @@
 # run): the bench models and a funded key. Expects `$bin` (the release build
 # folder) to be set.
 
-# The bench's models on the mock upstream at port $1: `mock_ok` (plain
-# calls, at most 5 words) and `quirk_max_tokens` (streams one chunk per
-# `max_tokens`), priced alike.
+# The bench's models on the mock upstream at port $1, priced alike: chat's
+# `mock_ok` (plain calls, at most 5 words) and `quirk_max_tokens` (streams
+# one chunk per `max_tokens`); `resp_bench` (Responses, the mock's
+# `resp_long`) and `msg_bench` (Messages, protocol anthropic, the mock's
+# `msg_long`), each answering as many words as asked, a delta each.
 export_bench_models() {
-  local model var
-  for model in MOCK_OK QUIRK_MAX_TOKENS; do
+  local model
+  for model in MOCK_OK QUIRK_MAX_TOKENS RESP_BENCH MSG_BENCH; do
     export "TOLLGATE__MODELS__${model}__UPSTREAM=http://127.0.0.1:$1/v1"
     export "TOLLGATE__MODELS__${model}__PRICE_VERSION=bench"
     export "TOLLGATE__MODELS__${model}__INPUT_ATOMIC_PER_MILLION=1000000"
@@ -16,6 +18,11 @@ export_bench_models() {
   done
   export TOLLGATE__MODELS__MOCK_OK__MAX_OUTPUT_TOKENS=16
   export TOLLGATE__MODELS__QUIRK_MAX_TOKENS__MAX_OUTPUT_TOKENS=64
+  export TOLLGATE__MODELS__RESP_BENCH__UPSTREAM_MODEL=resp_long
+  export TOLLGATE__MODELS__RESP_BENCH__MAX_OUTPUT_TOKENS=64
+  export TOLLGATE__MODELS__MSG_BENCH__UPSTREAM_MODEL=msg_long
+  export TOLLGATE__MODELS__MSG_BENCH__PROTOCOL=anthropic
+  export TOLLGATE__MODELS__MSG_BENCH__MAX_OUTPUT_TOKENS=64
 }
 
 # A funded wallet (Anvil's public dev account signs in) and a key with a

@@ -513,3 +513,85 @@ async fn the_raw_wire_is_as_the_apis_send_it() {
     assert_eq!(recorded, mock.seen.calls.lock().unwrap().len());
     assert_eq!(mock.seen.last_call().unwrap().path, "/v1/chat/completions");
 }
+
+/// `resp_long` and `msg_long` (the benchmark's streams) answer as many
+/// words as asked, a delta each, where `resp_ok` and `msg_ok` stop at 5.
+#[tokio::test]
+async fn the_long_models_answer_as_many_words_as_asked() {
+    let mock = mock();
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{}{path}", root(&mock)))
+            .json(&body)
+            .send()
+    };
+    let deltas = |events: &[(Option<String>, Value)], kind: &str| {
+        events
+            .iter()
+            .filter(|(name, _)| name.as_deref() == Some(kind))
+            .count()
+    };
+    let user = json!([{"role": "user", "content": "hi"}]);
+    for (model, words) in [("resp_long", 64), ("resp_ok", ANSWER_WORDS)] {
+        let body = json!({"model": model, "input": "hi", "stream": true, "max_output_tokens": 64});
+        let text = post("/v1/responses", body)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let events = parse_sse(&text);
+        assert_eq!(
+            deltas(&events, "response.output_text.delta") as u64,
+            words,
+            "{model}"
+        );
+        let (_, completed) = events.last().unwrap();
+        assert_eq!(completed["response"]["usage"]["output_tokens"], words);
+        let body = json!({"model": model, "input": "hi", "max_output_tokens": 64});
+        let answer: Value = post("/v1/responses", body)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer["output"][0]["content"][0]["text"],
+            ok_words(words),
+            "{model}"
+        );
+    }
+    for (model, words) in [("msg_long", 64), ("msg_ok", ANSWER_WORDS)] {
+        let body = json!({"model": model, "max_tokens": 64, "stream": true, "messages": user});
+        let text = post("/v1/messages", body)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let events = parse_sse(&text);
+        assert_eq!(
+            deltas(&events, "content_block_delta") as u64,
+            words,
+            "{model}"
+        );
+        let body = json!({"model": model, "max_tokens": 64, "messages": user});
+        let answer: Value = post("/v1/messages", body)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["usage"]["output_tokens"], words, "{model}");
+        assert_eq!(answer["content"][0]["text"], ok_words(words), "{model}");
+    }
+    let short = json!({"model": "msg_long", "max_tokens": 3, "messages": user});
+    let answer: Value = post("/v1/messages", short)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["usage"]["output_tokens"], 3);
+}

@@ -44,6 +44,9 @@
 //! * `resp_incomplete` — as `resp_ok`, but status `incomplete`,
 //!   `incomplete_details.reason` `max_output_tokens`, terminal event
 //!   `response.incomplete`; usage `{7, n}`.
+//! * `resp_long` — as `resp_ok`, but `n = min(max_output_tokens (absent:
+//!   300), 300)`: a stream as long as asked, one delta a word (the
+//!   benchmark's streams, as `quirk_max_tokens` is for chat).
 //! * `resp_cached` — as `resp_ok`, with usage `{input_tokens: 1000
 //!   (input_tokens_details.cached_tokens 800), output_tokens: n}`.
 //! * `resp_200_error` — 200 with an OpenAI error object (JSON also when a
@@ -57,6 +60,8 @@
 //!   streamed as `message_start` (usage `{7, 1}`), `content_block_start`,
 //!   `ping`, n × `content_block_delta` (`ok`, ` ok`, …), `content_block_stop`,
 //!   `message_delta` (usage `{output_tokens: n}`), `message_stop`.
+//! * `msg_long` — as `msg_ok`, but `n = min(max_tokens, 300)`: a stream
+//!   as long as asked (the benchmark's, as `quirk_max_tokens` is for chat).
 //! * `msg_multi_delta` — as `msg_ok`, but streams three `message_delta`s
 //!   with cumulative `output_tokens` 1, 3, n (each ≤ n): the last counts.
 //! * `msg_error_after_content` — streams 2 deltas, then `event: error`
@@ -91,6 +96,9 @@ use serde_json::{json, Value};
 
 pub const PROMPT_TOKENS: u64 = 7;
 pub const ANSWER_WORDS: u64 = 5;
+/// The most words `resp_long` and `msg_long` answer (and `quirk_max_tokens`
+/// without a `max_tokens`).
+pub const LONG_ANSWER_WORDS: u64 = 300;
 pub const FLOOD_CHUNK_BYTES: usize = 4096;
 
 /// The embedding the mock answers for every input.
@@ -262,7 +270,7 @@ async fn chat(
             sse_response(chunks)
         }
         "quirk_max_tokens" => {
-            let words = body["max_tokens"].as_u64().unwrap_or(300);
+            let words = body["max_tokens"].as_u64().unwrap_or(LONG_ANSWER_WORDS);
             if !stream {
                 return HttpResponse::Ok().json(completion(&model, words));
             }
@@ -470,10 +478,12 @@ async fn responses(
         data.0.record(&req, &body);
     }
     let model = body["model"].as_str().unwrap_or("").to_owned();
-    let words = body["max_output_tokens"]
-        .as_u64()
-        .unwrap_or(ANSWER_WORDS)
-        .min(ANSWER_WORDS);
+    let most = if model == "resp_long" {
+        LONG_ANSWER_WORDS
+    } else {
+        ANSWER_WORDS
+    };
+    let words = body["max_output_tokens"].as_u64().unwrap_or(most).min(most);
     let stream = body["stream"].as_bool().unwrap_or(false);
     let full = |status: &str, usage: Value| {
         let item_status = if status == "incomplete" {
@@ -716,7 +726,11 @@ async fn messages(
         ));
     };
     let model = body["model"].as_str().unwrap_or("").to_owned();
-    let words = max_tokens.min(ANSWER_WORDS);
+    let words = if model == "msg_long" {
+        max_tokens.min(LONG_ANSWER_WORDS)
+    } else {
+        max_tokens.min(ANSWER_WORDS)
+    };
     let stream = body["stream"].as_bool().unwrap_or(false);
     let (input, cache_read, cache_creation) = if model == "msg_cached" {
         MSG_CACHED_USAGE
