@@ -18,6 +18,7 @@ use common::mock_upstream::{
     self, parse_sse, MockUpstream, ANSWER_WORDS, EMBEDDING, MSG_CACHED_USAGE, PROMPT_TOKENS,
     RESP_CACHED_USAGE,
 };
+use common::python;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -30,30 +31,6 @@ fn mock() -> MockUpstream {
 /// The mock's root: what the Anthropic SDK takes as `base_url`.
 fn root(mock: &MockUpstream) -> String {
     mock.base_url.strip_suffix("/v1").unwrap().to_owned()
-}
-
-/// Runs `tests/<script>` with `args`; its one JSON report.
-async fn python(script: &str, args: &[&str]) -> Value {
-    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let shown = format!("{script} {}", args.join(" "));
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(path)
-            .args(args)
-            .output()
-            .expect("python3 must be installed (scripts/test installs the SDKs)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{shown} failed (are tests/requirements.txt installed?): {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{shown} printed no JSON ({e}): {stdout}"))
 }
 
 async fn responses(mock: &MockUpstream, model: &str, extra: &[&str]) -> Value {

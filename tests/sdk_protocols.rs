@@ -13,7 +13,7 @@ mod common;
 use std::net::TcpListener;
 
 use common::mock_upstream::{self, MockUpstream};
-use common::{TestApp, UPSTREAM_KEY};
+use common::{python, TestApp, UPSTREAM_KEY};
 use ledger::model::ChargeRecord;
 use ledger::store::Backend;
 use ledger::KeyId;
@@ -92,33 +92,6 @@ async fn spawn(backend: Backend) -> (TestApp, MockUpstream) {
     (app, mock)
 }
 
-/// Runs `tests/<script>` with `args`; its one JSON report.
-async fn python(script: &str, args: Vec<String>) -> Value {
-    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
-    let shown = format!("{script} {}", args.join(" "));
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(path)
-            .args(args)
-            .output()
-            .expect("python3 must be installed (scripts/test installs the SDKs)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{shown} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{shown} printed no JSON ({e}): {stdout}"))
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|a| (*a).to_owned()).collect()
-}
-
 /// A section's charge: its `compose.finalAmountWei`, equal to its header
 /// when the section has one.
 fn amount_of(section: &Value) -> u64 {
@@ -175,7 +148,7 @@ async fn the_official_sdks_are_answered_and_charged(backend: Backend) {
     // Responses on the mock: 7 in, min(3, 5) out = 7 + 6 per call.
     let report = python(
         "responses_client.py",
-        args(&["responses", &openai_base, &key.token, "resp_ok", "3"]),
+        &["responses", &openai_base, &key.token, "resp_ok", "3"],
     )
     .await;
     assert!(report["error"].is_null(), "{report}");
@@ -205,7 +178,7 @@ async fn the_official_sdks_are_answered_and_charged(backend: Backend) {
     // Responses on echo: "hello from python" — 3 in, 3 out.
     let report = python(
         "responses_client.py",
-        args(&["responses", &openai_base, &key.token, "echo"]),
+        &["responses", &openai_base, &key.token, "echo"],
     )
     .await;
     assert!(report["error"].is_null(), "{report}");
@@ -223,7 +196,7 @@ async fn the_official_sdks_are_answered_and_charged(backend: Backend) {
     for (model, amount) in [("emb_ok", 7), ("echo", 2)] {
         let report = python(
             "responses_client.py",
-            args(&["embeddings", &openai_base, &key.token, model]),
+            &["embeddings", &openai_base, &key.token, model],
         )
         .await;
         let e = &report["embeddings"];
@@ -236,7 +209,7 @@ async fn the_official_sdks_are_answered_and_charged(backend: Backend) {
     for auth in ["x-api-key", "bearer"] {
         let report = python(
             "anthropic_client.py",
-            args(&[
+            &[
                 "messages",
                 &anthropic_base,
                 &key.token,
@@ -244,7 +217,7 @@ async fn the_official_sdks_are_answered_and_charged(backend: Backend) {
                 "4",
                 "--auth",
                 auth,
-            ]),
+            ],
         )
         .await;
         assert!(report["error"].is_null(), "{auth}: {report}");
@@ -275,7 +248,7 @@ async fn the_official_sdks_are_answered_and_charged(backend: Backend) {
     // Messages on echo, and count_tokens (free) on both.
     let report = python(
         "anthropic_client.py",
-        args(&["messages", &anthropic_base, &key.token, "echo"]),
+        &["messages", &anthropic_base, &key.token, "echo"],
     )
     .await;
     assert!(report["error"].is_null(), "{report}");
@@ -291,7 +264,7 @@ async fn the_official_sdks_are_answered_and_charged(backend: Backend) {
     ] {
         let report = python(
             "anthropic_client.py",
-            args(&["count_tokens", &anthropic_base, &key.token, model]),
+            &["count_tokens", &anthropic_base, &key.token, model],
         )
         .await;
         assert_eq!(report["count_tokens"]["input_tokens"], tokens, "{report}");

@@ -651,3 +651,29 @@ macro_rules! both_stores {
         }
     };
 }
+
+/// Runs `tests/<script>` (a client on an official Python SDK) with `args`;
+/// its one JSON report. Python and the SDKs must be installed (scripts/test
+/// installs tests/requirements.txt): without them the test fails.
+pub async fn python(script: &str, args: &[&str]) -> Value {
+    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let shown = format!("{script} {}", args.join(" "));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(path)
+            .args(args)
+            .output()
+            .expect("python3 must be installed (scripts/test installs the SDKs)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{shown} failed (are tests/requirements.txt installed?): {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{shown} printed no JSON ({e}): {stdout}"))
+}

@@ -70,23 +70,7 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     pub fn parse(body: Map<String, Value>) -> Result<ChatRequest, CallFailure> {
-        let model = match body.get("model") {
-            Some(Value::String(m))
-                if !m.is_empty() && m.chars().count() <= MODEL_NAME_MAX_CHARS =>
-            {
-                m.clone()
-            }
-            Some(Value::String(_)) => {
-                return Err(CallFailure::invalid_param(
-                    "model",
-                    format!("must be 1 to {MODEL_NAME_MAX_CHARS} characters"),
-                ))
-            }
-            None | Some(Value::Null) => {
-                return Err(CallFailure::invalid_param("model", "is required"))
-            }
-            Some(_) => return Err(CallFailure::invalid_param("model", "must be a string")),
-        };
+        let model = super::model_name(&body)?;
         check_messages(body.get("messages"))?;
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
@@ -147,22 +131,6 @@ impl ChatRequest {
             wants_usage: self.wants_usage,
             body: self.body,
         }
-    }
-
-    /// Refuses any field that is neither forwarded to every upstream nor in
-    /// the model's `forward_fields`: 400 naming it.
-    pub fn check_fields(&self, model_fields: &[String]) -> Result<(), CallFailure> {
-        for field in self.body.keys() {
-            if FORWARDED_FIELDS.contains(&field.as_str()) || model_fields.iter().any(|f| f == field)
-            {
-                continue;
-            }
-            return Err(CallFailure::UnsupportedParameter {
-                field: field.clone(),
-                priced: PRICED_FIELDS.contains(&field.as_str()),
-            });
-        }
-        Ok(())
     }
 }
 
@@ -278,7 +246,7 @@ mod tests {
             (Some(5), true),
             "the smaller bound"
         );
-        assert!(r.check_fields(&[]).is_ok());
+        assert!(r.parsed().check_fields(&[]).is_ok());
     }
 
     #[test]
@@ -290,7 +258,9 @@ mod tests {
             "best_of",
             "frobnicate",
         ] {
-            let r = parse(json!({"model": "m", "messages": user, field: 1})).unwrap();
+            let r = parse(json!({"model": "m", "messages": user, field: 1}))
+                .unwrap()
+                .parsed();
             let error = r.check_fields(&[]).unwrap_err();
             assert!(
                 matches!(&error, CallFailure::UnsupportedParameter { field: f, .. } if f == field),
